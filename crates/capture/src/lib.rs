@@ -1,0 +1,45 @@
+//! The capture engine: live libpcap capture, safe filters, and the sampled lookback.
+//!
+//! * [`filter`]: the typed `filter_v1` and its translation to BPF. Only validated tokens
+//!   (parsed IP addresses and prefixes, integers in range) are ever written into filter
+//!   text; no user string reaches libpcap, a shell or a command line.
+//! * [`lookback`]: an always-on, time-ordered store of sampled, truncated packets, bounded by
+//!   memory and age, answering "packets in `[from, to]` matching F, newest N".
+//! * [`live`]: one libpcap thread per interface feeding the lookback.
+//!
+//! No async runtime in here: capture runs on its own OS threads.
+
+pub mod filter;
+pub mod live;
+pub mod lookback;
+
+pub use filter::{FilterError, FilterV1, IpPrefix};
+pub use live::{LookbackCapture, LookbackCaptureConfig};
+pub use lookback::{Lookback, LookbackConfig, LookbackStats, StoredPacket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("interface {iface}: {source}")]
+    Open { iface: String, source: pcap::Error },
+    #[error("filter {expr:?} does not compile: {source}")]
+    Compile { expr: String, source: pcap::Error },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+}
+
+/// Nanoseconds since the Unix epoch, from the system clock.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Compiles `expr` for a link type, for offline matching (`pcap_offline_filter`), so a filter
+/// means the same in the lookback as on the wire.
+pub fn compile_offline(linktype: i32, snaplen: i32, expr: &str) -> Result<pcap::BpfProgram, CaptureError> {
+    let dead = pcap::Capture::dead_with_precision(pcap::Linktype(linktype), pcap::Precision::Nano)
+        .map_err(|source| CaptureError::Compile { expr: expr.to_string(), source })?;
+    let _ = snaplen;
+    dead.compile(expr, true).map_err(|source| CaptureError::Compile { expr: expr.to_string(), source })
+}

@@ -1,0 +1,249 @@
+//! The sampled lookback: recent packets, 1 in `sample_rate`, truncated to `snaplen` bytes,
+//! kept in timestamp order and bounded by memory (`max_bytes`) and age (`max_age_ns`).
+//! Queries binary-search the time window, so nothing outside it is scanned.
+
+use std::collections::VecDeque;
+
+/// How the lookback samples and how much it keeps.
+#[derive(Clone, Debug)]
+pub struct LookbackConfig {
+    /// Keep 1 packet in this many (1 keeps every packet).
+    pub sample_rate: u32,
+    /// Bytes kept of each packet (Cloudflare's sample captures hold 160).
+    pub snaplen: u32,
+    /// Memory bound for packet data plus per-packet overhead.
+    pub max_bytes: usize,
+    /// Age bound, nanoseconds (at most 24 h: the furthest a sample capture may look back).
+    pub max_age_ns: u64,
+}
+
+impl Default for LookbackConfig {
+    fn default() -> Self {
+        Self { sample_rate: 1, snaplen: 160, max_bytes: 64 << 20, max_age_ns: 24 * 3600 * 1_000_000_000 }
+    }
+}
+
+/// Per-packet overhead counted against `max_bytes` (struct plus allocation header).
+const OVERHEAD: usize = std::mem::size_of::<StoredPacket>() + 16;
+
+/// Decides which packets are sampled: every `rate`-th one seen, deterministically (so the
+/// sampled share is exact and a test can predict it).
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    rate: u64,
+    seen: u64,
+}
+
+impl Sampler {
+    pub fn new(rate: u32) -> Self {
+        Self { rate: u64::from(rate.max(1)), seen: 0 }
+    }
+
+    /// Counts one packet; true if it is to be kept.
+    pub fn sample(&mut self) -> bool {
+        self.seen += 1;
+        self.seen % self.rate == 0
+    }
+}
+
+/// One sampled packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPacket {
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    /// Index of the interface in [`Lookback::interfaces`].
+    pub iface: u16,
+    pub data: Box<[u8]>,
+}
+
+/// Counters, for heartbeats and answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LookbackStats {
+    pub packets_seen: u64,
+    pub packets_sampled: u64,
+    pub packets_evicted: u64,
+    pub kernel_dropped: u64,
+}
+
+#[derive(Debug)]
+pub struct Lookback {
+    config: LookbackConfig,
+    packets: VecDeque<StoredPacket>,
+    bytes: usize,
+    interfaces: Vec<(String, i32)>,
+    stats: LookbackStats,
+}
+
+/// The answer to a window query.
+#[derive(Debug, Default)]
+pub struct QueryResult {
+    /// Newest `limit` matching packets, oldest first.
+    pub packets: Vec<StoredPacket>,
+    /// All matching packets in the window, before the limit.
+    pub matched: u64,
+}
+
+impl Lookback {
+    pub fn new(config: LookbackConfig) -> Self {
+        let sample_rate = config.sample_rate.max(1);
+        Self {
+            config: LookbackConfig { sample_rate, ..config },
+            packets: VecDeque::new(),
+            bytes: 0,
+            interfaces: Vec::new(),
+            stats: LookbackStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &LookbackConfig {
+        &self.config
+    }
+
+    /// Registers an interface (name, libpcap link type); returns its index.
+    pub fn add_interface(&mut self, name: &str, linktype: i32) -> u16 {
+        self.interfaces.push((name.to_string(), linktype));
+        (self.interfaces.len() - 1) as u16
+    }
+
+    pub fn interfaces(&self) -> &[(String, i32)] {
+        &self.interfaces
+    }
+
+    pub fn stats(&self) -> &LookbackStats {
+        &self.stats
+    }
+
+    pub fn stats_mut(&mut self) -> &mut LookbackStats {
+        &mut self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn oldest_ns(&self) -> Option<u64> {
+        self.packets.front().map(|p| p.ts_ns)
+    }
+
+    /// Stores a sampled packet (truncated to the snap length), then enforces the bounds.
+    pub fn insert(&mut self, ts_ns: u64, orig_len: u32, iface: u16, data: &[u8]) {
+        let keep = data.len().min(self.config.snaplen as usize);
+        let packet = StoredPacket { ts_ns, orig_len, iface, data: data[..keep].into() };
+        self.bytes += keep + OVERHEAD;
+        self.stats.packets_sampled += 1;
+        // Packets from several interfaces can arrive slightly out of order: insert in place
+        // so the deque stays sorted (stable: after equal timestamps).
+        match self.packets.back() {
+            Some(last) if last.ts_ns > ts_ns => {
+                let at = self.packets.partition_point(|p| p.ts_ns <= ts_ns);
+                self.packets.insert(at, packet);
+            }
+            _ => self.packets.push_back(packet),
+        }
+        self.evict(ts_ns);
+    }
+
+    /// Drops what is too old relative to `now_ns`, then what exceeds the memory bound.
+    pub fn evict(&mut self, now_ns: u64) {
+        let horizon = now_ns.saturating_sub(self.config.max_age_ns);
+        while let Some(front) = self.packets.front() {
+            if front.ts_ns >= horizon && self.bytes <= self.config.max_bytes {
+                break;
+            }
+            self.bytes -= front.data.len() + OVERHEAD;
+            self.packets.pop_front();
+            self.stats.packets_evicted += 1;
+        }
+    }
+
+    /// Matching packets with `from_ns <= ts <= to_ns`: the newest `limit` of them, oldest
+    /// first, plus how many matched in all. `matches(iface, data)` decides a packet.
+    pub fn query(
+        &self,
+        from_ns: u64,
+        to_ns: u64,
+        limit: usize,
+        mut matches: impl FnMut(u16, &[u8]) -> bool,
+    ) -> QueryResult {
+        let start = self.packets.partition_point(|p| p.ts_ns < from_ns);
+        let end = self.packets.partition_point(|p| p.ts_ns <= to_ns);
+        let mut result = QueryResult::default();
+        for index in (start..end).rev() {
+            let packet = &self.packets[index];
+            if matches(packet.iface, &packet.data) {
+                result.matched += 1;
+                if result.packets.len() < limit {
+                    result.packets.push(packet.clone());
+                }
+            }
+        }
+        result.packets.reverse();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(rate: u32, max_bytes: usize) -> Lookback {
+        Lookback::new(LookbackConfig { sample_rate: rate, snaplen: 4, max_bytes, max_age_ns: 1_000 })
+    }
+
+    #[test]
+    fn samples_one_in_n() {
+        let mut s = Sampler::new(3);
+        let kept: Vec<usize> = (1..=30).filter(|_| s.sample()).collect();
+        assert_eq!(kept, [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]);
+        let mut all = Sampler::new(0);
+        assert!((0..5).all(|_| all.sample()), "rate 0 is treated as 1");
+    }
+
+    #[test]
+    fn window_query_newest_first_limit_and_truncation() {
+        let mut l = lb(1, 1 << 20);
+        for t in 0..100u64 {
+            l.insert(t, 60, 0, &[t as u8, 1, 2, 3, 4, 5]);
+        }
+        let r = l.query(10, 19, 3, |_, d| d[0] % 2 == 0);
+        assert_eq!(r.matched, 5);
+        let ts: Vec<u64> = r.packets.iter().map(|p| p.ts_ns).collect();
+        assert_eq!(ts, [14, 16, 18]);
+        assert!(r.packets.iter().all(|p| p.data.len() == 4 && p.orig_len == 60));
+        assert_eq!(l.query(200, 300, 10, |_, _| true).matched, 0);
+    }
+
+    #[test]
+    fn out_of_order_inserts_stay_sorted() {
+        let mut l = lb(1, 1 << 20);
+        for t in [5u64, 9, 7, 7, 1, 9] {
+            l.insert(t, 1, 0, &[t as u8]);
+        }
+        let ts: Vec<u64> = l.query(0, 100, 100, |_, _| true).packets.iter().map(|p| p.ts_ns).collect();
+        assert_eq!(ts, [1, 5, 7, 7, 9, 9]);
+    }
+
+    #[test]
+    fn bounded_by_age_and_memory() {
+        let mut l = lb(1, 1 << 20);
+        for t in 0..3000u64 {
+            l.insert(t, 1, 0, &[0; 8]);
+        }
+        assert_eq!(l.oldest_ns(), Some(1999), "packets at most 1000 ns older than the newest are kept");
+        let mut l = lb(1, 10 * (4 + OVERHEAD));
+        for t in 0..100u64 {
+            l.insert(t, 1, 0, &[0; 8]);
+        }
+        assert_eq!(l.len(), 10);
+        assert!(l.bytes() <= 10 * (4 + OVERHEAD));
+        assert_eq!(l.stats().packets_evicted, 90);
+    }
+}

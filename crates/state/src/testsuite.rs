@@ -1,0 +1,86 @@
+//! One conformance suite for every [`StateStore`] backend (embedded now, etcd with its
+//! issue): compare-and-swap, prefix reads, watches from a revision, leases and expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::{StateError, StateStore, WatchEvent};
+
+/// Runs every check against `store`, which must be empty under `/conformance/`.
+pub async fn run_conformance(store: Arc<dyn StateStore>) {
+    cas(&*store).await;
+    prefix_list(&*store).await;
+    watch_from_revision(&*store).await;
+    leases(&*store).await;
+}
+
+async fn cas(store: &dyn StateStore) {
+    let key = "/conformance/cas";
+    let r1 = store.compare_and_put(key, None, b"a".to_vec(), None).await.unwrap().expect("create");
+    assert!(store.compare_and_put(key, None, b"b".to_vec(), None).await.unwrap().is_none(), "create twice");
+    assert!(store.compare_and_put(key, Some(r1 + 1000), b"b".to_vec(), None).await.unwrap().is_none());
+    let r2 = store.compare_and_put(key, Some(r1), b"b".to_vec(), None).await.unwrap().expect("swap");
+    assert!(r2 > r1);
+    let kv = store.get(key).await.unwrap().unwrap();
+    assert_eq!(kv.value, b"b");
+    assert_eq!(kv.mod_revision, r2);
+    assert_eq!(kv.create_revision, r1);
+    assert!(store.delete(key).await.unwrap());
+    assert!(!store.delete(key).await.unwrap());
+    assert_eq!(store.get(key).await.unwrap(), None);
+}
+
+async fn prefix_list(store: &dyn StateStore) {
+    for k in ["/conformance/list/b", "/conformance/list/a", "/conformance/listx", "/conformance/lis"] {
+        store.put(k, k.as_bytes().to_vec(), None).await.unwrap();
+    }
+    let keys: Vec<String> =
+        store.list("/conformance/list/").await.unwrap().into_iter().map(|kv| kv.key).collect();
+    assert_eq!(keys, ["/conformance/list/a", "/conformance/list/b"]);
+}
+
+async fn watch_from_revision(store: &dyn StateStore) {
+    let start = store.revision().await.unwrap() + 1;
+    store.put("/conformance/w/1", b"1".to_vec(), None).await.unwrap();
+    store.put("/conformance/other", b"x".to_vec(), None).await.unwrap();
+    store.delete("/conformance/w/1").await.unwrap();
+    let mut watch = store.watch("/conformance/w/", start).await.unwrap();
+    let first = watch.next().await.unwrap().unwrap();
+    assert!(matches!(&first, WatchEvent::Put(kv) if kv.key == "/conformance/w/1" && kv.value == b"1"));
+    let second = watch.next().await.unwrap().unwrap();
+    assert!(matches!(&second, WatchEvent::Delete { key, .. } if key == "/conformance/w/1"));
+    // Live events follow the backlog.
+    store.put("/conformance/w/2", b"2".to_vec(), None).await.unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(third.key(), "/conformance/w/2");
+    assert!(third.revision() > second.revision());
+}
+
+async fn leases(store: &dyn StateStore) {
+    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    store.put("/conformance/lease/k", b"v".to_vec(), Some(lease)).await.unwrap();
+    let mut watch = store.watch("/conformance/lease/", 0).await.unwrap();
+    // Kept alive past its TTL, it stays.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        store.keep_alive(lease).await.unwrap();
+    }
+    assert!(store.get("/conformance/lease/k").await.unwrap().is_some());
+    // Not kept alive, it expires and its key is deleted (seen by the watch).
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(event, WatchEvent::Delete { ref key, .. } if key == "/conformance/lease/k"));
+    assert!(store.get("/conformance/lease/k").await.unwrap().is_none());
+    assert!(matches!(store.keep_alive(lease).await, Err(StateError::LeaseNotFound(_))));
+    // Revoke deletes at once.
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    store.put("/conformance/lease/r", b"v".to_vec(), Some(lease)).await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+    assert!(store.get("/conformance/lease/r").await.unwrap().is_none());
+    // A put on a dead lease is refused.
+    assert!(matches!(
+        store.put("/conformance/lease/z", b"v".to_vec(), Some(lease)).await,
+        Err(StateError::LeaseNotFound(_))
+    ));
+}

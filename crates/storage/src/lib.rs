@@ -1,0 +1,102 @@
+//! The object-store seam: where PCAPs (merged sample captures now; full-capture shards and
+//! merged files with the S3 issue) are kept.
+//!
+//! Keys are `/`-separated relative paths (`accounts/{account}/pcaps/{id}.pcap`); backends map
+//! them to files or objects. Writes are all-or-nothing: a reader never sees half an object.
+//! Large bodies are streamed from a local file ([`ObjectStore::put_file`]) so that a backend
+//! can use multipart upload; reads are streamed ([`ObjectStore::get`]).
+//!
+//! Backends: [`local::LocalDirStore`] (the default). S3 lands with its own issue. The backend
+//! is chosen in exactly one place: [`open`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+pub mod local;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+/// A streamed object body.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Facts about a stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// The key is not a safe relative path.
+    #[error("invalid object key {0:?}: {1}")]
+    InvalidKey(String, &'static str),
+    /// The store cannot be reached now; retry with backoff.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[async_trait::async_trait]
+pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
+    /// Stores a small body in one call.
+    async fn put(&self, key: &str, body: Bytes) -> Result<()>;
+    /// Streams a local file into `key` (multipart where the backend has it); returns its size.
+    async fn put_file(&self, key: &str, path: &Path) -> Result<u64>;
+    /// Streams an object. `NotFound` if it does not exist.
+    async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Objects whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Which backend to use.
+#[derive(Clone, Debug)]
+pub enum StorageConfig {
+    LocalDir { root: PathBuf },
+}
+
+pub fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {
+    match config {
+        StorageConfig::LocalDir { root } => Ok(Arc::new(local::LocalDirStore::open(root)?)),
+    }
+}
+
+/// Checks that a key is a relative path of plain segments (no `..`, no empty segment, no
+/// leading `/`, no NUL), so no backend can be steered outside its root.
+pub fn validate_key(key: &str) -> Result<()> {
+    let bad = |why| Err(StorageError::InvalidKey(key.to_string(), why));
+    if key.is_empty() || key.len() > 1024 {
+        return bad("length must be 1..=1024");
+    }
+    if key.starts_with('/') {
+        return bad("must be relative");
+    }
+    for segment in key.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return bad("empty, '.' or '..' segment");
+        }
+        if segment.contains('\0') || segment.contains('\\') {
+            return bad("NUL or backslash");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Objects as files under a root directory. Writes go to a temporary file in the same
+//! directory, are fsynced, then renamed into place, so readers see whole objects only.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validate_key};
+
+#[derive(Debug)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+const TMP_SUFFIX: &str = ".edgecap-tmp";
+
+impl LocalDirStore {
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root)?;
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        if key.ends_with(TMP_SUFFIX) {
+            return Err(StorageError::InvalidKey(key.to_string(), "reserved suffix"));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn temp_for(&self, path: &Path) -> Result<PathBuf> {
+        let parent = path.parent().unwrap_or(&self.root);
+        tokio::fs::create_dir_all(parent).await?;
+        Ok(parent.join(format!(".{}{TMP_SUFFIX}", uuid::Uuid::new_v4().simple())))
+    }
+
+    async fn commit(tmp: &Path, path: &Path) -> Result<()> {
+        tokio::fs::rename(tmp, path).await?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::File::open(parent).await?.sync_all().await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LocalDirStore {
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        let tmp = self.temp_for(&path).await?;
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            file.write_all(&body).await?;
+            file.sync_all().await?;
+            Self::commit(&tmp, &path).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn put_file(&self, key: &str, source: &Path) -> Result<u64> {
+        let path = self.path(key)?;
+        let tmp = self.temp_for(&path).await?;
+        let result = async {
+            let size = tokio::fs::copy(source, &tmp).await?;
+            tokio::fs::File::open(&tmp).await?.sync_all().await?;
+            Self::commit(&tmp, &path).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)> {
+        let path = self.path(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound(key.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let size = file.metadata().await?.len();
+        Ok((ObjectMeta { key: key.to_string(), size }, Box::pin(file)))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { key: key.to_string(), size: m.len() })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let walk = tokio::task::spawn_blocking(move || -> Result<Vec<ObjectMeta>> {
+            let mut out = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let path = entry.path();
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let Ok(rel) = path.strip_prefix(&root) else { continue };
+                    let key = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                    if key.ends_with(TMP_SUFFIX) || !key.starts_with(&prefix) {
+                        continue;
+                    }
+                    out.push(ObjectMeta { key, size: entry.metadata()?.len() });
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        });
+        walk.await.map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::testsuite::run_conformance(std::sync::Arc::new(LocalDirStore::open(dir.path()).unwrap())).await;
+    }
+}
