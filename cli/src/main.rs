@@ -1,1 +1,153 @@
-fn main() {}
+//! `edgecap`: the operator CLI.
+//!
+//! * `edgecap up`: a whole stack on one machine (coordinator with embedded state and
+//!   storage, a generated PKI, one agent on the local interface).
+//! * `edgecap pki init|issue`: certificates for coordinators and agents, no openssl needed.
+//! * `edgecap capture create|list|get|download|stop` and `edgecap agents`: the API, from a shell.
+
+mod client;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "edgecap", version, about = "Packet captures across many PoPs at once")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a coordinator and one local agent on this machine, with embedded state and storage.
+    Up(up::UpArgs),
+    /// Certificates for mutual TLS between coordinators and agents.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Create, inspect and download captures through the API.
+    Capture {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: CaptureCommand,
+    },
+    /// List the agents connected to the coordinator.
+    Agents {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PkiCommand {
+    /// Create a CA (ca.pem, ca-key.pem) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "edgecap CA")]
+        name: String,
+    },
+    /// Issue a coordinator (--coordinator HOST...) or agent (--agent ID --pop NAME) certificate.
+    Issue(IssueArgs),
+}
+
+#[derive(Args, Debug)]
+struct IssueArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// Host names / IP addresses the coordinator is reached at.
+    #[arg(long = "coordinator", num_args = 1.., conflicts_with_all = ["agent", "pop"])]
+    coordinator: Vec<String>,
+    /// Coordinator name (in its certificate identity).
+    #[arg(long, default_value = "coordinator")]
+    name: String,
+    /// Agent id.
+    #[arg(long, requires = "pop")]
+    agent: Option<String>,
+    /// The PoP the agent may act for.
+    #[arg(long, requires = "agent")]
+    pop: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CaptureCommand {
+    /// Request a capture (sample by default). Prints the capture as JSON.
+    Create(client::CreateArgs),
+    /// List captures, newest first.
+    List,
+    /// Show one capture.
+    Get { id: String },
+    /// Wait until a capture is final, then show it.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Download a sample capture's PCAP.
+    Download {
+        id: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Stop a full capture.
+    Stop { id: String },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("edgecap: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Pki { command: PkiCommand::Init { dir, name } } => {
+            edgecap_tls::pki::init_ca(&dir, &name)?;
+            println!("CA created: {}", edgecap_tls::pki::ca_cert_path(&dir).display());
+            Ok(())
+        }
+        Command::Pki { command: PkiCommand::Issue(args) } => {
+            let files = match (&args.agent, &args.pop) {
+                (Some(agent), Some(pop)) => edgecap_tls::pki::issue_agent(&args.dir, agent, pop)?,
+                _ if !args.coordinator.is_empty() => {
+                    edgecap_tls::pki::issue_coordinator(&args.dir, &args.name, &args.coordinator)?
+                }
+                _ => anyhow::bail!("say what to issue: --coordinator HOST... or --agent ID --pop NAME"),
+            };
+            println!("certificate: {}\nkey:         {}", files.cert.display(), files.key.display());
+            Ok(())
+        }
+        Command::Capture { api, command } => {
+            let client = client::Client::new(api)?;
+            match command {
+                CaptureCommand::Create(args) => client::print(&client.create(&args).await?),
+                CaptureCommand::List => client::print(&client.call("GET", "", None).await?),
+                CaptureCommand::Get { id } => client::print(&client.call("GET", &format!("/{id}"), None).await?),
+                CaptureCommand::Wait { id, timeout } => client::print(&client.wait(&id, timeout).await?),
+                CaptureCommand::Download { id, output } => {
+                    let n = client.download(&id, &output).await?;
+                    eprintln!("{n} bytes written to {}", output.display());
+                    Ok(())
+                }
+                CaptureCommand::Stop { id } => {
+                    client.call("PUT", &format!("/{id}/stop"), None).await?;
+                    eprintln!("stop requested");
+                    Ok(())
+                }
+            }
+        }
+        Command::Agents { api } => {
+            let client = client::Client::new(api)?;
+            client::print(&client.agents().await.context("list agents")?)
+        }
+    }
+}

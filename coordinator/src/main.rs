@@ -1,1 +1,125 @@
-fn main() {}
+//! `edgecap-coordinator`: the coordinator as a daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
+use edgecap_state::StateConfig;
+use edgecap_storage::StorageConfig;
+use edgecap_tls::TlsFiles;
+
+/// The edgecap coordinator: the Cloudflare-compatible PCAP API and the agent control plane.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Where the embedded state store and the local object store keep their data.
+    #[arg(long, env = "EDGECAP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// REST API listen address.
+    #[arg(long, default_value = "127.0.0.1:9440", env = "EDGECAP_API_LISTEN")]
+    api_listen: SocketAddr,
+    /// Agent control (mutual-TLS gRPC) listen address.
+    #[arg(long, default_value = "0.0.0.0:7443", env = "EDGECAP_GRPC_LISTEN")]
+    grpc_listen: SocketAddr,
+    /// Directory made by `edgecap pki` (uses ca.pem, coordinator.pem, coordinator-key.pem).
+    #[arg(long, env = "EDGECAP_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+    /// CA certificate (overrides --pki-dir).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Server certificate (overrides --pki-dir).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Server key (overrides --pki-dir).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// API token bound to an account, as ACCOUNT:TOKEN. Repeatable.
+    #[arg(long = "token", value_name = "ACCOUNT:TOKEN")]
+    tokens: Vec<String>,
+    /// File of ACCOUNT:TOKEN lines (# comments allowed).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
+    /// Turn off Cloudflare's per-account limits (1 sample per minute, 1 active full capture).
+    #[arg(long)]
+    no_rate_limits: bool,
+    /// Longest full capture, seconds (Cloudflare: 300).
+    #[arg(long, default_value_t = 300)]
+    full_time_limit_max: u64,
+    /// How long to wait for each agent's sample answer, seconds.
+    #[arg(long, default_value_t = 15)]
+    sample_timeout: u64,
+    /// This replica's name.
+    #[arg(long, default_value = "coordinator", env = "EDGECAP_NAME")]
+    name: String,
+}
+
+fn parse_tokens(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
+    let mut lines: Vec<String> = args.tokens.clone();
+    if let Some(path) = &args.tokens_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        lines.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    lines
+        .iter()
+        .map(|l| {
+            l.split_once(':')
+                .map(|(a, t)| (a.to_string(), t.to_string()))
+                .with_context(|| "a token must be given as ACCOUNT:TOKEN".to_string())
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tonic=info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let tokens = parse_tokens(&args)?;
+    let pki = args.pki_dir.clone().unwrap_or_else(|| args.data_dir.join("pki"));
+    let defaults = TlsFiles::in_dir(&pki, "coordinator");
+    let tls = TlsFiles {
+        ca: args.tls_ca.clone().unwrap_or(defaults.ca),
+        cert: args.tls_cert.clone().unwrap_or(defaults.cert),
+        key: args.tls_key.clone().unwrap_or(defaults.key),
+    };
+    let config = CoordinatorConfig {
+        name: args.name.clone(),
+        api_listen: args.api_listen,
+        grpc_listen: args.grpc_listen,
+        tls,
+        tls_reload_interval: Duration::from_secs(5),
+        state: StateConfig::Embedded { dir: args.data_dir.join("state") },
+        storage: StorageConfig::LocalDir { root: args.data_dir.join("objects") },
+        tmp_dir: args.data_dir.join("tmp"),
+        limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },
+        rate_limits: if args.no_rate_limits { RateLimits::off() } else { RateLimits::cloudflare() },
+        sample_timeout: Duration::from_secs(args.sample_timeout),
+        agent_wait: Duration::from_secs(5),
+        tokens,
+    };
+    let coordinator = match Coordinator::start(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edgecap-coordinator: {e:#}");
+            std::process::exit(64);
+        }
+    };
+    println!("edgecap-coordinator: API http://{}/client/v4, agents {}", coordinator.api_addr, coordinator.grpc_addr);
+    coordinator.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

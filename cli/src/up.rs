@@ -1,0 +1,177 @@
+//! `edgecap up`: a coordinator and one agent in one process, with embedded state, local
+//! object storage and a generated PKI, all under `--data-dir`. Restarting with the same
+//! directory keeps the captures, the certificates and the credentials.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use edgecap_agent::{Agent, AgentConfig};
+use edgecap_capture::LookbackConfig;
+use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
+use edgecap_state::StateConfig;
+use edgecap_storage::StorageConfig;
+use edgecap_tls::TlsFiles;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where everything is kept (created if missing).
+    #[arg(long, env = "EDGECAP_DATA_DIR")]
+    data_dir: PathBuf,
+    /// API listen address.
+    #[arg(long, default_value = "127.0.0.1:9440")]
+    listen: SocketAddr,
+    /// Agent control listen address (for agents on other machines; the local agent uses it too).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    grpc_listen: SocketAddr,
+    /// Interface(s) the local agent captures on.
+    #[arg(long = "iface", default_value = "lo")]
+    interfaces: Vec<String>,
+    /// The local agent's PoP name.
+    #[arg(long, default_value = "local")]
+    pop: String,
+    /// Account id to use (default: generated once and kept in the data dir).
+    #[arg(long)]
+    account: Option<String>,
+    /// API token for the account (default: generated once and kept in the data dir).
+    #[arg(long)]
+    token: Option<String>,
+    /// Keep 1 packet in N in the local agent's lookback.
+    #[arg(long, default_value_t = 1)]
+    sample_rate: u32,
+    /// Apply Cloudflare's per-account limits (1 sample per minute, 1 active full capture).
+    #[arg(long)]
+    rate_limits: bool,
+}
+
+fn random_hex(n: usize) -> String {
+    let mut s = String::new();
+    while s.len() < n {
+        s.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    s.truncate(n);
+    s
+}
+
+/// Account and token: flags win, else what the data dir remembers, else new ones.
+fn credentials(dir: &Path, account: Option<String>, token: Option<String>) -> anyhow::Result<(String, String)> {
+    let path = dir.join("credentials.json");
+    let saved: Option<(String, String)> = std::fs::read(&path).ok().and_then(|b| {
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        Some((v["account_id"].as_str()?.to_string(), v["token"].as_str()?.to_string()))
+    });
+    let account = account.or_else(|| saved.as_ref().map(|s| s.0.clone())).unwrap_or_else(|| random_hex(32));
+    let token = token.or_else(|| saved.as_ref().map(|s| s.1.clone())).unwrap_or_else(|| random_hex(40));
+    anyhow::ensure!(edgecap_coordinator::valid_account(&account), "--account: use 1-32 of [A-Za-z0-9_-]");
+    anyhow::ensure!(token.len() >= 16, "--token: use at least 16 characters");
+    let body = serde_json::to_vec_pretty(&json!({"account_id": account, "token": token}))?;
+    write_private(&path, &body)?;
+    Ok((account, token))
+}
+
+fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(body)?;
+    Ok(())
+}
+
+/// CA, coordinator and agent certificates under `pki`, made once; a new agent certificate
+/// is issued when the PoP changes.
+fn ensure_pki(pki: &Path, pop: &str) -> anyhow::Result<(TlsFiles, TlsFiles)> {
+    edgecap_tls::validate_name(pop).context("--pop")?;
+    if !pki.join("ca.pem").exists() {
+        edgecap_tls::pki::init_ca(pki, "edgecap up CA")?;
+    }
+    let coordinator = TlsFiles::in_dir(pki, "coordinator");
+    if !coordinator.cert.exists() {
+        edgecap_tls::pki::issue_coordinator(pki, "local", &["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    }
+    let agent_id = format!("{pop}-agent");
+    let agent = TlsFiles::in_dir(pki, &format!("agent-{agent_id}"));
+    let current = edgecap_agent::own_identity(&agent).ok();
+    if current != Some((agent_id.clone(), pop.to_string())) {
+        edgecap_tls::pki::issue_agent(pki, &agent_id, pop)?;
+    }
+    Ok((coordinator, agent))
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,edgecap=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let (account, token) = credentials(dir, args.account.clone(), args.token.clone())?;
+    let (coordinator_tls, agent_tls) = ensure_pki(&dir.join("pki"), &args.pop)?;
+
+    let coordinator = Coordinator::start(CoordinatorConfig {
+        name: "local".into(),
+        api_listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        tls: coordinator_tls,
+        tls_reload_interval: Duration::from_secs(5),
+        state: StateConfig::Embedded { dir: dir.join("state") },
+        storage: StorageConfig::LocalDir { root: dir.join("objects") },
+        tmp_dir: dir.join("tmp"),
+        limits: Limits::default(),
+        rate_limits: if args.rate_limits { RateLimits::cloudflare() } else { RateLimits::off() },
+        sample_timeout: Duration::from_secs(15),
+        agent_wait: Duration::from_secs(5),
+        tokens: vec![(account.clone(), token.clone())],
+    })
+    .await?;
+
+    let mut agent_config = AgentConfig::new(
+        vec![format!("https://127.0.0.1:{}", coordinator.grpc_addr.port())],
+        agent_tls,
+        args.interfaces.clone(),
+    );
+    agent_config.lookback = LookbackConfig { sample_rate: args.sample_rate.max(1), ..LookbackConfig::default() };
+    let agent = Agent::start(agent_config)?;
+    let agent_id = agent.agent_id.clone();
+    let cancel = CancellationToken::new();
+    let agent_task = tokio::spawn(agent.run(cancel.clone()));
+
+    let api = format!("http://{}/client/v4", coordinator.api_addr);
+    let env = format!("export EDGECAP_API={api} EDGECAP_ACCOUNT={account} EDGECAP_TOKEN={token}\n");
+    write_private(&dir.join("env"), env.as_bytes())?;
+    println!("edgecap is up (data in {})", dir.display());
+    println!("  API       {api}");
+    println!("  account   {account}");
+    println!("  token     {token}");
+    println!("  PoP       {}: agent {agent_id} on {}", args.pop, args.interfaces.join(", "));
+    println!("  agents    {} (mutual TLS; PKI in {})", coordinator.grpc_addr, dir.join("pki").display());
+    println!();
+    println!("In another shell:");
+    println!("  source {}", dir.join("env").display());
+    println!("  edgecap capture create --time-limit 60 --packet-limit 100 --wait");
+    println!("Stop with Ctrl-C.");
+
+    let stop = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let result = coordinator.run_until(stop).await;
+    cancel.cancel();
+    agent_task.await.context("agent task")??;
+    result
+}

@@ -1,0 +1,371 @@
+//! The Cloudflare-compatible REST API, mounted under `/client/v4`.
+//!
+//! Every answer is the Cloudflare envelope (`success`, `errors`, `messages`, `result`),
+//! except a successful download (raw PCAP) and stop/delete (204). Errors are 4xx with a
+//! stable code and a message naming the field (see `error.rs`, `docs/api.md`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::AppState;
+use crate::error::{ApiError, code};
+use crate::model::{CaptureRecord, CaptureStatus, CaptureType, is_id, new_id, rfc3339};
+use crate::repo::RepoError;
+use crate::validate::{parse_create, parse_ownership_create, parse_ownership_validate};
+
+/// Per-account limits from Cloudflare's docs: one sample request per minute, one running or
+/// pending full capture. `None` turns a limit off.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    pub sample_interval: Option<Duration>,
+    pub max_active_full: Option<usize>,
+}
+
+impl RateLimits {
+    pub fn cloudflare() -> Self {
+        Self { sample_interval: Some(Duration::from_secs(60)), max_active_full: Some(1) }
+    }
+    pub fn off() -> Self {
+        Self { sample_interval: None, max_active_full: None }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    last_sample: Mutex<HashMap<String, Instant>>,
+}
+
+impl RateLimiter {
+    fn check_sample(&self, account: &str, interval: Option<Duration>) -> Result<(), ApiError> {
+        let Some(interval) = interval else { return Ok(()) };
+        let mut last = self.last_sample.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(prev) = last.get(account) {
+            let next = *prev + interval;
+            if next > now {
+                let wait = (next - now).as_secs_f64().ceil() as u64;
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    code::RATE_LIMITED,
+                    format!("type: one sample capture per {} s per account; retry in {wait} s", interval.as_secs()),
+                );
+                e.retry_after = Some(wait.max(1));
+                return Err(e);
+            }
+        }
+        last.insert(account.to_string(), now);
+        Ok(())
+    }
+}
+
+fn repo_err(e: RepoError) -> ApiError {
+    match e {
+        RepoError::State(s) => ApiError::state(&s),
+        RepoError::NotFound(k) => ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("{k}: not found")),
+        RepoError::Decode { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+fn envelope(result: Value) -> Response {
+    axum::Json(json!({"success": true, "errors": [], "messages": [], "result": result})).into_response()
+}
+
+fn collection(items: Vec<Value>) -> Response {
+    let n = items.len();
+    axum::Json(json!({
+        "success": true, "errors": [], "messages": [], "result": items,
+        "result_info": {"count": n, "page": 1, "per_page": n.max(1), "total_count": n},
+    }))
+    .into_response()
+}
+
+/// Checks `Authorization: Bearer <token>` and that the token's account is `account`.
+/// Another account's resources answer 404: their existence is not revealed.
+async fn authorize(state: &AppState, headers: &HeaderMap, account: &str) -> Result<(), ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = bearer else {
+        if headers.contains_key("x-auth-key") || headers.contains_key("x-auth-email") {
+            return Err(ApiError::unauthorized(
+                "X-Auth-Email/X-Auth-Key are not supported: use an API token (Authorization: Bearer <token>)",
+            ));
+        }
+        return Err(ApiError::unauthorized("Authorization: a Bearer API token is required"));
+    };
+    match state.repo.account_for_token(token).await.map_err(repo_err)? {
+        None => Err(ApiError::unauthorized("Authorization: invalid API token")),
+        Some(owner) if owner == account => Ok(()),
+        Some(_) => Err(ApiError::not_found(code::ACCOUNT_NOT_FOUND, format!("account_id: {account:?} not found"))),
+    }
+}
+
+async fn find_capture(state: &AppState, account: &str, id: &str) -> Result<CaptureRecord, ApiError> {
+    let not_found = || ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("pcap_id: {id:?} not found"));
+    if !is_id(id) {
+        return Err(not_found());
+    }
+    state.repo.get_capture(account, id).await.map_err(repo_err)?.ok_or_else(not_found)
+}
+
+async fn list_captures(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let records = state.repo.list_captures(&account).await.map_err(repo_err)?;
+    // Cloudflare returns up to 50 requests, newest first.
+    Ok(collection(records.iter().take(50).map(CaptureRecord::to_api).collect()))
+}
+
+async fn create_capture(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let request = parse_create(&body, &state.limits, now)?;
+    if request.capture_type == CaptureType::Full {
+        // Validation first, then availability: the user learns about both kinds of mistake.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::UNAVAILABLE_FEATURE,
+            "type: full captures are not available: no object store is configured for full captures",
+        ));
+    }
+    state.rate.check_sample(&account, state.rate_limits.sample_interval)?;
+    let record = CaptureRecord {
+        id: new_id(),
+        account_id: account.clone(),
+        capture_type: request.capture_type,
+        system: "magic-transit".into(),
+        status: CaptureStatus::Pending,
+        submitted: rfc3339(now),
+        time_limit: request.time_limit,
+        packet_limit: request.packet_limit,
+        byte_limit: request.byte_limit,
+        filter_v1: request.filter,
+        offset_time: request.offset_time.map(rfc3339),
+        colo_name: request.colo_name,
+        destination_conf: request.destination.map(|d| d.uri),
+        packets_captured: None,
+        stop_requested: None,
+        error_message: None,
+        pops: vec![],
+        object_key: None,
+    };
+    state.repo.create_capture(&record).await.map_err(repo_err)?;
+    tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
+    tokio::spawn(crate::sample::run(state.clone(), account, record.id.clone()));
+    Ok(envelope(record.to_api()))
+}
+
+async fn get_capture(
+    State(state): State<Arc<AppState>>,
+    Path((account, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    Ok(envelope(find_capture(&state, &account, &id).await?.to_api()))
+}
+
+async fn download(
+    State(state): State<Arc<AppState>>,
+    Path((account, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let record = find_capture(&state, &account, &id).await?;
+    if record.capture_type == CaptureType::Full {
+        return Err(ApiError::bad_request(
+            code::NOT_DOWNLOADABLE,
+            "pcap_id: full captures are delivered to their bucket, not downloaded through the API",
+        ));
+    }
+    match record.status {
+        CaptureStatus::Success => {}
+        CaptureStatus::Failed => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                code::NOT_READY,
+                format!("pcap_id: capture failed, nothing to download: {}", record.error_message.unwrap_or_default()),
+            ));
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                code::NOT_READY,
+                format!("pcap_id: capture is {other:?}, not ready for download yet").to_lowercase(),
+            ));
+        }
+    }
+    let key = record.object_key.ok_or_else(|| ApiError::internal("successful capture without a file"))?;
+    let (meta, reader) = state.store.get(&key).await.map_err(|e| ApiError::storage(&e))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
+            (header::CONTENT_LENGTH, meta.size.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"pcap_{id}.pcap\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn stop(
+    State(state): State<Arc<AppState>>,
+    Path((account, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let record = find_capture(&state, &account, &id).await?;
+    if record.capture_type == CaptureType::Simple {
+        return Err(ApiError::bad_request(
+            code::NOT_STOPPABLE,
+            "pcap_id: sample captures complete at once; only full captures can be stopped",
+        ));
+    }
+    if record.status.is_final() {
+        return Err(ApiError::bad_request(code::NOT_STOPPABLE, "pcap_id: capture has already finished"));
+    }
+    if record.stop_requested.is_none() {
+        let now = rfc3339(time::OffsetDateTime::now_utc());
+        state
+            .repo
+            .update_capture(&account, &id, |r| {
+                r.stop_requested.get_or_insert_with(|| now.clone());
+            })
+            .await
+            .map_err(repo_err)?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn full_unavailable(field: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        code::UNAVAILABLE_FEATURE,
+        format!("{field}: bucket ownership is not available: no object store is configured for full captures"),
+    )
+}
+
+async fn list_ownerships(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
+    Ok(collection(records.iter().map(|r| r.to_api()).collect()))
+}
+
+async fn create_ownership(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    parse_ownership_create(&body)?;
+    Err(full_unavailable("destination_conf"))
+}
+
+async fn validate_ownership(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    parse_ownership_validate(&body)?;
+    Err(full_unavailable("destination_conf"))
+}
+
+async fn delete_ownership(
+    State(state): State<Arc<AppState>>,
+    Path((account, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &account).await?;
+    let not_found = || ApiError::not_found(code::OWNERSHIP_NOT_FOUND, format!("ownership_id: {id:?} not found"));
+    if !is_id(&id) || state.repo.get_ownership(&account, &id).await.map_err(repo_err)?.is_none() {
+        return Err(not_found());
+    }
+    state.repo.delete_ownership(&account, &id).await.map_err(repo_err)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Operator extension: connected agents (any valid token).
+async fn list_agents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if state.repo.account_for_token(bearer).await.map_err(repo_err)?.is_none() {
+        return Err(ApiError::unauthorized("Authorization: a valid Bearer API token is required"));
+    }
+    let agents: Vec<Value> = state
+        .registry
+        .agents()
+        .into_iter()
+        .map(|a| {
+            json!({
+                "agent_id": a.agent_id, "pop": a.pop, "interfaces": a.interfaces, "version": a.version,
+                "sample_rate": a.sample_rate,
+                "lookback": {
+                    "packets_seen": a.lookback.packets_seen, "packets_held": a.lookback.packets_held,
+                    "bytes_held": a.lookback.bytes_held, "kernel_dropped": a.lookback.kernel_dropped,
+                    "packets_evicted": a.lookback.packets_evicted,
+                },
+            })
+        })
+        .collect();
+    Ok(collection(agents))
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found(code::NO_ROUTE, "No route for the URI")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED, "Method not allowed")
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let base = "/client/v4/accounts/{account_id}/pcaps";
+    Router::new()
+        .route(base, get(list_captures).post(create_capture))
+        .route(&format!("{base}/ownership"), get(list_ownerships).post(create_ownership))
+        .route(&format!("{base}/ownership/validate"), post(validate_ownership))
+        .route(&format!("{base}/ownership/{{ownership_id}}"), delete(delete_ownership))
+        .route(&format!("{base}/{{pcap_id}}"), get(get_capture))
+        .route(&format!("{base}/{{pcap_id}}/download"), get(download))
+        .route(&format!("{base}/{{pcap_id}}/stop"), put(stop))
+        .route("/edgecap/v1/agents", get(list_agents))
+        .route("/healthz", get(healthz))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}

@@ -1,0 +1,190 @@
+//! The coordinator's key layout over the state store. Every key the coordinator writes is
+//! built here, so the whole persisted schema is visible in one file (see `docs/state.md`).
+//!
+//! ```text
+//! /edgecap/v1/tokens/{sha256(token)}        {"account_id"}          tokens are never stored in clear
+//! /edgecap/v1/captures/{account}/{id}       CaptureRecord           account first: listing is one prefix read
+//! /edgecap/v1/ownerships/{account}/{id}     OwnershipRecord
+//! /edgecap/v1/agents/{agent_id}             AgentPresence (leased)  disappears when the agent's lease lapses
+//! ```
+
+use std::sync::Arc;
+
+use edgecap_state::{LeaseId, Revision, StateError, StateStore};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::model::{CaptureRecord, OwnershipRecord};
+
+pub const PREFIX: &str = "/edgecap/v1";
+
+#[derive(Clone, Debug)]
+pub struct Repo {
+    store: Arc<dyn StateStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("stored record {key} does not decode: {message}")]
+    Decode { key: String, message: String },
+    #[error("record {0} not found")]
+    NotFound(String),
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+#[derive(Serialize, Deserialize)]
+struct TokenRecord {
+    account_id: String,
+}
+
+/// What the coordinator knows of a connected agent, for other replicas and operators.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentPresence {
+    pub agent_id: String,
+    pub pop: String,
+    pub interfaces: Vec<String>,
+    pub version: String,
+    pub coordinator: String,
+    pub connected_at: String,
+}
+
+pub fn token_hash(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    hex::encode(digest.as_ref())
+}
+
+fn capture_key(account: &str, id: &str) -> String {
+    format!("{PREFIX}/captures/{account}/{id}")
+}
+
+fn ownership_key(account: &str, id: &str) -> String {
+    format!("{PREFIX}/ownerships/{account}/{id}")
+}
+
+fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| RepoError::Decode { key: key.to_string(), message: e.to_string() })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Repo {
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Binds `token` to `account` (idempotent; re-binding a token to another account moves it).
+    pub async fn add_token(&self, account: &str, token: &str) -> Result<()> {
+        let key = format!("{PREFIX}/tokens/{}", token_hash(token));
+        self.store.put(&key, encode(&TokenRecord { account_id: account.to_string() }), None).await?;
+        Ok(())
+    }
+
+    pub async fn account_for_token(&self, token: &str) -> Result<Option<String>> {
+        let key = format!("{PREFIX}/tokens/{}", token_hash(token));
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode::<TokenRecord>(&key, &kv.value)?.account_id)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn create_capture(&self, record: &CaptureRecord) -> Result<Revision> {
+        let key = capture_key(&record.account_id, &record.id);
+        self.store
+            .compare_and_put(&key, None, encode(record), None)
+            .await?
+            .ok_or_else(|| RepoError::Decode { key, message: "id collision".into() })
+    }
+
+    pub async fn get_capture(&self, account: &str, id: &str) -> Result<Option<CaptureRecord>> {
+        let key = capture_key(account, id);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One account's captures, newest first.
+    pub async fn list_captures(&self, account: &str) -> Result<Vec<CaptureRecord>> {
+        self.list_captures_under(&format!("{PREFIX}/captures/{account}/")).await
+    }
+
+    /// Every account's captures (for recovery after a restart).
+    pub async fn list_all_captures(&self) -> Result<Vec<CaptureRecord>> {
+        self.list_captures_under(&format!("{PREFIX}/captures/")).await
+    }
+
+    async fn list_captures_under(&self, prefix: &str) -> Result<Vec<CaptureRecord>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(prefix).await? {
+            match decode::<CaptureRecord>(&kv.key, &kv.value) {
+                Ok(record) => out.push(record),
+                // One damaged record must not hide the others.
+                Err(error) => tracing::error!(%error, "skipping undecodable capture record"),
+            }
+        }
+        out.sort_by(|a, b| b.submitted.cmp(&a.submitted).then_with(|| b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Read-modify-write with compare-and-swap, retried on conflict.
+    pub async fn update_capture(
+        &self,
+        account: &str,
+        id: &str,
+        mut change: impl FnMut(&mut CaptureRecord),
+    ) -> Result<CaptureRecord> {
+        let key = capture_key(account, id);
+        loop {
+            let kv = self.store.get(&key).await?.ok_or_else(|| RepoError::NotFound(key.clone()))?;
+            let mut record: CaptureRecord = decode(&key, &kv.value)?;
+            change(&mut record);
+            if self.store.compare_and_put(&key, Some(kv.mod_revision), encode(&record), None).await?.is_some() {
+                return Ok(record);
+            }
+        }
+    }
+
+    pub async fn list_ownerships(&self, account: &str) -> Result<Vec<OwnershipRecord>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&format!("{PREFIX}/ownerships/{account}/")).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn get_ownership(&self, account: &str, id: &str) -> Result<Option<OwnershipRecord>> {
+        let key = ownership_key(account, id);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn delete_ownership(&self, account: &str, id: &str) -> Result<bool> {
+        Ok(self.store.delete(&ownership_key(account, id)).await?)
+    }
+
+    pub async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
+        let key = format!("{PREFIX}/agents/{}", presence.agent_id);
+        self.store.put(&key, encode(presence), Some(lease)).await?;
+        Ok(())
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<AgentPresence>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&format!("{PREFIX}/agents/")).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+}
