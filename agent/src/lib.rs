@@ -208,7 +208,7 @@ fn parse_endpoint(endpoint: &str) -> anyhow::Result<(String, u16)> {
 }
 
 /// Dials `https://host:port` with our own rustls client (mutual TLS).
-async fn connect(endpoint: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<tonic::transport::Channel> {
+pub async fn connect(endpoint: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<tonic::transport::Channel> {
     let (host, port) = parse_endpoint(endpoint)?;
     let server_name = rustls_pki_types::ServerName::try_from(host.clone())
         .with_context(|| format!("{host:?} is not a valid server name"))?;

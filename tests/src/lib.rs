@@ -1,1 +1,198 @@
-//! placeholder
+//! End-to-end test harness: PoPs as Linux network namespaces joined by veth pairs, the real
+//! binaries running inside them, real traffic.
+//!
+//! Everything a test creates is owned by a guard that removes it on drop, panics included:
+//! [`NetNs`] deletes its namespace (which destroys the veth ends in it), [`Proc`] kills and
+//! reaps its process. Namespaces are named `ec-{pid}-{tag}`; [`sweep_stale`] removes any left
+//! by a test process that no longer exists (a SIGKILLed run cannot run its destructors).
+//!
+//! Traffic stays inside the namespaces a test made: they are joined only to each other,
+//! never to the host's network.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether privileged tests (namespaces, capture) can run. Outside CI a non-root run skips
+/// them with a message; in CI (`CI=true`) not being root is a failure, never a silent skip.
+pub fn require_root(test: &str) -> bool {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    if !root {
+        assert!(std::env::var("CI").is_err(), "{test}: needs root, and CI must run it");
+        eprintln!("SKIP {test}: needs root (network namespaces, packet capture)");
+    }
+    root
+}
+
+/// A tool the test needs: present, or a failure in CI / a skip elsewhere.
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var("CI").is_err(), "{test}: {tool} is missing; .ci/run installs it");
+        eprintln!("SKIP {test}: {tool} is not installed (scripts/setup.sh installs it)");
+    }
+    found
+}
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace)", path.display());
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface names are at most 15 bytes).
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("e{:x}{n}{tag}", std::process::id() & 0xfffff)
+}
+
+/// Removes `ec-{pid}-*` namespaces whose process is gone.
+pub fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name.strip_prefix("ec-").and_then(|r| r.split('-').next()) else { continue };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("ec-{}-{}", std::process::id(), unique(tag));
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = NetNs { name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Starts a long-running process inside the namespace, its output in `log`.
+    pub fn spawn(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str], log: &std::path::Path) -> Proc {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = self
+            .cmd(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn in namespace");
+        Proc { child, log: log.to_path_buf() }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Kill anything still running in it, then delete it (veths in it go with it).
+        let _ = Command::new("ip").args(["netns", "pids", &self.name]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Joins two namespaces with a veth pair and addresses each end; returns the interface names.
+pub fn veth(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str) -> (String, String) {
+    let (ia, ib) = (unique("a"), unique("b"));
+    run(Command::new("ip").args(["link", "add", &ia, "type", "veth", "peer", "name", &ib]));
+    run(Command::new("ip").args(["link", "set", &ia, "netns", &a.name]));
+    run(Command::new("ip").args(["link", "set", &ib, "netns", &b.name]));
+    for (ns, iface, addr) in [(a, &ia, a_addr), (b, &ib, b_addr)] {
+        run(Command::new("ip").args(["-n", &ns.name, "addr", "add", addr, "dev", iface]));
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", iface, "up"]));
+    }
+    (ia, ib)
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the process's log if it has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{what} exited ({status}):\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Reads a pcap with tshark: (epoch time, ip.src) per packet. Fails if tshark complains.
+pub fn tshark_packets(path: &std::path::Path) -> Vec<(f64, String)> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(path)
+        .args(["-T", "fields", "-e", "frame.time_epoch", "-e", "ip.src"])
+        .output()
+        .expect("run tshark");
+    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines() {
+        assert!(line.contains("Running as user") || line.trim().is_empty(), "tshark warned: {line}");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut f = l.split('\t');
+            let t: f64 = f.next().unwrap_or("").parse().expect("time");
+            (t, f.next().unwrap_or("").to_string())
+        })
+        .collect()
+}

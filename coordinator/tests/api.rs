@@ -1,0 +1,339 @@
+//! The REST API through the real router (no sockets): validation of every field, the
+//! envelope, HTTP codes, auth and account isolation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use edgecap_coordinator::{AppState, Limits, RateLimits, api, control, repo};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN_A: &str = "token-of-account-a-0123456789";
+const TOKEN_B: &str = "token-of-account-b-0123456789";
+
+struct Api {
+    router: axum::Router,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+async fn api_with(rate_limits: RateLimits) -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap();
+    let repo = repo::Repo::new(store);
+    repo.add_token("acct-a", TOKEN_A).await.unwrap();
+    repo.add_token("acct-b", TOKEN_B).await.unwrap();
+    let objects = edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") }).unwrap();
+    let state = Arc::new(AppState {
+        repo,
+        registry: Arc::new(control::Registry::default()),
+        store: objects,
+        limits: Limits::default(),
+        rate_limits,
+        rate: Default::default(),
+        tmp_dir: dir.path().join("tmp"),
+        sample_timeout: Duration::from_secs(1),
+        agent_wait: Duration::ZERO,
+    });
+    Api { router: api::router(state.clone()), state, _dir: dir }
+}
+
+async fn api() -> Api {
+    api_with(RateLimits::off()).await
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        // Headers the official SDKs send must be ignored.
+        req = req.header("api-version", "2026-11-26").header("x-stainless-lang", "python");
+        let req = req.body(Body::from(body.unwrap_or("").to_string())).unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        (status, v)
+    }
+
+    async fn create(&self, body: &Value) -> (StatusCode, Value) {
+        self.call("POST", "/client/v4/accounts/acct-a/pcaps", Some(TOKEN_A), Some(&body.to_string())).await
+    }
+}
+
+fn assert_error(status: StatusCode, v: &Value, want_status: u16, want_code: u64, field: &str, case: &str) {
+    assert_eq!(status.as_u16(), want_status, "{case}: status, body {v}");
+    assert_eq!(v["success"], json!(false), "{case}: envelope {v}");
+    assert_eq!(v["result"], Value::Null, "{case}");
+    assert_eq!(v["messages"], json!([]), "{case}");
+    let err = &v["errors"][0];
+    assert_eq!(err["code"].as_u64(), Some(want_code), "{case}: code, body {v}");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains(field), "{case}: message {msg:?} must name {field:?}");
+}
+
+fn simple() -> Value {
+    json!({"system": "magic-transit", "type": "simple", "time_limit": 10, "packet_limit": 100})
+}
+
+fn full() -> Value {
+    json!({"system": "magic-transit", "type": "full", "time_limit": 10, "colo_name": "ord01",
+           "destination_conf": "s3://bucket-1/x?region=us-east-1"})
+}
+
+/// (base, field, value or None to remove, status, code)
+type Case = (&'static str, &'static str, Option<Value>, u16, u64);
+
+fn cases() -> Vec<Case> {
+    use edgecap_coordinator::error::code::*;
+    let c = |base, field, value: Option<Value>, status, code| (base, field, value, status, code);
+    let mut v = vec![
+        // system
+        c("simple", "system", None, 400, MISSING_FIELD as u64),
+        c("simple", "system", Some(json!(1)), 400, WRONG_TYPE as u64),
+        c("simple", "system", Some(json!("magic-wan")), 400, INVALID_VALUE as u64),
+        c("simple", "system", Some(json!("magic-transit")), 200, 0),
+        // type
+        c("simple", "type", None, 400, MISSING_FIELD as u64),
+        c("simple", "type", Some(json!(true)), 400, WRONG_TYPE as u64),
+        c("simple", "type", Some(json!("sample")), 400, INVALID_VALUE as u64),
+        // time_limit
+        c("simple", "time_limit", None, 400, MISSING_FIELD as u64),
+        c("simple", "time_limit", Some(json!("10")), 400, WRONG_TYPE as u64),
+        c("simple", "time_limit", Some(json!(0)), 400, OUT_OF_RANGE as u64),
+        c("simple", "time_limit", Some(json!(-5)), 400, OUT_OF_RANGE as u64),
+        c("simple", "time_limit", Some(json!(301)), 400, OUT_OF_RANGE as u64),
+        c("simple", "time_limit", Some(json!(10.5)), 400, INVALID_VALUE as u64),
+        c("simple", "time_limit", Some(json!(300.0)), 200, 0),
+        c("simple", "time_limit", Some(json!(1)), 200, 0),
+        c("full", "time_limit", Some(json!(301)), 400, OUT_OF_RANGE as u64),
+        // packet_limit
+        c("simple", "packet_limit", None, 400, MISSING_FIELD as u64),
+        c("simple", "packet_limit", Some(json!([1])), 400, WRONG_TYPE as u64),
+        c("simple", "packet_limit", Some(json!(0)), 400, OUT_OF_RANGE as u64),
+        c("simple", "packet_limit", Some(json!(10001)), 400, OUT_OF_RANGE as u64),
+        c("simple", "packet_limit", Some(json!(10000)), 200, 0),
+        c("simple", "packet_limit", Some(json!(1e4)), 200, 0),
+        c("full", "packet_limit", Some(json!(10001)), 400, OUT_OF_RANGE as u64),
+        // byte_limit
+        c("simple", "byte_limit", Some(json!(100)), 400, NOT_APPLICABLE as u64),
+        c("full", "byte_limit", Some(json!("1")), 400, WRONG_TYPE as u64),
+        c("full", "byte_limit", Some(json!(0)), 400, OUT_OF_RANGE as u64),
+        c("full", "byte_limit", Some(json!(1_000_000_001u64)), 400, OUT_OF_RANGE as u64),
+        c("full", "byte_limit", Some(json!(1e6)), 422, UNAVAILABLE_FEATURE as u64),
+        // offset_time
+        c("simple", "offset_time", Some(json!(5)), 400, WRONG_TYPE as u64),
+        c("simple", "offset_time", Some(json!("yesterday")), 400, INVALID_VALUE as u64),
+        c("simple", "offset_time", Some(json!("2001-01-01T00:00:00Z")), 400, OUT_OF_RANGE as u64),
+        c("simple", "offset_time", Some(json!("2999-01-01T00:00:00Z")), 400, OUT_OF_RANGE as u64),
+        c("full", "offset_time", Some(json!("2001-01-01T00:00:00Z")), 400, NOT_APPLICABLE as u64),
+        // colo_name / destination_conf
+        c("full", "colo_name", None, 400, MISSING_FIELD as u64),
+        c("full", "colo_name", Some(json!(7)), 400, WRONG_TYPE as u64),
+        c("full", "colo_name", Some(json!("ord 01; rm")), 400, INVALID_VALUE as u64),
+        c("simple", "colo_name", Some(json!("ord01")), 400, NOT_APPLICABLE as u64),
+        c("full", "destination_conf", None, 400, MISSING_FIELD as u64),
+        c("full", "destination_conf", Some(json!({})), 400, WRONG_TYPE as u64),
+        c("full", "destination_conf", Some(json!("gs://bucket")), 400, INVALID_VALUE as u64),
+        c("full", "destination_conf", Some(json!("s3://b?secret=x")), 400, INVALID_VALUE as u64),
+        c("simple", "destination_conf", Some(json!("s3://bucket")), 400, NOT_APPLICABLE as u64),
+        // full captures validate, then say they are not available yet
+        c("full", "colo_name", Some(json!("ord01")), 422, UNAVAILABLE_FEATURE as u64),
+        // filter_v1
+        c("simple", "filter_v1", Some(json!("udp")), 400, WRONG_TYPE as u64),
+        c("simple", "filter_v1", Some(json!({})), 200, 0),
+        c("simple", "filter_v1", Some(Value::Null), 200, 0),
+    ];
+    let f = |field: &'static str, value: Value, status, code| {
+        (
+            "simple",
+            field,
+            Some(json!({ field.strip_prefix("filter_v1.").unwrap(): value })),
+            status,
+            code,
+        )
+    };
+    v.extend([
+        f("filter_v1.source_address", json!(1), 400, WRONG_TYPE as u64),
+        f("filter_v1.source_address", json!("10.0.0.300"), 400, INVALID_VALUE as u64),
+        f("filter_v1.source_address", json!("1.2.3.4 or port 22"), 400, INVALID_VALUE as u64),
+        f("filter_v1.source_address", json!("10.1.2.3/33"), 400, OUT_OF_RANGE as u64),
+        f("filter_v1.source_address", json!("10.1.2.3/8"), 400, INVALID_VALUE as u64),
+        f("filter_v1.source_address", json!("2001:db8::1"), 200, 0),
+        f("filter_v1.destination_address", json!("$(reboot)"), 400, INVALID_VALUE as u64),
+        f("filter_v1.destination_address", json!("10.0.0.0/8"), 200, 0),
+        f("filter_v1.source_port", json!("80"), 400, WRONG_TYPE as u64),
+        f("filter_v1.source_port", json!(-1), 400, OUT_OF_RANGE as u64),
+        f("filter_v1.source_port", json!(70000), 400, OUT_OF_RANGE as u64),
+        f("filter_v1.source_port", json!(0), 200, 0),
+        f("filter_v1.destination_port", json!(65536), 400, OUT_OF_RANGE as u64),
+        f("filter_v1.destination_port", json!(443.0), 200, 0),
+        f("filter_v1.protocol", json!(300), 400, OUT_OF_RANGE as u64),
+        f("filter_v1.protocol", json!(6.5), 400, INVALID_VALUE as u64),
+        f("filter_v1.protocol", json!(null), 200, 0),
+        f("filter_v1.protocol", json!(255), 200, 0),
+        f("filter_v1.portz", json!(80), 400, UNKNOWN_FIELD as u64),
+    ]);
+    v
+}
+
+#[tokio::test]
+async fn every_field_is_validated_with_a_clear_error() {
+    let api = api().await;
+    let mut checked = 0;
+    for (base, field, value, status, code) in cases() {
+        let mut body = if base == "simple" { simple() } else { full() };
+        let key = field.split('.').next().unwrap();
+        match &value {
+            None => {
+                body.as_object_mut().unwrap().remove(key);
+            }
+            Some(v) => body[key] = v.clone(),
+        }
+        let case = format!("{base} {field}={value:?}");
+        let (got_status, v) = api.create(&body).await;
+        if status == 200 {
+            assert_eq!(got_status, StatusCode::OK, "{case}: {v}");
+            assert_eq!(v["success"], json!(true), "{case}");
+            assert_eq!(v["errors"], json!([]), "{case}");
+            let id = v["result"]["id"].as_str().unwrap();
+            assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{case}: id {id}");
+            assert_eq!(v["result"]["status"], json!("pending"), "{case}");
+        } else if status == 422 {
+            // Valid, but full captures are not available until an object store is configured.
+            assert_error(got_status, &v, status, code, "type", &case);
+        } else {
+            assert_error(got_status, &v, status, code, field, &case);
+        }
+        checked += 1;
+    }
+    assert!(checked > 60, "the table covers every field ({checked} cases)");
+}
+
+#[tokio::test]
+async fn mixed_address_families_and_portless_protocols_are_refused() {
+    let api = api().await;
+    let mut body = simple();
+    body["filter_v1"] = json!({"source_address": "10.0.0.1", "destination_address": "::1"});
+    let (s, v) = api.create(&body).await;
+    assert_error(s, &v, 400, 1005, "source_address", "mixed families");
+    body["filter_v1"] = json!({"protocol": 1, "destination_port": 53});
+    let (s, v) = api.create(&body).await;
+    assert_error(s, &v, 400, 1005, "protocol", "icmp with ports");
+}
+
+#[tokio::test]
+async fn malformed_bodies() {
+    let api = api().await;
+    for (body, what) in [("", "empty"), ("{", "truncated"), ("[1,2]", "array"), ("null", "null"), ("\"x\"", "string")] {
+        let (s, v) = api.call("POST", "/client/v4/accounts/acct-a/pcaps", Some(TOKEN_A), Some(body)).await;
+        assert_error(s, &v, 400, 1001, "request body", what);
+    }
+    let (s, v) =
+        api.call("POST", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), Some("{}")).await;
+    assert_error(s, &v, 400, 1002, "destination_conf", "ownership without destination");
+    let (s, v) = api
+        .call(
+            "POST",
+            "/client/v4/accounts/acct-a/pcaps/ownership/validate",
+            Some(TOKEN_A),
+            Some(r#"{"destination_conf":"s3://bucket-1"}"#),
+        )
+        .await;
+    assert_error(s, &v, 400, 1002, "ownership_challenge", "validate without challenge");
+    let (s, v) = api
+        .call("POST", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), Some(r#"{"destination_conf":"s3://bucket-1"}"#))
+        .await;
+    assert_error(s, &v, 422, 1300, "destination_conf", "ownership needs an object store");
+}
+
+#[tokio::test]
+async fn auth_routes_and_methods() {
+    let api = api().await;
+    let (s, v) = api.call("GET", "/client/v4/accounts/acct-a/pcaps", None, None).await;
+    assert_error(s, &v, 401, 10000, "Authorization", "no token");
+    let (s, v) = api.call("GET", "/client/v4/accounts/acct-a/pcaps", Some("nope-nope-nope-nope"), None).await;
+    assert_error(s, &v, 401, 10000, "Authorization", "bad token");
+    let (s, v) = api.call("GET", "/client/v4/nothing", Some(TOKEN_A), None).await;
+    assert_error(s, &v, 404, 7003, "No route", "unknown path");
+    let (s, v) = api.call("DELETE", "/client/v4/accounts/acct-a/pcaps", Some(TOKEN_A), None).await;
+    assert_error(s, &v, 405, 7001, "Method", "wrong method");
+    let (s, v) = api.call("GET", "/client/v4/accounts/acct-a/pcaps/not-an-id", Some(TOKEN_A), None).await;
+    assert_error(s, &v, 404, 1100, "pcap_id", "malformed id");
+    let (s, v) = api.call("GET", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), None).await;
+    assert_eq!(s, StatusCode::OK, "ownership list wins over /{{pcap_id}}: {v}");
+    assert_eq!(v["result"], json!([]));
+    let (s, v) = api
+        .call("DELETE", "/client/v4/accounts/acct-a/pcaps/ownership/0123456789abcdef0123456789abcdef", Some(TOKEN_A), None)
+        .await;
+    assert_error(s, &v, 404, 1101, "ownership_id", "unknown ownership");
+}
+
+async fn wait_final(api: &Api, id: &str) -> Value {
+    for _ in 0..100 {
+        let (_, v) = api.call("GET", &format!("/client/v4/accounts/acct-a/pcaps/{id}"), Some(TOKEN_A), None).await;
+        if v["result"]["status"] != json!("pending") {
+            return v["result"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("capture {id} stayed pending");
+}
+
+#[tokio::test]
+async fn accounts_are_isolated() {
+    let api = api().await;
+    let (_, created) = api.create(&simple()).await;
+    let id = created["result"]["id"].as_str().unwrap().to_string();
+    // No agent is connected: the capture fails with a reason, and is still A's alone.
+    let done = wait_final(&api, &id).await;
+    assert_eq!(done["status"], json!("failed"));
+    assert!(done["error_message"].as_str().unwrap().contains("no agent"), "{done}");
+    let a = "/client/v4/accounts/acct-a/pcaps";
+    for (method, path) in [
+        ("GET", a.to_string()),
+        ("GET", format!("{a}/{id}")),
+        ("GET", format!("{a}/{id}/download")),
+        ("PUT", format!("{a}/{id}/stop")),
+        ("POST", a.to_string()),
+    ] {
+        let (s, v) = api.call(method, &path, Some(TOKEN_B), Some(&simple().to_string())).await;
+        assert_error(s, &v, 404, 1104, "account_id", &format!("B on {method} {path}"));
+    }
+    let b = "/client/v4/accounts/acct-b/pcaps";
+    for (method, path) in [("GET", format!("{b}/{id}")), ("GET", format!("{b}/{id}/download")), ("PUT", format!("{b}/{id}/stop"))] {
+        let (s, v) = api.call(method, &path, Some(TOKEN_B), None).await;
+        assert_error(s, &v, 404, 1100, "pcap_id", &format!("B's own path {method} {path}"));
+    }
+    let (_, v) = api.call("GET", b, Some(TOKEN_B), None).await;
+    assert_eq!(v["result"], json!([]), "B lists nothing of A's");
+    let (_, v) = api.call("GET", a, Some(TOKEN_A), None).await;
+    assert_eq!(v["result"].as_array().unwrap().len(), 1);
+    assert_eq!(v["result_info"]["count"], json!(1));
+    // A cannot download a failed capture; the reason is given.
+    let (s, v) = api.call("GET", &format!("{a}/{id}/download"), Some(TOKEN_A), None).await;
+    assert_error(s, &v, 409, 1102, "pcap_id", "download of a failed capture");
+}
+
+#[tokio::test]
+async fn sample_rate_limit_is_per_account_and_after_validation() {
+    let api = api_with(RateLimits::cloudflare()).await;
+    let (s, _) = api.create(&simple()).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut bad = simple();
+    bad["time_limit"] = json!(0);
+    let (s, v) = api.create(&bad).await;
+    assert_error(s, &v, 400, 1004, "time_limit", "validation before the rate limit");
+    let (s, v) = api.create(&simple()).await;
+    assert_error(s, &v, 429, 1200, "type", "second sample within a minute");
+    let (s, _) = api
+        .call("POST", "/client/v4/accounts/acct-b/pcaps", Some(TOKEN_B), Some(&simple().to_string()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "another account is not limited");
+    let _ = &api.state;
+}
