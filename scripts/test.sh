@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install what the tests need, build every binary
+# (the end-to-end tests run them in network namespaces), run all tests, and check that no
+# test left a network namespace behind. Needs root for namespaces and packet capture.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+export EDGECAP_SDK_PYTHON="${EDGECAP_SDK_VENV:-$HOME/.cache/edgecap/sdk-venv}/bin/python"
+
+cargo build --workspace --all-targets --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --profile ci
+else
+  cargo test --workspace --locked
+fi
+
+leaked=$(ip netns list 2>/dev/null | awk '$1 ~ /^ec-/ {print $1}')
+if [ -n "$leaked" ]; then
+  echo "test: network namespaces left behind by the tests: $leaked" >&2
+  exit 1
+fi
