@@ -61,15 +61,19 @@ fn sample_capture_merges_two_pops_in_time_order() {
 
     let coord_dir = dir.path().join("coord");
     let pki_s = pki.to_str().unwrap();
-    let mut coordinator = core.spawn(
-        bin("edgecap-coordinator"),
-        &[
-            "--data-dir", coord_dir.to_str().unwrap(), "--pki-dir", pki_s,
-            "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
-            "--token", &format!("acct:{TOKEN}"), "--no-rate-limits",
-        ],
-        &dir.path().join("coordinator.log"),
-    );
+    let token_arg = format!("acct:{TOKEN}");
+    let start_coordinator = |log: &str| {
+        core.spawn(
+            bin("edgecap-coordinator"),
+            &[
+                "--data-dir", coord_dir.to_str().unwrap(), "--pki-dir", pki_s,
+                "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
+                "--token", &token_arg, "--no-rate-limits",
+            ],
+            &dir.path().join(log),
+        )
+    };
+    let mut coordinator = start_coordinator("coordinator.log");
     let agent = |ns: &NetNs, files: &edgecap_tls::TlsFiles, iface: &str, coord: &str, log: &str| {
         ns.spawn(
             bin("edgecap-agent"),
@@ -139,6 +143,21 @@ fn sample_capture_merges_two_pops_in_time_order() {
         .unwrap();
     assert_eq!(none["status"], "failed");
     assert!(none["error_message"].as_str().unwrap().starts_with("No packets matched"), "{none:#}");
+
+    // The coordinator restarts: both agents reconnect by themselves (backoff), and the
+    // captures taken before the restart are still there.
+    drop(coordinator);
+    let mut coordinator = start_coordinator("coordinator-2.log");
+    wait_for("both agents to reconnect", Duration::from_secs(60), || {
+        coordinator.assert_running("restarted coordinator");
+        cli.run(&["agents"]).ok().filter(|v| v.as_array().is_some_and(|a| a.len() == 2))
+    });
+    let kept = cli.run(&["capture", "get", id]).unwrap();
+    assert_eq!(kept["status"], "success");
+    assert_eq!(kept["packets_captured"], 20);
+    let again = dir.path().join("again.pcap");
+    cli.run(&["capture", "download", id, "-o", again.to_str().unwrap()]).unwrap();
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&file).unwrap(), "same file after the restart");
 
     // One PoP gone: the other still answers; the lost PoP is not silently counted.
     drop(agent_b);
