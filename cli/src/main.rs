@@ -6,6 +6,7 @@
 //! * `edgecap capture create|list|get|download|stop` and `edgecap agents`: the API, from a shell.
 
 mod client;
+mod merge;
 mod up;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Merge pcap/pcapng files into one, in timestamp order (a drop-in for mergecap).
+    Merge(merge::MergeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +148,7 @@ async fn run() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Merge(args) => merge::run(args),
         Command::Agents { api } => {
             let client = client::Client::new(api)?;
             client::print(&client.agents().await.context("list agents")?)

@@ -1,21 +1,27 @@
-//! Timestamp-ordered merge of per-PoP packet streams into one classic PCAP.
+//! Timestamp-ordered merge of packet captures: many per-PoP shards in, one capture out.
 //!
-//! This is the first piece of the merge engine: a k-way merge over already time-ordered
-//! inputs and a classic-pcap writer. It is synchronous and does no I/O besides its
-//! `Write` argument, so the coordinator runs it in `spawn_blocking`.
+//! * [`read`]: streaming readers for classic pcap and pcapng, hardened against malformed input.
+//! * [`write`]: classic pcap and pcapng writers (pcapng with per-PoP interfaces, filters and
+//!   counters).
+//! * [`merge`](merge::merge): the streaming k-way merge, in memory bounded by the number of
+//!   inputs, never by their size.
+//! * [`merge_sorted`] / [`write_classic_pcap`]: the in-memory form the coordinator uses for
+//!   sample captures, whose answers are already in memory.
 //!
-//! Ordering rule: packets are ordered by timestamp; ties keep input order (a packet of input
-//! `i` comes before a packet of input `j > i` with the same timestamp), and within one input
-//! the input's own order is kept. Inputs are expected to be time-ordered; an input that is
-//! not is still merged without loss, its out-of-order packets emitted when reached.
+//! Synchronous, no async runtime, no I/O but the `Read`/`Write` it is given: callers run it
+//! on a thread or in `spawn_blocking`. Ordering rule (everywhere in this crate): by
+//! timestamp; ties keep input order; within an input, its own order is kept.
+
+pub mod merge;
+pub mod read;
+pub mod write;
+
+pub use merge::{MergeError, MergeInput, MergeOptions, MergeReport, OutputFormat, Provenance, merge};
+pub use read::{CaptureReader, ReadError, Record};
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::Write;
-use std::time::Duration;
-
-use pcap_file::DataLink;
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 
 /// A packet as the merge sees it.
 pub trait Timestamped {
@@ -45,48 +51,28 @@ pub fn merge_sorted<T: Timestamped>(inputs: Vec<Vec<T>>) -> Vec<T> {
     out
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum MergeError {
-    #[error("write pcap: {0}")]
-    Write(#[from] pcap_file::PcapError),
-    #[error("packet at {ts_ns} ns has {len} bytes, more than the snap length {snaplen}")]
-    TooLong { ts_ns: u64, len: usize, snaplen: u32 },
-    #[error("timestamp {0} ns is beyond what classic pcap can hold (year 2106)")]
-    Timestamp(u64),
-}
-
-/// Writes classic pcap (microsecond timestamps, magic `a1b2c3d4`, the most widely readable
-/// form, and what Cloudflare's download returns) with the given link type and snap length.
+/// Writes classic pcap (microsecond timestamps, the most widely readable form, and what
+/// Cloudflare's download returns) with the given link type and snap length. Returns the
+/// writer and the number of packets written.
 pub fn write_classic_pcap<'a, W: Write>(
     out: W,
     linktype: u32,
     snaplen: u32,
     packets: impl IntoIterator<Item = (u64, u32, &'a [u8])>,
-) -> Result<(W, u64), MergeError> {
-    let header = PcapHeader {
-        version_major: 2,
-        version_minor: 4,
-        ts_correction: 0,
-        ts_accuracy: 0,
-        snaplen,
-        datalink: DataLink::from(linktype),
-        ts_resolution: pcap_file::TsResolution::MicroSecond,
-        endianness: pcap_file::Endianness::Big,
-    };
-    let mut writer = PcapWriter::with_header(out, header)?;
+) -> std::io::Result<(W, u64)> {
+    let mut writer = write::PcapWriter::new(out, linktype as u16, snaplen, false)?;
     let mut count = 0;
     for (ts_ns, orig_len, data) in packets {
         if data.len() > snaplen as usize {
-            return Err(MergeError::TooLong { ts_ns, len: data.len(), snaplen });
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("packet at {ts_ns} ns has {} bytes, more than the snap length {snaplen}", data.len()),
+            ));
         }
-        if ts_ns / 1_000_000_000 > u64::from(u32::MAX) {
-            return Err(MergeError::Timestamp(ts_ns));
-        }
-        let orig_len = orig_len.max(data.len() as u32);
-        writer.write_packet(&PcapPacket::new(Duration::from_nanos(ts_ns), orig_len, data))?;
+        writer.packet(ts_ns, orig_len, data)?;
         count += 1;
     }
-    Ok((writer.into_writer(), count))
+    Ok((writer.finish()?, count))
 }
 
 #[cfg(test)]
@@ -127,10 +113,9 @@ mod tests {
         let data = [0u8; 60];
         let (buf, n) = write_classic_pcap(Vec::new(), 1, 160, [(1_500_000_123_456_789_000, 1514, &data[..])]).unwrap();
         assert_eq!(n, 1);
-        assert_eq!(&buf[..4], &[0xa1, 0xb2, 0xc3, 0xd4]);
-        // Decoded by hand: pcap-file 2.0's reader refuses orig_len > snaplen, which is
-        // exactly what a truncated sample is (tshark reads these files in the e2e tests).
-        let be = |at: usize| u32::from_be_bytes(buf[at..at + 4].try_into().unwrap());
+        assert_eq!(&buf[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian microsecond magic");
+        // Decoded by hand, independently of our reader.
+        let be = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().unwrap());
         assert_eq!(be(16), 160, "snaplen");
         assert_eq!(be(20), 1, "linktype");
         assert_eq!((be(24), be(28)), (1_500_000_123, 456_789), "timestamp in microseconds");
