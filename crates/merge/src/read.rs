@@ -350,7 +350,7 @@ impl<R: Read> CaptureReader<R> {
     fn block_body(&mut self, len: u32, start: u64, body: &mut Vec<u8>) -> Result<()> {
         body.resize(len as usize - 8, 0);
         let mut tmp = std::mem::take(body);
-        let result = self.fill(&mut tmp, "a block");
+        let result = self.fill(&mut tmp, "block body");
         *body = tmp;
         result.map_err(|e| ReadError { offset: start, message: format!("block: {}", e.message) })?;
         let trailer = self.endian.u32(&body[body.len() - 4..]);
