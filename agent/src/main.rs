@@ -1,19 +1,35 @@
-//! `edgecap-agent`: the PoP agent as a daemon.
+//! `edgecap-agent`: the PoP agent (`run`) and a standalone capture command (`capture`) for
+//! operators and benchmarks.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgecap_agent::{Agent, AgentConfig};
-use edgecap_capture::LookbackConfig;
+use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
+use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
+use edgecap_capture::{FilterV1, LookbackConfig};
 use edgecap_tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
-/// The edgecap agent: keeps a sampled lookback of its interfaces and serves the coordinator.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Coordinator endpoint, https://host:port. Repeat for failover.
+#[command(version, about = "The edgecap agent: lookback, captures, and the coordinator's control stream")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run as a PoP agent: keep the sampled lookback and serve the coordinator.
+    Run(RunArgs),
+    /// Capture on an interface into a file, then print the counters (no coordinator needed).
+    Capture(CaptureArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Coordinator endpoint, https://host:port. Repeat (or comma-separate) for failover.
     #[arg(long = "coordinator", required = true, env = "EDGECAP_COORDINATORS", value_delimiter = ',')]
     coordinators: Vec<String>,
     /// Interface to capture on. Repeatable.
@@ -42,21 +58,96 @@ struct Args {
     lookback_max_age: u64,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Pcap,
+    Pcapng,
+}
+
+#[derive(Args, Debug)]
+struct CaptureArgs {
+    #[arg(long)]
+    iface: String,
+    /// Output file (with rotation: the name pattern, numbered -000001, -000002, ...).
+    #[arg(long)]
+    out: PathBuf,
+    /// pcap-filter expression (compiled by libpcap, at most 4096 instructions).
+    #[arg(long, conflicts_with = "filter_v1")]
+    filter: Option<String>,
+    /// Cloudflare filter_v1 as JSON, e.g. '{"protocol":17,"destination_port":53}'.
+    #[arg(long)]
+    filter_v1: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    time_limit: Option<f64>,
+    /// Stop after this many packets.
+    #[arg(long)]
+    packet_limit: Option<u64>,
+    /// Stop before the captured packet bytes would exceed this.
+    #[arg(long)]
+    byte_limit: Option<u64>,
+    #[arg(long, default_value_t = 262_144)]
+    snaplen: u32,
+    #[arg(long, value_enum, default_value = "pcap")]
+    format: Format,
+    /// Kernel capture buffer, MiB.
+    #[arg(long, default_value_t = 32)]
+    buffer_mib: u32,
+    /// Rotate to a new shard at this size, MiB.
+    #[arg(long)]
+    rotate_mib: Option<u64>,
+    /// Rotate to a new shard after this many seconds.
+    #[arg(long)]
+    rotate_seconds: Option<u64>,
+    /// Identity written into shard manifests and pcapng interface names.
+    #[arg(long, default_value = "local")]
+    pop: String,
+    #[arg(long, default_value = "edgecap-agent")]
+    agent: String,
+    #[arg(long, default_value = "")]
+    capture_id: String,
+    /// Batches the queue between the capture and writer threads holds (x256 packets).
+    #[arg(long, default_value_t = 1024, hide = true)]
+    queue_batches: usize,
+    /// Test hook: slow the writer by this many microseconds per packet.
+    #[arg(long, hide = true)]
+    writer_delay_us: Option<u64>,
+}
+
+fn usage_error(message: String) -> ! {
+    eprintln!("edgecap-agent: {message}");
+    std::process::exit(64);
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,hyper=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Capture(args) => capture(args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.lookback_max_age == 0 || args.lookback_max_age > 86400 {
-        eprintln!("edgecap-agent: --lookback-max-age must be 1..=86400 seconds");
-        std::process::exit(64);
+        usage_error("--lookback-max-age must be 1..=86400 seconds".into());
     }
     if !(16..=65535).contains(&args.lookback_snaplen) {
-        eprintln!("edgecap-agent: --lookback-snaplen must be 16..=65535");
-        std::process::exit(64);
+        usage_error("--lookback-snaplen must be 16..=65535".into());
     }
     let mut config = AgentConfig::new(
         args.coordinators,
@@ -69,25 +160,119 @@ async fn main() -> anyhow::Result<()> {
         max_bytes: args.lookback_memory_mib << 20,
         max_age_ns: args.lookback_max_age * 1_000_000_000,
     };
-    config.tls_reload_interval = Duration::from_secs(5);
-    let agent = match Agent::start(config) {
-        Ok(agent) => agent,
-        Err(e) => {
-            eprintln!("edgecap-agent: {e:#}");
-            std::process::exit(64);
-        }
-    };
+    let agent = Agent::start(config).unwrap_or_else(|e| usage_error(format!("{e:#}")));
     tracing::info!(agent_id = %agent.agent_id, pop = %agent.pop, "agent started");
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        shutdown_signal().await;
         stop.cancel();
     });
     agent.run(cancel).await
+}
+
+/// The filter text to compile: from --filter (checked by libpcap, bounded) or from
+/// --filter-v1 (typed fields only).
+fn capture_filter(args: &CaptureArgs) -> Result<(String, String), String> {
+    let text = match (&args.filter, &args.filter_v1) {
+        (Some(f), _) => f.clone(),
+        (None, Some(json)) => {
+            let filter: FilterV1 = serde_json::from_str(json).map_err(|e| format!("--filter-v1: {e}"))?;
+            filter.check_satisfiable().map_err(|e| format!("--filter-v1: {e}"))?;
+            filter.to_bpf()
+        }
+        (None, None) => String::new(),
+    };
+    if text.is_empty() {
+        return Ok((text, String::new()));
+    }
+    // The link type is checked against the interface's when libpcap sets the filter; the
+    // hash names the program for manifests.
+    let checked = edgecap_capture::bpf::check(&text, 1, args.snaplen as i32).map_err(|e| e.to_string())?;
+    Ok((checked.text, checked.hash))
+}
+
+async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+    let (filter, filter_hash) = capture_filter(&args).unwrap_or_else(|e| usage_error(e));
+    if let Some(t) = args.time_limit
+        && !(t > 0.0 && t.is_finite())
+    {
+        usage_error("--time-limit must be a positive number of seconds".into());
+    }
+    if !(16..=262_144).contains(&args.snaplen) {
+        usage_error("--snaplen must be 16..=262144".into());
+    }
+    let mut config = LiveConfig::new(&args.iface, &filter);
+    config.snaplen = args.snaplen;
+    config.buffer_size = args.buffer_mib.clamp(1, 2048) << 20;
+    config.queue_batches = args.queue_batches.max(1);
+    config.writer_delay = args.writer_delay_us.map(Duration::from_micros);
+    config.limits = Limits {
+        time: args.time_limit.map(Duration::from_secs_f64),
+        packets: args.packet_limit,
+        bytes: args.byte_limit,
+    };
+    // The link type comes from the interface itself.
+    let linktype = pcap::Capture::from_device(args.iface.as_str())
+        .and_then(|c| c.open())
+        .map(|c| c.get_datalink().0 as u16)
+        .unwrap_or_else(|e| usage_error(format!("interface {}: {e}", args.iface)));
+    let identity = ShardIdentity {
+        capture_id: args.capture_id.clone(),
+        pop: args.pop.clone(),
+        agent: args.agent.clone(),
+        interface: args.iface.clone(),
+        linktype,
+        snaplen: args.snaplen,
+        filter: filter.clone(),
+        filter_hash,
+    };
+    let shards = ShardWriter::new(
+        ShardConfig {
+            path: args.out.clone(),
+            format: match args.format {
+                Format::Pcap => ShardFormat::Pcap,
+                Format::Pcapng => ShardFormat::Pcapng,
+            },
+            rotate_bytes: args.rotate_mib.map(|m| m << 20),
+            rotate_every: args.rotate_seconds.map(Duration::from_secs),
+        },
+        identity,
+    );
+    let live = LiveCapture::start(config, Box::new(shards)).unwrap_or_else(|e| usage_error(e.to_string()));
+    eprintln!("edgecap-agent: capturing on {} (filter {:?})", args.iface, filter);
+    let live = std::sync::Arc::new(std::sync::Mutex::new(Some(live)));
+    let waiter = {
+        let live = live.clone();
+        tokio::task::spawn_blocking(move || loop {
+            let done = live.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(LiveCapture::is_done);
+            if done {
+                let capture = live.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return capture.map(LiveCapture::wait);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        })
+    };
+    let stopper = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            if let Some(c) = live.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                c.stop();
+            }
+        })
+    };
+    let counters = waiter.await?.unwrap_or_default();
+    stopper.abort();
+    println!("{}", counters.line());
+    eprintln!("{} packets captured", counters.written);
+    eprintln!("{} packets received by filter", counters.received);
+    eprintln!("{} packets dropped by kernel", counters.kernel_dropped);
+    match counters.stop_reason {
+        Some(edgecap_capture::session::StopReason::Failed(e)) => {
+            eprintln!("edgecap-agent: capture failed: {e}");
+            std::process::exit(1);
+        }
+        _ => Ok(()),
+    }
 }

@@ -78,7 +78,7 @@ fn sample_capture_merges_two_pops_in_time_order() {
         ns.spawn(
             bin("edgecap-agent"),
             &[
-                "--coordinator", coord, "--iface", iface,
+                "run", "--coordinator", coord, "--iface", iface,
                 "--tls-ca", files.ca.to_str().unwrap(), "--tls-cert", files.cert.to_str().unwrap(),
                 "--tls-key", files.key.to_str().unwrap(),
             ],

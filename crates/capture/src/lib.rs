@@ -6,12 +6,18 @@
 //! * [`lookback`]: an always-on, time-ordered store of sampled, truncated packets, bounded by
 //!   memory and age, answering "packets in `[from, to]` matching F, newest N".
 //! * [`live`]: one libpcap thread per interface feeding the lookback.
+//! * [`session`]: live captures with limits, a bounded queue and loss accounting.
+//! * [`shard`]: rotating shard files (pcap or pcapng) with manifests.
+//! * [`bpf`]: user pcap-filter text, compiled, bounded and hashed.
 //!
 //! No async runtime in here: capture runs on its own OS threads.
 
+pub mod bpf;
 pub mod filter;
 pub mod live;
 pub mod lookback;
+pub mod session;
+pub mod shard;
 
 pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};
@@ -35,7 +41,7 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Compiles `expr` for a link type, for offline matching (`pcap_offline_filter`), so a filter
+/// Compiles `expr` for a link type (a libpcap DLT value, as `pcap_datalink` returns), for offline matching (`pcap_offline_filter`), so a filter
 /// means the same in the lookback as on the wire.
 pub fn compile_offline(linktype: i32, snaplen: i32, expr: &str) -> Result<pcap::BpfProgram, CaptureError> {
     let dead = pcap::Capture::dead_with_precision(pcap::Linktype(linktype), pcap::Precision::Nano)

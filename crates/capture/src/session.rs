@@ -1,0 +1,423 @@
+//! Live captures: one libpcap handle on its own thread, feeding a bounded queue that a
+//! writer thread drains into a [`PacketSink`] (a shard writer), with limits and loss
+//! accounting.
+//!
+//! * The capture thread copies packets into batches (one allocation per batch, not per
+//!   packet) and hands them to the queue without ever blocking: when the queue is full the
+//!   batch is dropped and counted as `agent_dropped`. So a slow disk shows up as a counted
+//!   agent drop, never as a silently growing kernel drop.
+//! * The writer applies the packet and byte limits exactly: the packet that would exceed a
+//!   limit is not written; the packet that reaches it is written and ends the capture.
+//!   Bytes are the captured packet bytes (caplen), without file headers.
+//! * Time limit: from the start of the capture, on the capture thread's clock.
+//! * Whichever comes first (a limit, [`LiveCapture::stop`], or an error) ends the capture and
+//!   is recorded as the [`StopReason`].
+//! * Kernel counters (`pcap_stats`) are read once a second and at the end.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::CaptureError;
+
+/// Limits of one capture; `None` is unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub time: Option<Duration>,
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    pub iface: String,
+    /// pcap-filter expression, already validated (see [`crate::bpf`]); empty = everything.
+    pub filter: String,
+    pub snaplen: u32,
+    /// Kernel buffer, bytes.
+    pub buffer_size: u32,
+    pub promisc: bool,
+    /// Read timeout, ms: how long a quiet capture waits before checking limits and stop.
+    pub timeout_ms: i32,
+    pub limits: Limits,
+    /// Batches the queue holds between the capture and writer threads.
+    pub queue_batches: usize,
+    /// Packets per batch.
+    pub batch_packets: usize,
+    /// Test hook: a delay per written packet, to make the writer slower than the wire.
+    pub writer_delay: Option<Duration>,
+}
+
+impl LiveConfig {
+    pub fn new(iface: &str, filter: &str) -> Self {
+        Self {
+            iface: iface.to_string(),
+            filter: filter.to_string(),
+            snaplen: 262_144,
+            buffer_size: 32 << 20,
+            promisc: true,
+            timeout_ms: 100,
+            limits: Limits::default(),
+            queue_batches: 1024,
+            batch_packets: 256,
+            writer_delay: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    TimeLimit,
+    PacketLimit,
+    ByteLimit,
+    Stopped,
+    Failed(String),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::TimeLimit => write!(f, "time_limit"),
+            StopReason::PacketLimit => write!(f, "packet_limit"),
+            StopReason::ByteLimit => write!(f, "byte_limit"),
+            StopReason::Stopped => write!(f, "stopped"),
+            StopReason::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Loss accounting of a capture (per interface: one capture is one interface).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Packets the kernel saw on the interface that passed the filter (`ps_recv`).
+    pub received: u64,
+    /// Packets libpcap delivered to us (matched the filter).
+    pub matched: u64,
+    pub written: u64,
+    /// Dropped by the kernel (`ps_drop + ps_ifdrop`): buffer full.
+    pub kernel_dropped: u64,
+    /// Dropped by the agent: the queue to the writer was full.
+    pub agent_dropped: u64,
+    pub bytes_written: u64,
+    pub stop_reason: Option<StopReason>,
+}
+
+impl Counters {
+    /// One line, `key=value`, as the benchmark scripts read it.
+    pub fn line(&self) -> String {
+        format!(
+            "received={} matched={} written={} kernel_drops={} agent_drops={} bytes={} stop_reason={}",
+            self.received,
+            self.matched,
+            self.written,
+            self.kernel_dropped,
+            self.agent_dropped,
+            self.bytes_written,
+            self.stop_reason.as_ref().map_or("running".to_string(), |r| r.to_string())
+        )
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    matched: AtomicU64,
+    written: AtomicU64,
+    kernel_dropped: AtomicU64,
+    agent_dropped: AtomicU64,
+    bytes_written: AtomicU64,
+    stop: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+}
+
+impl Shared {
+    /// Records the first reason only, and asks both threads to stop.
+    fn finish(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> Counters {
+        Counters {
+            received: self.received.load(Ordering::Relaxed),
+            matched: self.matched.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
+            agent_dropped: self.agent_dropped.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            stop_reason: self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+/// Where written packets go (a shard writer). Called from the writer thread only.
+pub trait PacketSink: Send {
+    fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()>;
+    /// Called once at the end with the final counters; flushes and syncs.
+    fn finish(&mut self, counters: &Counters) -> io::Result<()>;
+}
+
+/// Packets copied out of libpcap, in one buffer.
+struct Batch {
+    data: Vec<u8>,
+    /// (ts_ns, orig_len, start, len)
+    packets: Vec<(u64, u32, usize, usize)>,
+}
+
+impl Batch {
+    fn with_capacity(packets: usize) -> Self {
+        Self { data: Vec::with_capacity(packets * 256), packets: Vec::with_capacity(packets) }
+    }
+}
+
+/// A running capture.
+pub struct LiveCapture {
+    shared: Arc<Shared>,
+    capture: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
+    waker: Option<JoinHandle<()>>,
+}
+
+impl LiveCapture {
+    /// Opens the interface and sets the filter (errors here are the caller's to report),
+    /// then starts the threads.
+    pub fn start(config: LiveConfig, sink: Box<dyn PacketSink>) -> Result<Self, CaptureError> {
+        let open = || {
+            let cap = pcap::Capture::from_device(config.iface.as_str())?
+                .promisc(config.promisc)
+                .snaplen(config.snaplen as i32)
+                .buffer_size(config.buffer_size as i32)
+                .timeout(config.timeout_ms)
+                .precision(pcap::Precision::Nano)
+                .open()?;
+            Ok::<_, pcap::Error>(cap)
+        };
+        let mut cap = open().map_err(|source| CaptureError::Open { iface: config.iface.clone(), source })?;
+        if !config.filter.is_empty() {
+            cap.filter(&config.filter, true)
+                .map_err(|source| CaptureError::Compile { expr: config.filter.clone(), source })?;
+        }
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
+        let writer = {
+            let shared = shared.clone();
+            let limits = config.limits.clone();
+            let delay = config.writer_delay;
+            std::thread::Builder::new()
+                .name(format!("writer-{}", config.iface))
+                .spawn(move || write_loop(rx, sink, shared, limits, delay))
+                .map_err(|e| CaptureError::Open { iface: config.iface.clone(), source: pcap::Error::IoError(e.kind()) })?
+        };
+        // In non-immediate mode libpcap (TPACKET_V3) can block in poll until a packet
+        // arrives, so limits and stop cannot wait for the next packet: a waker breaks the loop
+        // (pcap_breakloop wakes a blocked poll since libpcap 1.10).
+        let breaker = cap.breakloop_handle();
+        let waker = {
+            let shared = shared.clone();
+            let deadline = config.limits.time.map(|t| Instant::now() + t);
+            std::thread::Builder::new()
+                .name(format!("waker-{}", config.iface))
+                .spawn(move || {
+                    loop {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            shared.finish(StopReason::TimeLimit);
+                        }
+                        if shared.stop.load(Ordering::Acquire) {
+                            breaker.breakloop();
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+                .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+        };
+        let capture = {
+            let shared = shared.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name(format!("capture-{}", config.iface))
+                .spawn(move || capture_loop(cap, tx, shared, config))
+                .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+        };
+        Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
+    }
+
+    /// Asks the capture to end (reason `stopped`, unless a limit came first).
+    pub fn stop(&self) {
+        self.shared.finish(StopReason::Stopped);
+    }
+
+    /// Whether the capture has ended (a limit, a stop, or an error).
+    pub fn is_done(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> Counters {
+        self.shared.snapshot()
+    }
+
+    /// Waits for the end; returns the final counters. Everything written has been flushed
+    /// and synced by the sink by then.
+    pub fn wait(mut self) -> Counters {
+        if let Some(t) = self.waker.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.capture.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.writer.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.shared.finish(StopReason::Failed(format!("write: {e}"))),
+                Err(_) => self.shared.finish(StopReason::Failed("writer thread panicked".into())),
+            }
+        }
+        self.shared.snapshot()
+    }
+}
+
+impl Drop for LiveCapture {
+    fn drop(&mut self) {
+        self.shared.finish(StopReason::Stopped);
+        if let Some(t) = self.waker.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.capture.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.writer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn capture_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Batch>, shared: Arc<Shared>, config: LiveConfig) {
+    let started = Instant::now();
+    let deadline = config.limits.time.map(|t| started + t);
+    let mut batch = Batch::with_capacity(config.batch_packets);
+    let mut last_stats = Instant::now();
+    let send = |batch: &mut Batch, shared: &Shared| {
+        if batch.packets.is_empty() {
+            return true;
+        }
+        let full = std::mem::replace(batch, Batch::with_capacity(config.batch_packets));
+        match tx.try_send(full) {
+            Ok(()) => true,
+            Err(TrySendError::Full(dropped)) => {
+                shared.agent_dropped.fetch_add(dropped.packets.len() as u64, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    };
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            shared.finish(StopReason::TimeLimit);
+            break;
+        }
+        match cap.next_packet() {
+            Ok(packet) => {
+                shared.matched.fetch_add(1, Ordering::Relaxed);
+                let ts = packet.header.ts;
+                let ts_ns = (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_usec as u64;
+                let start = batch.data.len();
+                batch.data.extend_from_slice(packet.data);
+                batch.packets.push((ts_ns, packet.header.len, start, packet.data.len()));
+                if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
+                    break;
+                }
+            }
+            Err(pcap::Error::TimeoutExpired) => {
+                if !send(&mut batch, &shared) {
+                    break;
+                }
+            }
+            // pcap_breakloop from the waker: the reason is recorded already.
+            Err(pcap::Error::NoMorePackets) => break,
+            Err(error) => {
+                shared.finish(StopReason::Failed(format!("capture on {}: {error}", config.iface)));
+                break;
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            read_stats(&mut cap, &shared);
+            // A busy interface never times out: flush what is batched at least once a second.
+            if !send(&mut batch, &shared) {
+                break;
+            }
+        }
+    }
+    // What was captured before the end is kept.
+    send(&mut batch, &shared);
+    read_stats(&mut cap, &shared);
+}
+
+fn read_stats(cap: &mut pcap::Capture<pcap::Active>, shared: &Shared) {
+    if let Ok(stats) = cap.stats() {
+        shared.received.store(u64::from(stats.received), Ordering::Relaxed);
+        shared.kernel_dropped.store(u64::from(stats.dropped) + u64::from(stats.if_dropped), Ordering::Relaxed);
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Batch>,
+    mut sink: Box<dyn PacketSink>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    delay: Option<Duration>,
+) -> io::Result<()> {
+    let mut written = 0u64;
+    let mut bytes = 0u64;
+    let mut result = Ok(());
+    'batches: for batch in rx {
+        for &(ts_ns, orig_len, start, len) in &batch.packets {
+            if limits.packets.is_some_and(|max| written >= max) {
+                shared.finish(StopReason::PacketLimit);
+                break 'batches;
+            }
+            if limits.bytes.is_some_and(|max| bytes + len as u64 > max) {
+                shared.finish(StopReason::ByteLimit);
+                break 'batches;
+            }
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            if let Err(e) = sink.write(ts_ns, orig_len, &batch.data[start..start + len]) {
+                shared.finish(StopReason::Failed(format!("write: {e}")));
+                result = Err(e);
+                break 'batches;
+            }
+            written += 1;
+            bytes += len as u64;
+            shared.written.store(written, Ordering::Relaxed);
+            shared.bytes_written.store(bytes, Ordering::Relaxed);
+            if limits.packets.is_some_and(|max| written >= max) {
+                shared.finish(StopReason::PacketLimit);
+                break 'batches;
+            }
+            if limits.bytes.is_some_and(|max| bytes >= max) {
+                shared.finish(StopReason::ByteLimit);
+                break 'batches;
+            }
+        }
+    }
+    // The capture thread may still be sending: the receiver is dropped here, which ends it.
+    let mut counters = shared.snapshot();
+    counters.stop_reason.get_or_insert(StopReason::Stopped);
+    let finished = sink.finish(&counters);
+    result.and(finished)
+}

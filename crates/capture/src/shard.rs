@@ -1,0 +1,297 @@
+//! Shard files: what a live capture writes, rotated by size and by time, in classic pcap
+//! (nanosecond) or pcapng, written with `pcap-file`.
+//!
+//! A shard is complete when it has been flushed and fsynced *and* its manifest
+//! (`<shard>.json`, written to a temporary name, fsynced and renamed) exists; readers and
+//! uploaders only take shards that have a manifest. The manifest carries the capture id,
+//! PoP, agent, interface, packets, bytes, first/last timestamp, the drop counters at the time
+//! the shard was closed, the filter and its bytecode hash, and the SHA-256 of the file.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pcap_file::DataLink;
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::blocks::interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption};
+use pcap_file::pcapng::PcapNgWriter;
+use serde::Serialize;
+
+use crate::session::{Counters, PacketSink};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardFormat {
+    Pcap,
+    Pcapng,
+}
+
+/// Who and what a shard belongs to (written into its manifest, and into pcapng interfaces).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShardIdentity {
+    pub capture_id: String,
+    pub pop: String,
+    pub agent: String,
+    pub interface: String,
+    pub linktype: u16,
+    pub snaplen: u32,
+    pub filter: String,
+    pub filter_hash: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// Without rotation: the file itself. With rotation: `stem-000001.ext` beside it.
+    pub path: PathBuf,
+    pub format: ShardFormat,
+    /// Rotate when a shard reaches this many bytes.
+    pub rotate_bytes: Option<u64>,
+    /// Rotate when a shard is this old.
+    pub rotate_every: Option<Duration>,
+}
+
+/// What a manifest says.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardManifest {
+    #[serde(flatten)]
+    pub identity: ShardIdentity,
+    pub file: String,
+    pub sequence: u64,
+    pub format: ShardFormat,
+    pub packets: u64,
+    pub bytes: u64,
+    pub file_bytes: u64,
+    pub first_ts_ns: Option<u64>,
+    pub last_ts_ns: Option<u64>,
+    /// The capture's drop counters: on the last shard only (earlier shards close mid-capture).
+    pub kernel_dropped: Option<u64>,
+    pub agent_dropped: Option<u64>,
+    pub sha256: String,
+    /// Set on the last shard of a capture.
+    pub stop_reason: Option<String>,
+}
+
+/// Counts and hashes what goes to the file.
+struct Hashing<W: Write> {
+    inner: W,
+    digest: aws_lc_rs::digest::Context,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.digest.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Out = BufWriter<Hashing<File>>;
+
+enum Open {
+    Pcap(PcapWriter<Out>),
+    Pcapng(PcapNgWriter<Out>),
+}
+
+struct Current {
+    writer: Open,
+    path: PathBuf,
+    opened: Instant,
+    packets: u64,
+    bytes: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+pub struct ShardWriter {
+    config: ShardConfig,
+    identity: ShardIdentity,
+    sequence: u64,
+    current: Option<Current>,
+    written: Vec<ShardManifest>,
+}
+
+fn pcap_err(e: pcap_file::PcapError) -> io::Error {
+    match e {
+        pcap_file::PcapError::IoError(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+impl ShardWriter {
+    pub fn new(config: ShardConfig, identity: ShardIdentity) -> Self {
+        Self { config, identity, sequence: 0, current: None, written: Vec::new() }
+    }
+
+    /// Manifests of the shards completed so far.
+    pub fn completed(&self) -> &[ShardManifest] {
+        &self.written
+    }
+
+    fn rotating(&self) -> bool {
+        self.config.rotate_bytes.is_some() || self.config.rotate_every.is_some()
+    }
+
+    fn next_path(&self) -> PathBuf {
+        if !self.rotating() {
+            return self.config.path.clone();
+        }
+        let stem = self.config.path.file_stem().and_then(|s| s.to_str()).unwrap_or("shard");
+        let ext = self.config.path.extension().and_then(|s| s.to_str()).unwrap_or(match self.config.format {
+            ShardFormat::Pcap => "pcap",
+            ShardFormat::Pcapng => "pcapng",
+        });
+        self.config.path.with_file_name(format!("{stem}-{:06}.{ext}", self.sequence))
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        self.sequence += 1;
+        let path = self.next_path();
+        let file = File::create(&path)?;
+        let out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256), bytes: 0 });
+        let id = &self.identity;
+        let writer = match self.config.format {
+            ShardFormat::Pcap => {
+                let header = PcapHeader {
+                    version_major: 2,
+                    version_minor: 4,
+                    ts_correction: 0,
+                    ts_accuracy: 0,
+                    snaplen: id.snaplen,
+                    datalink: DataLink::from(u32::from(id.linktype)),
+                    ts_resolution: pcap_file::TsResolution::NanoSecond,
+                    endianness: pcap_file::Endianness::native(),
+                };
+                Open::Pcap(PcapWriter::with_header(out, header).map_err(pcap_err)?)
+            }
+            ShardFormat::Pcapng => {
+                let mut w = PcapNgWriter::new(out).map_err(pcap_err)?;
+                let mut options = vec![
+                    InterfaceDescriptionOption::IfName(Cow::Owned(format!("{}/{}/{}", id.pop, id.agent, id.interface))),
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ];
+                if !id.filter.is_empty() {
+                    let mut f = vec![0u8];
+                    f.extend_from_slice(id.filter.as_bytes());
+                    options.push(InterfaceDescriptionOption::IfFilter(Cow::Owned(f)));
+                }
+                w.write_pcapng_block(InterfaceDescriptionBlock {
+                    linktype: DataLink::from(u32::from(id.linktype)),
+                    snaplen: id.snaplen,
+                    options,
+                })
+                .map_err(pcap_err)?;
+                Open::Pcapng(w)
+            }
+        };
+        self.current = Some(Current { writer, path, opened: Instant::now(), packets: 0, bytes: 0, first: None, last: None });
+        Ok(())
+    }
+
+    /// Closes the open shard: ISB (pcapng), flush, fsync, then its manifest.
+    fn close(&mut self, counters: &Counters, last: bool) -> io::Result<()> {
+        let Some(mut current) = self.current.take() else { return Ok(()) };
+        let out = match current.writer {
+            Open::Pcap(w) => w.into_writer(),
+            Open::Pcapng(mut w) => {
+                let ts = current.last.unwrap_or(0);
+                w.write_pcapng_block(InterfaceStatisticsBlock {
+                    interface_id: 0,
+                    timestamp: ts,
+                    options: vec![
+                        InterfaceStatisticsOption::IsbIfRecv(counters.received),
+                        InterfaceStatisticsOption::IsbIfDrop(counters.kernel_dropped + counters.agent_dropped),
+                    ],
+                })
+                .map_err(pcap_err)?;
+                w.into_inner()
+            }
+        };
+        let hashing = out.into_inner().map_err(|e| e.into_error())?;
+        hashing.inner.sync_all()?;
+        let sha256: String = hashing.digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let manifest = ShardManifest {
+            identity: self.identity.clone(),
+            file: current.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            sequence: self.sequence,
+            format: self.config.format,
+            packets: current.packets,
+            bytes: current.bytes,
+            file_bytes: hashing.bytes,
+            first_ts_ns: current.first.take(),
+            last_ts_ns: current.last,
+            kernel_dropped: last.then_some(counters.kernel_dropped),
+            agent_dropped: last.then_some(counters.agent_dropped),
+            sha256,
+            stop_reason: if last { counters.stop_reason.as_ref().map(|r| r.to_string()) } else { None },
+        };
+        write_manifest(&current.path, &manifest)?;
+        self.written.push(manifest);
+        Ok(())
+    }
+}
+
+fn write_manifest(shard: &Path, manifest: &ShardManifest) -> io::Result<()> {
+    let path = PathBuf::from(format!("{}.json", shard.display()));
+    let tmp = PathBuf::from(format!("{}.json.tmp", shard.display()));
+    let mut f = File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut f, manifest).map_err(io::Error::other)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl PacketSink for ShardWriter {
+    fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
+        let rotate = self.current.as_ref().is_some_and(|c| {
+            self.config.rotate_bytes.is_some_and(|max| c.bytes > 0 && c.bytes + data.len() as u64 > max)
+                || self.config.rotate_every.is_some_and(|every| c.opened.elapsed() >= every)
+        });
+        if rotate {
+            self.close(&Counters::default(), false)?;
+        }
+        if self.current.is_none() {
+            self.open()?;
+        }
+        let current = self.current.as_mut().expect("opened above");
+        let ts = Duration::from_nanos(ts_ns);
+        let orig_len = orig_len.max(data.len() as u32);
+        match &mut current.writer {
+            Open::Pcap(w) => w.write_packet(&PcapPacket::new(ts, orig_len, data)).map_err(pcap_err)?,
+            Open::Pcapng(w) => w
+                .write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: 0,
+                    timestamp: ts,
+                    original_len: orig_len,
+                    data: Cow::Borrowed(data),
+                    options: vec![],
+                })
+                .map_err(pcap_err)?,
+        };
+        current.packets += 1;
+        current.bytes += data.len() as u64;
+        current.first.get_or_insert(ts_ns);
+        current.last = Some(ts_ns);
+        Ok(())
+    }
+
+    fn finish(&mut self, counters: &Counters) -> io::Result<()> {
+        // A capture that wrote nothing still leaves one (empty, valid) shard and manifest.
+        if self.current.is_none() && self.written.is_empty() {
+            self.open()?;
+        }
+        self.close(counters, true)
+    }
+}
