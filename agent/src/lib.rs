@@ -299,8 +299,10 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
             }
         }
     }
-    let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |iface, data| {
-        programs.get(iface as usize).is_none_or(|p| p.filter(data))
+    // Judged on the wire length, not the stored (truncated) length: a filter means the same
+    // here as on a live capture.
+    let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet| {
+        programs.get(usize::from(packet.iface)).is_none_or(|p| edgecap_capture::offline::matches(p, &packet.data, packet.orig_len))
     });
     let stats = lookback_stats(lookback);
     let mut packets: Vec<pb::Packet> = result

@@ -116,11 +116,15 @@ impl TryFrom<String> for IpPrefix {
 
 /// A validated `filter_v1`. Construct it from parsed parts only; its BPF is built from
 /// those parts, never from user text.
+///
+/// Deserializing refuses unknown fields: a misspelt field would otherwise silently widen a
+/// capture to everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FilterV1 {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_source")]
     pub source_address: Option<IpPrefix>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_destination")]
     pub destination_address: Option<IpPrefix>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_port: Option<u16>,
@@ -128,6 +132,19 @@ pub struct FilterV1 {
     pub destination_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u8>,
+}
+
+fn de_address<'de, D: serde::Deserializer<'de>>(d: D, field: &'static str) -> Result<Option<IpPrefix>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| IpPrefix::parse(field, &t)).transpose().map_err(serde::de::Error::custom)
+}
+
+fn de_source<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpPrefix>, D::Error> {
+    de_address(d, "source_address")
+}
+
+fn de_destination<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IpPrefix>, D::Error> {
+    de_address(d, "destination_address")
 }
 
 impl FilterV1 {
@@ -195,6 +212,18 @@ mod tests {
             f.to_bpf(),
             "src host 10.0.0.1 and dst net 2001:db8::/32 and src port 0 and dst port 65535 and (ip proto 17 or ip6 proto 17)"
         );
+    }
+
+    #[test]
+    fn json_refuses_unknown_fields_and_names_bad_ones() {
+        let ok: FilterV1 = serde_json::from_str(r#"{"protocol":17,"source_address":"10.0.0.0/8"}"#).unwrap();
+        assert_eq!(ok.to_bpf(), "src net 10.0.0.0/8 and (ip proto 17 or ip6 proto 17)");
+        let round: FilterV1 = serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert_eq!(round, ok);
+        assert!(serde_json::from_str::<FilterV1>(r#"{"portz":80}"#).unwrap_err().to_string().contains("portz"));
+        let e = serde_json::from_str::<FilterV1>(r#"{"destination_address":"1.2.3.4 or 1=1"}"#).unwrap_err();
+        assert!(e.to_string().contains("destination_address"), "{e}");
+        assert!(serde_json::from_str::<FilterV1>(r#"{"source_port":70000}"#).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod bpf;
 pub mod filter;
 pub mod live;
 pub mod lookback;
+pub mod offline;
 pub mod session;
 pub mod shard;
 

@@ -165,20 +165,20 @@ impl Lookback {
     }
 
     /// Matching packets with `from_ns <= ts <= to_ns`: the newest `limit` of them, oldest
-    /// first, plus how many matched in all. `matches(iface, data)` decides a packet.
+    /// first, plus how many matched in all. `matches(packet)` decides a packet.
     pub fn query(
         &self,
         from_ns: u64,
         to_ns: u64,
         limit: usize,
-        mut matches: impl FnMut(u16, &[u8]) -> bool,
+        mut matches: impl FnMut(&StoredPacket) -> bool,
     ) -> QueryResult {
         let start = self.packets.partition_point(|p| p.ts_ns < from_ns);
         let end = self.packets.partition_point(|p| p.ts_ns <= to_ns);
         let mut result = QueryResult::default();
         for index in (start..end).rev() {
             let packet = &self.packets[index];
-            if matches(packet.iface, &packet.data) {
+            if matches(packet) {
                 result.matched += 1;
                 if result.packets.len() < limit {
                     result.packets.push(packet.clone());
@@ -213,12 +213,12 @@ mod tests {
         for t in 0..100u64 {
             l.insert(t, 60, 0, &[t as u8, 1, 2, 3, 4, 5]);
         }
-        let r = l.query(10, 19, 3, |_, d| d[0] % 2 == 0);
+        let r = l.query(10, 19, 3, |p| p.data[0] % 2 == 0);
         assert_eq!(r.matched, 5);
         let ts: Vec<u64> = r.packets.iter().map(|p| p.ts_ns).collect();
         assert_eq!(ts, [14, 16, 18]);
         assert!(r.packets.iter().all(|p| p.data.len() == 4 && p.orig_len == 60));
-        assert_eq!(l.query(200, 300, 10, |_, _| true).matched, 0);
+        assert_eq!(l.query(200, 300, 10, |_| true).matched, 0);
     }
 
     #[test]
@@ -227,7 +227,7 @@ mod tests {
         for t in [5u64, 9, 7, 7, 1, 9] {
             l.insert(t, 1, 0, &[t as u8]);
         }
-        let ts: Vec<u64> = l.query(0, 100, 100, |_, _| true).packets.iter().map(|p| p.ts_ns).collect();
+        let ts: Vec<u64> = l.query(0, 100, 100, |_| true).packets.iter().map(|p| p.ts_ns).collect();
         assert_eq!(ts, [1, 5, 7, 7, 9, 9]);
     }
 
