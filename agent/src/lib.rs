@@ -286,9 +286,28 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(format!("filter refused: {e}")),
     };
-    let expr = filter.to_bpf();
     let interfaces: Vec<(String, i32)> = lock(lookback).interfaces().to_vec();
     let snaplen = lock(lookback).config().snaplen as i32;
+    if !query.filter_bpf.is_empty() {
+        // The coordinator vouched for this program compiled for Ethernet; on an Ethernet
+        // interface ours must be the same program (another libpcap could compile it
+        // differently). Other link types compile to other programs by nature.
+        for (name, linktype) in &interfaces {
+            let checked = if *linktype == 1 {
+                edgecap_capture::bpf::verify(&query.filter_bpf, 1, 262_144, &query.filter_bpf_hash)
+            } else {
+                edgecap_capture::bpf::check(&query.filter_bpf, *linktype, snaplen)
+            };
+            if let Err(e) = checked {
+                return fail(format!("interface {name}: {e}"));
+            }
+        }
+    }
+    let expr = match (filter.to_bpf(), query.filter_bpf.as_str()) {
+        (v1, "") => v1,
+        (v1, bpf) if v1.is_empty() => bpf.to_string(),
+        (v1, bpf) => format!("({v1}) and ({bpf})"),
+    };
     // One program per interface link type, compiled like a live filter would be.
     let mut programs = Vec::new();
     if !expr.is_empty() {
@@ -375,6 +394,7 @@ mod tests {
             to_ns: u64::MAX,
             filter: Some(pb::FilterV1 { destination_port: Some(53), ..Default::default() }),
             packet_limit: 1200,
+            ..Default::default()
         };
         let chunks = answer_sample(&lookback, query);
         assert_eq!(chunks.len(), 2);
@@ -390,5 +410,21 @@ mod tests {
             ..Default::default()
         };
         assert!(answer_sample(&lookback, bad)[0].error.contains("protocol"));
+        // filter_bpf: ANDed with filter_v1, and refused when its bytecode is not the one the
+        // coordinator validated.
+        let hash = edgecap_capture::bpf::check("udp dst port 54", 1, 262_144).unwrap().hash;
+        let both = pb::SampleQuery {
+            request_id: "b".into(),
+            to_ns: u64::MAX,
+            filter: Some(pb::FilterV1 { protocol: Some(17), ..Default::default() }),
+            filter_bpf: "udp dst port 54".into(),
+            filter_bpf_hash: hash.clone(),
+            packet_limit: 10_000,
+            ..Default::default()
+        };
+        assert_eq!(answer_sample(&lookback, both.clone()).last().unwrap().matched, 1250);
+        let forged = pb::SampleQuery { filter_bpf: "udp".into(), filter_bpf_hash: hash, ..both };
+        let err = &answer_sample(&lookback, forged)[0].error;
+        assert!(err.contains("filter_bpf") && err.contains("hash"), "{err}");
     }
 }

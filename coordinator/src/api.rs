@@ -161,6 +161,8 @@ async fn create_capture(
         packet_limit: request.packet_limit,
         byte_limit: request.byte_limit,
         filter_v1: request.filter,
+        filter_bpf: request.filter_bpf.as_ref().map(|f| f.text.clone()),
+        filter_bpf_hash: request.filter_bpf.map(|f| f.hash),
         offset_time: request.offset_time.map(rfc3339),
         colo_name: request.colo_name,
         destination_conf: request.destination.map(|d| d.uri),

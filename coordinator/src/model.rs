@@ -68,6 +68,11 @@ pub struct CaptureRecord {
     pub byte_limit: Option<u64>,
     #[serde(default)]
     pub filter_v1: FilterV1,
+    /// Extension: pcap-filter text ANDed with `filter_v1`, and its bytecode hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_bpf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_bpf_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +104,9 @@ impl CaptureRecord {
         out.insert("submitted".into(), json!(self.submitted));
         out.insert("time_limit".into(), json!(self.time_limit));
         out.insert("filter_v1".into(), json!(self.filter_v1));
+        if let Some(f) = &self.filter_bpf {
+            out.insert("filter_bpf".into(), json!(f));
+        }
         if let Some(v) = self.packet_limit {
             out.insert("packet_limit".into(), json!(v));
         }

@@ -110,6 +110,8 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
         to_ns,
         filter: Some(filter_to_pb(&record.filter_v1)),
         packet_limit: limit as u32,
+        filter_bpf: record.filter_bpf.clone().unwrap_or_default(),
+        filter_bpf_hash: record.filter_bpf_hash.clone().unwrap_or_default(),
     };
     let answers = join_all(
         agents.iter().map(|a| state.registry.sample(&a.agent_id, query.clone(), state.sample_timeout)),

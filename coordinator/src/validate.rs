@@ -46,6 +46,8 @@ pub struct CreateRequest {
     pub packet_limit: Option<u64>,
     pub byte_limit: Option<u64>,
     pub filter: FilterV1,
+    /// Extension: pcap-filter text, compiled and bounded, ANDed with `filter`.
+    pub filter_bpf: Option<edgecap_capture::bpf::CheckedFilter>,
     /// Simple captures: the end of the window (defaults to the time of the request).
     pub offset_time: Option<OffsetDateTime>,
     pub colo_name: Option<String>,
@@ -173,6 +175,16 @@ pub fn parse_filter(v: Option<&Value>) -> Result<FilterV1, ApiError> {
     Ok(filter)
 }
 
+/// `filter_bpf` (extension): compiled by libpcap for Ethernet, at most 4096 instructions.
+fn parse_filter_bpf(v: &Value) -> Result<edgecap_capture::bpf::CheckedFilter, ApiError> {
+    use edgecap_capture::bpf::{BpfError, check};
+    let text = string("filter_bpf", v)?;
+    check(text, 1, 262_144).map_err(|e| {
+        let code = if matches!(e, BpfError::TooLong(_)) { code::OUT_OF_RANGE } else { code::INVALID_VALUE };
+        bad(code, e.to_string())
+    })
+}
+
 fn parse_time(name: &str, v: &Value) -> Result<OffsetDateTime, ApiError> {
     let text = string(name, v)?;
     OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
@@ -206,6 +218,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
     .map(|v| integer("packet_limit", v, 1, limits.packet_limit_max))
     .transpose()?;
     let filter = parse_filter(map.get("filter_v1"))?;
+    let filter_bpf = field(&map, "filter_bpf").map(parse_filter_bpf).transpose()?;
 
     match capture_type {
         CaptureType::Simple => {
@@ -231,6 +244,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
                 packet_limit,
                 byte_limit: None,
                 filter,
+                filter_bpf,
                 offset_time: Some(offset_time.unwrap_or(now)),
                 colo_name: None,
                 destination: None,
@@ -255,6 +269,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
                 packet_limit,
                 byte_limit,
                 filter,
+                filter_bpf,
                 offset_time: None,
                 colo_name: Some(colo.to_string()),
                 destination: Some(destination),

@@ -178,6 +178,12 @@ fn cases() -> Vec<Case> {
         f("filter_v1.protocol", json!(null), 200, 0),
         f("filter_v1.protocol", json!(255), 200, 0),
         f("filter_v1.portz", json!(80), 400, UNKNOWN_FIELD as u64),
+        // filter_bpf (extension): compiled by libpcap, bounded, never shell text
+        c("simple", "filter_bpf", Some(json!(5)), 400, WRONG_TYPE as u64),
+        c("simple", "filter_bpf", Some(json!("tcp port 80; rm -rf /")), 400, INVALID_VALUE as u64),
+        c("simple", "filter_bpf", Some(json!("udp and (")), 400, INVALID_VALUE as u64),
+        c("simple", "filter_bpf", Some(json!("x".repeat(5000))), 400, INVALID_VALUE as u64),
+        c("simple", "filter_bpf", Some(json!("udp and dst port 53")), 200, 0),
     ]);
     v
 }
