@@ -151,3 +151,46 @@ async fn certificates_reload_without_a_restart() {
     assert!(hello(&coord, old_config, "a1", "pop-a").await.is_err(), "the old CA is no longer trusted");
     coord.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_picks_up_a_reissued_certificate_without_a_restart() {
+    if !edgecap_e2e::require_root("an_agent_picks_up_a_reissued_certificate_without_a_restart") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let coord = start(dir.path()).await;
+    let pki_dir = dir.path().join("pki");
+    let files = pki::issue_agent(&pki_dir, "mover", "pop-a").unwrap();
+    let mut config = edgecap_agent::AgentConfig::new(
+        vec![format!("https://127.0.0.1:{}", coord.grpc_addr.port())],
+        files,
+        vec!["lo".into()],
+    );
+    config.tls_reload_interval = Duration::from_millis(100);
+    let agent = edgecap_agent::Agent::start(config).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(agent.run(cancel.clone()));
+    let pop_of = |coord: &Coordinator| coord.state.registry.agents().first().map(|a| a.pop.clone());
+    for _ in 0..100 {
+        if pop_of(&coord).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pop_of(&coord).as_deref(), Some("pop-a"));
+    // The operator moves the agent to another PoP by issuing it a new certificate in place.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    pki::issue_agent(&pki_dir, "mover", "pop-b").unwrap();
+    let mut moved = false;
+    for _ in 0..100 {
+        if pop_of(&coord).as_deref() == Some("pop-b") {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the running agent reconnected with its new certificate: {:?}", pop_of(&coord));
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    coord.shutdown().await.unwrap();
+}

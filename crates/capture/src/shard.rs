@@ -96,6 +96,10 @@ impl<W: Write> Write for Hashing<W> {
 
 type Out = BufWriter<Hashing<File>>;
 
+/// Output buffer. Kept small: for the merge, cache-resident buffers halved the copy cost
+/// (docs/benchmarks.md); for captures 64 KiB measured the same as 1 MiB, with less memory.
+const SHARD_BUFFER: usize = 64 << 10;
+
 enum Open {
     Pcap(PcapWriter<Out>),
     Pcapng(PcapNgWriter<Out>),
@@ -156,7 +160,7 @@ impl ShardWriter {
         self.sequence += 1;
         let path = self.next_path();
         let file = File::create(&path)?;
-        let out = BufWriter::with_capacity(1 << 20, Hashing { inner: file, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256), bytes: 0 });
+        let out = BufWriter::with_capacity(SHARD_BUFFER, Hashing { inner: file, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256), bytes: 0 });
         let id = &self.identity;
         let writer = match self.config.format {
             ShardFormat::Pcap => {
