@@ -64,6 +64,12 @@ enum Format {
     Pcapng,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Checksum {
+    Sha256,
+    None,
+}
+
 #[derive(Args, Debug)]
 struct CaptureArgs {
     #[arg(long)]
@@ -106,6 +112,9 @@ struct CaptureArgs {
     agent: String,
     #[arg(long, default_value = "")]
     capture_id: String,
+    /// Shard checksum written into the manifest: sha256 (default) or none.
+    #[arg(long, value_enum, default_value = "sha256")]
+    checksum: Checksum,
     /// Batches the queue between the capture and writer threads holds (x256 packets).
     #[arg(long, default_value_t = 1024, hide = true)]
     queue_batches: usize,
@@ -236,6 +245,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             },
             rotate_bytes: args.rotate_mib.map(|m| m << 20),
             rotate_every: args.rotate_seconds.map(Duration::from_secs),
+            checksum: matches!(args.checksum, Checksum::Sha256),
         },
         identity,
     );

@@ -208,13 +208,16 @@ impl LiveCapture {
         }
         let shared = Arc::new(Shared::default());
         let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
+        // Emptied batches go back to the capture thread, so their memory is reused instead of
+        // freed and faulted in (and zeroed by the kernel) again.
+        let (recycle_tx, recycle_rx) = sync_channel::<Batch>(config.queue_batches.max(1) + 2);
         let writer = {
             let shared = shared.clone();
             let limits = config.limits.clone();
             let delay = config.writer_delay;
             std::thread::Builder::new()
                 .name(format!("writer-{}", config.iface))
-                .spawn(move || write_loop(rx, sink, shared, limits, delay))
+                .spawn(move || write_loop(rx, recycle_tx, sink, shared, limits, delay))
                 .map_err(|e| CaptureError::Open { iface: config.iface.clone(), source: pcap::Error::IoError(e.kind()) })?
         };
         // In non-immediate mode libpcap (TPACKET_V3) can block in poll until a packet
@@ -245,7 +248,7 @@ impl LiveCapture {
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(cap, tx, shared, config))
+                .spawn(move || capture_loop(cap, tx, recycle_rx, shared, config))
                 .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
@@ -301,16 +304,29 @@ impl Drop for LiveCapture {
     }
 }
 
-fn capture_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Batch>, shared: Arc<Shared>, config: LiveConfig) {
-    let started = Instant::now();
-    let deadline = config.limits.time.map(|t| started + t);
-    let mut batch = Batch::with_capacity(config.batch_packets);
+fn capture_loop(
+    mut cap: pcap::Capture<pcap::Active>,
+    tx: SyncSender<Batch>,
+    recycled: Receiver<Batch>,
+    shared: Arc<Shared>,
+    config: LiveConfig,
+) {
+    let fresh = || match recycled.try_recv() {
+        Ok(mut b) => {
+            b.data.clear();
+            b.packets.clear();
+            b
+        }
+        Err(_) => Batch::with_capacity(config.batch_packets),
+    };
+    let mut batch = fresh();
     let mut last_stats = Instant::now();
+    let mut since_clock = 0u32;
     let send = |batch: &mut Batch, shared: &Shared| {
         if batch.packets.is_empty() {
             return true;
         }
-        let full = std::mem::replace(batch, Batch::with_capacity(config.batch_packets));
+        let full = std::mem::replace(batch, fresh());
         match tx.try_send(full) {
             Ok(()) => true,
             Err(TrySendError::Full(dropped)) => {
@@ -320,14 +336,13 @@ fn capture_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Batch>, sha
             Err(TrySendError::Disconnected(_)) => false,
         }
     };
+    // The time limit is enforced by the waker (it breaks the loop); here the clock is only
+    // read every 1024 packets or when the read times out, not once per packet.
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            shared.finish(StopReason::TimeLimit);
-            break;
-        }
+        let mut check_clock = false;
         match cap.next_packet() {
             Ok(packet) => {
                 shared.matched.fetch_add(1, Ordering::Relaxed);
@@ -339,11 +354,17 @@ fn capture_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Batch>, sha
                 if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
                     break;
                 }
+                since_clock += 1;
+                if since_clock >= 1024 {
+                    since_clock = 0;
+                    check_clock = true;
+                }
             }
             Err(pcap::Error::TimeoutExpired) => {
                 if !send(&mut batch, &shared) {
                     break;
                 }
+                check_clock = true;
             }
             // pcap_breakloop from the waker: the reason is recorded already.
             Err(pcap::Error::NoMorePackets) => break,
@@ -352,7 +373,7 @@ fn capture_loop(mut cap: pcap::Capture<pcap::Active>, tx: SyncSender<Batch>, sha
                 break;
             }
         }
-        if last_stats.elapsed() >= Duration::from_secs(1) {
+        if check_clock && last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             read_stats(&mut cap, &shared);
             // A busy interface never times out: flush what is batched at least once a second.
@@ -375,6 +396,7 @@ fn read_stats(cap: &mut pcap::Capture<pcap::Active>, shared: &Shared) {
 
 fn write_loop(
     rx: Receiver<Batch>,
+    recycle: SyncSender<Batch>,
     mut sink: Box<dyn PacketSink>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -414,6 +436,8 @@ fn write_loop(
                 break 'batches;
             }
         }
+        // Hand the memory back; if the capture thread has enough spares, let it go.
+        let _ = recycle.try_send(batch);
     }
     // The capture thread may still be sending: the receiver is dropped here, which ends it.
     let mut counters = shared.snapshot();

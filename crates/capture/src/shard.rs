@@ -52,6 +52,10 @@ pub struct ShardConfig {
     pub rotate_bytes: Option<u64>,
     /// Rotate when a shard is this old.
     pub rotate_every: Option<Duration>,
+    /// Compute each shard's SHA-256 while writing (for the manifest). It is about a quarter
+    /// of the capture path's CPU at high rates (docs/benchmarks.md); off, the manifest says
+    /// `sha256: null`.
+    pub checksum: bool,
 }
 
 /// What a manifest says.
@@ -70,7 +74,7 @@ pub struct ShardManifest {
     /// The capture's drop counters: on the last shard only (earlier shards close mid-capture).
     pub kernel_dropped: Option<u64>,
     pub agent_dropped: Option<u64>,
-    pub sha256: String,
+    pub sha256: Option<String>,
     /// Set on the last shard of a capture.
     pub stop_reason: Option<String>,
 }
@@ -78,14 +82,16 @@ pub struct ShardManifest {
 /// Counts and hashes what goes to the file.
 struct Hashing<W: Write> {
     inner: W,
-    digest: aws_lc_rs::digest::Context,
+    digest: Option<aws_lc_rs::digest::Context>,
     bytes: u64,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.digest.update(&buf[..n]);
+        if let Some(d) = self.digest.as_mut() {
+            d.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
@@ -160,7 +166,11 @@ impl ShardWriter {
         self.sequence += 1;
         let path = self.next_path();
         let file = File::create(&path)?;
-        let out = BufWriter::with_capacity(SHARD_BUFFER, Hashing { inner: file, digest: aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256), bytes: 0 });
+        let out = BufWriter::with_capacity(SHARD_BUFFER, Hashing {
+            inner: file,
+            digest: self.config.checksum.then(|| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+            bytes: 0,
+        });
         let id = &self.identity;
         let writer = match self.config.format {
             ShardFormat::Pcap => {
@@ -221,7 +231,8 @@ impl ShardWriter {
         };
         let hashing = out.into_inner().map_err(|e| e.into_error())?;
         hashing.inner.sync_all()?;
-        let sha256: String = hashing.digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let sha256: Option<String> =
+            hashing.digest.map(|d| d.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect());
         let manifest = ShardManifest {
             identity: self.identity.clone(),
             file: current.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
