@@ -346,6 +346,14 @@ impl<R: Read> CaptureReader<R> {
         Ok(Some((block_type, len, start)))
     }
 
+    /// Reads a block's body into the reader's scratch buffer.
+    fn scratch_block(&mut self, len: u32, start: u64) -> Result<()> {
+        let mut body = std::mem::take(&mut self.scratch);
+        let result = self.block_body(len, start, &mut body);
+        self.scratch = body;
+        result
+    }
+
     /// Reads a block's body (after the 8-byte header) and checks the trailing length.
     fn block_body(&mut self, len: u32, start: u64, body: &mut Vec<u8>) -> Result<()> {
         body.resize(len as usize - 8, 0);
@@ -416,10 +424,7 @@ impl<R: Read> CaptureReader<R> {
             match block_type {
                 // Interface Description Block
                 1 => {
-                    let mut body = std::mem::take(&mut self.scratch);
-                    let result = self.block_body(len, start, &mut body);
-                    self.scratch = body;
-                    result?;
+                    self.scratch_block(len, start)?;
                     let body = &self.scratch;
                     if body.len() < 8 {
                         return Err(ReadError { offset: start, message: "interface description block too short".into() });
@@ -504,10 +509,7 @@ impl<R: Read> CaptureReader<R> {
                 }
                 // Interface Statistics Block
                 5 => {
-                    let mut body = std::mem::take(&mut self.scratch);
-                    let result = self.block_body(len, start, &mut body);
-                    self.scratch = body;
-                    result?;
+                    self.scratch_block(len, start)?;
                     let body = &self.scratch;
                     if body.len() < 12 {
                         return Err(ReadError { offset: start, message: "interface statistics block too short".into() });
@@ -525,10 +527,7 @@ impl<R: Read> CaptureReader<R> {
                 }
                 // Anything else (name resolution, custom, decryption secrets...): skip.
                 _ => {
-                    let mut body = std::mem::take(&mut self.scratch);
-                    let result = self.block_body(len, start, &mut body);
-                    self.scratch = body;
-                    result?;
+                    self.scratch_block(len, start)?;
                 }
             }
         }
