@@ -22,6 +22,9 @@ pub struct UpArgs {
     /// Where everything is kept (created if missing).
     #[arg(long, env = "EDGECAP_DATA_DIR")]
     data_dir: PathBuf,
+    /// Shared state: `embedded` (under --data-dir) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
+    #[arg(long, default_value = "embedded")]
+    state: String,
     /// API listen address.
     #[arg(long, default_value = "127.0.0.1:9440")]
     listen: SocketAddr,
@@ -125,7 +128,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         tls: coordinator_tls,
         tls_reload_interval: Duration::from_secs(5),
-        state: StateConfig::Embedded { dir: dir.join("state") },
+        state: StateConfig::parse(&args.state, dir).map_err(anyhow::Error::msg)?,
         storage: StorageConfig::LocalDir { root: dir.join("objects") },
         tmp_dir: dir.join("tmp"),
         limits: Limits::default(),

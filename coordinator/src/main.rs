@@ -18,6 +18,9 @@ struct Args {
     /// Where the embedded state store and the local object store keep their data.
     #[arg(long, env = "EDGECAP_DATA_DIR")]
     data_dir: PathBuf,
+    /// Shared state: `embedded` (under --data-dir) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
+    #[arg(long, default_value = "embedded", env = "EDGECAP_STATE")]
+    state: String,
     /// REST API listen address.
     #[arg(long, default_value = "127.0.0.1:9440", env = "EDGECAP_API_LISTEN")]
     api_listen: SocketAddr,
@@ -95,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         tls,
         tls_reload_interval: Duration::from_secs(5),
-        state: StateConfig::Embedded { dir: args.data_dir.join("state") },
+        state: StateConfig::parse(&args.state, &args.data_dir).unwrap_or_else(|e| {
+            eprintln!("edgecap-coordinator: {e}");
+            std::process::exit(64);
+        }),
         storage: StorageConfig::LocalDir { root: args.data_dir.join("objects") },
         tmp_dir: args.data_dir.join("tmp"),
         limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },

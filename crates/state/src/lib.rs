@@ -7,8 +7,8 @@
 //! and leases that delete their keys when they are not kept alive.
 //!
 //! Backends: [`embedded::EmbeddedStore`] (one process, persisted to a local directory; the
-//! default). The etcd backend lands with its own issue. The backend is chosen in exactly
-//! one place: [`open`].
+//! default) and [`etcd::EtcdStore`] (shared by several coordinators). Both pass the same
+//! conformance suite ([`testsuite`]). The backend is chosen in exactly one place: [`open`].
 //!
 //! What this crate does not do: it knows nothing about captures or accounts; the typed key
 //! layout lives with the coordinator (`coordinator/src/repo.rs`).
@@ -22,8 +22,31 @@ use std::time::Duration;
 use futures::Stream;
 
 pub mod embedded;
+pub mod etcd;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
+
+#[cfg(test)]
+mod config_tests {
+    use super::StateConfig;
+    use std::path::Path;
+
+    #[test]
+    fn parses_state_flag() {
+        let d = Path::new("/d");
+        assert!(matches!(StateConfig::parse("embedded", d), Ok(StateConfig::Embedded { .. })));
+        let StateConfig::Etcd { endpoints, prefix } = StateConfig::parse("etcd://a:2379,b:2379/edge/cap/", d).unwrap() else {
+            panic!()
+        };
+        assert_eq!(endpoints, ["a:2379", "b:2379"]);
+        assert_eq!(prefix, "/edge/cap");
+        let StateConfig::Etcd { prefix, .. } = StateConfig::parse("etcd://127.0.0.1:23790", d).unwrap() else { panic!() };
+        assert_eq!(prefix, "");
+        for bad in ["etcd://", "etcd://host", "etcd://host:0", "etcd://:1", "redis://x:1", "etcd://a:1/x y", "etcd://a:1/a//b"] {
+            assert!(StateConfig::parse(bad, d).is_err(), "{bad}");
+        }
+    }
+}
 
 /// A store-wide revision. Every mutation increases it by one.
 pub type Revision = u64;
@@ -135,6 +158,34 @@ pub enum StateConfig {
     Embedded { dir: PathBuf },
     /// In memory only (tests).
     Memory,
+    /// etcd: endpoints (`host:port`) and the key prefix this installation uses.
+    Etcd { endpoints: Vec<String>, prefix: String },
+}
+
+impl StateConfig {
+    /// Parses `--state`: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, or `embedded` (under
+    /// `data_dir`).
+    pub fn parse(text: &str, data_dir: &std::path::Path) -> std::result::Result<Self, String> {
+        if text == "embedded" {
+            return Ok(StateConfig::Embedded { dir: data_dir.join("state") });
+        }
+        let rest = text
+            .strip_prefix("etcd://")
+            .ok_or_else(|| format!("--state {text:?}: use embedded or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let endpoints: Vec<String> = hosts.split(',').map(str::trim).map(String::from).collect();
+        for e in &endpoints {
+            let valid = e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                return Err(format!("--state {text:?}: endpoint {e:?} is not HOST:PORT"));
+            }
+        }
+        if prefix.contains("//") || prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("--state {text:?}: prefix {prefix:?} is not a clean key prefix"));
+        }
+        let prefix = if prefix.is_empty() { String::new() } else { format!("/{}", prefix.trim_end_matches('/')) };
+        Ok(StateConfig::Etcd { endpoints, prefix })
+    }
 }
 
 /// Opens the configured backend. Must be called inside a Tokio runtime (lease expiry runs
@@ -143,5 +194,6 @@ pub async fn open(config: &StateConfig) -> Result<Arc<dyn StateStore>> {
     match config {
         StateConfig::Embedded { dir } => Ok(Arc::new(embedded::EmbeddedStore::open(dir)?)),
         StateConfig::Memory => Ok(Arc::new(embedded::EmbeddedStore::in_memory())),
+        StateConfig::Etcd { endpoints, prefix } => Ok(Arc::new(etcd::EtcdStore::connect(endpoints, prefix).await?)),
     }
 }

@@ -1,0 +1,199 @@
+//! The etcd backend: a thin mapping of [`StateStore`] onto etcd v3.
+//!
+//! * Every key is stored under a configurable prefix, so several edgecap installations can
+//!   share one etcd.
+//! * Compare-and-swap is an etcd transaction on `mod_revision` (or `create_revision == 0` for
+//!   "must not exist").
+//! * Watches start at a revision; a start that etcd has compacted away is reported as
+//!   [`StateError::Compacted`], as the embedded store does.
+//! * Any transport or server error is [`StateError::Unavailable`]: callers answer 503 and retry.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt as _;
+
+use crate::{KeyValue, LeaseId, Result, Revision, StateError, StateStore, WatchEvent, WatchStream};
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: etcd_client::Error) -> StateError {
+    StateError::Unavailable(e.to_string())
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (`host:port`); every key lives under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(options)).await.map_err(unavailable)?;
+        Ok(Self { client, prefix: prefix.trim_end_matches('/').to_string() })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn convert(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        let key = std::str::from_utf8(kv.key())
+            .map_err(|e| StateError::Corrupt(format!("non-UTF-8 key: {e}")))?
+            .strip_prefix(&self.prefix)
+            .unwrap_or_default()
+            .to_string();
+        Ok(KeyValue {
+            key,
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision() as Revision,
+            mod_revision: kv.mod_revision() as Revision,
+            lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let response = self.client.clone().get(self.full(key), None).await.map_err(unavailable)?;
+        response.kvs().first().map(|kv| self.convert(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let response = self
+            .client
+            .clone()
+            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        response.kvs().iter().map(|kv| self.convert(kv)).collect()
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        let options = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let response = self.client.clone().put(self.full(key), value, options).await.map_err(|e| match lease {
+            Some(l) if e.to_string().contains("lease not found") => StateError::LeaseNotFound(l),
+            _ => unavailable(e),
+        })?;
+        Ok(response.header().map_or(0, |h| h.revision() as Revision))
+    }
+
+    async fn compare_and_put(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<Revision>> {
+        let full = self.full(key);
+        let compare = match expected {
+            None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
+            Some(rev) => Compare::mod_revision(full.clone(), CompareOp::Equal, rev as i64),
+        };
+        let options = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let txn = Txn::new().when([compare]).and_then([TxnOp::put(full, value, options)]);
+        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        if !response.succeeded() {
+            return Ok(None);
+        }
+        Ok(Some(response.header().map_or(0, |h| h.revision() as Revision)))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let response = self.client.clone().delete(self.full(key), None).await.map_err(unavailable)?;
+        Ok(response.deleted() > 0)
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        let mut options = WatchOptions::new().with_prefix();
+        if from != 0 {
+            options = options.with_start_revision(from as i64);
+        }
+        let mut stream = self.client.clone().watch(self.full(prefix), Some(options)).await.map_err(unavailable)?;
+        let store = self.clone();
+        let events = async_stream(move |tx| async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(response)) => {
+                        if response.compact_revision() > 0 || response.canceled() {
+                            let oldest = response.compact_revision().max(0) as Revision;
+                            let _ = tx.send(Err(StateError::Compacted { requested: from, oldest })).await;
+                            return;
+                        }
+                        for event in response.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let item = store.convert(kv).map(|kv| match event.event_type() {
+                                EventType::Put => WatchEvent::Put(kv),
+                                EventType::Delete => WatchEvent::Delete { key: kv.key, mod_revision: kv.mod_revision },
+                            });
+                            if tx.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(unavailable(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(events)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let response = self.client.clone().lease_grant(secs, None).await.map_err(unavailable)?;
+        Ok(LeaseId(response.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        // etcd answers a keep-alive for an expired lease with an error or a zero TTL depending
+        // on timing; asking for its TTL first says "gone" (-1) plainly.
+        let ttl = self.client.clone().lease_time_to_live(lease.0, None).await.map_err(unavailable)?;
+        if ttl.ttl() <= 0 {
+            return Err(StateError::LeaseNotFound(lease));
+        }
+        let (mut keeper, mut responses) = self.client.clone().lease_keep_alive(lease.0).await.map_err(unavailable)?;
+        keeper.keep_alive().await.map_err(unavailable)?;
+        match responses.message().await.map_err(unavailable)? {
+            Some(r) if r.ttl() > 0 => Ok(()),
+            _ => Err(StateError::LeaseNotFound(lease)),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        match self.client.clone().lease_revoke(lease.0).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Err(StateError::LeaseNotFound(lease)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        let response = self.client.clone().get(self.full("/"), Some(GetOptions::new().with_count_only())).await.map_err(unavailable)?;
+        Ok(response.header().map_or(0, |h| h.revision() as Revision))
+    }
+}
+
+/// A stream fed by a task through a channel (keeps the watch loop readable).
+fn async_stream<F, Fut>(body: F) -> WatchStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchEvent>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(body(tx));
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed())
+}
