@@ -165,16 +165,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  edgecap capture create --time-limit 60 --packet-limit 100 --wait");
     println!("Stop with Ctrl-C.");
 
-    let stop = async {
+    let agent_cancel = cancel.clone();
+    let stop = async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        // The agent first: its control stream is one of the coordinator's open connections.
+        agent_cancel.cancel();
     };
     let result = coordinator.run_until(stop).await;
     cancel.cancel();
     agent_task.await.context("agent task")??;
+    eprintln!("edgecap: stopped");
     result
 }

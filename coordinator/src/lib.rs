@@ -34,6 +34,9 @@ pub mod validate;
 pub use api::RateLimits;
 pub use validate::Limits;
 
+/// How long a shutdown waits for open connections (agents' streams) before closing them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Everything a coordinator needs; see `edgecap-coordinator --help` for the flags.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -157,13 +160,25 @@ impl Coordinator {
         Ok(Self { api_addr, grpc_addr, state, cancel, tasks })
     }
 
-    /// Stops the listeners and waits for them.
+    /// Stops the listeners and waits for them, at most [`SHUTDOWN_GRACE`]: agents' control
+    /// streams are long-lived and would otherwise hold a graceful shutdown open forever.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.cancel.cancel();
-        while let Some(result) = self.tasks.join_next().await {
-            result??;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(result) = self.tasks.join_next().await {
+                result??;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        match drained {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
+                self.tasks.abort_all();
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Runs until a listener fails or `stop` resolves, then shuts down.

@@ -68,4 +68,10 @@ fn official_python_sdk_works_against_edgecap_up() {
     assert_eq!(seen["packets_captured"], 6, "3 echo requests + 3 replies on lo: {seen}");
     assert_eq!(seen["bad_request_code"], 1004);
     assert_eq!(seen["bytes"], 24 + 6 * (16 + 98), "classic pcap of six 98-byte frames");
+
+    // SIGTERM stops the whole stack cleanly and promptly (the local agent's long-lived control
+    // stream must not hold the coordinator's shutdown open).
+    let _ = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status();
+    let status = wait_for("edgecap up to exit after SIGTERM", Duration::from_secs(20), || up.child.try_wait().ok().flatten());
+    assert!(status.success(), "edgecap up exited with {status}:\n{}", up.log_text());
 }
