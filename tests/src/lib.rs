@@ -196,3 +196,63 @@ pub fn tshark_packets(path: &std::path::Path) -> Vec<(f64, String)> {
         })
         .collect()
 }
+
+/// A real etcd (Debian's `etcd-server`) on loopback with its own data directory; stopped on
+/// drop. `stop` and `start` keep the data directory, as a restarted etcd would.
+pub struct EtcdServer {
+    child: Option<std::process::Child>,
+    pub client: String,
+    peer: String,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts one, or returns `None` (skip) when etcd is not installed outside CI.
+    pub fn launch(test: &str) -> Option<Self> {
+        if !require_tool(test, "etcd") {
+            return None;
+        }
+        let client = format!("127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir") };
+        server.start();
+        Some(server)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.client.clone()]
+    }
+
+    /// (Re)starts etcd on the same ports and data directory and waits for it to listen.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd already running");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &format!("http://{}", self.client)])
+            .args(["--advertise-client-urls", &format!("http://{}", self.client)])
+            .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
+            .args(["--initial-cluster", &format!("t={}", self.peer), "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let client = self.client.clone();
+        wait_for("etcd to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&client).ok());
+    }
+
+    /// Kills etcd (keeps its data).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
