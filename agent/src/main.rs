@@ -121,6 +121,10 @@ struct CaptureArgs {
     /// Test hook: slow the writer by this many microseconds per packet.
     #[arg(long, hide = true)]
     writer_delay_us: Option<u64>,
+    /// Benchmark hook: also feed the agent's sampled lookback from this interface (its own
+    /// libpcap handle, as in `run`), so the cost of both is measured together.
+    #[arg(long, hide = true)]
+    with_lookback: bool,
 }
 
 fn usage_error(message: String) -> ! {
@@ -249,6 +253,11 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         },
         identity,
     );
+    let lookback = args.with_lookback.then(|| {
+        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig::default())));
+        let config = edgecap_capture::LookbackCaptureConfig { interfaces: vec![args.iface.clone()], ..Default::default() };
+        (edgecap_capture::LookbackCapture::start(&config, lookback.clone()).unwrap_or_else(|e| usage_error(e.to_string())), lookback)
+    });
     let live = LiveCapture::start(config, Box::new(shards)).unwrap_or_else(|e| usage_error(e.to_string()));
     eprintln!("edgecap-agent: capturing on {} (filter {:?})", args.iface, filter);
     let live = std::sync::Arc::new(std::sync::Mutex::new(Some(live)));
@@ -274,6 +283,11 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     };
     let counters = waiter.await?.unwrap_or_default();
     stopper.abort();
+    if let Some((capture, lookback)) = lookback {
+        capture.stop();
+        let l = lookback.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!("lookback: {} packets seen, {} held, {} kernel drops", l.stats().packets_seen, l.len(), l.stats().kernel_dropped);
+    }
     println!("{}", counters.line());
     eprintln!("{} packets captured", counters.written);
     eprintln!("{} packets received by filter", counters.received);

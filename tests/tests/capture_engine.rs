@@ -233,3 +233,26 @@ fn bad_filters_are_refused_before_anything_is_opened() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn captures_and_the_lookback_stop_on_a_silent_interface() {
+    // A fresh namespace's loopback carries nothing: libpcap blocks in poll there, and both
+    // the live capture and the lookback must still stop on time (a stop that waited for the
+    // next packet would hang an agent's shutdown forever).
+    if !require_root("captures_and_the_lookback_stop_on_a_silent_interface") {
+        return;
+    }
+    sweep_stale();
+    let ns = NetNs::new("quiet");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quiet.pcap");
+    let mut p = ns.spawn(
+        bin("edgecap-agent"),
+        &["capture", "--iface", "lo", "--out", out.to_str().unwrap(), "--time-limit", "1", "--with-lookback"],
+        &dir.path().join("quiet.log"),
+    );
+    let status = exited(&mut p);
+    assert!(status.success(), "{}", p.log_text());
+    assert_eq!(counters(&p)["stop_reason"], "time_limit");
+    assert!(p.log_text().contains("lookback:"), "{}", p.log_text());
+}

@@ -29,16 +29,24 @@ impl Default for LookbackCaptureConfig {
 }
 
 /// Running capture threads; stopped on drop.
-#[derive(Debug)]
 pub struct LookbackCapture {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// libpcap can block in poll until a packet arrives (even with a read timeout), so a stop
+    /// on a quiet interface must break the loop, not wait for the next packet.
+    breakers: Vec<pcap::BreakLoop>,
 }
 
 type Shared = Arc<Mutex<Lookback>>;
 
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
     lookback.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl std::fmt::Debug for LookbackCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookbackCapture").field("threads", &self.threads.len()).finish_non_exhaustive()
+    }
 }
 
 impl LookbackCapture {
@@ -61,7 +69,9 @@ impl LookbackCapture {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (iface, capture) in opened {
+        let mut breakers = Vec::new();
+        for (iface, mut capture) in opened {
+            breakers.push(capture.breakloop_handle());
             let index = lock(&lookback).add_interface(&iface, capture.get_datalink().0);
             let stop = stop.clone();
             let lookback = lookback.clone();
@@ -71,7 +81,7 @@ impl LookbackCapture {
                 .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?;
             threads.push(thread);
         }
-        Ok(Self { stop, threads })
+        Ok(Self { stop, threads, breakers })
     }
 
     /// Stops and joins the capture threads.
@@ -81,6 +91,9 @@ impl LookbackCapture {
 
     fn stop_inner(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for breaker in &self.breakers {
+            breaker.breakloop();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -113,6 +126,8 @@ fn run(iface: String, index: u16, mut capture: pcap::Capture<pcap::Active>, look
                 }
             }
             Err(pcap::Error::TimeoutExpired) => {}
+            // pcap_breakloop from stop().
+            Err(pcap::Error::NoMorePackets) => return,
             Err(error) => {
                 tracing::error!(%iface, %error, "lookback capture stopped");
                 return;
