@@ -260,29 +260,13 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     });
     let live = LiveCapture::start(config, Box::new(shards)).unwrap_or_else(|e| usage_error(e.to_string()));
     eprintln!("edgecap-agent: capturing on {} (filter {:?})", args.iface, filter);
-    let live = std::sync::Arc::new(std::sync::Mutex::new(Some(live)));
-    let waiter = {
-        let live = live.clone();
-        tokio::task::spawn_blocking(move || loop {
-            let done = live.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(LiveCapture::is_done);
-            if done {
-                let capture = live.lock().unwrap_or_else(|p| p.into_inner()).take();
-                return capture.map(LiveCapture::wait);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        })
-    };
-    let stopper = {
-        let live = live.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            if let Some(c) = live.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                c.stop();
-            }
-        })
-    };
-    let counters = waiter.await?.unwrap_or_default();
-    stopper.abort();
+    let stopper = live.stop_handle();
+    let signals = tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.stop();
+    });
+    let counters = tokio::task::spawn_blocking(move || live.wait()).await?;
+    signals.abort();
     if let Some((capture, lookback)) = lookback {
         capture.stop();
         let l = lookback.lock().unwrap_or_else(|p| p.into_inner());

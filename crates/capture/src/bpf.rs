@@ -51,7 +51,7 @@ pub fn check(text: &str, linktype: i32, snaplen: i32) -> Result<CheckedFilter, B
         digest.update(insn.to_string().as_bytes());
         digest.update(b"\n");
     }
-    let hash = digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::hex(digest.finish().as_ref());
     Ok(CheckedFilter { text: text.to_string(), hash, instructions: instructions.len() })
 }
 

@@ -34,6 +34,11 @@ pub enum CaptureError {
     Filter(#[from] FilterError),
 }
 
+/// Lowercase hex of a digest (SHA-256 of filters' bytecode and of shard files).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Nanoseconds since the Unix epoch, from the system clock.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()

@@ -179,6 +179,17 @@ impl Batch {
     }
 }
 
+/// Stops a [`LiveCapture`]; cheap to clone and to send.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Shared>);
+
+impl StopHandle {
+    /// Same as [`LiveCapture::stop`].
+    pub fn stop(&self) {
+        self.0.finish(StopReason::Stopped);
+    }
+}
+
 /// A running capture.
 pub struct LiveCapture {
     shared: Arc<Shared>,
@@ -259,9 +270,10 @@ impl LiveCapture {
         self.shared.finish(StopReason::Stopped);
     }
 
-    /// Whether the capture has ended (a limit, a stop, or an error).
-    pub fn is_done(&self) -> bool {
-        self.shared.stop.load(Ordering::Acquire)
+    /// A handle that stops this capture from another thread or task, so the owner can block
+    /// in [`LiveCapture::wait`] meanwhile.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shared.clone())
     }
 
     /// The counters now.

@@ -232,7 +232,7 @@ impl ShardWriter {
         let hashing = out.into_inner().map_err(|e| e.into_error())?;
         hashing.inner.sync_all()?;
         let sha256: Option<String> =
-            hashing.digest.map(|d| d.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect());
+            hashing.digest.map(|d| crate::hex(d.finish().as_ref()));
         let manifest = ShardManifest {
             identity: self.identity.clone(),
             file: current.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
