@@ -18,6 +18,9 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod full;
+pub mod http;
+
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Packets per SampleChunk message (10 000 x 160 B would exceed gRPC's 4 MiB default).
 const CHUNK_PACKETS: usize = 1000;
@@ -33,6 +36,8 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub heartbeat: Duration,
+    /// Full captures: spool and shard settings (`None`: this agent refuses full captures).
+    pub full: Option<full::FullCaptureConfig>,
 }
 
 impl AgentConfig {
@@ -46,6 +51,7 @@ impl AgentConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
+            full: None,
         }
     }
 }
@@ -70,6 +76,7 @@ pub struct Agent {
     lookback: Arc<Mutex<Lookback>>,
     capture: Option<LookbackCapture>,
     config: AgentConfig,
+    jobs: Option<Arc<full::Jobs>>,
 }
 
 impl Agent {
@@ -83,7 +90,14 @@ impl Agent {
         let (agent_id, pop) = own_identity(&config.tls)?;
         let lookback = Arc::new(Mutex::new(Lookback::new(config.lookback.clone())));
         let capture = LookbackCapture::start(&config.capture, lookback.clone()).context("start the lookback capture")?;
-        Ok(Self { agent_id, pop, lookback, capture: Some(capture), config })
+        let jobs = match &config.full {
+            Some(full) => Some(Arc::new(
+                full::Jobs::open(full.clone(), &agent_id, &pop, config.capture.interfaces.first().cloned())
+                    .context("open the full-capture spool")?,
+            )),
+            None => None,
+        };
+        Ok(Self { agent_id, pop, lookback, capture: Some(capture), config, jobs })
     }
 
     pub fn lookback(&self) -> &Arc<Mutex<Lookback>> {
@@ -124,6 +138,10 @@ impl Agent {
         if let Some(capture) = self.capture.take() {
             tokio::task::spawn_blocking(move || capture.stop()).await.ok();
         }
+        if let Some(jobs) = &self.jobs {
+            // Running full captures end normally (their shards stay spooled for the next run).
+            jobs.stop_all();
+        }
         Ok(())
     }
 
@@ -158,6 +176,11 @@ impl Agent {
         let mut inbound = response.into_inner();
         tracing::info!(%endpoint, %agent_id, %pop, "connected to coordinator");
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        let mut progress = tokio::time::interval(Duration::from_secs(1));
+        let mut first_progress = true;
+        // Shards are delivered while this stream is up.
+        let uploads = self.jobs.clone().map(|jobs| AbortOnDrop(tokio::spawn(jobs.upload_loop(out_tx.clone()))));
+        let _uploads = uploads;
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -181,7 +204,49 @@ impl Agent {
                                 }
                             });
                         }
+                        Some(pb::coordinator_message::Msg::StartCapture(start)) => match &self.jobs {
+                            Some(jobs) => {
+                                let jobs = jobs.clone();
+                                tokio::task::spawn_blocking(move || jobs.start(start));
+                            }
+                            None => {
+                                let report = pb::CaptureReport {
+                                    capture_id: start.capture_id,
+                                    state: "failed".into(),
+                                    error: "this agent is not configured for full captures (no --spool-dir)".into(),
+                                    ..Default::default()
+                                };
+                                out_tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::CaptureReport(report)) }).await?;
+                            }
+                        },
+                        Some(pb::coordinator_message::Msg::StopCapture(stop)) => {
+                            if let Some(jobs) = &self.jobs {
+                                jobs.stop(&stop.capture_id);
+                            }
+                        }
+                        Some(pb::coordinator_message::Msg::UploadGrant(grant)) => {
+                            if let Some(jobs) = &self.jobs {
+                                let id = grant.request_id.clone();
+                                jobs.deliver(&id, pb::coordinator_message::Msg::UploadGrant(grant));
+                            }
+                        }
+                        Some(pb::coordinator_message::Msg::ShardCommitted(committed)) => {
+                            if let Some(jobs) = &self.jobs {
+                                let id = committed.request_id.clone();
+                                jobs.deliver(&id, pb::coordinator_message::Msg::ShardCommitted(committed));
+                            }
+                        }
                         None => {}
+                    }
+                }
+                _ = progress.tick() => {
+                    if let Some(jobs) = &self.jobs {
+                        let all = std::mem::take(&mut first_progress);
+                        let jobs = jobs.clone();
+                        let reports = tokio::task::spawn_blocking(move || jobs.reports(all)).await.unwrap_or_default();
+                        for report in reports {
+                            out_tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::CaptureReport(report)) }).await?;
+                        }
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -196,6 +261,15 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped (the upload loop ends with its session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -56,6 +56,19 @@ struct RunArgs {
     /// Lookback age bound, seconds (at most 86400).
     #[arg(long, default_value_t = 86400)]
     lookback_max_age: u64,
+    /// Where full-capture shards wait for upload (survives restarts). Full captures run on
+    /// the first --iface.
+    #[arg(long, env = "EDGECAP_SPOOL_DIR", default_value = "/var/lib/edgecap/spool")]
+    spool_dir: PathBuf,
+    /// Spool bound, MiB: running full captures stop when the spool holds more.
+    #[arg(long, default_value_t = 4096)]
+    spool_max_mib: u64,
+    /// Full-capture shards rotate at this size (MiB) ...
+    #[arg(long, default_value_t = 64)]
+    shard_rotate_mib: u64,
+    /// ... or this age (seconds), so they upload while the capture runs.
+    #[arg(long, default_value_t = 5)]
+    shard_rotate_seconds: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -173,6 +186,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_bytes: args.lookback_memory_mib << 20,
         max_age_ns: args.lookback_max_age * 1_000_000_000,
     };
+    let mut full = edgecap_agent::full::FullCaptureConfig::new(args.spool_dir);
+    full.spool_max_bytes = args.spool_max_mib.max(1) << 20;
+    full.rotate_bytes = args.shard_rotate_mib.max(1) << 20;
+    full.rotate_seconds = args.shard_rotate_seconds.max(1);
+    config.full = Some(full);
     let agent = Agent::start(config).unwrap_or_else(|e| usage_error(format!("{e:#}")));
     tracing::info!(agent_id = %agent.agent_id, pop = %agent.pop, "agent started");
     let cancel = CancellationToken::new();

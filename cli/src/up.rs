@@ -49,6 +49,13 @@ pub struct UpArgs {
     /// Apply Cloudflare's per-account limits (1 sample per minute, 1 active full capture).
     #[arg(long)]
     rate_limits: bool,
+    /// Per-bucket S3 credentials for full captures (JSON: {"bucket": {"access_key_id", "secret_access_key"}});
+    /// otherwise the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles).
+    #[arg(long)]
+    s3_credentials: Option<PathBuf>,
+    /// Keep full captures' shards in the bucket after the merge.
+    #[arg(long)]
+    keep_shards: bool,
 }
 
 fn random_hex(n: usize) -> String {
@@ -136,6 +143,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         sample_timeout: Duration::from_secs(15),
         agent_wait: Duration::from_secs(5),
         tokens: vec![(account.clone(), token.clone())],
+        s3_credentials: match &args.s3_credentials {
+            Some(path) => edgecap_coordinator::full::load_credentials(path)?,
+            None => Default::default(),
+        },
+        full: edgecap_coordinator::full::FullSettings { keep_shards: args.keep_shards, ..Default::default() },
     })
     .await?;
 
@@ -145,6 +157,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.interfaces.clone(),
     );
     agent_config.lookback = LookbackConfig { sample_rate: args.sample_rate.max(1), ..LookbackConfig::default() };
+    agent_config.full = Some(edgecap_agent::full::FullCaptureConfig::new(dir.join("spool")));
     let agent = Agent::start(agent_config)?;
     let agent_id = agent.agent_id.clone();
     let cancel = CancellationToken::new();

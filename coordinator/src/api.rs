@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::AppState;
+use edgecap_storage::ObjectStore as _;
 use crate::error::{ApiError, code};
-use crate::model::{CaptureRecord, CaptureStatus, CaptureType, is_id, new_id, rfc3339};
+use crate::model::{CaptureRecord, CaptureStatus, CaptureType, OwnershipRecord, OwnershipStatus, PopResult, is_id, new_id, rfc3339};
 use crate::repo::RepoError;
 use crate::validate::{parse_create, parse_ownership_create, parse_ownership_validate};
 
@@ -142,17 +143,21 @@ async fn create_capture(
     let now = time::OffsetDateTime::now_utc();
     let request = parse_create(&body, &state.limits, now)?;
     if request.capture_type == CaptureType::Full {
-        // Validation first, then availability: the user learns about both kinds of mistake.
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code::UNAVAILABLE_FEATURE,
-            "type: full captures are not available: no object store is configured for full captures",
-        ));
+        return create_full(state, account, request, now).await;
     }
     state.rate.check_sample(&account, state.rate_limits.sample_interval)?;
-    let record = CaptureRecord {
+    let record = new_record(&account, request, now);
+    state.repo.create_capture(&record).await.map_err(repo_err)?;
+    tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
+    tokio::spawn(crate::sample::run(state.clone(), account, record.id.clone()));
+    Ok(envelope(record.to_api()))
+}
+
+/// A new capture record from a validated request, status `pending`.
+fn new_record(account: &str, request: crate::validate::CreateRequest, now: time::OffsetDateTime) -> CaptureRecord {
+    CaptureRecord {
         id: new_id(),
-        account_id: account.clone(),
+        account_id: account.to_string(),
         capture_type: request.capture_type,
         system: "magic-transit".into(),
         status: CaptureStatus::Pending,
@@ -171,10 +176,92 @@ async fn create_capture(
         error_message: None,
         pops: vec![],
         object_key: None,
-    };
+    }
+}
+
+/// The user's bucket could not be reached (retry later): 503 naming the field.
+fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
+    tracing::warn!(error = %e, "bucket unreachable");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_UNAVAILABLE, format!("destination_conf: bucket unreachable: {e}"))
+}
+
+/// Selects the agents of a colo: an exact PoP name, or every PoP whose name starts with it
+/// (`ord` covers `ord01` and `ord02`). Case-insensitive.
+fn colo_agents(state: &AppState, colo: &str) -> Vec<crate::control::AgentInfo> {
+    let colo = colo.to_ascii_lowercase();
+    let agents = state.registry.agents();
+    let exact: Vec<_> = agents.iter().filter(|a| a.pop.to_ascii_lowercase() == colo).cloned().collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    agents.into_iter().filter(|a| a.pop.to_ascii_lowercase().starts_with(&colo)).collect()
+}
+
+async fn create_full(
+    state: Arc<AppState>,
+    account: String,
+    request: crate::validate::CreateRequest,
+    now: time::OffsetDateTime,
+) -> Result<Response, ApiError> {
+    let destination = request
+        .destination
+        .clone()
+        .ok_or_else(|| ApiError::bad_request(code::MISSING_FIELD, "destination_conf: required for full captures"))?;
+    let colo = request.colo_name.clone().unwrap_or_default();
+    // The bucket must have been proven to be this account's.
+    let ownerships = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
+    let owned = ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
+    if !owned {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            code::BUCKET_NOT_VALIDATED,
+            format!(
+                "destination_conf: bucket {:?} has not been validated for this account (POST .../pcaps/ownership, then .../ownership/validate)",
+                destination.uri
+            ),
+        ));
+    }
+    if let Some(max) = state.rate_limits.max_active_full {
+        let active = state
+            .repo
+            .list_captures(&account)
+            .await
+            .map_err(repo_err)?
+            .iter()
+            .filter(|r| r.capture_type == CaptureType::Full && !r.status.is_final())
+            .count();
+        if active >= max {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                code::FULL_CAPTURE_RUNNING,
+                format!("type: this account already has {active} pending or running full capture(s); the limit is {max}"),
+            ));
+        }
+    }
+    let agents = colo_agents(&state, &colo);
+    if agents.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::INVALID_VALUE,
+            format!("colo_name: no agent is connected in a PoP named {colo:?} or starting with it"),
+        ));
+    }
+    let store = crate::full::open_destination(&state, &destination).await.map_err(|e| bucket_error(&e))?;
+    let mut record = new_record(&account, request, now);
+    record.colo_name = Some(colo);
+    record.pops = agents
+        .iter()
+        .map(|a| PopResult {
+            pop: a.pop.clone(),
+            agent_id: a.agent_id.clone(),
+            status: "pending".into(),
+            sample_rate: 1,
+            ..PopResult::default()
+        })
+        .collect();
     state.repo.create_capture(&record).await.map_err(repo_err)?;
-    tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
-    tokio::spawn(crate::sample::run(state.clone(), account, record.id.clone()));
+    tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
+    state.full.launch(state.clone(), record.clone(), store);
     Ok(envelope(record.to_api()))
 }
 
@@ -257,15 +344,8 @@ async fn stop(
             .await
             .map_err(repo_err)?;
     }
+    state.full.stop(&id);
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-fn full_unavailable(field: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        code::UNAVAILABLE_FEATURE,
-        format!("{field}: bucket ownership is not available: no object store is configured for full captures"),
-    )
 }
 
 async fn list_ownerships(
@@ -278,6 +358,8 @@ async fn list_ownerships(
     Ok(collection(records.iter().map(|r| r.to_api()).collect()))
 }
 
+/// Writes `ownership-challenge-<id>.txt` with a random secret into the bucket. Whoever can
+/// read it back owns (or is trusted by the owner of) the bucket.
 async fn create_ownership(
     State(state): State<Arc<AppState>>,
     Path(account): Path<String>,
@@ -285,10 +367,37 @@ async fn create_ownership(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &account).await?;
-    parse_ownership_create(&body)?;
-    Err(full_unavailable("destination_conf"))
+    let destination = parse_ownership_create(&body)?;
+    let id = new_id();
+    let filename = format!("ownership-challenge-{id}.txt");
+    let challenge = format!("{}{}", new_id(), new_id());
+    let store = crate::full::open_destination(&state, &destination).await.map_err(|e| bucket_error(&e))?;
+    if let Err(e) = store.put(&filename, Bytes::from(format!("{challenge}\n"))).await {
+        return Err(match e {
+            e if e.is_retryable() => bucket_error(&e),
+            e => ApiError::bad_request(
+                code::BUCKET_UNWRITABLE,
+                format!("destination_conf: could not write the ownership challenge into the bucket: {e}"),
+            ),
+        });
+    }
+    let record = OwnershipRecord {
+        id,
+        account_id: account.clone(),
+        destination_conf: destination.uri,
+        filename,
+        status: OwnershipStatus::Pending,
+        submitted: rfc3339(time::OffsetDateTime::now_utc()),
+        validated: None,
+        challenge,
+    };
+    state.repo.put_ownership(&record).await.map_err(repo_err)?;
+    tracing::info!(%account, ownership = %record.id, destination = %record.destination_conf, "ownership challenge written");
+    Ok(envelope(record.to_api()))
 }
 
+/// Compares the text the user read from the challenge file. A wrong text answers 400 and
+/// marks the ownership `failed`; the right text later still validates it.
 async fn validate_ownership(
     State(state): State<Arc<AppState>>,
     Path(account): Path<String>,
@@ -296,8 +405,41 @@ async fn validate_ownership(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &account).await?;
-    parse_ownership_validate(&body)?;
-    Err(full_unavailable("destination_conf"))
+    let (destination, challenge) = parse_ownership_validate(&body)?;
+    let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
+    let mut candidates: Vec<OwnershipRecord> =
+        records.into_iter().filter(|o| o.destination_conf == destination.uri).collect();
+    if candidates.is_empty() {
+        return Err(ApiError::not_found(
+            code::OWNERSHIP_NOT_FOUND,
+            format!("destination_conf: no ownership challenge for {:?}; create one first", destination.uri),
+        ));
+    }
+    candidates.sort_by(|a, b| b.submitted.cmp(&a.submitted));
+    let now = rfc3339(time::OffsetDateTime::now_utc());
+    let matched = candidates.iter().find(|o| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(o.challenge.as_bytes(), challenge.as_bytes()).is_ok()
+    });
+    match matched {
+        Some(found) => {
+            let mut record = found.clone();
+            record.status = OwnershipStatus::Success;
+            record.validated = Some(now);
+            state.repo.put_ownership(&record).await.map_err(repo_err)?;
+            tracing::info!(%account, ownership = %record.id, "bucket ownership validated");
+            Ok(envelope(record.to_api()))
+        }
+        None => {
+            for record in candidates.iter_mut().filter(|o| o.status == OwnershipStatus::Pending) {
+                record.status = OwnershipStatus::Failed;
+                state.repo.put_ownership(record).await.map_err(repo_err)?;
+            }
+            Err(ApiError::bad_request(
+                code::CHALLENGE_MISMATCH,
+                "ownership_challenge: does not match the text of the challenge file written into the bucket",
+            ))
+        }
+    }
 }
 
 async fn delete_ownership(

@@ -82,6 +82,16 @@ impl Registry {
         conn
     }
 
+    /// Sends a message to a connected agent; false if it is not connected (or its stream is
+    /// closing).
+    pub async fn send(&self, agent_id: &str, message: pb::CoordinatorMessage) -> bool {
+        let tx = lock(&self.agents).get(agent_id).map(|c| c.tx.clone());
+        match tx {
+            Some(tx) => tx.send(Ok(message)).await.is_ok(),
+            None => false,
+        }
+    }
+
     fn unregister(&self, agent_id: &str, conn: u64) {
         let mut agents = lock(&self.agents);
         if agents.get(agent_id).is_some_and(|c| c.conn == conn) {
@@ -161,6 +171,8 @@ pub struct ControlService {
     pub registry: Arc<Registry>,
     pub repo: Repo,
     pub coordinator_name: String,
+    pub full: Arc<crate::full::FullCaptures>,
+    pub presign_expiry: Duration,
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -216,12 +228,15 @@ impl pb::agent_control_server::AgentControl for ControlService {
             })),
         };
         tx.send(Ok(welcome)).await.map_err(|_| Status::internal("stream closed"))?;
+        let answers = tx.clone();
         let conn = self.registry.register(info, tx);
         tracing::info!(agent_id = %cert_agent, pop = %cert_pop, remote = %peer.remote,
             interfaces = ?hello.interfaces, version = %hello.version, "agent connected");
 
         let registry = self.registry.clone();
         let repo = self.repo.clone();
+        let full = self.full.clone();
+        let expiry = self.presign_expiry;
         let presence = AgentPresence {
             agent_id: cert_agent.clone(),
             pop: cert_pop.clone(),
@@ -244,6 +259,24 @@ impl pb::agent_control_server::AgentControl for ControlService {
                             }
                             pb::agent_message::Msg::Hello(_) => {
                                 tracing::warn!(agent_id = %cert_agent, "second Hello ignored");
+                            }
+                            pb::agent_message::Msg::CaptureReport(report) => full.report(&cert_agent, report),
+                            pb::agent_message::Msg::UploadRequest(request) => {
+                                let (full, answers, agent, pop) = (full.clone(), answers.clone(), cert_agent.clone(), cert_pop.clone());
+                                tokio::spawn(async move {
+                                    let grant = full.grant(&agent, &pop, request, expiry).await;
+                                    let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::UploadGrant(grant)) };
+                                    let _ = answers.send(Ok(msg)).await;
+                                });
+                            }
+                            pb::agent_message::Msg::ShardUploaded(uploaded) => {
+                                let (full, answers, agent, pop, repo) =
+                                    (full.clone(), answers.clone(), cert_agent.clone(), cert_pop.clone(), repo.clone());
+                                tokio::spawn(async move {
+                                    let committed = full.commit(&repo, &agent, &pop, uploaded).await;
+                                    let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::ShardCommitted(committed)) };
+                                    let _ = answers.send(Ok(msg)).await;
+                                });
                             }
                         },
                         Ok(Some(_)) => {}

@@ -23,6 +23,9 @@ pub mod code {
     pub const NOT_DOWNLOADABLE: u32 = 1105;
     pub const RATE_LIMITED: u32 = 1200;
     pub const FULL_CAPTURE_RUNNING: u32 = 1201;
+    pub const BUCKET_NOT_VALIDATED: u32 = 1106;
+    pub const BUCKET_UNWRITABLE: u32 = 1107;
+    pub const CHALLENGE_MISMATCH: u32 = 1108;
     pub const UNAVAILABLE_FEATURE: u32 = 1300;
     pub const STATE_UNAVAILABLE: u32 = 1500;
     pub const STORAGE_UNAVAILABLE: u32 = 1501;

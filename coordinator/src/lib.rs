@@ -8,6 +8,7 @@
 //! [`Coordinator::start`] binds both listeners and runs until [`Coordinator::shutdown`];
 //! tests and `edgecap up` run it in-process, `edgecap-coordinator` wraps it in a binary.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgecap_state::StateConfig;
+use edgecap_storage::s3::StaticCredentials;
 use edgecap_storage::{ObjectStore, StorageConfig};
 use edgecap_tls::TlsFiles;
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ pub mod api;
 pub mod control;
 pub mod destination;
 pub mod error;
+pub mod full;
 pub mod model;
 pub mod repo;
 pub mod sample;
@@ -58,6 +61,9 @@ pub struct CoordinatorConfig {
     pub agent_wait: Duration,
     /// `(account_id, token)` pairs to register at start.
     pub tokens: Vec<(String, String)>,
+    /// Bucket name -> access key, for full captures' buckets (else the AWS default chain).
+    pub s3_credentials: HashMap<String, StaticCredentials>,
+    pub full: full::FullSettings,
 }
 
 /// Shared by the API handlers and background tasks.
@@ -71,6 +77,9 @@ pub struct AppState {
     pub tmp_dir: PathBuf,
     pub sample_timeout: Duration,
     pub agent_wait: Duration,
+    pub full: Arc<full::FullCaptures>,
+    pub s3_credentials: HashMap<String, StaticCredentials>,
+    pub full_settings: full::FullSettings,
 }
 
 /// A running coordinator.
@@ -113,6 +122,9 @@ impl Coordinator {
             tmp_dir: config.tmp_dir.clone(),
             sample_timeout: config.sample_timeout,
             agent_wait: config.agent_wait,
+            full: Arc::new(full::FullCaptures::default()),
+            s3_credentials: config.s3_credentials.clone(),
+            full_settings: config.full.clone(),
         });
 
         let api_listener = TcpListener::bind(config.api_listen)
@@ -135,7 +147,13 @@ impl Coordinator {
                 .context("serve the API")
         });
 
-        let service = control::ControlService { registry, repo: repo.clone(), coordinator_name: config.name.clone() };
+        let service = control::ControlService {
+            registry,
+            repo: repo.clone(),
+            coordinator_name: config.name.clone(),
+            full: state.full.clone(),
+            presign_expiry: config.full.presign_expiry,
+        };
         let incoming = tls_listener::incoming(grpc_listener, tls, cancel.clone());
         let grpc_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -154,6 +172,19 @@ impl Coordinator {
             if record.capture_type == model::CaptureType::Simple && record.status == model::CaptureStatus::Pending {
                 tracing::info!(capture = %record.id, "resuming a sample capture accepted before the restart");
                 tokio::spawn(sample::run(state.clone(), record.account_id, record.id));
+            } else if record.capture_type == model::CaptureType::Full && !record.status.is_final() {
+                // The agents went on capturing and spooling; follow them again.
+                let destination = record.destination_conf.as_deref().map(destination::DestinationConf::parse);
+                match destination {
+                    Some(Ok(destination)) => match full::open_destination(&state, &destination).await {
+                        Ok(store) => {
+                            tracing::info!(capture = %record.id, "resuming a full capture after the restart");
+                            state.full.launch(state.clone(), record, store);
+                        }
+                        Err(error) => tracing::error!(capture = %record.id, %error, "full capture not resumed"),
+                    },
+                    _ => tracing::error!(capture = %record.id, "full capture without a valid destination not resumed"),
+                }
             }
         }
         tracing::info!(%api_addr, %grpc_addr, name = %config.name, "coordinator started");

@@ -54,6 +54,20 @@ struct Args {
     /// How long to wait for each agent's sample answer, seconds.
     #[arg(long, default_value_t = 15)]
     sample_timeout: u64,
+    /// JSON file of per-bucket S3 credentials for full captures:
+    /// {"bucket": {"access_key_id": "...", "secret_access_key": "..."}}. Buckets not in it use
+    /// the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    #[arg(long, env = "EDGECAP_S3_CREDENTIALS")]
+    s3_credentials: Option<PathBuf>,
+    /// Keep full captures' shards in the bucket after the merge.
+    #[arg(long)]
+    keep_shards: bool,
+    /// Seconds a PoP whose agent disconnected mid-capture may take to come back.
+    #[arg(long, default_value_t = 15)]
+    reconnect_grace: u64,
+    /// Seconds after the time limit that PoPs may take to deliver their shards.
+    #[arg(long, default_value_t = 600)]
+    upload_grace: u64,
     /// This replica's name.
     #[arg(long, default_value = "coordinator", env = "EDGECAP_NAME")]
     name: String,
@@ -109,6 +123,19 @@ async fn main() -> anyhow::Result<()> {
         sample_timeout: Duration::from_secs(args.sample_timeout),
         agent_wait: Duration::from_secs(5),
         tokens,
+        s3_credentials: match &args.s3_credentials {
+            Some(path) => edgecap_coordinator::full::load_credentials(path).unwrap_or_else(|e| {
+                eprintln!("edgecap-coordinator: {e:#}");
+                std::process::exit(64);
+            }),
+            None => Default::default(),
+        },
+        full: edgecap_coordinator::full::FullSettings {
+            keep_shards: args.keep_shards,
+            reconnect_grace: Duration::from_secs(args.reconnect_grace),
+            upload_grace: Duration::from_secs(args.upload_grace),
+            ..Default::default()
+        },
     };
     let coordinator = match Coordinator::start(config).await {
         Ok(c) => c,

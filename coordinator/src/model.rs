@@ -33,7 +33,7 @@ impl CaptureStatus {
 }
 
 /// Per-PoP outcome, returned as the extension field `pops`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PopResult {
     pub pop: String,
     pub agent_id: String,
@@ -49,6 +49,41 @@ pub struct PopResult {
     pub kernel_dropped: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    // Full captures (all default for sample captures).
+    /// Packets the PoP's capture saw (before the filter's verdict is known to us: libpcap's count).
+    #[serde(default)]
+    pub received: u64,
+    /// Packets dropped inside the agent (queue full).
+    #[serde(default)]
+    pub agent_dropped: u64,
+    /// Bytes written into this PoP's shards.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// The shards this PoP delivered to the bucket (provenance of the merged file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardRef>,
+}
+
+/// A shard delivered to the bucket by one agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRef {
+    /// Object key relative to the destination prefix.
+    pub key: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub file_bytes: u64,
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+impl PopResult {
+    pub fn is_final(&self) -> bool {
+        matches!(self.status.as_str(), "done" | "failed")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +183,9 @@ pub struct OwnershipRecord {
     pub submitted: String,
     #[serde(default)]
     pub validated: Option<String>,
+    /// The secret written into the bucket; never returned by the API.
+    #[serde(default)]
+    pub challenge: String,
 }
 
 impl OwnershipRecord {

@@ -170,6 +170,11 @@ impl Repo {
         }
     }
 
+    pub async fn put_ownership(&self, record: &OwnershipRecord) -> Result<()> {
+        self.store.put(&ownership_key(&record.account_id, &record.id), encode(record), None).await?;
+        Ok(())
+    }
+
     pub async fn delete_ownership(&self, account: &str, id: &str) -> Result<bool> {
         Ok(self.store.delete(&ownership_key(account, id)).await?)
     }

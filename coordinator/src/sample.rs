@@ -131,6 +131,7 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
             sample_rate: agent.sample_rate,
             kernel_dropped: agent.lookback.kernel_dropped,
             error: None,
+            ..PopResult::default()
         };
         match answer {
             Ok(answer) => {

@@ -37,6 +37,13 @@ async fn api_with(rate_limits: RateLimits) -> Api {
         tmp_dir: dir.path().join("tmp"),
         sample_timeout: Duration::from_secs(1),
         agent_wait: Duration::ZERO,
+        full: Default::default(),
+        s3_credentials: [(
+            "bucket-1".to_string(),
+            serde_json::from_value(json!({"access_key_id": "k", "secret_access_key": "s"})).unwrap(),
+        )]
+        .into(),
+        full_settings: Default::default(),
     });
     Api { router: api::router(state.clone()), state, _dir: dir }
 }
@@ -125,7 +132,7 @@ fn cases() -> Vec<Case> {
         c("full", "byte_limit", Some(json!("1")), 400, WRONG_TYPE as u64),
         c("full", "byte_limit", Some(json!(0)), 400, OUT_OF_RANGE as u64),
         c("full", "byte_limit", Some(json!(1_000_000_001u64)), 400, OUT_OF_RANGE as u64),
-        c("full", "byte_limit", Some(json!(1e6)), 422, UNAVAILABLE_FEATURE as u64),
+        c("full", "byte_limit", Some(json!(1e6)), 403, BUCKET_NOT_VALIDATED as u64),
         // offset_time
         c("simple", "offset_time", Some(json!(5)), 400, WRONG_TYPE as u64),
         c("simple", "offset_time", Some(json!("yesterday")), 400, INVALID_VALUE as u64),
@@ -142,8 +149,8 @@ fn cases() -> Vec<Case> {
         c("full", "destination_conf", Some(json!("gs://bucket")), 400, INVALID_VALUE as u64),
         c("full", "destination_conf", Some(json!("s3://b?secret=x")), 400, INVALID_VALUE as u64),
         c("simple", "destination_conf", Some(json!("s3://bucket")), 400, NOT_APPLICABLE as u64),
-        // full captures validate, then say they are not available yet
-        c("full", "colo_name", Some(json!("ord01")), 422, UNAVAILABLE_FEATURE as u64),
+        // valid full captures still need a bucket validated for the account
+        c("full", "colo_name", Some(json!("ord01")), 403, BUCKET_NOT_VALIDATED as u64),
         // filter_v1
         c("simple", "filter_v1", Some(json!("udp")), 400, WRONG_TYPE as u64),
         c("simple", "filter_v1", Some(json!({})), 200, 0),
@@ -210,9 +217,9 @@ async fn every_field_is_validated_with_a_clear_error() {
             let id = v["result"]["id"].as_str().unwrap();
             assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{case}: id {id}");
             assert_eq!(v["result"]["status"], json!("pending"), "{case}");
-        } else if status == 422 {
-            // Valid, but full captures are not available until an object store is configured.
-            assert_error(got_status, &v, status, code, "type", &case);
+        } else if status == 403 {
+            // Valid, but the bucket has not been validated for this account.
+            assert_error(got_status, &v, status, code, "destination_conf", &case);
         } else {
             assert_error(got_status, &v, status, code, field, &case);
         }
@@ -253,9 +260,24 @@ async fn malformed_bodies() {
         .await;
     assert_error(s, &v, 400, 1002, "ownership_challenge", "validate without challenge");
     let (s, v) = api
-        .call("POST", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), Some(r#"{"destination_conf":"s3://bucket-1"}"#))
+        .call(
+            "POST",
+            "/client/v4/accounts/acct-a/pcaps/ownership/validate",
+            Some(TOKEN_A),
+            Some(r#"{"destination_conf":"s3://bucket-1","ownership_challenge":"abc"}"#),
+        )
         .await;
-    assert_error(s, &v, 422, 1300, "destination_conf", "ownership needs an object store");
+    assert_error(s, &v, 404, 1101, "destination_conf", "validate before create");
+    // A bucket that cannot be reached: 503 naming the field, never a 500.
+    let (s, v) = api
+        .call(
+            "POST",
+            "/client/v4/accounts/acct-a/pcaps/ownership",
+            Some(TOKEN_A),
+            Some(r#"{"destination_conf":"s3://bucket-1?endpoint=http://127.0.0.1:1"}"#),
+        )
+        .await;
+    assert_error(s, &v, 503, 1501, "destination_conf", "unreachable bucket");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 //! Traffic stays inside the namespaces a test made: they are joined only to each other,
 //! never to the host's network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -252,6 +252,99 @@ impl EtcdServer {
 }
 
 impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An S3-compatible server (`s3s-fs`) on loopback with a temporary directory, for tests.
+/// Credentials are [`S3Server::ACCESS_KEY`] / [`S3Server::SECRET_KEY`]; SigV4 is verified.
+pub struct S3Server {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &'static str = "edgecaptestkey";
+    pub const SECRET_KEY: &'static str = "edgecaptestsecret";
+
+    /// Starts one, or returns `None` (skip) when s3s-fs is not installed outside CI.
+    pub fn launch(test: &str) -> Option<Self> {
+        if !require_tool(test, "s3s-fs") {
+            return None;
+        }
+        let mut server = S3Server { child: None, port: free_port(), dir: tempfile::tempdir().expect("temp dir") };
+        server.start();
+        Some(server)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (a directory for s3s-fs).
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.dir.path().join(bucket)).expect("create bucket directory");
+    }
+
+    /// The stored object, straight from the server's directory.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.dir.path().join(bucket).join(key)
+    }
+
+    /// Keys in a bucket under a prefix, from the server's directory (s3s-fs keeps its own
+    /// bookkeeping in dot-files, left out).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else if let Ok(rel) = path.strip_prefix(root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = self.dir.path().join(bucket);
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.retain(|k| k.starts_with(prefix));
+        out.sort();
+        out
+    }
+
+    /// (Re)starts the server on the same port and directory and waits for it to listen.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "s3s-fs already running");
+        let child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        // Probe the port, not HTTP: unsigned requests are refused (and logged) by s3s-fs.
+        wait_for("s3s-fs to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).ok());
+    }
+
+    /// Kills the server (keeps its data).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }

@@ -48,6 +48,8 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
         sample_timeout: Duration::from_secs(2),
         agent_wait: Duration::ZERO,
         tokens: vec![("acct".into(), TOKEN.into())],
+        s3_credentials: Default::default(),
+        full: Default::default(),
     })
     .await
     .unwrap();

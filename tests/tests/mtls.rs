@@ -28,6 +28,8 @@ async fn start(dir: &std::path::Path) -> Coordinator {
         sample_timeout: Duration::from_secs(5),
         agent_wait: Duration::ZERO,
         tokens: vec![],
+        s3_credentials: Default::default(),
+        full: Default::default(),
     })
     .await
     .unwrap()

@@ -188,6 +188,11 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.finish(StopReason::Stopped);
     }
+
+    /// The counters now (for progress reports while the owner waits).
+    pub fn counters(&self) -> Counters {
+        self.0.snapshot()
+    }
 }
 
 /// A running capture.

@@ -19,11 +19,11 @@ use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::blocks::interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption};
 use pcap_file::pcapng::PcapNgWriter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::session::{Counters, PacketSink};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShardFormat {
     Pcap,
@@ -31,7 +31,7 @@ pub enum ShardFormat {
 }
 
 /// Who and what a shard belongs to (written into its manifest, and into pcapng interfaces).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShardIdentity {
     pub capture_id: String,
     pub pop: String,
@@ -59,7 +59,7 @@ pub struct ShardConfig {
 }
 
 /// What a manifest says.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardManifest {
     #[serde(flatten)]
     pub identity: ShardIdentity,

@@ -6,8 +6,8 @@
 //! Large bodies are streamed from a local file ([`ObjectStore::put_file`]) so that a backend
 //! can use multipart upload; reads are streamed ([`ObjectStore::get`]).
 //!
-//! Backends: [`local::LocalDirStore`] (the default). S3 lands with its own issue. The backend
-//! is chosen in exactly one place: [`open`].
+//! Backends: [`local::LocalDirStore`] (the default, for sample captures) and [`s3::S3Store`]
+//! (full captures' buckets, one store per `destination_conf`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 pub mod local;
+pub mod s3;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
@@ -41,6 +42,9 @@ pub enum StorageError {
     /// The store cannot be reached now; retry with backoff.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store answered and refused (no such bucket, access denied, ...): retrying will not help.
+    #[error("storage refused: {0}")]
+    Rejected(String),
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
 }

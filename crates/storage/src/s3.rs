@@ -1,0 +1,441 @@
+//! S3 and S3-compatible stores through `aws-sdk-s3`.
+//!
+//! One [`S3Store`] is one bucket and key prefix (a full capture's `destination_conf`). Keys
+//! given to the [`ObjectStore`] methods are relative to the prefix. Large files are uploaded
+//! in parts ([`MULTIPART_THRESHOLD`], [`PART_SIZE`]); a failed multipart upload is aborted so
+//! no half object is ever visible.
+//!
+//! Credentials: per bucket from the coordinator's configuration ([`StaticCredentials`]), or
+//! else the standard AWS chain (environment, profiles, web identity, instance roles). They
+//! are never formatted: `Debug` of [`StaticCredentials`] is redacted and SDK errors carry no
+//! secrets.
+//!
+//! Agents never hold credentials: the coordinator hands them presigned requests
+//! ([`S3Store::presign_put`], [`S3Store::presign_part`]) for exactly the objects of one
+//! capture, valid for minutes.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validate_key};
+
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Part size of multipart uploads (S3's minimum is 5 MiB for all but the last part).
+pub const PART_SIZE: u64 = 8 << 20;
+
+/// Where: a bucket, a key prefix inside it, and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    pub region: Option<String>,
+    /// For S3-compatible stores (`http://127.0.0.1:9014`): path-style addressing is used.
+    pub endpoint: Option<String>,
+}
+
+/// An access key for one bucket, from the coordinator's configuration.
+#[derive(Clone, Deserialize)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default)]
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials").field("access_key_id", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+/// A presigned HTTP request: what an agent sends, with no credentials of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presigned {
+    pub method: String,
+    pub url: String,
+    /// Headers that are part of the signature and must be sent as they are.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    location: S3Location,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+/// Turns an SDK error into a storage error: unreachable, timed out, throttled or 5xx are
+/// retryable (`Unavailable`); anything else the store refused (`Rejected`).
+fn classify<E>(what: &str, error: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    // The error and its causes, without the SDK's Debug dump (which repeats raw responses).
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    match &error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = error.code().unwrap_or("").to_string();
+            let message = error.message().unwrap_or("").to_string();
+            if status >= 500 || status == 429 || code == "SlowDown" || code == "RequestTimeout" {
+                StorageError::Unavailable(format!("{what}: HTTP {status} {code} {message}").trim_end().to_string())
+            } else if code == "NoSuchKey" || (status == 404 && code != "NoSuchBucket" && code != "NoSuchUpload") {
+                StorageError::NotFound(what.to_string())
+            } else {
+                StorageError::Rejected(format!("{what}: HTTP {status} {code} {message}").trim_end().to_string())
+            }
+        }
+        SdkError::ConstructionFailure(_) => StorageError::Rejected(format!("{what}: {detail}")),
+        _ => StorageError::Unavailable(format!("{what}: {detail}")),
+    }
+}
+
+impl S3Store {
+    /// Builds a client for `location`. No request is sent: an unreachable store shows on
+    /// first use, as `Unavailable`.
+    pub async fn connect(location: S3Location, credentials: Option<StaticCredentials>) -> Result<Self> {
+        let region = Region::new(location.region.clone().unwrap_or_else(|| "us-east-1".to_string()));
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            // Presigned requests must not carry checksums the agent cannot know in advance;
+            // integrity is checked with the shard manifests' SHA-256 and Content-MD5-free ETags.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder.endpoint_url(endpoint).force_path_style(true);
+        }
+        builder = match credentials {
+            Some(c) => builder.credentials_provider(Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                c.session_token,
+                None,
+                "edgecap-coordinator-config",
+            )),
+            None => builder.credentials_provider(
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(region)
+                    .build()
+                    .await,
+            ),
+        };
+        Ok(Self { client: Client::from_conf(builder.build()), location })
+    }
+
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// The object key in the bucket for a store-relative key.
+    pub fn object_key(&self, key: &str) -> Result<String> {
+        validate_key(key)?;
+        Ok(if self.location.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.location.prefix) })
+    }
+
+    fn what(&self, op: &str, key: &str) -> String {
+        format!("{op} s3://{}/{key}", self.location.bucket)
+    }
+
+    /// A presigned PUT of one whole object.
+    pub async fn presign_put(&self, key: &str, expires: Duration) -> Result<Presigned> {
+        let object = self.object_key(key)?;
+        let config = PresigningConfig::expires_in(expires).map_err(|e| StorageError::Rejected(e.to_string()))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .presigned(config)
+            .await
+            .map_err(|e| classify(&self.what("presign put", &object), e))?;
+        Ok(presigned(&request))
+    }
+
+    /// Starts a multipart upload; returns its upload id.
+    pub async fn create_multipart(&self, key: &str) -> Result<String> {
+        let object = self.object_key(key)?;
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("create multipart upload", &object), e))?;
+        out.upload_id.ok_or_else(|| StorageError::Rejected(format!("{}: no upload id", self.what("create multipart upload", &object))))
+    }
+
+    /// A presigned PUT of part `part` (1-based) of a multipart upload.
+    pub async fn presign_part(&self, key: &str, upload_id: &str, part: i32, expires: Duration) -> Result<Presigned> {
+        let object = self.object_key(key)?;
+        let config = PresigningConfig::expires_in(expires).map_err(|e| StorageError::Rejected(e.to_string()))?;
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .upload_id(upload_id)
+            .part_number(part)
+            .presigned(config)
+            .await
+            .map_err(|e| classify(&self.what("presign upload part", &object), e))?;
+        Ok(presigned(&request))
+    }
+
+    /// Completes a multipart upload from `(part number, ETag)` pairs.
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+        let object = self.object_key(key)?;
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("complete multipart upload", &object), e))?;
+        Ok(())
+    }
+
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        let object = self.object_key(key)?;
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("abort multipart upload", &object), e))?;
+        Ok(())
+    }
+
+    /// Creates the bucket (for tests and `edgecap up` against a local S3-compatible server).
+    pub async fn create_bucket(&self) -> Result<()> {
+        match self.client.create_bucket().bucket(&self.location.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e) => Err(classify(&format!("create bucket {}", self.location.bucket), e)),
+        }
+    }
+
+    async fn put_multipart(&self, object: &str, path: &Path, size: u64) -> Result<()> {
+        let what = self.what("multipart upload", object);
+        let upload_id = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| classify(&what, e))?
+            .upload_id
+            .ok_or_else(|| StorageError::Rejected(format!("{what}: no upload id")))?;
+        let result = async {
+            let mut parts = Vec::new();
+            let mut offset = 0u64;
+            let mut number = 1i32;
+            while offset < size {
+                let length = PART_SIZE.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(length))
+                    .build()
+                    .await
+                    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.location.bucket)
+                    .key(object)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&what, e))?;
+                parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+                offset += length;
+                number += 1;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.location.bucket)
+                .key(object)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| classify(&what, e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Best effort: an abandoned upload holds storage until a lifecycle rule clears it.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.location.bucket)
+                .key(object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+fn presigned(request: &aws_sdk_s3::presigning::PresignedRequest) -> Presigned {
+    Presigned {
+        method: request.method().to_string(),
+        url: request.uri().to_string(),
+        headers: request.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes) -> Result<()> {
+        let object = self.object_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("put", &object), e))?;
+        Ok(())
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<u64> {
+        let object = self.object_key(key)?;
+        let size = tokio::fs::metadata(path).await?.len();
+        if size > MULTIPART_THRESHOLD {
+            self.put_multipart(&object, path, size).await?;
+        } else {
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+            self.client
+                .put_object()
+                .bucket(&self.location.bucket)
+                .key(&object)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(&self.what("put", &object), e))?;
+        }
+        Ok(size)
+    }
+
+    async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)> {
+        let object = self.object_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| match classify(&self.what("get", &object), e) {
+                StorageError::NotFound(_) => StorageError::NotFound(key.to_string()),
+                other => other,
+            })?;
+        let size = out.content_length.unwrap_or(0).max(0) as u64;
+        Ok((ObjectMeta { key: key.to_string(), size }, Box::pin(out.body.into_async_read())))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let object = self.object_key(key)?;
+        match self.client.head_object().bucket(&self.location.bucket).key(&object).send().await {
+            Ok(out) => Ok(Some(ObjectMeta { key: key.to_string(), size: out.content_length.unwrap_or(0).max(0) as u64 })),
+            Err(e) => match classify(&self.what("head", &object), e) {
+                StorageError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let base = if self.location.prefix.is_empty() { String::new() } else { format!("{}/", self.location.prefix) };
+        let full = format!("{base}{prefix}");
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.location.bucket)
+                .prefix(&full)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(&self.what("list", &full), e))?;
+            for object in page.contents.unwrap_or_default() {
+                let Some(key) = object.key else { continue };
+                let Some(relative) = key.strip_prefix(&base) else { continue };
+                out.push(ObjectMeta { key: relative.to_string(), size: object.size.unwrap_or(0).max(0) as u64 });
+            }
+            match page.next_continuation_token {
+                Some(next) if page.is_truncated == Some(true) => token = Some(next),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let object = self.object_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("delete", &object), e))?;
+        Ok(())
+    }
+}
