@@ -3,7 +3,8 @@
 //! * `edgecap up`: a whole stack on one machine (coordinator with embedded state and
 //!   storage, a generated PKI, one agent on the local interface).
 //! * `edgecap pki init|issue`: certificates for coordinators and agents, no openssl needed.
-//! * `edgecap capture create|list|get|download|stop` and `edgecap agents`: the API, from a shell.
+//! * `edgecap capture create|list|get|download|stop`, `edgecap ownership create|validate|list|delete`
+//!   and `edgecap agents`: the API, from a shell.
 
 mod client;
 mod merge;
@@ -36,6 +37,13 @@ enum Command {
         api: client::ApiArgs,
         #[command(subcommand)]
         command: CaptureCommand,
+    },
+    /// Buckets for full captures: prove ownership with a challenge file written into them.
+    Ownership {
+        #[command(flatten)]
+        api: client::ApiArgs,
+        #[command(subcommand)]
+        command: OwnershipCommand,
     },
     /// List the agents connected to the coordinator.
     Agents {
@@ -101,6 +109,26 @@ enum CaptureCommand {
     Stop { id: String },
 }
 
+#[derive(Subcommand, Debug)]
+enum OwnershipCommand {
+    /// Add a bucket: the coordinator writes ownership-challenge-<id>.txt into it.
+    Create {
+        #[arg(long)]
+        destination_conf: String,
+    },
+    /// Validate a bucket with the text read from its challenge file.
+    Validate {
+        #[arg(long)]
+        destination_conf: String,
+        #[arg(long)]
+        ownership_challenge: String,
+    },
+    /// List this account's buckets.
+    List,
+    /// Remove a bucket.
+    Delete { id: String },
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -144,6 +172,29 @@ async fn run() -> anyhow::Result<()> {
                 CaptureCommand::Stop { id } => {
                     client.call("PUT", &format!("/{id}/stop"), None).await?;
                     eprintln!("stop requested");
+                    Ok(())
+                }
+            }
+        }
+        Command::Ownership { api, command } => {
+            let client = client::Client::new(api)?;
+            match command {
+                OwnershipCommand::Create { destination_conf } => client::print(
+                    &client.call("POST", "/ownership", Some(serde_json::json!({"destination_conf": destination_conf}))).await?,
+                ),
+                OwnershipCommand::Validate { destination_conf, ownership_challenge } => client::print(
+                    &client
+                        .call(
+                            "POST",
+                            "/ownership/validate",
+                            Some(serde_json::json!({"destination_conf": destination_conf, "ownership_challenge": ownership_challenge})),
+                        )
+                        .await?,
+                ),
+                OwnershipCommand::List => client::print(&client.call("GET", "/ownership", None).await?),
+                OwnershipCommand::Delete { id } => {
+                    client.call("DELETE", &format!("/ownership/{id}"), None).await?;
+                    eprintln!("ownership deleted");
                     Ok(())
                 }
             }

@@ -263,6 +263,8 @@ pub struct S3Server {
     child: Option<std::process::Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Runs inside this namespace, on all its addresses (else on host loopback).
+    netns: Option<String>,
 }
 
 impl S3Server {
@@ -274,7 +276,18 @@ impl S3Server {
         if !require_tool(test, "s3s-fs") {
             return None;
         }
-        let mut server = S3Server { child: None, port: free_port(), dir: tempfile::tempdir().expect("temp dir") };
+        let mut server = S3Server { child: None, port: free_port(), dir: tempfile::tempdir().expect("temp dir"), netns: None };
+        server.start();
+        Some(server)
+    }
+
+    /// Starts one inside `ns`, listening on all of the namespace's addresses.
+    pub fn launch_in(test: &str, ns: &NetNs) -> Option<Self> {
+        if !require_tool(test, "s3s-fs") {
+            return None;
+        }
+        let mut server =
+            S3Server { child: None, port: 9014, dir: tempfile::tempdir().expect("temp dir"), netns: Some(ns.name.clone()) };
         server.start();
         Some(server)
     }
@@ -321,8 +334,20 @@ impl S3Server {
     /// (Re)starts the server on the same port and directory and waits for it to listen.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "s3s-fs already running");
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "s3s-fs", "--host", "0.0.0.0"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("s3s-fs");
+                c.args(["--host", "127.0.0.1"]);
+                c
+            }
+        };
+        let child = command
+            .args(["--port", &self.port.to_string()])
             .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -332,7 +357,20 @@ impl S3Server {
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         // Probe the port, not HTTP: unsigned requests are refused (and logged) by s3s-fs.
-        wait_for("s3s-fs to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).ok());
+        match &self.netns {
+            Some(ns) => wait_for("s3s-fs to listen", Duration::from_secs(30), || {
+                let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port);
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", ns, "bash", "-c", &probe])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                ok.then_some(())
+            }),
+            None => {
+                wait_for("s3s-fs to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).ok());
+            }
+        }
     }
 
     /// Kills the server (keeps its data).

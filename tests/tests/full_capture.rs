@@ -1,0 +1,337 @@
+//! Full captures end to end: a coordinator and an S3-compatible server (s3s-fs, SigV4
+//! checked) in a core namespace, three PoPs (`ord01`..`ord03`) in their own namespaces
+//! joined to it by veth pairs, each with an agent capturing on its uplink. DNS traffic from
+//! the shared captures is replayed into every PoP with tcpreplay. Everything is driven with
+//! the `edgecap` CLI from inside the core namespace; the merged file is read from the S3
+//! server's directory and checked with tshark.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgecap_e2e::{NetNs, Proc, S3Server, bin, require_root, require_tool, sweep_stale, tshark_packets, veth, wait_for};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "e2e-token-0123456789abcdef";
+const BUCKET: &str = "captures";
+
+fn dns_pcap() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pcaps/DnsPackets.pcap")
+}
+
+struct Pop {
+    name: String,
+    ns: NetNs,
+    /// The core-side end of the PoP's uplink (traffic is replayed into it).
+    core_veth: String,
+    pop_veth: String,
+    tls: edgecap_tls::TlsFiles,
+}
+
+/// Fields drop in order: processes first, then the S3 server, then the namespaces.
+struct Fixture {
+    traffic: Vec<Proc>,
+    agents: Vec<Option<Proc>>,
+    coordinator: Proc,
+    s3: S3Server,
+    pops: Vec<Pop>,
+    core: NetNs,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// `None` when the test must be skipped (not root or tools missing, outside CI).
+    fn new(test: &str, coordinator_args: &[&str]) -> Option<Self> {
+        if !require_root(test) || !require_tool(test, "tshark") || !require_tool(test, "tcpreplay") {
+            return None;
+        }
+        sweep_stale();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        edgecap_tls::pki::init_ca(&pki, "e2e").unwrap();
+        let hosts: Vec<String> = (1..=3).map(|i| format!("10.213.{i}.1")).collect();
+        edgecap_tls::pki::issue_coordinator(&pki, "core", &hosts).unwrap();
+        let core = NetNs::new("core");
+        let s3 = S3Server::launch_in(test, &core)?;
+        s3.create_bucket(BUCKET);
+        let mut pops = Vec::new();
+        for i in 1..=3 {
+            let name = format!("ord0{i}");
+            let ns = NetNs::new(&name);
+            let (core_veth, pop_veth) = veth(&core, &format!("10.213.{i}.1/30"), &ns, &format!("10.213.{i}.2/30"));
+            // Every PoP reaches the core's addresses (the S3 endpoint is 10.213.1.1).
+            let route = std::process::Command::new("ip")
+                .args(["-n", &ns.name, "route", "add", "10.213.0.0/16", "via", &format!("10.213.{i}.1")])
+                .status()
+                .unwrap();
+            assert!(route.success());
+            let tls = edgecap_tls::pki::issue_agent(&pki, &format!("agent-{name}"), &name).unwrap();
+            pops.push(Pop { name, ns, core_veth, pop_veth, tls });
+        }
+        let creds = dir.path().join("s3-credentials.json");
+        std::fs::write(
+            &creds,
+            json!({BUCKET: {"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": S3Server::SECRET_KEY}}).to_string(),
+        )
+        .unwrap();
+        let token = format!("acct:{TOKEN}");
+        let data = dir.path().join("coord");
+        let mut args = vec![
+            "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(),
+            "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
+            "--token", &token, "--no-rate-limits", "--s3-credentials", creds.to_str().unwrap(),
+        ];
+        args.extend_from_slice(coordinator_args);
+        let coordinator = core.spawn(bin("edgecap-coordinator"), &args, &dir.path().join("coordinator.log"));
+        let mut fixture = Fixture { traffic: vec![], agents: vec![], coordinator, s3, pops, core, dir };
+        for i in 0..3 {
+            let agent = fixture.start_agent(i, "agent");
+            fixture.agents.push(Some(agent));
+        }
+        fixture.wait_agents(3);
+        Some(fixture)
+    }
+
+    fn start_agent(&self, i: usize, log: &str) -> Proc {
+        let pop = &self.pops[i];
+        let spool = self.dir.path().join(format!("spool-{}", pop.name));
+        pop.ns.spawn(
+            bin("edgecap-agent"),
+            &[
+                "run", "--coordinator", &format!("https://10.213.{}.1:7443", i + 1), "--iface", &pop.pop_veth,
+                "--tls-ca", pop.tls.ca.to_str().unwrap(), "--tls-cert", pop.tls.cert.to_str().unwrap(),
+                "--tls-key", pop.tls.key.to_str().unwrap(), "--spool-dir", spool.to_str().unwrap(),
+                "--shard-rotate-seconds", "2",
+            ],
+            &self.dir.path().join(format!("{log}-{}.log", pop.name)),
+        )
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- coordinator\n{}", self.coordinator.log_text());
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("agent") && name.ends_with(".log") {
+                out.push_str(&format!("\n--- {name}\n{}", std::fs::read_to_string(entry.path()).unwrap_or_default()));
+            }
+        }
+        out
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<Value, String> {
+        let out = self
+            .core
+            .cmd(bin("edgecap"))
+            .args(args)
+            .env("EDGECAP_API", "http://127.0.0.1:9440/client/v4")
+            .env("EDGECAP_ACCOUNT", "acct")
+            .env("EDGECAP_TOKEN", TOKEN)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        if out.stdout.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn wait_agents(&mut self, n: usize) {
+        wait_for("agents to connect", Duration::from_secs(30), || {
+            self.coordinator.assert_running("coordinator");
+            self.cli(&["agents"]).ok().filter(|v| v.as_array().is_some_and(|a| a.len() == n))
+        });
+    }
+
+    fn destination(&self) -> String {
+        format!("s3://{BUCKET}/edge?region=us-east-1&endpoint=http://10.213.1.1:{}", self.s3.port)
+    }
+
+    /// Proves the bucket is ours: create, read the challenge file, validate.
+    fn validate_bucket(&self) {
+        let dest = self.destination();
+        let created = self.cli(&["ownership", "create", "--destination-conf", &dest]).unwrap();
+        let filename = created["filename"].as_str().unwrap();
+        let text = std::fs::read_to_string(self.s3.object_path(BUCKET, &format!("edge/{filename}"))).unwrap();
+        let ok = self.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
+        assert_eq!(ok["status"], "success", "{ok:#}");
+    }
+
+    /// Replays the DNS capture into every PoP's uplink, in a loop, at `pps` per PoP.
+    fn start_traffic(&mut self, pps: u32) {
+        for pop in &self.pops {
+            let log = self.dir.path().join(format!("tcpreplay-{}.log", pop.name));
+            let pps = pps.to_string();
+            let p = self.core.spawn("tcpreplay", &["-q", "-i", &pop.core_veth, "--pps", &pps, "--loop", "0", dns_pcap().to_str().unwrap()], &log);
+            self.traffic.push(p);
+        }
+    }
+
+    fn create_full(&self, extra: &[&str]) -> Value {
+        let dest = self.destination();
+        let mut args = vec![
+            "capture", "create", "--type", "full", "--colo-name", "ord", "--destination-conf", &dest, "--protocol", "17",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args).unwrap_or_else(|e| panic!("create: {e}\n{}", self.logs()))
+    }
+
+    fn wait_final(&self, id: &str, secs: u64) -> Value {
+        self.cli(&["capture", "wait", id, "--timeout", &secs.to_string()]).unwrap_or_else(|e| panic!("wait: {e}\n{}", self.logs()))
+    }
+
+    /// The merged file in the bucket: its packets (tshark) in time order, shards gone.
+    fn check_merged(&self, capture: &Value) -> usize {
+        let id = capture["id"].as_str().unwrap();
+        let merged = self.s3.object_path(BUCKET, &format!("edge/pcap_{id}.pcap"));
+        assert!(merged.exists(), "merged object in the bucket: {capture:#}\n{}", self.logs());
+        let packets = tshark_packets(&merged);
+        assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "merged file in timestamp order");
+        assert_eq!(capture["packets_captured"].as_u64().unwrap() as usize, packets.len(), "{capture:#}");
+        assert!(self.s3.keys(BUCKET, &format!("edge/edgecap-shards/{id}")).is_empty(), "shards removed after the merge");
+        packets.len()
+    }
+}
+
+fn pops(capture: &Value) -> Vec<Value> {
+    capture["pops"].as_array().cloned().unwrap_or_default()
+}
+
+fn delivered(pop: &Value) -> u64 {
+    pop["shards"].as_array().map(|s| s.iter().map(|s| s["packets"].as_u64().unwrap()).sum()).unwrap_or(0)
+}
+
+#[test]
+fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
+    let Some(mut f) = Fixture::new("full_capture_ownership_then_packet_and_byte_limits_across_three_pops", &[]) else { return };
+    f.start_traffic(300);
+
+    // Not validated yet: refused, naming the field.
+    let dest = f.destination();
+    let err = f
+        .cli(&["capture", "create", "--type", "full", "--colo-name", "ord", "--destination-conf", &dest, "--time-limit", "5"])
+        .unwrap_err();
+    assert!(err.contains("1106") && err.contains("destination_conf"), "{err}");
+    // A wrong challenge text is refused; the right one validates.
+    let created = f.cli(&["ownership", "create", "--destination-conf", &dest]).unwrap();
+    assert_eq!(created["status"], "pending");
+    let filename = created["filename"].as_str().unwrap().to_string();
+    assert!(filename.starts_with("ownership-challenge-") && filename.ends_with(".txt"), "{created:#}");
+    let wrong = f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", "not-it"]).unwrap_err();
+    assert!(wrong.contains("ownership_challenge"), "{wrong}");
+    let text = std::fs::read_to_string(f.s3.object_path(BUCKET, &format!("edge/{filename}"))).unwrap();
+    let ok = f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
+    assert_eq!(ok["status"], "success", "{ok:#}");
+    assert!(ok["validated"].is_string());
+    assert!(!ok.to_string().contains(text.trim()), "the secret is never returned");
+
+    // Packet limit: every PoP stops at exactly 100.
+    let capture = f.create_full(&["--time-limit", "60", "--packet-limit", "100"]);
+    assert_eq!(capture["type"], "full");
+    let capture = f.wait_final(capture["id"].as_str().unwrap(), 120);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let by_pop = pops(&capture);
+    assert_eq!(by_pop.len(), 3, "colo `ord` covers ord01..ord03: {capture:#}");
+    for pop in &by_pop {
+        assert_eq!(pop["status"], "done", "{pop:#}");
+        assert_eq!(pop["packets"], 100, "{pop:#}");
+        assert_eq!(pop["stop_reason"], "packet_limit", "{pop:#}");
+        assert_eq!(delivered(pop), 100, "every written packet delivered: {pop:#}");
+    }
+    assert_eq!(f.check_merged(&capture), 300);
+
+    // Byte limit: each PoP stops before its shard bytes would pass 20 000.
+    let capture = f.create_full(&["--time-limit", "60", "--packet-limit", "10000", "--byte-limit", "20000"]);
+    let capture = f.wait_final(capture["id"].as_str().unwrap(), 120);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let mut total = 0;
+    for pop in pops(&capture) {
+        assert_eq!(pop["stop_reason"], "byte_limit", "{pop:#}");
+        let bytes = pop["bytes"].as_u64().unwrap();
+        assert!(bytes <= 20_000 && bytes > 15_000, "{pop:#}");
+        assert_eq!(delivered(&pop), pop["packets"].as_u64().unwrap(), "{pop:#}");
+        total += pop["packets"].as_u64().unwrap() as usize;
+    }
+    assert_eq!(f.check_merged(&capture), total);
+}
+
+#[test]
+fn full_capture_loses_nothing_when_s3_is_down_for_20_seconds() {
+    let Some(mut f) = Fixture::new("full_capture_loses_nothing_when_s3_is_down_for_20_seconds", &[]) else { return };
+    f.validate_bucket();
+    f.start_traffic(100);
+    let capture = f.create_full(&["--time-limit", "30", "--packet-limit", "10000"]);
+    let id = capture["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(4));
+    f.s3.stop();
+    std::thread::sleep(Duration::from_secs(20));
+    // Meanwhile the capture went on and its shards waited in the agents' spools.
+    let during = f.cli(&["capture", "get", &id]).unwrap();
+    assert_eq!(during["status"], "running", "{during:#}");
+    f.s3.start();
+    let capture = f.wait_final(&id, 180);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let mut written = 0;
+    for pop in pops(&capture) {
+        assert_eq!(pop["status"], "done", "{pop:#}");
+        assert_eq!(pop["stop_reason"], "time_limit", "{pop:#}");
+        let n = pop["packets"].as_u64().unwrap();
+        assert!(n > 1000, "traffic all along: {pop:#}");
+        assert_eq!(delivered(&pop), n, "no packet lost to the outage: {pop:#}");
+        written += n as usize;
+    }
+    assert_eq!(f.check_merged(&capture), written, "merged count equals the agents' written counts");
+    assert!(f.logs().contains("shard upload failed; kept in the spool"), "the outage was felt by the agents");
+}
+
+#[test]
+fn full_capture_with_an_agent_killed_and_a_stop() {
+    let Some(mut f) = Fixture::new("full_capture_with_an_agent_killed_and_a_stop", &["--reconnect-grace", "3"]) else { return };
+    f.validate_bucket();
+    f.start_traffic(200);
+
+    // An agent dies mid-capture: its PoP is named as failed; the others are complete.
+    let capture = f.create_full(&["--time-limit", "12", "--packet-limit", "10000"]);
+    let id = capture["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(5));
+    f.agents[2] = None; // SIGKILL
+    let capture = f.wait_final(&id, 120);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let error = capture["error_message"].as_str().unwrap_or("");
+    assert!(error.contains("ord03") && error.contains("disconnected"), "{capture:#}");
+    let mut in_file = 0;
+    for pop in pops(&capture) {
+        if pop["pop"] == "ord03" {
+            assert_eq!(pop["status"], "failed", "{pop:#}");
+        } else {
+            assert_eq!(pop["status"], "done", "{pop:#}");
+            assert_eq!(delivered(&pop), pop["packets"].as_u64().unwrap(), "all of {}'s packets: {pop:#}", pop["pop"]);
+            assert!(pop["packets"].as_u64().unwrap() > 1000, "{pop:#}");
+        }
+        in_file += delivered(&pop) as usize;
+    }
+    assert_eq!(f.check_merged(&capture), in_file, "the merged file holds every delivered shard");
+
+    // The agent comes back (same spool): it reports the interrupted capture and is usable.
+    f.agents[2] = Some(f.start_agent(2, "agent-restarted"));
+    f.wait_agents(3);
+
+    // Stop in the middle: every PoP ends with reason `stopped`, what was captured is kept.
+    let capture = f.create_full(&["--time-limit", "120", "--packet-limit", "10000"]);
+    let id = capture["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(4));
+    f.cli(&["capture", "stop", &id]).unwrap();
+    let capture = f.wait_final(&id, 60);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    assert!(capture["stop_requested"].is_string(), "{capture:#}");
+    let mut total = 0;
+    for pop in pops(&capture) {
+        assert_eq!(pop["status"], "done", "{pop:#}");
+        assert_eq!(pop["stop_reason"], "stopped", "{pop:#}");
+        let n = pop["packets"].as_u64().unwrap();
+        assert!(n > 100, "{pop:#}");
+        assert_eq!(delivered(&pop), n);
+        total += n as usize;
+    }
+    assert_eq!(f.check_merged(&capture), total);
+}
