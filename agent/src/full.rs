@@ -626,6 +626,8 @@ impl Jobs {
                     first_ts_ns: manifest.first_ts_ns.unwrap_or(0),
                     last_ts_ns: manifest.last_ts_ns.unwrap_or(0),
                     sha256: manifest.sha256.clone().unwrap_or_default(),
+                    interface: manifest.identity.interface.clone(),
+                    filter: manifest.identity.filter.clone(),
                 }),
             )
             .await?;

@@ -41,6 +41,9 @@ pub struct CreateArgs {
     pub colo_name: Option<String>,
     #[arg(long)]
     pub destination_conf: Option<String>,
+    /// Full captures (extension): merged file as `pcap` (default) or `pcapng` with per-PoP provenance.
+    #[arg(long)]
+    pub output_format: Option<String>,
     #[arg(long)]
     pub source_address: Option<String>,
     #[arg(long)]
@@ -129,6 +132,7 @@ impl Client {
             ("colo_name", a.colo_name.clone().map(Value::from)),
             ("destination_conf", a.destination_conf.clone().map(Value::from)),
             ("byte_limit", a.byte_limit.map(Value::from)),
+            ("output_format", a.output_format.clone().map(Value::from)),
         ] {
             if let Some(v) = v {
                 body[k] = v;

@@ -171,6 +171,7 @@ fn new_record(account: &str, request: crate::validate::CreateRequest, now: time:
         offset_time: request.offset_time.map(rfc3339),
         colo_name: request.colo_name,
         destination_conf: request.destination.map(|d| d.uri),
+        output_format: request.output_format,
         packets_captured: None,
         stop_requested: None,
         error_message: None,

@@ -86,9 +86,15 @@ pub fn shard_prefix(capture_id: &str) -> String {
     format!("edgecap-shards/{capture_id}/")
 }
 
-/// The merged file's key (relative to the destination prefix), as Cloudflare names it.
-pub fn merged_key(capture_id: &str) -> String {
-    format!("pcap_{capture_id}.pcap")
+/// The merged file's key (relative to the destination prefix), as Cloudflare names it
+/// (`.pcapng` when that format was asked for).
+pub fn merged_key(record: &CaptureRecord) -> String {
+    let ext = if pcapng(record) { "pcapng" } else { "pcap" };
+    format!("pcap_{}.{ext}", record.id)
+}
+
+fn pcapng(record: &CaptureRecord) -> bool {
+    record.output_format.as_deref() == Some("pcapng")
 }
 
 fn valid_shard_name(name: &str) -> bool {
@@ -241,6 +247,8 @@ impl FullCaptures {
             first_ts_ns: uploaded.first_ts_ns,
             last_ts_ns: uploaded.last_ts_ns,
             sha256: uploaded.sha256.clone(),
+            interface: uploaded.interface.clone(),
+            filter: uploaded.filter.clone(),
         };
         let result = repo
             .update_capture(&account, &uploaded.capture_id, |r| {
@@ -584,23 +592,38 @@ async fn merge_into_bucket(
                 Ok(())
             })
             .await?;
-            inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), shard.key.clone()));
+            inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), (*shard).clone()));
         }
         let out_path = dir.join("merged.pcap");
         let comment = format!("edgecap full capture {}", record.id);
         let merged = out_path.clone();
+        let format = if pcapng(record) { edgecap_merge::OutputFormat::PcapNg } else { edgecap_merge::OutputFormat::Pcap };
+        // Per-PoP counters for the pcapng interface statistics.
+        let counters: HashMap<String, (u64, u64)> = record
+            .pops
+            .iter()
+            .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
+            .collect();
         let report = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
             let mut readers = Vec::new();
-            for (path, pop, agent, key) in inputs {
+            for (path, pop, agent, shard) in inputs {
+                let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
                 readers.push(edgecap_merge::MergeInput {
-                    name: key,
+                    name: shard.key,
                     reader: BufReader::with_capacity(32 << 10, std::fs::File::open(&path)?),
-                    provenance: Some(edgecap_merge::Provenance { pop, agent, ..Default::default() }),
+                    provenance: Some(edgecap_merge::Provenance {
+                        pop,
+                        agent,
+                        iface: (!shard.interface.is_empty()).then_some(shard.interface),
+                        filter: (!shard.filter.is_empty()).then_some(shard.filter),
+                        received: Some(received),
+                        dropped: Some(dropped),
+                    }),
                 });
             }
             let out = BufWriter::with_capacity(64 << 10, std::fs::File::create(&merged)?);
             let options = edgecap_merge::MergeOptions {
-                format: Some(edgecap_merge::OutputFormat::Pcap),
+                format: Some(format),
                 salvage: false,
                 comment: Some(comment),
             };
@@ -609,7 +632,7 @@ async fn merge_into_bucket(
             Ok(report)
         })
         .await??;
-        let key = merged_key(&record.id);
+        let key = merged_key(record);
         with_retry("write the merged file", settings.merge_retry, || store.put_file(&key, &out_path)).await?;
         Ok(Some(report.packets))
     }

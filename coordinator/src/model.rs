@@ -78,6 +78,10 @@ pub struct ShardRef {
     pub last_ts_ns: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub filter: String,
 }
 
 impl PopResult {
@@ -122,6 +126,9 @@ pub struct CaptureRecord {
     pub error_message: Option<String>,
     #[serde(default)]
     pub pops: Vec<PopResult>,
+    /// Extension (full captures): `pcapng` for a pcapng merged file with provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
     /// Object-store key of the downloadable file (simple captures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_key: Option<String>,
@@ -154,6 +161,12 @@ impl CaptureRecord {
                 out.insert("destination_conf".into(), json!(self.destination_conf));
                 out.insert("byte_limit".into(), json!(self.byte_limit));
                 out.insert("stop_requested".into(), json!(self.stop_requested));
+                out.insert("output_format".into(), json!(self.output_format.as_deref().unwrap_or("pcap")));
+                if self.status == CaptureStatus::Success {
+                    // Extension: where the merged file is, relative to destination_conf.
+                    let ext = if self.output_format.as_deref() == Some("pcapng") { "pcapng" } else { "pcap" };
+                    out.insert("object_key".into(), json!(format!("pcap_{}.{ext}", self.id)));
+                }
             }
         }
         out.insert("packets_captured".into(), json!(self.packets_captured.unwrap_or(0)));

@@ -52,6 +52,9 @@ pub struct CreateRequest {
     pub offset_time: Option<OffsetDateTime>,
     pub colo_name: Option<String>,
     pub destination: Option<DestinationConf>,
+    /// Extension (full captures): `pcap` (default) or `pcapng` with one interface per
+    /// PoP/agent/interface (provenance) and per-PoP drop counters.
+    pub output_format: Option<String>,
 }
 
 fn bad(code: u32, message: String) -> ApiError {
@@ -226,6 +229,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
             not_applicable(&map, "colo_name", "simple")?;
             not_applicable(&map, "colo", "simple")?;
             not_applicable(&map, "destination_conf", "simple")?;
+            not_applicable(&map, "output_format", "simple")?;
             let offset_time = field(&map, "offset_time").map(|v| parse_time("offset_time", v)).transpose()?;
             if let Some(t) = offset_time {
                 if t < now - time::Duration::seconds(limits.offset_max_age_secs) {
@@ -248,6 +252,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
                 offset_time: Some(offset_time.unwrap_or(now)),
                 colo_name: None,
                 destination: None,
+                output_format: None,
             })
         }
         CaptureType::Full => {
@@ -263,6 +268,13 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
             let colo = string(colo_field, colo_value)?;
             edgecap_tls::validate_name(colo).map_err(|e| bad(code::INVALID_VALUE, format!("{colo_field}: {e}")))?;
             let destination = DestinationConf::parse(string("destination_conf", required(&map, "destination_conf")?)?)?;
+            let output_format = match field(&map, "output_format").map(|v| string("output_format", v)).transpose()? {
+                None | Some("pcap") => None,
+                Some("pcapng") => Some("pcapng".to_string()),
+                Some(other) => {
+                    return Err(bad(code::INVALID_VALUE, format!("output_format: must be \"pcap\" or \"pcapng\", got {other:?}")));
+                }
+            };
             Ok(CreateRequest {
                 capture_type,
                 time_limit,
@@ -273,6 +285,7 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
                 offset_time: None,
                 colo_name: Some(colo.to_string()),
                 destination: Some(destination),
+                output_format,
             })
         }
     }

@@ -149,6 +149,11 @@ fn cases() -> Vec<Case> {
         c("full", "destination_conf", Some(json!("gs://bucket")), 400, INVALID_VALUE as u64),
         c("full", "destination_conf", Some(json!("s3://b?secret=x")), 400, INVALID_VALUE as u64),
         c("simple", "destination_conf", Some(json!("s3://bucket")), 400, NOT_APPLICABLE as u64),
+        // output_format (extension)
+        c("full", "output_format", Some(json!(1)), 400, WRONG_TYPE as u64),
+        c("full", "output_format", Some(json!("json")), 400, INVALID_VALUE as u64),
+        c("simple", "output_format", Some(json!("pcapng")), 400, NOT_APPLICABLE as u64),
+        c("full", "output_format", Some(json!("pcapng")), 403, BUCKET_NOT_VALIDATED as u64),
         // valid full captures still need a bucket validated for the account
         c("full", "colo_name", Some(json!("ord01")), 403, BUCKET_NOT_VALIDATED as u64),
         // filter_v1

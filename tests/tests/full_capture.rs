@@ -183,7 +183,8 @@ impl Fixture {
     /// The merged file in the bucket: its packets (tshark) in time order, shards gone.
     fn check_merged(&self, capture: &Value) -> usize {
         let id = capture["id"].as_str().unwrap();
-        let merged = self.s3.object_path(BUCKET, &format!("edge/pcap_{id}.pcap"));
+        let key = capture["object_key"].as_str().unwrap_or_else(|| panic!("object_key: {capture:#}"));
+        let merged = self.s3.object_path(BUCKET, &format!("edge/{key}"));
         assert!(merged.exists(), "merged object in the bucket: {capture:#}\n{}", self.logs());
         let packets = tshark_packets(&merged);
         assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "merged file in timestamp order");
@@ -240,8 +241,11 @@ fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
     }
     assert_eq!(f.check_merged(&capture), 300);
 
-    // Byte limit: each PoP stops before its shard bytes would pass 20 000.
-    let capture = f.create_full(&["--time-limit", "60", "--packet-limit", "10000", "--byte-limit", "20000"]);
+    // Byte limit: each PoP stops before its shard bytes would pass 20 000. The merged file is
+    // pcapng this time: one interface per PoP (however many shards it sent), named after it.
+    let capture = f.create_full(&[
+        "--time-limit", "60", "--packet-limit", "10000", "--byte-limit", "20000", "--output-format", "pcapng",
+    ]);
     let capture = f.wait_final(capture["id"].as_str().unwrap(), 120);
     assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
     let mut total = 0;
@@ -253,6 +257,27 @@ fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
         total += pop["packets"].as_u64().unwrap() as usize;
     }
     assert_eq!(f.check_merged(&capture), total);
+    let key = capture["object_key"].as_str().unwrap();
+    assert!(key.ends_with(".pcapng"), "{key}");
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(f.s3.object_path(BUCKET, &format!("edge/{key}")))
+        .args(["-T", "fields", "-e", "frame.interface_name"])
+        .output()
+        .unwrap();
+    let mut per_iface: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        *per_iface.entry(line.to_string()).or_default() += 1;
+    }
+    let expected: std::collections::BTreeMap<String, u64> = pops(&capture)
+        .iter()
+        .map(|p| {
+            let name = p["pop"].as_str().unwrap();
+            let iface = &f.pops.iter().find(|x| x.name == name).unwrap().pop_veth;
+            (format!("{name}/agent-{name}/{iface}"), p["packets"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(per_iface, expected, "provenance: each packet names its PoP, agent and interface");
 }
 
 #[test]

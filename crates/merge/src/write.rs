@@ -113,7 +113,17 @@ impl<W: Write> PcapNgWriter<W> {
     }
 
     /// Describes an interface; returns its id for [`Self::packet`].
+    /// Describes an interface; returns its id. An interface with the same name, link type
+    /// and snap length as one already described is the same interface (several shards of
+    /// one PoP's capture): its id is reused, so counters and provenance are not repeated.
     pub fn add_interface(&mut self, iface: OutInterface) -> io::Result<u32> {
+        if let Some(id) = self
+            .interfaces
+            .iter()
+            .position(|i| i.name == iface.name && i.linktype == iface.linktype && i.snaplen == iface.snaplen)
+        {
+            return Ok(id as u32);
+        }
         let mut body = Vec::new();
         body.extend_from_slice(&iface.linktype.to_le_bytes());
         body.extend_from_slice(&0u16.to_le_bytes());
