@@ -31,11 +31,12 @@ struct Pop {
 struct Fixture {
     traffic: Vec<Proc>,
     agents: Vec<Option<Proc>>,
-    coordinator: Proc,
+    coordinator: Option<Proc>,
     s3: S3Server,
     pops: Vec<Pop>,
     core: NetNs,
     dir: tempfile::TempDir,
+    coordinator_args: Vec<String>,
 }
 
 impl Fixture {
@@ -73,16 +74,9 @@ impl Fixture {
             json!({BUCKET: {"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": S3Server::SECRET_KEY}}).to_string(),
         )
         .unwrap();
-        let token = format!("acct:{TOKEN}");
-        let data = dir.path().join("coord");
-        let mut args = vec![
-            "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(),
-            "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
-            "--token", &token, "--no-rate-limits", "--s3-credentials", creds.to_str().unwrap(),
-        ];
-        args.extend_from_slice(coordinator_args);
-        let coordinator = core.spawn(bin("edgecap-coordinator"), &args, &dir.path().join("coordinator.log"));
-        let mut fixture = Fixture { traffic: vec![], agents: vec![], coordinator, s3, pops, core, dir };
+        let coordinator_args = coordinator_args.iter().map(|s| s.to_string()).collect();
+        let mut fixture = Fixture { traffic: vec![], agents: vec![], coordinator: None, s3, pops, core, dir, coordinator_args };
+        fixture.coordinator = Some(fixture.start_coordinator("coordinator.log"));
         for i in 0..3 {
             let agent = fixture.start_agent(i, "agent");
             fixture.agents.push(Some(agent));
@@ -106,11 +100,25 @@ impl Fixture {
         )
     }
 
+    fn start_coordinator(&self, log: &str) -> Proc {
+        let pki = self.dir.path().join("pki");
+        let creds = self.dir.path().join("s3-credentials.json");
+        let data = self.dir.path().join("coord");
+        let token = format!("acct:{TOKEN}");
+        let mut args = vec![
+            "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(),
+            "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
+            "--token", &token, "--no-rate-limits", "--s3-credentials", creds.to_str().unwrap(),
+        ];
+        args.extend(self.coordinator_args.iter().map(String::as_str));
+        self.core.spawn(bin("edgecap-coordinator"), &args, &self.dir.path().join(log))
+    }
+
     fn logs(&self) -> String {
-        let mut out = format!("--- coordinator\n{}", self.coordinator.log_text());
+        let mut out = String::new();
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("agent") && name.ends_with(".log") {
+            if (name.starts_with("agent") || name.starts_with("coordinator")) && name.ends_with(".log") {
                 out.push_str(&format!("\n--- {name}\n{}", std::fs::read_to_string(entry.path()).unwrap_or_default()));
             }
         }
@@ -138,7 +146,9 @@ impl Fixture {
 
     fn wait_agents(&mut self, n: usize) {
         wait_for("agents to connect", Duration::from_secs(30), || {
-            self.coordinator.assert_running("coordinator");
+            if let Some(c) = self.coordinator.as_mut() {
+                c.assert_running("coordinator");
+            }
             self.cli(&["agents"]).ok().filter(|v| v.as_array().is_some_and(|a| a.len() == n))
         });
     }
@@ -359,4 +369,45 @@ fn full_capture_with_an_agent_killed_and_a_stop() {
         total += n as usize;
     }
     assert_eq!(f.check_merged(&capture), total);
+}
+
+#[test]
+fn full_capture_survives_agent_and_coordinator_restarts() {
+    let Some(mut f) = Fixture::new("full_capture_survives_agent_and_coordinator_restarts", &[]) else { return };
+    f.validate_bucket();
+    f.start_traffic(100);
+    let capture = f.create_full(&["--time-limit", "20", "--packet-limit", "10000"]);
+    let id = capture["id"].as_str().unwrap().to_string();
+    // S3 down first, so closed shards pile up in the agents' spools ...
+    std::thread::sleep(Duration::from_secs(2));
+    f.s3.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    // ... then ord01's agent dies and comes back on the same spool, and the coordinator
+    // restarts. Neither loses what was accepted.
+    f.agents[0] = None;
+    f.agents[0] = Some(f.start_agent(0, "agent-restarted"));
+    f.coordinator = None;
+    f.coordinator = Some(f.start_coordinator("coordinator-restarted.log"));
+    f.wait_agents(3);
+    f.s3.start();
+    let capture = f.wait_final(&id, 180);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let mut in_file = 0;
+    for pop in pops(&capture) {
+        let delivered = delivered(&pop);
+        if pop["pop"] == "ord01" {
+            // Cut short by the restart: named as failed, and the shards it completed before
+            // the restart were delivered from the spool afterwards.
+            assert_eq!(pop["status"], "failed", "{pop:#}");
+            assert!(pop["error"].as_str().unwrap().contains("restarted"), "{pop:#}");
+            assert!(delivered > 200, "spooled shards delivered after the restart: {pop:#}");
+        } else {
+            assert_eq!(pop["status"], "done", "{pop:#}");
+            assert_eq!(pop["stop_reason"], "time_limit", "{pop:#}");
+            assert_eq!(delivered, pop["packets"].as_u64().unwrap(), "nothing lost to the coordinator restart: {pop:#}");
+            assert!(delivered > 1000, "{pop:#}");
+        }
+        in_file += delivered as usize;
+    }
+    assert_eq!(f.check_merged(&capture), in_file);
 }
