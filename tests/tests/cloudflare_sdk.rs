@@ -1,5 +1,6 @@
 //! The official Cloudflare Python SDK (`pip install cloudflare`), with only `base_url`
-//! changed, creates, lists, gets and downloads a sample capture against `edgecap up`.
+//! changed, creates, lists, gets and downloads a sample capture against `edgecap up`, then
+//! validates a bucket (an S3-compatible server on loopback) and runs and stops full captures.
 //!
 //! The SDK's Python comes from `EDGECAP_SDK_PYTHON` (scripts/setup.sh makes a venv and sets
 //! it in .ci/run), else `python3` if it can import `cloudflare`.
@@ -26,6 +27,9 @@ fn official_python_sdk_works_against_edgecap_up() {
         eprintln!("SKIP: the cloudflare Python SDK is not installed (scripts/setup.sh installs it)");
         return;
     };
+    let Some(s3) = edgecap_e2e::S3Server::launch("official_python_sdk_works_against_edgecap_up") else { return };
+    s3.create_bucket("sdk-bucket");
+    let destination = format!("s3://sdk-bucket/pcaps?region=us-east-1&endpoint={}", s3.endpoint());
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let data = dir.path().join("data");
@@ -34,6 +38,9 @@ fn official_python_sdk_works_against_edgecap_up() {
         child: Command::new(bin("edgecap"))
             .args(["up", "--data-dir", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
             .args(["--account", "sdkacct", "--token", "sdk-token-0123456789abcdef"])
+            // The bucket's credentials come from the standard AWS environment variables.
+            .env("AWS_ACCESS_KEY_ID", edgecap_e2e::S3Server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", edgecap_e2e::S3Server::SECRET_KEY)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -54,6 +61,8 @@ fn official_python_sdk_works_against_edgecap_up() {
     let out = Command::new(&python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/cloudflare_sdk.py"))
         .args([&format!("http://127.0.0.1:{port}/client/v4"), "sdkacct", "sdk-token-0123456789abcdef"])
+        .arg(&destination)
+        .arg(s3.dir.path().join("sdk-bucket"))
         .output()
         .unwrap();
     assert!(
@@ -68,6 +77,14 @@ fn official_python_sdk_works_against_edgecap_up() {
     assert_eq!(seen["packets_captured"], 6, "3 echo requests + 3 replies on lo: {seen}");
     assert_eq!(seen["bad_request_code"], 1004);
     assert_eq!(seen["bytes"], 24 + 6 * (16 + 98), "classic pcap of six 98-byte frames");
+    let full = &seen["full"];
+    assert_eq!(full["wrong_challenge_code"], 1108, "{seen}");
+    assert_eq!(full["status"], "success", "{seen}\n{}", up.log_text());
+    assert_eq!(full["packets_captured"], 50, "the 50 datagrams sent while it ran: {seen}");
+    assert_eq!(full["merged_exists"], true, "{seen}");
+    assert_eq!(full["stopped_status"], "success", "{seen}");
+    assert_eq!(full["stop_requested"], true, "{seen}");
+    assert_eq!(full["ownerships_after_delete"], 0, "{seen}");
 
     // SIGTERM stops the whole stack cleanly and promptly (the local agent's long-lived control
     // stream must not hold the coordinator's shutdown open).
