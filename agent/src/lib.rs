@@ -353,6 +353,13 @@ pub fn filter_from_pb(f: &pb::FilterV1) -> Result<FilterV1, String> {
 
 /// Answers a sample query from the lookback, in chunks; the last chunk has `done`.
 pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
+    // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
+    // wire: a window that ends that recently is answered once they are all in.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let settled = query.to_ns.saturating_add(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64);
+    if settled > now {
+        std::thread::sleep(Duration::from_nanos((settled - now).min(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64)));
+    }
     let fail = |error: String| {
         vec![pb::SampleChunk { request_id: query.request_id.clone(), done: true, error, ..Default::default() }]
     };

@@ -138,6 +138,9 @@ struct CaptureArgs {
     /// libpcap handle, as in `run`), so the cost of both is measured together.
     #[arg(long, hide = true)]
     with_lookback: bool,
+    /// Benchmark hook: the lookback's sample rate with --with-lookback.
+    #[arg(long, hide = true, default_value_t = 1)]
+    lookback_sample_rate: u32,
 }
 
 fn usage_error(message: String) -> ! {
@@ -272,7 +275,7 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         identity,
     );
     let lookback = args.with_lookback.then(|| {
-        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig::default())));
+        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig { sample_rate: args.lookback_sample_rate.max(1), ..LookbackConfig::default() })));
         let config = edgecap_capture::LookbackCaptureConfig { interfaces: vec![args.iface.clone()], ..Default::default() };
         (edgecap_capture::LookbackCapture::start(&config, lookback.clone()).unwrap_or_else(|e| usage_error(e.to_string())), lookback)
     });

@@ -1,8 +1,12 @@
 //! Live capture into the lookback: one libpcap handle and OS thread per interface.
 //!
 //! Handles are opened on the caller's thread so a bad interface is an immediate, clear
-//! error. Each thread takes the lookback lock only for sampled packets. Kernel drops
-//! (`pcap_stats`) are read once a second into the lookback's counters.
+//! error. Handles are **not** in immediate mode: the kernel hands packets over a ring block at
+//! a time (TPACKET_V3), one wakeup per block or per `timeout_ms`, not one per packet. Sampled
+//! packets are batched and inserted under one lock per batch ([`FLUSH_EVERY`] or
+//! [`BATCH_PACKETS`]). So a packet reaches the lookback at most about [`VISIBILITY_DELAY`]
+//! after it was on the wire; queries whose window ends later than that wait for it.
+//! Kernel drops (`pcap_stats`) are read once a second into the lookback's counters.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +28,7 @@ pub struct LookbackCaptureConfig {
 
 impl Default for LookbackCaptureConfig {
     fn default() -> Self {
-        Self { interfaces: vec!["lo".into()], buffer_size: 4 << 20, timeout_ms: 100, promisc: true }
+        Self { interfaces: vec!["lo".into()], buffer_size: 4 << 20, timeout_ms: 50, promisc: true }
     }
 }
 
@@ -38,6 +42,14 @@ pub struct LookbackCapture {
 }
 
 type Shared = Arc<Mutex<Lookback>>;
+
+/// Sampled packets are inserted at least this often ...
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// ... or when this many are waiting.
+pub const BATCH_PACKETS: usize = 512;
+/// Upper bound on the time from the wire to the lookback: the ring block timeout (default
+/// `timeout_ms`, 50 ms), one flush interval, and a margin for scheduling.
+pub const VISIBILITY_DELAY: Duration = Duration::from_millis(150);
 
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
     lookback.lock().unwrap_or_else(|p| p.into_inner())
@@ -60,7 +72,7 @@ impl LookbackCapture {
                     .snaplen(snaplen)
                     .buffer_size(config.buffer_size)
                     .timeout(config.timeout_ms)
-                    .immediate_mode(true)
+                    .immediate_mode(false)
                     .precision(pcap::Precision::Nano)
                     .open()
             };
@@ -73,11 +85,30 @@ impl LookbackCapture {
         for (iface, mut capture) in opened {
             breakers.push(capture.breakloop_handle());
             let index = lock(&lookback).add_interface(&iface, capture.get_datalink().0);
+            // With TPACKET_V3 libpcap waits in poll without a timeout once a block was handed
+            // over, so a quiet interface would keep a partial batch forever: this thread breaks
+            // the wait when a batch is pending, and the loop flushes it.
+            let pending = Arc::new(AtomicBool::new(false));
+            let flusher = {
+                let (stop, pending, breaker) = (stop.clone(), pending.clone(), capture.breakloop_handle());
+                std::thread::Builder::new()
+                    .name(format!("lookback-flush-{iface}"))
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(FLUSH_EVERY);
+                            if pending.swap(false, Ordering::AcqRel) {
+                                breaker.breakloop();
+                            }
+                        }
+                    })
+                    .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+            };
+            threads.push(flusher);
             let stop = stop.clone();
             let lookback = lookback.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lookback-{iface}"))
-                .spawn(move || run(iface, index, capture, lookback, stop))
+                .spawn(move || run(iface, index, capture, lookback, stop, pending))
                 .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?;
             threads.push(thread);
         }
@@ -106,43 +137,104 @@ impl Drop for LookbackCapture {
     }
 }
 
-fn run(iface: String, index: u16, mut capture: pcap::Capture<pcap::Active>, lookback: Shared, stop: Arc<AtomicBool>) {
-    let mut sampler = Sampler::new(lock(&lookback).config().sample_rate);
-    let mut unreported_seen: u64 = 0;
+/// Sampled packets waiting to be inserted, copied into one buffer.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    /// (ts_ns, orig_len, start, len)
+    packets: Vec<(u64, u32, usize, usize)>,
+    seen: u64,
+}
+
+impl Batch {
+    fn flush(&mut self, lookback: &Shared, index: u16) {
+        if self.packets.is_empty() && self.seen == 0 {
+            return;
+        }
+        let mut l = lock(lookback);
+        l.stats_mut().packets_seen += self.seen;
+        for &(ts_ns, orig_len, start, len) in &self.packets {
+            l.insert(ts_ns, orig_len, index, &self.data[start..start + len]);
+        }
+        drop(l);
+        self.data.clear();
+        self.packets.clear();
+        self.seen = 0;
+    }
+}
+
+fn run(
+    iface: String,
+    index: u16,
+    mut capture: pcap::Capture<pcap::Active>,
+    lookback: Shared,
+    stop: Arc<AtomicBool>,
+    pending: Arc<AtomicBool>,
+) {
+    let (mut sampler, snaplen) = {
+        let l = lock(&lookback);
+        (Sampler::new(l.config().sample_rate), l.config().snaplen as usize)
+    };
+    let mut batch = Batch::default();
+    batch.data.reserve(BATCH_PACKETS * snaplen);
+    batch.packets.reserve(BATCH_PACKETS);
+    let mut last_flush = Instant::now();
     let mut last_stats = Instant::now();
     let mut last_kernel_drops: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
+        let mut quiet = false;
         match capture.next_packet() {
             Ok(packet) => {
-                unreported_seen += 1;
+                batch.seen += 1;
                 if sampler.sample() {
                     let ts = packet.header.ts;
                     // Nanosecond precision was requested: tv_usec holds nanoseconds.
                     let ts_ns = (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_usec as u64;
-                    let mut l = lock(&lookback);
-                    l.stats_mut().packets_seen += unreported_seen;
-                    unreported_seen = 0;
-                    l.insert(ts_ns, packet.header.len, index, packet.data);
+                    let keep = packet.data.len().min(snaplen);
+                    let start = batch.data.len();
+                    batch.data.extend_from_slice(&packet.data[..keep]);
+                    batch.packets.push((ts_ns, packet.header.len, start, keep));
+                    if batch.packets.len() == 1 {
+                        pending.store(true, Ordering::Release);
+                    }
+                }
+                if batch.packets.len() >= BATCH_PACKETS {
+                    batch.flush(&lookback, index);
+                    last_flush = Instant::now();
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => {}
-            // pcap_breakloop from stop().
-            Err(pcap::Error::NoMorePackets) => return,
+            Err(pcap::Error::TimeoutExpired) => quiet = true,
+            // pcap_breakloop: from stop(), or from the flusher (a batch is waiting).
+            Err(pcap::Error::NoMorePackets) => {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                batch.flush(&lookback, index);
+                last_flush = Instant::now();
+            }
             Err(error) => {
                 tracing::error!(%iface, %error, "lookback capture stopped");
-                return;
+                break;
             }
+        }
+        // Reading the clock for every packet would cost more than the rest of the loop.
+        if !quiet && batch.seen % 64 != 0 {
+            continue;
+        }
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            batch.flush(&lookback, index);
+            last_flush = Instant::now();
         }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
             let drops = capture.stats().map(|s| u64::from(s.dropped) + u64::from(s.if_dropped)).unwrap_or(0);
             let mut l = lock(&lookback);
-            l.stats_mut().packets_seen += unreported_seen;
-            unreported_seen = 0;
             l.stats_mut().kernel_dropped += drops.saturating_sub(last_kernel_drops);
             last_kernel_drops = drops;
             // Age out even when the interface is quiet.
             l.evict(crate::now_ns());
         }
     }
+    // What was sampled before the stop is kept.
+    batch.flush(&lookback, index);
 }
