@@ -188,14 +188,16 @@ fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
 
 /// Selects the agents of a colo: an exact PoP name, or every PoP whose name starts with it
 /// (`ord` covers `ord01` and `ord02`). Case-insensitive.
-fn colo_agents(state: &AppState, colo: &str) -> Vec<crate::control::AgentInfo> {
+/// Agents are taken from the shared presence keys, so every replica sees every agent.
+async fn colo_agents(state: &AppState, colo: &str) -> Result<Vec<crate::repo::AgentPresence>, ApiError> {
     let colo = colo.to_ascii_lowercase();
-    let agents = state.registry.agents();
+    let mut agents = state.repo.list_agents().await.map_err(repo_err)?;
+    agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
     let exact: Vec<_> = agents.iter().filter(|a| a.pop.to_ascii_lowercase() == colo).cloned().collect();
     if !exact.is_empty() {
-        return exact;
+        return Ok(exact);
     }
-    agents.into_iter().filter(|a| a.pop.to_ascii_lowercase().starts_with(&colo)).collect()
+    Ok(agents.into_iter().filter(|a| a.pop.to_ascii_lowercase().starts_with(&colo)).collect())
 }
 
 async fn create_full(
@@ -239,7 +241,7 @@ async fn create_full(
             ));
         }
     }
-    let agents = colo_agents(&state, &colo);
+    let agents = colo_agents(&state, &colo).await?;
     if agents.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -247,7 +249,9 @@ async fn create_full(
             format!("colo_name: no agent is connected in a PoP named {colo:?} or starting with it"),
         ));
     }
-    let store = crate::full::open_destination(&state, &destination).await.map_err(|e| bucket_error(&e))?;
+    // Reachability of the bucket is checked when shards are granted; the store is built now
+    // so a destination that cannot even be configured is refused at once.
+    state.full.store_for(&destination).await.map_err(|e| bucket_error(&e))?;
     let mut record = new_record(&account, request, now);
     record.colo_name = Some(colo);
     record.pops = agents
@@ -262,7 +266,7 @@ async fn create_full(
         .collect();
     state.repo.create_capture(&record).await.map_err(repo_err)?;
     tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
-    state.full.launch(state.clone(), record.clone(), store);
+    state.full.submit(&record).await.map_err(repo_err)?;
     Ok(envelope(record.to_api()))
 }
 
@@ -345,7 +349,9 @@ async fn stop(
             .await
             .map_err(repo_err)?;
     }
-    state.full.stop(&id);
+    if record.capture_type == CaptureType::Full {
+        state.full.request_stop(&record).await.map_err(repo_err)?;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -372,7 +378,7 @@ async fn create_ownership(
     let id = new_id();
     let filename = format!("ownership-challenge-{id}.txt");
     let challenge = format!("{}{}", new_id(), new_id());
-    let store = crate::full::open_destination(&state, &destination).await.map_err(|e| bucket_error(&e))?;
+    let store = state.full.store_for(&destination).await.map_err(|e| bucket_error(&e))?;
     if let Err(e) = store.put(&filename, Bytes::from(format!("{challenge}\n"))).await {
         return Err(match e {
             e if e.is_retryable() => bucket_error(&e),
@@ -467,20 +473,27 @@ async fn list_agents(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     if state.repo.account_for_token(bearer).await.map_err(repo_err)?.is_none() {
         return Err(ApiError::unauthorized("Authorization: a valid Bearer API token is required"));
     }
-    let agents: Vec<Value> = state
-        .registry
-        .agents()
+    // Every replica's agents (shared presence keys); lookback counters for those connected here.
+    let local: std::collections::HashMap<String, crate::control::AgentInfo> =
+        state.registry.agents().into_iter().map(|a| (a.agent_id.clone(), a)).collect();
+    let mut present = state.repo.list_agents().await.map_err(repo_err)?;
+    present.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+    let agents: Vec<Value> = present
         .into_iter()
-        .map(|a| {
-            json!({
-                "agent_id": a.agent_id, "pop": a.pop, "interfaces": a.interfaces, "version": a.version,
-                "sample_rate": a.sample_rate,
-                "lookback": {
+        .map(|p| {
+            let mut v = json!({
+                "agent_id": p.agent_id, "pop": p.pop, "interfaces": p.interfaces, "version": p.version,
+                "coordinator": p.coordinator, "connected_at": p.connected_at,
+            });
+            if let Some(a) = local.get(&p.agent_id) {
+                v["sample_rate"] = json!(a.sample_rate);
+                v["lookback"] = json!({
                     "packets_seen": a.lookback.packets_seen, "packets_held": a.lookback.packets_held,
                     "bytes_held": a.lookback.bytes_held, "kernel_dropped": a.lookback.kernel_dropped,
                     "packets_evicted": a.lookback.packets_evicted,
-                },
-            })
+                });
+            }
+            v
         })
         .collect();
     Ok(collection(agents))

@@ -172,7 +172,6 @@ pub struct ControlService {
     pub repo: Repo,
     pub coordinator_name: String,
     pub full: Arc<crate::full::FullCaptures>,
-    pub presign_expiry: Duration,
 }
 
 type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
@@ -236,7 +235,6 @@ impl pb::agent_control_server::AgentControl for ControlService {
         let registry = self.registry.clone();
         let repo = self.repo.clone();
         let full = self.full.clone();
-        let expiry = self.presign_expiry;
         let presence = AgentPresence {
             agent_id: cert_agent.clone(),
             pop: cert_pop.clone(),
@@ -247,6 +245,11 @@ impl pb::agent_control_server::AgentControl for ControlService {
         };
         tokio::spawn(async move {
             let lease = publish_presence(&repo, &presence).await;
+            // Jobs written while it was away (or for it before it connected here).
+            {
+                let (full, agent) = (full.clone(), cert_agent.clone());
+                tokio::spawn(async move { full.on_agent_connected(&agent).await });
+            }
             let mut keepalive = tokio::time::interval(PRESENCE_TTL / 3);
             keepalive.tick().await;
             loop {
@@ -260,20 +263,23 @@ impl pb::agent_control_server::AgentControl for ControlService {
                             pb::agent_message::Msg::Hello(_) => {
                                 tracing::warn!(agent_id = %cert_agent, "second Hello ignored");
                             }
-                            pb::agent_message::Msg::CaptureReport(report) => full.report(&cert_agent, report),
+                            pb::agent_message::Msg::CaptureReport(report) => {
+                                let (full, agent) = (full.clone(), cert_agent.clone());
+                                tokio::spawn(async move { full.report(&agent, report).await });
+                            }
                             pb::agent_message::Msg::UploadRequest(request) => {
                                 let (full, answers, agent, pop) = (full.clone(), answers.clone(), cert_agent.clone(), cert_pop.clone());
                                 tokio::spawn(async move {
-                                    let grant = full.grant(&agent, &pop, request, expiry).await;
+                                    let grant = full.grant(&agent, &pop, request).await;
                                     let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::UploadGrant(grant)) };
                                     let _ = answers.send(Ok(msg)).await;
                                 });
                             }
                             pb::agent_message::Msg::ShardUploaded(uploaded) => {
-                                let (full, answers, agent, pop, repo) =
-                                    (full.clone(), answers.clone(), cert_agent.clone(), cert_pop.clone(), repo.clone());
+                                let (full, answers, agent, pop) =
+                                    (full.clone(), answers.clone(), cert_agent.clone(), cert_pop.clone());
                                 tokio::spawn(async move {
-                                    let committed = full.commit(&repo, &agent, &pop, uploaded).await;
+                                    let committed = full.commit(&agent, &pop, uploaded).await;
                                     let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::ShardCommitted(committed)) };
                                     let _ = answers.send(Ok(msg)).await;
                                 });

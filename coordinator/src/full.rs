@@ -1,33 +1,46 @@
 //! Full captures: start them at the agents of a colo, hand out upload grants for their
 //! shards, follow every PoP to its end, then merge all shards into one `pcap_<id>.pcap` in
-//! the user's bucket.
+//! the user's bucket. Works with any number of coordinator replicas sharing the state store:
 //!
-//! Per PoP: `pending` (start sent) -> `running` -> `uploading` (capture ended, shards still
-//! spooled at the agent) -> `done`, or `failed` with a reason. A PoP whose agent disconnects
-//! is given [`FullSettings::reconnect_grace`] to come back (an agent that restarts resumes
-//! its uploads from its spool); after that it is failed, and the shards it already delivered
-//! are still merged. The capture: `pending` -> `running` -> `conversion_pending` ->
-//! `conversion_running` -> `success` (a merged file was written; `error_message` names any
-//! PoP that failed) or `failed` (nothing could be delivered, with the reasons).
+//! * the replica that accepts a capture writes the capture record and one **job** per agent
+//!   (`jobs/{agent}/{capture}`);
+//! * every replica **watches** the jobs and forwards them (start, and stop when the job says
+//!   so) to the agents connected to it, and again when an agent (re)connects;
+//! * the replica an agent is connected to writes that PoP's progress (`pops/{capture}/{agent}`,
+//!   compare-and-swap, never over a final state), grants its uploads and records its shards
+//!   (`shards/{capture}/{agent}/{shard}`);
+//! * one elected **leader** (a leased `leader` key) follows every unfinished capture: it fails
+//!   PoPs whose agent is gone longer than the reconnect grace or that miss their deadline,
+//!   rolls the PoPs up into the capture's status, merges the shards and writes the result.
+//!   When the leader dies, the next one takes over within the lease time and resumes: a merge
+//!   that was running is done again (it overwrites the same object), shards are deleted only
+//!   after the final status is written.
 //!
-//! Shards live under `edgecap-shards/<capture>/<pop>/<agent>/` next to the merged file and
-//! are deleted after a successful merge unless `keep_shards` is set.
+//! Per PoP: `pending` (job written) -> `running` -> `uploading` (capture ended, shards still
+//! spooled at the agent) -> `done`, or `failed` with a reason. The capture: `pending` ->
+//! `running` -> `conversion_pending` -> `conversion_running` -> `success` (a merged file was
+//! written; `error_message` names any PoP that failed) or `failed`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgecap_proto::agent::v1 as pb;
-use edgecap_storage::s3::{MULTIPART_THRESHOLD, PART_SIZE, S3Location, S3Store};
+use edgecap_state::WatchEvent;
+use edgecap_storage::s3::{MULTIPART_THRESHOLD, PART_SIZE, S3Location, S3Store, StaticCredentials};
 use edgecap_storage::{ObjectStore, StorageError};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::AppState;
+use crate::control::Registry;
 use crate::destination::DestinationConf;
-use crate::model::{CaptureRecord, CaptureStatus, PopResult, ShardRef};
+use crate::model::{CaptureRecord, CaptureStatus, CaptureType, JobRecord, PopResult, ShardRef};
+use crate::repo::{JOBS_PREFIX, LEADER_KEY, Repo};
 
 /// Tunables of the full-capture flow.
 #[derive(Clone, Debug)]
@@ -42,6 +55,8 @@ pub struct FullSettings {
     pub merge_retry: Duration,
     /// Keep the shards in the bucket after the merge.
     pub keep_shards: bool,
+    /// Lease of the leader key: a dead leader is replaced within about this long.
+    pub leader_ttl: Duration,
 }
 
 impl Default for FullSettings {
@@ -52,29 +67,24 @@ impl Default for FullSettings {
             presign_expiry: Duration::from_secs(900),
             merge_retry: Duration::from_secs(600),
             keep_shards: false,
+            leader_ttl: Duration::from_secs(5),
         }
     }
 }
 
-enum Event {
-    Report(String, pb::CaptureReport),
-    Stop,
-}
+/// A start that has not reached its agent after this long is refused by the agent.
+const START_DEADLINE: Duration = Duration::from_secs(30);
 
-struct Active {
-    account: String,
-    store: Arc<S3Store>,
-    /// agent id -> PoP
-    agents: HashMap<String, String>,
-    /// Agents whose PoP has reached a final state: their late shards are refused.
-    closed: HashSet<String>,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-/// The full captures this coordinator is running.
-#[derive(Default)]
+/// The full-capture machinery of one coordinator replica.
 pub struct FullCaptures {
-    active: Mutex<HashMap<String, Active>>,
+    repo: Repo,
+    registry: Arc<Registry>,
+    settings: FullSettings,
+    credentials: HashMap<String, StaticCredentials>,
+    tmp_dir: PathBuf,
+    name: String,
+    stores: Mutex<HashMap<String, Arc<S3Store>>>,
+    leader: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,79 +113,314 @@ fn valid_shard_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Opens the bucket a destination names, with the configured credentials for it.
-pub async fn open_destination(state: &AppState, destination: &DestinationConf) -> Result<S3Store, StorageError> {
-    let location = S3Location {
-        bucket: destination.bucket.clone(),
-        prefix: destination.prefix.clone(),
-        region: destination.region.clone(),
-        endpoint: destination.endpoint.clone(),
-    };
-    S3Store::connect(location, state.s3_credentials.get(&destination.bucket).cloned()).await
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Reads a per-bucket credentials file (JSON object: bucket -> access key). The file should
 /// be readable by the coordinator only; its contents are never logged.
-pub fn load_credentials(path: &std::path::Path) -> anyhow::Result<HashMap<String, edgecap_storage::s3::StaticCredentials>> {
+pub fn load_credentials(path: &std::path::Path) -> anyhow::Result<HashMap<String, StaticCredentials>> {
     use anyhow::Context as _;
     let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: not a JSON object of bucket -> {{access_key_id, secret_access_key}}: line {} column {}", path.display(), e.line(), e.column()))
+    serde_json::from_slice(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a JSON object of bucket -> {{access_key_id, secret_access_key}}: line {} column {}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+fn start_message(job: &JobRecord) -> pb::CoordinatorMessage {
+    let f = &job.filter_v1;
+    let filter = pb::FilterV1 {
+        source_address: f.source_address.as_ref().map(|a| a.to_string()),
+        destination_address: f.destination_address.as_ref().map(|a| a.to_string()),
+        source_port: f.source_port.map(u32::from),
+        destination_port: f.destination_port.map(u32::from),
+        protocol: f.protocol.map(u32::from),
+    };
+    pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::StartCapture(pb::StartCapture {
+            capture_id: job.capture_id.clone(),
+            filter: Some(filter),
+            filter_bpf: job.filter_bpf.clone().unwrap_or_default(),
+            filter_bpf_hash: job.filter_bpf_hash.clone().unwrap_or_default(),
+            time_limit_ms: job.time_limit * 1000,
+            packet_limit: job.packet_limit.unwrap_or(0),
+            byte_limit: job.byte_limit.unwrap_or(0),
+            snaplen: 0,
+            rotate_bytes: 0,
+            rotate_seconds: 0,
+            not_after_ns: job.not_after_ns,
+        })),
+    }
+}
+
+fn stop_message(id: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::StopCapture(pb::StopCapture { capture_id: id.to_string() })),
+    }
+}
+
+/// Folds an agent's report into its PoP's state (never out of a final state).
+fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
+    if pop.is_final() {
+        return;
+    }
+    if let Some(c) = &report.counters {
+        pop.packets = c.written;
+        pop.matched = c.matched;
+        pop.received = c.received;
+        pop.kernel_dropped = c.kernel_dropped;
+        pop.agent_dropped = c.agent_dropped;
+        pop.bytes = c.bytes_written;
+    }
+    if !report.stop_reason.is_empty() {
+        pop.stop_reason = Some(report.stop_reason.clone());
+    }
+    if !report.error.is_empty() {
+        pop.error = Some(report.error.clone());
+    }
+    if matches!(report.state.as_str(), "running" | "uploading" | "done" | "failed") {
+        pop.status = report.state.clone();
+    }
+}
+
+/// "PoPs failed: ord01 (agent a1): reason; ord02 (...): reason"
+fn failure_summary(pops: &[PopResult]) -> Option<String> {
+    let failed: Vec<String> = pops
+        .iter()
+        .filter(|p| p.status == "failed")
+        .map(|p| format!("{} (agent {}): {}", p.pop, p.agent_id, p.error.as_deref().unwrap_or("failed")))
+        .collect();
+    (!failed.is_empty()).then(|| format!("PoPs failed: {}", failed.join("; ")))
 }
 
 impl FullCaptures {
-    fn send(&self, capture_id: &str, event: Event) {
-        if let Some(active) = lock(&self.active).get(capture_id) {
-            let _ = active.events.send(event);
+    pub fn new(
+        repo: Repo,
+        registry: Arc<Registry>,
+        name: String,
+        settings: FullSettings,
+        credentials: HashMap<String, StaticCredentials>,
+        tmp_dir: PathBuf,
+    ) -> Self {
+        Self {
+            repo,
+            registry,
+            settings,
+            credentials,
+            tmp_dir,
+            name,
+            stores: Mutex::new(HashMap::new()),
+            leader: watch::channel(false).0,
         }
     }
 
-    /// A progress report from an agent (ignored unless that agent is part of the capture).
-    pub fn report(&self, agent_id: &str, report: pb::CaptureReport) {
-        let id = report.capture_id.clone();
-        let known = lock(&self.active).get(&id).is_some_and(|a| a.agents.contains_key(agent_id));
-        if known {
-            self.send(&id, Event::Report(agent_id.to_string(), report));
+    pub fn settings(&self) -> &FullSettings {
+        &self.settings
+    }
+
+    /// Whether this replica is the leader now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// The bucket a destination names, with the configured credentials for it (cached).
+    pub async fn store_for(&self, destination: &DestinationConf) -> Result<Arc<S3Store>, StorageError> {
+        if let Some(store) = lock(&self.stores).get(&destination.uri) {
+            return Ok(store.clone());
+        }
+        let location = S3Location {
+            bucket: destination.bucket.clone(),
+            prefix: destination.prefix.clone(),
+            region: destination.region.clone(),
+            endpoint: destination.endpoint.clone(),
+        };
+        let store = Arc::new(S3Store::connect(location, self.credentials.get(&destination.bucket).cloned()).await?);
+        lock(&self.stores).insert(destination.uri.clone(), store.clone());
+        Ok(store)
+    }
+
+    async fn store_for_uri(&self, uri: &str) -> Result<Arc<S3Store>, StorageError> {
+        let destination = DestinationConf::parse(uri)
+            .map_err(|e| StorageError::Rejected(format!("stored destination_conf does not parse: {}", e.message)))?;
+        self.store_for(&destination).await
+    }
+
+    /// Writes the jobs and initial PoP states of a capture just created (its record exists).
+    pub async fn submit(&self, record: &CaptureRecord) -> crate::repo::Result<()> {
+        let not_after_ns = now_ns() + START_DEADLINE.as_nanos() as u64;
+        for pop in &record.pops {
+            self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
+            let job = JobRecord {
+                capture_id: record.id.clone(),
+                account_id: record.account_id.clone(),
+                agent_id: pop.agent_id.clone(),
+                pop: pop.pop.clone(),
+                destination_conf: record.destination_conf.clone().unwrap_or_default(),
+                filter_v1: record.filter_v1.clone(),
+                filter_bpf: record.filter_bpf.clone(),
+                filter_bpf_hash: record.filter_bpf_hash.clone(),
+                time_limit: record.time_limit,
+                packet_limit: record.packet_limit,
+                byte_limit: record.byte_limit,
+                not_after_ns,
+                stop: false,
+            };
+            self.repo.put_job(&job).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks every job of a capture stopped; the replicas forward the stop to their agents.
+    pub async fn request_stop(&self, record: &CaptureRecord) -> crate::repo::Result<()> {
+        for pop in &record.pops {
+            if let Some(mut job) = self.repo.get_job(&pop.agent_id, &record.id).await?
+                && !job.stop
+            {
+                job.stop = true;
+                self.repo.put_job(&job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward(&self, job: &JobRecord) {
+        if self.registry.agents().iter().all(|a| a.agent_id != job.agent_id) {
+            return;
+        }
+        // Only jobs whose PoP is still open are sent (a finished PoP is never restarted).
+        match self.repo.get_pop(&job.capture_id, &job.agent_id).await {
+            Ok(Some((pop, _))) if !pop.is_final() => {}
+            _ => return,
+        }
+        self.registry.send(&job.agent_id, start_message(job)).await;
+        if job.stop {
+            self.registry.send(&job.agent_id, stop_message(&job.capture_id)).await;
         }
     }
 
-    pub fn stop(&self, capture_id: &str) {
-        self.send(capture_id, Event::Stop);
+    /// Sends an agent that just connected the jobs it must run (idempotent at the agent).
+    pub async fn on_agent_connected(&self, agent_id: &str) {
+        match self.repo.jobs_for_agent(agent_id).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    self.forward(&job).await;
+                }
+            }
+            Err(error) => tracing::warn!(%agent_id, %error, "could not read the agent's jobs"),
+        }
     }
 
-    pub fn is_active(&self, capture_id: &str) -> bool {
-        lock(&self.active).contains_key(capture_id)
+    /// Forwards job changes to the agents connected here, driven by a watch on the jobs.
+    pub async fn forward_jobs(self: Arc<Self>, cancel: CancellationToken) {
+        let store = self.repo.store().clone();
+        while !cancel.is_cancelled() {
+            let result: Result<(), String> = async {
+                let revision = store.revision().await.map_err(|e| e.to_string())?;
+                // Anything written before the watch starts is covered by this pass.
+                for agent in self.registry.agents() {
+                    self.on_agent_connected(&agent.agent_id).await;
+                }
+                let mut events = store.watch(JOBS_PREFIX, revision + 1).await.map_err(|e| e.to_string())?;
+                loop {
+                    let event = tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        e = events.next() => e,
+                    };
+                    match event {
+                        Some(Ok(WatchEvent::Put(kv))) => match crate::repo::decode::<JobRecord>(&kv.key, &kv.value) {
+                            Ok(job) => self.forward(&job).await,
+                            Err(error) => tracing::warn!(%error, "undecodable job skipped"),
+                        },
+                        Some(Ok(WatchEvent::Delete { .. })) => {}
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("watch ended".into()),
+                    }
+                }
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "job watch interrupted; restarting it");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// A progress report from an agent: folded into its PoP's state (ignored unless the agent
+    /// is part of the capture).
+    pub async fn report(&self, agent_id: &str, report: pb::CaptureReport) {
+        for _ in 0..5 {
+            let (mut pop, revision) = match self.repo.get_pop(&report.capture_id, agent_id).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
+                    return;
+                }
+            };
+            let before = pop.clone();
+            apply_report(&mut pop, &report);
+            if pop == before {
+                return;
+            }
+            match self.repo.cas_pop(&report.capture_id, agent_id, Some(revision), &pop).await {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The job of `agent_id` for a capture, if its PoP is still open.
+    async fn open_job(&self, agent_id: &str, pop: &str, capture_id: &str) -> Result<JobRecord, (String, bool)> {
+        let job = match self.repo.get_job(agent_id, capture_id).await {
+            Ok(Some(job)) if job.pop == pop => job,
+            Ok(_) => return Err((format!("capture {capture_id} has no job for agent {agent_id}"), false)),
+            Err(e) => return Err((e.to_string(), true)),
+        };
+        match self.repo.get_pop(capture_id, agent_id).await {
+            Ok(Some((p, _))) if !p.is_final() => Ok(job),
+            Ok(_) => Err(("this PoP's part of the capture is already closed".into(), false)),
+            Err(e) => Err((e.to_string(), true)),
+        }
     }
 
     /// Presigned requests for one shard of one agent.
-    pub async fn grant(&self, agent_id: &str, pop: &str, request: pb::UploadRequest, expiry: Duration) -> pb::UploadGrant {
+    pub async fn grant(&self, agent_id: &str, pop: &str, request: pb::UploadRequest) -> pb::UploadGrant {
         let refuse = |error: String, retryable: bool| pb::UploadGrant {
             request_id: request.request_id.clone(),
             error,
             retryable,
             ..Default::default()
         };
-        let store = {
-            let active = lock(&self.active);
-            match active.get(&request.capture_id) {
-                None => return refuse(format!("capture {} is not running on this coordinator", request.capture_id), false),
-                Some(a) if a.agents.get(agent_id).map(String::as_str) != Some(pop) => {
-                    return refuse(format!("agent {agent_id} is not part of capture {}", request.capture_id), false);
-                }
-                Some(a) if a.closed.contains(agent_id) => {
-                    return refuse("this PoP's part of the capture is already closed".into(), false);
-                }
-                Some(a) => a.store.clone(),
-            }
+        let job = match self.open_job(agent_id, pop, &request.capture_id).await {
+            Ok(job) => job,
+            Err((error, retryable)) => return refuse(error, retryable),
         };
         if !valid_shard_name(&request.shard) {
             return refuse(format!("shard name {:?} is not acceptable", request.shard), false);
         }
+        let store = match self.store_for_uri(&job.destination_conf).await {
+            Ok(s) => s,
+            Err(e) => return refuse(e.to_string(), true),
+        };
         let key = format!("{}{pop}/{agent_id}/{}", shard_prefix(&request.capture_id), request.shard);
         let to_pb = |p: edgecap_storage::s3::Presigned| pb::PresignedRequest {
             method: p.method,
             url: p.url,
             headers: p.headers.into_iter().map(|(name, value)| pb::HttpHeader { name, value }).collect(),
         };
+        let expiry = self.settings.presign_expiry;
         let result = async {
             if request.size <= MULTIPART_THRESHOLD {
                 let put = store.presign_put(&key, expiry).await?;
@@ -198,8 +443,8 @@ impl FullCaptures {
     }
 
     /// Records a delivered shard: completes its multipart upload, checks its size in the
-    /// bucket, and adds it to the PoP's shard list (idempotent by key).
-    pub async fn commit(&self, repo: &crate::repo::Repo, agent_id: &str, pop: &str, uploaded: pb::ShardUploaded) -> pb::ShardCommitted {
+    /// bucket, and records it (idempotent by key).
+    pub async fn commit(&self, agent_id: &str, pop: &str, uploaded: pb::ShardUploaded) -> pb::ShardCommitted {
         let answer = |error: String, retryable: bool| pb::ShardCommitted {
             request_id: uploaded.request_id.clone(),
             capture_id: uploaded.capture_id.clone(),
@@ -207,19 +452,18 @@ impl FullCaptures {
             error,
             retryable,
         };
-        let (store, account) = {
-            let active = lock(&self.active);
-            match active.get(&uploaded.capture_id) {
-                Some(a) if a.agents.get(agent_id).map(String::as_str) == Some(pop) && !a.closed.contains(agent_id) => {
-                    (a.store.clone(), a.account.clone())
-                }
-                _ => return answer("capture not running here, or not this agent's".into(), false),
-            }
+        let job = match self.open_job(agent_id, pop, &uploaded.capture_id).await {
+            Ok(job) => job,
+            Err((error, retryable)) => return answer(error, retryable),
         };
         let expected = format!("{}{pop}/{agent_id}/{}", shard_prefix(&uploaded.capture_id), uploaded.shard);
-        if uploaded.key != expected {
+        if uploaded.key != expected || !valid_shard_name(&uploaded.shard) {
             return answer(format!("key {:?} was not granted for this shard", uploaded.key), false);
         }
+        let store = match self.store_for_uri(&job.destination_conf).await {
+            Ok(s) => s,
+            Err(e) => return answer(e.to_string(), true),
+        };
         if !uploaded.upload_id.is_empty() {
             let parts: Vec<(i32, String)> =
                 uploaded.part_etags.iter().enumerate().map(|(i, e)| (i as i32 + 1, e.clone())).collect();
@@ -227,7 +471,7 @@ impl FullCaptures {
                 // A retried commit finds the upload already completed.
                 let done = matches!(store.head(&uploaded.key).await, Ok(Some(m)) if m.size == uploaded.file_bytes);
                 if !done {
-                    return answer(e.to_string(), e.is_retryable() || matches!(e, StorageError::Rejected(_)));
+                    return answer(e.to_string(), true);
                 }
             }
         }
@@ -250,243 +494,368 @@ impl FullCaptures {
             interface: uploaded.interface.clone(),
             filter: uploaded.filter.clone(),
         };
-        let result = repo
-            .update_capture(&account, &uploaded.capture_id, |r| {
-                if let Some(p) = r.pops.iter_mut().find(|p| p.agent_id == agent_id)
-                    && !p.shards.iter().any(|s| s.key == shard.key)
-                {
-                    p.shards.push(shard.clone());
-                }
-            })
-            .await;
-        match result {
-            Ok(_) => answer(String::new(), false),
+        match self.repo.put_shard(&uploaded.capture_id, agent_id, &uploaded.shard, &shard).await {
+            Ok(()) => answer(String::new(), false),
             Err(e) => answer(format!("could not record the shard: {e}"), true),
         }
     }
 
-    /// Starts following a capture (at creation, or after a coordinator restart).
-    pub fn launch(self: &Arc<Self>, state: Arc<AppState>, record: CaptureRecord, store: S3Store) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let agents = record.pops.iter().map(|p| (p.agent_id.clone(), p.pop.clone())).collect();
-        let closed = record.pops.iter().filter(|p| p.is_final()).map(|p| p.agent_id.clone()).collect();
-        lock(&self.active).insert(
-            record.id.clone(),
-            Active { account: record.account_id.clone(), store: Arc::new(store), agents, closed, events: tx },
-        );
-        let this = self.clone();
-        tokio::spawn(async move {
-            let id = record.id.clone();
-            run(&this, state, record, rx).await;
-            lock(&this.active).remove(&id);
-        });
-    }
-
-    fn close_pop(&self, capture_id: &str, agent_id: &str) {
-        if let Some(a) = lock(&self.active).get_mut(capture_id) {
-            a.closed.insert(agent_id.to_string());
-        }
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-fn start_message(record: &CaptureRecord, not_after_ns: u64) -> pb::CoordinatorMessage {
-    let f = &record.filter_v1;
-    let filter = pb::FilterV1 {
-        source_address: f.source_address.as_ref().map(|a| a.to_string()),
-        destination_address: f.destination_address.as_ref().map(|a| a.to_string()),
-        source_port: f.source_port.map(u32::from),
-        destination_port: f.destination_port.map(u32::from),
-        protocol: f.protocol.map(u32::from),
-    };
-    pb::CoordinatorMessage {
-        msg: Some(pb::coordinator_message::Msg::StartCapture(pb::StartCapture {
-            capture_id: record.id.clone(),
-            filter: Some(filter),
-            filter_bpf: record.filter_bpf.clone().unwrap_or_default(),
-            filter_bpf_hash: record.filter_bpf_hash.clone().unwrap_or_default(),
-            time_limit_ms: record.time_limit * 1000,
-            packet_limit: record.packet_limit.unwrap_or(0),
-            byte_limit: record.byte_limit.unwrap_or(0),
-            snaplen: 0,
-            rotate_bytes: 0,
-            rotate_seconds: 0,
-            not_after_ns,
-        })),
-    }
-}
-
-fn stop_message(id: &str) -> pb::CoordinatorMessage {
-    pb::CoordinatorMessage {
-        msg: Some(pb::coordinator_message::Msg::StopCapture(pb::StopCapture { capture_id: id.to_string() })),
-    }
-}
-
-fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
-    if pop.is_final() {
-        return;
-    }
-    if let Some(c) = &report.counters {
-        pop.packets = c.written;
-        pop.matched = c.matched;
-        pop.received = c.received;
-        pop.kernel_dropped = c.kernel_dropped;
-        pop.agent_dropped = c.agent_dropped;
-        pop.bytes = c.bytes_written;
-    }
-    if !report.stop_reason.is_empty() {
-        pop.stop_reason = Some(report.stop_reason.clone());
-    }
-    if !report.error.is_empty() {
-        pop.error = Some(report.error.clone());
-    }
-    pop.status = match report.state.as_str() {
-        "running" | "uploading" | "done" | "failed" => report.state.clone(),
-        _ => pop.status.clone(),
-    };
-}
-
-/// "ord01 (agent a1): reason; ord02 (...): reason"
-fn failure_summary(pops: &[PopResult]) -> Option<String> {
-    let failed: Vec<String> = pops
-        .iter()
-        .filter(|p| p.status == "failed")
-        .map(|p| format!("{} (agent {}): {}", p.pop, p.agent_id, p.error.as_deref().unwrap_or("failed")))
-        .collect();
-    (!failed.is_empty()).then(|| format!("PoPs failed: {}", failed.join("; ")))
-}
-
-/// Writes the runner's view of the PoPs (not their shard lists, which commits own).
-async fn persist(state: &AppState, record: &CaptureRecord) -> bool {
-    let result = state
-        .repo
-        .update_capture(&record.account_id, &record.id, |r| {
-            r.status = record.status;
-            r.error_message = record.error_message.clone();
-            r.packets_captured = record.packets_captured;
-            for view in &record.pops {
-                if let Some(p) = r.pops.iter_mut().find(|p| p.agent_id == view.agent_id) {
-                    let shards = std::mem::take(&mut p.shards);
-                    *p = PopResult { shards, ..view.clone() };
+    /// Campaigns for leadership for as long as the coordinator runs; while leader, follows
+    /// every unfinished full capture to its end.
+    pub async fn lead(self: Arc<Self>, cancel: CancellationToken) {
+        let store = self.repo.store().clone();
+        let ttl = self.settings.leader_ttl;
+        while !cancel.is_cancelled() {
+            let attempt = async {
+                let lease = store.grant_lease(ttl).await?;
+                let value = serde_json::to_vec(&serde_json::json!({
+                    "name": self.name, "since": crate::model::rfc3339(time::OffsetDateTime::now_utc()),
+                }))
+                .unwrap_or_default();
+                if store.compare_and_put(LEADER_KEY, None, value, Some(lease)).await?.is_none() {
+                    let _ = store.revoke_lease(lease).await;
+                    return Ok::<_, edgecap_state::StateError>(None);
+                }
+                Ok(Some(lease))
+            }
+            .await;
+            let lease = match attempt {
+                Ok(Some(lease)) => lease,
+                Ok(None) | Err(_) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(name = %self.name, "elected leader");
+            self.leader.send_replace(true);
+            let work = CancellationToken::new();
+            let follower = tokio::spawn(self.clone().follow_captures(work.clone()));
+            // Keep the lease; step down as soon as it cannot be renewed (another replica may
+            // take over after the TTL, so this one must stop acting first).
+            let mut last_renewal = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+                match tokio::time::timeout(ttl / 3, store.keep_alive(lease)).await {
+                    Ok(Ok(())) => last_renewal = Instant::now(),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "leader lease not renewed");
+                        if !error.is_retryable() || last_renewal.elapsed() > ttl / 2 {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        if last_renewal.elapsed() > ttl / 2 {
+                            break;
+                        }
+                    }
                 }
             }
-        })
-        .await;
-    match result {
-        Ok(_) => true,
-        Err(error) => {
-            // Kept in memory and written at the next tick: results are not lost to an outage.
-            tracing::warn!(capture = %record.id, %error, "capture status not written; will retry");
-            false
+            work.cancel();
+            let _ = follower.await;
+            self.leader.send_replace(false);
+            let _ = store.revoke_lease(lease).await;
+            tracing::info!(name = %self.name, "no longer leader");
         }
     }
-}
 
-async fn run(full: &FullCaptures, state: Arc<AppState>, mut record: CaptureRecord, mut rx: mpsc::UnboundedReceiver<Event>) {
-    let settings = state.full_settings.clone();
-    let id = record.id.clone();
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(record.time_limit) + settings.upload_grace;
-    // A start that reaches an agent after this is refused by it (a stale job must not
-    // capture traffic nobody asked for any more).
-    let not_after_ns = now_ns() + 30_000_000_000;
-    let mut start_sent: HashMap<String, Instant> = HashMap::new();
-    let mut stop_sent: HashMap<String, Instant> = HashMap::new();
-    let mut gone_since: HashMap<String, Instant> = HashMap::new();
-    let mut stopping = record.stop_requested.is_some();
-    let mut dirty = true;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let start = start_message(&record, not_after_ns);
-    tracing::info!(capture = %id, pops = record.pops.len(), "full capture following its PoPs");
-    while record.status == CaptureStatus::Pending || record.status == CaptureStatus::Running {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(Event::Report(agent_id, report)) => {
-                    if let Some(pop) = record.pops.iter_mut().find(|p| p.agent_id == agent_id) {
-                        let before = pop.clone();
-                        apply_report(pop, &report);
-                        if pop.is_final() {
-                            full.close_pop(&id, &agent_id);
-                        }
-                        dirty |= *pop != before;
-                    }
-                }
-                Some(Event::Stop) => {
-                    stopping = true;
-                    stop_sent.clear();
-                }
-                None => return,
-            },
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let connected: HashSet<String> = state.registry.agents().into_iter().map(|a| a.agent_id).collect();
-                for pop in record.pops.iter_mut().filter(|p| !p.is_final()) {
-                    if !connected.contains(&pop.agent_id) {
-                        let since = *gone_since.entry(pop.agent_id.clone()).or_insert(now);
-                        if now - since > settings.reconnect_grace {
-                            pop.status = "failed".into();
-                            pop.error = Some(format!(
-                                "agent disconnected during the capture and did not come back within {} s; the {} shards it delivered before are kept",
-                                settings.reconnect_grace.as_secs(),
-                                pop.shards.len(),
-                            ));
-                            full.close_pop(&id, &pop.agent_id);
-                            dirty = true;
-                        }
-                        continue;
-                    }
-                    gone_since.remove(&pop.agent_id);
-                    if pop.status == "pending" && start_sent.get(&pop.agent_id).is_none_or(|t| now - *t > Duration::from_secs(3)) {
-                        if now_ns() > not_after_ns {
-                            pop.status = "failed".into();
-                            pop.error = Some("the agent did not start the capture in time".into());
-                            full.close_pop(&id, &pop.agent_id);
-                            dirty = true;
+    /// The leader's loop: a runner per unfinished full capture.
+    async fn follow_captures(self: Arc<Self>, cancel: CancellationToken) {
+        let mut runners: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        while !cancel.is_cancelled() {
+            match self.repo.list_all_captures().await {
+                Ok(records) => {
+                    runners.retain(|_, h| !h.is_finished());
+                    for record in records {
+                        if record.capture_type != CaptureType::Full || record.status.is_final() || runners.contains_key(&record.id) {
                             continue;
                         }
-                        state.registry.send(&pop.agent_id, start.clone()).await;
-                        start_sent.insert(pop.agent_id.clone(), now);
-                    }
-                    if stopping && matches!(pop.status.as_str(), "pending" | "running")
-                        && stop_sent.get(&pop.agent_id).is_none_or(|t| now - *t > Duration::from_secs(2))
-                    {
-                        state.registry.send(&pop.agent_id, stop_message(&id)).await;
-                        stop_sent.insert(pop.agent_id.clone(), now);
+                        let id = record.id.clone();
+                        runners.insert(id, tokio::spawn(self.clone().run(record, cancel.clone())));
                     }
                 }
-                if now > deadline {
-                    for pop in record.pops.iter_mut().filter(|p| !p.is_final()) {
-                        pop.status = "failed".into();
-                        pop.error = Some(format!("did not finish within time_limit + {} s", settings.upload_grace.as_secs()));
-                        full.close_pop(&id, &pop.agent_id);
-                        dirty = true;
-                    }
-                }
-                if record.status == CaptureStatus::Pending && record.pops.iter().any(|p| p.status != "pending") {
-                    record.status = CaptureStatus::Running;
-                    dirty = true;
-                }
-                if record.pops.iter().all(PopResult::is_final) {
-                    record.status = CaptureStatus::ConversionPending;
-                    dirty = true;
-                }
-                if dirty && persist(&state, &record).await {
-                    dirty = false;
-                }
+                Err(error) => tracing::warn!(%error, "could not list captures"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        for (_, handle) in runners {
+            handle.abort();
+        }
+    }
+
+    /// Writes the capture's status fields (not the parts the API owns, like stop_requested).
+    async fn persist(&self, record: &CaptureRecord) -> bool {
+        let result = self
+            .repo
+            .update_capture(&record.account_id, &record.id, |r| {
+                r.status = record.status;
+                r.error_message = record.error_message.clone();
+                r.packets_captured = record.packets_captured;
+                r.pops = record.pops.clone();
+            })
+            .await;
+        match result {
+            Ok(_) => true,
+            Err(error) => {
+                // Kept in memory and written at the next attempt: results are not lost to an outage.
+                tracing::warn!(capture = %record.id, %error, "capture status not written; will retry");
+                false
             }
         }
     }
-    // Every PoP is final. Take the shard lists as committed.
-    loop {
-        if persist(&state, &record).await {
-            break;
+
+    /// Follows one capture to its end (leader only; cancelled when leadership is lost).
+    async fn run(self: Arc<Self>, mut record: CaptureRecord, cancel: CancellationToken) {
+        let id = record.id.clone();
+        let started = Instant::now();
+        // Deadlines count from when this leader took the capture over: a new leader gives
+        // PoPs the full allowance again rather than failing them for its predecessor's time.
+        let deadline = started + Duration::from_secs(record.time_limit) + START_DEADLINE + self.settings.upload_grace;
+        let mut gone_since: HashMap<String, Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tracing::info!(capture = %id, pops = record.pops.len(), "following full capture");
+        while matches!(record.status, CaptureStatus::Pending | CaptureStatus::Running) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (pops, present) = match (self.repo.list_pops(&id).await, self.repo.list_agents().await) {
+                (Ok(p), Ok(a)) => (p, a.into_iter().map(|a| a.agent_id).collect::<HashSet<_>>()),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(capture = %id, error = %e, "state unreadable; capture goes on");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for pop in pops.iter().filter(|p| !p.is_final()) {
+                let reason = if !present.contains(&pop.agent_id) {
+                    let since = *gone_since.entry(pop.agent_id.clone()).or_insert(now);
+                    (now - since > self.settings.reconnect_grace).then(|| {
+                        format!(
+                            "agent disconnected during the capture and did not come back within {} s; the shards it delivered before are kept",
+                            self.settings.reconnect_grace.as_secs()
+                        )
+                    })
+                } else {
+                    gone_since.remove(&pop.agent_id);
+                    (now > deadline).then(|| {
+                        format!("did not finish within time_limit + {} s", (START_DEADLINE + self.settings.upload_grace).as_secs())
+                    })
+                };
+                if let Some(reason) = reason {
+                    self.fail_pop(&id, &pop.agent_id, reason).await;
+                }
+            }
+            if pops.is_empty() && now - started > START_DEADLINE {
+                // The accepting replica died between the record and its jobs.
+                for pop in &mut record.pops {
+                    pop.status = "failed".into();
+                    pop.error = Some("the capture's jobs were never written (its coordinator failed while accepting it)".into());
+                }
+            }
+            let mut view = pops;
+            view.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+            let before = (record.status, record.pops.clone());
+            if !view.is_empty() {
+                record.pops = view;
+            }
+            if record.status == CaptureStatus::Pending && record.pops.iter().any(|p| p.status != "pending") {
+                record.status = CaptureStatus::Running;
+            }
+            if !record.pops.is_empty() && record.pops.iter().all(PopResult::is_final) {
+                record.status = CaptureStatus::ConversionPending;
+            }
+            if (record.status, record.pops.clone()) != before {
+                self.persist(&record).await;
+            }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        self.convert(record, cancel).await;
     }
-    convert(full, &state, record).await;
+
+    /// Fails a PoP that is still open (compare-and-swap: an agent's final report that won
+    /// the race is kept).
+    async fn fail_pop(&self, capture: &str, agent: &str, reason: String) {
+        for _ in 0..5 {
+            let Ok(Some((mut pop, revision))) = self.repo.get_pop(capture, agent).await else { return };
+            if pop.is_final() {
+                return;
+            }
+            pop.status = "failed".into();
+            pop.error = Some(reason.clone());
+            match self.repo.cas_pop(capture, agent, Some(revision), &pop).await {
+                Ok(true) => {
+                    tracing::warn!(%capture, %agent, %reason, "PoP failed");
+                    return;
+                }
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn convert(&self, mut record: CaptureRecord, cancel: CancellationToken) {
+        let id = record.id.clone();
+        let shards = loop {
+            match self.repo.list_shards(&id).await {
+                Ok(s) => break s,
+                Err(error) => {
+                    tracing::warn!(capture = %id, %error, "shards unreadable; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        for pop in &mut record.pops {
+            pop.shards = shards.iter().filter(|(a, _)| *a == pop.agent_id).map(|(_, s)| s.clone()).collect();
+        }
+        record.status = CaptureStatus::ConversionRunning;
+        self.persist(&record).await;
+        let store = match record.destination_conf.as_deref() {
+            Some(uri) => self.store_for_uri(uri).await,
+            None => Err(StorageError::Rejected("no destination_conf".into())),
+        };
+        let outcome = match &store {
+            Ok(store) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = self.merge_into_bucket(store, &record) => r,
+                }
+            }
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        };
+        let failures = failure_summary(&record.pops);
+        let delete_shards = match outcome {
+            Ok(Some(packets)) => {
+                record.status = CaptureStatus::Success;
+                record.packets_captured = Some(packets);
+                record.error_message = failures;
+                tracing::info!(capture = %id, packets, leader = %self.name, "full capture merged into the bucket");
+                !self.settings.keep_shards
+            }
+            Ok(None) => {
+                record.status = CaptureStatus::Failed;
+                record.packets_captured = Some(0);
+                record.error_message = Some(failures.unwrap_or_else(|| "no PoP delivered any packet".into()));
+                false
+            }
+            Err(e) => {
+                record.status = CaptureStatus::Failed;
+                let mut message = format!("merge into the bucket failed: {e}; the shards are kept under {}", shard_prefix(&id));
+                if let Some(f) = failures {
+                    message.push_str("; ");
+                    message.push_str(&f);
+                }
+                record.error_message = Some(message);
+                tracing::error!(capture = %id, error = %e, "full capture merge failed");
+                false
+            }
+        };
+        // The final status first: a leader that dies after this point leaves only garbage
+        // (shards, working keys), never a capture whose shards are gone but unmerged.
+        loop {
+            if self.persist(&record).await {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if delete_shards && let Ok(store) = &store {
+            for shard in record.pops.iter().flat_map(|p| &p.shards) {
+                if let Err(e) = store.delete(&shard.key).await {
+                    tracing::warn!(capture = %id, key = %shard.key, error = %e, "shard not deleted after the merge");
+                }
+            }
+        }
+        let agents: Vec<String> = record.pops.iter().map(|p| p.agent_id.clone()).collect();
+        if let Err(error) = self.repo.delete_capture_work(&id, &agents).await {
+            tracing::warn!(capture = %id, %error, "working keys of a finished capture not removed");
+        }
+    }
+
+    /// Downloads the shards, merges them in time order with per-PoP provenance, writes the
+    /// merged object. `Ok(None)` when there is nothing to merge.
+    async fn merge_into_bucket(&self, store: &Arc<S3Store>, record: &CaptureRecord) -> anyhow::Result<Option<u64>> {
+        let shards: Vec<(&PopResult, &ShardRef)> =
+            record.pops.iter().flat_map(|p| p.shards.iter().map(move |s| (p, s))).collect();
+        if shards.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.tmp_dir.join(format!("full-{}-{}", record.id, uuid::Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(&dir).await?;
+        let patience = self.settings.merge_retry;
+        let result = async {
+            let mut inputs = Vec::new();
+            for (i, (pop, shard)) in shards.iter().enumerate() {
+                let path = dir.join(format!("{i:05}.pcap"));
+                with_retry("download a shard", patience, || async {
+                    let (_, mut reader) = store.get(&shard.key).await?;
+                    let mut file = tokio::fs::File::create(&path).await?;
+                    tokio::io::copy(&mut reader, &mut file)
+                        .await
+                        .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
+                    file.flush().await?;
+                    Ok(())
+                })
+                .await?;
+                inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), (*shard).clone()));
+            }
+            let out_path = dir.join("merged");
+            let comment = format!("edgecap full capture {}", record.id);
+            let merged = out_path.clone();
+            let format = if pcapng(record) { edgecap_merge::OutputFormat::PcapNg } else { edgecap_merge::OutputFormat::Pcap };
+            // Per-PoP counters for the pcapng interface statistics.
+            let counters: HashMap<String, (u64, u64)> = record
+                .pops
+                .iter()
+                .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
+                .collect();
+            let report = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
+                let mut readers = Vec::new();
+                for (path, pop, agent, shard) in inputs {
+                    let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
+                    readers.push(edgecap_merge::MergeInput {
+                        name: shard.key,
+                        reader: BufReader::with_capacity(32 << 10, std::fs::File::open(&path)?),
+                        provenance: Some(edgecap_merge::Provenance {
+                            pop,
+                            agent,
+                            iface: (!shard.interface.is_empty()).then_some(shard.interface),
+                            filter: (!shard.filter.is_empty()).then_some(shard.filter),
+                            received: Some(received),
+                            dropped: Some(dropped),
+                        }),
+                    });
+                }
+                let out = BufWriter::with_capacity(64 << 10, std::fs::File::create(&merged)?);
+                let options = edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
+                let (out, report) = edgecap_merge::merge(readers, out, &options)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(report)
+            })
+            .await??;
+            let key = merged_key(record);
+            with_retry("write the merged file", patience, || store.put_file(&key, &out_path)).await?;
+            Ok(Some(report.packets))
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        result
+    }
 }
 
 async fn with_retry<T, F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<T, StorageError>
@@ -507,136 +876,4 @@ where
             Err(e) => return Err(e),
         }
     }
-}
-
-async fn convert(full: &FullCaptures, state: &Arc<AppState>, mut record: CaptureRecord) {
-    let id = record.id.clone();
-    let Some(store) = lock(&full.active).get(&id).map(|a| a.store.clone()) else { return };
-    // Shard lists as committed (commits write them directly).
-    let committed = match state.repo.get_capture(&record.account_id, &id).await {
-        Ok(Some(r)) => r,
-        _ => record.clone(),
-    };
-    for pop in &mut record.pops {
-        if let Some(c) = committed.pops.iter().find(|c| c.agent_id == pop.agent_id) {
-            pop.shards = c.shards.clone();
-        }
-    }
-    record.status = CaptureStatus::ConversionRunning;
-    persist(state, &record).await;
-    let settings = state.full_settings.clone();
-    let outcome = merge_into_bucket(state, &store, &record, &settings).await;
-    let failures = failure_summary(&record.pops);
-    match outcome {
-        Ok(Some(packets)) => {
-            record.status = CaptureStatus::Success;
-            record.packets_captured = Some(packets);
-            record.error_message = failures;
-            if !settings.keep_shards {
-                for shard in record.pops.iter().flat_map(|p| &p.shards) {
-                    if let Err(e) = store.delete(&shard.key).await {
-                        tracing::warn!(capture = %id, key = %shard.key, error = %e, "shard not deleted after the merge");
-                    }
-                }
-            }
-            tracing::info!(capture = %id, packets, "full capture merged into the bucket");
-        }
-        Ok(None) => {
-            record.status = CaptureStatus::Failed;
-            record.packets_captured = Some(0);
-            record.error_message = Some(failures.unwrap_or_else(|| "no PoP delivered any packet".into()));
-        }
-        Err(e) => {
-            record.status = CaptureStatus::Failed;
-            let mut message = format!("merge into the bucket failed: {e}; the shards are kept under {}", shard_prefix(&id));
-            if let Some(f) = failures {
-                message.push_str("; ");
-                message.push_str(&f);
-            }
-            record.error_message = Some(message);
-            tracing::error!(capture = %id, error = %e, "full capture merge failed");
-        }
-    }
-    loop {
-        if persist(state, &record).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Downloads the shards, merges them in time order with per-PoP provenance, writes
-/// `pcap_<id>.pcap`. `Ok(None)` when there is nothing to merge.
-async fn merge_into_bucket(
-    state: &AppState,
-    store: &Arc<S3Store>,
-    record: &CaptureRecord,
-    settings: &FullSettings,
-) -> anyhow::Result<Option<u64>> {
-    let shards: Vec<(&PopResult, &ShardRef)> =
-        record.pops.iter().flat_map(|p| p.shards.iter().map(move |s| (p, s))).collect();
-    if shards.is_empty() {
-        return Ok(None);
-    }
-    let dir = state.tmp_dir.join(format!("full-{}", record.id));
-    tokio::fs::create_dir_all(&dir).await?;
-    let result = async {
-        let mut inputs = Vec::new();
-        for (i, (pop, shard)) in shards.iter().enumerate() {
-            let path = dir.join(format!("{i:05}.pcap"));
-            with_retry("download a shard", settings.merge_retry, || async {
-                let (_, mut reader) = store.get(&shard.key).await?;
-                let mut file = tokio::fs::File::create(&path).await?;
-                tokio::io::copy(&mut reader, &mut file).await.map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
-                file.flush().await?;
-                Ok(())
-            })
-            .await?;
-            inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), (*shard).clone()));
-        }
-        let out_path = dir.join("merged.pcap");
-        let comment = format!("edgecap full capture {}", record.id);
-        let merged = out_path.clone();
-        let format = if pcapng(record) { edgecap_merge::OutputFormat::PcapNg } else { edgecap_merge::OutputFormat::Pcap };
-        // Per-PoP counters for the pcapng interface statistics.
-        let counters: HashMap<String, (u64, u64)> = record
-            .pops
-            .iter()
-            .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
-            .collect();
-        let report = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
-            let mut readers = Vec::new();
-            for (path, pop, agent, shard) in inputs {
-                let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
-                readers.push(edgecap_merge::MergeInput {
-                    name: shard.key,
-                    reader: BufReader::with_capacity(32 << 10, std::fs::File::open(&path)?),
-                    provenance: Some(edgecap_merge::Provenance {
-                        pop,
-                        agent,
-                        iface: (!shard.interface.is_empty()).then_some(shard.interface),
-                        filter: (!shard.filter.is_empty()).then_some(shard.filter),
-                        received: Some(received),
-                        dropped: Some(dropped),
-                    }),
-                });
-            }
-            let out = BufWriter::with_capacity(64 << 10, std::fs::File::create(&merged)?);
-            let options = edgecap_merge::MergeOptions {
-                format: Some(format),
-                salvage: false,
-                comment: Some(comment),
-            };
-            let (out, report) = edgecap_merge::merge(readers, out, &options)?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            Ok(report)
-        })
-        .await??;
-        let key = merged_key(record);
-        with_retry("write the merged file", settings.merge_retry, || store.put_file(&key, &out_path)).await?;
-        Ok(Some(report.packets))
-    }
-    .await;
-    let _ = tokio::fs::remove_dir_all(&dir).await;
-    result
 }

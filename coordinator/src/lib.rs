@@ -78,8 +78,6 @@ pub struct AppState {
     pub sample_timeout: Duration,
     pub agent_wait: Duration,
     pub full: Arc<full::FullCaptures>,
-    pub s3_credentials: HashMap<String, StaticCredentials>,
-    pub full_settings: full::FullSettings,
 }
 
 /// A running coordinator.
@@ -112,6 +110,14 @@ impl Coordinator {
             repo.add_token(account, token).await.context("register API tokens")?;
         }
         let registry = Arc::new(control::Registry::default());
+        let full = Arc::new(full::FullCaptures::new(
+            repo.clone(),
+            registry.clone(),
+            config.name.clone(),
+            config.full.clone(),
+            config.s3_credentials.clone(),
+            config.tmp_dir.clone(),
+        ));
         let state = Arc::new(AppState {
             repo: repo.clone(),
             registry: registry.clone(),
@@ -122,9 +128,7 @@ impl Coordinator {
             tmp_dir: config.tmp_dir.clone(),
             sample_timeout: config.sample_timeout,
             agent_wait: config.agent_wait,
-            full: Arc::new(full::FullCaptures::default()),
-            s3_credentials: config.s3_credentials.clone(),
-            full_settings: config.full.clone(),
+            full: full.clone(),
         });
 
         let api_listener = TcpListener::bind(config.api_listen)
@@ -152,7 +156,6 @@ impl Coordinator {
             repo: repo.clone(),
             coordinator_name: config.name.clone(),
             full: state.full.clone(),
-            presign_expiry: config.full.presign_expiry,
         };
         let incoming = tls_listener::incoming(grpc_listener, tls, cancel.clone());
         let grpc_cancel = cancel.clone();
@@ -172,21 +175,26 @@ impl Coordinator {
             if record.capture_type == model::CaptureType::Simple && record.status == model::CaptureStatus::Pending {
                 tracing::info!(capture = %record.id, "resuming a sample capture accepted before the restart");
                 tokio::spawn(sample::run(state.clone(), record.account_id, record.id));
-            } else if record.capture_type == model::CaptureType::Full && !record.status.is_final() {
-                // The agents went on capturing and spooling; follow them again.
-                let destination = record.destination_conf.as_deref().map(destination::DestinationConf::parse);
-                match destination {
-                    Some(Ok(destination)) => match full::open_destination(&state, &destination).await {
-                        Ok(store) => {
-                            tracing::info!(capture = %record.id, "resuming a full capture after the restart");
-                            state.full.launch(state.clone(), record, store);
-                        }
-                        Err(error) => tracing::error!(capture = %record.id, %error, "full capture not resumed"),
-                    },
-                    _ => tracing::error!(capture = %record.id, "full capture without a valid destination not resumed"),
-                }
             }
         }
+        // Full captures are followed by the elected leader (whichever replica it is), and
+        // every replica forwards jobs to the agents connected to it.
+        tasks.spawn({
+            let full = full.clone();
+            let cancel = cancel.clone();
+            async move {
+                full.lead(cancel).await;
+                Ok(())
+            }
+        });
+        tasks.spawn({
+            let full = full.clone();
+            let cancel = cancel.clone();
+            async move {
+                full.forward_jobs(cancel).await;
+                Ok(())
+            }
+        });
         tracing::info!(%api_addr, %grpc_addr, name = %config.name, "coordinator started");
         Ok(Self { api_addr, grpc_addr, state, cancel, tasks })
     }

@@ -6,6 +6,10 @@
 //! /edgecap/v1/captures/{account}/{id}       CaptureRecord           account first: listing is one prefix read
 //! /edgecap/v1/ownerships/{account}/{id}     OwnershipRecord
 //! /edgecap/v1/agents/{agent_id}             AgentPresence (leased)  disappears when the agent's lease lapses
+//! /edgecap/v1/jobs/{agent_id}/{capture_id}   JobRecord               what one agent must do; watched by every replica
+//! /edgecap/v1/pops/{capture_id}/{agent_id}   PopResult               one PoP's progress, written by its agent's replica
+//! /edgecap/v1/shards/{capture_id}/{agent_id}/{shard}  ShardRef      one delivered shard (idempotent by key)
+//! /edgecap/v1/leader                        {"name", "since"} (leased)  the replica that runs captures to their end
 //! ```
 
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use edgecap_state::{LeaseId, Revision, StateError, StateStore};
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
-use crate::model::{CaptureRecord, OwnershipRecord};
+use crate::model::{CaptureRecord, JobRecord, OwnershipRecord, PopResult, ShardRef};
 
 pub const PREFIX: &str = "/edgecap/v1";
 
@@ -60,11 +64,22 @@ fn capture_key(account: &str, id: &str) -> String {
     format!("{PREFIX}/captures/{account}/{id}")
 }
 
+pub fn job_key(agent: &str, capture: &str) -> String {
+    format!("{PREFIX}/jobs/{agent}/{capture}")
+}
+
+pub const JOBS_PREFIX: &str = "/edgecap/v1/jobs/";
+pub const LEADER_KEY: &str = "/edgecap/v1/leader";
+
+fn pop_key(capture: &str, agent: &str) -> String {
+    format!("{PREFIX}/pops/{capture}/{agent}")
+}
+
 fn ownership_key(account: &str, id: &str) -> String {
     format!("{PREFIX}/ownerships/{account}/{id}")
 }
 
-fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
     serde_json::from_slice(value).map_err(|e| RepoError::Decode { key: key.to_string(), message: e.to_string() })
 }
 
@@ -182,6 +197,83 @@ impl Repo {
     pub async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
         let key = format!("{PREFIX}/agents/{}", presence.agent_id);
         self.store.put(&key, encode(presence), Some(lease)).await?;
+        Ok(())
+    }
+
+    pub async fn put_job(&self, job: &JobRecord) -> Result<()> {
+        self.store.put(&job_key(&job.agent_id, &job.capture_id), encode(job), None).await?;
+        Ok(())
+    }
+
+    pub async fn get_job(&self, agent: &str, capture: &str) -> Result<Option<JobRecord>> {
+        let key = job_key(agent, capture);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(decode(&key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn jobs_for_agent(&self, agent: &str) -> Result<Vec<JobRecord>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&format!("{PREFIX}/jobs/{agent}/")).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_job(&self, agent: &str, capture: &str) -> Result<()> {
+        self.store.delete(&job_key(agent, capture)).await?;
+        Ok(())
+    }
+
+    /// One PoP's progress, with the revision to compare-and-swap against.
+    pub async fn get_pop(&self, capture: &str, agent: &str) -> Result<Option<(PopResult, Revision)>> {
+        let key = pop_key(capture, agent);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a PoP's progress if the key is still at `expected` (`None`: absent).
+    pub async fn cas_pop(&self, capture: &str, agent: &str, expected: Option<Revision>, pop: &PopResult) -> Result<bool> {
+        Ok(self.store.compare_and_put(&pop_key(capture, agent), expected, encode(pop), None).await?.is_some())
+    }
+
+    pub async fn list_pops(&self, capture: &str) -> Result<Vec<PopResult>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&format!("{PREFIX}/pops/{capture}/")).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn put_shard(&self, capture: &str, agent: &str, name: &str, shard: &ShardRef) -> Result<()> {
+        self.store.put(&format!("{PREFIX}/shards/{capture}/{agent}/{name}"), encode(shard), None).await?;
+        Ok(())
+    }
+
+    /// Delivered shards of a capture: (agent id, shard), in key order.
+    pub async fn list_shards(&self, capture: &str) -> Result<Vec<(String, ShardRef)>> {
+        let prefix = format!("{PREFIX}/shards/{capture}/");
+        let mut out = Vec::new();
+        for kv in self.store.list(&prefix).await? {
+            let agent = kv.key[prefix.len()..].split('/').next().unwrap_or("").to_string();
+            out.push((agent, decode(&kv.key, &kv.value)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes a finished capture's working keys (its pops and shards lists live on in the
+    /// capture record).
+    pub async fn delete_capture_work(&self, capture: &str, agents: &[String]) -> Result<()> {
+        for agent in agents {
+            self.store.delete(&job_key(agent, capture)).await?;
+            self.store.delete(&pop_key(capture, agent)).await?;
+        }
+        for kv in self.store.list(&format!("{PREFIX}/shards/{capture}/")).await? {
+            self.store.delete(&kv.key).await?;
+        }
         Ok(())
     }
 

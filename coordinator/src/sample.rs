@@ -151,6 +151,17 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
         pops.push(pop);
     }
 
+    // Agents connected to other replicas are named, not silently left out.
+    if let Ok(present) = state.repo.list_agents().await {
+        for a in present.into_iter().filter(|p| !agents.iter().any(|l| l.agent_id == p.agent_id)) {
+            let error = format!(
+                "agent is connected to coordinator {:?}, not to the one that took this request: sample captures do not cross coordinator replicas yet",
+                a.coordinator
+            );
+            failures.push(format!("{} ({}): {error}", a.pop, a.agent_id));
+            pops.push(PopResult { pop: a.pop, agent_id: a.agent_id, status: "failed".into(), error: Some(error), ..PopResult::default() });
+        }
+    }
     let mut merged = merge_sorted(inputs);
     if merged.len() as u64 > limit {
         // Keep the newest `limit`: the window is read backwards from offset_time.

@@ -27,9 +27,23 @@ async fn api_with(rate_limits: RateLimits) -> Api {
     repo.add_token("acct-a", TOKEN_A).await.unwrap();
     repo.add_token("acct-b", TOKEN_B).await.unwrap();
     let objects = edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") }).unwrap();
+    let registry = Arc::new(control::Registry::default());
+    let credentials = [(
+        "bucket-1".to_string(),
+        serde_json::from_value(json!({"access_key_id": "k", "secret_access_key": "s"})).unwrap(),
+    )]
+    .into();
+    let full = Arc::new(edgecap_coordinator::full::FullCaptures::new(
+        repo.clone(),
+        registry.clone(),
+        "test".into(),
+        Default::default(),
+        credentials,
+        dir.path().join("tmp"),
+    ));
     let state = Arc::new(AppState {
         repo,
-        registry: Arc::new(control::Registry::default()),
+        registry,
         store: objects,
         limits: Limits::default(),
         rate_limits,
@@ -37,13 +51,7 @@ async fn api_with(rate_limits: RateLimits) -> Api {
         tmp_dir: dir.path().join("tmp"),
         sample_timeout: Duration::from_secs(1),
         agent_wait: Duration::ZERO,
-        full: Default::default(),
-        s3_credentials: [(
-            "bucket-1".to_string(),
-            serde_json::from_value(json!({"access_key_id": "k", "secret_access_key": "s"})).unwrap(),
-        )]
-        .into(),
-        full_settings: Default::default(),
+        full,
     });
     Api { router: api::router(state.clone()), state, _dir: dir }
 }

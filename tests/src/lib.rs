@@ -157,6 +157,20 @@ impl Drop for Proc {
     }
 }
 
+/// Waits until something listens on `addr` (`host:port`) inside namespace `ns`.
+pub fn wait_port_in(ns: &str, addr: &str, what: &str) {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let probe = format!("exec 3<>/dev/tcp/{host}/{port}");
+    wait_for(what, Duration::from_secs(30), || {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "bash", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(())
+    });
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -204,6 +218,8 @@ pub struct EtcdServer {
     pub client: String,
     peer: String,
     dir: tempfile::TempDir,
+    /// Runs inside this namespace (on its loopback), else on the host's.
+    netns: Option<String>,
 }
 
 impl EtcdServer {
@@ -214,7 +230,23 @@ impl EtcdServer {
         }
         let client = format!("127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir") };
+        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None };
+        server.start();
+        Some(server)
+    }
+
+    /// Starts one on the loopback of `ns` (for coordinators running in that namespace).
+    pub fn launch_in(test: &str, ns: &NetNs) -> Option<Self> {
+        if !require_tool(test, "etcd") {
+            return None;
+        }
+        let mut server = EtcdServer {
+            child: None,
+            client: "127.0.0.1:2379".into(),
+            peer: "http://127.0.0.1:2380".into(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            netns: Some(ns.name.clone()),
+        };
         server.start();
         Some(server)
     }
@@ -226,7 +258,15 @@ impl EtcdServer {
     /// (Re)starts etcd on the same ports and data directory and waits for it to listen.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
-        let child = Command::new("etcd")
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &format!("http://{}", self.client)])
@@ -238,8 +278,13 @@ impl EtcdServer {
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        let client = self.client.clone();
-        wait_for("etcd to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&client).ok());
+        match &self.netns {
+            Some(ns) => wait_port_in(ns, &self.client, "etcd to listen"),
+            None => {
+                let client = self.client.clone();
+                wait_for("etcd to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&client).ok());
+            }
+        }
     }
 
     /// Kills etcd (keeps its data).
@@ -358,15 +403,7 @@ impl S3Server {
         let addr = format!("127.0.0.1:{}", self.port);
         // Probe the port, not HTTP: unsigned requests are refused (and logged) by s3s-fs.
         match &self.netns {
-            Some(ns) => wait_for("s3s-fs to listen", Duration::from_secs(30), || {
-                let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port);
-                let ok = Command::new("ip")
-                    .args(["netns", "exec", ns, "bash", "-c", &probe])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                ok.then_some(())
-            }),
+            Some(ns) => wait_port_in(ns, &addr, "s3s-fs to listen"),
             None => {
                 wait_for("s3s-fs to listen", Duration::from_secs(30), || std::net::TcpStream::connect(&addr).ok());
             }
@@ -386,4 +423,50 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A PoP namespace joined to a core namespace by a veth pair, with its agent's certificate.
+pub struct PopNs {
+    pub name: String,
+    pub ns: NetNs,
+    /// The core-side end of the PoP's uplink (traffic is replayed into it).
+    pub core_veth: String,
+    /// The PoP-side end (the agent captures on it).
+    pub pop_veth: String,
+    pub tls: edgecap_tls::TlsFiles,
+}
+
+/// PoPs `ord01..ord0N`: PoP `i` is 10.213.i.2/30 with the core at 10.213.i.1, and a route to
+/// the core's other addresses (so every PoP reaches services bound to 10.213.1.1). Agent
+/// certificates (`agent-ord0i`) are issued from the CA in `pki`.
+pub fn pop_namespaces(core: &NetNs, pki: &Path, count: usize) -> Vec<PopNs> {
+    (1..=count)
+        .map(|i| {
+            let name = format!("ord0{i}");
+            let ns = NetNs::new(&name);
+            let (core_veth, pop_veth) = veth(core, &format!("10.213.{i}.1/30"), &ns, &format!("10.213.{i}.2/30"));
+            run(Command::new("ip").args(["-n", &ns.name, "route", "add", "10.213.0.0/16", "via", &format!("10.213.{i}.1")]));
+            let tls = edgecap_tls::pki::issue_agent(pki, &format!("agent-{name}"), &name).expect("issue agent certificate");
+            PopNs { name, ns, core_veth, pop_veth, tls }
+        })
+        .collect()
+}
+
+/// Runs the `edgecap` CLI inside `ns` against `api` as account `acct`; its JSON output.
+pub fn edgecap_cli(ns: &NetNs, api: &str, token: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = ns
+        .cmd(bin("edgecap"))
+        .args(args)
+        .env("EDGECAP_API", api)
+        .env("EDGECAP_ACCOUNT", "acct")
+        .env("EDGECAP_TOKEN", token)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    if out.stdout.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edgecap_e2e::{NetNs, Proc, S3Server, bin, require_root, require_tool, sweep_stale, tshark_packets, veth, wait_for};
+use edgecap_e2e::{NetNs, PopNs, Proc, S3Server, bin, edgecap_cli, pop_namespaces, require_root, require_tool, sweep_stale, tshark_packets, wait_for};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "e2e-token-0123456789abcdef";
@@ -18,22 +18,13 @@ fn dns_pcap() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pcaps/DnsPackets.pcap")
 }
 
-struct Pop {
-    name: String,
-    ns: NetNs,
-    /// The core-side end of the PoP's uplink (traffic is replayed into it).
-    core_veth: String,
-    pop_veth: String,
-    tls: edgecap_tls::TlsFiles,
-}
-
 /// Fields drop in order: processes first, then the S3 server, then the namespaces.
 struct Fixture {
     traffic: Vec<Proc>,
     agents: Vec<Option<Proc>>,
     coordinator: Option<Proc>,
     s3: S3Server,
-    pops: Vec<Pop>,
+    pops: Vec<PopNs>,
     core: NetNs,
     dir: tempfile::TempDir,
     coordinator_args: Vec<String>,
@@ -54,20 +45,7 @@ impl Fixture {
         let core = NetNs::new("core");
         let s3 = S3Server::launch_in(test, &core)?;
         s3.create_bucket(BUCKET);
-        let mut pops = Vec::new();
-        for i in 1..=3 {
-            let name = format!("ord0{i}");
-            let ns = NetNs::new(&name);
-            let (core_veth, pop_veth) = veth(&core, &format!("10.213.{i}.1/30"), &ns, &format!("10.213.{i}.2/30"));
-            // Every PoP reaches the core's addresses (the S3 endpoint is 10.213.1.1).
-            let route = std::process::Command::new("ip")
-                .args(["-n", &ns.name, "route", "add", "10.213.0.0/16", "via", &format!("10.213.{i}.1")])
-                .status()
-                .unwrap();
-            assert!(route.success());
-            let tls = edgecap_tls::pki::issue_agent(&pki, &format!("agent-{name}"), &name).unwrap();
-            pops.push(Pop { name, ns, core_veth, pop_veth, tls });
-        }
+        let pops = pop_namespaces(&core, &pki, 3);
         let creds = dir.path().join("s3-credentials.json");
         std::fs::write(
             &creds,
@@ -126,22 +104,7 @@ impl Fixture {
     }
 
     fn cli(&self, args: &[&str]) -> Result<Value, String> {
-        let out = self
-            .core
-            .cmd(bin("edgecap"))
-            .args(args)
-            .env("EDGECAP_API", "http://127.0.0.1:9440/client/v4")
-            .env("EDGECAP_ACCOUNT", "acct")
-            .env("EDGECAP_TOKEN", TOKEN)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        if out.stdout.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+        edgecap_cli(&self.core, "http://127.0.0.1:9440/client/v4", TOKEN, args)
     }
 
     fn wait_agents(&mut self, n: usize) {

@@ -18,22 +18,7 @@ struct Cli<'a> {
 
 impl Cli<'_> {
     fn run(&self, args: &[&str]) -> Result<Value, String> {
-        let out = self
-            .ns
-            .cmd(bin("edgecap"))
-            .args(args)
-            .env("EDGECAP_API", &self.api)
-            .env("EDGECAP_ACCOUNT", "acct")
-            .env("EDGECAP_TOKEN", TOKEN)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        if out.stdout.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+        edgecap_e2e::edgecap_cli(self.ns, &self.api, TOKEN, args)
     }
 }
 
