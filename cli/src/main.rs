@@ -6,6 +6,7 @@
 //! * `edgecap capture create|list|get|download|stop`, `edgecap ownership create|validate|list|delete`
 //!   and `edgecap agents`: the API, from a shell.
 
+mod bench;
 mod client;
 mod merge;
 mod up;
@@ -52,6 +53,9 @@ enum Command {
     },
     /// Merge pcap/pcapng files into one, in timestamp order (a drop-in for mergecap).
     Merge(merge::MergeArgs),
+    /// Benchmark hook: per-PoP status writes against etcd (bench/etcd.sh).
+    #[command(hide = true)]
+    BenchStatus(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +204,7 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Merge(args) => merge::run(args),
+        Command::BenchStatus(args) => bench::run(args).await,
         Command::Agents { api } => {
             let client = client::Client::new(api)?;
             client::print(&client.agents().await.context("list agents")?)
