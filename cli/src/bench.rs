@@ -40,7 +40,7 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = args.endpoints.split(',').map(|e| e.trim_start_matches("http://").to_string()).collect();
     let prefix = format!("/{}", args.prefix.trim_matches('/'));
-    let store = edgecap_state::open(&edgecap_state::StateConfig::Etcd { endpoints, prefix }).await?;
+    let store = edgecap_state::open(&edgecap_state::StateConfig::Etcd { endpoints, prefix, auth: Default::default() }).await?;
     let repo = Repo::new(store);
     let full = Arc::new(FullCaptures::new(
         repo.clone(),

@@ -220,6 +220,8 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     /// Runs inside this namespace (on its loopback), else on the host's.
     netns: Option<String>,
+    /// Server TLS (cert, key, client CA): clients must present a certificate from that CA.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl EtcdServer {
@@ -230,7 +232,21 @@ impl EtcdServer {
         }
         let client = format!("127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None };
+        let mut server =
+            EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None, tls: None };
+        server.start();
+        Some(server)
+    }
+
+    /// Starts one that speaks only TLS and requires client certificates (`--client-cert-auth`).
+    pub fn launch_tls(test: &str, cert: &Path, key: &Path, client_ca: &Path) -> Option<Self> {
+        if !require_tool(test, "etcd") {
+            return None;
+        }
+        let client = format!("127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let tls = Some((cert.to_path_buf(), key.to_path_buf(), client_ca.to_path_buf()));
+        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None, tls };
         server.start();
         Some(server)
     }
@@ -246,6 +262,7 @@ impl EtcdServer {
             peer: "http://127.0.0.1:2380".into(),
             dir: tempfile::tempdir().expect("temp dir"),
             netns: Some(ns.name.clone()),
+            tls: None,
         };
         server.start();
         Some(server)
@@ -266,11 +283,16 @@ impl EtcdServer {
             }
             None => Command::new("etcd"),
         };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        if let Some((cert, key, ca)) = &self.tls {
+            command.arg("--cert-file").arg(cert).arg("--key-file").arg(key).arg("--trusted-ca-file").arg(ca);
+            command.arg("--client-cert-auth");
+        }
         let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("http://{}", self.client)])
-            .args(["--advertise-client-urls", &format!("http://{}", self.client)])
+            .args(["--listen-client-urls", &format!("{scheme}://{}", self.client)])
+            .args(["--advertise-client-urls", &format!("{scheme}://{}", self.client)])
             .args(["--listen-peer-urls", &self.peer, "--initial-advertise-peer-urls", &self.peer])
             .args(["--initial-cluster", &format!("t={}", self.peer), "--log-level", "error"])
             .stdout(Stdio::null())

@@ -40,7 +40,11 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         tls: edgecap_tls::TlsFiles::in_dir(&pki, "coordinator"),
         tls_reload_interval: Duration::from_secs(5),
-        state: edgecap_state::StateConfig::Etcd { endpoints: etcd.endpoints(), prefix: "/edgecap-test".into() },
+        state: edgecap_state::StateConfig::Etcd {
+            endpoints: etcd.endpoints(),
+            prefix: "/edgecap-test".into(),
+            auth: Default::default(),
+        },
         storage: edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("objects") },
         tmp_dir: dir.path().join("tmp"),
         limits: Limits::default(),

@@ -34,10 +34,30 @@ fn unavailable(e: etcd_client::Error) -> StateError {
 impl EtcdStore {
     /// Connects to `endpoints` (`host:port`); every key lives under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
+        Self::connect_with(endpoints, prefix, &crate::EtcdAuth::default()).await
+    }
+
+    /// Same, with TLS (and a client certificate) and/or a user, as `auth` says.
+    pub async fn connect_with(endpoints: &[String], prefix: &str, auth: &crate::EtcdAuth) -> Result<Self> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_err(|e| StateError::Unavailable(format!("etcd TLS file {}: {e}", p.display())))
+        };
+        let mut endpoints: Vec<String> = endpoints.to_vec();
+        if let Some(ca) = &auth.ca {
+            let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&auth.cert, &auth.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+            endpoints = endpoints.iter().map(|e| format!("https://{e}")).collect();
+        }
+        if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
         let client = Client::connect(endpoints, Some(options)).await.map_err(unavailable)?;
         Ok(Self { client, prefix: prefix.trim_end_matches('/').to_string() })
     }

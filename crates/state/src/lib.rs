@@ -35,7 +35,7 @@ mod config_tests {
     fn parses_state_flag() {
         let d = Path::new("/d");
         assert!(matches!(StateConfig::parse("embedded", d), Ok(StateConfig::Embedded { .. })));
-        let StateConfig::Etcd { endpoints, prefix } = StateConfig::parse("etcd://a:2379,b:2379/edge/cap/", d).unwrap() else {
+        let StateConfig::Etcd { endpoints, prefix, .. } = StateConfig::parse("etcd://a:2379,b:2379/edge/cap/", d).unwrap() else {
             panic!()
         };
         assert_eq!(endpoints, ["a:2379", "b:2379"]);
@@ -158,13 +158,42 @@ pub enum StateConfig {
     Embedded { dir: PathBuf },
     /// In memory only (tests).
     Memory,
-    /// etcd: endpoints (`host:port`) and the key prefix this installation uses.
-    Etcd { endpoints: Vec<String>, prefix: String },
+    /// etcd: endpoints (`host:port`), the key prefix this installation uses, and how to
+    /// authenticate (TLS client certificate, user and password).
+    Etcd { endpoints: Vec<String>, prefix: String, auth: EtcdAuth },
+}
+
+/// How a coordinator proves itself to etcd. `Debug` never shows the password.
+#[derive(Clone, Default)]
+pub struct EtcdAuth {
+    /// CA that signed etcd's server certificate: TLS to etcd (endpoints become https).
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key (etcd's `--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user (role-based access); the password comes from `password_file` or the
+    /// `EDGECAP_ETCD_PASSWORD` environment variable, never from the URL.
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl StateConfig {
-    /// Parses `--state`: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`, or `embedded` (under
-    /// `data_dir`).
+    /// Parses `--state`: `embedded` (under `data_dir`) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ca=PATH&cert=PATH&key=PATH&user=NAME&password_file=PATH]`
+    /// (`ca` turns TLS on; `cert`+`key` are a client certificate; the password is read from
+    /// `password_file`, else from `EDGECAP_ETCD_PASSWORD`).
     pub fn parse(text: &str, data_dir: &std::path::Path) -> std::result::Result<Self, String> {
         if text == "embedded" {
             return Ok(StateConfig::Embedded { dir: data_dir.join("state") });
@@ -172,6 +201,43 @@ impl StateConfig {
         let rest = text
             .strip_prefix("etcd://")
             .ok_or_else(|| format!("--state {text:?}: use embedded or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut auth = EtcdAuth::default();
+        let mut password_file = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if v.is_empty() {
+                return Err(format!("--state: parameter {k:?} needs a value"));
+            }
+            match k {
+                "ca" => auth.ca = Some(PathBuf::from(v)),
+                "cert" => auth.cert = Some(PathBuf::from(v)),
+                "key" => auth.key = Some(PathBuf::from(v)),
+                "user" => auth.user = Some(v.to_string()),
+                "password_file" => password_file = Some(PathBuf::from(v)),
+                "password" => return Err("--state: a password in the URL would show in process lists; use password_file=PATH or EDGECAP_ETCD_PASSWORD".into()),
+                other => return Err(format!("--state: unknown parameter {other:?} (known: ca, cert, key, user, password_file)")),
+            }
+        }
+        if auth.cert.is_some() != auth.key.is_some() {
+            return Err("--state: cert and key go together".into());
+        }
+        if auth.cert.is_some() && auth.ca.is_none() {
+            return Err("--state: a client certificate needs ca= (TLS to etcd)".into());
+        }
+        if auth.user.is_some() {
+            auth.password = match password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("--state: password_file {}: {e}", path.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                ),
+                None => Some(std::env::var("EDGECAP_ETCD_PASSWORD").map_err(|_| {
+                    "--state: user= needs password_file=PATH or EDGECAP_ETCD_PASSWORD".to_string()
+                })?),
+            };
+        }
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let endpoints: Vec<String> = hosts.split(',').map(str::trim).map(String::from).collect();
         for e in &endpoints {
@@ -184,7 +250,7 @@ impl StateConfig {
             return Err(format!("--state {text:?}: prefix {prefix:?} is not a clean key prefix"));
         }
         let prefix = if prefix.is_empty() { String::new() } else { format!("/{}", prefix.trim_end_matches('/')) };
-        Ok(StateConfig::Etcd { endpoints, prefix })
+        Ok(StateConfig::Etcd { endpoints, prefix, auth })
     }
 }
 
@@ -194,6 +260,8 @@ pub async fn open(config: &StateConfig) -> Result<Arc<dyn StateStore>> {
     match config {
         StateConfig::Embedded { dir } => Ok(Arc::new(embedded::EmbeddedStore::open(dir)?)),
         StateConfig::Memory => Ok(Arc::new(embedded::EmbeddedStore::in_memory())),
-        StateConfig::Etcd { endpoints, prefix } => Ok(Arc::new(etcd::EtcdStore::connect(endpoints, prefix).await?)),
+        StateConfig::Etcd { endpoints, prefix, auth } => {
+            Ok(Arc::new(etcd::EtcdStore::connect_with(endpoints, prefix, auth).await?))
+        }
     }
 }
