@@ -242,6 +242,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             version: hello.version,
             coordinator: self.coordinator_name.clone(),
             connected_at: crate::model::rfc3339(time::OffsetDateTime::now_utc()),
+            sample_rate: hello.sample_rate,
         };
         tokio::spawn(async move {
             let lease = publish_presence(&repo, &presence).await;

@@ -29,6 +29,7 @@ pub mod destination;
 pub mod error;
 pub mod full;
 pub mod model;
+pub mod relay;
 pub mod repo;
 pub mod sample;
 pub mod tls_listener;
@@ -192,6 +193,14 @@ impl Coordinator {
             let cancel = cancel.clone();
             async move {
                 full.forward_jobs(cancel).await;
+                Ok(())
+            }
+        });
+        // Sample queries for agents connected here, asked by other replicas.
+        tasks.spawn({
+            let (repo, registry, cancel, timeout) = (repo.clone(), state.registry.clone(), cancel.clone(), config.sample_timeout);
+            async move {
+                relay::serve(repo, registry, timeout, cancel).await;
                 Ok(())
             }
         });

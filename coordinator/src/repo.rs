@@ -53,6 +53,9 @@ pub struct AgentPresence {
     pub version: String,
     pub coordinator: String,
     pub connected_at: String,
+    /// The agent's lookback sampling (1 in N).
+    #[serde(default)]
+    pub sample_rate: u32,
 }
 
 pub fn token_hash(token: &str) -> String {

@@ -57,6 +57,42 @@ fn filter_to_pb(f: &edgecap_capture::FilterV1) -> pb::FilterV1 {
     }
 }
 
+/// An agent a sample capture asks: connected here, or (relayed through the state store) to
+/// another replica.
+struct Target {
+    agent_id: String,
+    pop: String,
+    sample_rate: u32,
+    kernel_dropped: u64,
+    local: bool,
+}
+
+/// Every present agent: those connected here from the registry, the others from the shared
+/// presence keys. With the state store unreachable, the local ones only.
+async fn targets(state: &AppState) -> Vec<Target> {
+    let mut out: Vec<Target> = state
+        .registry
+        .agents()
+        .into_iter()
+        .map(|a| Target {
+            agent_id: a.agent_id,
+            pop: a.pop,
+            sample_rate: a.sample_rate,
+            kernel_dropped: a.lookback.kernel_dropped,
+            local: true,
+        })
+        .collect();
+    if let Ok(present) = state.repo.list_agents().await {
+        for p in present {
+            if out.iter().all(|t| t.agent_id != p.agent_id) {
+                out.push(Target { agent_id: p.agent_id, pop: p.pop, sample_rate: p.sample_rate, kernel_dropped: 0, local: false });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+    out
+}
+
 /// Runs one sample capture to its final status. Never panics; every failure is recorded on
 /// the capture with a reason.
 pub async fn run(state: Arc<AppState>, account: String, id: String) {
@@ -95,11 +131,11 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
     };
     let limit = record.packet_limit.unwrap_or(state.limits.packet_limit_max);
     // Just after a restart agents may still be reconnecting.
-    let mut agents = state.registry.agents();
+    let mut agents = targets(state).await;
     let wait_until = tokio::time::Instant::now() + state.agent_wait;
     while agents.is_empty() && tokio::time::Instant::now() < wait_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        agents = state.registry.agents();
+        agents = targets(state).await;
     }
     if agents.is_empty() {
         return failed("no agent is connected: sample captures read the lookback of connected agents".into(), vec![]);
@@ -113,9 +149,16 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
         filter_bpf: record.filter_bpf.clone().unwrap_or_default(),
         filter_bpf_hash: record.filter_bpf_hash.clone().unwrap_or_default(),
     };
-    let answers = join_all(
-        agents.iter().map(|a| state.registry.sample(&a.agent_id, query.clone(), state.sample_timeout)),
-    )
+    let answers = join_all(agents.iter().map(|a| {
+        let query = query.clone();
+        async move {
+            if a.local {
+                state.registry.sample(&a.agent_id, query, state.sample_timeout).await
+            } else {
+                crate::relay::remote_sample(&state.repo, &a.agent_id, query, state.sample_timeout).await
+            }
+        }
+    }))
     .await;
 
     let mut pops = Vec::new();
@@ -129,7 +172,7 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
             packets: 0,
             matched: 0,
             sample_rate: agent.sample_rate,
-            kernel_dropped: agent.lookback.kernel_dropped,
+            kernel_dropped: agent.kernel_dropped,
             error: None,
             ..PopResult::default()
         };
@@ -151,17 +194,6 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
         pops.push(pop);
     }
 
-    // Agents connected to other replicas are named, not silently left out.
-    if let Ok(present) = state.repo.list_agents().await {
-        for a in present.into_iter().filter(|p| !agents.iter().any(|l| l.agent_id == p.agent_id)) {
-            let error = format!(
-                "agent is connected to coordinator {:?}, not to the one that took this request: sample captures do not cross coordinator replicas yet",
-                a.coordinator
-            );
-            failures.push(format!("{} ({}): {error}", a.pop, a.agent_id));
-            pops.push(PopResult { pop: a.pop, agent_id: a.agent_id, status: "failed".into(), error: Some(error), ..PopResult::default() });
-        }
-    }
     let mut merged = merge_sorted(inputs);
     if merged.len() as u64 > limit {
         // Keep the newest `limit`: the window is read backwards from offset_time.

@@ -2,7 +2,8 @@
 //! S3-compatible server; three PoPs (`ord01..03`) in their own namespaces, agent `i` dialling
 //! coordinator `i` first (and the others after it). DNS traffic is replayed into every PoP.
 //!
-//! Checked: any replica serves the API for agents connected to others; killing the leader,
+//! Checked: any replica serves the API for agents connected to others, and a sample capture
+//! reads the lookback of agents connected to other replicas; killing the leader,
 //! which is also the coordinator an agent is connected to, in the middle of a full capture:
 //! the capture completes with nothing lost; restarting etcd in the middle of a capture: it
 //! completes; killing an agent: its PoP is reported lost and the others are complete; and
@@ -246,6 +247,21 @@ fn three_coordinators_share_etcd_and_survive_failures() {
     .unwrap();
     cluster.cli(2, &["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
     cluster.start_traffic(150);
+
+    // A sample capture asked of one replica reads every PoP's lookback, including the two
+    // agents connected to the other replicas (relayed through etcd).
+    std::thread::sleep(Duration::from_secs(2));
+    let sample = cluster
+        .cli(0, &["capture", "create", "--time-limit", "60", "--packet-limit", "300", "--protocol", "17", "--wait"])
+        .unwrap_or_else(|e| panic!("sample: {e}\n{}", cluster.all_logs()));
+    assert_eq!(sample["status"], "success", "{sample:#}");
+    assert_eq!(sample["packets_captured"], 300, "{sample:#}");
+    let sampled = pops(&sample);
+    assert_eq!(sampled.len(), 3, "{sample:#}");
+    for pop in &sampled {
+        assert_eq!(pop["status"], "done", "{pop:#}");
+        assert!(pop["matched"].as_u64().unwrap() > 100, "{pop:#}");
+    }
 
     // 1. The leader dies mid-capture; it is also the coordinator one agent is connected to.
     let leader = cluster.leader();

@@ -1,0 +1,152 @@
+//! Sample queries for agents connected to another coordinator replica, relayed through the
+//! state store (no replica-to-replica connections):
+//!
+//! ```text
+//! /edgecap/v1/sample-jobs/{agent_id}/{request_id}        SampleQuery (protobuf), leased
+//! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf), leased
+//! ```
+//!
+//! The asking replica writes the query under a lease as long as its timeout and watches the
+//! answers; every replica watches `sample-jobs/` and runs the queries of the agents connected
+//! to it, writing the answer in chunks (1000 packets each, well under etcd's value limit) under
+//! a short lease. Everything vanishes by itself when its lease ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecap_proto::agent::v1 as pb;
+use edgecap_state::WatchEvent;
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{Registry, SampleAnswer};
+use crate::repo::{PREFIX, Repo};
+
+fn jobs_prefix() -> String {
+    format!("{PREFIX}/sample-jobs/")
+}
+
+/// Asks a remote agent (connected to another replica) for its lookback window.
+pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQuery, timeout: Duration) -> Result<SampleAnswer, String> {
+    let store = repo.store().clone();
+    let request_id = crate::model::new_id();
+    query.request_id = request_id.clone();
+    let answers = format!("{PREFIX}/sample-answers/{request_id}/{agent_id}/");
+    let lease = store.grant_lease(timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let result = async {
+        let revision = store.revision().await.map_err(|e| e.to_string())?;
+        let mut events = store.watch(&answers, revision + 1).await.map_err(|e| e.to_string())?;
+        store
+            .put(&format!("{}{agent_id}/{request_id}", jobs_prefix()), query.encode_to_vec(), Some(lease))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = SampleAnswer::default();
+        let mut chunks = std::collections::BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(Ok(e))) => e,
+                Ok(Some(Err(e))) => return Err(format!("relay watch: {e}")),
+                Ok(None) => return Err("relay watch ended".into()),
+                Err(_) => return Err(format!("agent did not answer within {} s (relayed through another coordinator)", timeout.as_secs())),
+            };
+            let WatchEvent::Put(kv) = event else { continue };
+            let chunk = pb::SampleChunk::decode(kv.value.as_slice()).map_err(|e| format!("relayed answer: {e}"))?;
+            let seq: u32 = kv.key.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let done = chunk.done;
+            chunks.insert(seq, chunk);
+            // The last chunk is written last, so all before it have arrived by then.
+            if done {
+                break;
+            }
+        }
+        for (_, chunk) in chunks {
+            answer.packets.extend(chunk.packets);
+            if chunk.done {
+                if !chunk.error.is_empty() {
+                    return Err(chunk.error);
+                }
+                answer.matched = chunk.matched;
+                answer.lookback = chunk.lookback.unwrap_or_default();
+            }
+        }
+        Ok(answer)
+    }
+    .await;
+    let _ = store.revoke_lease(lease).await;
+    result
+}
+
+/// Runs the relayed queries of the agents connected to this replica, driven by a watch.
+pub async fn serve(repo: Repo, registry: Arc<Registry>, timeout: Duration, cancel: CancellationToken) {
+    let store = repo.store().clone();
+    while !cancel.is_cancelled() {
+        let result: Result<(), String> = async {
+            let revision = store.revision().await.map_err(|e| e.to_string())?;
+            let mut events = store.watch(&jobs_prefix(), revision + 1).await.map_err(|e| e.to_string())?;
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    e = events.next() => e,
+                };
+                match event {
+                    Some(Ok(WatchEvent::Put(kv))) => {
+                        let Some(agent_id) = kv.key.strip_prefix(&jobs_prefix()).and_then(|r| r.split('/').next()) else { continue };
+                        if registry.agents().iter().all(|a| a.agent_id != agent_id) {
+                            continue;
+                        }
+                        let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice()) else { continue };
+                        let (repo, registry, agent_id) = (repo.clone(), registry.clone(), agent_id.to_string());
+                        tokio::spawn(async move { answer(&repo, &registry, &agent_id, query, timeout).await });
+                    }
+                    Some(Ok(WatchEvent::Delete { .. })) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("watch ended".into()),
+                }
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, "sample relay watch interrupted; restarting it");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+async fn answer(repo: &Repo, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
+    let request_id = query.request_id.clone();
+    let chunks: Vec<pb::SampleChunk> = match registry.sample(agent_id, query, timeout).await {
+        Ok(answer) => {
+            let mut packets = answer.packets;
+            let mut out = Vec::new();
+            while packets.len() > 1000 {
+                let rest = packets.split_off(1000);
+                out.push(pb::SampleChunk { request_id: request_id.clone(), packets, ..Default::default() });
+                packets = rest;
+            }
+            out.push(pb::SampleChunk {
+                request_id: request_id.clone(),
+                packets,
+                done: true,
+                matched: answer.matched,
+                lookback: Some(answer.lookback),
+                error: String::new(),
+            });
+            out
+        }
+        Err(error) => vec![pb::SampleChunk { request_id: request_id.clone(), done: true, error, ..Default::default() }],
+    };
+    let store = repo.store();
+    let Ok(lease) = store.grant_lease(Duration::from_secs(60)).await else { return };
+    for (n, chunk) in chunks.iter().enumerate() {
+        let key = format!("{PREFIX}/sample-answers/{request_id}/{agent_id}/{n:06}");
+        if let Err(error) = store.put(&key, chunk.encode_to_vec(), Some(lease)).await {
+            tracing::warn!(%agent_id, %error, "relayed sample answer not written");
+            return;
+        }
+    }
+}
