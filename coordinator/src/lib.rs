@@ -101,7 +101,7 @@ impl Coordinator {
         let tls = edgecap_tls::watch_server_config(config.tls.clone(), config.tls_reload_interval)
             .context("load the coordinator's TLS files")?;
         let store = edgecap_state::open(&config.state).await.context("open the state store")?;
-        let objects = edgecap_storage::open(&config.storage).context("open the object store")?;
+        let objects = edgecap_storage::open(&config.storage).await.context("open the object store")?;
         std::fs::create_dir_all(&config.tmp_dir)
             .with_context(|| format!("create scratch directory {}", config.tmp_dir.display()))?;
         let repo = repo::Repo::new(store);

@@ -59,6 +59,11 @@ struct Args {
     /// the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles).
     #[arg(long, env = "EDGECAP_S3_CREDENTIALS")]
     s3_credentials: Option<PathBuf>,
+    /// Where sample captures' files are kept: `local` (under --data-dir) or a bucket,
+    /// `s3://bucket/prefix?region=R[&endpoint=URL]`, which several replicas must share so
+    /// any of them can serve a download. Credentials as for full captures' buckets.
+    #[arg(long, default_value = "local", env = "EDGECAP_OBJECTS")]
+    objects: String,
     /// Keep full captures' shards in the bucket after the merge.
     #[arg(long)]
     keep_shards: bool,
@@ -89,6 +94,22 @@ fn parse_tokens(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+fn storage_config(args: &Args) -> anyhow::Result<StorageConfig> {
+    if args.objects == "local" {
+        return Ok(StorageConfig::LocalDir { root: args.data_dir.join("objects") });
+    }
+    let d = edgecap_coordinator::destination::DestinationConf::parse(&args.objects)
+        .map_err(|e| anyhow::anyhow!("--objects: {}", e.message.trim_start_matches("destination_conf: ")))?;
+    let credentials = match &args.s3_credentials {
+        Some(path) => edgecap_coordinator::full::load_credentials(path)?.remove(&d.bucket),
+        None => None,
+    };
+    Ok(StorageConfig::S3 {
+        location: edgecap_storage::s3::S3Location { bucket: d.bucket, prefix: d.prefix, region: d.region, endpoint: d.endpoint },
+        credentials,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -116,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("edgecap-coordinator: {e}");
             std::process::exit(64);
         }),
-        storage: StorageConfig::LocalDir { root: args.data_dir.join("objects") },
+        storage: storage_config(&args).unwrap_or_else(|e| {
+            eprintln!("edgecap-coordinator: {e:#}");
+            std::process::exit(64);
+        }),
         tmp_dir: args.data_dir.join("tmp"),
         limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },
         rate_limits: if args.no_rate_limits { RateLimits::off() } else { RateLimits::cloudflare() },

@@ -26,7 +26,8 @@ async fn api_with(rate_limits: RateLimits) -> Api {
     let repo = repo::Repo::new(store);
     repo.add_token("acct-a", TOKEN_A).await.unwrap();
     repo.add_token("acct-b", TOKEN_B).await.unwrap();
-    let objects = edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") }).unwrap();
+    let objects =
+        edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") }).await.unwrap();
     let registry = Arc::new(control::Registry::default());
     let credentials = [(
         "bucket-1".to_string(),

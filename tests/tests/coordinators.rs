@@ -78,12 +78,15 @@ impl Cluster {
         let grpc = format!("0.0.0.0:{}", 7441 + i);
         let token = format!("acct:{TOKEN}");
         let name = format!("c{}", i + 1);
+        // Sample files in the shared bucket, so any replica serves any download.
+        let objects = format!("s3://{BUCKET}/samples?region=us-east-1&endpoint=http://10.213.1.1:{}", self.s3.port);
         self.core.spawn(
             bin("edgecap-coordinator"),
             &[
                 "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(), "--state", &state,
                 "--api-listen", &api, "--grpc-listen", &grpc, "--token", &token, "--no-rate-limits",
                 "--s3-credentials", creds.to_str().unwrap(), "--name", &name, "--reconnect-grace", "4",
+                "--objects", &objects,
             ],
             &self.dir.path().join(format!("coordinator-{name}-{}.log", unique_suffix())),
         )
@@ -262,6 +265,10 @@ fn three_coordinators_share_etcd_and_survive_failures() {
         assert_eq!(pop["status"], "done", "{pop:#}");
         assert!(pop["matched"].as_u64().unwrap() > 100, "{pop:#}");
     }
+    // Downloaded from another replica than the one that made it (shared --objects bucket).
+    let file = cluster.dir.path().join("sample.pcap");
+    cluster.cli(2, &["capture", "download", sample["id"].as_str().unwrap(), "-o", file.to_str().unwrap()]).unwrap();
+    assert_eq!(edgecap_e2e::tshark_packets(&file).len(), 300);
 
     // 1. The leader dies mid-capture; it is also the coordinator one agent is connected to.
     let leader = cluster.leader();

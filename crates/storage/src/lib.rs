@@ -76,11 +76,17 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub enum StorageConfig {
     LocalDir { root: PathBuf },
+    /// A bucket and prefix (what several coordinator replicas share); credentials from the
+    /// configuration, else the AWS chain.
+    S3 { location: s3::S3Location, credentials: Option<s3::StaticCredentials> },
 }
 
-pub fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {
+pub async fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {
     match config {
         StorageConfig::LocalDir { root } => Ok(Arc::new(local::LocalDirStore::open(root)?)),
+        StorageConfig::S3 { location, credentials } => {
+            Ok(Arc::new(s3::S3Store::connect(location.clone(), credentials.clone()).await?))
+        }
     }
 }
 
