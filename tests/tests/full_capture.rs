@@ -28,11 +28,16 @@ struct Fixture {
     core: NetNs,
     dir: tempfile::TempDir,
     coordinator_args: Vec<String>,
+    agent_args: Vec<String>,
 }
 
 impl Fixture {
     /// `None` when the test must be skipped (not root or tools missing, outside CI).
     fn new(test: &str, coordinator_args: &[&str]) -> Option<Self> {
+        Self::with_agent_args(test, coordinator_args, &[])
+    }
+
+    fn with_agent_args(test: &str, coordinator_args: &[&str], agent_args: &[&str]) -> Option<Self> {
         if !require_root(test) || !require_tool(test, "tshark") || !require_tool(test, "tcpreplay") {
             return None;
         }
@@ -53,7 +58,9 @@ impl Fixture {
         )
         .unwrap();
         let coordinator_args = coordinator_args.iter().map(|s| s.to_string()).collect();
-        let mut fixture = Fixture { traffic: vec![], agents: vec![], coordinator: None, s3, pops, core, dir, coordinator_args };
+        let agent_args = agent_args.iter().map(|s| s.to_string()).collect();
+        let mut fixture =
+            Fixture { traffic: vec![], agents: vec![], coordinator: None, s3, pops, core, dir, coordinator_args, agent_args };
         fixture.coordinator = Some(fixture.start_coordinator("coordinator.log"));
         for i in 0..3 {
             let agent = fixture.start_agent(i, "agent");
@@ -66,16 +73,15 @@ impl Fixture {
     fn start_agent(&self, i: usize, log: &str) -> Proc {
         let pop = &self.pops[i];
         let spool = self.dir.path().join(format!("spool-{}", pop.name));
-        pop.ns.spawn(
-            bin("edgecap-agent"),
-            &[
-                "run", "--coordinator", &format!("https://10.213.{}.1:7443", i + 1), "--iface", &pop.pop_veth,
-                "--tls-ca", pop.tls.ca.to_str().unwrap(), "--tls-cert", pop.tls.cert.to_str().unwrap(),
-                "--tls-key", pop.tls.key.to_str().unwrap(), "--spool-dir", spool.to_str().unwrap(),
-                "--shard-rotate-seconds", "2",
-            ],
-            &self.dir.path().join(format!("{log}-{}.log", pop.name)),
-        )
+        let coordinator = format!("https://10.213.{}.1:7443", i + 1);
+        let mut args = vec![
+            "run", "--coordinator", &coordinator, "--iface", &pop.pop_veth,
+            "--tls-ca", pop.tls.ca.to_str().unwrap(), "--tls-cert", pop.tls.cert.to_str().unwrap(),
+            "--tls-key", pop.tls.key.to_str().unwrap(), "--spool-dir", spool.to_str().unwrap(),
+            "--shard-rotate-seconds", "2",
+        ];
+        args.extend(self.agent_args.iter().map(String::as_str));
+        pop.ns.spawn(bin("edgecap-agent"), &args, &self.dir.path().join(format!("{log}-{}.log", pop.name)))
     }
 
     fn start_coordinator(&self, log: &str) -> Proc {
@@ -373,4 +379,34 @@ fn full_capture_survives_agent_and_coordinator_restarts() {
         in_file += delivered as usize;
     }
     assert_eq!(f.check_merged(&capture), in_file);
+}
+
+#[test]
+fn full_capture_stops_on_a_full_spool_and_still_delivers_it() {
+    let test = "full_capture_stops_on_a_full_spool_and_still_delivers_it";
+    let Some(mut f) = Fixture::with_agent_args(test, &[], &["--spool-max-mib", "1"]) else { return };
+    f.validate_bucket();
+    // Nothing can leave the agents, so their 1 MiB spools fill (~7 400 DNS packets each).
+    f.s3.stop();
+    f.start_traffic(1000);
+    let capture = f.create_full(&["--time-limit", "60", "--packet-limit", "10000"]);
+    let id = capture["id"].as_str().unwrap().to_string();
+    wait_for("every PoP to stop on its full spool", Duration::from_secs(60), || {
+        let c = f.cli(&["capture", "get", &id]).ok()?;
+        pops(&c).iter().all(|p| p["stop_reason"] == "spool_full").then_some(())
+    });
+    f.s3.start();
+    let capture = f.wait_final(&id, 120);
+    assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
+    let mut total = 0;
+    for pop in pops(&capture) {
+        // Stopped early, and said so; everything it wrote was still delivered.
+        assert_eq!(pop["status"], "failed", "{pop:#}");
+        assert!(pop["error"].as_str().unwrap().contains("spool full"), "{pop:#}");
+        let n = pop["packets"].as_u64().unwrap();
+        assert!(n > 3000 && n < 10_000, "{pop:#}");
+        assert_eq!(delivered(&pop), n, "{pop:#}");
+        total += n as usize;
+    }
+    assert_eq!(f.check_merged(&capture), total);
 }
