@@ -401,8 +401,8 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
     }
     // Judged on the wire length, not the stored (truncated) length: a filter means the same
     // here as on a live capture.
-    let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet| {
-        programs.get(usize::from(packet.iface)).is_none_or(|p| edgecap_capture::offline::matches(p, &packet.data, packet.orig_len))
+    let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet, data| {
+        programs.get(usize::from(packet.iface)).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len))
     });
     let stats = lookback_stats(lookback);
     let mut packets: Vec<pb::Packet> = result
@@ -410,7 +410,7 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
         .into_iter()
         .map(|p| {
             let (name, linktype) = interfaces.get(p.iface as usize).cloned().unwrap_or_default();
-            pb::Packet { ts_ns: p.ts_ns, orig_len: p.orig_len, data: p.data.into_vec(), interface: name, linktype: linktype as u32 }
+            pb::Packet { ts_ns: p.ts_ns, orig_len: p.orig_len, data: p.data, interface: name, linktype: linktype as u32 }
         })
         .collect();
     let mut chunks = Vec::new();

@@ -22,7 +22,7 @@ pub mod shard;
 
 pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};
-pub use lookback::{Lookback, LookbackConfig, LookbackStats, StoredPacket};
+pub use lookback::{Lookback, LookbackConfig, LookbackStats, SampledPacket, StoredPacket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

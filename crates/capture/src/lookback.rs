@@ -1,6 +1,10 @@
 //! The sampled lookback: recent packets, 1 in `sample_rate`, truncated to `snaplen` bytes,
 //! kept in timestamp order and bounded by memory (`max_bytes`) and age (`max_age_ns`).
 //! Queries binary-search the time window, so nothing outside it is scanned.
+//!
+//! Packet bytes live in an arena of 1 MiB chunks, not in one allocation per packet: a chunk
+//! is released (and kept for reuse) when its last packet is evicted. At sample rate 1 the
+//! per-packet allocation and free were most of the lookback's cost.
 
 use std::collections::VecDeque;
 
@@ -23,8 +27,10 @@ impl Default for LookbackConfig {
     }
 }
 
-/// Per-packet overhead counted against `max_bytes` (struct plus allocation header).
-const OVERHEAD: usize = std::mem::size_of::<StoredPacket>() + 16;
+/// Per-packet overhead counted against `max_bytes`.
+const OVERHEAD: usize = std::mem::size_of::<StoredPacket>();
+/// Arena chunk size.
+const CHUNK: usize = 1 << 20;
 
 /// Decides which packets are sampled: every `rate`-th one seen, deterministically (so the
 /// sampled share is exact and a test can predict it).
@@ -46,14 +52,83 @@ impl Sampler {
     }
 }
 
-/// One sampled packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One sampled packet as stored: its bytes are in the arena ([`Lookback::data`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoredPacket {
     pub ts_ns: u64,
     pub orig_len: u32,
     /// Index of the interface in [`Lookback::interfaces`].
     pub iface: u16,
-    pub data: Box<[u8]>,
+    chunk: u64,
+    offset: u32,
+    len: u32,
+}
+
+/// A packet handed out by a query, with its own copy of the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampledPacket {
+    pub ts_ns: u64,
+    pub orig_len: u32,
+    pub iface: u16,
+    pub data: Vec<u8>,
+}
+
+struct Chunk {
+    data: Vec<u8>,
+    live: u32,
+}
+
+/// Chunks in order of creation; chunk ids are `first_id + index`.
+#[derive(Default)]
+struct Arena {
+    chunks: VecDeque<Chunk>,
+    first_id: u64,
+    spare: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena").field("chunks", &self.chunks.len()).finish_non_exhaustive()
+    }
+}
+
+impl Arena {
+    fn push(&mut self, bytes: &[u8]) -> (u64, u32) {
+        let room = self.chunks.back().is_some_and(|c| c.data.len() + bytes.len() <= c.data.capacity());
+        if !room {
+            let mut data = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK.max(bytes.len())));
+            data.clear();
+            if data.capacity() < bytes.len() {
+                data.reserve(bytes.len());
+            }
+            self.chunks.push_back(Chunk { data, live: 0 });
+        }
+        let id = self.first_id + self.chunks.len() as u64 - 1;
+        let chunk = self.chunks.back_mut().expect("a chunk was just ensured");
+        let offset = chunk.data.len() as u32;
+        chunk.data.extend_from_slice(bytes);
+        chunk.live += 1;
+        (id, offset)
+    }
+
+    fn get(&self, p: &StoredPacket) -> &[u8] {
+        let chunk = &self.chunks[(p.chunk - self.first_id) as usize];
+        &chunk.data[p.offset as usize..(p.offset + p.len) as usize]
+    }
+
+    fn release(&mut self, p: &StoredPacket) {
+        if let Some(chunk) = self.chunks.get_mut((p.chunk - self.first_id) as usize) {
+            chunk.live -= 1;
+        }
+        // Free leading chunks that hold no live packet (never the one being filled).
+        while self.chunks.len() > 1 && self.chunks.front().is_some_and(|c| c.live == 0) {
+            let chunk = self.chunks.pop_front().expect("checked");
+            self.first_id += 1;
+            if self.spare.len() < 2 {
+                self.spare.push(chunk.data);
+            }
+        }
+    }
 }
 
 /// Counters, for heartbeats and answers.
@@ -69,6 +144,7 @@ pub struct LookbackStats {
 pub struct Lookback {
     config: LookbackConfig,
     packets: VecDeque<StoredPacket>,
+    arena: Arena,
     bytes: usize,
     interfaces: Vec<(String, i32)>,
     stats: LookbackStats,
@@ -78,7 +154,7 @@ pub struct Lookback {
 #[derive(Debug, Default)]
 pub struct QueryResult {
     /// Newest `limit` matching packets, oldest first.
-    pub packets: Vec<StoredPacket>,
+    pub packets: Vec<SampledPacket>,
     /// All matching packets in the window, before the limit.
     pub matched: u64,
 }
@@ -89,6 +165,7 @@ impl Lookback {
         Self {
             config: LookbackConfig { sample_rate, ..config },
             packets: VecDeque::new(),
+            arena: Arena::default(),
             bytes: 0,
             interfaces: Vec::new(),
             stats: LookbackStats::default(),
@@ -136,7 +213,8 @@ impl Lookback {
     /// Stores a sampled packet (truncated to the snap length), then enforces the bounds.
     pub fn insert(&mut self, ts_ns: u64, orig_len: u32, iface: u16, data: &[u8]) {
         let keep = data.len().min(self.config.snaplen as usize);
-        let packet = StoredPacket { ts_ns, orig_len, iface, data: data[..keep].into() };
+        let (chunk, offset) = self.arena.push(&data[..keep]);
+        let packet = StoredPacket { ts_ns, orig_len, iface, chunk, offset, len: keep as u32 };
         self.bytes += keep + OVERHEAD;
         self.stats.packets_sampled += 1;
         // Packets from several interfaces can arrive slightly out of order: insert in place
@@ -158,30 +236,42 @@ impl Lookback {
             if front.ts_ns >= horizon && self.bytes <= self.config.max_bytes {
                 break;
             }
-            self.bytes -= front.data.len() + OVERHEAD;
-            self.packets.pop_front();
+            self.bytes -= front.len as usize + OVERHEAD;
+            let gone = self.packets.pop_front().expect("checked");
+            self.arena.release(&gone);
             self.stats.packets_evicted += 1;
         }
     }
 
+    /// A stored packet's bytes.
+    pub fn data(&self, packet: &StoredPacket) -> &[u8] {
+        self.arena.get(packet)
+    }
+
     /// Matching packets with `from_ns <= ts <= to_ns`: the newest `limit` of them, oldest
-    /// first, plus how many matched in all. `matches(packet)` decides a packet.
+    /// first, plus how many matched in all. `matches(packet, bytes)` decides a packet.
     pub fn query(
         &self,
         from_ns: u64,
         to_ns: u64,
         limit: usize,
-        mut matches: impl FnMut(&StoredPacket) -> bool,
+        mut matches: impl FnMut(&StoredPacket, &[u8]) -> bool,
     ) -> QueryResult {
         let start = self.packets.partition_point(|p| p.ts_ns < from_ns);
         let end = self.packets.partition_point(|p| p.ts_ns <= to_ns);
         let mut result = QueryResult::default();
         for index in (start..end).rev() {
             let packet = &self.packets[index];
-            if matches(packet) {
+            let data = self.arena.get(packet);
+            if matches(packet, data) {
                 result.matched += 1;
                 if result.packets.len() < limit {
-                    result.packets.push(packet.clone());
+                    result.packets.push(SampledPacket {
+                        ts_ns: packet.ts_ns,
+                        orig_len: packet.orig_len,
+                        iface: packet.iface,
+                        data: data.to_vec(),
+                    });
                 }
             }
         }
@@ -213,12 +303,12 @@ mod tests {
         for t in 0..100u64 {
             l.insert(t, 60, 0, &[t as u8, 1, 2, 3, 4, 5]);
         }
-        let r = l.query(10, 19, 3, |p| p.data[0] % 2 == 0);
+        let r = l.query(10, 19, 3, |_, d| d[0] % 2 == 0);
         assert_eq!(r.matched, 5);
         let ts: Vec<u64> = r.packets.iter().map(|p| p.ts_ns).collect();
         assert_eq!(ts, [14, 16, 18]);
         assert!(r.packets.iter().all(|p| p.data.len() == 4 && p.orig_len == 60));
-        assert_eq!(l.query(200, 300, 10, |_| true).matched, 0);
+        assert_eq!(l.query(200, 300, 10, |_, _| true).matched, 0);
     }
 
     #[test]
@@ -227,7 +317,7 @@ mod tests {
         for t in [5u64, 9, 7, 7, 1, 9] {
             l.insert(t, 1, 0, &[t as u8]);
         }
-        let ts: Vec<u64> = l.query(0, 100, 100, |_| true).packets.iter().map(|p| p.ts_ns).collect();
+        let ts: Vec<u64> = l.query(0, 100, 100, |_, _| true).packets.iter().map(|p| p.ts_ns).collect();
         assert_eq!(ts, [1, 5, 7, 7, 9, 9]);
     }
 
@@ -245,5 +335,31 @@ mod tests {
         assert_eq!(l.len(), 10);
         assert!(l.bytes() <= 10 * (4 + OVERHEAD));
         assert_eq!(l.stats().packets_evicted, 90);
+    }
+
+    #[test]
+    fn arena_chunks_are_released_and_bytes_stay_right() {
+        // 2 KiB packets, 1 MiB chunks: about 512 per chunk; keep at most 1000 packets.
+        let mut l = Lookback::new(LookbackConfig {
+            sample_rate: 1,
+            snaplen: 2048,
+            max_bytes: 1000 * (2048 + OVERHEAD),
+            max_age_ns: u64::MAX,
+        });
+        for t in 0..20_000u64 {
+            let mut p = vec![0u8; 2048];
+            p[..8].copy_from_slice(&t.to_le_bytes());
+            l.insert(t, 2048, 0, &p);
+        }
+        assert_eq!(l.len(), 1000);
+        assert!(l.arena.chunks.len() <= 4, "evicted chunks are released: {}", l.arena.chunks.len());
+        let r = l.query(0, u64::MAX, 1000, |_, _| true);
+        for p in &r.packets {
+            assert_eq!(u64::from_le_bytes(p.data[..8].try_into().unwrap()), p.ts_ns, "bytes belong to their packet");
+        }
+        // Out of order (several interfaces) still returns the right bytes.
+        l.insert(19_500, 8, 1, &19_500u64.to_le_bytes());
+        let r = l.query(19_500, 19_500, 10, |p, _| p.iface == 1);
+        assert_eq!(r.packets[0].data, 19_500u64.to_le_bytes());
     }
 }
