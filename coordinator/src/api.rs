@@ -242,6 +242,22 @@ async fn create_full(
         }
     }
     let agents = colo_agents(&state, &colo).await?;
+    // Agents of the colo that were seen before but are offline now: named, as skipped.
+    let offline: Vec<crate::repo::AgentPresence> = match state.repo.list_known_agents().await {
+        Ok(known) => {
+            let colo_l = colo.to_ascii_lowercase();
+            let exact = agents.iter().any(|a| a.pop.to_ascii_lowercase() == colo_l);
+            known
+                .into_iter()
+                .filter(|k| {
+                    let pop = k.pop.to_ascii_lowercase();
+                    (if exact { pop == colo_l } else { pop.starts_with(&colo_l) })
+                        && agents.iter().all(|a| a.agent_id != k.agent_id)
+                })
+                .collect()
+        }
+        Err(_) => vec![],
+    };
     if agents.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -263,6 +279,13 @@ async fn create_full(
             sample_rate: 1,
             ..PopResult::default()
         })
+        .chain(offline.iter().map(|a| PopResult {
+            pop: a.pop.clone(),
+            agent_id: a.agent_id.clone(),
+            status: "skipped".into(),
+            error: Some(format!("agent offline (last connected {}); nothing captured there", a.connected_at)),
+            ..PopResult::default()
+        }))
         .collect();
     state.repo.create_capture(&record).await.map_err(repo_err)?;
     tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");

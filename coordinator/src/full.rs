@@ -188,14 +188,23 @@ fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
     }
 }
 
-/// "PoPs failed: ord01 (agent a1): reason; ord02 (...): reason"
+/// "PoPs failed: ord01 (agent a1): reason; ... PoPs skipped (offline): ord04 (agent a4)"
 fn failure_summary(pops: &[PopResult]) -> Option<String> {
     let failed: Vec<String> = pops
         .iter()
         .filter(|p| p.status == "failed")
         .map(|p| format!("{} (agent {}): {}", p.pop, p.agent_id, p.error.as_deref().unwrap_or("failed")))
         .collect();
-    (!failed.is_empty()).then(|| format!("PoPs failed: {}", failed.join("; ")))
+    let skipped: Vec<String> =
+        pops.iter().filter(|p| p.status == "skipped").map(|p| format!("{} (agent {})", p.pop, p.agent_id)).collect();
+    let mut parts = Vec::new();
+    if !failed.is_empty() {
+        parts.push(format!("PoPs failed: {}", failed.join("; ")));
+    }
+    if !skipped.is_empty() {
+        parts.push(format!("PoPs skipped (offline): {}", skipped.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join(". "))
 }
 
 impl FullCaptures {
@@ -255,6 +264,9 @@ impl FullCaptures {
         let not_after_ns = now_ns() + START_DEADLINE.as_nanos() as u64;
         for pop in &record.pops {
             self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
+            if pop.is_final() {
+                continue; // skipped: offline
+            }
             let job = JobRecord {
                 capture_id: record.id.clone(),
                 account_id: record.account_id.clone(),

@@ -113,7 +113,7 @@ pub struct ShardRef {
 
 impl PopResult {
     pub fn is_final(&self) -> bool {
-        matches!(self.status.as_str(), "done" | "failed")
+        matches!(self.status.as_str(), "done" | "failed" | "skipped")
     }
 }
 

@@ -6,6 +6,7 @@
 //! /edgecap/v1/captures/{account}/{id}       CaptureRecord           account first: listing is one prefix read
 //! /edgecap/v1/ownerships/{account}/{id}     OwnershipRecord
 //! /edgecap/v1/agents/{agent_id}             AgentPresence (leased)  disappears when the agent's lease lapses
+//! /edgecap/v1/known-agents/{agent_id}       AgentPresence           last presence of every agent ever seen (offline PoPs)
 //! /edgecap/v1/jobs/{agent_id}/{capture_id}   JobRecord               what one agent must do; watched by every replica
 //! /edgecap/v1/pops/{capture_id}/{agent_id}   PopResult               one PoP's progress, written by its agent's replica
 //! /edgecap/v1/shards/{capture_id}/{agent_id}/{shard}  ShardRef      one delivered shard (idempotent by key)
@@ -197,10 +198,22 @@ impl Repo {
         Ok(self.store.delete(&ownership_key(account, id)).await?)
     }
 
+    /// Publishes an agent's presence (leased) and remembers it as known (not leased), so a
+    /// capture can name the PoPs that are offline.
     pub async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
         let key = format!("{PREFIX}/agents/{}", presence.agent_id);
         self.store.put(&key, encode(presence), Some(lease)).await?;
+        self.store.put(&format!("{PREFIX}/known-agents/{}", presence.agent_id), encode(presence), None).await?;
         Ok(())
+    }
+
+    /// Every agent ever connected (its last presence), online or not.
+    pub async fn list_known_agents(&self) -> Result<Vec<AgentPresence>> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&format!("{PREFIX}/known-agents/")).await? {
+            out.push(decode(&kv.key, &kv.value)?);
+        }
+        Ok(out)
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<()> {

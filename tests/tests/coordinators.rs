@@ -315,4 +315,15 @@ fn three_coordinators_share_etcd_and_survive_failures() {
     // The PoP failure was decided once, by the leader.
     let lost = cluster.logs("coordinator").lines().filter(|l| l.contains("PoP failed") && l.contains(&id)).count();
     assert_eq!(lost, 1, "{}", cluster.logs("coordinator"));
+
+    // With that agent still down, the next capture names its PoP as skipped (offline).
+    wait_for("the dead agent's presence to lapse", Duration::from_secs(30), || {
+        cluster.cli(0, &["agents"]).ok().filter(|v| v.as_array().is_some_and(|a| a.len() == 2))
+    });
+    let id = cluster.create_full(0, 3);
+    let capture = cluster.wait_final(0, &id);
+    assert_eq!(capture["status"], "success", "{capture:#}");
+    let ord03 = pops(&capture).into_iter().find(|p| p["pop"] == "ord03").expect("ord03 listed");
+    assert_eq!(ord03["status"], "skipped", "{ord03:#}");
+    assert!(capture["error_message"].as_str().unwrap().contains("skipped (offline): ord03"), "{capture:#}");
 }
