@@ -96,29 +96,59 @@ async fn targets(state: &AppState) -> Vec<Target> {
 /// Runs one sample capture to its final status. Never panics; every failure is recorded on
 /// the capture with a reason.
 pub async fn run(state: Arc<AppState>, account: String, id: String) {
-    let outcome = match state.repo.get_capture(&account, &id).await {
-        Ok(Some(record)) => execute(&state, &record).await,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::error!(%error, capture = %id, "sample capture could not be read");
-            return;
+    let mut wait = Duration::from_millis(500);
+    let started = tokio::time::Instant::now();
+    let record = loop {
+        match state.repo.get_capture(&account, &id).await {
+            Ok(Some(record)) => break record,
+            Ok(None) => return,
+            Err(crate::repo::RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
+                tracing::warn!(%error, capture = %id, "sample capture not readable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::error!(%error, capture = %id, "sample capture could not be read");
+                return;
+            }
         }
     };
-    let result = state
-        .repo
-        .update_capture(&account, &id, |r| {
-            r.status = outcome.status;
-            r.packets_captured = Some(outcome.packets);
-            r.pops = outcome.pops.clone();
-            r.error_message = outcome.error.clone();
-            r.object_key = outcome.object_key.clone();
-        })
-        .await;
-    match result {
-        Ok(r) => tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished"),
-        Err(error) => tracing::error!(%error, capture = %id, "sample capture result could not be recorded"),
+    let outcome = execute(&state, &record).await;
+    // The result is kept in memory and written when the state store is back (an outage of
+    // up to RESULT_PATIENCE); the file is already stored.
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(500);
+    loop {
+        let result = state
+            .repo
+            .update_capture(&account, &id, |r| {
+                r.status = outcome.status;
+                r.packets_captured = Some(outcome.packets);
+                r.pops = outcome.pops.clone();
+                r.error_message = outcome.error.clone();
+                r.object_key = outcome.object_key.clone();
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished");
+                return;
+            }
+            Err(crate::repo::RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
+                tracing::warn!(%error, capture = %id, retry_in_ms = wait.as_millis() as u64, "sample capture result not written yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::error!(%error, capture = %id, "sample capture result could not be recorded");
+                return;
+            }
+        }
     }
 }
+
+/// How long a finished sample capture keeps trying to write its result.
+const RESULT_PATIENCE: Duration = Duration::from_secs(600);
 
 fn failed(error: String, pops: Vec<PopResult>) -> Outcome {
     Outcome { status: CaptureStatus::Failed, packets: 0, pops, error: Some(error), object_key: None }

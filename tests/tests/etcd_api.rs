@@ -50,7 +50,9 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
         limits: Limits::default(),
         rate_limits: RateLimits::off(),
         sample_timeout: Duration::from_secs(2),
-        agent_wait: Duration::ZERO,
+        // The (agentless) sample capture below waits this long for an agent, so etcd is
+        // stopped while it runs and its result must be written after the outage.
+        agent_wait: Duration::from_secs(2),
         tokens: vec![("acct".into(), TOKEN.into())],
         s3_credentials: Default::default(),
         full: Default::default(),
@@ -63,7 +65,7 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
     let (status, first) = call("POST", &url, Some(body.clone())).await;
     assert_eq!(status, 200, "{first}");
     let first_id = first["result"]["id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(500)).await; // let its (agentless) run finish
+    tokio::time::sleep(Duration::from_millis(500)).await; // its run is waiting for an agent
 
     etcd.stop();
     for (method, b) in [("POST", Some(body.clone())), ("GET", None)] {
@@ -74,6 +76,8 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
         assert!(v["errors"][0]["message"].as_str().unwrap().contains("state store unavailable"), "{v}");
     }
 
+    // Down past the moment the sample capture finishes (agent_wait), so its result write fails.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     etcd.start();
     let mut recovered = None;
     for _ in 0..60 {
@@ -87,6 +91,19 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
     let listed = recovered.expect("the API recovers when etcd is back");
     let ids: Vec<&str> = listed["result"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&first_id.as_str()), "what was accepted before the outage is still there: {ids:?}");
+    // The capture that finished during the outage has its result written now.
+    let mut finished = None;
+    for _ in 0..60 {
+        let (_, v) = call("GET", &format!("{url}/{first_id}"), None).await;
+        if v["result"]["status"] != "pending" {
+            finished = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let finished = finished.expect("the result of a capture that ended during the outage is written");
+    assert_eq!(finished["result"]["status"], "failed", "{finished}");
+    assert!(finished["result"]["error_message"].as_str().unwrap().contains("no agent"), "{finished}");
     let (status, _) = call("POST", &url, Some(body)).await;
     assert_eq!(status, 200, "writes work again");
     coord.shutdown().await.unwrap();
