@@ -559,6 +559,7 @@ impl Jobs {
         result
     }
 
+    #[tracing::instrument(name = "shard_upload", skip_all, fields(capture = %capture_id, shard = %manifest.file))]
     async fn upload_one(
         &self,
         out: &mpsc::Sender<pb::AgentMessage>,

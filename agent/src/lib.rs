@@ -352,6 +352,7 @@ pub fn filter_from_pb(f: &pb::FilterV1) -> Result<FilterV1, String> {
 }
 
 /// Answers a sample query from the lookback, in chunks; the last chunk has `done`.
+#[tracing::instrument(name = "lookback_query", skip_all, fields(request = %query.request_id))]
 pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
     // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
     // wire: a window that ends that recently is answered once they are all in.

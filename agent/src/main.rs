@@ -56,6 +56,9 @@ struct RunArgs {
     /// Lookback age bound, seconds (at most 86400).
     #[arg(long, default_value_t = 86400)]
     lookback_max_age: u64,
+    /// Export traces over OTLP/gRPC to this collector; also OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "EDGECAP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Where full-capture shards wait for upload (survives restarts). Full captures run on
     /// the first --iface.
     #[arg(long, env = "EDGECAP_SPOOL_DIR", default_value = "/var/lib/edgecap/spool")]
@@ -150,15 +153,17 @@ fn usage_error(message: String) -> ! {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
-        Command::Capture(args) => capture(args).await,
+        Command::Run(args) => {
+            let telemetry = edgecap_telemetry::init("edgecap-agent", args.otlp_endpoint.as_deref(), "info", true)?;
+            let result = run(args).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Capture(args) => {
+            let _telemetry = edgecap_telemetry::init("edgecap-agent", None, "info", true)?;
+            capture(args).await
+        }
     }
 }
 

@@ -56,6 +56,9 @@ pub struct UpArgs {
     /// Keep full captures' shards in the bucket after the merge.
     #[arg(long)]
     keep_shards: bool,
+    /// Export traces over OTLP/gRPC to this collector; also OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "EDGECAP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn random_hex(n: usize) -> String {
@@ -118,12 +121,7 @@ fn ensure_pki(pki: &Path, pop: &str) -> anyhow::Result<(TlsFiles, TlsFiles)> {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,edgecap=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = edgecap_telemetry::init("edgecap", args.otlp_endpoint.as_deref(), "warn,edgecap=info", true)?;
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let (account, token) = credentials(dir, args.account.clone(), args.token.clone())?;
@@ -193,5 +191,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     cancel.cancel();
     agent_task.await.context("agent task")??;
     eprintln!("edgecap: stopped");
+    telemetry.shutdown();
     result
 }

@@ -534,6 +534,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// One span per API request (exported with traces), named after the route.
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("api", method = %request.method(), route = %route, status = tracing::field::Empty);
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    response
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let base = "/client/v4/accounts/{account_id}/pcaps";
     Router::new()
@@ -548,5 +562,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }

@@ -408,6 +408,7 @@ impl FullCaptures {
     }
 
     /// Presigned requests for one shard of one agent.
+    #[tracing::instrument(name = "upload_grant", skip_all, fields(capture = %request.capture_id, agent = %agent_id))]
     pub async fn grant(&self, agent_id: &str, pop: &str, request: pb::UploadRequest) -> pb::UploadGrant {
         let refuse = |error: String, retryable: bool| pb::UploadGrant {
             request_id: request.request_id.clone(),
@@ -456,6 +457,7 @@ impl FullCaptures {
 
     /// Records a delivered shard: completes its multipart upload, checks its size in the
     /// bucket, and records it (idempotent by key).
+    #[tracing::instrument(name = "shard_commit", skip_all, fields(capture = %uploaded.capture_id, agent = %agent_id))]
     pub async fn commit(&self, agent_id: &str, pop: &str, uploaded: pb::ShardUploaded) -> pb::ShardCommitted {
         let answer = |error: String, retryable: bool| pb::ShardCommitted {
             request_id: uploaded.request_id.clone(),
@@ -625,6 +627,7 @@ impl FullCaptures {
     }
 
     /// Follows one capture to its end (leader only; cancelled when leadership is lost).
+    #[tracing::instrument(name = "full_capture", skip_all, fields(capture = %record.id, leader = %self.name))]
     async fn run(self: Arc<Self>, mut record: CaptureRecord, cancel: CancellationToken) {
         let id = record.id.clone();
         let started = Instant::now();
@@ -801,6 +804,7 @@ impl FullCaptures {
 
     /// Downloads the shards, merges them in time order with per-PoP provenance, writes the
     /// merged object. `Ok(None)` when there is nothing to merge.
+    #[tracing::instrument(name = "merge", skip_all, fields(capture = %record.id))]
     async fn merge_into_bucket(&self, store: &Arc<S3Store>, record: &CaptureRecord) -> anyhow::Result<Option<u64>> {
         let shards: Vec<(&PopResult, &ShardRef)> =
             record.pops.iter().flat_map(|p| p.shards.iter().map(move |s| (p, s))).collect();

@@ -73,6 +73,10 @@ struct Args {
     /// Seconds after the time limit that PoPs may take to deliver their shards.
     #[arg(long, default_value_t = 600)]
     upload_grace: u64,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://otel-collector:4317); also
+    /// taken from OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "EDGECAP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// This replica's name.
     #[arg(long, default_value = "coordinator", env = "EDGECAP_NAME")]
     name: String,
@@ -112,13 +116,8 @@ fn storage_config(args: &Args) -> anyhow::Result<StorageConfig> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tonic=info".into()),
-        )
-        .init();
     let args = Args::parse();
+    let telemetry = edgecap_telemetry::init("edgecap-coordinator", args.otlp_endpoint.as_deref(), "info", false)?;
     let tokens = parse_tokens(&args)?;
     let pki = args.pki_dir.clone().unwrap_or_else(|| args.data_dir.join("pki"));
     let defaults = TlsFiles::in_dir(&pki, "coordinator");
@@ -169,7 +168,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!("edgecap-coordinator: API http://{}/client/v4, agents {}", coordinator.api_addr, coordinator.grpc_addr);
-    coordinator.run_until(shutdown_signal()).await
+    let result = coordinator.run_until(shutdown_signal()).await;
+    telemetry.shutdown();
+    result
 }
 
 async fn shutdown_signal() {

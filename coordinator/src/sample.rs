@@ -95,6 +95,7 @@ async fn targets(state: &AppState) -> Vec<Target> {
 
 /// Runs one sample capture to its final status. Never panics; every failure is recorded on
 /// the capture with a reason.
+#[tracing::instrument(name = "sample_capture", skip(state), fields(capture = %id))]
 pub async fn run(state: Arc<AppState>, account: String, id: String) {
     let mut wait = Duration::from_millis(500);
     let started = tokio::time::Instant::now();

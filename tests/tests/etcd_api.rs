@@ -3,28 +3,14 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
 use edgecap_e2e::EtcdServer;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "etcd-api-token-0123456789";
 
 async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("the API answers").unwrap();
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    edgecap_e2e::api_call(method, url, TOKEN, body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
