@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what edgecap needs to build, run and test on a fresh Debian/Ubuntu machine:
-# system packages (libpcap, protoc, capture and traffic tools), an S3-compatible server
-# (s3s-fs) and a Python venv with the official Cloudflare SDK for the compatibility test.
+# system packages (libpcap, protoc, capture and traffic tools) and a Python venv with the
+# official Cloudflare SDK for the compatibility test (tests only; scripts/test.sh also
+# installs the S3-compatible server the tests start).
 # Idempotent; fast when all is there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -18,13 +19,6 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=300 "${missing[@]}" >/dev/null
-fi
-
-# An S3-compatible server for the full-capture tests (SigV4 checked, stores plain files).
-# 0.14.1 is the last release that builds on Rust 1.95; its Cargo.lock makes --locked work.
-if ! command -v s3s-fs >/dev/null 2>&1; then
-  echo "setup: installing s3s-fs 0.14.1 (a few minutes, once)"
-  cargo install -q s3s-fs --version 0.14.1 --features binary --locked
 fi
 
 # The official Cloudflare SDK, pinned to the version the API reference was read from.

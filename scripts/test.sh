@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+# An S3-compatible server for the full-capture tests (SigV4 checked, stores plain files).
+# 0.14.1 is the last release that builds on Rust 1.95; its Cargo.lock makes --locked work.
+if ! command -v s3s-fs >/dev/null 2>&1; then
+  echo "test: installing s3s-fs 0.14.1 (a few minutes, once)"
+  cargo install -q s3s-fs --version 0.14.1 --features binary --locked
+fi
 export EDGECAP_SDK_PYTHON="${EDGECAP_SDK_VENV:-$HOME/.cache/edgecap/sdk-venv}/bin/python"
 
 cargo build --workspace --all-targets --locked
