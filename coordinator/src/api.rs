@@ -534,6 +534,29 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// The web page: static, no inline script, strict CSP; it talks to the API like any client.
+const WEB_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'";
+
+async fn web_index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, WEB_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        include_str!("web/index.html"),
+    )
+        .into_response()
+}
+
+async fn web_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        include_str!("web/app.js"),
+    )
+        .into_response()
+}
+
 /// One span per API request (exported with traces), named after the route.
 async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument as _;
@@ -560,6 +583,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{base}/{{pcap_id}}/stop"), put(stop))
         .route("/edgecap/v1/agents", get(list_agents))
         .route("/healthz", get(healthz))
+        .route("/", get(web_index))
+        .route("/app.js", get(web_script))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(trace_request))

@@ -379,3 +379,22 @@ async fn sample_rate_limit_is_per_account_and_after_validation() {
     assert_eq!(s, StatusCode::OK, "another account is not limited");
     let _ = &api.state;
 }
+
+#[tokio::test]
+async fn the_web_page_is_served_with_a_strict_policy() {
+    let api = api().await;
+    let resp = api.router.clone().oneshot(Request::builder().uri("/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"), "{csp}");
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(html.contains(r#"<script src="/app.js"></script>"#));
+    assert!(!html.contains("<script>"), "no inline script (the CSP would block it)");
+    let resp = api.router.clone().oneshot(Request::builder().uri("/app.js").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let js = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    // It uses the same API the SDKs use, with the token as a Bearer header, never in a URL.
+    assert!(js.contains("/client/v4/accounts/") && js.contains("Authorization") && js.contains("Bearer"));
+    assert!(!js.contains("?token"), "the token never goes into a URL");
+}
