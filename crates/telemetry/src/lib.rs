@@ -56,10 +56,12 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, default_filter: &str, st
             .add_directive("tonic=info".parse().expect("static directive"))
             .add_directive("opentelemetry=warn".parse().expect("static directive"))
     };
+    // Colours only on a terminal: logs written to files and collectors stay plain text.
+    use std::io::IsTerminal as _;
     let fmt = if stderr {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()).boxed()
     };
     let endpoint = otlp_endpoint.map(str::to_string).or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok());
     let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
