@@ -92,7 +92,7 @@ struct IssueArgs {
 #[derive(Subcommand, Debug)]
 enum CaptureCommand {
     /// Request a capture (sample by default). Prints the capture as JSON.
-    Create(client::CreateArgs),
+    Create(Box<client::CreateArgs>),
     /// List captures, newest first.
     List,
     /// Show one capture.

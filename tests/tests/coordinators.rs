@@ -184,8 +184,8 @@ impl Cluster {
                     continue;
                 }
                 let log = self.logs(&format!("coordinator-c{}-", i + 1));
-                let elected = log.lines().filter(|l| l.contains("elected leader")).last().map(str::to_string);
-                let stepped_down = log.lines().filter(|l| l.contains("no longer leader")).last().map(str::to_string);
+                let elected = log.lines().rfind(|l| l.contains("elected leader")).map(str::to_string);
+                let stepped_down = log.lines().rfind(|l| l.contains("no longer leader")).map(str::to_string);
                 if let Some(e) = elected
                     && stepped_down.as_ref().is_none_or(|s| s < &e)
                 {

@@ -13,10 +13,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::json;
 
+/// (service.name, span name, attributes as "key=value")
+type SeenSpan = (String, String, Vec<String>);
+
 #[derive(Default, Clone)]
 struct Collector {
-    /// (service.name, span name, attributes as "key=value")
-    spans: Arc<Mutex<Vec<(String, String, Vec<String>)>>>,
+    spans: Arc<Mutex<Vec<SeenSpan>>>,
 }
 
 fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {

@@ -48,7 +48,7 @@ impl Sampler {
     /// Counts one packet; true if it is to be kept.
     pub fn sample(&mut self) -> bool {
         self.seen += 1;
-        self.seen % self.rate == 0
+        self.seen.is_multiple_of(self.rate)
     }
 }
 

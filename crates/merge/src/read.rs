@@ -340,7 +340,7 @@ impl<R: Read> CaptureReader<R> {
             return Ok(Some((PCAPNG_SHB, 0, start)));
         }
         let len = self.endian.u32(&h[4..]);
-        if len < 12 || len % 4 != 0 || len > MAX_BLOCK {
+        if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK {
             return Err(ReadError { offset: start, message: format!("block of type {block_type:#x} has an invalid length {len}") });
         }
         Ok(Some((block_type, len, start)))
@@ -385,7 +385,7 @@ impl<R: Read> CaptureReader<R> {
             }
         };
         let len = self.endian.u32(&len_raw);
-        if len < 28 || len % 4 != 0 || len > MAX_BLOCK {
+        if len < 28 || !len.is_multiple_of(4) || len > MAX_BLOCK {
             return Err(ReadError { offset: start, message: format!("section header has an invalid length {len}") });
         }
         let mut body = std::mem::take(&mut self.scratch);
