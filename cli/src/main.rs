@@ -8,6 +8,7 @@
 
 mod bench;
 mod client;
+mod fanout;
 mod merge;
 mod up;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Benchmark hook: per-PoP status writes against etcd (bench/etcd.sh).
     #[command(hide = true)]
     BenchStatus(bench::BenchArgs),
+    /// Benchmark hook: sample-capture latency against the number of agents.
+    #[command(hide = true)]
+    BenchFanout(fanout::FanoutArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +209,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Merge(args) => merge::run(args),
         Command::BenchStatus(args) => bench::run(args).await,
+        Command::BenchFanout(args) => fanout::run(args).await,
         Command::Agents { api } => {
             let client = client::Client::new(api)?;
             client::print(&client.agents().await.context("list agents")?)
