@@ -22,8 +22,6 @@ pub mod full;
 pub mod http;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Packets per SampleChunk message (10 000 x 160 B would exceed gRPC's 4 MiB default).
-const CHUNK_PACKETS: usize = 1000;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -361,9 +359,7 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
     if settled > now {
         std::thread::sleep(Duration::from_nanos((settled - now).min(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64)));
     }
-    let fail = |error: String| {
-        vec![pb::SampleChunk { request_id: query.request_id.clone(), done: true, error, ..Default::default() }]
-    };
+    let fail = |error: String| vec![pb::SampleChunk::failure(&query.request_id, error)];
     let filter = match query.filter.as_ref().map(filter_from_pb).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(format!("filter refused: {e}")),
@@ -406,7 +402,7 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
         programs.get(usize::from(packet.iface)).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len))
     });
     let stats = lookback_stats(lookback);
-    let mut packets: Vec<pb::Packet> = result
+    let packets: Vec<pb::Packet> = result
         .packets
         .into_iter()
         .map(|p| {
@@ -414,21 +410,7 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
             pb::Packet { ts_ns: p.ts_ns, orig_len: p.orig_len, data: p.data, interface: name, linktype: linktype as u32 }
         })
         .collect();
-    let mut chunks = Vec::new();
-    while packets.len() > CHUNK_PACKETS {
-        let rest = packets.split_off(CHUNK_PACKETS);
-        chunks.push(pb::SampleChunk { request_id: query.request_id.clone(), packets, ..Default::default() });
-        packets = rest;
-    }
-    chunks.push(pb::SampleChunk {
-        request_id: query.request_id.clone(),
-        packets,
-        done: true,
-        matched: result.matched,
-        lookback: Some(stats),
-        error: String::new(),
-    });
-    chunks
+    pb::SampleChunk::split(&query.request_id, packets, result.matched, stats)
 }
 
 #[cfg(test)]

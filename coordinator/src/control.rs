@@ -62,6 +62,23 @@ pub struct SampleAnswer {
     pub lookback: pb::LookbackStats,
 }
 
+impl SampleAnswer {
+    /// Adds one chunk of an answer; `Some` once the last chunk is in (`Err` with the agent's
+    /// reason when it could not answer).
+    pub fn absorb(&mut self, chunk: pb::SampleChunk) -> Option<Result<(), String>> {
+        self.packets.extend(chunk.packets);
+        if !chunk.done {
+            return None;
+        }
+        if !chunk.error.is_empty() {
+            return Some(Err(chunk.error));
+        }
+        self.matched = chunk.matched;
+        self.lookback = chunk.lookback.unwrap_or_default();
+        Some(Ok(()))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -150,14 +167,8 @@ impl Registry {
                     Ok(None) => return Err("agent disconnected before answering".to_string()),
                     Err(_) => return Err(format!("agent did not answer within {} s", timeout.as_secs())),
                 };
-                answer.packets.extend(chunk.packets);
-                if chunk.done {
-                    if !chunk.error.is_empty() {
-                        return Err(chunk.error);
-                    }
-                    answer.matched = chunk.matched;
-                    answer.lookback = chunk.lookback.unwrap_or_default();
-                    return Ok(answer);
+                if let Some(done) = answer.absorb(chunk) {
+                    return done.map(|()| answer);
                 }
             }
         }

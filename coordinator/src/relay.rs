@@ -41,7 +41,6 @@ pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQue
             .put(&format!("{}{agent_id}/{request_id}", jobs_prefix()), query.encode_to_vec(), Some(lease))
             .await
             .map_err(|e| e.to_string())?;
-        let mut answer = SampleAnswer::default();
         let mut chunks = std::collections::BTreeMap::new();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -61,17 +60,13 @@ pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQue
                 break;
             }
         }
+        let mut answer = SampleAnswer::default();
         for (_, chunk) in chunks {
-            answer.packets.extend(chunk.packets);
-            if chunk.done {
-                if !chunk.error.is_empty() {
-                    return Err(chunk.error);
-                }
-                answer.matched = chunk.matched;
-                answer.lookback = chunk.lookback.unwrap_or_default();
+            if let Some(done) = answer.absorb(chunk) {
+                return done.map(|()| answer);
             }
         }
-        Ok(answer)
+        Err("relayed answer ended without its last chunk".into())
     }
     .await;
     let _ = store.revoke_lease(lease).await;
@@ -119,26 +114,9 @@ pub async fn serve(repo: Repo, registry: Arc<Registry>, timeout: Duration, cance
 
 async fn answer(repo: &Repo, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
     let request_id = query.request_id.clone();
-    let chunks: Vec<pb::SampleChunk> = match registry.sample(agent_id, query, timeout).await {
-        Ok(answer) => {
-            let mut packets = answer.packets;
-            let mut out = Vec::new();
-            while packets.len() > 1000 {
-                let rest = packets.split_off(1000);
-                out.push(pb::SampleChunk { request_id: request_id.clone(), packets, ..Default::default() });
-                packets = rest;
-            }
-            out.push(pb::SampleChunk {
-                request_id: request_id.clone(),
-                packets,
-                done: true,
-                matched: answer.matched,
-                lookback: Some(answer.lookback),
-                error: String::new(),
-            });
-            out
-        }
-        Err(error) => vec![pb::SampleChunk { request_id: request_id.clone(), done: true, error, ..Default::default() }],
+    let chunks = match registry.sample(agent_id, query, timeout).await {
+        Ok(answer) => pb::SampleChunk::split(&request_id, answer.packets, answer.matched, answer.lookback),
+        Err(error) => vec![pb::SampleChunk::failure(&request_id, error)],
     };
     let store = repo.store();
     let Ok(lease) = store.grant_lease(Duration::from_secs(60)).await else { return };
