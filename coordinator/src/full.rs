@@ -368,28 +368,8 @@ impl FullCaptures {
     /// A progress report from an agent: folded into its PoP's state (ignored unless the agent
     /// is part of the capture).
     pub async fn report(&self, agent_id: &str, report: pb::CaptureReport) {
-        for _ in 0..5 {
-            let (mut pop, revision) = match self.repo.get_pop(&report.capture_id, agent_id).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
-                    return;
-                }
-            };
-            let before = pop.clone();
-            apply_report(&mut pop, &report);
-            if pop == before {
-                return;
-            }
-            match self.repo.cas_pop(&report.capture_id, agent_id, Some(revision), &pop).await {
-                Ok(true) => return,
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
-                    return;
-                }
-            }
+        if let Err(error) = self.repo.update_pop(&report.capture_id, agent_id, |pop| apply_report(pop, &report)).await {
+            tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
         }
     }
 
@@ -701,21 +681,17 @@ impl FullCaptures {
     /// Fails a PoP that is still open (compare-and-swap: an agent's final report that won
     /// the race is kept).
     async fn fail_pop(&self, capture: &str, agent: &str, reason: String) {
-        for _ in 0..5 {
-            let Ok(Some((mut pop, revision))) = self.repo.get_pop(capture, agent).await else { return };
-            if pop.is_final() {
-                return;
-            }
-            pop.status = "failed".into();
-            pop.error = Some(reason.clone());
-            match self.repo.cas_pop(capture, agent, Some(revision), &pop).await {
-                Ok(true) => {
-                    tracing::warn!(%capture, %agent, %reason, "PoP failed");
-                    return;
+        let failed = self
+            .repo
+            .update_pop(capture, agent, |pop| {
+                if !pop.is_final() {
+                    pop.status = "failed".into();
+                    pop.error = Some(reason.clone());
                 }
-                Ok(false) => continue,
-                Err(_) => return,
-            }
+            })
+            .await;
+        if let Ok(Some(_)) = failed {
+            tracing::warn!(%capture, %agent, %reason, "PoP failed");
         }
     }
 

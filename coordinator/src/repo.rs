@@ -256,6 +256,30 @@ impl Repo {
         Ok(self.store.compare_and_put(&pop_key(capture, agent), expected, encode(pop), None).await?.is_some())
     }
 
+    /// Read-modify-write of one PoP's progress with compare-and-swap (like
+    /// [`Repo::update_capture`]); nothing is written when `change` leaves it as it was.
+    /// Returns the new state if it was written; `None` if the key is absent, unchanged, or
+    /// lost the race five times in a row.
+    pub async fn update_pop(
+        &self,
+        capture: &str,
+        agent: &str,
+        mut change: impl FnMut(&mut PopResult),
+    ) -> Result<Option<PopResult>> {
+        for _ in 0..5 {
+            let Some((before, revision)) = self.get_pop(capture, agent).await? else { return Ok(None) };
+            let mut pop = before.clone();
+            change(&mut pop);
+            if pop == before {
+                return Ok(None);
+            }
+            if self.cas_pop(capture, agent, Some(revision), &pop).await? {
+                return Ok(Some(pop));
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn list_pops(&self, capture: &str) -> Result<Vec<PopResult>> {
         let mut out = Vec::new();
         for kv in self.store.list(&format!("{PREFIX}/pops/{capture}/")).await? {
