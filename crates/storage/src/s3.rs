@@ -259,18 +259,12 @@ impl S3Store {
         }
     }
 
-    async fn put_multipart(&self, object: &str, path: &Path, size: u64) -> Result<()> {
-        let what = self.what("multipart upload", object);
-        let upload_id = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(object)
-            .send()
-            .await
-            .map_err(|e| classify(&what, e))?
-            .upload_id
-            .ok_or_else(|| StorageError::Rejected(format!("{what}: no upload id")))?;
+    /// Uploads a file in parts through the same calls the presigned path uses (create,
+    /// parts, complete); a failed upload is aborted.
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<()> {
+        let object = self.object_key(key)?;
+        let what = self.what("upload part", &object);
+        let upload_id = self.create_multipart(key).await?;
         let result = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
@@ -288,39 +282,23 @@ impl S3Store {
                     .client
                     .upload_part()
                     .bucket(&self.location.bucket)
-                    .key(object)
+                    .key(&object)
                     .upload_id(&upload_id)
                     .part_number(number)
                     .body(body)
                     .send()
                     .await
                     .map_err(|e| classify(&what, e))?;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag).build());
+                parts.push((number, out.e_tag.unwrap_or_default()));
                 offset += length;
                 number += 1;
             }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.location.bucket)
-                .key(object)
-                .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send()
-                .await
-                .map_err(|e| classify(&what, e))?;
-            Ok(())
+            self.complete_multipart(key, &upload_id, &parts).await
         }
         .await;
         if result.is_err() {
             // Best effort: an abandoned upload holds storage until a lifecycle rule clears it.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.location.bucket)
-                .key(object)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            let _ = self.abort_multipart(key, &upload_id).await;
         }
         result
     }
@@ -353,7 +331,7 @@ impl ObjectStore for S3Store {
         let object = self.object_key(key)?;
         let size = tokio::fs::metadata(path).await?.len();
         if size > MULTIPART_THRESHOLD {
-            self.put_multipart(&object, path, size).await?;
+            self.put_multipart(key, path, size).await?;
         } else {
             let body = ByteStream::from_path(path)
                 .await
