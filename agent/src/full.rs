@@ -433,8 +433,11 @@ impl Jobs {
         let mut out = Vec::new();
         let mut jobs = lock(&self.jobs);
         let keep = self.config.keep_finished;
+        // Spooled shards per capture, read once for both the clean-up and the reports.
+        let pending: HashMap<String, u32> =
+            jobs.iter().map(|(id, job)| (id.clone(), manifests(&job.dir).len() as u32)).collect();
         jobs.retain(|id, job| {
-            let pending_shards = manifests(&job.dir).len() as u32;
+            let pending_shards = pending[id];
             let forget = pending_shards == 0 && job.ended_at.is_some_and(|t| t.elapsed() > keep);
             if forget {
                 let _ = std::fs::remove_dir_all(&job.dir);
@@ -443,7 +446,7 @@ impl Jobs {
             !forget
         });
         for (id, job) in jobs.iter_mut() {
-            let pending_shards = manifests(&job.dir).len() as u32;
+            let pending_shards = pending[id];
             let report = match (&job.stop, &job.end) {
                 (Some(stop), _) => {
                     if spool_full {

@@ -189,15 +189,19 @@ fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
 /// Selects the agents of a colo: an exact PoP name, or every PoP whose name starts with it
 /// (`ord` covers `ord01` and `ord02`). Case-insensitive.
 /// Agents are taken from the shared presence keys, so every replica sees every agent.
-async fn colo_agents(state: &AppState, colo: &str) -> Result<Vec<crate::repo::AgentPresence>, ApiError> {
-    let colo = colo.to_ascii_lowercase();
+/// Returns them, and whether the colo named a PoP exactly (see [`in_colo`]).
+async fn colo_agents(state: &AppState, colo: &str) -> Result<(Vec<crate::repo::AgentPresence>, bool), ApiError> {
     let mut agents = state.repo.list_agents().await.map_err(repo_err)?;
     agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
-    let exact: Vec<_> = agents.iter().filter(|a| a.pop.to_ascii_lowercase() == colo).cloned().collect();
-    if !exact.is_empty() {
-        return Ok(exact);
-    }
-    Ok(agents.into_iter().filter(|a| a.pop.to_ascii_lowercase().starts_with(&colo)).collect())
+    let exact = agents.iter().any(|a| in_colo(&a.pop, colo, true));
+    Ok((agents.into_iter().filter(|a| in_colo(&a.pop, colo, exact)).collect(), exact))
+}
+
+/// Whether PoP `pop` is in colo `colo`: its exact name when `exact` (some present PoP has
+/// that name), else any PoP whose name starts with it. Case-insensitive.
+fn in_colo(pop: &str, colo: &str, exact: bool) -> bool {
+    let (pop, colo) = (pop.to_ascii_lowercase(), colo.to_ascii_lowercase());
+    if exact { pop == colo } else { pop.starts_with(&colo) }
 }
 
 async fn create_full(
@@ -241,21 +245,13 @@ async fn create_full(
             ));
         }
     }
-    let agents = colo_agents(&state, &colo).await?;
+    let (agents, exact) = colo_agents(&state, &colo).await?;
     // Agents of the colo that were seen before but are offline now: named, as skipped.
     let offline: Vec<crate::repo::AgentPresence> = match state.repo.list_known_agents().await {
-        Ok(known) => {
-            let colo_l = colo.to_ascii_lowercase();
-            let exact = agents.iter().any(|a| a.pop.to_ascii_lowercase() == colo_l);
-            known
-                .into_iter()
-                .filter(|k| {
-                    let pop = k.pop.to_ascii_lowercase();
-                    (if exact { pop == colo_l } else { pop.starts_with(&colo_l) })
-                        && agents.iter().all(|a| a.agent_id != k.agent_id)
-                })
-                .collect()
-        }
+        Ok(known) => known
+            .into_iter()
+            .filter(|k| in_colo(&k.pop, &colo, exact) && agents.iter().all(|a| a.agent_id != k.agent_id))
+            .collect(),
         Err(_) => vec![],
     };
     if agents.is_empty() {

@@ -90,6 +90,11 @@ impl Registry {
         out
     }
 
+    /// Whether an agent has its control stream to this replica now.
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        lock(&self.agents).contains_key(agent_id)
+    }
+
     fn register(&self, info: AgentInfo, tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>) -> u64 {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let previous = lock(&self.agents).insert(info.agent_id.clone(), Connection { info, conn, tx });

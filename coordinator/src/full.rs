@@ -301,7 +301,7 @@ impl FullCaptures {
     }
 
     async fn forward(&self, job: &JobRecord) {
-        if self.registry.agents().iter().all(|a| a.agent_id != job.agent_id) {
+        if !self.registry.is_connected(&job.agent_id) {
             return;
         }
         // Only jobs whose PoP is still open are sent (a finished PoP is never restarted).

@@ -88,7 +88,7 @@ pub async fn serve(repo: Repo, registry: Arc<Registry>, timeout: Duration, cance
                 match event {
                     Some(Ok(WatchEvent::Put(kv))) => {
                         let Some(agent_id) = kv.key.strip_prefix(&jobs_prefix()).and_then(|r| r.split('/').next()) else { continue };
-                        if registry.agents().iter().all(|a| a.agent_id != agent_id) {
+                        if !registry.is_connected(agent_id) {
                             continue;
                         }
                         let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice()) else { continue };
