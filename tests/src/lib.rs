@@ -509,3 +509,34 @@ pub async fn api_call(method: &str, url: &str, token: &str, body: Option<serde_j
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
+
+/// A CA in `dir` and a coordinator certificate for the core side of `count` PoPs made by
+/// [`pop_namespaces`] (10.213.i.1); returns the PKI directory.
+pub fn core_pki(dir: &Path, count: usize) -> PathBuf {
+    let pki = dir.join("pki");
+    edgecap_tls::pki::init_ca(&pki, "e2e").expect("CA");
+    let hosts: Vec<String> = (1..=count).map(|i| format!("10.213.{i}.1")).collect();
+    edgecap_tls::pki::issue_coordinator(&pki, "core", &hosts).expect("coordinator certificate");
+    pki
+}
+
+impl S3Server {
+    /// Writes a coordinator `--s3-credentials` file holding this server's key for `bucket`.
+    pub fn write_credentials(&self, path: &Path, bucket: &str) {
+        let json = serde_json::json!({bucket: {"access_key_id": Self::ACCESS_KEY, "secret_access_key": Self::SECRET_KEY}});
+        std::fs::write(path, json.to_string()).expect("write S3 credentials");
+    }
+}
+
+/// Replays `DnsPackets.pcap` from the shared test data into every PoP's uplink (from the core
+/// side), in a loop, at `pps` per PoP; one tcpreplay per PoP, logs in `logs`.
+pub fn replay_dns(core: &NetNs, pops: &[PopNs], pps: u32, logs: &Path) -> Vec<Proc> {
+    let pcap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pcaps/DnsPackets.pcap");
+    let pps = pps.to_string();
+    pops.iter()
+        .map(|pop| {
+            let log = logs.join(format!("tcpreplay-{}.log", pop.name));
+            core.spawn("tcpreplay", &["-q", "-i", &pop.core_veth, "--pps", &pps, "--loop", "0", pcap.to_str().expect("path")], &log)
+        })
+        .collect()
+}

@@ -12,8 +12,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edgecap_e2e::{EtcdServer, NetNs, PopNs, Proc, S3Server, bin, edgecap_cli, pop_namespaces, require_root, require_tool, sweep_stale, wait_for};
-use serde_json::{Value, json};
+use edgecap_e2e::{
+    EtcdServer, NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root, require_tool,
+    sweep_stale, wait_for,
+};
+use serde_json::Value;
 
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 const BUCKET: &str = "captures";
@@ -37,19 +40,12 @@ impl Cluster {
         }
         sweep_stale();
         let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        edgecap_tls::pki::init_ca(&pki, "e2e").unwrap();
-        let hosts: Vec<String> = (1..=3).map(|i| format!("10.213.{i}.1")).collect();
-        edgecap_tls::pki::issue_coordinator(&pki, "core", &hosts).unwrap();
+        let pki = core_pki(dir.path(), 3);
         let core = NetNs::new("core");
         let etcd = EtcdServer::launch_in(test, &core)?;
         let s3 = S3Server::launch_in(test, &core)?;
         s3.create_bucket(BUCKET);
-        std::fs::write(
-            dir.path().join("s3.json"),
-            json!({BUCKET: {"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": S3Server::SECRET_KEY}}).to_string(),
-        )
-        .unwrap();
+        s3.write_credentials(&dir.path().join("s3.json"), BUCKET);
         let pops = pop_namespaces(&core, &pki, 3);
         let mut cluster =
             Cluster { traffic: vec![], agents: vec![], coordinators: vec![], s3, etcd, pops, core, dir };
@@ -147,16 +143,7 @@ impl Cluster {
     }
 
     fn start_traffic(&mut self, pps: u32) {
-        let pcap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pcaps/DnsPackets.pcap");
-        for pop in &self.pops {
-            let log = self.dir.path().join(format!("tcpreplay-{}.log", pop.name));
-            let p = self.core.spawn(
-                "tcpreplay",
-                &["-q", "-i", &pop.core_veth, "--pps", &pps.to_string(), "--loop", "0", pcap.to_str().unwrap()],
-                &log,
-            );
-            self.traffic.push(p);
-        }
+        self.traffic.extend(replay_dns(&self.core, &self.pops, pps, self.dir.path()));
     }
 
     fn create_full(&self, c: usize, time_limit: u64) -> String {

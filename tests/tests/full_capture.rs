@@ -5,18 +5,16 @@
 //! the `edgecap` CLI from inside the core namespace; the merged file is read from the S3
 //! server's directory and checked with tshark.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use edgecap_e2e::{NetNs, PopNs, Proc, S3Server, bin, edgecap_cli, pop_namespaces, require_root, require_tool, sweep_stale, tshark_packets, wait_for};
-use serde_json::{Value, json};
+use edgecap_e2e::{
+    NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root, require_tool, sweep_stale,
+    tshark_packets, wait_for,
+};
+use serde_json::Value;
 
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 const BUCKET: &str = "captures";
-
-fn dns_pcap() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/pcaps/DnsPackets.pcap")
-}
 
 /// Fields drop in order: processes first, then the S3 server, then the namespaces.
 struct Fixture {
@@ -43,20 +41,12 @@ impl Fixture {
         }
         sweep_stale();
         let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        edgecap_tls::pki::init_ca(&pki, "e2e").unwrap();
-        let hosts: Vec<String> = (1..=3).map(|i| format!("10.213.{i}.1")).collect();
-        edgecap_tls::pki::issue_coordinator(&pki, "core", &hosts).unwrap();
+        let pki = core_pki(dir.path(), 3);
         let core = NetNs::new("core");
         let s3 = S3Server::launch_in(test, &core)?;
         s3.create_bucket(BUCKET);
         let pops = pop_namespaces(&core, &pki, 3);
-        let creds = dir.path().join("s3-credentials.json");
-        std::fs::write(
-            &creds,
-            json!({BUCKET: {"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": S3Server::SECRET_KEY}}).to_string(),
-        )
-        .unwrap();
+        s3.write_credentials(&dir.path().join("s3-credentials.json"), BUCKET);
         let coordinator_args = coordinator_args.iter().map(|s| s.to_string()).collect();
         let agent_args = agent_args.iter().map(|s| s.to_string()).collect();
         let mut fixture =
@@ -138,12 +128,7 @@ impl Fixture {
 
     /// Replays the DNS capture into every PoP's uplink, in a loop, at `pps` per PoP.
     fn start_traffic(&mut self, pps: u32) {
-        for pop in &self.pops {
-            let log = self.dir.path().join(format!("tcpreplay-{}.log", pop.name));
-            let pps = pps.to_string();
-            let p = self.core.spawn("tcpreplay", &["-q", "-i", &pop.core_veth, "--pps", &pps, "--loop", "0", dns_pcap().to_str().unwrap()], &log);
-            self.traffic.push(p);
-        }
+        self.traffic.extend(replay_dns(&self.core, &self.pops, pps, self.dir.path()));
     }
 
     fn create_full(&self, extra: &[&str]) -> Value {
