@@ -28,10 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgecap_proto::agent::v1 as pb;
-use edgecap_state::WatchEvent;
 use edgecap_storage::s3::{MULTIPART_THRESHOLD, PART_SIZE, S3Location, S3Store, StaticCredentials};
 use edgecap_storage::{ObjectStore, StorageError};
-use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -329,40 +327,21 @@ impl FullCaptures {
 
     /// Forwards job changes to the agents connected here, driven by a watch on the jobs.
     pub async fn forward_jobs(self: Arc<Self>, cancel: CancellationToken) {
-        let store = self.repo.store().clone();
-        while !cancel.is_cancelled() {
-            let result: Result<(), String> = async {
-                let revision = store.revision().await.map_err(|e| e.to_string())?;
-                // Anything written before the watch starts is covered by this pass.
-                for agent in self.registry.agents() {
-                    self.on_agent_connected(&agent.agent_id).await;
-                }
-                let mut events = store.watch(JOBS_PREFIX, revision + 1).await.map_err(|e| e.to_string())?;
-                loop {
-                    let event = tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
-                        e = events.next() => e,
-                    };
-                    match event {
-                        Some(Ok(WatchEvent::Put(kv))) => match crate::repo::decode::<JobRecord>(&kv.key, &kv.value) {
-                            Ok(job) => self.forward(&job).await,
-                            Err(error) => tracing::warn!(%error, "undecodable job skipped"),
-                        },
-                        Some(Ok(WatchEvent::Delete { .. })) => {}
-                        Some(Err(e)) => return Err(e.to_string()),
-                        None => return Err("watch ended".into()),
-                    }
-                }
+        // Jobs written before the watch (re)starts are covered by sending every connected
+        // agent its jobs.
+        let this: &Self = &self;
+        let catch_up = move || async move {
+            for agent in this.registry.agents() {
+                this.on_agent_connected(&agent.agent_id).await;
             }
-            .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, "job watch interrupted; restarting it");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+        };
+        let on_put = move |kv: edgecap_state::KeyValue| async move {
+            match crate::repo::decode::<JobRecord>(&kv.key, &kv.value) {
+                Ok(job) => this.forward(&job).await,
+                Err(error) => tracing::warn!(%error, "undecodable job skipped"),
             }
-        }
+        };
+        self.repo.follow_puts(JOBS_PREFIX, "job", &cancel, catch_up, on_put).await;
     }
 
     /// A progress report from an agent: folded into its PoP's state (ignored unless the agent

@@ -75,41 +75,18 @@ pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQue
 
 /// Runs the relayed queries of the agents connected to this replica, driven by a watch.
 pub async fn serve(repo: Repo, registry: Arc<Registry>, timeout: Duration, cancel: CancellationToken) {
-    let store = repo.store().clone();
-    while !cancel.is_cancelled() {
-        let result: Result<(), String> = async {
-            let revision = store.revision().await.map_err(|e| e.to_string())?;
-            let mut events = store.watch(&jobs_prefix(), revision + 1).await.map_err(|e| e.to_string())?;
-            loop {
-                let event = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    e = events.next() => e,
-                };
-                match event {
-                    Some(Ok(WatchEvent::Put(kv))) => {
-                        let Some(agent_id) = kv.key.strip_prefix(&jobs_prefix()).and_then(|r| r.split('/').next()) else { continue };
-                        if !registry.is_connected(agent_id) {
-                            continue;
-                        }
-                        let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice()) else { continue };
-                        let (repo, registry, agent_id) = (repo.clone(), registry.clone(), agent_id.to_string());
-                        tokio::spawn(async move { answer(&repo, &registry, &agent_id, query, timeout).await });
-                    }
-                    Some(Ok(WatchEvent::Delete { .. })) => {}
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("watch ended".into()),
-                }
-            }
+    let prefix = jobs_prefix();
+    let on_put = |kv: edgecap_state::KeyValue| {
+        let asked = kv.key.strip_prefix(&prefix).and_then(|r| r.split('/').next()).map(str::to_string);
+        if let Some(agent_id) = asked.filter(|a| registry.is_connected(a))
+            && let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice())
+        {
+            let (repo, registry) = (repo.clone(), registry.clone());
+            tokio::spawn(async move { answer(&repo, &registry, &agent_id, query, timeout).await });
         }
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, "sample relay watch interrupted; restarting it");
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
+        async {}
+    };
+    repo.follow_puts(&prefix, "sample relay", &cancel, || async {}, on_put).await;
 }
 
 async fn answer(repo: &Repo, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
