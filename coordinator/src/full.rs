@@ -848,3 +848,76 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn captures() -> FullCaptures {
+        let store = edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap();
+        let repo = Repo::new(store);
+        let job = JobRecord {
+            capture_id: "c1".into(),
+            account_id: "acct".into(),
+            agent_id: "a1".into(),
+            pop: "ord01".into(),
+            destination_conf: "s3://bucket-1/p?endpoint=http://127.0.0.1:1".into(),
+            filter_v1: Default::default(),
+            filter_bpf: None,
+            filter_bpf_hash: None,
+            time_limit: 10,
+            packet_limit: None,
+            byte_limit: None,
+            not_after_ns: 0,
+            stop: false,
+        };
+        repo.put_job(&job).await.unwrap();
+        let pop = PopResult { pop: "ord01".into(), agent_id: "a1".into(), status: "running".into(), ..Default::default() };
+        repo.cas_pop("c1", "a1", None, &pop).await.unwrap();
+        FullCaptures::new(repo, Arc::new(Registry::default()), "t".into(), Default::default(), Default::default(), std::env::temp_dir())
+    }
+
+    fn request(capture: &str, shard: &str) -> pb::UploadRequest {
+        pb::UploadRequest { request_id: "r".into(), capture_id: capture.into(), shard: shard.into(), size: 10 }
+    }
+
+    #[tokio::test]
+    async fn upload_grants_are_refused_for_anything_but_the_agents_own_open_capture() {
+        let full = captures().await;
+        for (agent, pop, req, says) in [
+            ("a1", "ord01", request("other", "shard-000001.pcap"), "no job"),
+            ("a2", "ord01", request("c1", "shard-000001.pcap"), "no job"),
+            ("a1", "ams01", request("c1", "shard-000001.pcap"), "no job"),
+            ("a1", "ord01", request("c1", "../escape.pcap"), "not acceptable"),
+            ("a1", "ord01", request("c1", ".hidden"), "not acceptable"),
+        ] {
+            let grant = full.grant(agent, pop, req).await;
+            assert!(grant.put.is_none() && grant.parts.is_empty(), "{grant:?}");
+            assert!(grant.error.contains(says) && !grant.retryable, "{agent} {pop}: {}", grant.error);
+        }
+        // A shard reported under a key that was not granted for it is refused.
+        let uploaded = pb::ShardUploaded {
+            request_id: "r".into(),
+            capture_id: "c1".into(),
+            shard: "shard-000001.pcap".into(),
+            key: "edgecap-shards/c1/ord02/a9/shard-000001.pcap".into(),
+            ..Default::default()
+        };
+        let committed = full.commit("a1", "ord01", uploaded).await;
+        assert!(committed.error.contains("was not granted") && !committed.retryable, "{}", committed.error);
+        // Once the PoP is final, its capture takes no more shards.
+        full.repo.update_pop("c1", "a1", |p| p.status = "done".into()).await.unwrap();
+        let grant = full.grant("a1", "ord01", request("c1", "shard-000002.pcap")).await;
+        assert!(grant.error.contains("already closed") && !grant.retryable, "{}", grant.error);
+    }
+
+    #[test]
+    fn a_bad_credentials_file_is_a_clear_error_without_its_contents() {
+        let dir = std::env::temp_dir().join(format!("edgecap-creds-{}", std::process::id()));
+        std::fs::write(&dir, r#"{"bucket": {"access_key_id": "AKIA", "secret": "s3cr3t"}}"#).unwrap();
+        let e = load_credentials(&dir).unwrap_err().to_string();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(e.contains("not a JSON object of bucket") && !e.contains("s3cr3t"), "{e}");
+        assert!(load_credentials(std::path::Path::new("/nonexistent/creds.json")).is_err());
+    }
+}

@@ -46,6 +46,27 @@ mod config_tests {
             assert!(StateConfig::parse(bad, d).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn refuses_bad_connection_settings_with_the_reason() {
+        let d = Path::new("/d");
+        for (bad, says) in [
+            ("etcd://a:1?bogus=1", "unknown parameter"),
+            ("etcd://a:1?ca=", "needs a value"),
+            ("etcd://a:1?ca=/c&cert=/x", "cert and key go together"),
+            ("etcd://a:1?cert=/x&key=/y", "needs ca="),
+            ("etcd://a:1?user=u&password=p", "password_file"),
+            ("etcd://a:1?user=u&password_file=/nonexistent/edgecap-password", "password_file"),
+        ] {
+            let e = StateConfig::parse(bad, d).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let StateConfig::Etcd { auth, .. } = StateConfig::parse("etcd://a:1/p?ca=/c&cert=/x&key=/y", d).unwrap() else {
+            panic!()
+        };
+        assert_eq!(auth.ca.as_deref(), Some(Path::new("/c")));
+        assert!(auth.user.is_none() && auth.password.is_none());
+    }
 }
 
 /// A store-wide revision. Every mutation increases it by one.
