@@ -197,7 +197,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 impl Jobs {
     /// Opens the spool and takes over what a previous run left in it.
-    pub fn open(config: FullCaptureConfig, agent_id: &str, pop: &str, interface: Option<String>) -> anyhow::Result<Self> {
+    pub fn open(
+        config: FullCaptureConfig,
+        agent_id: &str,
+        pop: &str,
+        interface: Option<String>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.spool_dir)
             .with_context(|| format!("create spool directory {}", config.spool_dir.display()))?;
         let mut jobs = HashMap::new();
@@ -279,13 +284,24 @@ impl Jobs {
         let dir = self.config.spool_dir.join(&id);
         let failed = |this: &Arc<Self>, error: String| {
             tracing::warn!(capture = %id, %error, "full capture not started");
-            let end = EndFile { counters: CountersJson::default(), stop_reason: "failed".into(), error, interrupted: false };
+            let end =
+                EndFile { counters: CountersJson::default(), stop_reason: "failed".into(), error, interrupted: false };
             let _ = std::fs::create_dir_all(&dir);
-            let _ = write_json(&dir.join("job.json"), &JobFile { capture_id: id.clone(), interface: String::new(), started_ns: now_ns() });
+            let _ = write_json(
+                &dir.join("job.json"),
+                &JobFile { capture_id: id.clone(), interface: String::new(), started_ns: now_ns() },
+            );
             let _ = write_json(&dir.join("end.json"), &end);
             lock(&this.jobs).insert(
                 id.clone(),
-                Job { dir: dir.clone(), stop: None, end: Some(end), shards_uploaded: 0, ended_at: Some(Instant::now()), final_reported: None },
+                Job {
+                    dir: dir.clone(),
+                    stop: None,
+                    end: Some(end),
+                    shards_uploaded: 0,
+                    ended_at: Some(Instant::now()),
+                    final_reported: None,
+                },
             );
         };
         if job.not_after_ns != 0 && now_ns() > job.not_after_ns {
@@ -329,9 +345,12 @@ impl Jobs {
                 Err(e) => return failed(self, e.to_string()),
             }
         };
-        if let Err(e) = std::fs::create_dir_all(&dir)
-            .and_then(|_| write_json(&dir.join("job.json"), &JobFile { capture_id: id.clone(), interface: iface.clone(), started_ns: now_ns() }))
-        {
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| {
+            write_json(
+                &dir.join("job.json"),
+                &JobFile { capture_id: id.clone(), interface: iface.clone(), started_ns: now_ns() },
+            )
+        }) {
             return failed(self, format!("spool: {e}"));
         }
         let mut config = LiveConfig::new(&iface, &expr);
@@ -372,7 +391,14 @@ impl Jobs {
         tracing::info!(capture = %id, %iface, filter = %expr, "full capture started");
         lock(&self.jobs).insert(
             id.clone(),
-            Job { dir: dir.clone(), stop: Some(live.stop_handle()), end: None, shards_uploaded: 0, ended_at: None, final_reported: None },
+            Job {
+                dir: dir.clone(),
+                stop: Some(live.stop_handle()),
+                end: None,
+                shards_uploaded: 0,
+                ended_at: None,
+                final_reported: None,
+            },
         );
         let this = self.clone();
         std::thread::spawn(move || {
@@ -551,7 +577,9 @@ impl Jobs {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(request_id.to_string(), tx);
         let result = async {
-            out.send(pb::AgentMessage { msg: Some(msg) }).await.map_err(|_| anyhow::anyhow!("control stream closed"))?;
+            out.send(pb::AgentMessage { msg: Some(msg) })
+                .await
+                .map_err(|_| anyhow::anyhow!("control stream closed"))?;
             tokio::time::timeout(Duration::from_secs(60), rx)
                 .await
                 .map_err(|_| anyhow::anyhow!("no answer from the coordinator within 60 s"))?
@@ -637,7 +665,9 @@ impl Jobs {
             .await?;
         match committed {
             pb::coordinator_message::Msg::ShardCommitted(c) if c.error.is_empty() => {}
-            pb::coordinator_message::Msg::ShardCommitted(c) => anyhow::bail!("coordinator did not record the shard: {}", c.error),
+            pb::coordinator_message::Msg::ShardCommitted(c) => {
+                anyhow::bail!("coordinator did not record the shard: {}", c.error)
+            }
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
         std::fs::remove_file(&shard_path).with_context(|| format!("remove {}", shard_path.display()))?;

@@ -47,12 +47,7 @@ impl HttpClient {
             .with_context(|| format!("upload to {host}: no answer within 300 s"))?
             .with_context(|| format!("upload to {host}"))?;
         let status = response.status();
-        let etag = response
-            .headers()
-            .get(hyper::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let etag = response.headers().get(hyper::header::ETAG).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if !status.is_success() {
             let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();

@@ -87,7 +87,8 @@ impl Agent {
         }
         let (agent_id, pop) = own_identity(&config.tls)?;
         let lookback = Arc::new(Mutex::new(Lookback::new(config.lookback.clone())));
-        let capture = LookbackCapture::start(&config.capture, lookback.clone()).context("start the lookback capture")?;
+        let capture =
+            LookbackCapture::start(&config.capture, lookback.clone()).context("start the lookback capture")?;
         let jobs = match &config.full {
             Some(full) => Some(Arc::new(
                 full::Jobs::open(full.clone(), &agent_id, &pop, config.capture.interfaces.first().cloned())
@@ -272,7 +273,8 @@ impl Drop for AbortOnDrop {
 }
 
 fn parse_endpoint(endpoint: &str) -> anyhow::Result<(String, u16)> {
-    let uri: tonic::codegen::http::Uri = endpoint.parse().with_context(|| format!("coordinator endpoint {endpoint:?}"))?;
+    let uri: tonic::codegen::http::Uri =
+        endpoint.parse().with_context(|| format!("coordinator endpoint {endpoint:?}"))?;
     anyhow::ensure!(uri.scheme_str() == Some("https"), "coordinator endpoint {endpoint:?}: must be https://host:port");
     let host = uri.host().with_context(|| format!("coordinator endpoint {endpoint:?}: no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -343,7 +345,10 @@ pub fn filter_from_pb(f: &pb::FilterV1) -> Result<FilterV1, String> {
             .map_err(|e| e.to_string())?,
         source_port: port("source_port", f.source_port)?,
         destination_port: port("destination_port", f.destination_port)?,
-        protocol: f.protocol.map(|p| u8::try_from(p).map_err(|_| format!("protocol: {p} is out of range"))).transpose()?,
+        protocol: f
+            .protocol
+            .map(|p| u8::try_from(p).map_err(|_| format!("protocol: {p} is out of range")))
+            .transpose()?,
     };
     filter.check_satisfiable().map_err(|e| e.to_string())?;
     Ok(filter)
@@ -354,10 +359,13 @@ pub fn filter_from_pb(f: &pb::FilterV1) -> Result<FilterV1, String> {
 pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
     // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
     // wire: a window that ends that recently is answered once they are all in.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let settled = query.to_ns.saturating_add(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64);
     if settled > now {
-        std::thread::sleep(Duration::from_nanos((settled - now).min(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64)));
+        std::thread::sleep(Duration::from_nanos(
+            (settled - now).min(edgecap_capture::live::VISIBILITY_DELAY.as_nanos() as u64),
+        ));
     }
     let fail = |error: String| vec![pb::SampleChunk::failure(&query.request_id, error)];
     let filter = match query.filter.as_ref().map(filter_from_pb).transpose() {
@@ -399,7 +407,9 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
     // Judged on the wire length, not the stored (truncated) length: a filter means the same
     // here as on a live capture.
     let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet, data| {
-        programs.get(usize::from(packet.iface)).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len))
+        programs
+            .get(usize::from(packet.iface))
+            .is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len))
     });
     let stats = lookback_stats(lookback);
     let packets: Vec<pb::Packet> = result
@@ -407,7 +417,13 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
         .into_iter()
         .map(|p| {
             let (name, linktype) = interfaces.get(p.iface as usize).cloned().unwrap_or_default();
-            pb::Packet { ts_ns: p.ts_ns, orig_len: p.orig_len, data: p.data, interface: name, linktype: linktype as u32 }
+            pb::Packet {
+                ts_ns: p.ts_ns,
+                orig_len: p.orig_len,
+                data: p.data,
+                interface: name,
+                linktype: linktype as u32,
+            }
         })
         .collect();
     pb::SampleChunk::split(&query.request_id, packets, result.matched, stats)

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edgecap_agent::{Agent, AgentConfig};
-use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
+use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::{FilterV1, LookbackConfig};
 use edgecap_tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
@@ -280,9 +280,17 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         identity,
     );
     let lookback = args.with_lookback.then(|| {
-        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig { sample_rate: args.lookback_sample_rate.max(1), ..LookbackConfig::default() })));
-        let config = edgecap_capture::LookbackCaptureConfig { interfaces: vec![args.iface.clone()], ..Default::default() };
-        (edgecap_capture::LookbackCapture::start(&config, lookback.clone()).unwrap_or_else(|e| usage_error(e.to_string())), lookback)
+        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig {
+            sample_rate: args.lookback_sample_rate.max(1),
+            ..LookbackConfig::default()
+        })));
+        let config =
+            edgecap_capture::LookbackCaptureConfig { interfaces: vec![args.iface.clone()], ..Default::default() };
+        (
+            edgecap_capture::LookbackCapture::start(&config, lookback.clone())
+                .unwrap_or_else(|e| usage_error(e.to_string())),
+            lookback,
+        )
     });
     let live = LiveCapture::start(config, Box::new(shards)).unwrap_or_else(|e| usage_error(e.to_string()));
     eprintln!("edgecap-agent: capturing on {} (filter {:?})", args.iface, filter);
@@ -296,7 +304,12 @@ async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
     if let Some((capture, lookback)) = lookback {
         capture.stop();
         let l = lookback.lock().unwrap_or_else(|p| p.into_inner());
-        eprintln!("lookback: {} packets seen, {} held, {} kernel drops", l.stats().packets_seen, l.len(), l.stats().kernel_dropped);
+        eprintln!(
+            "lookback: {} packets seen, {} held, {} kernel drops",
+            l.stats().packets_seen,
+            l.len(),
+            l.stats().kernel_dropped
+        );
     }
     println!("{}", counters.line());
     eprintln!("{} packets captured", counters.written);

@@ -38,9 +38,11 @@ pub struct BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let endpoints: Vec<String> = args.endpoints.split(',').map(|e| e.trim_start_matches("http://").to_string()).collect();
+    let endpoints: Vec<String> =
+        args.endpoints.split(',').map(|e| e.trim_start_matches("http://").to_string()).collect();
     let prefix = format!("/{}", args.prefix.trim_matches('/'));
-    let store = edgecap_state::open(&edgecap_state::StateConfig::Etcd { endpoints, prefix, auth: Default::default() }).await?;
+    let store =
+        edgecap_state::open(&edgecap_state::StateConfig::Etcd { endpoints, prefix, auth: Default::default() }).await?;
     let repo = Repo::new(store);
     let full = Arc::new(FullCaptures::new(
         repo.clone(),
@@ -57,7 +59,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let capture = format!("{:032x}", c + 1);
         for p in 0..args.pops {
             let agent = format!("agent-{p:04}");
-            let pop = PopResult { pop: format!("pop{p:04}"), agent_id: agent.clone(), status: "running".into(), ..Default::default() };
+            let pop = PopResult {
+                pop: format!("pop{p:04}"),
+                agent_id: agent.clone(),
+                status: "running".into(),
+                ..Default::default()
+            };
             repo.cas_pop(&capture, &agent, None, &pop).await?;
             let (full, writes, capture) = (full.clone(), writes.clone(), capture.clone());
             let interval = Duration::from_millis(args.interval_ms);
@@ -68,7 +75,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     let report = pb::CaptureReport {
                         capture_id: capture.clone(),
                         state: "running".into(),
-                        counters: Some(pb::CaptureCounters { received: n, matched: n, written: n, bytes_written: n * 100, ..Default::default() }),
+                        counters: Some(pb::CaptureCounters {
+                            received: n,
+                            matched: n,
+                            written: n,
+                            bytes_written: n * 100,
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     };
                     full.report(&agent, report).await;

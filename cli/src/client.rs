@@ -153,7 +153,11 @@ impl Client {
             if matches!(v["status"].as_str(), Some("success" | "failed" | "complete")) {
                 return Ok(v);
             }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "capture {id} still {} after {timeout_secs} s", v["status"]);
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "capture {id} still {} after {timeout_secs} s",
+                v["status"]
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

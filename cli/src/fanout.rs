@@ -62,7 +62,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let mut first_median = None;
     for &n in &args.agents {
         while running < n {
-            let files = edgecap_tls::pki::issue_agent(&pki, &format!("agent-{running:04}"), &format!("pop{running:04}"))?;
+            let files =
+                edgecap_tls::pki::issue_agent(&pki, &format!("agent-{running:04}"), &format!("pop{running:04}"))?;
             let config = AgentConfig::new(vec![endpoint.clone()], files, vec![args.iface.clone()]);
             let agent = Agent::start(config)?;
             tokio::spawn(agent.run(cancel.clone()));
@@ -70,16 +71,25 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         while coordinator.state.registry.agents().len() < n {
-            anyhow::ensure!(Instant::now() < deadline, "only {} of {n} agents connected", coordinator.state.registry.agents().len());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {n} agents connected",
+                coordinator.state.registry.agents().len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut times = Vec::with_capacity(args.reps);
         for _ in 0..args.reps {
-            let offset = edgecap_coordinator::model::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
+            let offset =
+                edgecap_coordinator::model::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
             let started = Instant::now();
             let created = client
-                .call("POST", "", Some(json!({"system": "magic-transit", "type": "simple", "time_limit": 60,
-                    "packet_limit": 100, "offset_time": offset})))
+                .call(
+                    "POST",
+                    "",
+                    Some(json!({"system": "magic-transit", "type": "simple", "time_limit": 60,
+                    "packet_limit": 100, "offset_time": offset})),
+                )
                 .await?;
             let id = created["id"].as_str().unwrap_or_default().to_string();
             loop {

@@ -58,7 +58,8 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         args.output.file_name().and_then(|n| n.to_str()).unwrap_or("merge"),
         std::process::id()
     ));
-    let out = BufWriter::with_capacity(out_buffer, File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?);
+    let out =
+        BufWriter::with_capacity(out_buffer, File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?);
     let options = MergeOptions {
         format: Some(match args.format {
             Format::Pcap => OutputFormat::Pcap,
@@ -89,6 +90,11 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
             );
         }
     }
-    eprintln!("edgecap merge: {} packets from {} inputs into {}", report.packets, report.inputs.len(), args.output.display());
+    eprintln!(
+        "edgecap merge: {} packets from {} inputs into {}",
+        report.packets,
+        report.inputs.len(),
+        args.output.display()
+    );
     Ok(())
 }

@@ -18,11 +18,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::AppState;
-use edgecap_storage::ObjectStore as _;
 use crate::error::{ApiError, code};
-use crate::model::{CaptureRecord, CaptureStatus, CaptureType, OwnershipRecord, OwnershipStatus, PopResult, is_id, new_id, rfc3339};
+use crate::model::{
+    CaptureRecord, CaptureStatus, CaptureType, OwnershipRecord, OwnershipStatus, PopResult, is_id, new_id, rfc3339,
+};
 use crate::repo::RepoError;
 use crate::validate::{parse_create, parse_ownership_create, parse_ownership_validate};
+use edgecap_storage::ObjectStore as _;
 
 /// Per-account limits from Cloudflare's docs: one sample request per minute, one running or
 /// pending full capture. `None` turns a limit off.
@@ -183,7 +185,11 @@ fn new_record(account: &str, request: crate::validate::CreateRequest, now: time:
 /// The user's bucket could not be reached (retry later): 503 naming the field.
 fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
     tracing::warn!(error = %e, "bucket unreachable");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_UNAVAILABLE, format!("destination_conf: bucket unreachable: {e}"))
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code::STORAGE_UNAVAILABLE,
+        format!("destination_conf: bucket unreachable: {e}"),
+    )
 }
 
 /// Selects the agents of a colo: an exact PoP name, or every PoP whose name starts with it
@@ -217,7 +223,8 @@ async fn create_full(
     let colo = request.colo_name.clone().unwrap_or_default();
     // The bucket must have been proven to be this account's.
     let ownerships = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
-    let owned = ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
+    let owned =
+        ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
     if !owned {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -241,7 +248,9 @@ async fn create_full(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 code::FULL_CAPTURE_RUNNING,
-                format!("type: this account already has {active} pending or running full capture(s); the limit is {max}"),
+                format!(
+                    "type: this account already has {active} pending or running full capture(s); the limit is {max}"
+                ),
             ));
         }
     }

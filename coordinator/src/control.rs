@@ -157,7 +157,8 @@ impl Registry {
         let (tx, mut rx) = mpsc::channel(256);
         let agent_tx = {
             let agents = lock(&self.agents);
-            let conn = agents.get(agent_id).ok_or_else(|| "agent disconnected before the query was sent".to_string())?;
+            let conn =
+                agents.get(agent_id).ok_or_else(|| "agent disconnected before the query was sent".to_string())?;
             conn.tx.clone()
         };
         lock(&self.pending).insert(request_id.clone(), Pending { agent_id: agent_id.to_string(), tx });
@@ -196,10 +197,7 @@ type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, St
 impl pb::agent_control_server::AgentControl for ControlService {
     type ControlStream = ControlStream;
 
-    async fn control(
-        &self,
-        request: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<ControlStream>, Status> {
+    async fn control(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ControlStream>, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()

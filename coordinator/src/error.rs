@@ -63,7 +63,11 @@ impl ApiError {
     }
     pub fn storage(error: &edgecap_storage::StorageError) -> Self {
         tracing::warn!(%error, "object store error answered as 503");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_UNAVAILABLE, format!("object store unavailable: {error}"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::STORAGE_UNAVAILABLE,
+            format!("object store unavailable: {error}"),
+        )
     }
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();

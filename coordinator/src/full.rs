@@ -545,7 +545,10 @@ impl FullCaptures {
                 Ok(records) => {
                     runners.retain(|_, h| !h.is_finished());
                     for record in records {
-                        if record.capture_type != CaptureType::Full || record.status.is_final() || runners.contains_key(&record.id) {
+                        if record.capture_type != CaptureType::Full
+                            || record.status.is_final()
+                            || runners.contains_key(&record.id)
+                        {
                             continue;
                         }
                         let id = record.id.clone();
@@ -621,7 +624,10 @@ impl FullCaptures {
                 } else {
                     gone_since.remove(&pop.agent_id);
                     (now > deadline).then(|| {
-                        format!("did not finish within time_limit + {} s", (START_DEADLINE + self.settings.upload_grace).as_secs())
+                        format!(
+                            "did not finish within time_limit + {} s",
+                            (START_DEADLINE + self.settings.upload_grace).as_secs()
+                        )
                     })
                 };
                 if let Some(reason) = reason {
@@ -632,7 +638,9 @@ impl FullCaptures {
                 // The accepting replica died between the record and its jobs.
                 for pop in &mut record.pops {
                     pop.status = "failed".into();
-                    pop.error = Some("the capture's jobs were never written (its coordinator failed while accepting it)".into());
+                    pop.error = Some(
+                        "the capture's jobs were never written (its coordinator failed while accepting it)".into(),
+                    );
                 }
             }
             let mut view = pops;
@@ -723,7 +731,8 @@ impl FullCaptures {
             }
             Err(e) => {
                 record.status = CaptureStatus::Failed;
-                let mut message = format!("merge into the bucket failed: {e}; the shards are kept under {}", shard_prefix(&id));
+                let mut message =
+                    format!("merge into the bucket failed: {e}; the shards are kept under {}", shard_prefix(&id));
                 if let Some(f) = failures {
                     message.push_str("; ");
                     message.push_str(&f);
@@ -788,7 +797,8 @@ impl FullCaptures {
             let out_path = dir.join("merged");
             let comment = format!("edgecap full capture {}", record.id);
             let merged = out_path.clone();
-            let format = if pcapng(record) { edgecap_merge::OutputFormat::PcapNg } else { edgecap_merge::OutputFormat::Pcap };
+            let format =
+                if pcapng(record) { edgecap_merge::OutputFormat::PcapNg } else { edgecap_merge::OutputFormat::Pcap };
             // Per-PoP counters for the pcapng interface statistics.
             let counters: HashMap<String, (u64, u64)> = record
                 .pops
@@ -813,7 +823,8 @@ impl FullCaptures {
                     });
                 }
                 let out = BufWriter::with_capacity(64 << 10, std::fs::File::create(&merged)?);
-                let options = edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
+                let options =
+                    edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
                 let (out, report) = edgecap_merge::merge(readers, out, &options)?;
                 out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 Ok(report)
@@ -872,9 +883,17 @@ mod tests {
             stop: false,
         };
         repo.put_job(&job).await.unwrap();
-        let pop = PopResult { pop: "ord01".into(), agent_id: "a1".into(), status: "running".into(), ..Default::default() };
+        let pop =
+            PopResult { pop: "ord01".into(), agent_id: "a1".into(), status: "running".into(), ..Default::default() };
         repo.cas_pop("c1", "a1", None, &pop).await.unwrap();
-        FullCaptures::new(repo, Arc::new(Registry::default()), "t".into(), Default::default(), Default::default(), std::env::temp_dir())
+        FullCaptures::new(
+            repo,
+            Arc::new(Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            std::env::temp_dir(),
+        )
     }
 
     fn request(capture: &str, shard: &str) -> pb::UploadRequest {

@@ -198,7 +198,8 @@ impl Coordinator {
         });
         // Sample queries for agents connected here, asked by other replicas.
         tasks.spawn({
-            let (repo, registry, cancel, timeout) = (repo.clone(), state.registry.clone(), cancel.clone(), config.sample_timeout);
+            let (repo, registry, cancel, timeout) =
+                (repo.clone(), state.registry.clone(), cancel.clone(), config.sample_timeout);
             async move {
                 relay::serve(repo, registry, timeout, cancel).await;
                 Ok(())

@@ -109,7 +109,12 @@ fn storage_config(args: &Args) -> anyhow::Result<StorageConfig> {
         None => None,
     };
     Ok(StorageConfig::S3 {
-        location: edgecap_storage::s3::S3Location { bucket: d.bucket, prefix: d.prefix, region: d.region, endpoint: d.endpoint },
+        location: edgecap_storage::s3::S3Location {
+            bucket: d.bucket,
+            prefix: d.prefix,
+            region: d.region,
+            endpoint: d.endpoint,
+        },
         credentials,
     })
 }

@@ -254,8 +254,7 @@ pub fn is_id(text: &str) -> bool {
 /// RFC 3339 with microseconds and `Z`, as in Cloudflare's examples.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
     t.format(&format).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

@@ -28,7 +28,12 @@ fn jobs_prefix() -> String {
 }
 
 /// Asks a remote agent (connected to another replica) for its lookback window.
-pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQuery, timeout: Duration) -> Result<SampleAnswer, String> {
+pub async fn remote_sample(
+    repo: &Repo,
+    agent_id: &str,
+    mut query: pb::SampleQuery,
+    timeout: Duration,
+) -> Result<SampleAnswer, String> {
     let store = repo.store().clone();
     let request_id = crate::model::new_id();
     query.request_id = request_id.clone();
@@ -48,7 +53,12 @@ pub async fn remote_sample(repo: &Repo, agent_id: &str, mut query: pb::SampleQue
                 Ok(Some(Ok(e))) => e,
                 Ok(Some(Err(e))) => return Err(format!("relay watch: {e}")),
                 Ok(None) => return Err("relay watch ended".into()),
-                Err(_) => return Err(format!("agent did not answer within {} s (relayed through another coordinator)", timeout.as_secs())),
+                Err(_) => {
+                    return Err(format!(
+                        "agent did not answer within {} s (relayed through another coordinator)",
+                        timeout.as_secs()
+                    ));
+                }
             };
             let WatchEvent::Put(kv) = event else { continue };
             let chunk = pb::SampleChunk::decode(kv.value.as_slice()).map_err(|e| format!("relayed answer: {e}"))?;

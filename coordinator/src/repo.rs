@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 use edgecap_state::{LeaseId, Revision, StateError, StateStore};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{CaptureRecord, JobRecord, OwnershipRecord, PopResult, ShardRef};
 
@@ -298,7 +298,13 @@ impl Repo {
     }
 
     /// Writes a PoP's progress if the key is still at `expected` (`None`: absent).
-    pub async fn cas_pop(&self, capture: &str, agent: &str, expected: Option<Revision>, pop: &PopResult) -> Result<bool> {
+    pub async fn cas_pop(
+        &self,
+        capture: &str,
+        agent: &str,
+        expected: Option<Revision>,
+        pop: &PopResult,
+    ) -> Result<bool> {
         Ok(self.store.compare_and_put(&pop_key(capture, agent), expected, encode(pop), None).await?.is_some())
     }
 

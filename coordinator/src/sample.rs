@@ -85,7 +85,13 @@ async fn targets(state: &AppState) -> Vec<Target> {
     if let Ok(present) = state.repo.list_agents().await {
         for p in present {
             if out.iter().all(|t| t.agent_id != p.agent_id) {
-                out.push(Target { agent_id: p.agent_id, pop: p.pop, sample_rate: p.sample_rate, kernel_dropped: 0, local: false });
+                out.push(Target {
+                    agent_id: p.agent_id,
+                    pop: p.pop,
+                    sample_rate: p.sample_rate,
+                    kernel_dropped: 0,
+                    local: false,
+                });
             }
         }
     }
@@ -103,7 +109,9 @@ pub async fn run(state: Arc<AppState>, account: String, id: String) {
         match state.repo.get_capture(&account, &id).await {
             Ok(Some(record)) => break record,
             Ok(None) => return,
-            Err(crate::repo::RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
+            Err(crate::repo::RepoError::State(error))
+                if error.is_retryable() && started.elapsed() < RESULT_PATIENCE =>
+            {
                 tracing::warn!(%error, capture = %id, "sample capture not readable yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -135,7 +143,9 @@ pub async fn run(state: Arc<AppState>, account: String, id: String) {
                 tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished");
                 return;
             }
-            Err(crate::repo::RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
+            Err(crate::repo::RepoError::State(error))
+                if error.is_retryable() && started.elapsed() < RESULT_PATIENCE =>
+            {
                 tracing::warn!(%error, capture = %id, retry_in_ms = wait.as_millis() as u64, "sample capture result not written yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -260,7 +270,13 @@ async fn execute(state: &AppState, record: &CaptureRecord) -> Outcome {
     }
 }
 
-async fn store_pcap(state: &AppState, key: &str, linktype: u32, snaplen: u32, merged: Vec<Tagged>) -> Result<(), String> {
+async fn store_pcap(
+    state: &AppState,
+    key: &str,
+    linktype: u32,
+    snaplen: u32,
+    merged: Vec<Tagged>,
+) -> Result<(), String> {
     let tmp: PathBuf = state.tmp_dir.join(format!("{}.pcap.tmp", crate::model::new_id()));
     let path = tmp.clone();
     let written = tokio::task::spawn_blocking(move || -> Result<(), String> {

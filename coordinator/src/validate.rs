@@ -153,8 +153,7 @@ pub fn parse_filter(v: Option<&Value>) -> Result<FilterV1, ApiError> {
             }
             "destination_address" => {
                 let text = string("filter_v1.destination_address", value)?;
-                filter.destination_address =
-                    Some(IpPrefix::parse("destination_address", text).map_err(filter_error)?);
+                filter.destination_address = Some(IpPrefix::parse("destination_address", text).map_err(filter_error)?);
             }
             "source_port" => filter.source_port = Some(integer("filter_v1.source_port", value, 0, 65535)? as u16),
             "destination_port" => {
@@ -272,7 +271,10 @@ pub fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) -> Result
                 None | Some("pcap") => None,
                 Some("pcapng") => Some("pcapng".to_string()),
                 Some(other) => {
-                    return Err(bad(code::INVALID_VALUE, format!("output_format: must be \"pcap\" or \"pcapng\", got {other:?}")));
+                    return Err(bad(
+                        code::INVALID_VALUE,
+                        format!("output_format: must be \"pcap\" or \"pcapng\", got {other:?}"),
+                    ));
                 }
             };
             Ok(CreateRequest {

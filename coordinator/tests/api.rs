@@ -171,13 +171,7 @@ fn cases() -> Vec<Case> {
         c("simple", "filter_v1", Some(Value::Null), 200, 0),
     ];
     let f = |field: &'static str, value: Value, status, code| {
-        (
-            "simple",
-            field,
-            Some(json!({ field.strip_prefix("filter_v1.").unwrap(): value })),
-            status,
-            code,
-        )
+        ("simple", field, Some(json!({ field.strip_prefix("filter_v1.").unwrap(): value })), status, code)
     };
     v.extend([
         f("filter_v1.source_address", json!(1), 400, WRONG_TYPE as u64),
@@ -261,8 +255,7 @@ async fn malformed_bodies() {
         let (s, v) = api.call("POST", "/client/v4/accounts/acct-a/pcaps", Some(TOKEN_A), Some(body)).await;
         assert_error(s, &v, 400, 1001, "request body", what);
     }
-    let (s, v) =
-        api.call("POST", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), Some("{}")).await;
+    let (s, v) = api.call("POST", "/client/v4/accounts/acct-a/pcaps/ownership", Some(TOKEN_A), Some("{}")).await;
     assert_error(s, &v, 400, 1002, "destination_conf", "ownership without destination");
     let (s, v) = api
         .call(
@@ -311,7 +304,12 @@ async fn auth_routes_and_methods() {
     assert_eq!(s, StatusCode::OK, "ownership list wins over /{{pcap_id}}: {v}");
     assert_eq!(v["result"], json!([]));
     let (s, v) = api
-        .call("DELETE", "/client/v4/accounts/acct-a/pcaps/ownership/0123456789abcdef0123456789abcdef", Some(TOKEN_A), None)
+        .call(
+            "DELETE",
+            "/client/v4/accounts/acct-a/pcaps/ownership/0123456789abcdef0123456789abcdef",
+            Some(TOKEN_A),
+            None,
+        )
         .await;
     assert_error(s, &v, 404, 1101, "ownership_id", "unknown ownership");
 }
@@ -348,7 +346,9 @@ async fn accounts_are_isolated() {
         assert_error(s, &v, 404, 1104, "account_id", &format!("B on {method} {path}"));
     }
     let b = "/client/v4/accounts/acct-b/pcaps";
-    for (method, path) in [("GET", format!("{b}/{id}")), ("GET", format!("{b}/{id}/download")), ("PUT", format!("{b}/{id}/stop"))] {
+    for (method, path) in
+        [("GET", format!("{b}/{id}")), ("GET", format!("{b}/{id}/download")), ("PUT", format!("{b}/{id}/stop"))]
+    {
         let (s, v) = api.call(method, &path, Some(TOKEN_B), None).await;
         assert_error(s, &v, 404, 1100, "pcap_id", &format!("B's own path {method} {path}"));
     }
@@ -373,9 +373,7 @@ async fn sample_rate_limit_is_per_account_and_after_validation() {
     assert_error(s, &v, 400, 1004, "time_limit", "validation before the rate limit");
     let (s, v) = api.create(&simple()).await;
     assert_error(s, &v, 429, 1200, "type", "second sample within a minute");
-    let (s, _) = api
-        .call("POST", "/client/v4/accounts/acct-b/pcaps", Some(TOKEN_B), Some(&simple().to_string()))
-        .await;
+    let (s, _) = api.call("POST", "/client/v4/accounts/acct-b/pcaps", Some(TOKEN_B), Some(&simple().to_string())).await;
     assert_eq!(s, StatusCode::OK, "another account is not limited");
     let _ = &api.state;
 }
@@ -391,7 +389,8 @@ async fn the_web_page_is_served_with_a_strict_policy() {
     let html = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(html.contains(r#"<script src="/app.js"></script>"#));
     assert!(!html.contains("<script>"), "no inline script (the CSP would block it)");
-    let resp = api.router.clone().oneshot(Request::builder().uri("/app.js").body(Body::empty()).unwrap()).await.unwrap();
+    let resp =
+        api.router.clone().oneshot(Request::builder().uri("/app.js").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let js = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     // It uses the same API the SDKs use, with the token as a Bearer header, never in a URL.

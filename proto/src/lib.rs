@@ -22,7 +22,12 @@ pub const CHUNK_PACKETS: usize = 1000;
 impl SampleChunk {
     /// A complete answer as chunks of at most [`CHUNK_PACKETS`]; the last one is `done` and
     /// carries the totals.
-    pub fn split(request_id: &str, mut packets: Vec<Packet>, matched: u64, lookback: LookbackStats) -> Vec<SampleChunk> {
+    pub fn split(
+        request_id: &str,
+        mut packets: Vec<Packet>,
+        matched: u64,
+        lookback: LookbackStats,
+    ) -> Vec<SampleChunk> {
         let mut chunks = Vec::new();
         while packets.len() > CHUNK_PACKETS {
             let rest = packets.split_off(CHUNK_PACKETS);

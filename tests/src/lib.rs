@@ -27,7 +27,8 @@ pub fn require_root(test: &str) -> bool {
 
 /// A tool the test needs: present, or a failure in CI / a skip elsewhere.
 pub fn require_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     if !found {
         assert!(std::env::var("CI").is_err(), "{test}: {tool} is missing; .ci/run installs it");
         eprintln!("SKIP {test}: {tool} is not installed (scripts/setup.sh installs it)");
@@ -232,8 +233,14 @@ impl EtcdServer {
         }
         let client = format!("127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let mut server =
-            EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None, tls: None };
+        let mut server = EtcdServer {
+            child: None,
+            client,
+            peer,
+            dir: tempfile::tempdir().expect("temp dir"),
+            netns: None,
+            tls: None,
+        };
         server.start();
         Some(server)
     }
@@ -246,7 +253,8 @@ impl EtcdServer {
         let client = format!("127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let tls = Some((cert.to_path_buf(), key.to_path_buf(), client_ca.to_path_buf()));
-        let mut server = EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None, tls };
+        let mut server =
+            EtcdServer { child: None, client, peer, dir: tempfile::tempdir().expect("temp dir"), netns: None, tls };
         server.start();
         Some(server)
     }
@@ -343,7 +351,8 @@ impl S3Server {
         if !require_tool(test, "s3s-fs") {
             return None;
         }
-        let mut server = S3Server { child: None, port: free_port(), dir: tempfile::tempdir().expect("temp dir"), netns: None };
+        let mut server =
+            S3Server { child: None, port: free_port(), dir: tempfile::tempdir().expect("temp dir"), netns: None };
         server.start();
         Some(server)
     }
@@ -353,8 +362,12 @@ impl S3Server {
         if !require_tool(test, "s3s-fs") {
             return None;
         }
-        let mut server =
-            S3Server { child: None, port: 9014, dir: tempfile::tempdir().expect("temp dir"), netns: Some(ns.name.clone()) };
+        let mut server = S3Server {
+            child: None,
+            port: 9014,
+            dir: tempfile::tempdir().expect("temp dir"),
+            netns: Some(ns.name.clone()),
+        };
         server.start();
         Some(server)
     }
@@ -467,8 +480,17 @@ pub fn pop_namespaces(core: &NetNs, pki: &Path, count: usize) -> Vec<PopNs> {
             let name = format!("ord0{i}");
             let ns = NetNs::new(&name);
             let (core_veth, pop_veth) = veth(core, &format!("10.213.{i}.1/30"), &ns, &format!("10.213.{i}.2/30"));
-            run(Command::new("ip").args(["-n", &ns.name, "route", "add", "10.213.0.0/16", "via", &format!("10.213.{i}.1")]));
-            let tls = edgecap_tls::pki::issue_agent(pki, &format!("agent-{name}"), &name).expect("issue agent certificate");
+            run(Command::new("ip").args([
+                "-n",
+                &ns.name,
+                "route",
+                "add",
+                "10.213.0.0/16",
+                "via",
+                &format!("10.213.{i}.1"),
+            ]));
+            let tls =
+                edgecap_tls::pki::issue_agent(pki, &format!("agent-{name}"), &name).expect("issue agent certificate");
             PopNs { name, ns, core_veth, pop_veth, tls }
         })
         .collect()
@@ -494,7 +516,12 @@ pub fn edgecap_cli(ns: &NetNs, api: &str, token: &str, args: &[&str]) -> Result<
 }
 
 /// One HTTP call to an edgecap API with a Bearer token: (status, JSON body or null).
-pub async fn api_call(method: &str, url: &str, token: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+pub async fn api_call(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use http_body_util::BodyExt as _;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -504,7 +531,10 @@ pub async fn api_call(method: &str, url: &str, token: &str, body: Option<serde_j
         .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Full::new(bytes::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
         .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("the API answers").expect("HTTP");
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("the API answers")
+        .expect("HTTP");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
@@ -523,7 +553,8 @@ pub fn core_pki(dir: &Path, count: usize) -> PathBuf {
 impl S3Server {
     /// Writes a coordinator `--s3-credentials` file holding this server's key for `bucket`.
     pub fn write_credentials(&self, path: &Path, bucket: &str) {
-        let json = serde_json::json!({bucket: {"access_key_id": Self::ACCESS_KEY, "secret_access_key": Self::SECRET_KEY}});
+        let json =
+            serde_json::json!({bucket: {"access_key_id": Self::ACCESS_KEY, "secret_access_key": Self::SECRET_KEY}});
         std::fs::write(path, json.to_string()).expect("write S3 credentials");
     }
 }
@@ -536,7 +567,11 @@ pub fn replay_dns(core: &NetNs, pops: &[PopNs], pps: u32, logs: &Path) -> Vec<Pr
     pops.iter()
         .map(|pop| {
             let log = logs.join(format!("tcpreplay-{}.log", pop.name));
-            core.spawn("tcpreplay", &["-q", "-i", &pop.core_veth, "--pps", &pps, "--loop", "0", pcap.to_str().expect("path")], &log)
+            core.spawn(
+                "tcpreplay",
+                &["-q", "-i", &pop.core_veth, "--pps", &pps, "--loop", "0", pcap.to_str().expect("path")],
+                &log,
+            )
         })
         .collect()
 }

@@ -78,7 +78,8 @@ impl Pair {
     }
 
     fn replay(&self, file: &str, args: &[&str]) {
-        let out = self.tx.cmd("tcpreplay").args(["-q", "-i", &self.vtx]).args(args).arg(testdata(file)).output().unwrap();
+        let out =
+            self.tx.cmd("tcpreplay").args(["-q", "-i", &self.vtx]).args(args).arg(testdata(file)).output().unwrap();
         assert!(out.status.success(), "tcpreplay: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
@@ -177,7 +178,13 @@ fn limits_stop_exactly_and_say_why() {
 fn stop_mid_capture_keeps_what_was_captured() {
     let Some(pair) = setup("stop_mid_capture_keeps_what_was_captured") else { return };
     let mut ours = pair.ours("stopped.pcapng", &["--filter", "udp", "--format", "pcapng"]);
-    let tx = pair.tx.cmd("tcpreplay").args(["-q", "-i", &pair.vtx, "--pps", "200"]).arg(testdata("DnsPackets.pcap")).spawn().unwrap();
+    let tx = pair
+        .tx
+        .cmd("tcpreplay")
+        .args(["-q", "-i", &pair.vtx, "--pps", "200"])
+        .arg(testdata("DnsPackets.pcap"))
+        .spawn()
+        .unwrap();
     let mut tx = Proc { child: tx, log: pair.path("tx.log") };
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(&mut ours);
@@ -196,15 +203,13 @@ fn stop_mid_capture_keeps_what_was_captured() {
 #[test]
 fn a_slow_writer_shows_up_as_counted_agent_drops() {
     let Some(pair) = setup("a_slow_writer_shows_up_as_counted_agent_drops") else { return };
-    let mut ours = pair.ours(
-        "slow.pcap",
-        &["--filter", "udp", "--writer-delay-us", "3000", "--queue-batches", "1"],
-    );
+    let mut ours = pair.ours("slow.pcap", &["--filter", "udp", "--writer-delay-us", "3000", "--queue-batches", "1"]);
     pair.replay("DnsPackets.pcap", &["--topspeed", "--loop", "3"]);
     std::thread::sleep(Duration::from_millis(1500));
     interrupt(&mut ours);
     let c = counters(&ours);
-    let (matched, written, agent, kernel) = (n(&c, "matched"), n(&c, "written"), n(&c, "agent_drops"), n(&c, "kernel_drops"));
+    let (matched, written, agent, kernel) =
+        (n(&c, "matched"), n(&c, "written"), n(&c, "agent_drops"), n(&c, "kernel_drops"));
     assert!(agent > 0, "drops are reported, not hidden: {c:?}");
     assert_eq!(matched, written + agent, "every delivered packet is written or counted as dropped: {c:?}");
     assert_eq!(matched + kernel, 3 * 464, "and with the kernel's drops, every replayed packet is accounted for: {c:?}");

@@ -12,9 +12,10 @@ use edgecap_e2e::{bin, free_port, require_root, wait_for};
 
 fn sdk_python() -> Option<String> {
     let candidates = [std::env::var("EDGECAP_SDK_PYTHON").ok(), Some("python3".to_string())];
-    candidates.into_iter().flatten().find(|py| {
-        Command::new(py).args(["-c", "import cloudflare"]).output().is_ok_and(|o| o.status.success())
-    })
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|py| Command::new(py).args(["-c", "import cloudflare"]).output().is_ok_and(|o| o.status.success()))
 }
 
 #[test]
@@ -52,9 +53,7 @@ fn official_python_sdk_works_against_edgecap_up() {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
     // Wait for the local agent, then make loopback traffic for its lookback.
-    wait_for("the local agent", Duration::from_secs(30), || {
-        up.log_text().contains("agent connected").then_some(())
-    });
+    wait_for("the local agent", Duration::from_secs(30), || up.log_text().contains("agent connected").then_some(()));
     let ping = Command::new("ping").args(["-c", "3", "-i", "0.2", "127.0.0.1"]).output().unwrap();
     assert!(ping.status.success());
 
@@ -89,6 +88,7 @@ fn official_python_sdk_works_against_edgecap_up() {
     // SIGTERM stops the whole stack cleanly and promptly (the local agent's long-lived control
     // stream must not hold the coordinator's shutdown open).
     let _ = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status();
-    let status = wait_for("edgecap up to exit after SIGTERM", Duration::from_secs(20), || up.child.try_wait().ok().flatten());
+    let status =
+        wait_for("edgecap up to exit after SIGTERM", Duration::from_secs(20), || up.child.try_wait().ok().flatten());
     assert!(status.success(), "edgecap up exited with {status}:\n{}", up.log_text());
 }

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use edgecap_e2e::{
-    EtcdServer, NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root, require_tool,
-    sweep_stale, wait_for,
+    EtcdServer, NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root,
+    require_tool, sweep_stale, wait_for,
 };
 use serde_json::Value;
 
@@ -47,8 +47,7 @@ impl Cluster {
         s3.create_bucket(BUCKET);
         s3.write_credentials(&dir.path().join("s3.json"), BUCKET);
         let pops = pop_namespaces(&core, &pki, 3);
-        let mut cluster =
-            Cluster { traffic: vec![], agents: vec![], coordinators: vec![], s3, etcd, pops, core, dir };
+        let mut cluster = Cluster { traffic: vec![], agents: vec![], coordinators: vec![], s3, etcd, pops, core, dir };
         for i in 0..3 {
             let c = cluster.start_coordinator(i);
             cluster.coordinators.push(Some(c));
@@ -79,10 +78,27 @@ impl Cluster {
         self.core.spawn(
             bin("edgecap-coordinator"),
             &[
-                "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(), "--state", &state,
-                "--api-listen", &api, "--grpc-listen", &grpc, "--token", &token, "--no-rate-limits",
-                "--s3-credentials", creds.to_str().unwrap(), "--name", &name, "--reconnect-grace", "4",
-                "--objects", &objects,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--pki-dir",
+                pki.to_str().unwrap(),
+                "--state",
+                &state,
+                "--api-listen",
+                &api,
+                "--grpc-listen",
+                &grpc,
+                "--token",
+                &token,
+                "--no-rate-limits",
+                "--s3-credentials",
+                creds.to_str().unwrap(),
+                "--name",
+                &name,
+                "--reconnect-grace",
+                "4",
+                "--objects",
+                &objects,
             ],
             &self.dir.path().join(format!("coordinator-{name}-{}.log", unique_suffix())),
         )
@@ -97,10 +113,21 @@ impl Cluster {
         pop.ns.spawn(
             bin("edgecap-agent"),
             &[
-                "run", "--coordinator", &endpoints.join(","), "--iface", &pop.pop_veth,
-                "--tls-ca", pop.tls.ca.to_str().unwrap(), "--tls-cert", pop.tls.cert.to_str().unwrap(),
-                "--tls-key", pop.tls.key.to_str().unwrap(), "--spool-dir", spool.to_str().unwrap(),
-                "--shard-rotate-seconds", "2",
+                "run",
+                "--coordinator",
+                &endpoints.join(","),
+                "--iface",
+                &pop.pop_veth,
+                "--tls-ca",
+                pop.tls.ca.to_str().unwrap(),
+                "--tls-cert",
+                pop.tls.cert.to_str().unwrap(),
+                "--tls-key",
+                pop.tls.key.to_str().unwrap(),
+                "--spool-dir",
+                spool.to_str().unwrap(),
+                "--shard-rotate-seconds",
+                "2",
             ],
             &self.dir.path().join(format!("agent-{}-{}.log", pop.name, unique_suffix())),
         )
@@ -150,16 +177,32 @@ impl Cluster {
         let dest = self.destination();
         let t = time_limit.to_string();
         let v = self
-            .cli(c, &[
-                "capture", "create", "--type", "full", "--colo-name", "ord", "--destination-conf", &dest,
-                "--protocol", "17", "--time-limit", &t, "--packet-limit", "10000",
-            ])
+            .cli(
+                c,
+                &[
+                    "capture",
+                    "create",
+                    "--type",
+                    "full",
+                    "--colo-name",
+                    "ord",
+                    "--destination-conf",
+                    &dest,
+                    "--protocol",
+                    "17",
+                    "--time-limit",
+                    &t,
+                    "--packet-limit",
+                    "10000",
+                ],
+            )
             .unwrap_or_else(|e| panic!("create: {e}\n{}", self.all_logs()));
         v["id"].as_str().unwrap().to_string()
     }
 
     fn wait_final(&self, c: usize, id: &str) -> Value {
-        self.cli(c, &["capture", "wait", id, "--timeout", "180"]).unwrap_or_else(|e| panic!("wait: {e}\n{}", self.all_logs()))
+        self.cli(c, &["capture", "wait", id, "--timeout", "180"])
+            .unwrap_or_else(|e| panic!("wait: {e}\n{}", self.all_logs()))
     }
 
     /// The replica that says it is the leader now (from its log: the last election line).
@@ -235,7 +278,9 @@ fn three_coordinators_share_etcd_and_survive_failures() {
         cluster.s3.object_path(BUCKET, &format!("edge/{}", created["filename"].as_str().unwrap())),
     )
     .unwrap();
-    cluster.cli(2, &["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
+    cluster
+        .cli(2, &["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()])
+        .unwrap();
     cluster.start_traffic(150);
 
     // A sample capture asked of one replica reads every PoP's lookback, including the two

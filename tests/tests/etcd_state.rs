@@ -54,7 +54,8 @@ async fn etcd_over_tls_with_a_client_certificate() {
     edgecap_tls::pki::init_ca(&pki, "etcd test").unwrap();
     let server = edgecap_tls::pki::issue_coordinator(&pki, "etcd", &["127.0.0.1".into()]).unwrap();
     let client = edgecap_tls::pki::issue_agent(&pki, "coordinator-client", "core").unwrap();
-    let Some(etcd) = EtcdServer::launch_tls("etcd_over_tls_with_a_client_certificate", &server.cert, &server.key, &server.ca)
+    let Some(etcd) =
+        EtcdServer::launch_tls("etcd_over_tls_with_a_client_certificate", &server.cert, &server.key, &server.ca)
     else {
         return;
     };
@@ -102,7 +103,8 @@ async fn etcd_with_a_user_and_password() {
     let anonymous = EtcdStore::connect(&etcd.endpoints(), "/authn").await.unwrap();
     assert!(anonymous.get("/k").await.is_err());
     // A password in the URL is refused outright (it would show in process lists).
-    let e = edgecap_state::StateConfig::parse(&format!("etcd://{}/x?user=root&password=rootpw", etcd.client), dir.path())
-        .unwrap_err();
+    let e =
+        edgecap_state::StateConfig::parse(&format!("etcd://{}/x?user=root&password=rootpw", etcd.client), dir.path())
+            .unwrap_err();
     assert!(e.contains("password_file"), "{e}");
 }

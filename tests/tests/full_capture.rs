@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use edgecap_e2e::{
-    NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root, require_tool, sweep_stale,
-    tshark_packets, wait_for,
+    NetNs, PopNs, Proc, S3Server, bin, core_pki, edgecap_cli, pop_namespaces, replay_dns, require_root, require_tool,
+    sweep_stale, tshark_packets, wait_for,
 };
 use serde_json::Value;
 
@@ -49,8 +49,17 @@ impl Fixture {
         s3.write_credentials(&dir.path().join("s3-credentials.json"), BUCKET);
         let coordinator_args = coordinator_args.iter().map(|s| s.to_string()).collect();
         let agent_args = agent_args.iter().map(|s| s.to_string()).collect();
-        let mut fixture =
-            Fixture { traffic: vec![], agents: vec![], coordinator: None, s3, pops, core, dir, coordinator_args, agent_args };
+        let mut fixture = Fixture {
+            traffic: vec![],
+            agents: vec![],
+            coordinator: None,
+            s3,
+            pops,
+            core,
+            dir,
+            coordinator_args,
+            agent_args,
+        };
         fixture.coordinator = Some(fixture.start_coordinator("coordinator.log"));
         for i in 0..3 {
             let agent = fixture.start_agent(i, "agent");
@@ -65,10 +74,21 @@ impl Fixture {
         let spool = self.dir.path().join(format!("spool-{}", pop.name));
         let coordinator = format!("https://10.213.{}.1:7443", i + 1);
         let mut args = vec![
-            "run", "--coordinator", &coordinator, "--iface", &pop.pop_veth,
-            "--tls-ca", pop.tls.ca.to_str().unwrap(), "--tls-cert", pop.tls.cert.to_str().unwrap(),
-            "--tls-key", pop.tls.key.to_str().unwrap(), "--spool-dir", spool.to_str().unwrap(),
-            "--shard-rotate-seconds", "2",
+            "run",
+            "--coordinator",
+            &coordinator,
+            "--iface",
+            &pop.pop_veth,
+            "--tls-ca",
+            pop.tls.ca.to_str().unwrap(),
+            "--tls-cert",
+            pop.tls.cert.to_str().unwrap(),
+            "--tls-key",
+            pop.tls.key.to_str().unwrap(),
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--shard-rotate-seconds",
+            "2",
         ];
         args.extend(self.agent_args.iter().map(String::as_str));
         pop.ns.spawn(bin("edgecap-agent"), &args, &self.dir.path().join(format!("{log}-{}.log", pop.name)))
@@ -80,9 +100,19 @@ impl Fixture {
         let data = self.dir.path().join("coord");
         let token = format!("acct:{TOKEN}");
         let mut args = vec![
-            "--data-dir", data.to_str().unwrap(), "--pki-dir", pki.to_str().unwrap(),
-            "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
-            "--token", &token, "--no-rate-limits", "--s3-credentials", creds.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--pki-dir",
+            pki.to_str().unwrap(),
+            "--api-listen",
+            "127.0.0.1:9440",
+            "--grpc-listen",
+            "0.0.0.0:7443",
+            "--token",
+            &token,
+            "--no-rate-limits",
+            "--s3-credentials",
+            creds.to_str().unwrap(),
         ];
         args.extend(self.coordinator_args.iter().map(String::as_str));
         self.core.spawn(bin("edgecap-coordinator"), &args, &self.dir.path().join(log))
@@ -122,7 +152,9 @@ impl Fixture {
         let created = self.cli(&["ownership", "create", "--destination-conf", &dest]).unwrap();
         let filename = created["filename"].as_str().unwrap();
         let text = std::fs::read_to_string(self.s3.object_path(BUCKET, &format!("edge/{filename}"))).unwrap();
-        let ok = self.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
+        let ok = self
+            .cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()])
+            .unwrap();
         assert_eq!(ok["status"], "success", "{ok:#}");
     }
 
@@ -134,14 +166,24 @@ impl Fixture {
     fn create_full(&self, extra: &[&str]) -> Value {
         let dest = self.destination();
         let mut args = vec![
-            "capture", "create", "--type", "full", "--colo-name", "ord", "--destination-conf", &dest, "--protocol", "17",
+            "capture",
+            "create",
+            "--type",
+            "full",
+            "--colo-name",
+            "ord",
+            "--destination-conf",
+            &dest,
+            "--protocol",
+            "17",
         ];
         args.extend_from_slice(extra);
         self.cli(&args).unwrap_or_else(|e| panic!("create: {e}\n{}", self.logs()))
     }
 
     fn wait_final(&self, id: &str, secs: u64) -> Value {
-        self.cli(&["capture", "wait", id, "--timeout", &secs.to_string()]).unwrap_or_else(|e| panic!("wait: {e}\n{}", self.logs()))
+        self.cli(&["capture", "wait", id, "--timeout", &secs.to_string()])
+            .unwrap_or_else(|e| panic!("wait: {e}\n{}", self.logs()))
     }
 
     /// The merged file in the bucket: its packets (tshark) in time order, shards gone.
@@ -153,7 +195,10 @@ impl Fixture {
         let packets = tshark_packets(&merged);
         assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "merged file in timestamp order");
         assert_eq!(capture["packets_captured"].as_u64().unwrap() as usize, packets.len(), "{capture:#}");
-        assert!(self.s3.keys(BUCKET, &format!("edge/edgecap-shards/{id}")).is_empty(), "shards removed after the merge");
+        assert!(
+            self.s3.keys(BUCKET, &format!("edge/edgecap-shards/{id}")).is_empty(),
+            "shards removed after the merge"
+        );
         packets.len()
     }
 }
@@ -168,13 +213,26 @@ fn delivered(pop: &Value) -> u64 {
 
 #[test]
 fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
-    let Some(mut f) = Fixture::new("full_capture_ownership_then_packet_and_byte_limits_across_three_pops", &[]) else { return };
+    let Some(mut f) = Fixture::new("full_capture_ownership_then_packet_and_byte_limits_across_three_pops", &[]) else {
+        return;
+    };
     f.start_traffic(300);
 
     // Not validated yet: refused, naming the field.
     let dest = f.destination();
     let err = f
-        .cli(&["capture", "create", "--type", "full", "--colo-name", "ord", "--destination-conf", &dest, "--time-limit", "5"])
+        .cli(&[
+            "capture",
+            "create",
+            "--type",
+            "full",
+            "--colo-name",
+            "ord",
+            "--destination-conf",
+            &dest,
+            "--time-limit",
+            "5",
+        ])
         .unwrap_err();
     assert!(err.contains("1106") && err.contains("destination_conf"), "{err}");
     // A wrong challenge text is refused; the right one validates.
@@ -182,10 +240,12 @@ fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
     assert_eq!(created["status"], "pending");
     let filename = created["filename"].as_str().unwrap().to_string();
     assert!(filename.starts_with("ownership-challenge-") && filename.ends_with(".txt"), "{created:#}");
-    let wrong = f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", "not-it"]).unwrap_err();
+    let wrong =
+        f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", "not-it"]).unwrap_err();
     assert!(wrong.contains("ownership_challenge"), "{wrong}");
     let text = std::fs::read_to_string(f.s3.object_path(BUCKET, &format!("edge/{filename}"))).unwrap();
-    let ok = f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
+    let ok =
+        f.cli(&["ownership", "validate", "--destination-conf", &dest, "--ownership-challenge", text.trim()]).unwrap();
     assert_eq!(ok["status"], "success", "{ok:#}");
     assert!(ok["validated"].is_string());
     assert!(!ok.to_string().contains(text.trim()), "the secret is never returned");
@@ -208,7 +268,14 @@ fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
     // Byte limit: each PoP stops before its shard bytes would pass 20 000. The merged file is
     // pcapng this time: one interface per PoP (however many shards it sent), named after it.
     let capture = f.create_full(&[
-        "--time-limit", "60", "--packet-limit", "10000", "--byte-limit", "20000", "--output-format", "pcapng",
+        "--time-limit",
+        "60",
+        "--packet-limit",
+        "10000",
+        "--byte-limit",
+        "20000",
+        "--output-format",
+        "pcapng",
     ]);
     let capture = f.wait_final(capture["id"].as_str().unwrap(), 120);
     assert_eq!(capture["status"], "success", "{capture:#}\n{}", f.logs());
@@ -275,7 +342,9 @@ fn full_capture_loses_nothing_when_s3_is_down_for_20_seconds() {
 
 #[test]
 fn full_capture_with_an_agent_killed_and_a_stop() {
-    let Some(mut f) = Fixture::new("full_capture_with_an_agent_killed_and_a_stop", &["--reconnect-grace", "3"]) else { return };
+    let Some(mut f) = Fixture::new("full_capture_with_an_agent_killed_and_a_stop", &["--reconnect-grace", "3"]) else {
+        return;
+    };
     f.validate_bucket();
     f.start_traffic(200);
 

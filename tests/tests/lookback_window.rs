@@ -46,7 +46,11 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
             request_id: "q".into(),
             from_ns,
             to_ns,
-            filter: Some(pb::FilterV1 { protocol: Some(17), destination_port: Some(u32::from(port)), ..Default::default() }),
+            filter: Some(pb::FilterV1 {
+                protocol: Some(17),
+                destination_port: Some(u32::from(port)),
+                ..Default::default()
+            }),
             packet_limit: limit,
             ..Default::default()
         };
@@ -79,7 +83,9 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
         from_ns: t0,
         to_ns: t1,
         filter_bpf: format!("udp dst port {port} and greater 300"),
-        filter_bpf_hash: edgecap_capture::bpf::check(&format!("udp dst port {port} and greater 300"), 1, 262_144).unwrap().hash,
+        filter_bpf_hash: edgecap_capture::bpf::check(&format!("udp dst port {port} and greater 300"), 1, 262_144)
+            .unwrap()
+            .hash,
         packet_limit: 100,
         ..Default::default()
     };

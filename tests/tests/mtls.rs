@@ -54,7 +54,12 @@ fn client_without_cert(ca: &std::path::Path) -> rustls::ClientConfig {
 }
 
 /// Opens a control stream and sends Hello; returns the first message or the error text.
-async fn hello(coord: &Coordinator, config: rustls::ClientConfig, agent_id: &str, pop: &str) -> Result<pb::CoordinatorMessage, String> {
+async fn hello(
+    coord: &Coordinator,
+    config: rustls::ClientConfig,
+    agent_id: &str,
+    pop: &str,
+) -> Result<pb::CoordinatorMessage, String> {
     let endpoint = format!("https://127.0.0.1:{}", coord.grpc_addr.port());
     // With TLS 1.3 a refused client certificate may only show on the first RPC: assert on
     // the RPC, never on connect alone.

@@ -12,7 +12,8 @@ use edgecap_storage::s3::{PART_SIZE, S3Location, S3Store, StaticCredentials};
 use edgecap_storage::{ObjectStore, StorageError};
 
 fn creds(secret: &str) -> StaticCredentials {
-    serde_json::from_value(serde_json::json!({"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": secret})).unwrap()
+    serde_json::from_value(serde_json::json!({"access_key_id": S3Server::ACCESS_KEY, "secret_access_key": secret}))
+        .unwrap()
 }
 
 async fn store(s3: &S3Server, bucket: &str, prefix: &str, secret: &str) -> S3Store {
@@ -63,7 +64,10 @@ async fn s3_backend_conformance_multipart_presigned_and_errors() {
     let upload_id = store.create_multipart("shards/multi.pcap").await.unwrap();
     let mut etags = Vec::new();
     for (i, chunk) in big.chunks(PART_SIZE as usize).enumerate() {
-        let part = store.presign_part("shards/multi.pcap", &upload_id, i as i32 + 1, std::time::Duration::from_secs(60)).await.unwrap();
+        let part = store
+            .presign_part("shards/multi.pcap", &upload_id, i as i32 + 1, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
         etags.push((i as i32 + 1, http.send(&to_pb(part), Bytes::copy_from_slice(chunk)).await.unwrap()));
     }
     assert_eq!(etags.len(), 3);

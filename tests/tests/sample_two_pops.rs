@@ -51,9 +51,17 @@ fn sample_capture_merges_two_pops_in_time_order() {
         core.spawn(
             bin("edgecap-coordinator"),
             &[
-                "--data-dir", coord_dir.to_str().unwrap(), "--pki-dir", pki_s,
-                "--api-listen", "127.0.0.1:9440", "--grpc-listen", "0.0.0.0:7443",
-                "--token", &token_arg, "--no-rate-limits",
+                "--data-dir",
+                coord_dir.to_str().unwrap(),
+                "--pki-dir",
+                pki_s,
+                "--api-listen",
+                "127.0.0.1:9440",
+                "--grpc-listen",
+                "0.0.0.0:7443",
+                "--token",
+                &token_arg,
+                "--no-rate-limits",
             ],
             &dir.path().join(log),
         )
@@ -63,9 +71,17 @@ fn sample_capture_merges_two_pops_in_time_order() {
         ns.spawn(
             bin("edgecap-agent"),
             &[
-                "run", "--coordinator", coord, "--iface", iface,
-                "--tls-ca", files.ca.to_str().unwrap(), "--tls-cert", files.cert.to_str().unwrap(),
-                "--tls-key", files.key.to_str().unwrap(),
+                "run",
+                "--coordinator",
+                coord,
+                "--iface",
+                iface,
+                "--tls-ca",
+                files.ca.to_str().unwrap(),
+                "--tls-cert",
+                files.cert.to_str().unwrap(),
+                "--tls-key",
+                files.key.to_str().unwrap(),
             ],
             &dir.path().join(log),
         )
@@ -87,7 +103,11 @@ fn sample_capture_merges_two_pops_in_time_order() {
     let pings: Vec<_> = ["10.213.1.2", "10.213.2.2"]
         .iter()
         .map(|ip| {
-            core.cmd("ping").args(["-c", "5", "-i", "0.2", "-W", "1", ip]).stdout(std::process::Stdio::piped()).spawn().unwrap()
+            core.cmd("ping")
+                .args(["-c", "5", "-i", "0.2", "-W", "1", ip])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for p in pings {
@@ -123,8 +143,19 @@ fn sample_capture_merges_two_pops_in_time_order() {
 
     // A filter that matches nothing fails the capture with Cloudflare's message.
     let none = cli
-        .run(&["capture", "create", "--time-limit", "60", "--packet-limit", "10", "--protocol", "17",
-               "--destination-port", "9", "--wait"])
+        .run(&[
+            "capture",
+            "create",
+            "--time-limit",
+            "60",
+            "--packet-limit",
+            "10",
+            "--protocol",
+            "17",
+            "--destination-port",
+            "9",
+            "--wait",
+        ])
         .unwrap();
     assert_eq!(none["status"], "failed");
     assert!(none["error_message"].as_str().unwrap().starts_with("No packets matched"), "{none:#}");

@@ -106,7 +106,8 @@ async fn coordinator_exports_spans_over_otlp() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let _ = std::process::Command::new("kill").args(["-TERM", &coordinator.child.id().to_string()]).status();
-    let status = wait_for("the coordinator to exit", Duration::from_secs(20), || coordinator.child.try_wait().ok().flatten());
+    let status =
+        wait_for("the coordinator to exit", Duration::from_secs(20), || coordinator.child.try_wait().ok().flatten());
     assert!(status.success(), "{}", coordinator.log_text());
 
     let spans = collector.spans.lock().unwrap().clone();
@@ -114,11 +115,15 @@ async fn coordinator_exports_spans_over_otlp() {
     assert!(spans.iter().all(|(service, _, _)| service == "edgecap-coordinator"), "{spans:?}");
     let api = spans
         .iter()
-        .find(|(_, name, attrs)| name == "api" && attrs.iter().any(|a| a == "route=/client/v4/accounts/{account_id}/pcaps"))
+        .find(|(_, name, attrs)| {
+            name == "api" && attrs.iter().any(|a| a == "route=/client/v4/accounts/{account_id}/pcaps")
+        })
         .unwrap_or_else(|| panic!("the API request's span: {spans:?}\n{}", coordinator.log_text()));
     assert!(api.2.iter().any(|a| a == "method=POST") && api.2.iter().any(|a| a == "status=200"), "{api:?}");
     assert!(
-        spans.iter().any(|(_, name, attrs)| name == "sample_capture" && attrs.iter().any(|a| a == &format!("capture={id}"))),
+        spans
+            .iter()
+            .any(|(_, name, attrs)| name == "sample_capture" && attrs.iter().any(|a| a == &format!("capture={id}"))),
         "the capture's span: {spans:?}"
     );
 }

@@ -21,7 +21,9 @@ pub enum FilterError {
     HostBits { field: &'static str, value: String, prefix: u8, network: IpAddr },
     #[error("source_address and destination_address are of different IP versions; no packet can match")]
     MixedFamilies,
-    #[error("protocol: {protocol} has no ports, so no packet can match a port filter with it (ports exist for 6 TCP, 17 UDP, 132 SCTP)")]
+    #[error(
+        "protocol: {protocol} has no ports, so no packet can match a port filter with it (ports exist for 6 TCP, 17 UDP, 132 SCTP)"
+    )]
     PortsWithoutPorts { protocol: u8 },
 }
 
@@ -231,8 +233,20 @@ mod tests {
         assert!(IpPrefix::parse("f", "192.0.2.1").unwrap().is_host());
         assert_eq!(IpPrefix::parse("f", "192.0.2.0/24").unwrap().prefix, 24);
         assert_eq!(IpPrefix::parse("f", "::1").unwrap().prefix, 128);
-        for bad in ["", "1.2.3", "1.2.3.4.5", "host 1.2.3.4", "1.2.3.4 or 1=1", "1.2.3.4/", "1.2.3.4/x", "1.2.3.4/+1",
-                    "::g", "1.2.3.4; rm -rf /", "$(id)", "1.2.3.4/0024"] {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4.5",
+            "host 1.2.3.4",
+            "1.2.3.4 or 1=1",
+            "1.2.3.4/",
+            "1.2.3.4/x",
+            "1.2.3.4/+1",
+            "::g",
+            "1.2.3.4; rm -rf /",
+            "$(id)",
+            "1.2.3.4/0024",
+        ] {
             assert!(IpPrefix::parse("f", bad).is_err(), "{bad:?}");
         }
         assert!(matches!(IpPrefix::parse("f", "1.2.3.4/33"), Err(FilterError::PrefixRange { .. })));

@@ -41,10 +41,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Nanoseconds since the Unix epoch, from the system clock.
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Compiles `expr` for a link type (a libpcap DLT value, as `pcap_datalink` returns), for offline matching (`pcap_offline_filter`), so a filter

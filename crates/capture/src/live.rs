@@ -101,7 +101,10 @@ impl LookbackCapture {
                             }
                         }
                     })
-                    .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+                    .map_err(|e| CaptureError::Open {
+                        iface: "thread".into(),
+                        source: pcap::Error::IoError(e.kind()),
+                    })?
             };
             threads.push(flusher);
             let stop = stop.clone();

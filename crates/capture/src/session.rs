@@ -234,7 +234,10 @@ impl LiveCapture {
             std::thread::Builder::new()
                 .name(format!("writer-{}", config.iface))
                 .spawn(move || write_loop(rx, recycle_tx, sink, shared, limits, delay))
-                .map_err(|e| CaptureError::Open { iface: config.iface.clone(), source: pcap::Error::IoError(e.kind()) })?
+                .map_err(|e| CaptureError::Open {
+                    iface: config.iface.clone(),
+                    source: pcap::Error::IoError(e.kind()),
+                })?
         };
         // In non-immediate mode libpcap (TPACKET_V3) can block in poll until a packet
         // arrives, so limits and stop cannot wait for the next packet: a waker breaks the loop

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::blocks::interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption};
-use pcap_file::pcapng::PcapNgWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::session::{Counters, PacketSink};
@@ -166,11 +166,14 @@ impl ShardWriter {
         self.sequence += 1;
         let path = self.next_path();
         let file = File::create(&path)?;
-        let out = BufWriter::with_capacity(SHARD_BUFFER, Hashing {
-            inner: file,
-            digest: self.config.checksum.then(|| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
-            bytes: 0,
-        });
+        let out = BufWriter::with_capacity(
+            SHARD_BUFFER,
+            Hashing {
+                inner: file,
+                digest: self.config.checksum.then(|| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+                bytes: 0,
+            },
+        );
         let id = &self.identity;
         let writer = match self.config.format {
             ShardFormat::Pcap => {
@@ -206,7 +209,8 @@ impl ShardWriter {
                 Open::Pcapng(w)
             }
         };
-        self.current = Some(Current { writer, path, opened: Instant::now(), packets: 0, bytes: 0, first: None, last: None });
+        self.current =
+            Some(Current { writer, path, opened: Instant::now(), packets: 0, bytes: 0, first: None, last: None });
         Ok(())
     }
 
@@ -231,8 +235,7 @@ impl ShardWriter {
         };
         let hashing = out.into_inner().map_err(|e| e.into_error())?;
         hashing.inner.sync_all()?;
-        let sha256: Option<String> =
-            hashing.digest.map(|d| crate::hex(d.finish().as_ref()));
+        let sha256: Option<String> = hashing.digest.map(|d| crate::hex(d.finish().as_ref()));
         let manifest = ShardManifest {
             identity: self.identity.clone(),
             file: current.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -17,8 +17,8 @@
 //! byte offset. With [`MergeOptions::salvage`], the packets before the damage are kept, the
 //! input ends there, and the damage is reported in [`InputReport::damage`].
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 
 use crate::read::{CaptureReader, MAX_RECORD, ReadError, Record};

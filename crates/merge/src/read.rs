@@ -205,10 +205,7 @@ impl<R: Read> CaptureReader<R> {
                 return Ok(reader);
             }
             other => {
-                return Err(ReadError {
-                    offset: 0,
-                    message: format!("not a pcap or pcapng file (magic {other:08x})"),
-                });
+                return Err(ReadError { offset: 0, message: format!("not a pcap or pcapng file (magic {other:08x})") });
             }
         };
         let mut header = [0u8; 20];
@@ -216,7 +213,10 @@ impl<R: Read> CaptureReader<R> {
         let major = endian.u16(&header[0..]);
         let minor = endian.u16(&header[2..]);
         if major != 2 {
-            return Err(ReadError { offset: 4, message: format!("pcap version {major}.{minor} is not supported (2.x is)") });
+            return Err(ReadError {
+                offset: 4,
+                message: format!("pcap version {major}.{minor} is not supported (2.x is)"),
+            });
         }
         let snaplen = endian.u32(&header[12..]);
         let linktype = (endian.u32(&header[16..]) & 0xFFFF) as u16;
@@ -341,7 +341,10 @@ impl<R: Read> CaptureReader<R> {
         }
         let len = self.endian.u32(&h[4..]);
         if len < 12 || !len.is_multiple_of(4) || len > MAX_BLOCK {
-            return Err(ReadError { offset: start, message: format!("block of type {block_type:#x} has an invalid length {len}") });
+            return Err(ReadError {
+                offset: start,
+                message: format!("block of type {block_type:#x} has an invalid length {len}"),
+            });
         }
         Ok(Some((block_type, len, start)))
     }
@@ -381,7 +384,10 @@ impl<R: Read> CaptureReader<R> {
             0x1A2B_3C4D => Endian::Little,
             0x4D3C_2B1A => Endian::Big,
             other => {
-                return Err(ReadError { offset: start + 8, message: format!("bad byte-order magic {other:08x} in section header") });
+                return Err(ReadError {
+                    offset: start + 8,
+                    message: format!("bad byte-order magic {other:08x} in section header"),
+                });
             }
         };
         let len = self.endian.u32(&len_raw);
@@ -404,7 +410,10 @@ impl<R: Read> CaptureReader<R> {
         let major = self.endian.u16(&body[0..]);
         let minor = self.endian.u16(&body[2..]);
         if major != 1 {
-            return Err(ReadError { offset: start + 12, message: format!("pcapng version {major}.{minor} is not supported (1.x is)") });
+            return Err(ReadError {
+                offset: start + 12,
+                message: format!("pcapng version {major}.{minor} is not supported (1.x is)"),
+            });
         }
         // Options follow the 8-byte section length; validate their framing.
         let options = &body[12..body.len() - 4];
@@ -427,7 +436,10 @@ impl<R: Read> CaptureReader<R> {
                     self.scratch_block(len, start)?;
                     let body = &self.scratch;
                     if body.len() < 8 {
-                        return Err(ReadError { offset: start, message: "interface description block too short".into() });
+                        return Err(ReadError {
+                            offset: start,
+                            message: "interface description block too short".into(),
+                        });
                     }
                     let mut iface = Interface::new(e.u16(&body[0..]), e.u32(&body[4..]), Resolution::MICRO);
                     let mut failed = None;
@@ -437,7 +449,8 @@ impl<R: Read> CaptureReader<R> {
                         9 if value.len() == 1 => {
                             let v = value[0];
                             let n = v & 0x7F;
-                            iface.resolution = if v & 0x80 == 0 { Resolution::Decimal(n) } else { Resolution::Binary(n) };
+                            iface.resolution =
+                                if v & 0x80 == 0 { Resolution::Decimal(n) } else { Resolution::Binary(n) };
                             if (v & 0x80 == 0 && n > 19) || (v & 0x80 != 0 && n > 63) {
                                 failed = Some(format!("unsupported if_tsresol {v:#x}"));
                             }
@@ -468,7 +481,10 @@ impl<R: Read> CaptureReader<R> {
                     let caplen = e.u32(&body[12..]) as usize;
                     let orig_len = e.u32(&body[16..]);
                     if caplen > body.len() - 20 {
-                        return Err(ReadError { offset: start, message: format!("packet of {caplen} bytes overruns its block") });
+                        return Err(ReadError {
+                            offset: start,
+                            message: format!("packet of {caplen} bytes overruns its block"),
+                        });
                     }
                     let iface = self.section_iface(id, start)?;
                     let info = &self.interfaces[iface];
@@ -512,7 +528,10 @@ impl<R: Read> CaptureReader<R> {
                     self.scratch_block(len, start)?;
                     let body = &self.scratch;
                     if body.len() < 12 {
-                        return Err(ReadError { offset: start, message: "interface statistics block too short".into() });
+                        return Err(ReadError {
+                            offset: start,
+                            message: "interface statistics block too short".into(),
+                        });
                     }
                     let iface = self.section_iface(e.u32(&body[0..]) as usize, start)?;
                     let (mut received, mut dropped) = (None, None);

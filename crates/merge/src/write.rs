@@ -20,8 +20,9 @@ pub struct OutInterface {
 }
 
 fn secs_u32(ts_ns: u64) -> io::Result<u32> {
-    u32::try_from(ts_ns / 1_000_000_000)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "timestamp beyond what classic pcap can hold (year 2106)"))
+    u32::try_from(ts_ns / 1_000_000_000).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidData, "timestamp beyond what classic pcap can hold (year 2106)")
+    })
 }
 
 /// Classic pcap.

@@ -39,7 +39,11 @@ fn decode(bytes: &[u8]) -> Vec<(u64, u32, u32)> {
     let mut out = Vec::new();
     while reader.next_record(&mut r).unwrap() {
         let b = r.bytes();
-        out.push((r.ts_ns, u32::from_le_bytes(b[0..4].try_into().unwrap()), u32::from_le_bytes(b[4..8].try_into().unwrap())));
+        out.push((
+            r.ts_ns,
+            u32::from_le_bytes(b[0..4].try_into().unwrap()),
+            u32::from_le_bytes(b[4..8].try_into().unwrap()),
+        ));
     }
     out
 }

@@ -56,9 +56,12 @@ fn pcapng_output_carries_per_pop_provenance_and_counters() {
     // Wireshark's own tools read the same facts.
     let path = std::env::temp_dir().join(format!("edgecap-provenance-{}.pcapng", std::process::id()));
     std::fs::write(&path, &out).unwrap();
-    let tool = |cmd: &mut Command| cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let tool = |cmd: &mut Command| {
+        cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
     let capinfos = tool(Command::new("capinfos").arg(&path));
-    let tshark = tool(Command::new("tshark").args(["-n", "-r"]).arg(&path).args(["-T", "fields", "-e", "frame.interface_name"]));
+    let tshark =
+        tool(Command::new("tshark").args(["-n", "-r"]).arg(&path).args(["-T", "fields", "-e", "frame.interface_name"]));
     std::fs::remove_file(&path).unwrap();
     match (capinfos, tshark) {
         (Some(capinfos), Some(tshark)) => {

@@ -69,7 +69,12 @@ fn parse_ts(text: &str) -> Option<(u64, u64)> {
     Some((secs.parse::<u64>().ok()? * 1_000_000_000 + frac_ns, 10u64.pow(9 - digits)))
 }
 
-fn merge_one(name: &str, bytes: &[u8], format: OutputFormat, salvage: bool) -> Result<(Vec<u8>, edgecap_merge::MergeReport), MergeError> {
+fn merge_one(
+    name: &str,
+    bytes: &[u8],
+    format: OutputFormat,
+    salvage: bool,
+) -> Result<(Vec<u8>, edgecap_merge::MergeReport), MergeError> {
     let input = MergeInput { name: name.to_string(), reader: bytes, provenance: None };
     let options = MergeOptions { format: Some(format), salvage, comment: Some("test".into()) };
     merge(vec![input], Vec::new(), &options)
@@ -91,12 +96,14 @@ fn tshark_clean_all(outputs: &[(String, Vec<u8>)]) {
 }
 
 fn tshark_clean(bytes: &[u8], what: &str) {
-    let path = std::env::temp_dir().join(format!("edgecap-merge-{}-{}.out", std::process::id(), what.replace('/', "_")));
+    let path =
+        std::env::temp_dir().join(format!("edgecap-merge-{}-{}.out", std::process::id(), what.replace('/', "_")));
     std::fs::write(&path, bytes).unwrap();
     let out = Command::new("tshark").args(["-n", "-r"]).arg(&path).output().unwrap();
     std::fs::remove_file(&path).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<&str> = stderr.lines().filter(|l| !l.contains("Running as user") && !l.trim().is_empty()).collect();
+    let warnings: Vec<&str> =
+        stderr.lines().filter(|l| !l.contains("Running as user") && !l.trim().is_empty()).collect();
     assert!(out.status.success() && warnings.is_empty(), "tshark on {what}: {warnings:?}");
 }
 
@@ -147,8 +154,15 @@ fn every_valid_file_round_trips_through_both_writers_and_tshark_reads_them() {
                 let back = read_all(&pcap).unwrap();
                 let (a, b) = (strip(&back), strip(&original));
                 let first_diff = a.iter().zip(&b).position(|(x, y)| x != y);
-                assert!(a == b, "{} through classic pcap: {} vs {} records, first difference at {first_diff:?}: ts {:?} vs {:?}",
-                    row.file, a.len(), b.len(), first_diff.map(|i| a[i].0), first_diff.map(|i| b[i].0));
+                assert!(
+                    a == b,
+                    "{} through classic pcap: {} vs {} records, first difference at {first_diff:?}: ts {:?} vs {:?}",
+                    row.file,
+                    a.len(),
+                    b.len(),
+                    first_diff.map(|i| a[i].0),
+                    first_diff.map(|i| b[i].0)
+                );
                 outputs.push((format!("{}.pcap", row.file), pcap));
             }
             Err(MergeError::LinkTypes { .. }) => {
@@ -193,7 +207,8 @@ fn merge_groups_match_mergecap() {
             (f[0], f[1].split(',').collect(), f[3].parse().unwrap(), f[7].parse().unwrap());
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         let theirs_path = std::env::temp_dir().join(format!("edgecap-mergecap-{}-{group}.pcap", std::process::id()));
-        let status = Command::new("mergecap").args(["-F", "pcap", "-w"]).arg(&theirs_path).args(&paths).status().unwrap();
+        let status =
+            Command::new("mergecap").args(["-F", "pcap", "-w"]).arg(&theirs_path).args(&paths).status().unwrap();
         assert!(status.success());
         let theirs = read_all(&std::fs::read(&theirs_path).unwrap()).unwrap();
         std::fs::remove_file(&theirs_path).unwrap();

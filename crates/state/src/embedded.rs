@@ -102,11 +102,7 @@ impl EmbeddedStore {
                         continue;
                     }
                     Err(e) => {
-                        return Err(StateError::Corrupt(format!(
-                            "{} line {}: {e}",
-                            path.display(),
-                            index + 1
-                        )));
+                        return Err(StateError::Corrupt(format!("{} line {}: {e}", path.display(), index + 1)));
                     }
                 };
                 records += 1;
@@ -117,13 +113,7 @@ impl EmbeddedStore {
                     })?;
                     map.insert(
                         put.k.clone(),
-                        KeyValue {
-                            key: put.k,
-                            value,
-                            create_revision: put.c,
-                            mod_revision: record.rev,
-                            lease: None,
-                        },
+                        KeyValue { key: put.k, value, create_revision: put.c, mod_revision: record.rev, lease: None },
                     );
                 }
                 if let Some(key) = record.del {
@@ -182,8 +172,7 @@ async fn expire_leases(inner: std::sync::Weak<Mutex<Inner>>, events: broadcast::
         let Some(inner) = inner.upgrade() else { return };
         let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let expired: Vec<i64> =
-            guard.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<i64> = guard.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
         for id in expired {
             if let Err(error) = guard.end_lease(id, &events) {
                 tracing::error!(%error, lease = id, "failed to expire lease");
@@ -445,10 +434,7 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

@@ -202,7 +202,12 @@ impl StateStore for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision> {
-        let response = self.client.clone().get(self.full("/"), Some(GetOptions::new().with_count_only())).await.map_err(unavailable)?;
+        let response = self
+            .client
+            .clone()
+            .get(self.full("/"), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(unavailable)?;
         Ok(response.header().map_or(0, |h| h.revision() as Revision))
     }
 }

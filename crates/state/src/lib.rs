@@ -35,14 +35,20 @@ mod config_tests {
     fn parses_state_flag() {
         let d = Path::new("/d");
         assert!(matches!(StateConfig::parse("embedded", d), Ok(StateConfig::Embedded { .. })));
-        let StateConfig::Etcd { endpoints, prefix, .. } = StateConfig::parse("etcd://a:2379,b:2379/edge/cap/", d).unwrap() else {
+        let StateConfig::Etcd { endpoints, prefix, .. } =
+            StateConfig::parse("etcd://a:2379,b:2379/edge/cap/", d).unwrap()
+        else {
             panic!()
         };
         assert_eq!(endpoints, ["a:2379", "b:2379"]);
         assert_eq!(prefix, "/edge/cap");
-        let StateConfig::Etcd { prefix, .. } = StateConfig::parse("etcd://127.0.0.1:23790", d).unwrap() else { panic!() };
+        let StateConfig::Etcd { prefix, .. } = StateConfig::parse("etcd://127.0.0.1:23790", d).unwrap() else {
+            panic!()
+        };
         assert_eq!(prefix, "");
-        for bad in ["etcd://", "etcd://host", "etcd://host:0", "etcd://:1", "redis://x:1", "etcd://a:1/x y", "etcd://a:1/a//b"] {
+        for bad in
+            ["etcd://", "etcd://host", "etcd://host:0", "etcd://:1", "redis://x:1", "etcd://a:1/x y", "etcd://a:1/a//b"]
+        {
             assert!(StateConfig::parse(bad, d).is_err(), "{bad}");
         }
     }
@@ -254,9 +260,10 @@ impl StateConfig {
                         .trim_end_matches(['\r', '\n'])
                         .to_string(),
                 ),
-                None => Some(std::env::var("EDGECAP_ETCD_PASSWORD").map_err(|_| {
-                    "--state: user= needs password_file=PATH or EDGECAP_ETCD_PASSWORD".to_string()
-                })?),
+                None => Some(
+                    std::env::var("EDGECAP_ETCD_PASSWORD")
+                        .map_err(|_| "--state: user= needs password_file=PATH or EDGECAP_ETCD_PASSWORD".to_string())?,
+                ),
             };
         }
         let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));

@@ -36,8 +36,7 @@ async fn prefix_list(store: &dyn StateStore) {
     for k in ["/conformance/list/b", "/conformance/list/a", "/conformance/listx", "/conformance/lis"] {
         store.put(k, k.as_bytes().to_vec(), None).await.unwrap();
     }
-    let keys: Vec<String> =
-        store.list("/conformance/list/").await.unwrap().into_iter().map(|kv| kv.key).collect();
+    let keys: Vec<String> = store.list("/conformance/list/").await.unwrap().into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, ["/conformance/list/a", "/conformance/list/b"]);
 }
 

@@ -75,10 +75,15 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
 /// Which backend to use.
 #[derive(Clone, Debug)]
 pub enum StorageConfig {
-    LocalDir { root: PathBuf },
+    LocalDir {
+        root: PathBuf,
+    },
     /// A bucket and prefix (what several coordinator replicas share); credentials from the
     /// configuration, else the AWS chain.
-    S3 { location: s3::S3Location, credentials: Option<s3::StaticCredentials> },
+    S3 {
+        location: s3::S3Location,
+        credentials: Option<s3::StaticCredentials>,
+    },
 }
 
 pub async fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {

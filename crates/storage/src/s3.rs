@@ -19,9 +19,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
@@ -198,7 +200,9 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| classify(&self.what("create multipart upload", &object), e))?;
-        out.upload_id.ok_or_else(|| StorageError::Rejected(format!("{}: no upload id", self.what("create multipart upload", &object))))
+        out.upload_id.ok_or_else(|| {
+            StorageError::Rejected(format!("{}: no upload id", self.what("create multipart upload", &object)))
+        })
     }
 
     /// A presigned PUT of part `part` (1-based) of a multipart upload.
@@ -350,17 +354,13 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)> {
         let object = self.object_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.location.bucket)
-            .key(&object)
-            .send()
-            .await
-            .map_err(|e| match classify(&self.what("get", &object), e) {
-                StorageError::NotFound(_) => StorageError::NotFound(key.to_string()),
-                other => other,
-            })?;
+        let out =
+            self.client.get_object().bucket(&self.location.bucket).key(&object).send().await.map_err(
+                |e| match classify(&self.what("get", &object), e) {
+                    StorageError::NotFound(_) => StorageError::NotFound(key.to_string()),
+                    other => other,
+                },
+            )?;
         let size = out.content_length.unwrap_or(0).max(0) as u64;
         Ok((ObjectMeta { key: key.to_string(), size }, Box::pin(out.body.into_async_read())))
     }
@@ -368,7 +368,9 @@ impl ObjectStore for S3Store {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let object = self.object_key(key)?;
         match self.client.head_object().bucket(&self.location.bucket).key(&object).send().await {
-            Ok(out) => Ok(Some(ObjectMeta { key: key.to_string(), size: out.content_length.unwrap_or(0).max(0) as u64 })),
+            Ok(out) => {
+                Ok(Some(ObjectMeta { key: key.to_string(), size: out.content_length.unwrap_or(0).max(0) as u64 }))
+            }
             Err(e) => match classify(&self.what("head", &object), e) {
                 StorageError::NotFound(_) => Ok(None),
                 other => Err(other),

@@ -46,7 +46,12 @@ impl Drop for Telemetry {
 /// Installs the global subscriber: logs (to stderr when `stderr`), plus OTLP trace export when
 /// `otlp_endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) is set. `default_filter` applies when
 /// `RUST_LOG` is not set. Must be called inside a Tokio runtime when exporting.
-pub fn init(service: &str, otlp_endpoint: Option<&str>, default_filter: &str, stderr: bool) -> anyhow::Result<Telemetry> {
+pub fn init(
+    service: &str,
+    otlp_endpoint: Option<&str>,
+    default_filter: &str,
+    stderr: bool,
+) -> anyhow::Result<Telemetry> {
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| default_filter.into())

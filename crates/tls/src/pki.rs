@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -124,9 +124,11 @@ pub fn issue_coordinator(dir: &Path, name: &str, hosts: &[String]) -> Result<Tls
     for host in hosts {
         match host.parse::<IpAddr>() {
             Ok(ip) => sans.push(SanType::IpAddress(ip)),
-            Err(_) => sans.push(SanType::DnsName(host.clone().try_into().map_err(|_| {
-                TlsError::InvalidName { name: host.clone(), why: "not a DNS name or IP address" }
-            })?)),
+            Err(_) => sans.push(SanType::DnsName(
+                host.clone()
+                    .try_into()
+                    .map_err(|_| TlsError::InvalidName { name: host.clone(), why: "not a DNS name or IP address" })?,
+            )),
         }
     }
     let uri = PeerIdentity::Coordinator { name: name.to_string() }.uri();
