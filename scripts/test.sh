@@ -14,6 +14,10 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
 fi
 export EDGECAP_SDK_PYTHON="${EDGECAP_SDK_VENV:-$HOME/.cache/edgecap/sdk-venv}/bin/python"
 
+# Formatting and lints are part of the suite: a tree that is not formatted or has a clippy
+# warning fails here, before the tests.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --profile ci

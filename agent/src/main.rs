@@ -1,14 +1,12 @@
 //! `edgecap-agent`: the PoP agent (`run`) and a standalone capture command (`capture`) for
-//! operators and benchmarks.
+//! operators.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use edgecap_agent::standalone::{CaptureArgs, UsageError};
 use edgecap_agent::{Agent, AgentConfig};
-use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
-use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
-use edgecap_capture::{FilterV1, LookbackConfig};
+use edgecap_capture::LookbackConfig;
 use edgecap_tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +22,20 @@ enum Command {
     /// Run as a PoP agent: keep the sampled lookback and serve the coordinator.
     Run(RunArgs),
     /// Capture on an interface into a file, then print the counters (no coordinator needed).
-    Capture(CaptureArgs),
+    Capture(CaptureCommand),
+}
+
+#[derive(Args, Debug)]
+struct CaptureCommand {
+    #[command(flatten)]
+    args: CaptureArgs,
+    /// Deprecated: moved to `edgecap-bench capture --with-lookback` (run through it when it is
+    /// installed beside this binary).
+    #[arg(long, hide = true)]
+    with_lookback: bool,
+    /// Deprecated: moved to `edgecap-bench capture --lookback-sample-rate`.
+    #[arg(long, hide = true)]
+    lookback_sample_rate: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -74,78 +85,6 @@ struct RunArgs {
     shard_rotate_seconds: u32,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    Pcap,
-    Pcapng,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Checksum {
-    Sha256,
-    None,
-}
-
-#[derive(Args, Debug)]
-struct CaptureArgs {
-    #[arg(long)]
-    iface: String,
-    /// Output file (with rotation: the name pattern, numbered -000001, -000002, ...).
-    #[arg(long)]
-    out: PathBuf,
-    /// pcap-filter expression (compiled by libpcap, at most 4096 instructions).
-    #[arg(long, conflicts_with = "filter_v1")]
-    filter: Option<String>,
-    /// Cloudflare filter_v1 as JSON, e.g. '{"protocol":17,"destination_port":53}'.
-    #[arg(long)]
-    filter_v1: Option<String>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    time_limit: Option<f64>,
-    /// Stop after this many packets.
-    #[arg(long)]
-    packet_limit: Option<u64>,
-    /// Stop before the captured packet bytes would exceed this.
-    #[arg(long)]
-    byte_limit: Option<u64>,
-    #[arg(long, default_value_t = 262_144)]
-    snaplen: u32,
-    #[arg(long, value_enum, default_value = "pcap")]
-    format: Format,
-    /// Kernel capture buffer, MiB.
-    #[arg(long, default_value_t = 32)]
-    buffer_mib: u32,
-    /// Rotate to a new shard at this size, MiB.
-    #[arg(long)]
-    rotate_mib: Option<u64>,
-    /// Rotate to a new shard after this many seconds.
-    #[arg(long)]
-    rotate_seconds: Option<u64>,
-    /// Identity written into shard manifests and pcapng interface names.
-    #[arg(long, default_value = "local")]
-    pop: String,
-    #[arg(long, default_value = "edgecap-agent")]
-    agent: String,
-    #[arg(long, default_value = "")]
-    capture_id: String,
-    /// Shard checksum written into the manifest: sha256 (default) or none.
-    #[arg(long, value_enum, default_value = "sha256")]
-    checksum: Checksum,
-    /// Batches the queue between the capture and writer threads holds (x256 packets).
-    #[arg(long, default_value_t = 1024, hide = true)]
-    queue_batches: usize,
-    /// Test hook: slow the writer by this many microseconds per packet.
-    #[arg(long, hide = true)]
-    writer_delay_us: Option<u64>,
-    /// Benchmark hook: also feed the agent's sampled lookback from this interface (its own
-    /// libpcap handle, as in `run`), so the cost of both is measured together.
-    #[arg(long, hide = true)]
-    with_lookback: bool,
-    /// Benchmark hook: the lookback's sample rate with --with-lookback.
-    #[arg(long, hide = true, default_value_t = 1)]
-    lookback_sample_rate: u32,
-}
-
 fn usage_error(message: String) -> ! {
     eprintln!("edgecap-agent: {message}");
     std::process::exit(64);
@@ -160,20 +99,35 @@ async fn main() -> anyhow::Result<()> {
             telemetry.shutdown();
             result
         }
-        Command::Capture(args) => {
+        Command::Capture(command) => {
+            if command.with_lookback || command.lookback_sample_rate.is_some() {
+                bench_capture();
+            }
             let _telemetry = edgecap_telemetry::init("edgecap-agent", None, "info", true)?;
-            capture(args).await
+            match edgecap_agent::standalone::capture(command.args, None).await {
+                Ok(code) => std::process::exit(code),
+                Err(e) => match e.downcast::<UsageError>() {
+                    Ok(usage) => usage_error(usage.0),
+                    Err(e) => Err(e),
+                },
+            }
         }
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// The benchmark hooks moved to `edgecap-bench capture`: hand the same arguments to it.
+fn bench_capture() -> ! {
+    eprintln!(
+        "edgecap-agent: warning: --with-lookback and --lookback-sample-rate are deprecated; use `edgecap-bench capture`"
+    );
+    let bench = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("edgecap-bench")));
+    let Some(bench) = bench.filter(|b| b.exists()) else {
+        usage_error("--with-lookback: edgecap-bench is not installed beside edgecap-agent".into())
+    };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    use std::os::unix::process::CommandExt as _;
+    let error = std::process::Command::new(&bench).arg("capture").args(args).exec();
+    usage_error(format!("run {}: {error}", bench.display()))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -194,7 +148,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_bytes: args.lookback_memory_mib << 20,
         max_age_ns: args.lookback_max_age * 1_000_000_000,
     };
-    let mut full = edgecap_agent::full::FullCaptureConfig::new(args.spool_dir);
+    let mut full = edgecap_agent::FullCaptureConfig::new(args.spool_dir);
     full.spool_max_bytes = args.spool_max_mib.max(1) << 20;
     full.rotate_bytes = args.shard_rotate_mib.max(1) << 20;
     full.rotate_seconds = args.shard_rotate_seconds.max(1);
@@ -203,123 +157,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(agent_id = %agent.agent_id, pop = %agent.pop, "agent started");
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.cancel();
-    });
-    agent.run(cancel).await
-}
-
-/// The filter text to compile: from --filter (checked by libpcap, bounded) or from
-/// --filter-v1 (typed fields only).
-fn capture_filter(args: &CaptureArgs) -> Result<(String, String), String> {
-    let text = match (&args.filter, &args.filter_v1) {
-        (Some(f), _) => f.clone(),
-        (None, Some(json)) => {
-            let filter: FilterV1 = serde_json::from_str(json).map_err(|e| format!("--filter-v1: {e}"))?;
-            filter.check_satisfiable().map_err(|e| format!("--filter-v1: {e}"))?;
-            filter.to_bpf()
-        }
-        (None, None) => String::new(),
-    };
-    if text.is_empty() {
-        return Ok((text, String::new()));
-    }
-    // The link type is checked against the interface's when libpcap sets the filter; the
-    // hash names the program for manifests.
-    let checked = edgecap_capture::bpf::check(&text, 1, args.snaplen as i32).map_err(|e| e.to_string())?;
-    Ok((checked.text, checked.hash))
-}
-
-async fn capture(args: CaptureArgs) -> anyhow::Result<()> {
-    let (filter, filter_hash) = capture_filter(&args).unwrap_or_else(|e| usage_error(e));
-    if let Some(t) = args.time_limit
-        && !(t > 0.0 && t.is_finite())
-    {
-        usage_error("--time-limit must be a positive number of seconds".into());
-    }
-    if !(16..=262_144).contains(&args.snaplen) {
-        usage_error("--snaplen must be 16..=262144".into());
-    }
-    let mut config = LiveConfig::new(&args.iface, &filter);
-    config.snaplen = args.snaplen;
-    config.buffer_size = args.buffer_mib.clamp(1, 2048) << 20;
-    config.queue_batches = args.queue_batches.max(1);
-    config.writer_delay = args.writer_delay_us.map(Duration::from_micros);
-    config.limits = Limits {
-        time: args.time_limit.map(Duration::from_secs_f64),
-        packets: args.packet_limit,
-        bytes: args.byte_limit,
-    };
-    // The link type comes from the interface itself.
-    let linktype = pcap::Capture::from_device(args.iface.as_str())
-        .and_then(|c| c.open())
-        .map(|c| c.get_datalink().0 as u16)
-        .unwrap_or_else(|e| usage_error(format!("interface {}: {e}", args.iface)));
-    let identity = ShardIdentity {
-        capture_id: args.capture_id.clone(),
-        pop: args.pop.clone(),
-        agent: args.agent.clone(),
-        interface: args.iface.clone(),
-        linktype,
-        snaplen: args.snaplen,
-        filter: filter.clone(),
-        filter_hash,
-    };
-    let shards = ShardWriter::new(
-        ShardConfig {
-            path: args.out.clone(),
-            format: match args.format {
-                Format::Pcap => ShardFormat::Pcap,
-                Format::Pcapng => ShardFormat::Pcapng,
-            },
-            rotate_bytes: args.rotate_mib.map(|m| m << 20),
-            rotate_every: args.rotate_seconds.map(Duration::from_secs),
-            checksum: matches!(args.checksum, Checksum::Sha256),
-        },
-        identity,
-    );
-    let lookback = args.with_lookback.then(|| {
-        let lookback = std::sync::Arc::new(std::sync::Mutex::new(edgecap_capture::Lookback::new(LookbackConfig {
-            sample_rate: args.lookback_sample_rate.max(1),
-            ..LookbackConfig::default()
-        })));
-        let config =
-            edgecap_capture::LookbackCaptureConfig { interfaces: vec![args.iface.clone()], ..Default::default() };
-        (
-            edgecap_capture::LookbackCapture::start(&config, lookback.clone())
-                .unwrap_or_else(|e| usage_error(e.to_string())),
-            lookback,
-        )
-    });
-    let live = LiveCapture::start(config, Box::new(shards)).unwrap_or_else(|e| usage_error(e.to_string()));
-    eprintln!("edgecap-agent: capturing on {} (filter {:?})", args.iface, filter);
-    let stopper = live.stop_handle();
-    let signals = tokio::spawn(async move {
-        shutdown_signal().await;
-        stopper.stop();
-    });
-    let counters = tokio::task::spawn_blocking(move || live.wait()).await?;
-    signals.abort();
-    if let Some((capture, lookback)) = lookback {
-        capture.stop();
-        let l = lookback.lock().unwrap_or_else(|p| p.into_inner());
-        eprintln!(
-            "lookback: {} packets seen, {} held, {} kernel drops",
-            l.stats().packets_seen,
-            l.len(),
-            l.stats().kernel_dropped
-        );
-    }
-    println!("{}", counters.line());
-    eprintln!("{} packets captured", counters.written);
-    eprintln!("{} packets received by filter", counters.received);
-    eprintln!("{} packets dropped by kernel", counters.kernel_dropped);
-    match counters.stop_reason {
-        Some(edgecap_capture::session::StopReason::Failed(e)) => {
-            eprintln!("edgecap-agent: capture failed: {e}");
-            std::process::exit(1);
-        }
-        _ => Ok(()),
-    }
+    let agent = tokio::spawn(agent.run(cancel));
+    edgecap_common::shutdown_signal().await;
+    stop.cancel();
+    agent.await?
 }

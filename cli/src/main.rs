@@ -6,9 +6,7 @@
 //! * `edgecap capture create|list|get|download|stop`, `edgecap ownership create|validate|list|delete`
 //!   and `edgecap agents`: the API, from a shell.
 
-mod bench;
 mod client;
-mod fanout;
 mod merge;
 mod up;
 
@@ -54,12 +52,18 @@ enum Command {
     },
     /// Merge pcap/pcapng files into one, in timestamp order (a drop-in for mergecap).
     Merge(merge::MergeArgs),
-    /// Benchmark hook: per-PoP status writes against etcd (bench/etcd.sh).
-    #[command(hide = true)]
-    BenchStatus(bench::BenchArgs),
-    /// Benchmark hook: sample-capture latency against the number of agents.
-    #[command(hide = true)]
-    BenchFanout(fanout::FanoutArgs),
+    /// Deprecated: moved to `edgecap-bench status` (run through it when installed beside).
+    #[command(hide = true, disable_help_flag = true)]
+    BenchStatus {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Deprecated: moved to `edgecap-bench fanout` (run through it when installed beside).
+    #[command(hide = true, disable_help_flag = true)]
+    BenchFanout {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,12 +170,14 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Capture { api, command } => {
-            let client = client::Client::new(api)?;
+            let client = client::client(api)?;
             match command {
-                CaptureCommand::Create(args) => client::print(&client.create(&args).await?),
+                CaptureCommand::Create(args) => client::print(&client::create(&client, &args).await?),
                 CaptureCommand::List => client::print(&client.call("GET", "", None).await?),
                 CaptureCommand::Get { id } => client::print(&client.call("GET", &format!("/{id}"), None).await?),
-                CaptureCommand::Wait { id, timeout } => client::print(&client.wait(&id, timeout).await?),
+                CaptureCommand::Wait { id, timeout } => {
+                    client::print(&client.wait(&id, std::time::Duration::from_secs(timeout.min(86_400)), |_| {}).await?)
+                }
                 CaptureCommand::Download { id, output } => {
                     let n = client.download(&id, &output).await?;
                     eprintln!("{n} bytes written to {}", output.display());
@@ -185,17 +191,17 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Ownership { api, command } => {
-            let client = client::Client::new(api)?;
+            let client = client::client(api)?;
             match command {
                 OwnershipCommand::Create { destination_conf } => client::print(
-                    &client.call("POST", "/ownership", Some(serde_json::json!({"destination_conf": destination_conf}))).await?,
+                    &client.call("POST", "/ownership", Some(&serde_json::json!({"destination_conf": destination_conf}))).await?,
                 ),
                 OwnershipCommand::Validate { destination_conf, ownership_challenge } => client::print(
                     &client
                         .call(
                             "POST",
                             "/ownership/validate",
-                            Some(serde_json::json!({"destination_conf": destination_conf, "ownership_challenge": ownership_challenge})),
+                            Some(&serde_json::json!({"destination_conf": destination_conf, "ownership_challenge": ownership_challenge})),
                         )
                         .await?,
                 ),
@@ -208,11 +214,21 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Merge(args) => merge::run(args),
-        Command::BenchStatus(args) => bench::run(args).await,
-        Command::BenchFanout(args) => fanout::run(args).await,
+        Command::BenchStatus { args } => bench("status", args),
+        Command::BenchFanout { args } => bench("fanout", args),
         Command::Agents { api } => {
-            let client = client::Client::new(api)?;
+            let client = client::client(api)?;
             client::print(&client.agents().await.context("list agents")?)
         }
     }
+}
+
+/// The benchmark hooks moved to `edgecap-bench`: hand the same arguments to it.
+fn bench(command: &str, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    eprintln!("edgecap: warning: `edgecap bench-{command}` is deprecated; use `edgecap-bench {command}`");
+    let bench = std::env::current_exe()?.parent().map(|d| d.join("edgecap-bench")).filter(|b| b.exists());
+    let bench = bench.context("edgecap-bench is not installed beside edgecap")?;
+    use std::os::unix::process::CommandExt as _;
+    let error = std::process::Command::new(&bench).arg(command).args(args).exec();
+    anyhow::bail!("run {}: {error}", bench.display())
 }

@@ -142,10 +142,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         agent_wait: Duration::from_secs(5),
         tokens: vec![(account.clone(), token.clone())],
         s3_credentials: match &args.s3_credentials {
-            Some(path) => edgecap_coordinator::full::load_credentials(path)?,
+            Some(path) => edgecap_coordinator::load_credentials(path)?,
             None => Default::default(),
         },
-        full: edgecap_coordinator::full::FullSettings { keep_shards: args.keep_shards, ..Default::default() },
+        full: edgecap_coordinator::FullSettings { keep_shards: args.keep_shards, ..Default::default() },
     })
     .await?;
 
@@ -155,7 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.interfaces.clone(),
     );
     agent_config.lookback = LookbackConfig { sample_rate: args.sample_rate.max(1), ..LookbackConfig::default() };
-    agent_config.full = Some(edgecap_agent::full::FullCaptureConfig::new(dir.join("spool")));
+    agent_config.full = Some(edgecap_agent::FullCaptureConfig::new(dir.join("spool")));
     let agent = Agent::start(agent_config)?;
     let agent_id = agent.agent_id.clone();
     let cancel = CancellationToken::new();

@@ -1,98 +1,60 @@
-//! The edgecap coordinator.
+//! The edgecap coordinator: the Cloudflare-compatible PCAP API, the agent control plane, and
+//! the captures themselves. One room per responsibility:
 //!
-//! * `api`: the Cloudflare-compatible REST API (`/client/v4/accounts/{account}/pcaps...`).
-//! * `control`: the mutual-TLS gRPC control plane that agents dial into.
-//! * `sample`: sample captures, fanned out to every agent's lookback and merged.
-//! * `repo`: the key layout over the state store; `validate`: request validation.
+//! * [`api`](crate::api): the REST API, one module per resource;
+//! * `control`: the mutual-TLS gRPC stream agents dial into, as a thin adapter;
+//! * `agents`: the registry of agents connected to this replica (a leaf);
+//! * `sample`: sample captures (fan-out to lookbacks, relay between replicas, the file);
+//! * `full`: full captures (plan, jobs, uploads, leader, follow-up, merge, buckets);
+//! * `store`: the records and keys in the state store; `model`: the records themselves;
+//!   `convert`: wire messages to and from them; `config`: what the coordinator is told.
 //!
 //! [`Coordinator::start`] binds both listeners and runs until [`Coordinator::shutdown`];
 //! tests and `edgecap up` run it in-process, `edgecap-coordinator` wraps it in a binary.
+//! Every background task is owned by the coordinator's [`Tasks`] and has returned when
+//! `shutdown` does (or the grace period is reported as exceeded).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use edgecap_state::StateConfig;
-use edgecap_storage::s3::StaticCredentials;
-use edgecap_storage::{ObjectStore, StorageConfig};
-use edgecap_tls::TlsFiles;
+use edgecap_common::tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-pub mod api;
-pub mod control;
-pub mod destination;
-pub mod error;
-pub mod full;
-pub mod model;
-pub mod relay;
-pub mod repo;
-pub mod sample;
-pub mod tls_listener;
-pub mod validate;
+mod agents;
+mod api;
+#[doc(hidden)]
+pub mod bench;
+mod config;
+mod control;
+mod convert;
+mod full;
+mod model;
+mod sample;
+mod store;
 
-pub use api::RateLimits;
-pub use validate::Limits;
+pub use agents::AgentInfo;
+pub use api::error::code;
+pub use config::{
+    CoordinatorConfig, FullSettings, Limits, RateLimits, load_credentials, objects_config, valid_account,
+};
+pub use model::rfc3339;
 
-/// How long a shutdown waits for open connections (agents' streams) before closing them.
+/// How long a shutdown waits for connections and background work before closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Everything a coordinator needs; see `edgecap-coordinator --help` for the flags.
-#[derive(Clone, Debug)]
-pub struct CoordinatorConfig {
-    /// Names this replica in logs, agent presence and certificates.
-    pub name: String,
-    pub api_listen: SocketAddr,
-    pub grpc_listen: SocketAddr,
-    pub tls: TlsFiles,
-    pub tls_reload_interval: Duration,
-    pub state: StateConfig,
-    pub storage: StorageConfig,
-    /// Scratch space for files being assembled.
-    pub tmp_dir: PathBuf,
-    pub limits: Limits,
-    pub rate_limits: RateLimits,
-    /// How long to wait for one agent's sample answer.
-    pub sample_timeout: Duration,
-    /// How long a sample capture waits for a first agent when none is connected.
-    pub agent_wait: Duration,
-    /// `(account_id, token)` pairs to register at start.
-    pub tokens: Vec<(String, String)>,
-    /// Bucket name -> access key, for full captures' buckets (else the AWS default chain).
-    pub s3_credentials: HashMap<String, StaticCredentials>,
-    pub full: full::FullSettings,
-}
-
-/// Shared by the API handlers and background tasks.
-pub struct AppState {
-    pub repo: repo::Repo,
-    pub registry: Arc<control::Registry>,
-    pub store: Arc<dyn ObjectStore>,
-    pub limits: Limits,
-    pub rate_limits: RateLimits,
-    pub rate: api::RateLimiter,
-    pub tmp_dir: PathBuf,
-    pub sample_timeout: Duration,
-    pub agent_wait: Duration,
-    pub full: Arc<full::FullCaptures>,
-}
 
 /// A running coordinator.
 pub struct Coordinator {
     pub api_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    pub state: Arc<AppState>,
-    cancel: CancellationToken,
-    tasks: JoinSet<anyhow::Result<()>>,
-}
-
-/// Validates account ids (path segment, key segment): 1-32 of `[A-Za-z0-9_-]`.
-pub fn valid_account(account: &str) -> bool {
-    (1..=32).contains(&account.len()) && account.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    router: axum::Router,
+    registry: Arc<agents::Registry>,
+    /// Background work: control sessions, captures, the leader, watches.
+    tasks: Tasks,
+    /// The two listeners; either ending early is an error.
+    servers: JoinSet<anyhow::Result<()>>,
 }
 
 impl Coordinator {
@@ -100,17 +62,19 @@ impl Coordinator {
         edgecap_tls::install_default_provider();
         let tls = edgecap_tls::watch_server_config(config.tls.clone(), config.tls_reload_interval)
             .context("load the coordinator's TLS files")?;
-        let store = edgecap_state::open(&config.state).await.context("open the state store")?;
+        let state_store = edgecap_state::open(&config.state).await.context("open the state store")?;
         let objects = edgecap_storage::open(&config.storage).await.context("open the object store")?;
-        std::fs::create_dir_all(&config.tmp_dir)
+        tokio::fs::create_dir_all(&config.tmp_dir)
+            .await
             .with_context(|| format!("create scratch directory {}", config.tmp_dir.display()))?;
-        let repo = repo::Repo::new(store);
+        let repo = store::Repo::new(state_store);
         for (account, token) in &config.tokens {
             anyhow::ensure!(valid_account(account), "account id {account:?}: use 1-32 of [A-Za-z0-9_-]");
             anyhow::ensure!(token.len() >= 16, "token for account {account}: use at least 16 characters");
             repo.add_token(account, token).await.context("register API tokens")?;
         }
-        let registry = Arc::new(control::Registry::default());
+        let tasks = Tasks::new();
+        let registry = Arc::new(agents::Registry::default());
         let full = Arc::new(full::FullCaptures::new(
             repo.clone(),
             registry.clone(),
@@ -119,16 +83,24 @@ impl Coordinator {
             config.s3_credentials.clone(),
             config.tmp_dir.clone(),
         ));
-        let state = Arc::new(AppState {
+        let samples = Arc::new(sample::SampleCaptures {
             repo: repo.clone(),
             registry: registry.clone(),
-            store: objects,
+            objects: objects.clone(),
+            tmp_dir: config.tmp_dir.clone(),
+            packet_limit_max: config.limits.packet_limit_max,
+            timeout: config.sample_timeout,
+            agent_wait: config.agent_wait,
+            tasks: tasks.clone(),
+        });
+        let api_state = Arc::new(api::ApiState {
+            repo: repo.clone(),
+            registry: registry.clone(),
+            objects,
             limits: config.limits.clone(),
             rate_limits: config.rate_limits.clone(),
             rate: api::RateLimiter::default(),
-            tmp_dir: config.tmp_dir.clone(),
-            sample_timeout: config.sample_timeout,
-            agent_wait: config.agent_wait,
+            samples: samples.clone(),
             full: full.clone(),
         });
 
@@ -140,101 +112,88 @@ impl Coordinator {
             .with_context(|| format!("bind the agent control listener on {}", config.grpc_listen))?;
         let api_addr = api_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let mut servers = JoinSet::new();
 
-        let router = api::router(state.clone());
-        let api_cancel = cancel.clone();
-        tasks.spawn(async move {
-            axum::serve(api_listener, router)
+        let router = api::router(api_state);
+        let api_cancel = tasks.token();
+        let api_router = router.clone();
+        servers.spawn(async move {
+            axum::serve(api_listener, api_router)
                 .with_graceful_shutdown(async move { api_cancel.cancelled().await })
                 .await
                 .context("serve the API")
         });
 
         let service = control::ControlService {
-            registry,
+            registry: registry.clone(),
             repo: repo.clone(),
             coordinator_name: config.name.clone(),
-            full: state.full.clone(),
+            full: full.clone(),
+            tasks: tasks.clone(),
         };
-        let incoming = tls_listener::incoming(grpc_listener, tls, cancel.clone());
-        let grpc_cancel = cancel.clone();
-        tasks.spawn(async move {
+        let incoming = control::tls_listener::incoming(grpc_listener, tls, &tasks);
+        let grpc_cancel = tasks.token();
+        servers.spawn(async move {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(edgecap_proto::agent::v1::agent_control_server::AgentControlServer::new(service))
-                .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled())
+                .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
                 .await
                 .context("serve the agent control plane")
         });
 
-        // Sample captures accepted before a restart are run again: the window they name is
-        // fixed in time, so the answer is the same as long as the lookbacks still hold it.
-        for record in repo.list_all_captures().await.context("read captures")? {
-            if record.capture_type == model::CaptureType::Simple && record.status == model::CaptureStatus::Pending {
-                tracing::info!(capture = %record.id, "resuming a sample capture accepted before the restart");
-                tokio::spawn(sample::run(state.clone(), record.account_id, record.id));
-            }
-        }
+        samples.resume_pending().await.context("read captures")?;
         // Full captures are followed by the elected leader (whichever replica it is), and
         // every replica forwards jobs to the agents connected to it.
-        tasks.spawn({
-            let full = full.clone();
-            let cancel = cancel.clone();
-            async move {
-                full.lead(cancel).await;
-                Ok(())
-            }
-        });
-        tasks.spawn({
-            let full = full.clone();
-            let cancel = cancel.clone();
-            async move {
-                full.forward_jobs(cancel).await;
-                Ok(())
-            }
-        });
+        tasks.spawn(full.clone().lead(tasks.token()));
+        tasks.spawn(full.clone().forward_jobs(tasks.token()));
         // Sample queries for agents connected here, asked by other replicas.
-        tasks.spawn({
-            let (repo, registry, cancel, timeout) =
-                (repo.clone(), state.registry.clone(), cancel.clone(), config.sample_timeout);
-            async move {
-                relay::serve(repo, registry, timeout, cancel).await;
-                Ok(())
-            }
-        });
+        tasks.spawn(sample::relay::serve(repo.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
         tracing::info!(%api_addr, %grpc_addr, name = %config.name, "coordinator started");
-        Ok(Self { api_addr, grpc_addr, state, cancel, tasks })
+        Ok(Self { api_addr, grpc_addr, router, registry, tasks, servers })
     }
 
-    /// Stops the listeners and waits for them, at most [`SHUTDOWN_GRACE`]: agents' control
-    /// streams are long-lived and would otherwise hold a graceful shutdown open forever.
+    /// The API's router, to drive it without a socket (tests).
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
+    /// The agents connected to this replica now.
+    pub fn connected_agents(&self) -> Vec<AgentInfo> {
+        self.registry.agents()
+    }
+
+    /// Stops the listeners and every background task and waits for them, at most
+    /// [`SHUTDOWN_GRACE`] each.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.cancel.cancel();
+        // Cancelling ends the agents' sessions too, so the listeners can drain.
+        let clean = self.tasks.shutdown(SHUTDOWN_GRACE).await;
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while let Some(result) = self.tasks.join_next().await {
+            while let Some(result) = self.servers.join_next().await {
                 result??;
             }
             anyhow::Ok(())
         })
         .await;
         match drained {
-            Ok(result) => result,
+            Ok(result) => result?,
             Err(_) => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
-                self.tasks.abort_all();
-                Ok(())
+                self.servers.abort_all();
             }
         }
+        if !clean {
+            tracing::warn!("some background work had not finished when the coordinator stopped");
+        }
+        Ok(())
     }
 
     /// Runs until a listener fails or `stop` resolves, then shuts down.
     pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         tokio::select! {
             _ = stop => {}
-            Some(result) = self.tasks.join_next() => {
+            Some(result) = self.servers.join_next() => {
                 result??;
                 anyhow::bail!("a listener stopped unexpectedly");
             }

@@ -8,7 +8,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
 use edgecap_state::StateConfig;
-use edgecap_storage::StorageConfig;
 use edgecap_tls::TlsFiles;
 
 /// The edgecap coordinator: the Cloudflare-compatible PCAP API and the agent control plane.
@@ -98,27 +97,6 @@ fn parse_tokens(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn storage_config(args: &Args) -> anyhow::Result<StorageConfig> {
-    if args.objects == "local" {
-        return Ok(StorageConfig::LocalDir { root: args.data_dir.join("objects") });
-    }
-    let d = edgecap_coordinator::destination::DestinationConf::parse(&args.objects)
-        .map_err(|e| anyhow::anyhow!("--objects: {}", e.message.trim_start_matches("destination_conf: ")))?;
-    let credentials = match &args.s3_credentials {
-        Some(path) => edgecap_coordinator::full::load_credentials(path)?.remove(&d.bucket),
-        None => None,
-    };
-    Ok(StorageConfig::S3 {
-        location: edgecap_storage::s3::S3Location {
-            bucket: d.bucket,
-            prefix: d.prefix,
-            region: d.region,
-            endpoint: d.endpoint,
-        },
-        credentials,
-    })
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -141,10 +119,11 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("edgecap-coordinator: {e}");
             std::process::exit(64);
         }),
-        storage: storage_config(&args).unwrap_or_else(|e| {
-            eprintln!("edgecap-coordinator: {e:#}");
-            std::process::exit(64);
-        }),
+        storage: edgecap_coordinator::objects_config(&args.objects, &args.data_dir, args.s3_credentials.as_deref())
+            .unwrap_or_else(|e| {
+                eprintln!("edgecap-coordinator: {e:#}");
+                std::process::exit(64);
+            }),
         tmp_dir: args.data_dir.join("tmp"),
         limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },
         rate_limits: if args.no_rate_limits { RateLimits::off() } else { RateLimits::cloudflare() },
@@ -152,13 +131,13 @@ async fn main() -> anyhow::Result<()> {
         agent_wait: Duration::from_secs(5),
         tokens,
         s3_credentials: match &args.s3_credentials {
-            Some(path) => edgecap_coordinator::full::load_credentials(path).unwrap_or_else(|e| {
+            Some(path) => edgecap_coordinator::load_credentials(path).unwrap_or_else(|e| {
                 eprintln!("edgecap-coordinator: {e:#}");
                 std::process::exit(64);
             }),
             None => Default::default(),
         },
-        full: edgecap_coordinator::full::FullSettings {
+        full: edgecap_coordinator::FullSettings {
             keep_shards: args.keep_shards,
             reconnect_grace: Duration::from_secs(args.reconnect_grace),
             upload_grace: Duration::from_secs(args.upload_grace),
@@ -173,16 +152,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!("edgecap-coordinator: API http://{}/client/v4, agents {}", coordinator.api_addr, coordinator.grpc_addr);
-    let result = coordinator.run_until(shutdown_signal()).await;
+    let result = coordinator.run_until(edgecap_common::shutdown_signal()).await;
     telemetry.shutdown();
     result
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -1,12 +1,11 @@
 //! The REST API through the real router (no sockets): validation of every field, the
 //! envelope, HTTP codes, auth and account isolation.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use edgecap_coordinator::{AppState, Limits, RateLimits, api, control, repo};
+use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -14,47 +13,45 @@ use tower::ServiceExt;
 const TOKEN_A: &str = "token-of-account-a-0123456789";
 const TOKEN_B: &str = "token-of-account-b-0123456789";
 
+/// A real coordinator (memory state, local objects, loopback listeners), driven through its
+/// router without sockets.
 struct Api {
     router: axum::Router,
-    state: Arc<AppState>,
+    /// Its background work ends with the test's runtime.
+    _coordinator: Coordinator,
     _dir: tempfile::TempDir,
 }
 
 async fn api_with(rate_limits: RateLimits) -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let store = edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap();
-    let repo = repo::Repo::new(store);
-    repo.add_token("acct-a", TOKEN_A).await.unwrap();
-    repo.add_token("acct-b", TOKEN_B).await.unwrap();
-    let objects =
-        edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") }).await.unwrap();
-    let registry = Arc::new(control::Registry::default());
+    let pki = dir.path().join("pki");
+    edgecap_tls::pki::init_ca(&pki, "api test").unwrap();
+    edgecap_tls::pki::issue_coordinator(&pki, "test", &["127.0.0.1".into()]).unwrap();
     let credentials = [(
         "bucket-1".to_string(),
         serde_json::from_value(json!({"access_key_id": "k", "secret_access_key": "s"})).unwrap(),
     )]
     .into();
-    let full = Arc::new(edgecap_coordinator::full::FullCaptures::new(
-        repo.clone(),
-        registry.clone(),
-        "test".into(),
-        Default::default(),
-        credentials,
-        dir.path().join("tmp"),
-    ));
-    let state = Arc::new(AppState {
-        repo,
-        registry,
-        store: objects,
+    let coordinator = Coordinator::start(CoordinatorConfig {
+        name: "test".into(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: edgecap_tls::TlsFiles::in_dir(&pki, "coordinator"),
+        tls_reload_interval: Duration::from_secs(60),
+        state: edgecap_state::StateConfig::Memory,
+        storage: edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") },
+        tmp_dir: dir.path().join("tmp"),
         limits: Limits::default(),
         rate_limits,
-        rate: Default::default(),
-        tmp_dir: dir.path().join("tmp"),
         sample_timeout: Duration::from_secs(1),
         agent_wait: Duration::ZERO,
-        full,
-    });
-    Api { router: api::router(state.clone()), state, _dir: dir }
+        tokens: vec![("acct-a".into(), TOKEN_A.into()), ("acct-b".into(), TOKEN_B.into())],
+        s3_credentials: credentials,
+        full: Default::default(),
+    })
+    .await
+    .unwrap();
+    Api { router: coordinator.router(), _coordinator: coordinator, _dir: dir }
 }
 
 async fn api() -> Api {
@@ -106,7 +103,7 @@ fn full() -> Value {
 type Case = (&'static str, &'static str, Option<Value>, u16, u64);
 
 fn cases() -> Vec<Case> {
-    use edgecap_coordinator::error::code::*;
+    use edgecap_coordinator::code::*;
     let c = |base, field, value: Option<Value>, status, code| (base, field, value, status, code);
     let mut v = vec![
         // system
@@ -375,7 +372,6 @@ async fn sample_rate_limit_is_per_account_and_after_validation() {
     assert_error(s, &v, 429, 1200, "type", "second sample within a minute");
     let (s, _) = api.call("POST", "/client/v4/accounts/acct-b/pcaps", Some(TOKEN_B), Some(&simple().to_string())).await;
     assert_eq!(s, StatusCode::OK, "another account is not limited");
-    let _ = &api.state;
 }
 
 #[tokio::test]

@@ -22,7 +22,8 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
         max_age_ns: 3600 * 1_000_000_000,
     })));
     let config = LookbackCaptureConfig { interfaces: vec!["lo".into()], ..LookbackCaptureConfig::default() };
-    let capture = LookbackCapture::start(&config, lookback.clone()).unwrap();
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Libpcap);
+    let capture = LookbackCapture::start(&config, sources.as_ref(), lookback.clone()).unwrap();
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = receiver.local_addr().unwrap().port();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();

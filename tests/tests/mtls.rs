@@ -122,7 +122,7 @@ async fn only_agents_with_a_certificate_from_our_ca_for_their_own_pop_get_in() {
     assert!(hello(&coord, edgecap_tls::client_config(&server_as_client).unwrap(), "c1", "pop-a").await.is_err());
 
     // Nothing refused was registered.
-    let agents: Vec<_> = coord.state.registry.agents().into_iter().map(|a| (a.agent_id, a.pop)).collect();
+    let agents: Vec<_> = coord.connected_agents().into_iter().map(|a| (a.agent_id, a.pop)).collect();
     assert!(agents.iter().all(|(id, pop)| id == "a1" && pop == "pop-a"), "{agents:?}");
     coord.shutdown().await.unwrap();
 }
@@ -177,7 +177,7 @@ async fn an_agent_picks_up_a_reissued_certificate_without_a_restart() {
     let agent = edgecap_agent::Agent::start(config).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(agent.run(cancel.clone()));
-    let pop_of = |coord: &Coordinator| coord.state.registry.agents().first().map(|a| a.pop.clone());
+    let pop_of = |coord: &Coordinator| coord.connected_agents().first().map(|a| a.pop.clone());
     for _ in 0..100 {
         if pop_of(&coord).is_some() {
             break;

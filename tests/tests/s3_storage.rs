@@ -46,7 +46,7 @@ async fn s3_backend_conformance_multipart_presigned_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.bin");
     std::fs::write(&path, &big).unwrap();
-    assert_eq!(store.put_file("multi/big.bin", &path).await.unwrap(), big.len() as u64);
+    assert_eq!(store.put_file("multi/big.bin", &path, &Default::default()).await.unwrap(), big.len() as u64);
     assert_eq!(std::fs::read(s3.object_path("conf-bucket", "some/prefix/multi/big.bin")).unwrap(), big);
 
     // Presigned uploads, as an agent sends them: no credentials of its own.

@@ -65,6 +65,23 @@ pub fn verify(text: &str, linktype: i32, snaplen: i32, expected: &str) -> Result
     Ok(checked)
 }
 
+/// Checks a `filter_bpf` the coordinator vouched for, on an interface of `linktype`. The
+/// coordinator sends the hash of the program compiled for Ethernet; on an Ethernet interface
+/// ours must be that very program (another libpcap could compile it differently). Other link
+/// types compile to other programs by nature: there it only has to compile within bounds.
+pub fn verify_for_linktype(
+    text: &str,
+    linktype: i32,
+    snaplen: i32,
+    ethernet_hash: &str,
+) -> Result<CheckedFilter, BpfError> {
+    if linktype == 1 {
+        verify(text, 1, crate::source::MAX_SNAPLEN as i32, ethernet_hash)
+    } else {
+        check(text, linktype, snaplen)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

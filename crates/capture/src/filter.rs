@@ -196,9 +196,27 @@ impl FilterV1 {
     }
 }
 
+/// The expression a capture runs: `filter_v1`'s BPF text and the `filter_bpf` extension, both
+/// already validated, ANDed (either may be empty; empty matches everything).
+pub fn combine(v1: &str, bpf: &str) -> String {
+    match (v1, bpf) {
+        (v1, "") => v1.to_string(),
+        ("", bpf) => bpf.to_string(),
+        (v1, bpf) => format!("({v1}) and ({bpf})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expressions_are_combined_with_parentheses() {
+        assert_eq!(combine("", ""), "");
+        assert_eq!(combine("udp", ""), "udp");
+        assert_eq!(combine("", "tcp or udp"), "tcp or udp");
+        assert_eq!(combine("src port 1", "tcp or udp"), "(src port 1) and (tcp or udp)");
+    }
 
     #[test]
     fn bpf_is_built_from_typed_parts() {

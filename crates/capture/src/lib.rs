@@ -5,7 +5,10 @@
 //!   text; no user string reaches libpcap, a shell or a command line.
 //! * [`lookback`]: an always-on, time-ordered store of sampled, truncated packets, bounded by
 //!   memory and age, answering "packets in `[from, to]` matching F, newest N".
-//! * [`live`]: one libpcap thread per interface feeding the lookback.
+//! * [`source`]: where packets come from ([`source::CaptureSource`]): libpcap on a real
+//!   interface, or a replayed file for demos and simulated agents; chosen in
+//!   [`source::factory`]. Nothing outside this crate opens libpcap.
+//! * [`live`]: one source and thread per interface feeding the lookback.
 //! * [`session`]: live captures with limits, a bounded queue and loss accounting.
 //! * [`shard`]: rotating shard files (pcap or pcapng) with manifests.
 //! * [`bpf`]: user pcap-filter text, compiled, bounded and hashed.
@@ -19,6 +22,7 @@ pub mod lookback;
 pub mod offline;
 pub mod session;
 pub mod shard;
+pub mod source;
 
 pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};
@@ -30,19 +34,18 @@ pub enum CaptureError {
     Open { iface: String, source: pcap::Error },
     #[error("filter {expr:?} does not compile: {source}")]
     Compile { expr: String, source: pcap::Error },
+    #[error("capture on {iface}: {source}")]
+    Read { iface: String, source: pcap::Error },
+    #[error("replay source: {0}")]
+    Replay(String),
+    #[error("could not start a capture thread: {0}")]
+    Thread(std::io::Error),
     #[error(transparent)]
     Filter(#[from] FilterError),
 }
 
-/// Lowercase hex of a digest (SHA-256 of filters' bytecode and of shard files).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Nanoseconds since the Unix epoch, from the system clock.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub(crate) use edgecap_common::hex;
+pub use edgecap_common::now_ns;
 
 /// Compiles `expr` for a link type (a libpcap DLT value, as `pcap_datalink` returns), for offline matching (`pcap_offline_filter`), so a filter
 /// means the same in the lookback as on the wire.

@@ -1,12 +1,12 @@
-//! Live capture into the lookback: one libpcap handle and OS thread per interface.
+//! Live capture into the lookback: one [`CaptureSource`] and OS thread per interface.
 //!
-//! Handles are opened on the caller's thread so a bad interface is an immediate, clear
-//! error. Handles are **not** in immediate mode: the kernel hands packets over a ring block at
-//! a time (TPACKET_V3), one wakeup per block or per `timeout_ms`, not one per packet. Sampled
-//! packets are batched and inserted under one lock per batch ([`FLUSH_EVERY`] or
-//! [`BATCH_PACKETS`]). So a packet reaches the lookback at most about [`VISIBILITY_DELAY`]
-//! after it was on the wire; queries whose window ends later than that wait for it.
-//! Kernel drops (`pcap_stats`) are read once a second into the lookback's counters.
+//! Sources are opened on the caller's thread so a bad interface is an immediate, clear
+//! error. The libpcap source hands packets over a ring block at a time (TPACKET_V3), one
+//! wakeup per block or per `timeout_ms`, not one per packet. Sampled packets are batched and
+//! inserted under one lock per batch ([`FLUSH_EVERY`] or [`BATCH_PACKETS`]). So a packet
+//! reaches the lookback at most about [`VISIBILITY_DELAY`] after it was on the wire; queries
+//! whose window ends later than that wait for it. Kernel drops are read once a second into
+//! the lookback's counters.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::CaptureError;
 use crate::lookback::{Lookback, Sampler};
+use crate::source::{CaptureSource, Next, OpenOptions, SourceFactory, Waker};
 
 #[derive(Clone, Debug)]
 pub struct LookbackCaptureConfig {
@@ -36,9 +37,9 @@ impl Default for LookbackCaptureConfig {
 pub struct LookbackCapture {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// libpcap can block in poll until a packet arrives (even with a read timeout), so a stop
-    /// on a quiet interface must break the loop, not wait for the next packet.
-    breakers: Vec<pcap::BreakLoop>,
+    /// A source can block until a packet arrives (libpcap, even with a read timeout), so a
+    /// stop on a quiet interface must wake it, not wait for the next packet.
+    wakers: Vec<Waker>,
 }
 
 type Shared = Arc<Mutex<Lookback>>;
@@ -52,7 +53,7 @@ pub const BATCH_PACKETS: usize = 512;
 pub const VISIBILITY_DELAY: Duration = Duration::from_millis(150);
 
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
-    lookback.lock().unwrap_or_else(|p| p.into_inner())
+    edgecap_common::lock(lookback)
 }
 
 impl std::fmt::Debug for LookbackCapture {
@@ -62,60 +63,57 @@ impl std::fmt::Debug for LookbackCapture {
 }
 
 impl LookbackCapture {
-    pub fn start(config: &LookbackCaptureConfig, lookback: Shared) -> Result<Self, CaptureError> {
-        let snaplen = lock(&lookback).config().snaplen as i32;
+    /// Opens every interface with `sources` and starts one thread per interface.
+    pub fn start(
+        config: &LookbackCaptureConfig,
+        sources: &dyn SourceFactory,
+        lookback: Shared,
+    ) -> Result<Self, CaptureError> {
+        let snaplen = lock(&lookback).config().snaplen;
+        let options = OpenOptions {
+            snaplen,
+            buffer_size: config.buffer_size.max(0) as u32,
+            promisc: config.promisc,
+            timeout_ms: config.timeout_ms,
+        };
         let mut opened = Vec::new();
         for iface in &config.interfaces {
-            let open = || {
-                pcap::Capture::from_device(iface.as_str())?
-                    .promisc(config.promisc)
-                    .snaplen(snaplen)
-                    .buffer_size(config.buffer_size)
-                    .timeout(config.timeout_ms)
-                    .immediate_mode(false)
-                    .precision(pcap::Precision::Nano)
-                    .open()
-            };
-            let capture = open().map_err(|source| CaptureError::Open { iface: iface.clone(), source })?;
-            opened.push((iface.clone(), capture));
+            opened.push((iface.clone(), sources.open(iface, &options)?));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let mut breakers = Vec::new();
-        for (iface, mut capture) in opened {
-            breakers.push(capture.breakloop_handle());
-            let index = lock(&lookback).add_interface(&iface, capture.get_datalink().0);
-            // With TPACKET_V3 libpcap waits in poll without a timeout once a block was handed
-            // over, so a quiet interface would keep a partial batch forever: this thread breaks
-            // the wait when a batch is pending, and the loop flushes it.
+        let mut wakers = Vec::new();
+        for (iface, source) in opened {
+            wakers.push(source.waker());
+            let index = lock(&lookback).add_interface(&iface, source.linktype());
+            // A source that can block past its timeout (libpcap with TPACKET_V3 waits in poll
+            // once a block was handed over) would keep a partial batch forever on a quiet
+            // interface: this thread wakes it when a batch is pending, and the loop flushes it.
             let pending = Arc::new(AtomicBool::new(false));
-            let flusher = {
-                let (stop, pending, breaker) = (stop.clone(), pending.clone(), capture.breakloop_handle());
-                std::thread::Builder::new()
+            if source.may_block() {
+                let (stop, pending, waker) = (stop.clone(), pending.clone(), source.waker());
+                let flusher = std::thread::Builder::new()
                     .name(format!("lookback-flush-{iface}"))
                     .spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(FLUSH_EVERY);
                             if pending.swap(false, Ordering::AcqRel) {
-                                breaker.breakloop();
+                                waker.wake();
                             }
                         }
                     })
-                    .map_err(|e| CaptureError::Open {
-                        iface: "thread".into(),
-                        source: pcap::Error::IoError(e.kind()),
-                    })?
-            };
-            threads.push(flusher);
+                    .map_err(CaptureError::Thread)?;
+                threads.push(flusher);
+            }
             let stop = stop.clone();
             let lookback = lookback.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("lookback-{iface}"))
-                .spawn(move || run(iface, index, capture, lookback, stop, pending))
-                .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?;
+                .spawn(move || run(iface, index, source, lookback, stop, pending))
+                .map_err(CaptureError::Thread)?;
             threads.push(thread);
         }
-        Ok(Self { stop, threads, breakers })
+        Ok(Self { stop, threads, wakers })
     }
 
     /// Stops and joins the capture threads.
@@ -125,8 +123,8 @@ impl LookbackCapture {
 
     fn stop_inner(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for breaker in &self.breakers {
-            breaker.breakloop();
+        for waker in &self.wakers {
+            waker.wake();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -169,7 +167,7 @@ impl Batch {
 fn run(
     iface: String,
     index: u16,
-    mut capture: pcap::Capture<pcap::Active>,
+    mut source: Box<dyn CaptureSource>,
     lookback: Shared,
     stop: Arc<AtomicBool>,
     pending: Arc<AtomicBool>,
@@ -186,17 +184,14 @@ fn run(
     let mut last_kernel_drops: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         let mut quiet = false;
-        match capture.next_packet() {
-            Ok(packet) => {
+        match source.next() {
+            Ok(Next::Packet(packet)) => {
                 batch.seen += 1;
                 if sampler.sample() {
-                    let ts = packet.header.ts;
-                    // Nanosecond precision was requested: tv_usec holds nanoseconds.
-                    let ts_ns = (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_usec as u64;
                     let keep = packet.data.len().min(snaplen);
                     let start = batch.data.len();
                     batch.data.extend_from_slice(&packet.data[..keep]);
-                    batch.packets.push((ts_ns, packet.header.len, start, keep));
+                    batch.packets.push((packet.ts_ns, packet.orig_len, start, keep));
                     if batch.packets.len() == 1 {
                         pending.store(true, Ordering::Release);
                     }
@@ -206,9 +201,9 @@ fn run(
                     last_flush = Instant::now();
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => quiet = true,
-            // pcap_breakloop: from stop(), or from the flusher (a batch is waiting).
-            Err(pcap::Error::NoMorePackets) => {
+            Ok(Next::Timeout) => quiet = true,
+            // A wake: from stop(), or from the flusher (a batch is waiting).
+            Ok(Next::Woken) => {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -221,7 +216,7 @@ fn run(
             }
         }
         // Reading the clock for every packet would cost more than the rest of the loop.
-        if !quiet && batch.seen % 64 != 0 {
+        if !quiet && !batch.seen.is_multiple_of(64) {
             continue;
         }
         if last_flush.elapsed() >= FLUSH_EVERY {
@@ -230,7 +225,7 @@ fn run(
         }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
-            let drops = capture.stats().map(|s| u64::from(s.dropped) + u64::from(s.if_dropped)).unwrap_or(0);
+            let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
             let mut l = lock(&lookback);
             l.stats_mut().kernel_dropped += drops.saturating_sub(last_kernel_drops);
             last_kernel_drops = drops;

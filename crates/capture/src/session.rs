@@ -1,4 +1,4 @@
-//! Live captures: one libpcap handle on its own thread, feeding a bounded queue that a
+//! Live captures: one [`CaptureSource`] on its own thread, feeding a bounded queue that a
 //! writer thread drains into a [`PacketSink`] (a shard writer), with limits and loss
 //! accounting.
 //!
@@ -12,7 +12,7 @@
 //! * Time limit: from the start of the capture, on the capture thread's clock.
 //! * Whichever comes first (a limit, [`LiveCapture::stop`], or an error) ends the capture and
 //!   is recorded as the [`StopReason`].
-//! * Kernel counters (`pcap_stats`) are read once a second and at the end.
+//! * The source's counters (libpcap's `pcap_stats`) are read once a second and at the end.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::CaptureError;
+use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
 
 /// Limits of one capture; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,11 +55,21 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
+    /// How the source of this capture is to be opened.
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            snaplen: self.snaplen,
+            buffer_size: self.buffer_size,
+            promisc: self.promisc,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+
     pub fn new(iface: &str, filter: &str) -> Self {
         Self {
             iface: iface.to_string(),
             filter: filter.to_string(),
-            snaplen: 262_144,
+            snaplen: MAX_SNAPLEN,
             buffer_size: 32 << 20,
             promisc: true,
             timeout_ms: 100,
@@ -70,7 +81,7 @@ impl LiveConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     TimeLimit,
@@ -93,7 +104,8 @@ impl std::fmt::Display for StopReason {
 }
 
 /// Loss accounting of a capture (per interface: one capture is one interface).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Packets the kernel saw on the interface that passed the filter (`ps_recv`).
     pub received: u64,
@@ -204,24 +216,14 @@ pub struct LiveCapture {
 }
 
 impl LiveCapture {
-    /// Opens the interface and sets the filter (errors here are the caller's to report),
-    /// then starts the threads.
-    pub fn start(config: LiveConfig, sink: Box<dyn PacketSink>) -> Result<Self, CaptureError> {
-        let open = || {
-            let cap = pcap::Capture::from_device(config.iface.as_str())?
-                .promisc(config.promisc)
-                .snaplen(config.snaplen as i32)
-                .buffer_size(config.buffer_size as i32)
-                .timeout(config.timeout_ms)
-                .precision(pcap::Precision::Nano)
-                .open()?;
-            Ok::<_, pcap::Error>(cap)
-        };
-        let mut cap = open().map_err(|source| CaptureError::Open { iface: config.iface.clone(), source })?;
-        if !config.filter.is_empty() {
-            cap.filter(&config.filter, true)
-                .map_err(|source| CaptureError::Compile { expr: config.filter.clone(), source })?;
-        }
+    /// Sets the filter on `source` (opened with [`LiveConfig::open_options`]; errors here are
+    /// the caller's to report), then starts the threads.
+    pub fn start(
+        config: LiveConfig,
+        mut source: Box<dyn CaptureSource>,
+        sink: Box<dyn PacketSink>,
+    ) -> Result<Self, CaptureError> {
+        source.set_filter(&config.filter)?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
@@ -234,15 +236,12 @@ impl LiveCapture {
             std::thread::Builder::new()
                 .name(format!("writer-{}", config.iface))
                 .spawn(move || write_loop(rx, recycle_tx, sink, shared, limits, delay))
-                .map_err(|e| CaptureError::Open {
-                    iface: config.iface.clone(),
-                    source: pcap::Error::IoError(e.kind()),
-                })?
+                .map_err(CaptureError::Thread)?
         };
-        // In non-immediate mode libpcap (TPACKET_V3) can block in poll until a packet
-        // arrives, so limits and stop cannot wait for the next packet: a waker breaks the loop
+        // A source can block until a packet arrives (libpcap in non-immediate mode, TPACKET_V3),
+        // so limits and stop cannot wait for the next packet: a waker breaks the loop
         // (pcap_breakloop wakes a blocked poll since libpcap 1.10).
-        let breaker = cap.breakloop_handle();
+        let waker = source.waker();
         let waker = {
             let shared = shared.clone();
             let deadline = config.limits.time.map(|t| Instant::now() + t);
@@ -254,21 +253,21 @@ impl LiveCapture {
                             shared.finish(StopReason::TimeLimit);
                         }
                         if shared.stop.load(Ordering::Acquire) {
-                            breaker.breakloop();
+                            waker.wake();
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 })
-                .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+                .map_err(CaptureError::Thread)?
         };
         let capture = {
             let shared = shared.clone();
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(cap, tx, recycle_rx, shared, config))
-                .map_err(|e| CaptureError::Open { iface: "thread".into(), source: pcap::Error::IoError(e.kind()) })?
+                .spawn(move || capture_loop(source, tx, recycle_rx, shared, config))
+                .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
     }
@@ -325,7 +324,7 @@ impl Drop for LiveCapture {
 }
 
 fn capture_loop(
-    mut cap: pcap::Capture<pcap::Active>,
+    mut source: Box<dyn CaptureSource>,
     tx: SyncSender<Batch>,
     recycled: Receiver<Batch>,
     shared: Arc<Shared>,
@@ -363,14 +362,12 @@ fn capture_loop(
             break;
         }
         let mut check_clock = false;
-        match cap.next_packet() {
-            Ok(packet) => {
+        match source.next() {
+            Ok(Next::Packet(packet)) => {
                 shared.matched.fetch_add(1, Ordering::Relaxed);
-                let ts = packet.header.ts;
-                let ts_ns = (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_usec as u64;
                 let start = batch.data.len();
                 batch.data.extend_from_slice(packet.data);
-                batch.packets.push((ts_ns, packet.header.len, start, packet.data.len()));
+                batch.packets.push((packet.ts_ns, packet.orig_len, start, packet.data.len()));
                 if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
                     break;
                 }
@@ -380,22 +377,22 @@ fn capture_loop(
                     check_clock = true;
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => {
+            Ok(Next::Timeout) => {
                 if !send(&mut batch, &shared) {
                     break;
                 }
                 check_clock = true;
             }
-            // pcap_breakloop from the waker: the reason is recorded already.
-            Err(pcap::Error::NoMorePackets) => break,
+            // A wake from the waker: the reason is recorded already.
+            Ok(Next::Woken) => break,
             Err(error) => {
-                shared.finish(StopReason::Failed(format!("capture on {}: {error}", config.iface)));
+                shared.finish(StopReason::Failed(error.to_string()));
                 break;
             }
         }
         if check_clock && last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
-            read_stats(&mut cap, &shared);
+            read_stats(source.as_mut(), &shared);
             // A busy interface never times out: flush what is batched at least once a second.
             if !send(&mut batch, &shared) {
                 break;
@@ -404,13 +401,13 @@ fn capture_loop(
     }
     // What was captured before the end is kept.
     send(&mut batch, &shared);
-    read_stats(&mut cap, &shared);
+    read_stats(source.as_mut(), &shared);
 }
 
-fn read_stats(cap: &mut pcap::Capture<pcap::Active>, shared: &Shared) {
-    if let Ok(stats) = cap.stats() {
-        shared.received.store(u64::from(stats.received), Ordering::Relaxed);
-        shared.kernel_dropped.store(u64::from(stats.dropped) + u64::from(stats.if_dropped), Ordering::Relaxed);
+fn read_stats(source: &mut dyn CaptureSource, shared: &Shared) {
+    if let Some(stats) = source.stats() {
+        shared.received.store(stats.received, Ordering::Relaxed);
+        shared.kernel_dropped.store(stats.dropped, Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
 
 pub mod local;
 pub mod s3;
@@ -47,6 +48,9 @@ pub enum StorageError {
     Rejected(String),
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The caller cancelled the operation; whatever it had started was cleaned up.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl StorageError {
@@ -62,7 +66,9 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a small body in one call.
     async fn put(&self, key: &str, body: Bytes) -> Result<()>;
     /// Streams a local file into `key` (multipart where the backend has it); returns its size.
-    async fn put_file(&self, key: &str, path: &Path) -> Result<u64>;
+    /// When `cancel` fires the upload stops and what it started is cleaned up (temporary file
+    /// removed, multipart upload aborted) before [`StorageError::Cancelled`] is returned.
+    async fn put_file(&self, key: &str, path: &Path, cancel: &CancellationToken) -> Result<u64>;
     /// Streams an object. `NotFound` if it does not exist.
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;

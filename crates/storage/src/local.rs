@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validate_key};
 
@@ -62,12 +63,20 @@ impl ObjectStore for LocalDirStore {
         result
     }
 
-    async fn put_file(&self, key: &str, source: &Path) -> Result<u64> {
+    async fn put_file(&self, key: &str, source: &Path, cancel: &CancellationToken) -> Result<u64> {
         let path = self.path(key)?;
         let tmp = self.temp_for(&path).await?;
+        // A local copy is short: cancellation is checked before and after it rather than by
+        // dropping it half-way (the copy runs on a blocking thread and would go on).
         let result = async {
+            if cancel.is_cancelled() {
+                return Err(StorageError::Cancelled);
+            }
             let size = tokio::fs::copy(source, &tmp).await?;
             tokio::fs::File::open(&tmp).await?.sync_all().await?;
+            if cancel.is_cancelled() {
+                return Err(StorageError::Cancelled);
+            }
             Self::commit(&tmp, &path).await?;
             Ok(size)
         }

@@ -30,6 +30,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validate_key};
 
@@ -265,11 +266,11 @@ impl S3Store {
 
     /// Uploads a file in parts through the same calls the presigned path uses (create,
     /// parts, complete); a failed upload is aborted.
-    async fn put_multipart(&self, key: &str, path: &Path, size: u64) -> Result<()> {
+    async fn put_multipart(&self, key: &str, path: &Path, size: u64, cancel: &CancellationToken) -> Result<()> {
         let object = self.object_key(key)?;
         let what = self.what("upload part", &object);
         let upload_id = self.create_multipart(key).await?;
-        let result = async {
+        let upload = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
             let mut number = 1i32;
@@ -298,8 +299,12 @@ impl S3Store {
                 number += 1;
             }
             self.complete_multipart(key, &upload_id, &parts).await
-        }
-        .await;
+        };
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(StorageError::Cancelled),
+            uploaded = upload => uploaded,
+        };
         if result.is_err() {
             // Best effort: an abandoned upload holds storage until a lifecycle rule clears it.
             let _ = self.abort_multipart(key, &upload_id).await;
@@ -331,23 +336,22 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn put_file(&self, key: &str, path: &Path) -> Result<u64> {
+    async fn put_file(&self, key: &str, path: &Path, cancel: &CancellationToken) -> Result<u64> {
         let object = self.object_key(key)?;
         let size = tokio::fs::metadata(path).await?.len();
         if size > MULTIPART_THRESHOLD {
-            self.put_multipart(key, path, size).await?;
+            self.put_multipart(key, path, size, cancel).await?;
         } else {
             let body = ByteStream::from_path(path)
                 .await
                 .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-            self.client
-                .put_object()
-                .bucket(&self.location.bucket)
-                .key(&object)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| classify(&self.what("put", &object), e))?;
+            let put = self.client.put_object().bucket(&self.location.bucket).key(&object).body(body).send();
+            // A single PUT either lands whole or not at all: nothing to clean up on cancel.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+                put = put => { put.map_err(|e| classify(&self.what("put", &object), e))?; }
+            }
         }
         Ok(size)
     }

@@ -26,7 +26,13 @@ pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let src = std::env::temp_dir().join(format!("edgecap-conformance-{}", std::process::id()));
     std::fs::write(&src, &big).unwrap();
-    assert_eq!(store.put_file("conformance/b/big", &src).await.unwrap(), big.len() as u64);
+    assert_eq!(store.put_file("conformance/b/big", &src, &Default::default()).await.unwrap(), big.len() as u64);
+    // A cancelled upload leaves nothing behind and says so.
+    let cancelled = tokio_util::sync::CancellationToken::new();
+    cancelled.cancel();
+    let outcome = store.put_file("conformance/c/cancelled", &src, &cancelled).await;
+    assert!(matches!(outcome, Err(StorageError::Cancelled)), "{outcome:?}");
+    assert!(store.head("conformance/c/cancelled").await.unwrap().is_none());
     std::fs::remove_file(&src).unwrap();
     assert_eq!(read_all(store, "conformance/b/big").await, big);
 

@@ -1,0 +1,86 @@
+//! What an agent is told at start, and who it is (read from its own certificate).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgecap_capture::source::SourceConfig;
+use edgecap_capture::{LookbackCaptureConfig, LookbackConfig};
+use edgecap_tls::{PeerIdentity, TlsFiles};
+use rustls_pki_types::pem::PemObject;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Coordinator endpoints, `https://host:port` (see `connection.rs` for how one is picked).
+    pub coordinators: Vec<String>,
+    pub tls: TlsFiles,
+    pub tls_reload_interval: Duration,
+    /// Where packets come from: libpcap on real interfaces (production), or a replay.
+    pub source: SourceConfig,
+    pub capture: LookbackCaptureConfig,
+    pub lookback: LookbackConfig,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub heartbeat: Duration,
+    /// Full captures: spool and shard settings (`None`: this agent refuses full captures).
+    pub full: Option<FullCaptureConfig>,
+}
+
+impl AgentConfig {
+    pub fn new(coordinators: Vec<String>, tls: TlsFiles, interfaces: Vec<String>) -> Self {
+        Self {
+            coordinators,
+            tls,
+            tls_reload_interval: Duration::from_secs(5),
+            source: SourceConfig::Libpcap,
+            capture: LookbackCaptureConfig { interfaces, ..LookbackCaptureConfig::default() },
+            lookback: LookbackConfig::default(),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            full: None,
+        }
+    }
+}
+
+/// Full-capture settings of one agent.
+#[derive(Clone, Debug)]
+pub struct FullCaptureConfig {
+    pub spool_dir: PathBuf,
+    /// Captures stop when the spool holds more than this.
+    pub spool_max_bytes: u64,
+    /// Shards rotate at this size or age (unless the job says otherwise), so they upload
+    /// while the capture runs.
+    pub rotate_bytes: u64,
+    pub rotate_seconds: u32,
+    /// libpcap kernel buffer.
+    pub buffer_bytes: u32,
+    /// How long finished captures are remembered (and re-reported after reconnects).
+    pub keep_finished: Duration,
+}
+
+impl FullCaptureConfig {
+    pub fn new(spool_dir: PathBuf) -> Self {
+        Self {
+            spool_dir,
+            spool_max_bytes: 4 << 30,
+            rotate_bytes: 64 << 20,
+            rotate_seconds: 5,
+            buffer_bytes: 32 << 20,
+            keep_finished: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Reads the agent id and PoP from the agent's own certificate.
+pub fn own_identity(files: &TlsFiles) -> anyhow::Result<(String, String)> {
+    let der = rustls_pki_types::CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("read {}", files.cert.display()))?
+        .next()
+        .with_context(|| format!("{}: no certificate", files.cert.display()))?
+        .with_context(|| format!("{}: bad certificate", files.cert.display()))?;
+    match edgecap_tls::peer_identity(&der)? {
+        PeerIdentity::Agent { agent_id, pop } => Ok((agent_id, pop)),
+        other => anyhow::bail!("{}: {other:?} is not an agent certificate", files.cert.display()),
+    }
+}

@@ -1,0 +1,192 @@
+//! One connection to a coordinator: Hello, then every message from the coordinator handed to
+//! the part of the agent that owns it (sample answers, full-capture jobs, upload answers),
+//! heartbeats and progress reports going up, until the stream ends or the TLS files change.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgecap_capture::Lookback;
+use edgecap_common::tasks::Tasks;
+use edgecap_proto::agent::v1 as pb;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentConfig, own_identity};
+use crate::convert::{self, CaptureState};
+use crate::full::Jobs;
+use crate::sample::{answer_sample, lookback_stats};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a closing session waits for its sample answers and upload loop.
+const SESSION_GRACE: Duration = Duration::from_secs(5);
+
+/// What every session of an agent works with.
+pub(crate) struct Parts {
+    pub config: AgentConfig,
+    pub lookback: Arc<Mutex<Lookback>>,
+    pub jobs: Option<Arc<Jobs>>,
+    /// Work that outlives a session: captures being started, and waiting for their end.
+    pub tasks: Tasks,
+}
+
+fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+/// Dials `endpoint`, says Hello, and serves until the stream ends, the TLS files change or
+/// `cancel` (the agent stops). Returns once the session's own work has ended.
+pub(crate) async fn session(
+    parts: &Parts,
+    endpoint: &str,
+    tls: &mut watch::Receiver<Arc<rustls::ClientConfig>>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    // Dropping a dial or an unanswered Hello leaves nothing behind.
+    let connected = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        connected = open(parts, endpoint, tls) => connected?,
+    };
+    let (inbound, out_tx) = connected;
+    // Sample answers and the upload loop belong to this session and end with it.
+    let session_tasks = Tasks::child_of(cancel);
+    if let Some(jobs) = &parts.jobs {
+        session_tasks.spawn(jobs.clone().upload_loop(out_tx.clone(), session_tasks.token()));
+    }
+    let result = serve(parts, inbound, &out_tx, tls, &session_tasks).await;
+    session_tasks.shutdown(SESSION_GRACE).await;
+    result
+}
+
+type Opened = (tonic::Streaming<pb::CoordinatorMessage>, mpsc::Sender<pb::AgentMessage>);
+
+async fn open(
+    parts: &Parts,
+    endpoint: &str,
+    tls: &mut watch::Receiver<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Opened> {
+    let config = tls.borrow_and_update().clone();
+    // The certificate may have been re-issued (new identity): re-read it.
+    let (agent_id, pop) = own_identity(&parts.config.tls)?;
+    let channel = crate::connection::connect(endpoint, config).await?;
+    let mut client = pb::agent_control_client::AgentControlClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
+    let hello = pb::Hello {
+        agent_id: agent_id.clone(),
+        pop: pop.clone(),
+        interfaces: parts.config.capture.interfaces.clone(),
+        version: VERSION.to_string(),
+        sample_rate: parts.config.lookback.sample_rate,
+        lookback_snaplen: parts.config.lookback.snaplen,
+    };
+    out_tx.send(message(pb::agent_message::Msg::Hello(hello))).await?;
+    let response =
+        client.control(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await.context("open the control stream")?;
+    tracing::info!(%endpoint, %agent_id, %pop, "connected to coordinator");
+    Ok((response.into_inner(), out_tx))
+}
+
+async fn serve(
+    parts: &Parts,
+    mut inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    out_tx: &mpsc::Sender<pb::AgentMessage>,
+    tls: &mut watch::Receiver<Arc<rustls::ClientConfig>>,
+    session_tasks: &Tasks,
+) -> anyhow::Result<()> {
+    let mut heartbeat = tokio::time::interval(parts.config.heartbeat);
+    let mut progress = tokio::time::interval(Duration::from_secs(1));
+    let mut first_progress = true;
+    let cancel = session_tasks.token();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            received = inbound.message() => {
+                let Some(received) = received.context("control stream")? else { return Ok(()) };
+                if let Some(msg) = received.msg {
+                    dispatch(parts, msg, out_tx, session_tasks).await?;
+                }
+            }
+            _ = progress.tick() => {
+                if let Some(jobs) = &parts.jobs {
+                    let all = std::mem::take(&mut first_progress);
+                    let jobs = jobs.clone();
+                    let reports = tokio::task::spawn_blocking(move || jobs.reports(all)).await.unwrap_or_default();
+                    for report in reports {
+                        out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let stats = lookback_stats(&parts.lookback);
+                let beat = pb::Heartbeat { lookback: Some(stats) };
+                out_tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.context("send heartbeat")?;
+            }
+            changed = tls.changed() => {
+                changed.context("tls watcher ended")?;
+                tracing::info!("tls files changed; reconnecting with the new certificate");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Hands one message from the coordinator to its owner.
+async fn dispatch(
+    parts: &Parts,
+    msg: pb::coordinator_message::Msg,
+    out_tx: &mpsc::Sender<pb::AgentMessage>,
+    session_tasks: &Tasks,
+) -> anyhow::Result<()> {
+    use pb::coordinator_message::Msg;
+    match msg {
+        Msg::Welcome(w) => tracing::debug!(coordinator = %w.coordinator_id, "welcomed"),
+        Msg::SampleQuery(query) => {
+            let (lookback, out_tx) = (parts.lookback.clone(), out_tx.clone());
+            let tasks = session_tasks.clone();
+            session_tasks.spawn(async move {
+                let chunks = tasks.spawn_blocking(move || answer_sample(&lookback, query)).await.unwrap_or_default();
+                for chunk in chunks {
+                    if out_tx.send(message(pb::agent_message::Msg::SampleChunk(chunk))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Msg::StartCapture(start) => match &parts.jobs {
+            Some(jobs) => {
+                let jobs = jobs.clone();
+                parts.tasks.spawn_blocking(move || jobs.start(start));
+            }
+            None => {
+                let mut report = pb::CaptureReport {
+                    capture_id: start.capture_id,
+                    error: "this agent is not configured for full captures (no --spool-dir)".into(),
+                    ..Default::default()
+                };
+                convert::set_state(&mut report, CaptureState::Failed);
+                out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
+            }
+        },
+        Msg::StopCapture(stop) => {
+            if let Some(jobs) = &parts.jobs {
+                jobs.stop(&stop.capture_id);
+            }
+        }
+        Msg::UploadGrant(grant) => {
+            if let Some(jobs) = &parts.jobs {
+                let id = grant.request_id.clone();
+                jobs.deliver(&id, Msg::UploadGrant(grant));
+            }
+        }
+        Msg::ShardCommitted(committed) => {
+            if let Some(jobs) = &parts.jobs {
+                let id = committed.request_id.clone();
+                jobs.deliver(&id, Msg::ShardCommitted(committed));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Full captures on the agent: record new traffic into shards spooled on local disk
+//! ([`spool`]), report progress ([`reports`]), and deliver every shard to the user's bucket
+//! through presigned requests from the coordinator ([`uploads`]). A capture runs on a blocking
+//! thread from its start to its end ([`start`]).
+//!
+//! A shard's files are deleted only after the coordinator has recorded it (ShardCommitted).
+//! An S3 outage therefore only makes the spool grow; the spool is bounded
+//! (`--spool-max-mib`): when it is full, running captures stop (reason recorded), and what
+//! was written is still delivered. After an agent restart the spool is scanned: a capture
+//! cut short gets an `end.json` saying so, and its completed shards are delivered.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use edgecap_capture::session::StopHandle;
+use edgecap_capture::source::SourceFactory;
+use edgecap_common::lock;
+use edgecap_proto::agent::v1 as pb;
+use tokio::sync::oneshot;
+
+use crate::config::FullCaptureConfig;
+use crate::http::HttpClient;
+
+mod reports;
+mod spool;
+mod start;
+mod uploads;
+
+struct Job {
+    dir: PathBuf,
+    stop: Option<StopHandle>,
+    end: Option<spool::EndFile>,
+    shards_uploaded: u32,
+    /// When the capture ended (for forgetting it later).
+    ended_at: Option<Instant>,
+    /// When a final state was last reported (final states are repeated only now and then).
+    final_reported: Option<Instant>,
+}
+
+impl Job {
+    fn ended(dir: PathBuf, end: spool::EndFile) -> Self {
+        Job {
+            dir,
+            stop: None,
+            end: Some(end),
+            shards_uploaded: 0,
+            ended_at: Some(Instant::now()),
+            final_reported: None,
+        }
+    }
+}
+
+/// The agent's full captures.
+pub(crate) struct Jobs {
+    config: FullCaptureConfig,
+    agent_id: String,
+    pop: String,
+    interface: Option<String>,
+    sources: Arc<dyn SourceFactory>,
+    jobs: Mutex<HashMap<String, Job>>,
+    waiters: Mutex<HashMap<String, oneshot::Sender<pb::coordinator_message::Msg>>>,
+    http: HttpClient,
+}
+
+impl Jobs {
+    /// Opens the spool and takes over what a previous run left in it. Blocking.
+    pub(crate) fn open(
+        config: FullCaptureConfig,
+        agent_id: &str,
+        pop: &str,
+        interface: Option<String>,
+        sources: Arc<dyn SourceFactory>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.spool_dir)
+            .with_context(|| format!("create spool directory {}", config.spool_dir.display()))?;
+        let mut jobs = HashMap::new();
+        for entry in std::fs::read_dir(&config.spool_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            if !spool::is_capture_id(&name) || !dir.is_dir() || !dir.join("job.json").exists() {
+                continue;
+            }
+            let end = spool::recover(&name, &dir)?;
+            jobs.insert(name, Job::ended(dir, end));
+        }
+        Ok(Self {
+            config,
+            agent_id: agent_id.to_string(),
+            pop: pop.to_string(),
+            interface,
+            sources,
+            jobs: Mutex::new(jobs),
+            waiters: Mutex::new(HashMap::new()),
+            http: HttpClient::new()?,
+        })
+    }
+
+    /// Ends a running capture early (what was captured is kept and delivered).
+    pub(crate) fn stop(&self, capture_id: &str) {
+        if let Some(stop) = lock(&self.jobs).get(capture_id).and_then(|j| j.stop.clone()) {
+            tracing::info!(capture = %capture_id, "stop requested");
+            stop.stop();
+        }
+    }
+
+    /// Stops every running capture (agent shutdown): their ends are recorded normally.
+    pub(crate) fn stop_all(&self) {
+        for job in lock(&self.jobs).values() {
+            if let Some(stop) = &job.stop {
+                stop.stop();
+            }
+        }
+    }
+
+    /// Routes a grant or commit answer to the upload waiting for it.
+    pub(crate) fn deliver(&self, request_id: &str, msg: pb::coordinator_message::Msg) {
+        if let Some(tx) = lock(&self.waiters).remove(request_id) {
+            let _ = tx.send(msg);
+        }
+    }
+}

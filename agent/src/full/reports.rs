@@ -1,0 +1,101 @@
+//! Progress reports: what each capture is doing, sent to the coordinator about once a
+//! second; and the clean-up of captures finished long ago. Blocking (reads the spool).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use edgecap_common::lock;
+use edgecap_proto::agent::v1 as pb;
+
+use super::Jobs;
+use super::spool::{EndFile, dir_bytes, manifests};
+use crate::convert::{self, CaptureState, StopReason};
+
+/// How often a final state is repeated (in case the coordinator missed it).
+const REPEAT_FINAL: Duration = Duration::from_secs(30);
+
+impl Jobs {
+    /// Progress of every capture worth reporting now. `all_final` re-reports finished ones
+    /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`].
+    pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
+        let spool = dir_bytes(&self.config.spool_dir);
+        let spool_full = spool > self.config.spool_max_bytes;
+        // Spooled shards per capture, read once (without holding the lock) for both the
+        // clean-up and the reports.
+        let dirs: Vec<(String, std::path::PathBuf)> =
+            lock(&self.jobs).iter().map(|(id, job)| (id.clone(), job.dir.clone())).collect();
+        let pending: HashMap<String, u32> =
+            dirs.into_iter().map(|(id, dir)| (id, manifests(&dir).len() as u32)).collect();
+        let keep = self.config.keep_finished;
+        let mut forgotten = Vec::new();
+        let mut out = Vec::new();
+        let mut jobs = lock(&self.jobs);
+        jobs.retain(|id, job| {
+            let pending_shards = pending.get(id).copied().unwrap_or(0);
+            let forget = pending_shards == 0 && job.ended_at.is_some_and(|t| t.elapsed() > keep);
+            if forget {
+                forgotten.push((id.clone(), job.dir.clone()));
+            }
+            !forget
+        });
+        for (id, job) in jobs.iter_mut() {
+            let pending_shards = pending.get(id).copied().unwrap_or(0);
+            let mut report = pb::CaptureReport {
+                capture_id: id.clone(),
+                shards_closed: job.shards_uploaded + pending_shards,
+                shards_uploaded: job.shards_uploaded,
+                spool_bytes: spool,
+                ..Default::default()
+            };
+            match (&job.stop, &job.end) {
+                (Some(stop), _) => {
+                    if spool_full {
+                        tracing::warn!(capture = %id, spool, "spool full: stopping the capture");
+                        job.end = Some(EndFile {
+                            counters: Default::default(),
+                            stop_reason: StopReason::SpoolFull,
+                            error: format!(
+                                "agent spool full ({} MiB, object store unreachable?); capture stopped early, everything written is delivered",
+                                spool >> 20
+                            ),
+                            interrupted: false,
+                        });
+                        stop.stop();
+                    }
+                    report.counters = Some(convert::counters(&stop.counters()));
+                    convert::set_state(&mut report, CaptureState::Running);
+                }
+                (None, Some(end)) => {
+                    let state = if pending_shards > 0 {
+                        CaptureState::Uploading
+                    } else if end.error.is_empty() {
+                        CaptureState::Done
+                    } else {
+                        CaptureState::Failed
+                    };
+                    if pending_shards == 0 {
+                        let due = all_final || job.final_reported.is_none_or(|t| t.elapsed() > REPEAT_FINAL);
+                        if !due {
+                            continue;
+                        }
+                        job.final_reported = Some(Instant::now());
+                    }
+                    report.counters = Some(convert::counters(&end.counters));
+                    report.error = end.error.clone();
+                    report.interrupted = end.interrupted;
+                    convert::set_state(&mut report, state);
+                    convert::set_stop_reason(&mut report, end.stop_reason);
+                }
+                // Being started.
+                (None, None) => continue,
+            }
+            out.push(report);
+        }
+        drop(jobs);
+        for (id, dir) in forgotten {
+            let _ = std::fs::remove_dir_all(&dir);
+            tracing::debug!(capture = %id, "finished capture forgotten");
+        }
+        out
+    }
+}

@@ -1,0 +1,133 @@
+//! The spool on disk, one directory per capture (`<spool>/<capture_id>/`):
+//!
+//! ```text
+//! job.json                 what was asked (written before the capture starts)
+//! shard-000001.pcap        closed shards, fsynced ...
+//! shard-000001.pcap.json   ... and complete once their manifest exists
+//! end.json                 how the capture ended (counters, stop reason, error)
+//! ```
+//!
+//! Everything here is blocking file I/O: callers run it on a blocking thread.
+
+use std::path::{Path, PathBuf};
+
+use edgecap_capture::session::Counters;
+use edgecap_capture::shard::ShardManifest;
+use serde::{Deserialize, Serialize};
+
+use crate::convert::StopReason;
+
+/// `job.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct JobFile {
+    pub capture_id: String,
+    pub interface: String,
+    pub started_ns: u64,
+}
+
+/// `end.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct EndFile {
+    /// The capture's counters (its own stop reason inside is not used: see `stop_reason`).
+    pub counters: Counters,
+    pub stop_reason: StopReason,
+    pub error: String,
+    pub interrupted: bool,
+}
+
+pub(super) fn is_capture_id(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_manifest(name: &str) -> bool {
+    name.ends_with(".pcap.json") || name.ends_with(".pcapng.json")
+}
+
+/// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Completed shards (those with a manifest) in a capture directory, in sequence order.
+pub(super) fn manifests(dir: &Path) -> Vec<(PathBuf, ShardManifest)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_manifest(&name) {
+            continue;
+        }
+        match read_json::<ShardManifest>(&entry.path()) {
+            Some(m) => out.push((entry.path(), m)),
+            None => tracing::warn!(path = %entry.path().display(), "unreadable shard manifest skipped"),
+        }
+    }
+    out.sort_by_key(|(_, m)| m.sequence);
+    out
+}
+
+/// Bytes under `dir`, recursively.
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => total += dir_bytes(&entry.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+/// What a capture directory left by a previous run says: its end (written now if the capture
+/// was cut short by the restart). Partial shards (no manifest) are removed: they cannot be
+/// delivered.
+pub(super) fn recover(name: &str, dir: &Path) -> std::io::Result<EndFile> {
+    let end = match read_json::<EndFile>(&dir.join("end.json")) {
+        Some(end) => end,
+        None => {
+            // Cut short by a restart: the completed shards are delivered; the shard being
+            // written had no manifest and is not trusted.
+            let shards = manifests(dir);
+            let mut counters = Counters::default();
+            for (_, m) in &shards {
+                counters.written += m.packets;
+                counters.bytes_written += m.bytes;
+            }
+            counters.received = counters.written;
+            counters.matched = counters.written;
+            let end = EndFile {
+                counters,
+                stop_reason: StopReason::Interrupted,
+                error: format!(
+                    "agent restarted mid-capture; the {} completed shards are delivered, the shard being written was lost",
+                    shards.len()
+                ),
+                interrupted: true,
+            };
+            write_json(&dir.join("end.json"), &end)?;
+            tracing::warn!(capture = %name, shards = shards.len(), "capture interrupted by a restart; delivering its completed shards");
+            end
+        }
+    };
+    for file in std::fs::read_dir(dir)?.flatten() {
+        let n = file.file_name().to_string_lossy().into_owned();
+        let shard = n.ends_with(".pcap") || n.ends_with(".pcapng");
+        if shard && !dir.join(format!("{n}.json")).exists() {
+            let _ = std::fs::remove_file(file.path());
+        }
+    }
+    Ok(end)
+}

@@ -1,0 +1,167 @@
+//! Starting a capture from a job and running it to its end, on the calling (blocking)
+//! thread: the job is checked (deadline, spool room, filter), the source opened, shards
+//! written by the capture engine, and the end recorded in `end.json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
+use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
+use edgecap_capture::source::MAX_SNAPLEN;
+use edgecap_common::{lock, now_ns};
+use edgecap_proto::agent::v1 as pb;
+
+use super::spool::{EndFile, JobFile, dir_bytes, is_capture_id, write_json};
+use super::{Job, Jobs};
+use crate::convert::StopReason;
+
+/// A capture that could be started: what runs, and where.
+struct Prepared {
+    live: LiveCapture,
+    iface: String,
+    expr: String,
+}
+
+impl Jobs {
+    /// Runs the capture a job asks for, from start to end (idempotent: a capture already
+    /// known is left alone). Blocking: call it on a blocking thread, which it holds for the
+    /// capture's duration.
+    pub(crate) fn start(self: &Arc<Self>, job: pb::StartCapture) {
+        let id = job.capture_id.clone();
+        if !is_capture_id(&id) {
+            tracing::warn!(capture = %id, "start refused: bad capture id");
+            return;
+        }
+        let dir = self.config.spool_dir.join(&id);
+        {
+            // Reserve the id first: a start repeated (after a reconnect) while this one is
+            // still opening its source finds it taken.
+            let mut jobs = lock(&self.jobs);
+            if jobs.contains_key(&id) {
+                return;
+            }
+            let reserved = Job {
+                dir: dir.clone(),
+                stop: None,
+                end: None,
+                shards_uploaded: 0,
+                ended_at: None,
+                final_reported: None,
+            };
+            jobs.insert(id.clone(), reserved);
+        }
+        let prepared = match self.prepare(&job, &dir) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                tracing::warn!(capture = %id, %error, "full capture not started");
+                let end = EndFile {
+                    counters: Default::default(),
+                    stop_reason: StopReason::Failed,
+                    error,
+                    interrupted: false,
+                };
+                let _ = std::fs::create_dir_all(&dir);
+                let job_file = JobFile { capture_id: id.clone(), interface: String::new(), started_ns: now_ns() };
+                let _ = write_json(&dir.join("job.json"), &job_file);
+                let _ = write_json(&dir.join("end.json"), &end);
+                lock(&self.jobs).insert(id, Job::ended(dir, end));
+                return;
+            }
+        };
+        tracing::info!(capture = %id, iface = %prepared.iface, filter = %prepared.expr, "full capture started");
+        if let Some(job) = lock(&self.jobs).get_mut(&id) {
+            job.stop = Some(prepared.live.stop_handle());
+        }
+        let counters = prepared.live.wait();
+        let error = match &counters.stop_reason {
+            Some(edgecap_capture::session::StopReason::Failed(e)) => e.clone(),
+            _ => String::new(),
+        };
+        let mut end = EndFile {
+            counters: counters.clone(),
+            stop_reason: StopReason::from_session(counters.stop_reason.as_ref()),
+            error,
+            interrupted: false,
+        };
+        if let Some(previous) =
+            lock(&self.jobs).get_mut(&id).and_then(|job| job.end.take()).filter(|e| !e.error.is_empty())
+        {
+            // A spool-full stop recorded its reason first.
+            end.error = previous.error;
+            end.stop_reason = previous.stop_reason;
+        }
+        if let Err(e) = write_json(&dir.join("end.json"), &end) {
+            tracing::error!(capture = %id, error = %e, "could not record the end of a capture");
+        }
+        tracing::info!(capture = %id, line = %counters.line(), "full capture ended");
+        if let Some(job) = lock(&self.jobs).get_mut(&id) {
+            job.end = Some(end);
+            job.stop = None;
+            job.ended_at = Some(Instant::now());
+        }
+    }
+
+    /// Checks the job and starts its capture; the error says why it could not start.
+    fn prepare(&self, job: &pb::StartCapture, dir: &std::path::Path) -> Result<Prepared, String> {
+        let id = &job.capture_id;
+        if job.not_after_ns != 0 && now_ns() > job.not_after_ns {
+            return Err("the start request reached the agent after its start deadline".into());
+        }
+        let iface = self.interface.clone().ok_or("this agent has no capture interface")?;
+        if dir_bytes(&self.config.spool_dir) >= self.config.spool_max_bytes {
+            return Err(format!("spool {} is full", self.config.spool_dir.display()));
+        }
+        let filter = match job.filter.as_ref().map(crate::convert::filter_from_pb).transpose() {
+            Ok(f) => f.unwrap_or_default(),
+            Err(e) => return Err(format!("filter refused: {e}")),
+        };
+        let snaplen = if job.snaplen == 0 { MAX_SNAPLEN } else { job.snaplen.clamp(16, MAX_SNAPLEN) };
+        let mut config = LiveConfig::new(&iface, "");
+        config.snaplen = snaplen;
+        config.buffer_size = self.config.buffer_bytes;
+        let source = self.sources.open(&iface, &config.open_options()).map_err(|e| e.to_string())?;
+        let linktype = source.linktype();
+        if !job.filter_bpf.is_empty() {
+            edgecap_capture::bpf::verify_for_linktype(&job.filter_bpf, linktype, snaplen as i32, &job.filter_bpf_hash)
+                .map_err(|e| format!("interface {iface}: {e}"))?;
+        }
+        let expr = edgecap_capture::filter::combine(&filter.to_bpf(), &job.filter_bpf);
+        let filter_hash = if expr.is_empty() {
+            String::new()
+        } else {
+            edgecap_capture::bpf::check(&expr, linktype, snaplen as i32).map_err(|e| e.to_string())?.hash
+        };
+        let job_file = JobFile { capture_id: id.clone(), interface: iface.clone(), started_ns: now_ns() };
+        std::fs::create_dir_all(dir)
+            .and_then(|_| write_json(&dir.join("job.json"), &job_file))
+            .map_err(|e| format!("spool: {e}"))?;
+        config.filter = expr.clone();
+        config.limits = Limits {
+            time: Some(Duration::from_millis(job.time_limit_ms.max(1))),
+            packets: (job.packet_limit > 0).then_some(job.packet_limit),
+            bytes: (job.byte_limit > 0).then_some(job.byte_limit),
+        };
+        let rotate_seconds = if job.rotate_seconds > 0 { job.rotate_seconds } else { self.config.rotate_seconds };
+        let shards = ShardWriter::new(
+            ShardConfig {
+                path: dir.join("shard.pcap"),
+                format: ShardFormat::Pcap,
+                rotate_bytes: Some(if job.rotate_bytes > 0 { job.rotate_bytes } else { self.config.rotate_bytes }),
+                rotate_every: Some(Duration::from_secs(u64::from(rotate_seconds))),
+                checksum: true,
+            },
+            ShardIdentity {
+                capture_id: id.clone(),
+                pop: self.pop.clone(),
+                agent: self.agent_id.clone(),
+                interface: iface.clone(),
+                linktype: linktype as u16,
+                snaplen,
+                filter: expr.clone(),
+                filter_hash,
+            },
+        );
+        let live = LiveCapture::start(config, source, Box::new(shards)).map_err(|e| e.to_string())?;
+        Ok(Prepared { live, iface, expr })
+    }
+}

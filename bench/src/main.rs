@@ -1,0 +1,45 @@
+//! `edgecap-bench`: the benchmarks' own binary, kept out of the operator binaries.
+//!
+//! * `fanout`: sample-capture latency against the number of agents (one coordinator and N real
+//!   agents in this process);
+//! * `status`: per-PoP status writes against etcd, for `bench/etcd.sh`;
+//! * `capture`: `edgecap-agent capture` with the agent's lookback fed from the same interface
+//!   (`--with-lookback`), for `bench/capture.sh`.
+//!
+//! Commands and figures are in `docs/benchmarks.md`.
+
+use clap::{Parser, Subcommand};
+
+mod capture;
+mod fanout;
+mod status;
+
+#[derive(Parser, Debug)]
+#[command(name = "edgecap-bench", version, about = "edgecap's benchmarks (see docs/benchmarks.md)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Sample-capture latency against the number of agents.
+    Fanout(fanout::FanoutArgs),
+    /// Per-PoP status writes against etcd (bench/etcd.sh).
+    Status(status::StatusArgs),
+    /// `edgecap-agent capture`, optionally with the lookback fed too (bench/capture.sh).
+    Capture(Box<capture::CaptureCommand>),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Fanout(args) => fanout::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Capture(command) => {
+            let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "info", true)?;
+            let code = capture::run(*command).await?;
+            std::process::exit(code)
+        }
+    }
+}

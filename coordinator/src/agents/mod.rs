@@ -1,0 +1,171 @@
+//! The registry of agents connected to this replica: their identity and lookback counters,
+//! the channel to each one's control stream, and the sample queries in flight to them.
+//!
+//! A leaf: it knows the wire messages and nothing of captures, the store or the API; the
+//! control stream (`control/`) registers agents here, everything else only asks and sends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use edgecap_common::lock;
+use edgecap_proto::agent::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// A connected agent, as operators and the sample runner see it.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub agent_id: String,
+    pub pop: String,
+    pub interfaces: Vec<String>,
+    pub version: String,
+    pub sample_rate: u32,
+    pub lookback: pb::LookbackStats,
+}
+
+struct Connection {
+    info: AgentInfo,
+    conn: u64,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+}
+
+struct Pending {
+    agent_id: String,
+    tx: mpsc::Sender<pb::SampleChunk>,
+}
+
+/// Connected agents and the sample queries in flight to them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    agents: Mutex<HashMap<String, Connection>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    next_conn: AtomicU64,
+}
+
+/// One agent's answer to a sample query.
+#[derive(Debug, Default)]
+pub(crate) struct SampleAnswer {
+    pub packets: Vec<pb::Packet>,
+    pub matched: u64,
+    pub lookback: pb::LookbackStats,
+}
+
+impl SampleAnswer {
+    /// Adds one chunk of an answer; `Some` once the last chunk is in (`Err` with the agent's
+    /// reason when it could not answer).
+    pub(crate) fn absorb(&mut self, chunk: pb::SampleChunk) -> Option<Result<(), String>> {
+        self.packets.extend(chunk.packets);
+        if !chunk.done {
+            return None;
+        }
+        if !chunk.error.is_empty() {
+            return Some(Err(chunk.error));
+        }
+        self.matched = chunk.matched;
+        self.lookback = chunk.lookback.unwrap_or_default();
+        Some(Ok(()))
+    }
+}
+
+impl Registry {
+    pub(crate) fn agents(&self) -> Vec<AgentInfo> {
+        let mut out: Vec<AgentInfo> = lock(&self.agents).values().map(|c| c.info.clone()).collect();
+        out.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+        out
+    }
+
+    /// Whether an agent has its control stream to this replica now.
+    pub(crate) fn is_connected(&self, agent_id: &str) -> bool {
+        lock(&self.agents).contains_key(agent_id)
+    }
+
+    pub(crate) fn register(&self, info: AgentInfo, tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let previous = lock(&self.agents).insert(info.agent_id.clone(), Connection { info, conn, tx });
+        if let Some(previous) = previous {
+            tracing::info!(agent_id = %previous.info.agent_id, "agent reconnected; replacing its previous stream");
+        }
+        conn
+    }
+
+    /// Sends a message to a connected agent; false if it is not connected (or its stream is
+    /// closing).
+    pub(crate) async fn send(&self, agent_id: &str, message: pb::CoordinatorMessage) -> bool {
+        let tx = lock(&self.agents).get(agent_id).map(|c| c.tx.clone());
+        match tx {
+            Some(tx) => tx.send(Ok(message)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    pub(crate) fn unregister(&self, agent_id: &str, conn: u64) {
+        let mut agents = lock(&self.agents);
+        if agents.get(agent_id).is_some_and(|c| c.conn == conn) {
+            agents.remove(agent_id);
+            // Queries waiting on this agent end now (their senders drop).
+            lock(&self.pending).retain(|_, p| p.agent_id != agent_id);
+        }
+    }
+
+    pub(crate) fn update_stats(&self, agent_id: &str, conn: u64, stats: pb::LookbackStats) {
+        if let Some(c) = lock(&self.agents).get_mut(agent_id).filter(|c| c.conn == conn) {
+            c.info.lookback = stats;
+        }
+    }
+
+    pub(crate) fn route_chunk(&self, agent_id: &str, chunk: pb::SampleChunk) {
+        let tx = {
+            let pending = lock(&self.pending);
+            match pending.get(&chunk.request_id) {
+                Some(p) if p.agent_id == agent_id => p.tx.clone(),
+                Some(_) => {
+                    tracing::warn!(%agent_id, request_id = %chunk.request_id, "sample chunk from the wrong agent dropped");
+                    return;
+                }
+                None => return, // timed out already
+            }
+        };
+        // A full buffer means the waiter is gone or slow; it has its own timeout.
+        let _ = tx.try_send(chunk);
+    }
+
+    /// Asks one agent for its lookback packets; waits up to `timeout` for the whole answer.
+    pub(crate) async fn sample(
+        &self,
+        agent_id: &str,
+        mut query: pb::SampleQuery,
+        timeout: Duration,
+    ) -> Result<SampleAnswer, String> {
+        let request_id = crate::model::new_id();
+        query.request_id = request_id.clone();
+        let (tx, mut rx) = mpsc::channel(256);
+        let agent_tx = {
+            let agents = lock(&self.agents);
+            let conn =
+                agents.get(agent_id).ok_or_else(|| "agent disconnected before the query was sent".to_string())?;
+            conn.tx.clone()
+        };
+        lock(&self.pending).insert(request_id.clone(), Pending { agent_id: agent_id.to_string(), tx });
+        let message = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::SampleQuery(query)) };
+        let result = async {
+            agent_tx.send(Ok(message)).await.map_err(|_| "agent disconnected before the query was sent".to_string())?;
+            let mut answer = SampleAnswer::default();
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let chunk = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => return Err("agent disconnected before answering".to_string()),
+                    Err(_) => return Err(format!("agent did not answer within {} s", timeout.as_secs())),
+                };
+                if let Some(done) = answer.absorb(chunk) {
+                    return done.map(|()| answer);
+                }
+            }
+        }
+        .await;
+        lock(&self.pending).remove(&request_id);
+        result
+    }
+}

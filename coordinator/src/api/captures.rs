@@ -1,0 +1,144 @@
+//! `/pcaps`: list, create, get, download and stop captures.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Account;
+use super::error::{ApiError, code};
+use super::validate::parse_create;
+use super::{ApiState, collection, envelope, repo_err};
+use crate::full::PlanError;
+use crate::model::{CaptureRecord, CaptureStatus, CaptureType, is_id, rfc3339};
+
+async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord, ApiError> {
+    let not_found = || ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("pcap_id: {id:?} not found"));
+    if !is_id(id) {
+        return Err(not_found());
+    }
+    state.repo.get_capture(account, id).await.map_err(repo_err)?.ok_or_else(not_found)
+}
+
+pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
+    let records = state.repo.list_captures(&account).await.map_err(repo_err)?;
+    // Cloudflare returns up to 50 requests, newest first.
+    Ok(collection(records.iter().take(50).map(CaptureRecord::to_api).collect()))
+}
+
+pub(super) async fn create(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let now = time::OffsetDateTime::now_utc();
+    let request = parse_create(&body, &state.limits, now)?;
+    if request.capture_type == CaptureType::Full {
+        let record =
+            state.full.create(&account, request, now, state.rate_limits.max_active_full).await.map_err(plan_error)?;
+        return Ok(envelope(record.to_api()));
+    }
+    state.rate.check_sample(&account, state.rate_limits.sample_interval)?;
+    let record = CaptureRecord::from_request(&account, request, now);
+    state.repo.create_capture(&record).await.map_err(repo_err)?;
+    tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
+    state.samples.start(account, record.id.clone());
+    Ok(envelope(record.to_api()))
+}
+
+fn plan_error(e: PlanError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        PlanError::MissingDestination => ApiError::bad_request(code::MISSING_FIELD, message),
+        PlanError::NotValidated(_) => ApiError::new(StatusCode::FORBIDDEN, code::BUCKET_NOT_VALIDATED, message),
+        PlanError::TooManyActive { .. } => ApiError::new(StatusCode::CONFLICT, code::FULL_CAPTURE_RUNNING, message),
+        PlanError::NoAgents(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
+        PlanError::Bucket(error) => {
+            tracing::warn!(%error, "bucket unreachable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code::STORAGE_UNAVAILABLE, message)
+        }
+        PlanError::Store(e) => repo_err(e),
+    }
+}
+
+pub(super) async fn get(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(envelope(find(&state, &account, &id).await?.to_api()))
+}
+
+pub(super) async fn download(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &account, &id).await?;
+    if record.capture_type == CaptureType::Full {
+        return Err(ApiError::bad_request(
+            code::NOT_DOWNLOADABLE,
+            "pcap_id: full captures are delivered to their bucket, not downloaded through the API",
+        ));
+    }
+    match record.status {
+        CaptureStatus::Success => {}
+        CaptureStatus::Failed => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                code::NOT_READY,
+                format!("pcap_id: capture failed, nothing to download: {}", record.error_message.unwrap_or_default()),
+            ));
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                code::NOT_READY,
+                format!("pcap_id: capture is {other:?}, not ready for download yet").to_lowercase(),
+            ));
+        }
+    }
+    let key = record.object_key.ok_or_else(|| ApiError::internal("successful capture without a file"))?;
+    let (meta, reader) = state.objects.get(&key).await.map_err(|e| ApiError::storage(&e))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
+            (header::CONTENT_LENGTH, meta.size.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"pcap_{id}.pcap\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub(super) async fn stop(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let record = find(&state, &account, &id).await?;
+    if record.capture_type == CaptureType::Simple {
+        return Err(ApiError::bad_request(
+            code::NOT_STOPPABLE,
+            "pcap_id: sample captures complete at once; only full captures can be stopped",
+        ));
+    }
+    if record.status.is_final() {
+        return Err(ApiError::bad_request(code::NOT_STOPPABLE, "pcap_id: capture has already finished"));
+    }
+    if record.stop_requested.is_none() {
+        let now = rfc3339(time::OffsetDateTime::now_utc());
+        state
+            .repo
+            .update_capture(&account, &id, |r| {
+                r.stop_requested.get_or_insert_with(|| now.clone());
+            })
+            .await
+            .map_err(repo_err)?;
+    }
+    state.full.request_stop(&record).await.map_err(repo_err)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

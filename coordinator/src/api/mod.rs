@@ -1,0 +1,116 @@
+//! The Cloudflare-compatible REST API, mounted under `/client/v4`, one module per resource:
+//! [`captures`] (`/pcaps`), [`ownership`] (`/pcaps/ownership`), [`agents`] (the operator
+//! extension `/edgecap/v1/agents`), and [`web`] (the page at `/`). Callers are identified by
+//! the extractors in [`auth`]; bodies are validated field by field in [`validate`]; errors are
+//! built in [`error`].
+//!
+//! Every answer is the Cloudflare envelope (`success`, `errors`, `messages`, `result`),
+//! except a successful download (raw PCAP) and stop/delete (204). Errors are 4xx with a
+//! stable code and a message naming the field (see `docs/api.md`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use edgecap_storage::ObjectStore;
+use serde_json::{Value, json};
+
+use crate::agents::Registry;
+use crate::config::{Limits, RateLimits};
+use crate::full::FullCaptures;
+use crate::sample::SampleCaptures;
+use crate::store::{Repo, RepoError};
+
+mod agents;
+mod auth;
+mod captures;
+pub(crate) mod error;
+mod ownership;
+mod rate;
+mod validate;
+mod web;
+
+use error::{ApiError, code};
+pub(crate) use rate::RateLimiter;
+
+/// What the handlers share.
+pub(crate) struct ApiState {
+    pub repo: Repo,
+    pub registry: Arc<Registry>,
+    /// Where sample captures' files are.
+    pub objects: Arc<dyn ObjectStore>,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    pub rate: RateLimiter,
+    pub samples: Arc<SampleCaptures>,
+    pub full: Arc<FullCaptures>,
+}
+
+fn repo_err(e: RepoError) -> ApiError {
+    match e {
+        RepoError::State(s) => ApiError::state(&s),
+        RepoError::NotFound(k) => ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("{k}: not found")),
+        RepoError::Decode { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+fn envelope(result: Value) -> Response {
+    axum::Json(json!({"success": true, "errors": [], "messages": [], "result": result})).into_response()
+}
+
+fn collection(items: Vec<Value>) -> Response {
+    let n = items.len();
+    axum::Json(json!({
+        "success": true, "errors": [], "messages": [], "result": items,
+        "result_info": {"count": n, "page": 1, "per_page": n.max(1), "total_count": n},
+    }))
+    .into_response()
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found(code::NO_ROUTE, "No route for the URI")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED, "Method not allowed")
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// One span per API request (exported with traces), named after the route.
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("api", method = %request.method(), route = %route, status = tracing::field::Empty);
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    response
+}
+
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    let base = "/client/v4/accounts/{account_id}/pcaps";
+    Router::new()
+        .route(base, get(captures::list).post(captures::create))
+        .route(&format!("{base}/ownership"), get(ownership::list).post(ownership::create))
+        .route(&format!("{base}/ownership/validate"), post(ownership::validate))
+        .route(&format!("{base}/ownership/{{ownership_id}}"), delete(ownership::delete))
+        .route(&format!("{base}/{{pcap_id}}"), get(captures::get))
+        .route(&format!("{base}/{{pcap_id}}/download"), get(captures::download))
+        .route(&format!("{base}/{{pcap_id}}/stop"), put(captures::stop))
+        .route("/edgecap/v1/agents", get(agents::list))
+        .route("/healthz", get(healthz))
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(trace_request))
+        .with_state(state)
+}

@@ -1,0 +1,124 @@
+//! `/pcaps/ownership`: prove a bucket is the account's by reading back a challenge file the
+//! coordinator writes into it.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Account;
+use super::error::{ApiError, code};
+use super::validate::{parse_ownership_create, parse_ownership_validate};
+use super::{ApiState, collection, envelope, repo_err};
+use crate::model::{OwnershipRecord, OwnershipStatus, is_id, new_id, rfc3339};
+
+/// The user's bucket could not be reached (retry later): 503 naming the field.
+fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
+    tracing::warn!(error = %e, "bucket unreachable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code::STORAGE_UNAVAILABLE,
+        format!("destination_conf: bucket unreachable: {e}"),
+    )
+}
+
+pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
+    let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
+    Ok(collection(records.iter().map(|r| r.to_api()).collect()))
+}
+
+/// Writes `ownership-challenge-<id>.txt` with a random secret into the bucket. Whoever can
+/// read it back owns (or is trusted by the owner of) the bucket.
+pub(super) async fn create(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let destination = parse_ownership_create(&body)?;
+    let id = new_id();
+    let filename = OwnershipRecord::challenge_file(&id);
+    let challenge = format!("{}{}", new_id(), new_id());
+    let store = state.full.store_for(&destination).await.map_err(|e| bucket_error(&e))?;
+    use edgecap_storage::ObjectStore as _;
+    if let Err(e) = store.put(&filename, Bytes::from(format!("{challenge}\n"))).await {
+        return Err(match e {
+            e if e.is_retryable() => bucket_error(&e),
+            e => ApiError::bad_request(
+                code::BUCKET_UNWRITABLE,
+                format!("destination_conf: could not write the ownership challenge into the bucket: {e}"),
+            ),
+        });
+    }
+    let record = OwnershipRecord {
+        id,
+        account_id: account.clone(),
+        destination_conf: destination.uri,
+        filename,
+        status: OwnershipStatus::Pending,
+        submitted: rfc3339(time::OffsetDateTime::now_utc()),
+        validated: None,
+        challenge,
+    };
+    state.repo.put_ownership(&record).await.map_err(repo_err)?;
+    tracing::info!(%account, ownership = %record.id, destination = %record.destination_conf, "ownership challenge written");
+    Ok(envelope(record.to_api()))
+}
+
+/// Compares the text the user read from the challenge file. A wrong text answers 400 and
+/// marks the ownership `failed`; the right text later still validates it.
+pub(super) async fn validate(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (destination, challenge) = parse_ownership_validate(&body)?;
+    let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
+    let mut candidates: Vec<OwnershipRecord> =
+        records.into_iter().filter(|o| o.destination_conf == destination.uri).collect();
+    if candidates.is_empty() {
+        return Err(ApiError::not_found(
+            code::OWNERSHIP_NOT_FOUND,
+            format!("destination_conf: no ownership challenge for {:?}; create one first", destination.uri),
+        ));
+    }
+    candidates.sort_by(|a, b| b.submitted.cmp(&a.submitted));
+    let now = rfc3339(time::OffsetDateTime::now_utc());
+    let matched = candidates.iter().find(|o| {
+        aws_lc_rs::constant_time::verify_slices_are_equal(o.challenge.as_bytes(), challenge.as_bytes()).is_ok()
+    });
+    match matched {
+        Some(found) => {
+            let mut record = found.clone();
+            record.status = OwnershipStatus::Success;
+            record.validated = Some(now);
+            state.repo.put_ownership(&record).await.map_err(repo_err)?;
+            tracing::info!(%account, ownership = %record.id, "bucket ownership validated");
+            Ok(envelope(record.to_api()))
+        }
+        None => {
+            for record in candidates.iter_mut().filter(|o| o.status == OwnershipStatus::Pending) {
+                record.status = OwnershipStatus::Failed;
+                state.repo.put_ownership(record).await.map_err(repo_err)?;
+            }
+            Err(ApiError::bad_request(
+                code::CHALLENGE_MISMATCH,
+                "ownership_challenge: does not match the text of the challenge file written into the bucket",
+            ))
+        }
+    }
+}
+
+pub(super) async fn delete(
+    State(state): State<Arc<ApiState>>,
+    Account(account): Account,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(code::OWNERSHIP_NOT_FOUND, format!("ownership_id: {id:?} not found"));
+    if !is_id(&id) || state.repo.get_ownership(&account, &id).await.map_err(repo_err)?.is_none() {
+        return Err(not_found());
+    }
+    state.repo.delete_ownership(&account, &id).await.map_err(repo_err)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

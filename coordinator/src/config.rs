@@ -1,0 +1,167 @@
+//! Everything a coordinator is told at start: listeners, TLS, backends, limits and the
+//! tunables of sample and full captures. The binaries (`edgecap-coordinator`, `edgecap up`)
+//! build it from their flags; this is the only input `Coordinator::start` takes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edgecap_state::StateConfig;
+use edgecap_storage::StorageConfig;
+use edgecap_storage::s3::StaticCredentials;
+use edgecap_tls::TlsFiles;
+
+/// See `edgecap-coordinator --help` for the flags behind these.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Names this replica in logs, agent presence and certificates.
+    pub name: String,
+    pub api_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub tls_reload_interval: Duration,
+    pub state: StateConfig,
+    pub storage: StorageConfig,
+    /// Scratch space for files being assembled.
+    pub tmp_dir: PathBuf,
+    pub limits: Limits,
+    pub rate_limits: RateLimits,
+    /// How long to wait for one agent's sample answer.
+    pub sample_timeout: Duration,
+    /// How long a sample capture waits for a first agent when none is connected.
+    pub agent_wait: Duration,
+    /// `(account_id, token)` pairs to register at start.
+    pub tokens: Vec<(String, String)>,
+    /// Bucket name -> access key, for full captures' buckets (else the AWS default chain).
+    pub s3_credentials: HashMap<String, StaticCredentials>,
+    pub full: FullSettings,
+}
+
+/// Limits from Cloudflare's reference, with the full-capture time cap configurable.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub time_limit_max: u64,
+    pub full_time_limit_max: u64,
+    pub packet_limit_max: u64,
+    pub byte_limit_max: u64,
+    /// How far back `offset_time` may be, seconds.
+    pub offset_max_age_secs: i64,
+    /// Clock skew tolerated for an `offset_time` in the future, seconds.
+    pub offset_future_skew_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            time_limit_max: 300,
+            full_time_limit_max: 300,
+            packet_limit_max: 10_000,
+            byte_limit_max: 1_000_000_000,
+            offset_max_age_secs: 24 * 3600,
+            offset_future_skew_secs: 60,
+        }
+    }
+}
+
+/// Per-account limits from Cloudflare's docs: one sample request per minute, one running or
+/// pending full capture. `None` turns a limit off.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    pub sample_interval: Option<Duration>,
+    pub max_active_full: Option<usize>,
+}
+
+impl RateLimits {
+    pub fn cloudflare() -> Self {
+        Self { sample_interval: Some(Duration::from_secs(60)), max_active_full: Some(1) }
+    }
+    pub fn off() -> Self {
+        Self { sample_interval: None, max_active_full: None }
+    }
+}
+
+/// Tunables of the full-capture flow.
+#[derive(Clone, Debug)]
+pub struct FullSettings {
+    /// How long a PoP whose agent disconnected may take to come back.
+    pub reconnect_grace: Duration,
+    /// How long after the time limit PoPs may take to deliver their shards.
+    pub upload_grace: Duration,
+    /// Validity of presigned upload requests.
+    pub presign_expiry: Duration,
+    /// How long the merge keeps retrying an unreachable bucket.
+    pub merge_retry: Duration,
+    /// Keep the shards in the bucket after the merge.
+    pub keep_shards: bool,
+    /// Lease of the leader key: a dead leader is replaced within about this long.
+    pub leader_ttl: Duration,
+}
+
+impl Default for FullSettings {
+    fn default() -> Self {
+        Self {
+            reconnect_grace: Duration::from_secs(15),
+            upload_grace: Duration::from_secs(600),
+            presign_expiry: Duration::from_secs(900),
+            merge_retry: Duration::from_secs(600),
+            keep_shards: false,
+            leader_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Validates account ids (path segment, key segment): 1-32 of `[A-Za-z0-9_-]`.
+pub fn valid_account(account: &str) -> bool {
+    (1..=32).contains(&account.len()) && account.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The object store for sample captures' files from `--objects`: `local` (under
+/// `data_dir/objects`) or `s3://bucket/prefix?region=R[&endpoint=URL]`, with that bucket's
+/// credentials from the `--s3-credentials` file if it names it.
+pub fn objects_config(
+    objects: &str,
+    data_dir: &std::path::Path,
+    s3_credentials: Option<&std::path::Path>,
+) -> anyhow::Result<StorageConfig> {
+    if objects == "local" {
+        return Ok(StorageConfig::LocalDir { root: data_dir.join("objects") });
+    }
+    let destination =
+        crate::model::DestinationConf::parse(objects).map_err(|e| anyhow::anyhow!("--objects: {}", e.0))?;
+    let credentials = match s3_credentials {
+        Some(path) => load_credentials(path)?.remove(&destination.bucket),
+        None => None,
+    };
+    Ok(StorageConfig::S3 { location: destination.location(), credentials })
+}
+
+/// Reads a per-bucket credentials file (JSON object: bucket -> access key). The file should
+/// be readable by the coordinator only; its contents are never logged.
+pub fn load_credentials(path: &std::path::Path) -> anyhow::Result<HashMap<String, StaticCredentials>> {
+    use anyhow::Context as _;
+    let text = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a JSON object of bucket -> {{access_key_id, secret_access_key}}: line {} column {}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_credentials_file_is_a_clear_error_without_its_contents() {
+        let dir = std::env::temp_dir().join(format!("edgecap-creds-{}", std::process::id()));
+        std::fs::write(&dir, r#"{"bucket": {"access_key_id": "AKIA", "secret": "s3cr3t"}}"#).unwrap();
+        let e = load_credentials(&dir).unwrap_err().to_string();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(e.contains("not a JSON object of bucket") && !e.contains("s3cr3t"), "{e}");
+        assert!(load_credentials(std::path::Path::new("/nonexistent/creds.json")).is_err());
+    }
+}

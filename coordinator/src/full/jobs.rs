@@ -1,0 +1,134 @@
+//! Jobs: what each agent must do for a capture, written once and forwarded by whichever
+//! replica the agent is connected to; and the agents' progress reports folded into their
+//! PoP's state.
+
+use std::sync::Arc;
+
+use edgecap_proto::agent::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use super::{FullCaptures, START_DEADLINE};
+use crate::convert;
+use crate::model::{CaptureRecord, JobRecord, PopResult};
+
+/// Folds an agent's report into its PoP's state (never out of a final state).
+fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
+    if pop.is_final() {
+        return;
+    }
+    if let Some(c) = &report.counters {
+        pop.packets = c.written;
+        pop.matched = c.matched;
+        pop.received = c.received;
+        pop.kernel_dropped = c.kernel_dropped;
+        pop.agent_dropped = c.agent_dropped;
+        pop.bytes = c.bytes_written;
+    }
+    if let Some(reason) = convert::report_stop_reason(report) {
+        pop.stop_reason = Some(reason);
+    }
+    if !report.error.is_empty() {
+        pop.error = Some(report.error.clone());
+    }
+    if let Some(status) = convert::report_status(report) {
+        pop.status = status;
+    }
+}
+
+impl FullCaptures {
+    /// Writes the jobs and initial PoP states of a capture just created (its record exists).
+    pub(super) async fn submit(&self, record: &CaptureRecord) -> crate::store::Result<()> {
+        let not_after_ns = edgecap_common::now_ns() + START_DEADLINE.as_nanos() as u64;
+        for pop in &record.pops {
+            self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
+            if pop.is_final() {
+                continue; // skipped: offline
+            }
+            let job = JobRecord {
+                capture_id: record.id.clone(),
+                account_id: record.account_id.clone(),
+                agent_id: pop.agent_id.clone(),
+                pop: pop.pop.clone(),
+                destination_conf: record.destination_conf.clone().unwrap_or_default(),
+                filter_v1: record.filter_v1.clone(),
+                filter_bpf: record.filter_bpf.clone(),
+                filter_bpf_hash: record.filter_bpf_hash.clone(),
+                time_limit: record.time_limit,
+                packet_limit: record.packet_limit,
+                byte_limit: record.byte_limit,
+                not_after_ns,
+                stop: false,
+            };
+            self.repo.put_job(&job).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks every job of a capture stopped; the replicas forward the stop to their agents.
+    pub(crate) async fn request_stop(&self, record: &CaptureRecord) -> crate::store::Result<()> {
+        for pop in &record.pops {
+            if let Some(mut job) = self.repo.get_job(&pop.agent_id, &record.id).await?
+                && !job.stop
+            {
+                job.stop = true;
+                self.repo.put_job(&job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward(&self, job: &JobRecord) {
+        if !self.registry.is_connected(&job.agent_id) {
+            return;
+        }
+        // Only jobs whose PoP is still open are sent (a finished PoP is never restarted).
+        match self.repo.get_pop(&job.capture_id, &job.agent_id).await {
+            Ok(Some((pop, _))) if !pop.is_final() => {}
+            _ => return,
+        }
+        self.registry.send(&job.agent_id, convert::start_message(job)).await;
+        if job.stop {
+            self.registry.send(&job.agent_id, convert::stop_message(&job.capture_id)).await;
+        }
+    }
+
+    /// Sends an agent that just connected the jobs it must run (idempotent at the agent).
+    pub(crate) async fn on_agent_connected(&self, agent_id: &str) {
+        match self.repo.jobs_for_agent(agent_id).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    self.forward(&job).await;
+                }
+            }
+            Err(error) => tracing::warn!(%agent_id, %error, "could not read the agent's jobs"),
+        }
+    }
+
+    /// Forwards job changes to the agents connected here, driven by a watch on the jobs,
+    /// until `cancel`.
+    pub(crate) async fn forward_jobs(self: Arc<Self>, cancel: CancellationToken) {
+        // Jobs written before the watch (re)starts are covered by sending every connected
+        // agent its jobs.
+        let this: &Self = &self;
+        let catch_up = move || async move {
+            for agent in this.registry.agents() {
+                this.on_agent_connected(&agent.agent_id).await;
+            }
+        };
+        let on_put = move |kv: edgecap_state::KeyValue| async move {
+            match crate::store::decode::<JobRecord>(&kv.key, &kv.value) {
+                Ok(job) => this.forward(&job).await,
+                Err(error) => tracing::warn!(%error, "undecodable job skipped"),
+            }
+        };
+        self.repo.follow_puts(&self.repo.jobs_prefix(), "job", &cancel, catch_up, on_put).await;
+    }
+
+    /// A progress report from an agent: folded into its PoP's state (ignored unless the agent
+    /// is part of the capture).
+    pub(crate) async fn report(&self, agent_id: &str, report: pb::CaptureReport) {
+        if let Err(error) = self.repo.update_pop(&report.capture_id, agent_id, |pop| apply_report(pop, &report)).await {
+            tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The end of a full capture (leader only): collect the delivered shards, merge them in
+//! time order (with per-PoP provenance for pcapng) into the user's bucket, write the final
+//! status, then delete the shards and the capture's working keys.
+//!
+//! Cancellation (the leader steps down or the coordinator stops) reaches every step: the
+//! download and upload stop, the blocking merge thread stops at its next write, the scratch
+//! directory is removed and a multipart upload of the merged file is aborted before the
+//! runner returns. The next leader does the merge again.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edgecap_storage::s3::S3Store;
+use edgecap_storage::{ObjectStore, StorageError};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::follow::failure_summary;
+use super::{FullCaptures, shard_prefix};
+use crate::model::{CaptureRecord, CaptureStatus, OutputFormat, PopResult, ShardRef};
+
+/// Why a merge did not produce a file.
+#[derive(Debug, thiserror::Error)]
+enum MergeError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A writer that fails once `cancelled` is set, so a blocking merge stops at its next write.
+struct Cancellable<W> {
+    inner: W,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl<W: Write> Write for Cancellable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "merge cancelled"));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl FullCaptures {
+    pub(super) async fn convert(&self, mut record: CaptureRecord, cancel: CancellationToken) {
+        let id = record.id.clone();
+        let shards = loop {
+            match self.repo.list_shards(&id).await {
+                Ok(s) => break s,
+                Err(error) => {
+                    tracing::warn!(capture = %id, %error, "shards unreadable; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        for pop in &mut record.pops {
+            pop.shards = shards.iter().filter(|(a, _)| *a == pop.agent_id).map(|(_, s)| s.clone()).collect();
+        }
+        record.status = CaptureStatus::ConversionRunning;
+        self.persist(&record).await;
+        let store = match record.destination_conf.as_deref() {
+            Some(uri) => self.buckets.store_for_uri(uri).await,
+            None => Err(StorageError::Rejected("no destination_conf".into())),
+        };
+        let outcome = match &store {
+            Ok(store) => self.merge_into_bucket(store, &record, &cancel).await,
+            Err(e) => Err(MergeError::Other(e.to_string())),
+        };
+        let failures = failure_summary(&record.pops);
+        let delete_shards = match outcome {
+            Err(MergeError::Cancelled) => return,
+            Ok(Some(packets)) => {
+                record.status = CaptureStatus::Success;
+                record.packets_captured = Some(packets);
+                record.error_message = failures;
+                tracing::info!(capture = %id, packets, leader = %self.name, "full capture merged into the bucket");
+                !self.settings.keep_shards
+            }
+            Ok(None) => {
+                record.status = CaptureStatus::Failed;
+                record.packets_captured = Some(0);
+                record.error_message = Some(failures.unwrap_or_else(|| "no PoP delivered any packet".into()));
+                false
+            }
+            Err(e) => {
+                record.status = CaptureStatus::Failed;
+                let mut message =
+                    format!("merge into the bucket failed: {e}; the shards are kept under {}", shard_prefix(&id));
+                if let Some(f) = failures {
+                    message.push_str("; ");
+                    message.push_str(&f);
+                }
+                record.error_message = Some(message);
+                tracing::error!(capture = %id, error = %e, "full capture merge failed");
+                false
+            }
+        };
+        // The final status first: a leader that dies after this point leaves only garbage
+        // (shards, working keys), never a capture whose shards are gone but unmerged.
+        loop {
+            if self.persist(&record).await {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if delete_shards && let Ok(store) = &store {
+            for shard in record.pops.iter().flat_map(|p| &p.shards) {
+                if let Err(e) = store.delete(&shard.key).await {
+                    tracing::warn!(capture = %id, key = %shard.key, error = %e, "shard not deleted after the merge");
+                }
+            }
+        }
+        let agents: Vec<String> = record.pops.iter().map(|p| p.agent_id.clone()).collect();
+        if let Err(error) = self.repo.delete_capture_work(&id, &agents).await {
+            tracing::warn!(capture = %id, %error, "working keys of a finished capture not removed");
+        }
+    }
+
+    /// Downloads the shards, merges them in time order with per-PoP provenance, writes the
+    /// merged object. `Ok(None)` when there is nothing to merge. The scratch directory is
+    /// removed whatever happens, cancellation included.
+    #[tracing::instrument(name = "merge", skip_all, fields(capture = %record.id))]
+    async fn merge_into_bucket(
+        &self,
+        store: &Arc<S3Store>,
+        record: &CaptureRecord,
+        cancel: &CancellationToken,
+    ) -> Result<Option<u64>, MergeError> {
+        let shards: Vec<(&PopResult, &ShardRef)> =
+            record.pops.iter().flat_map(|p| p.shards.iter().map(move |s| (p, s))).collect();
+        if shards.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.tmp_dir.join(format!("full-{}-{}", record.id, uuid::Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(&dir).await.map_err(StorageError::Io)?;
+        // Not raced against `cancel`: every step below stops on it by itself and cleans up
+        // what it started (dropping the future would leave a merge thread or an upload behind).
+        let result = self.merge_in(&dir, store, record, &shards, cancel).await;
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!(dir = %dir.display(), %error, "merge scratch directory not removed");
+        }
+        result
+    }
+
+    async fn merge_in(
+        &self,
+        dir: &Path,
+        store: &Arc<S3Store>,
+        record: &CaptureRecord,
+        shards: &[(&PopResult, &ShardRef)],
+        cancel: &CancellationToken,
+    ) -> Result<Option<u64>, MergeError> {
+        let patience = self.settings.merge_retry;
+        let mut inputs = Vec::new();
+        for (i, (pop, shard)) in shards.iter().enumerate() {
+            let path = dir.join(format!("{i:05}.pcap"));
+            // A download dropped half-way leaves only a partial file in the scratch directory.
+            with_retry("download a shard", patience, cancel, || async {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(StorageError::Cancelled),
+                    downloaded = async {
+                        let (_, mut reader) = store.get(&shard.key).await?;
+                        let mut file = tokio::fs::File::create(&path).await?;
+                        tokio::io::copy(&mut reader, &mut file)
+                            .await
+                            .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
+                        file.flush().await?;
+                        Ok(())
+                    } => downloaded,
+                }
+            })
+            .await?;
+            inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), (*shard).clone()));
+        }
+        let out_path = dir.join("merged");
+        let report = self.merge_files(record, inputs, &out_path, cancel).await?;
+        let key = record.merged_key();
+        with_retry("write the merged file", patience, cancel, || store.put_file(&key, &out_path, cancel)).await?;
+        Ok(Some(report.packets))
+    }
+
+    /// Runs the merge engine on a blocking thread; a cancel stops it at its next write.
+    async fn merge_files(
+        &self,
+        record: &CaptureRecord,
+        inputs: Vec<(std::path::PathBuf, String, String, ShardRef)>,
+        out_path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<edgecap_merge::MergeReport, MergeError> {
+        let comment = format!("edgecap full capture {}", record.id);
+        let merged = out_path.to_path_buf();
+        let format = match record.output_format {
+            OutputFormat::Pcap => edgecap_merge::OutputFormat::Pcap,
+            OutputFormat::Pcapng => edgecap_merge::OutputFormat::PcapNg,
+        };
+        // Per-PoP counters for the pcapng interface statistics.
+        let counters: HashMap<String, (u64, u64)> = record
+            .pops
+            .iter()
+            .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
+            .collect();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let flag = cancelled.clone();
+        let mut work = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
+            let mut readers = Vec::new();
+            for (path, pop, agent, shard) in inputs {
+                let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
+                readers.push(edgecap_merge::MergeInput {
+                    name: shard.key,
+                    reader: BufReader::with_capacity(32 << 10, std::fs::File::open(&path)?),
+                    provenance: Some(edgecap_merge::Provenance {
+                        pop,
+                        agent,
+                        iface: (!shard.interface.is_empty()).then_some(shard.interface),
+                        filter: (!shard.filter.is_empty()).then_some(shard.filter),
+                        received: Some(received),
+                        dropped: Some(dropped),
+                    }),
+                });
+            }
+            let file = std::fs::File::create(&merged)?;
+            let out = BufWriter::with_capacity(64 << 10, Cancellable { inner: file, cancelled: flag });
+            let options = edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
+            let (out, report) = edgecap_merge::merge(readers, out, &options)?;
+            out.into_inner().map_err(|e| e.into_error())?.inner.sync_all()?;
+            Ok(report)
+        });
+        let joined = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                cancelled.store(true, Ordering::Relaxed);
+                let _ = (&mut work).await;
+                return Err(MergeError::Cancelled);
+            }
+            joined = &mut work => joined,
+        };
+        joined
+            .map_err(|e| MergeError::Other(format!("merge thread: {e}")))?
+            .map_err(|e| MergeError::Other(e.to_string()))
+    }
+}
+
+async fn with_retry<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    cancel: &CancellationToken,
+    mut op: F,
+) -> Result<T, MergeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(StorageError::Cancelled) => return Err(MergeError::Cancelled),
+            Err(e) if e.is_retryable() && start.elapsed() < patience => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(MergeError::Cancelled),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Planning a full capture: the bucket must be this account's, the account under its limit of
+//! active captures, and the colo must have agents. Then the record is written, with one PoP
+//! per agent of the colo (offline ones named `skipped`), and the jobs (see [`super::jobs`]).
+
+use edgecap_storage::StorageError;
+
+use super::FullCaptures;
+use crate::model::{CaptureRecord, CaptureRequest, CaptureType, OwnershipStatus, PopResult, PopStatus};
+use crate::store::{AgentPresence, RepoError};
+
+/// Why a full capture was not started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error("destination_conf: required for full captures")]
+    MissingDestination,
+    #[error(
+        "destination_conf: bucket {0:?} has not been validated for this account (POST .../pcaps/ownership, then .../ownership/validate)"
+    )]
+    NotValidated(String),
+    #[error("type: this account already has {active} pending or running full capture(s); the limit is {max}")]
+    TooManyActive { active: usize, max: usize },
+    #[error("colo_name: no agent is connected in a PoP named {0:?} or starting with it")]
+    NoAgents(String),
+    #[error("destination_conf: bucket unreachable: {0}")]
+    Bucket(StorageError),
+    #[error(transparent)]
+    Store(#[from] RepoError),
+}
+
+/// Whether PoP `pop` is in colo `colo`: its exact name when `exact` (some present PoP has
+/// that name), else any PoP whose name starts with it. Case-insensitive.
+fn in_colo(pop: &str, colo: &str, exact: bool) -> bool {
+    let (pop, colo) = (pop.to_ascii_lowercase(), colo.to_ascii_lowercase());
+    if exact { pop == colo } else { pop.starts_with(&colo) }
+}
+
+impl FullCaptures {
+    /// Checks, records and starts a full capture; returns its record.
+    pub(crate) async fn create(
+        &self,
+        account: &str,
+        request: CaptureRequest,
+        now: time::OffsetDateTime,
+        max_active: Option<usize>,
+    ) -> Result<CaptureRecord, PlanError> {
+        debug_assert_eq!(request.capture_type, CaptureType::Full);
+        let destination = request.destination.clone().ok_or(PlanError::MissingDestination)?;
+        let colo = request.colo_name.clone().unwrap_or_default();
+        // The bucket must have been proven to be this account's.
+        let ownerships = self.repo.list_ownerships(account).await?;
+        let owned =
+            ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
+        if !owned {
+            return Err(PlanError::NotValidated(destination.uri));
+        }
+        if let Some(max) = max_active {
+            let captures = self.repo.list_captures(account).await?;
+            let active =
+                captures.iter().filter(|r| r.capture_type == CaptureType::Full && !r.status.is_final()).count();
+            if active >= max {
+                return Err(PlanError::TooManyActive { active, max });
+            }
+        }
+        let (agents, offline) = self.colo_agents(&colo).await?;
+        if agents.is_empty() {
+            return Err(PlanError::NoAgents(colo));
+        }
+        // Reachability of the bucket is checked when shards are granted; the store is built now
+        // so a destination that cannot even be configured is refused at once.
+        self.store_for(&destination).await.map_err(PlanError::Bucket)?;
+        let mut record = CaptureRecord::from_request(account, request, now);
+        record.colo_name = Some(colo);
+        record.pops = agents
+            .iter()
+            .map(|a| PopResult { sample_rate: 1, ..PopResult::new(&a.pop, &a.agent_id, PopStatus::Pending) })
+            .chain(offline.iter().map(|a| PopResult {
+                error: Some(format!("agent offline (last connected {}); nothing captured there", a.connected_at)),
+                ..PopResult::new(&a.pop, &a.agent_id, PopStatus::Skipped)
+            }))
+            .collect();
+        self.repo.create_capture(&record).await?;
+        tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
+        self.submit(&record).await?;
+        Ok(record)
+    }
+
+    /// The agents of a colo connected now (to any replica: shared presence keys), and those
+    /// seen before but offline now. A colo is an exact PoP name, or a prefix of PoP names
+    /// (`ord` covers `ord01` and `ord02`), case-insensitive.
+    async fn colo_agents(&self, colo: &str) -> Result<(Vec<AgentPresence>, Vec<AgentPresence>), RepoError> {
+        let mut agents = self.repo.list_agents().await?;
+        agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+        let exact = agents.iter().any(|a| in_colo(&a.pop, colo, true));
+        agents.retain(|a| in_colo(&a.pop, colo, exact));
+        let offline = match self.repo.list_known_agents().await {
+            Ok(known) => known
+                .into_iter()
+                .filter(|k| in_colo(&k.pop, colo, exact) && agents.iter().all(|a| a.agent_id != k.agent_id))
+                .collect(),
+            Err(_) => vec![],
+        };
+        Ok((agents, offline))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colos_are_exact_names_or_prefixes() {
+        assert!(super::in_colo("ORD01", "ord01", true));
+        assert!(!super::in_colo("ord011", "ord01", true));
+        assert!(super::in_colo("ord02", "ord", false));
+        assert!(!super::in_colo("ams01", "ord", false));
+    }
+}

@@ -1,0 +1,203 @@
+//! Upload grants and shard commits: an agent asks for presigned requests for one closed shard
+//! (the coordinator holds the bucket's credentials, the agent none), uploads it, and reports
+//! it; the coordinator completes the multipart upload, checks the object's size in the bucket
+//! and records the shard. Only then may the agent delete its spooled copy.
+
+use edgecap_proto::agent::v1 as pb;
+use edgecap_storage::StorageError;
+use edgecap_storage::s3::{MULTIPART_THRESHOLD, PART_SIZE};
+
+use super::{FullCaptures, shard_key};
+use crate::convert;
+use crate::model::JobRecord;
+
+fn valid_shard_name(name: &str) -> bool {
+    (1..=80).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl FullCaptures {
+    /// The job of `agent_id` for a capture, if its PoP is still open; else why not, and
+    /// whether asking again later can help.
+    async fn open_job(&self, agent_id: &str, pop: &str, capture_id: &str) -> Result<JobRecord, (String, bool)> {
+        let job = match self.repo.get_job(agent_id, capture_id).await {
+            Ok(Some(job)) if job.pop == pop => job,
+            Ok(_) => return Err((format!("capture {capture_id} has no job for agent {agent_id}"), false)),
+            Err(e) => return Err((e.to_string(), true)),
+        };
+        match self.repo.get_pop(capture_id, agent_id).await {
+            Ok(Some((p, _))) if !p.is_final() => Ok(job),
+            Ok(_) => Err(("this PoP's part of the capture is already closed".into(), false)),
+            Err(e) => Err((e.to_string(), true)),
+        }
+    }
+
+    /// Presigned requests for one shard of one agent.
+    #[tracing::instrument(name = "upload_grant", skip_all, fields(capture = %request.capture_id, agent = %agent_id))]
+    pub(crate) async fn grant(&self, agent_id: &str, pop: &str, request: pb::UploadRequest) -> pb::UploadGrant {
+        let refuse = |error: String, retryable: bool| pb::UploadGrant {
+            request_id: request.request_id.clone(),
+            error,
+            retryable,
+            ..Default::default()
+        };
+        let job = match self.open_job(agent_id, pop, &request.capture_id).await {
+            Ok(job) => job,
+            Err((error, retryable)) => return refuse(error, retryable),
+        };
+        if !valid_shard_name(&request.shard) {
+            return refuse(format!("shard name {:?} is not acceptable", request.shard), false);
+        }
+        let store = match self.buckets.store_for_uri(&job.destination_conf).await {
+            Ok(s) => s,
+            Err(e) => return refuse(e.to_string(), true),
+        };
+        let key = shard_key(&request.capture_id, pop, agent_id, &request.shard);
+        let expiry = self.settings.presign_expiry;
+        let result = async {
+            if request.size <= MULTIPART_THRESHOLD {
+                let put = store.presign_put(&key, expiry).await?;
+                Ok::<_, StorageError>(pb::UploadGrant { put: Some(convert::presigned(put)), ..Default::default() })
+            } else {
+                let upload_id = store.create_multipart(&key).await?;
+                let count = request.size.div_ceil(PART_SIZE);
+                let mut parts = Vec::with_capacity(count as usize);
+                for n in 1..=count {
+                    parts.push(convert::presigned(store.presign_part(&key, &upload_id, n as i32, expiry).await?));
+                }
+                Ok(pb::UploadGrant { upload_id, part_size: PART_SIZE, parts, ..Default::default() })
+            }
+        }
+        .await;
+        match result {
+            Ok(grant) => pb::UploadGrant { request_id: request.request_id.clone(), key, ..grant },
+            Err(e) => refuse(e.to_string(), e.is_retryable()),
+        }
+    }
+
+    /// Records a delivered shard: completes its multipart upload, checks its size in the
+    /// bucket, and records it (idempotent by key).
+    #[tracing::instrument(name = "shard_commit", skip_all, fields(capture = %uploaded.capture_id, agent = %agent_id))]
+    pub(crate) async fn commit(&self, agent_id: &str, pop: &str, uploaded: pb::ShardUploaded) -> pb::ShardCommitted {
+        let answer = |error: String, retryable: bool| pb::ShardCommitted {
+            request_id: uploaded.request_id.clone(),
+            capture_id: uploaded.capture_id.clone(),
+            shard: uploaded.shard.clone(),
+            error,
+            retryable,
+        };
+        let job = match self.open_job(agent_id, pop, &uploaded.capture_id).await {
+            Ok(job) => job,
+            Err((error, retryable)) => return answer(error, retryable),
+        };
+        let expected = shard_key(&uploaded.capture_id, pop, agent_id, &uploaded.shard);
+        if uploaded.key != expected || !valid_shard_name(&uploaded.shard) {
+            return answer(format!("key {:?} was not granted for this shard", uploaded.key), false);
+        }
+        let store = match self.buckets.store_for_uri(&job.destination_conf).await {
+            Ok(s) => s,
+            Err(e) => return answer(e.to_string(), true),
+        };
+        if !uploaded.upload_id.is_empty() {
+            let parts: Vec<(i32, String)> =
+                uploaded.part_etags.iter().enumerate().map(|(i, e)| (i as i32 + 1, e.clone())).collect();
+            if let Err(e) = store.complete_multipart(&uploaded.key, &uploaded.upload_id, &parts).await {
+                // A retried commit finds the upload already completed.
+                let done = matches!(store.head(&uploaded.key).await, Ok(Some(m)) if m.size == uploaded.file_bytes);
+                if !done {
+                    return answer(e.to_string(), true);
+                }
+            }
+        }
+        use edgecap_storage::ObjectStore as _;
+        match store.head(&uploaded.key).await {
+            Ok(Some(meta)) if meta.size == uploaded.file_bytes => {}
+            Ok(Some(meta)) => {
+                return answer(format!("object has {} bytes, the shard {}", meta.size, uploaded.file_bytes), true);
+            }
+            Ok(None) => return answer("object not found in the bucket after upload".into(), true),
+            Err(e) => return answer(e.to_string(), true),
+        }
+        let shard = convert::shard_ref(&uploaded);
+        match self.repo.put_shard(&uploaded.capture_id, agent_id, &uploaded.shard, &shard).await {
+            Ok(()) => answer(String::new(), false),
+            Err(e) => answer(format!("could not record the shard: {e}"), true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agents::Registry;
+    use crate::model::{PopResult, PopStatus};
+    use crate::store::Repo;
+
+    async fn captures() -> FullCaptures {
+        let store = edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap();
+        let repo = Repo::new(store);
+        let job = JobRecord {
+            capture_id: "c1".into(),
+            account_id: "acct".into(),
+            agent_id: "a1".into(),
+            pop: "ord01".into(),
+            destination_conf: "s3://bucket-1/p?endpoint=http://127.0.0.1:1".into(),
+            filter_v1: Default::default(),
+            filter_bpf: None,
+            filter_bpf_hash: None,
+            time_limit: 10,
+            packet_limit: None,
+            byte_limit: None,
+            not_after_ns: 0,
+            stop: false,
+        };
+        repo.put_job(&job).await.unwrap();
+        let pop = PopResult::new("ord01", "a1", PopStatus::Running);
+        repo.cas_pop("c1", "a1", None, &pop).await.unwrap();
+        FullCaptures::new(
+            repo,
+            Arc::new(Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            std::env::temp_dir(),
+        )
+    }
+
+    fn request(capture: &str, shard: &str) -> pb::UploadRequest {
+        pb::UploadRequest { request_id: "r".into(), capture_id: capture.into(), shard: shard.into(), size: 10 }
+    }
+
+    #[tokio::test]
+    async fn upload_grants_are_refused_for_anything_but_the_agents_own_open_capture() {
+        let full = captures().await;
+        for (agent, pop, req, says) in [
+            ("a1", "ord01", request("other", "shard-000001.pcap"), "no job"),
+            ("a2", "ord01", request("c1", "shard-000001.pcap"), "no job"),
+            ("a1", "ams01", request("c1", "shard-000001.pcap"), "no job"),
+            ("a1", "ord01", request("c1", "../escape.pcap"), "not acceptable"),
+            ("a1", "ord01", request("c1", ".hidden"), "not acceptable"),
+        ] {
+            let grant = full.grant(agent, pop, req).await;
+            assert!(grant.put.is_none() && grant.parts.is_empty(), "{grant:?}");
+            assert!(grant.error.contains(says) && !grant.retryable, "{agent} {pop}: {}", grant.error);
+        }
+        // A shard reported under a key that was not granted for it is refused.
+        let uploaded = pb::ShardUploaded {
+            request_id: "r".into(),
+            capture_id: "c1".into(),
+            shard: "shard-000001.pcap".into(),
+            key: "edgecap-shards/c1/ord02/a9/shard-000001.pcap".into(),
+            ..Default::default()
+        };
+        let committed = full.commit("a1", "ord01", uploaded).await;
+        assert!(committed.error.contains("was not granted") && !committed.retryable, "{}", committed.error);
+        // Once the PoP is final, its capture takes no more shards.
+        full.repo.update_pop("c1", "a1", |p| p.status = PopStatus::Done).await.unwrap();
+        let grant = full.grant("a1", "ord01", request("c1", "shard-000002.pcap")).await;
+        assert!(grant.error.contains("already closed") && !grant.retryable, "{}", grant.error);
+    }
+}

@@ -1,0 +1,150 @@
+//! Capture records and how they are shown on the Cloudflare-compatible API.
+
+use edgecap_capture::FilterV1;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::pop::PopResult;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CaptureType {
+    Simple,
+    Full,
+}
+
+/// Cloudflare's status enum. Simple: `pending -> success | failed`. Full: `pending ->
+/// running -> conversion_pending -> conversion_running -> success | failed`. `complete` and
+/// `unknown` are never emitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CaptureStatus {
+    Pending,
+    Running,
+    ConversionPending,
+    ConversionRunning,
+    Success,
+    Failed,
+}
+
+impl CaptureStatus {
+    pub(crate) fn is_final(self) -> bool {
+        matches!(self, CaptureStatus::Success | CaptureStatus::Failed)
+    }
+}
+
+/// The merged file's format (extension `output_format`, full captures): classic pcap, or
+/// pcapng with one interface per PoP/agent/interface and per-PoP drop counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OutputFormat {
+    #[default]
+    Pcap,
+    Pcapng,
+}
+
+impl OutputFormat {
+    /// The file extension, which is also the API's name for the format.
+    pub(crate) fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Pcap => "pcap",
+            OutputFormat::Pcapng => "pcapng",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == OutputFormat::Pcap
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CaptureRecord {
+    pub id: String,
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub capture_type: CaptureType,
+    pub system: String,
+    pub status: CaptureStatus,
+    /// RFC 3339.
+    pub submitted: String,
+    pub time_limit: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_limit: Option<u64>,
+    #[serde(default)]
+    pub filter_v1: FilterV1,
+    /// Extension: pcap-filter text ANDed with `filter_v1`, and its bytecode hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_bpf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_bpf_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colo_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_conf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_captured: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub pops: Vec<PopResult>,
+    #[serde(default, skip_serializing_if = "OutputFormat::is_default")]
+    pub output_format: OutputFormat,
+    /// Object-store key of the downloadable file (simple captures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_key: Option<String>,
+}
+
+impl CaptureRecord {
+    /// The merged file's key (relative to the destination prefix), as Cloudflare names it
+    /// (`.pcapng` when that format was asked for). The one place that name is made.
+    pub(crate) fn merged_key(&self) -> String {
+        format!("pcap_{}.{}", self.id, self.output_format.extension())
+    }
+
+    /// The API representation: Cloudflare's fields for the type, plus extensions
+    /// (`packet_limit`, `packets_captured`, `pops`) that the SDKs keep as extras.
+    pub(crate) fn to_api(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("id".into(), json!(self.id));
+        out.insert("type".into(), json!(self.capture_type));
+        out.insert("system".into(), json!(self.system));
+        out.insert("status".into(), json!(self.status));
+        out.insert("submitted".into(), json!(self.submitted));
+        out.insert("time_limit".into(), json!(self.time_limit));
+        out.insert("filter_v1".into(), json!(self.filter_v1));
+        if let Some(f) = &self.filter_bpf {
+            out.insert("filter_bpf".into(), json!(f));
+        }
+        if let Some(v) = self.packet_limit {
+            out.insert("packet_limit".into(), json!(v));
+        }
+        match self.capture_type {
+            CaptureType::Simple => {
+                out.insert("offset_time".into(), json!(self.offset_time));
+            }
+            CaptureType::Full => {
+                out.insert("colo_name".into(), json!(self.colo_name));
+                out.insert("destination_conf".into(), json!(self.destination_conf));
+                out.insert("byte_limit".into(), json!(self.byte_limit));
+                out.insert("stop_requested".into(), json!(self.stop_requested));
+                out.insert("output_format".into(), json!(self.output_format));
+                if self.status == super::CaptureStatus::Success {
+                    // Extension: where the merged file is, relative to destination_conf.
+                    out.insert("object_key".into(), json!(self.merged_key()));
+                }
+            }
+        }
+        out.insert("packets_captured".into(), json!(self.packets_captured.unwrap_or(0)));
+        if let Some(e) = &self.error_message {
+            out.insert("error_message".into(), json!(e));
+        }
+        out.insert("pops".into(), json!(self.pops));
+        Value::Object(out)
+    }
+}

@@ -1,0 +1,53 @@
+//! A validated create request (what `api/validate.rs` makes of a body) and the record it
+//! becomes.
+
+use edgecap_capture::FilterV1;
+use edgecap_capture::bpf::CheckedFilter;
+use time::OffsetDateTime;
+
+use super::{CaptureRecord, CaptureStatus, CaptureType, DestinationConf, OutputFormat, new_id, rfc3339};
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CaptureRequest {
+    pub capture_type: CaptureType,
+    pub time_limit: u64,
+    pub packet_limit: Option<u64>,
+    pub byte_limit: Option<u64>,
+    pub filter: FilterV1,
+    /// Extension: pcap-filter text, compiled and bounded, ANDed with `filter`.
+    pub filter_bpf: Option<CheckedFilter>,
+    /// Simple captures: the end of the window (defaults to the time of the request).
+    pub offset_time: Option<OffsetDateTime>,
+    pub colo_name: Option<String>,
+    pub destination: Option<DestinationConf>,
+    pub output_format: OutputFormat,
+}
+
+impl CaptureRecord {
+    /// A new record for a validated request, status `pending`, no PoPs yet.
+    pub(crate) fn from_request(account: &str, request: CaptureRequest, now: OffsetDateTime) -> Self {
+        CaptureRecord {
+            id: new_id(),
+            account_id: account.to_string(),
+            capture_type: request.capture_type,
+            system: "magic-transit".into(),
+            status: CaptureStatus::Pending,
+            submitted: rfc3339(now),
+            time_limit: request.time_limit,
+            packet_limit: request.packet_limit,
+            byte_limit: request.byte_limit,
+            filter_v1: request.filter,
+            filter_bpf: request.filter_bpf.as_ref().map(|f| f.text.clone()),
+            filter_bpf_hash: request.filter_bpf.map(|f| f.hash),
+            offset_time: request.offset_time.map(rfc3339),
+            colo_name: request.colo_name,
+            destination_conf: request.destination.map(|d| d.uri),
+            output_format: request.output_format,
+            packets_captured: None,
+            stop_requested: None,
+            error_message: None,
+            pops: vec![],
+            object_key: None,
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Sample captures: ask every connected agent's lookback for the window
+//! `[offset_time - time_limit, offset_time]` ([`fanout`], agents on other replicas through
+//! [`relay`]), merge the answers by timestamp, keep the newest `packet_limit` packets, and
+//! store one classic PCAP for `/download` ([`file`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecap_common::tasks::Tasks;
+use edgecap_storage::ObjectStore;
+
+use crate::agents::Registry;
+use crate::model::{CaptureStatus, CaptureType};
+use crate::store::{Repo, RepoError};
+
+mod fanout;
+mod file;
+pub(crate) mod relay;
+
+/// Cloudflare's wording when nothing matched.
+pub(crate) const NO_PACKETS: &str =
+    "No packets matched the filter in the time limit given. Please modify the filter or try again.";
+
+/// How long a finished sample capture keeps trying to write its result.
+const RESULT_PATIENCE: Duration = Duration::from_secs(600);
+
+/// What sample captures need; one per coordinator replica.
+pub(crate) struct SampleCaptures {
+    pub(crate) repo: Repo,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) tmp_dir: PathBuf,
+    /// `packet_limit` when a request gives none.
+    pub(crate) packet_limit_max: u64,
+    /// How long to wait for one agent's answer.
+    pub(crate) timeout: Duration,
+    /// How long to wait for a first agent when none is connected.
+    pub(crate) agent_wait: Duration,
+    /// The runs in progress.
+    pub(crate) tasks: Tasks,
+}
+
+impl SampleCaptures {
+    /// Runs a capture just recorded as `pending`, in the background.
+    pub(crate) fn start(self: &Arc<Self>, account: String, id: String) {
+        self.tasks.spawn(self.clone().run(account, id));
+    }
+
+    /// Runs again the sample captures accepted before a restart: the window they name is
+    /// fixed in time, so the answer is the same as long as the lookbacks still hold it.
+    pub(crate) async fn resume_pending(self: &Arc<Self>) -> crate::store::Result<()> {
+        for record in self.repo.list_all_captures().await? {
+            if record.capture_type == CaptureType::Simple && record.status == CaptureStatus::Pending {
+                tracing::info!(capture = %record.id, "resuming a sample capture accepted before the restart");
+                self.start(record.account_id, record.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one sample capture to its final status. Never panics; every failure is recorded
+    /// on the capture with a reason. Stops (leaving it `pending`, to be resumed) on shutdown.
+    #[tracing::instrument(name = "sample_capture", skip(self), fields(capture = %id))]
+    async fn run(self: Arc<Self>, account: String, id: String) {
+        let cancel = self.tasks.token();
+        let record = match self.patiently("read", || self.repo.get_capture(&account, &id)).await {
+            Some(Some(record)) => record,
+            _ => return,
+        };
+        let Some(outcome) = fanout::execute(&self, &record, &cancel).await else { return };
+        // The result is kept in memory and written when the state store is back (an outage of
+        // up to RESULT_PATIENCE); the file is already stored.
+        let written = self
+            .patiently("write the result of", || {
+                self.repo.update_capture(&account, &id, |r| {
+                    r.status = outcome.status;
+                    r.packets_captured = Some(outcome.packets);
+                    r.pops = outcome.pops.clone();
+                    r.error_message = outcome.error.clone();
+                    r.object_key = outcome.object_key.clone();
+                })
+            })
+            .await;
+        if let Some(r) = written {
+            tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished");
+        }
+    }
+
+    /// Retries `op` while the state store is unavailable, up to [`RESULT_PATIENCE`] or
+    /// shutdown; `None` if it never succeeded (the reason is logged).
+    async fn patiently<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<T>>,
+    {
+        let cancel = self.tasks.token();
+        let started = tokio::time::Instant::now();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match op().await {
+                Ok(v) => return Some(v),
+                Err(RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "could not {what} a sample capture yet; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not {what} a sample capture");
+                    return None;
+                }
+            }
+        }
+    }
+}

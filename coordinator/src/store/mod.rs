@@ -1,0 +1,12 @@
+//! The coordinator's records in the state store. `repo.rs` holds the key layout (the only
+//! place a key is built) and the typed reads and writes of accounts, captures and ownerships;
+//! `work.rs` the working keys of running captures (jobs, per-PoP progress, shards) and agent
+//! presence; `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
+//! restartable prefix watch that drives job forwarding and the relay.
+
+mod follow;
+mod relay;
+mod repo;
+mod work;
+
+pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, decode};

@@ -1,0 +1,127 @@
+//! Working keys of running full captures (jobs, per-PoP progress, shards), the leader key,
+//! and agent presence. Keys come from [`super::repo::keys`].
+
+use edgecap_state::{LeaseId, Revision};
+
+use super::repo::{AgentPresence, Repo, Result, decode, encode, keys};
+use crate::model::{JobRecord, PopResult, ShardRef};
+
+impl Repo {
+    /// Publishes an agent's presence (leased) and remembers it as known (not leased), so a
+    /// capture can name the PoPs that are offline.
+    pub(crate) async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
+        self.store().put(&keys::agent(&presence.agent_id), encode(presence), Some(lease)).await?;
+        self.store().put(&keys::known_agent(&presence.agent_id), encode(presence), None).await?;
+        Ok(())
+    }
+
+    /// Agents connected to any replica now.
+    pub(crate) async fn list_agents(&self) -> Result<Vec<AgentPresence>> {
+        self.list_json(&keys::agents()).await
+    }
+
+    /// Every agent ever connected (its last presence), online or not.
+    pub(crate) async fn list_known_agents(&self) -> Result<Vec<AgentPresence>> {
+        self.list_json(&keys::known_agents()).await
+    }
+
+    /// The leader key, for [`crate::full`]'s election.
+    pub(crate) fn leader_key(&self) -> String {
+        keys::leader()
+    }
+
+    /// The prefix every job lives under (watched by every replica).
+    pub(crate) fn jobs_prefix(&self) -> String {
+        keys::jobs()
+    }
+
+    pub(crate) async fn put_job(&self, job: &JobRecord) -> Result<()> {
+        self.store().put(&keys::job(&job.agent_id, &job.capture_id), encode(job), None).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_job(&self, agent: &str, capture: &str) -> Result<Option<JobRecord>> {
+        self.get_json(&keys::job(agent, capture)).await
+    }
+
+    pub(crate) async fn jobs_for_agent(&self, agent: &str) -> Result<Vec<JobRecord>> {
+        self.list_json(&keys::jobs_of(agent)).await
+    }
+
+    /// One PoP's progress, with the revision to compare-and-swap against.
+    pub(crate) async fn get_pop(&self, capture: &str, agent: &str) -> Result<Option<(PopResult, Revision)>> {
+        let key = keys::pop(capture, agent);
+        match self.store().get(&key).await? {
+            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a PoP's progress if the key is still at `expected` (`None`: absent).
+    pub(crate) async fn cas_pop(
+        &self,
+        capture: &str,
+        agent: &str,
+        expected: Option<Revision>,
+        pop: &PopResult,
+    ) -> Result<bool> {
+        Ok(self.store().compare_and_put(&keys::pop(capture, agent), expected, encode(pop), None).await?.is_some())
+    }
+
+    /// Read-modify-write of one PoP's progress with compare-and-swap (like
+    /// [`Repo::update_capture`]); nothing is written when `change` leaves it as it was.
+    /// Returns the new state if it was written; `None` if the key is absent, unchanged, or
+    /// lost the race five times in a row.
+    pub(crate) async fn update_pop(
+        &self,
+        capture: &str,
+        agent: &str,
+        mut change: impl FnMut(&mut PopResult),
+    ) -> Result<Option<PopResult>> {
+        for _ in 0..5 {
+            let Some((before, revision)) = self.get_pop(capture, agent).await? else { return Ok(None) };
+            let mut pop = before.clone();
+            change(&mut pop);
+            if pop == before {
+                return Ok(None);
+            }
+            if self.cas_pop(capture, agent, Some(revision), &pop).await? {
+                return Ok(Some(pop));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) async fn list_pops(&self, capture: &str) -> Result<Vec<PopResult>> {
+        self.list_json(&keys::pops_of(capture)).await
+    }
+
+    pub(crate) async fn put_shard(&self, capture: &str, agent: &str, name: &str, shard: &ShardRef) -> Result<()> {
+        self.store().put(&keys::shard(capture, agent, name), encode(shard), None).await?;
+        Ok(())
+    }
+
+    /// Delivered shards of a capture: (agent id, shard), in key order.
+    pub(crate) async fn list_shards(&self, capture: &str) -> Result<Vec<(String, ShardRef)>> {
+        let prefix = keys::shards_of(capture);
+        let mut out = Vec::new();
+        for kv in self.store().list(&prefix).await? {
+            let agent = kv.key[prefix.len()..].split('/').next().unwrap_or("").to_string();
+            out.push((agent, decode(&kv.key, &kv.value)?));
+        }
+        Ok(out)
+    }
+
+    /// Removes a finished capture's working keys (its pops and shards lists live on in the
+    /// capture record).
+    pub(crate) async fn delete_capture_work(&self, capture: &str, agents: &[String]) -> Result<()> {
+        for agent in agents {
+            self.store().delete(&keys::job(agent, capture)).await?;
+            self.store().delete(&keys::pop(capture, agent)).await?;
+        }
+        for kv in self.store().list(&keys::shards_of(capture)).await? {
+            self.store().delete(&kv.key).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Where packets come from: the [`CaptureSource`] seam.
+//!
+//! Everything that captures (the lookback in [`crate::live`], live captures in
+//! [`crate::session`]) reads packets through this trait, so the agent never names libpcap. Two
+//! implementations:
+//!
+//! * [`libpcap::LibpcapSource`]: a real interface, through libpcap (TPACKET_V3 ring, kernel
+//!   BPF filter, kernel drop counters). What agents run in production.
+//! * [`replay::ReplaySource`]: packets from a pcap file (or generated ones) played at a given
+//!   rate, looping, stamped with the current time. For demos, and for the simulated agents of
+//!   the scale benchmarks (`edgecap-bench simulate`): the whole agent runs, only the wire is
+//!   replaced.
+//!
+//! The implementation is chosen in exactly one place: [`factory`], from a [`SourceConfig`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::CaptureError;
+
+pub mod libpcap;
+pub mod replay;
+
+/// Largest snap length any source accepts (libpcap's `MAXIMUM_SNAPLEN`), and the default of
+/// full captures: whole packets.
+pub const MAX_SNAPLEN: u32 = 262_144;
+
+/// How to open a source on one interface.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Bytes kept of each packet.
+    pub snaplen: u32,
+    /// Kernel buffer, bytes (libpcap).
+    pub buffer_size: u32,
+    pub promisc: bool,
+    /// Longest a call to [`CaptureSource::next`] waits before answering [`Next::Timeout`]
+    /// (libpcap may wait longer on a quiet interface: see [`CaptureSource::may_block`]).
+    pub timeout_ms: i32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self { snaplen: MAX_SNAPLEN, buffer_size: 32 << 20, promisc: true, timeout_ms: 100 }
+    }
+}
+
+/// One packet, borrowed from the source until the next call.
+#[derive(Clone, Copy, Debug)]
+pub struct PacketRef<'a> {
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// Length on the wire.
+    pub orig_len: u32,
+    /// The captured bytes (at most the snap length).
+    pub data: &'a [u8],
+}
+
+/// What a read gave.
+#[derive(Debug)]
+pub enum Next<'a> {
+    Packet(PacketRef<'a>),
+    /// Nothing arrived within the timeout.
+    Timeout,
+    /// [`Waker::wake`] was called.
+    Woken,
+}
+
+/// Counters of the source itself (for libpcap: `pcap_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Packets that passed the filter (libpcap's `ps_recv`).
+    pub received: u64,
+    /// Packets lost before they could be read (`ps_drop + ps_ifdrop`).
+    pub dropped: u64,
+}
+
+/// Interrupts a blocked [`CaptureSource::next`] from another thread; cheap to clone.
+#[derive(Clone)]
+pub struct Waker(Arc<dyn Fn() + Send + Sync>);
+
+impl Waker {
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(wake))
+    }
+
+    /// Makes the source's current or next read answer [`Next::Woken`].
+    pub fn wake(&self) {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
+/// A source of packets on one interface, read from one thread.
+pub trait CaptureSource: Send {
+    /// The link type (a libpcap DLT value) of the packets.
+    fn linktype(&self) -> i32;
+    /// Only packets matching `expr` (already validated pcap-filter text; see [`crate::bpf`])
+    /// are returned from now on. Empty: every packet.
+    fn set_filter(&mut self, expr: &str) -> Result<(), CaptureError>;
+    /// The next packet, or why there is none now. An error ends the capture.
+    fn next(&mut self) -> Result<Next<'_>, CaptureError>;
+    /// Counters so far (`None` if the source cannot say now).
+    fn stats(&mut self) -> Option<SourceStats>;
+    /// A handle that interrupts [`CaptureSource::next`].
+    fn waker(&self) -> Waker;
+    /// Whether [`CaptureSource::next`] can block well past its timeout on a quiet interface
+    /// (libpcap with TPACKET_V3 does once a ring block was handed over), so that a caller with
+    /// batched work pending must wake it.
+    fn may_block(&self) -> bool;
+}
+
+/// Opens sources; one per agent, shared by its lookback and its live captures.
+pub trait SourceFactory: fmt::Debug + Send + Sync {
+    fn open(&self, iface: &str, options: &OpenOptions) -> Result<Box<dyn CaptureSource>, CaptureError>;
+}
+
+/// Which [`SourceFactory`] an agent uses.
+#[derive(Clone, Debug, Default)]
+pub enum SourceConfig {
+    /// Real interfaces, through libpcap.
+    #[default]
+    Libpcap,
+    /// Replayed or generated packets (every interface name gives the same stream).
+    Replay(replay::ReplayConfig),
+}
+
+/// The one place a capture source implementation is chosen.
+pub fn factory(config: &SourceConfig) -> Arc<dyn SourceFactory> {
+    match config {
+        SourceConfig::Libpcap => Arc::new(libpcap::Libpcap),
+        SourceConfig::Replay(replay) => Arc::new(replay::Replay::new(replay.clone())),
+    }
+}

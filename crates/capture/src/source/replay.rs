@@ -1,0 +1,334 @@
+//! A source that plays packets at a fixed rate instead of reading a wire: the frames of a pcap
+//! or pcapng file, looped, or (without a file) generated Ethernet/IPv4/UDP frames. Each packet
+//! is stamped with the current time when it is played, so a lookback fed by it looks like one
+//! fed by a live interface. The filter is applied in user space with libpcap's interpreter on
+//! the wire length (as [`crate::offline`] does for the lookback).
+//!
+//! Used for demos and for the scale benchmarks' simulated agents (`edgecap-bench simulate`):
+//! the agent code is the real one; only this source differs.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::{Block, PcapNgReader};
+
+use super::{CaptureSource, Next, OpenOptions, PacketRef, SourceFactory, SourceStats, Waker};
+use crate::CaptureError;
+
+/// What to play, and how fast.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// A pcap or pcapng file whose frames are played in a loop; `None`: generated UDP frames.
+    pub file: Option<PathBuf>,
+    /// Packets per second; 0 plays nothing (an idle interface).
+    pub rate_pps: u64,
+    /// Size of generated frames, bytes (42 to 9000).
+    pub frame_bytes: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self { file: None, rate_pps: 0, frame_bytes: 128 }
+    }
+}
+
+/// Opens [`ReplaySource`]s; the file is read once and shared.
+#[derive(Debug)]
+pub struct Replay {
+    config: ReplayConfig,
+    frames: Mutex<Option<Arc<Frames>>>,
+}
+
+impl Replay {
+    pub fn new(config: ReplayConfig) -> Self {
+        Self { config, frames: Mutex::new(None) }
+    }
+
+    fn frames(&self) -> Result<Arc<Frames>, CaptureError> {
+        let mut cached = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(frames) = cached.as_ref() {
+            return Ok(frames.clone());
+        }
+        let frames = Arc::new(match &self.config.file {
+            Some(path) => Frames::load(path)?,
+            None => Frames::generated(self.config.frame_bytes),
+        });
+        *cached = Some(frames.clone());
+        Ok(frames)
+    }
+}
+
+impl SourceFactory for Replay {
+    fn open(&self, _iface: &str, options: &OpenOptions) -> Result<Box<dyn CaptureSource>, CaptureError> {
+        Ok(Box::new(ReplaySource::new(self.frames()?, self.config.rate_pps, options)))
+    }
+}
+
+/// Frames to play: (wire length, bytes) and their link type.
+#[derive(Debug)]
+struct Frames {
+    linktype: i32,
+    frames: Vec<(u32, Vec<u8>)>,
+    /// Generated: the UDP source port changes per packet, so flows differ.
+    vary_port: bool,
+}
+
+fn replay_error(path: &std::path::Path, message: impl std::fmt::Display) -> CaptureError {
+    CaptureError::Replay(format!("{}: {message}", path.display()))
+}
+
+impl Frames {
+    fn load(path: &std::path::Path) -> Result<Self, CaptureError> {
+        let open = || File::open(path).map(BufReader::new).map_err(|e| replay_error(path, e));
+        let mut frames = Vec::new();
+        let linktype = match PcapReader::new(open()?) {
+            Ok(mut reader) => {
+                let linktype = u32::from(reader.header().datalink) as i32;
+                while let Some(packet) = reader.next_packet() {
+                    let packet = packet.map_err(|e| replay_error(path, e))?;
+                    frames.push((packet.orig_len, packet.data.into_owned()));
+                }
+                linktype
+            }
+            Err(_) => {
+                let mut reader = PcapNgReader::new(open()?).map_err(|e| replay_error(path, e))?;
+                let mut linktype = None;
+                while let Some(block) = reader.next_block() {
+                    match block.map_err(|e| replay_error(path, e))? {
+                        Block::InterfaceDescription(idb) => {
+                            linktype.get_or_insert(u32::from(idb.linktype) as i32);
+                        }
+                        Block::EnhancedPacket(epb) if epb.interface_id == 0 => {
+                            frames.push((epb.original_len, epb.data.into_owned()));
+                        }
+                        Block::SimplePacket(spb) => frames.push((spb.original_len, spb.data.into_owned())),
+                        _ => {}
+                    }
+                }
+                linktype.ok_or_else(|| replay_error(path, "no interface description"))?
+            }
+        };
+        if frames.is_empty() {
+            return Err(replay_error(path, "holds no packet to replay"));
+        }
+        Ok(Self { linktype, frames, vary_port: false })
+    }
+
+    /// One Ethernet/IPv4/UDP frame 10.0.0.1:1024 -> 10.0.0.2:53 of `bytes` bytes (the source
+    /// port changes per packet as it is played).
+    fn generated(bytes: usize) -> Self {
+        let len = bytes.clamp(42, 9000);
+        let mut f = vec![0u8; len];
+        f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&1024u16.to_be_bytes());
+        f[36..38].copy_from_slice(&53u16.to_be_bytes());
+        f[38..40].copy_from_slice(&((len - 34) as u16).to_be_bytes());
+        Self { linktype: 1, frames: vec![(len as u32, f)], vary_port: true }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WakeFlag {
+    woken: Mutex<bool>,
+    cond: Condvar,
+}
+
+/// Plays [`Frames`] at a fixed rate. See the module docs.
+pub struct ReplaySource {
+    frames: Arc<Frames>,
+    /// Nanoseconds between two packets (`None`: idle).
+    gap_ns: Option<u64>,
+    snaplen: usize,
+    timeout: Duration,
+    started: Instant,
+    played: u64,
+    received: u64,
+    filter: Option<pcap::BpfProgram>,
+    wake: Arc<WakeFlag>,
+    /// The packet handed out last (a generated frame's port is rewritten per packet).
+    scratch: Vec<u8>,
+}
+
+impl ReplaySource {
+    fn new(frames: Arc<Frames>, rate_pps: u64, options: &OpenOptions) -> Self {
+        Self {
+            frames,
+            gap_ns: (rate_pps > 0).then(|| 1_000_000_000 / rate_pps.min(1_000_000_000)),
+            snaplen: options.snaplen as usize,
+            timeout: Duration::from_millis(options.timeout_ms.max(1) as u64),
+            started: Instant::now(),
+            played: 0,
+            received: 0,
+            filter: None,
+            wake: Arc::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Waits until `until` or a wake; true if woken.
+    fn wait(&self, until: Instant) -> bool {
+        let mut woken = self.wake.woken.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if std::mem::take(&mut *woken) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            woken = self.wake.cond.wait_timeout(woken, until - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl CaptureSource for ReplaySource {
+    fn linktype(&self) -> i32 {
+        self.frames.linktype
+    }
+
+    fn set_filter(&mut self, expr: &str) -> Result<(), CaptureError> {
+        self.filter = if expr.is_empty() {
+            None
+        } else {
+            Some(crate::compile_offline(self.frames.linktype, self.snaplen as i32, expr)?)
+        };
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Next<'_>, CaptureError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let Some(gap_ns) = self.gap_ns else {
+                return Ok(if self.wait(deadline) { Next::Woken } else { Next::Timeout });
+            };
+            let due = self.started + Duration::from_nanos(gap_ns.saturating_mul(self.played));
+            if due > Instant::now() {
+                if self.wait(due.min(deadline)) {
+                    return Ok(Next::Woken);
+                }
+                if Instant::now() < due {
+                    return Ok(Next::Timeout);
+                }
+            }
+            let index = (self.played % self.frames.frames.len() as u64) as usize;
+            self.played += 1;
+            let (orig_len, frame) = &self.frames.frames[index];
+            let keep = frame.len().min(self.snaplen);
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&frame[..keep]);
+            if self.frames.vary_port && keep >= 36 {
+                let port = 1024 + (self.played % 60_000) as u16;
+                self.scratch[34..36].copy_from_slice(&port.to_be_bytes());
+            }
+            if let Some(program) = &self.filter
+                && !crate::offline::matches(program, &self.scratch, *orig_len)
+            {
+                continue;
+            }
+            self.received += 1;
+            return Ok(Next::Packet(PacketRef { ts_ns: crate::now_ns(), orig_len: *orig_len, data: &self.scratch }));
+        }
+    }
+
+    fn stats(&mut self) -> Option<SourceStats> {
+        Some(SourceStats { received: self.received, dropped: 0 })
+    }
+
+    fn waker(&self) -> Waker {
+        let wake = self.wake.clone();
+        Waker::new(move || {
+            *wake.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            wake.cond.notify_all();
+        })
+    }
+
+    fn may_block(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(source: &mut dyn CaptureSource, for_: Duration) -> Vec<(u64, u32, Vec<u8>)> {
+        let end = Instant::now() + for_;
+        let mut out = Vec::new();
+        while Instant::now() < end {
+            if let Next::Packet(p) = source.next().unwrap() {
+                out.push((p.ts_ns, p.orig_len, p.data.to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn plays_generated_frames_at_the_rate_filtered_and_truncated() {
+        let replay = Replay::new(ReplayConfig { file: None, rate_pps: 1000, frame_bytes: 200 });
+        let options = OpenOptions { snaplen: 100, timeout_ms: 20, ..Default::default() };
+        let mut source = replay.open("sim0", &options).unwrap();
+        assert_eq!(source.linktype(), 1);
+        let packets = drain(source.as_mut(), Duration::from_millis(300));
+        // 1000 pps for 0.3 s: about 300 (the schedule is exact; the margin is for a slow CI).
+        assert!((150..=320).contains(&packets.len()), "{}", packets.len());
+        assert!(packets.iter().all(|(_, orig, data)| *orig == 200 && data.len() == 100));
+        assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "timestamps in order");
+        source.set_filter("udp dst port 54").unwrap();
+        assert!(drain(source.as_mut(), Duration::from_millis(100)).is_empty(), "nothing matches port 54");
+        source.set_filter("udp dst port 53 and greater 150").unwrap();
+        assert!(!drain(source.as_mut(), Duration::from_millis(100)).is_empty(), "length judged on the wire length");
+    }
+
+    #[test]
+    fn an_idle_source_times_out_and_wakes() {
+        let replay = Replay::new(ReplayConfig::default());
+        let mut source = replay.open("idle", &OpenOptions { timeout_ms: 10_000, ..Default::default() }).unwrap();
+        let waker = source.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            waker.wake();
+        });
+        let started = Instant::now();
+        assert!(matches!(source.next().unwrap(), Next::Woken));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        let mut quick = replay.open("idle", &OpenOptions { timeout_ms: 10, ..Default::default() }).unwrap();
+        assert!(matches!(quick.next().unwrap(), Next::Timeout));
+    }
+
+    #[test]
+    fn replays_a_capture_file_and_refuses_a_bad_one() {
+        let dir = std::env::temp_dir().join(format!("edgecap-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("two.pcap");
+        let frames = Frames::generated(60);
+        let mut writer = pcap_file::pcap::PcapWriter::new(File::create(&path).unwrap()).unwrap();
+        for i in 0..2u32 {
+            let packet = pcap_file::pcap::PcapPacket::new(Duration::from_secs(u64::from(i)), 60, &frames.frames[0].1);
+            writer.write_packet(&packet).unwrap();
+        }
+        drop(writer);
+        let replay = Replay::new(ReplayConfig { file: Some(path.clone()), rate_pps: 2000, frame_bytes: 0 });
+        let mut source = replay.open("x", &OpenOptions::default()).unwrap();
+        assert!(!drain(source.as_mut(), Duration::from_millis(50)).is_empty());
+        std::fs::write(&path, b"not a capture").unwrap();
+        let e = Replay::new(ReplayConfig { file: Some(path), rate_pps: 1, frame_bytes: 0 })
+            .open("x", &OpenOptions::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("two.pcap"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

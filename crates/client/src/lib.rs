@@ -1,0 +1,176 @@
+//! A client for the edgecap API (Cloudflare's `/client/v4/accounts/{account}/pcaps`, plus
+//! edgecap's extensions), as the CLI and the benchmarks use it. Plain HTTP/1.1 with a Bearer
+//! token; answers are the `result` of Cloudflare's envelope, errors carry the API's status,
+//! code and message.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Where the API is and who is calling.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Base URL, e.g. `http://127.0.0.1:9440/client/v4`.
+    pub api: String,
+    pub account: String,
+    pub token: String,
+}
+
+/// Why a call did not give a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error (4xx/5xx and Cloudflare's envelope).
+    #[error("HTTP {status}: {message}")]
+    Api { status: u16, code: Option<u64>, message: String },
+    /// The API could not be reached or answered something that is not the API's.
+    #[error("{0}")]
+    Transport(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// The API's error code, if it answered with one.
+    pub fn code(&self) -> Option<u64> {
+        match self {
+            ClientError::Api { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+pub struct Client {
+    endpoint: Endpoint,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+/// An error answer's status, first code and messages.
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let errors = v["errors"].as_array().cloned().unwrap_or_default();
+            // "[code] message" for each error, as the CLI has always printed them.
+            let message = errors
+                .iter()
+                .map(|e| format!("[{}] {}", e["code"], e["message"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let code = errors.first().and_then(|e| e["code"].as_u64());
+            ClientError::Api { status, code, message }
+        }
+        Err(_) => ClientError::Api { status, code: None, message: String::from_utf8_lossy(body).into_owned() },
+    }
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint) -> Result<Self> {
+        if !endpoint.api.starts_with("http://") {
+            return Err(ClientError::Transport("--api: only http:// is supported by this client".into()));
+        }
+        Ok(Self { endpoint, http: HyperClient::builder(TokioExecutor::new()).build_http() })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The URL of a path under this account's `/pcaps`.
+    pub fn pcaps_url(&self, path: &str) -> String {
+        format!("{}/accounts/{}/pcaps{path}", self.endpoint.api.trim_end_matches('/'), self.endpoint.account)
+    }
+
+    /// The URL of an edgecap extension outside `/client/v4` (e.g. `/edgecap/v1/agents`).
+    pub fn extension_url(&self, path: &str) -> String {
+        let base = self.endpoint.api.trim_end_matches('/').trim_end_matches("/client/v4");
+        format!("{base}{path}")
+    }
+
+    /// Sends a request; returns the status and body, whatever the status.
+    pub async fn send(&self, method: &str, url: &str, body: Option<&Value>) -> Result<(u16, Bytes)> {
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("authorization", format!("Bearer {}", self.endpoint.token))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
+        let response =
+            self.http.request(request).await.map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Calls `url`; returns the envelope's `result` (`Null` for 204), or the API's error.
+    pub async fn call_url(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value> {
+        let (status, bytes) = self.send(method, url, body).await?;
+        if status == 204 {
+            return Ok(Value::Null);
+        }
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &bytes));
+        }
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            ClientError::Transport(format!("HTTP {status}: not an API answer: {}", String::from_utf8_lossy(&bytes)))
+        })?;
+        if v["success"] != Value::Bool(true) {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(v["result"].clone())
+    }
+
+    /// Calls a path under this account's `/pcaps`.
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.call_url(method, &self.pcaps_url(path), body).await
+    }
+
+    /// Polls a capture until it is final (`success` or `failed`) or `timeout` passes; calls
+    /// `progress` with each state seen.
+    pub async fn wait(&self, id: &str, timeout: Duration, mut progress: impl FnMut(&Value)) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.call("GET", &format!("/{id}"), None).await?;
+            progress(&v);
+            if matches!(v["status"].as_str(), Some("success" | "failed" | "complete")) {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Transport(format!(
+                    "capture {id} still {} after {} s",
+                    v["status"],
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Downloads a sample capture's file into `out`; returns its size.
+    pub async fn download(&self, id: &str, out: &Path) -> Result<usize> {
+        let (status, bytes) = self.send("GET", &self.pcaps_url(&format!("/{id}/download")), None).await?;
+        if status != 200 {
+            return Err(api_error(status, &bytes));
+        }
+        tokio::fs::write(out, &bytes).await?;
+        Ok(bytes.len())
+    }
+
+    /// The connected agents (operator extension).
+    pub async fn agents(&self) -> Result<Value> {
+        self.call_url("GET", &self.extension_url("/edgecap/v1/agents"), None).await
+    }
+}
