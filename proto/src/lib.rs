@@ -5,8 +5,11 @@
 //! of wire logic both sides share (how a sample answer is cut into chunks and put back
 //! together); conversions to domain types happen at the edges, in `agent` and `coordinator`.
 
-/// `edgecap.agent.v1`: the control stream.
+/// `edgecap.agent.*`: the agent <-> coordinator packages, one module per version (a breaking
+/// change is a new package).
 pub mod agent {
+    /// `edgecap.agent.v1`: the control stream (`AgentControl.Control`, one bidirectional
+    /// stream per agent), generated from `agent.proto`.
     pub mod v1 {
         #![allow(clippy::all, rust_2018_idioms, missing_docs)]
         tonic::include_proto!("edgecap.agent.v1");

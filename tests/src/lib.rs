@@ -9,6 +9,8 @@
 //! Traffic stays inside the namespaces a test made: they are joined only to each other,
 //! never to the host's network.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -73,10 +75,12 @@ pub fn sweep_stale() {
 
 /// A network namespace, deleted on drop.
 pub struct NetNs {
+    /// `ec-{pid}-{tag}`.
     pub name: String,
 }
 
 impl NetNs {
+    /// Creates the namespace, with its loopback up.
     pub fn new(tag: &str) -> Self {
         let name = format!("ec-{}-{}", std::process::id(), unique(tag));
         run(Command::new("ip").args(["netns", "add", &name]));
@@ -134,11 +138,14 @@ pub fn veth(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str) -> (String, String
 
 /// A child process, killed and reaped on drop.
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Where its stdout and stderr go.
     pub log: PathBuf,
 }
 
 impl Proc {
+    /// What it has written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -216,6 +223,7 @@ pub fn tshark_packets(path: &std::path::Path) -> Vec<(f64, String)> {
 /// drop. `stop` and `start` keep the data directory, as a restarted etcd would.
 pub struct EtcdServer {
     child: Option<std::process::Child>,
+    /// Its client URL, `http://127.0.0.1:PORT`.
     pub client: String,
     peer: String,
     dir: tempfile::TempDir,
@@ -276,6 +284,7 @@ impl EtcdServer {
         Some(server)
     }
 
+    /// The endpoints to give an etcd client.
     pub fn endpoints(&self) -> Vec<String> {
         vec![self.client.clone()]
     }
@@ -336,14 +345,18 @@ impl Drop for EtcdServer {
 /// Credentials are [`S3Server::ACCESS_KEY`] / [`S3Server::SECRET_KEY`]; SigV4 is verified.
 pub struct S3Server {
     child: Option<std::process::Child>,
+    /// Its port (on loopback, or on every address of its namespace).
     pub port: u16,
+    /// Where it keeps the objects (a bucket is a directory).
     pub dir: tempfile::TempDir,
     /// Runs inside this namespace, on all its addresses (else on host loopback).
     netns: Option<String>,
 }
 
 impl S3Server {
+    /// The access key it accepts.
     pub const ACCESS_KEY: &'static str = "edgecaptestkey";
+    /// The secret key it accepts.
     pub const SECRET_KEY: &'static str = "edgecaptestsecret";
 
     /// Starts one, or returns `None` (skip) when s3s-fs is not installed outside CI.
@@ -372,6 +385,7 @@ impl S3Server {
         Some(server)
     }
 
+    /// Its URL from the host.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -462,12 +476,15 @@ impl Drop for S3Server {
 
 /// A PoP namespace joined to a core namespace by a veth pair, with its agent's certificate.
 pub struct PopNs {
+    /// The PoP's name.
     pub name: String,
+    /// Its namespace.
     pub ns: NetNs,
     /// The core-side end of the PoP's uplink (traffic is replayed into it).
     pub core_veth: String,
     /// The PoP-side end (the agent captures on it).
     pub pop_veth: String,
+    /// Its agent's certificate, key and CA.
     pub tls: edgecap_tls::TlsFiles,
 }
 

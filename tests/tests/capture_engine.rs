@@ -2,6 +2,8 @@
 //! real captures replayed by tcpreplay: the same packets, exact limits, stop, counted drops,
 //! and bad filters refused before anything is opened.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -5,6 +5,8 @@
 //! The SDK's Python comes from `EDGECAP_SDK_PYTHON` (scripts/setup.sh makes a venv and sets
 //! it in .ci/run), else `python3` if it can import `cloudflare`.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::process::Command;
 use std::time::Duration;
 

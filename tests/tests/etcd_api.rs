@@ -1,6 +1,8 @@
 //! With state in etcd: while etcd is down, the API answers 503 with a clear error (never a
 //! hang, never a 500), and it recovers by itself when etcd is back, with nothing lost.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::time::Duration;
 
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};

@@ -3,6 +3,8 @@
 //! the embedded store, plus prefix isolation, a clear error when etcd is unreachable, and
 //! the connection settings of `--state`: TLS with a client certificate, and a user.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! bursts of known traffic, a window query returns exactly the packets of that window that
 //! match the filter, truncated as configured, through the agent's own query path.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

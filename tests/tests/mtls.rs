@@ -2,6 +2,8 @@
 //! no certificate, another CA's certificate, a server certificate used as a client, and an
 //! agent of PoP A claiming PoP B are all refused; certificates reload without a restart.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! uploads sent by the agent's HTTP client (no credentials on the agent side), and clear
 //! errors for a wrong secret, a missing bucket and a stopped server.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::sync::Arc;
 
 use bytes::Bytes;

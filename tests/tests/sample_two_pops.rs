@@ -4,6 +4,8 @@
 //! The test drives everything through the CLI from inside the coordinator's namespace, so
 //! no traffic leaves the namespaces it made.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::time::Duration;
 
 use edgecap_e2e::{NetNs, bin, require_root, require_tool, sweep_stale, tshark_packets, veth, wait_for};

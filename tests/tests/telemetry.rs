@@ -4,6 +4,8 @@
 //! are there, and nothing is lost at shutdown (the batch is flushed on SIGTERM; the default
 //! batch delay is 5 s, so without the flush the spans would not have left yet).
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

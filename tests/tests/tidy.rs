@@ -7,6 +7,8 @@
 //! * nothing outside `crates/capture` uses libpcap;
 //! * no task spawned outside an owner in the coordinator and agent libraries.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -12,21 +12,37 @@ pub const MAX_INSTRUCTIONS: usize = 4096;
 /// Longest expression accepted, bytes.
 pub const MAX_TEXT: usize = 4096;
 
+/// Why a `filter_bpf` expression is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BpfError {
+    /// The text is longer than [`MAX_TEXT`] bytes, contains a control character (a tab is
+    /// allowed, a newline is not), or libpcap does not compile it; the message says which.
     #[error("filter_bpf: {0}")]
     Invalid(String),
+    /// The program compiles to more than [`MAX_INSTRUCTIONS`] instructions (how many).
     #[error("filter_bpf: the program has {0} instructions, more than the {MAX_INSTRUCTIONS} allowed")]
     TooLong(usize),
+    /// The text compiles, but not to the program that was vouched for (another text, or
+    /// another libpcap that compiles it differently).
     #[error("filter_bpf: the compiled program's hash {actual} is not the expected {expected}")]
-    HashMismatch { expected: String, actual: String },
+    HashMismatch {
+        /// The hash that was vouched for.
+        expected: String,
+        /// The hash of the program compiled here.
+        actual: String,
+    },
 }
 
 /// A compiled, bounded filter and the SHA-256 of its bytecode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedFilter {
+    /// The expression, exactly as given.
     pub text: String,
+    /// SHA-256 of the program, lowercase hex (64 characters), over each instruction's text
+    /// followed by a newline. It depends on the link type and on libpcap's code generation,
+    /// not on how the expression is spelt: texts that compile to one program share a hash.
     pub hash: String,
+    /// Instructions in the program, at most [`MAX_INSTRUCTIONS`].
     pub instructions: usize,
 }
 

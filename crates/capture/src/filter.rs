@@ -13,18 +13,51 @@ use serde::{Deserialize, Serialize};
 /// Why a filter field is not acceptable. Each names its field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    /// The text is not an IP address, or what follows its `/` is not a prefix length of 1 to
+    /// 3 decimal digits.
     #[error("{field}: {value:?} is not an IPv4 or IPv6 address (optionally with a /prefix)")]
-    Address { field: &'static str, value: String },
+    Address {
+        /// The field, as the caller names it (`source_address`, ...).
+        field: &'static str,
+        /// The text, as given.
+        value: String,
+    },
+    /// The prefix length is longer than the address (more than 32 for IPv4, 128 for IPv6).
     #[error("{field}: prefix length {prefix} is out of range for {value} (max {max})")]
-    PrefixRange { field: &'static str, value: String, prefix: u32, max: u8 },
+    PrefixRange {
+        /// The field, as the caller names it.
+        field: &'static str,
+        /// The text, as given.
+        value: String,
+        /// The prefix length given.
+        prefix: u32,
+        /// The longest prefix for that address family.
+        max: u8,
+    },
+    /// The address has bits set after the prefix (`10.0.0.1/24`), so it is not a network.
     #[error("{field}: {value} has bits set outside the /{prefix} prefix; did you mean {network}/{prefix}?")]
-    HostBits { field: &'static str, value: String, prefix: u8, network: IpAddr },
+    HostBits {
+        /// The field, as the caller names it.
+        field: &'static str,
+        /// The text, as given.
+        value: String,
+        /// The prefix length given.
+        prefix: u8,
+        /// The address with the bits after the prefix cleared: what was probably meant.
+        network: IpAddr,
+    },
+    /// Source and destination addresses are one IPv4 and one IPv6.
     #[error("source_address and destination_address are of different IP versions; no packet can match")]
     MixedFamilies,
+    /// A port is set together with a protocol that has none (not TCP, UDP or SCTP: see
+    /// [`PORT_PROTOCOLS`]).
     #[error(
         "protocol: {protocol} has no ports, so no packet can match a port filter with it (ports exist for 6 TCP, 17 UDP, 132 SCTP)"
     )]
-    PortsWithoutPorts { protocol: u8 },
+    PortsWithoutPorts {
+        /// The IP protocol number given.
+        protocol: u8,
+    },
 }
 
 /// IP protocols that libpcap's `port` keywords look at.
@@ -34,7 +67,10 @@ pub const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct IpPrefix {
+    /// The network address. From [`IpPrefix::parse`] (and deserializing), no bit after
+    /// `prefix` is set.
     pub addr: IpAddr,
+    /// Prefix length, bits: at most 32 for IPv4, 128 for IPv6.
     pub prefix: u8,
 }
 
@@ -43,6 +79,8 @@ impl IpPrefix {
         if addr.is_ipv4() { 32 } else { 128 }
     }
 
+    /// Whether the prefix is full (/32, /128): one address, written without a prefix and
+    /// filtered as `host` rather than `net`.
     pub fn is_host(&self) -> bool {
         self.prefix == Self::max_prefix(&self.addr)
     }
@@ -124,14 +162,20 @@ impl TryFrom<String> for IpPrefix {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterV1 {
+    /// Packets from this address or network (`src host` / `src net`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_source")]
     pub source_address: Option<IpPrefix>,
+    /// Packets to this address or network (`dst host` / `dst net`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_destination")]
     pub destination_address: Option<IpPrefix>,
+    /// Packets from this TCP, UDP or SCTP port (`src port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_port: Option<u16>,
+    /// Packets to this TCP, UDP or SCTP port (`dst port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<u16>,
+    /// IP protocol number (6 TCP, 17 UDP, ...), in IPv4 or IPv6. For IPv6 it is the fixed
+    /// header's next header: libpcap does not follow extension headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<u8>,
 }
@@ -167,6 +211,7 @@ impl FilterV1 {
         Ok(())
     }
 
+    /// Whether no field is set: the filter matches every packet and its BPF text is empty.
     pub fn is_empty(&self) -> bool {
         *self == FilterV1::default()
     }

@@ -28,18 +28,43 @@ pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};
 pub use lookback::{Lookback, LookbackConfig, LookbackStats, SampledPacket, StoredPacket};
 
+/// Why a capture could not be opened, filtered, started or read.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// libpcap could not open the interface: it does not exist, the process may not capture
+    /// on it, or an option was refused.
     #[error("interface {iface}: {source}")]
-    Open { iface: String, source: pcap::Error },
+    Open {
+        /// The interface name, as given.
+        iface: String,
+        /// libpcap's error.
+        source: pcap::Error,
+    },
+    /// libpcap refused a pcap-filter expression for the link type (or could not create the
+    /// handle to compile it on).
     #[error("filter {expr:?} does not compile: {source}")]
-    Compile { expr: String, source: pcap::Error },
+    Compile {
+        /// The expression, as given.
+        expr: String,
+        /// libpcap's error.
+        source: pcap::Error,
+    },
+    /// Reading from an open interface failed (not a timeout or a wake); it ends the capture.
     #[error("capture on {iface}: {source}")]
-    Read { iface: String, source: pcap::Error },
+    Read {
+        /// The interface name.
+        iface: String,
+        /// libpcap's error.
+        source: pcap::Error,
+    },
+    /// A replay file could not be opened or parsed, has no interface description (pcapng), or
+    /// holds no packet. The message starts with the file's path.
     #[error("replay source: {0}")]
     Replay(String),
+    /// The OS refused to spawn a capture, writer, waker or flusher thread.
     #[error("could not start a capture thread: {0}")]
     Thread(std::io::Error),
+    /// A `filter_v1` was refused.
     #[error(transparent)]
     Filter(#[from] FilterError),
 }

@@ -17,13 +17,18 @@ use crate::CaptureError;
 use crate::lookback::{Lookback, Sampler};
 use crate::source::{CaptureSource, Next, OpenOptions, SourceFactory, Waker};
 
+/// Which interfaces feed the lookback and how their sources are opened. The snap length is
+/// not here: it is the lookback's own ([`crate::LookbackConfig::snaplen`]).
 #[derive(Clone, Debug)]
 pub struct LookbackCaptureConfig {
+    /// Interface names, one source and capture thread each. If any fails to open, nothing is
+    /// started.
     pub interfaces: Vec<String>,
     /// Kernel buffer per interface, bytes.
     pub buffer_size: i32,
     /// Read timeout, ms: how often a quiet thread checks for stop.
     pub timeout_ms: i32,
+    /// Open the interfaces in promiscuous mode.
     pub promisc: bool,
 }
 

@@ -41,6 +41,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// Keeps every `rate`-th packet: the `rate`-th, the `2 * rate`-th, ...; 0 is taken as 1
+    /// (every packet).
     pub fn new(rate: u32) -> Self {
         Self { rate: u64::from(rate.max(1)), seen: 0 }
     }
@@ -55,7 +57,9 @@ impl Sampler {
 /// One sampled packet as stored: its bytes are in the arena ([`Lookback::data`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoredPacket {
+    /// Capture timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// Length on the wire, bytes; the stored bytes are at most the snap length.
     pub orig_len: u32,
     /// Index of the interface in [`Lookback::interfaces`].
     pub iface: u16,
@@ -67,9 +71,13 @@ pub struct StoredPacket {
 /// A packet handed out by a query, with its own copy of the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SampledPacket {
+    /// Capture timestamp, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
+    /// Length on the wire, bytes (can exceed `data.len()`).
     pub orig_len: u32,
+    /// Index of the interface in [`Lookback::interfaces`].
     pub iface: u16,
+    /// The stored bytes: the first at most `snaplen` bytes of the packet.
     pub data: Vec<u8>,
 }
 
@@ -134,12 +142,21 @@ impl Arena {
 /// Counters, for heartbeats and answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LookbackStats {
+    /// Packets the capture threads read from their sources, sampled or not (counted when a
+    /// batch is inserted).
     pub packets_seen: u64,
+    /// Packets inserted (the sampled ones), including those evicted since.
     pub packets_sampled: u64,
+    /// Packets dropped from the store for age or for memory.
     pub packets_evicted: u64,
+    /// Packets the kernel dropped before the capture threads could read them, summed over
+    /// interfaces (read from the sources about once a second).
     pub kernel_dropped: u64,
 }
 
+/// The store: sampled packets in timestamp order, their bytes in an arena, within the bounds
+/// of its [`LookbackConfig`]. Not synchronized itself: capture threads and queries share it
+/// behind a `Mutex`.
 #[derive(Debug)]
 pub struct Lookback {
     config: LookbackConfig,
@@ -160,6 +177,7 @@ pub struct QueryResult {
 }
 
 impl Lookback {
+    /// An empty lookback with no interface; a `sample_rate` of 0 is stored as 1.
     pub fn new(config: LookbackConfig) -> Self {
         let sample_rate = config.sample_rate.max(1);
         Self {
@@ -172,6 +190,7 @@ impl Lookback {
         }
     }
 
+    /// The configuration in force (`sample_rate` at least 1).
     pub fn config(&self) -> &LookbackConfig {
         &self.config
     }
@@ -182,30 +201,42 @@ impl Lookback {
         (self.interfaces.len() - 1) as u16
     }
 
+    /// Registered interfaces, (name, libpcap link type), in the order registered:
+    /// [`StoredPacket::iface`] indexes this.
     pub fn interfaces(&self) -> &[(String, i32)] {
         &self.interfaces
     }
 
+    /// Counters so far.
     pub fn stats(&self) -> &LookbackStats {
         &self.stats
     }
 
+    /// Counters, for the capture threads to add what only they see (`packets_seen`,
+    /// `kernel_dropped`).
     pub fn stats_mut(&mut self) -> &mut LookbackStats {
         &mut self.stats
     }
 
+    /// Packets stored now.
     pub fn len(&self) -> usize {
         self.packets.len()
     }
 
+    /// Whether no packet is stored.
     pub fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }
 
+    /// What counts against `max_bytes` now: stored packet bytes plus a fixed overhead per
+    /// packet, bytes. Arena space still held by evicted packets (a chunk is released only
+    /// with its last packet) is not counted.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
+    /// Timestamp of the oldest stored packet, nanoseconds since the Unix epoch; `None` when
+    /// empty.
     pub fn oldest_ns(&self) -> Option<u64> {
         self.packets.front().map(|p| p.ts_ns)
     }

@@ -23,30 +23,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::{Counters, PacketSink};
 
+/// File format of the shards (`pcap` or `pcapng` in JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShardFormat {
+    /// Classic pcap with nanosecond timestamps (magic `a1b23c4d`), in the host's byte order.
     Pcap,
+    /// pcapng: one interface named `pop/agent/interface`, with the filter as `if_filter` and
+    /// nanosecond timestamps. Each shard ends with an Interface Statistics Block: the
+    /// capture's received and dropped (kernel + agent) counters on the last shard, zeros on
+    /// the shards closed by rotation.
     Pcapng,
 }
 
 /// Who and what a shard belongs to (written into its manifest, and into pcapng interfaces).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShardIdentity {
+    /// The capture the shard belongs to.
     pub capture_id: String,
+    /// The PoP of the agent that captured it.
     pub pop: String,
+    /// The agent that captured it.
     pub agent: String,
+    /// The capture interface's name.
     pub interface: String,
+    /// The interface's link type (libpcap DLT value), written into the file header.
     pub linktype: u16,
+    /// The capture's snap length, bytes, written into the file header.
     pub snaplen: u32,
+    /// The pcap-filter expression the capture runs; empty: every packet.
     pub filter: String,
+    /// SHA-256 (hex) of `filter`'s compiled program ([`crate::bpf::CheckedFilter::hash`]);
+    /// empty when the filter is.
     pub filter_hash: String,
 }
 
+/// Where and how a [`ShardWriter`] writes.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
     /// Without rotation: the file itself. With rotation: `stem-000001.ext` beside it.
     pub path: PathBuf,
+    /// File format of every shard.
     pub format: ShardFormat,
     /// Rotate when a shard reaches this many bytes.
     pub rotate_bytes: Option<u64>,
@@ -62,18 +79,31 @@ pub struct ShardConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardManifest {
     #[serde(flatten)]
+    /// Who and what the shard belongs to (its fields are at the manifest's top level).
     pub identity: ShardIdentity,
+    /// The shard's file name, without its directory; the manifest is `<file>.json` beside it.
     pub file: String,
+    /// The shard's number in its capture, from 1 (also in the file name when rotating).
     pub sequence: u64,
+    /// The shard's file format.
     pub format: ShardFormat,
+    /// Packets in the shard.
     pub packets: u64,
+    /// Captured packet bytes in the shard (caplen), without file or record headers.
     pub bytes: u64,
+    /// Size of the file, bytes, headers included.
     pub file_bytes: u64,
+    /// Timestamp of the shard's first packet, nanoseconds since the Unix epoch; `None` when
+    /// it has none.
     pub first_ts_ns: Option<u64>,
+    /// Timestamp of the shard's last packet, nanoseconds since the Unix epoch; `None` when
+    /// it has none.
     pub last_ts_ns: Option<u64>,
     /// The capture's drop counters: on the last shard only (earlier shards close mid-capture).
     pub kernel_dropped: Option<u64>,
+    /// Packets the agent dropped (the queue to the writer was full); on the last shard only.
     pub agent_dropped: Option<u64>,
+    /// SHA-256 of the whole file, lowercase hex; `None` when [`ShardConfig::checksum`] is off.
     pub sha256: Option<String>,
     /// Set on the last shard of a capture.
     pub stop_reason: Option<String>,
@@ -121,6 +151,15 @@ struct Current {
     last: Option<u64>,
 }
 
+/// A [`PacketSink`] writing rotating shard files and their manifests.
+///
+/// A shard is created at its first packet. Rotation is decided when a packet arrives: the
+/// shard is closed (flushed, fsynced, manifest written) before a packet that would take its
+/// packet bytes past `rotate_bytes` (a shard holds at least one packet, however large), or
+/// once it is `rotate_every` old; a quiet shard stays open until the next packet.
+/// [`PacketSink::finish`] closes the last shard with the capture's counters and stop reason;
+/// a capture that wrote nothing still leaves one empty shard with its manifest. Existing
+/// files of the same names are overwritten.
 pub struct ShardWriter {
     config: ShardConfig,
     identity: ShardIdentity,
@@ -137,6 +176,8 @@ fn pcap_err(e: pcap_file::PcapError) -> io::Error {
 }
 
 impl ShardWriter {
+    /// A writer for `config`, stamping `identity` into every manifest. No file is created
+    /// until the first packet (or [`PacketSink::finish`]).
     pub fn new(config: ShardConfig, identity: ShardIdentity) -> Self {
         Self { config, identity, sequence: 0, current: None, written: Vec::new() }
     }

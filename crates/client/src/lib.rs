@@ -18,7 +18,10 @@ use serde_json::Value;
 pub struct Endpoint {
     /// Base URL, e.g. `http://127.0.0.1:9440/client/v4`.
     pub api: String,
+    /// The account whose captures are called (`/accounts/{account}/pcaps`).
     pub account: String,
+    /// The API token, sent as `Authorization: Bearer`. `Debug` shows it: do not log an
+    /// `Endpoint`.
     pub token: String,
 }
 
@@ -27,10 +30,18 @@ pub struct Endpoint {
 pub enum ClientError {
     /// The API answered with an error (4xx/5xx and Cloudflare's envelope).
     #[error("HTTP {status}: {message}")]
-    Api { status: u16, code: Option<u64>, message: String },
+    Api {
+        /// The HTTP status; a 2xx too when the envelope said `success: false`.
+        status: u16,
+        /// The first error's code; `None` if the body is not the API's JSON or has none.
+        code: Option<u64>,
+        /// Every error as `[code] message`, joined with `; `; the raw body if it is not JSON.
+        message: String,
+    },
     /// The API could not be reached or answered something that is not the API's.
     #[error("{0}")]
     Transport(String),
+    /// Writing a downloaded file failed ([`Client::download`]).
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,8 +56,12 @@ impl ClientError {
     }
 }
 
+/// This crate's result; the error is [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// A client of one [`Endpoint`], keeping connections alive between calls; use it inside a
+/// Tokio runtime. Nothing is retried, and no request has a timeout: a call waits as long as
+/// the server takes (in [`Client::wait`] too, whose `timeout` is checked between polls).
 pub struct Client {
     endpoint: Endpoint,
     http: HyperClient<HttpConnector, Full<Bytes>>,
@@ -71,6 +86,8 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
 }
 
 impl Client {
+    /// A client for `endpoint`; sends nothing yet. Only `http://` API URLs are supported
+    /// (anything else is [`ClientError::Transport`]).
     pub fn new(endpoint: Endpoint) -> Result<Self> {
         if !endpoint.api.starts_with("http://") {
             return Err(ClientError::Transport("--api: only http:// is supported by this client".into()));
@@ -78,6 +95,7 @@ impl Client {
         Ok(Self { endpoint, http: HyperClient::builder(TokioExecutor::new()).build_http() })
     }
 
+    /// The endpoint this client calls.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -138,8 +156,8 @@ impl Client {
         self.call_url(method, &self.pcaps_url(path), body).await
     }
 
-    /// Polls a capture until it is final (`success` or `failed`) or `timeout` passes; calls
-    /// `progress` with each state seen.
+    /// Polls a capture until it is final (`success`, `failed` or `complete`) or `timeout`
+    /// passes (then [`ClientError::Transport`]); calls `progress` with each state seen.
     pub async fn wait(&self, id: &str, timeout: Duration, mut progress: impl FnMut(&Value)) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -21,6 +21,7 @@ pub struct Tasks {
 }
 
 impl Tasks {
+    /// An empty set with a token of its own (no parent).
     pub fn new() -> Self {
         Self::default()
     }
@@ -35,6 +36,8 @@ impl Tasks {
         self.cancel.clone()
     }
 
+    /// Whether the tasks have been told to stop: [`Tasks::shutdown`] ran, the token was
+    /// cancelled, or (for [`Tasks::child_of`]) the parent's was.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
@@ -63,6 +66,7 @@ impl Tasks {
         self.tracker.len()
     }
 
+    /// Whether no task is running.
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }

@@ -24,6 +24,7 @@ use std::io::{Read, Write};
 use crate::read::{CaptureReader, MAX_RECORD, ReadError, Record};
 use crate::write::{OutInterface, PcapNgWriter, PcapWriter};
 
+/// Format of the merged output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
     /// Classic pcap: one link type for all inputs.
@@ -35,24 +36,37 @@ pub enum OutputFormat {
 /// Where an input's packets came from (a capture shard's PoP and agent).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provenance {
+    /// The PoP; first part of the pcapng interface name `pop/agent/iface`.
     pub pop: String,
+    /// The agent; second part of the pcapng interface name.
     pub agent: String,
     /// Capture interface name (default: the input's own, or `ifN`).
     pub iface: Option<String>,
+    /// The capture filter, written as the interface's `if_filter` (default: the input's own).
     pub filter: Option<String>,
+    /// Packets received, for the interface's Statistics Block (default: the counter from the
+    /// input's own statistics blocks, if any).
     pub received: Option<u64>,
+    /// Packets dropped, for the interface's Statistics Block (default: as for `received`).
     pub dropped: Option<u64>,
 }
 
+/// One input of [`merge()`].
 pub struct MergeInput<R: Read> {
     /// Names the input in errors and in pcapng interface names (a file name).
     pub name: String,
+    /// The capture, classic pcap or pcapng, read once from start to end in small pieces
+    /// (buffer it: a `BufReader`).
     pub reader: R,
+    /// Where its packets came from, for pcapng interface names, filters and counters; unused
+    /// in classic pcap. `None`: interfaces are named `name/iface`.
     pub provenance: Option<Provenance>,
 }
 
+/// How [`merge()`] writes, and whether it tolerates damaged inputs.
 #[derive(Clone, Debug, Default)]
 pub struct MergeOptions {
+    /// Output format; `None`: classic pcap.
     pub format: Option<OutputFormat>,
     /// Keep the packets before damage in an input instead of failing.
     pub salvage: bool,
@@ -60,29 +74,61 @@ pub struct MergeOptions {
     pub comment: Option<String>,
 }
 
+/// What became of one input.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InputReport {
+    /// The input's [`MergeInput::name`].
     pub name: String,
+    /// Packets written from this input.
     pub packets: u64,
+    /// Packets older than the packet before them in this input; each was written when it was
+    /// reached, so the output is out of order around it.
     pub out_of_order: u64,
+    /// With [`MergeOptions::salvage`]: the damage that ended this input early, or kept it from
+    /// being opened (then it gave no packet). `None`: read to its end.
     pub damage: Option<ReadError>,
 }
 
+/// What [`merge()`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergeReport {
+    /// Packets written.
     pub packets: u64,
+    /// Captured packet bytes written, without file, block or record headers.
     pub bytes: u64,
+    /// One report per input, in the order given.
     pub inputs: Vec<InputReport>,
 }
 
+/// Why a merge stopped. The output written until then is incomplete.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
+    /// An input is malformed, cut short or unreadable (without [`MergeOptions::salvage`]),
+    /// or, in classic pcap output, has a timestamp past 2106, which 32-bit seconds cannot
+    /// hold.
     #[error("{name}: {error}")]
-    Input { name: String, error: ReadError },
+    Input {
+        /// The input's [`MergeInput::name`].
+        name: String,
+        /// What is wrong, and at which byte of the input.
+        error: ReadError,
+    },
+    /// Classic pcap output, but the inputs (or the interfaces of one pcapng input) have more
+    /// than one link type.
     #[error(
         "classic pcap holds one link type, but {first_name} has {first} and {other_name} has {other}; write pcapng instead (--format pcapng)"
     )]
-    LinkTypes { first_name: String, first: u16, other_name: String, other: u16 },
+    LinkTypes {
+        /// The input whose link type the output took.
+        first_name: String,
+        /// The output's link type.
+        first: u16,
+        /// An input with another link type.
+        other_name: String,
+        /// That other link type.
+        other: u16,
+    },
+    /// Writing the output failed (an error of the `Write` given, or of flushing it).
     #[error("write: {0}")]
     Write(#[from] std::io::Error),
 }

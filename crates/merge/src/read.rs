@@ -22,13 +22,19 @@ pub const MAX_RECORD: u32 = 262_144;
 /// The largest pcapng block accepted.
 pub const MAX_BLOCK: u32 = 16 << 20;
 
+/// Why an input cannot be read further: malformed, cut short, or an I/O error of the
+/// underlying reader.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("at byte {offset}: {message}")]
 pub struct ReadError {
+    /// Byte offset in the input of the damaged record or block (or of the field at fault;
+    /// for an I/O error, how far reading had got).
     pub offset: u64,
+    /// What is wrong, for people.
     pub message: String,
 }
 
+/// A result with a [`ReadError`].
 pub type Result<T> = std::result::Result<T, ReadError>;
 
 /// Timestamp resolution of an interface.
@@ -41,7 +47,10 @@ pub enum Resolution {
 }
 
 impl Resolution {
+    /// Microseconds: classic pcap's usual magic, and pcapng's default when an interface has
+    /// no `if_tsresol`.
     pub const MICRO: Resolution = Resolution::Decimal(6);
+    /// Nanoseconds: classic pcap's nanosecond magic (`a1b23c4d`).
     pub const NANO: Resolution = Resolution::Decimal(9);
 
     /// Whether microseconds cannot hold these timestamps exactly (2^-n s is a whole number
@@ -71,17 +80,25 @@ impl Resolution {
 /// An interface of an input (the one interface of a classic pcap file, or a pcapng IDB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
+    /// Link type (LINKTYPE_ value). The upper 16 bits of classic pcap's field (FCS length and
+    /// reserved bits) are dropped.
     pub linktype: u16,
     /// 0 means "no limit" (pcapng).
     pub snaplen: u32,
+    /// pcapng `if_name` (lossy UTF-8); `None` for classic pcap.
     pub name: Option<String>,
+    /// pcapng `if_description` (lossy UTF-8); `None` for classic pcap.
     pub description: Option<String>,
+    /// pcapng `if_filter`, when it is libpcap filter text (filter type 0); `None` otherwise.
     pub filter: Option<String>,
+    /// Timestamp resolution: pcapng `if_tsresol`, or from the classic pcap magic.
     pub resolution: Resolution,
     /// pcapng `if_tsoffset`, seconds.
     pub ts_offset: i64,
     /// Counters from the last Interface Statistics Block for this interface.
     pub received: Option<u64>,
+    /// Packets dropped (`isb_ifdrop`), from the last Interface Statistics Block that carried
+    /// it; `None` if none did (yet: the blocks are read as the stream is).
     pub dropped: Option<u64>,
 }
 
@@ -104,26 +121,44 @@ impl Interface {
 /// One packet. `data` is reused between records; the packet bytes are `data[start..start+len]`.
 #[derive(Clone, Debug, Default)]
 pub struct Record {
+    /// Timestamp, nanoseconds since the Unix epoch, with the interface's `if_tsoffset` applied;
+    /// saturates at 0 and `u64::MAX` instead of wrapping.
     pub ts_ns: u64,
+    /// Length on the wire, bytes, as the file says (not checked against `len`).
     pub orig_len: u32,
     /// Index into [`CaptureReader::interfaces`].
     pub iface: usize,
+    /// Buffer the record was read into, reused from record to record; only
+    /// `data[start..start + len]` is the packet.
     pub data: Vec<u8>,
+    /// Where the packet bytes start in `data`.
     pub start: usize,
+    /// Captured length, bytes.
     pub len: usize,
     /// Byte offset of the record (or block) in its file.
     pub offset: u64,
 }
 
 impl Record {
+    /// The packet's captured bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.data[self.start..self.start + self.len]
     }
 }
 
+/// The container format of an input, told by its magic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    Pcap { nanos: bool, big_endian: bool, modified: bool },
+    /// Classic pcap.
+    Pcap {
+        /// Nanosecond timestamps (magic `a1b23c4d`) rather than microseconds.
+        nanos: bool,
+        /// The file's fields are big-endian.
+        big_endian: bool,
+        /// Kuznetzov's "modified" pcap (magic `a1b2cd34`), with 24-byte record headers.
+        modified: bool,
+    },
+    /// pcapng; the byte order is each section's own.
     PcapNg,
 }
 
@@ -227,6 +262,7 @@ impl<R: Read> CaptureReader<R> {
         Ok(reader)
     }
 
+    /// The input's format, known once [`CaptureReader::open`] has read the magic.
     pub fn format(&self) -> Format {
         self.format
     }

@@ -7,15 +7,20 @@ use std::io::{self, Write};
 /// What an output interface says about where its packets came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutInterface {
+    /// Link type (LINKTYPE_ value) of the interface's packets.
     pub linktype: u16,
+    /// Snap length, bytes; 0: no limit.
     pub snaplen: u32,
     /// `pop/agent/iface` for capture shards, `file/iface` otherwise.
     pub name: String,
+    /// Free text, written as `if_description`.
     pub description: Option<String>,
     /// The capture filter (libpcap syntax).
     pub filter: Option<String>,
     /// Packets the source received / dropped (written as an Interface Statistics Block).
     pub received: Option<u64>,
+    /// Packets the source dropped. An interface gets a Statistics Block if this or
+    /// `received` is set.
     pub dropped: Option<u64>,
 }
 
@@ -32,6 +37,8 @@ pub struct PcapWriter<W: Write> {
 }
 
 impl<W: Write> PcapWriter<W> {
+    /// Writes the file header (version 2.4) for `linktype` and `snaplen`; `nanos` chooses
+    /// nanosecond timestamps (magic `a1b23c4d`) over microseconds.
     pub fn new(mut out: W, linktype: u16, snaplen: u32, nanos: bool) -> io::Result<Self> {
         let magic: u32 = if nanos { 0xA1B2_3C4D } else { 0xA1B2_C3D4 };
         let mut h = [0u8; 24];
@@ -44,6 +51,11 @@ impl<W: Write> PcapWriter<W> {
         Ok(Self { out, nanos })
     }
 
+    /// Writes one record: `ts_ns` (nanoseconds since the Unix epoch; truncated to the
+    /// microsecond unless `nanos`), the wire length `orig_len` (raised to `data.len()` if
+    /// smaller) and `data`. A timestamp past 2106 (beyond 32-bit seconds) is an
+    /// `InvalidData` error, and nothing is written. `data` is not checked against the snap
+    /// length.
     pub fn packet(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
         let secs = secs_u32(ts_ns)?;
         let frac = (ts_ns % 1_000_000_000) as u32;
@@ -57,6 +69,7 @@ impl<W: Write> PcapWriter<W> {
         self.out.write_all(data)
     }
 
+    /// Flushes, and hands back the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.flush()?;
         Ok(self.out)
@@ -89,6 +102,9 @@ fn clip(s: &str) -> &[u8] {
 }
 
 impl<W: Write> PcapNgWriter<W> {
+    /// Writes the Section Header Block (version 1.0, section length unspecified) with
+    /// `shb_userappl` `edgecap <version>` and `comment`, if any, as `opt_comment` (cut at
+    /// 60 000 bytes).
     pub fn new(out: W, comment: Option<&str>) -> io::Result<Self> {
         let mut w = Self { out, interfaces: Vec::new(), last_ts: Vec::new(), block: Vec::new() };
         let mut body = Vec::new();
@@ -113,10 +129,11 @@ impl<W: Write> PcapNgWriter<W> {
         self.out.write_all(&len.to_le_bytes())
     }
 
-    /// Describes an interface; returns its id for [`Self::packet`].
-    /// Describes an interface; returns its id. An interface with the same name, link type
-    /// and snap length as one already described is the same interface (several shards of
-    /// one PoP's capture): its id is reused, so counters and provenance are not repeated.
+    /// Describes an interface (nanosecond `if_tsresol`; name, description and filter cut at
+    /// 60 000 bytes); returns its id for [`Self::packet`]. An interface with the same name,
+    /// link type and snap length as one already described is the same interface (several
+    /// shards of one PoP's capture): its id is reused, so counters and provenance are not
+    /// repeated.
     pub fn add_interface(&mut self, iface: OutInterface) -> io::Result<u32> {
         if let Some(id) = self
             .interfaces
@@ -146,6 +163,9 @@ impl<W: Write> PcapNgWriter<W> {
         Ok((self.interfaces.len() - 1) as u32)
     }
 
+    /// Writes one Enhanced Packet Block on interface `iface` (an id from
+    /// [`Self::add_interface`]; not checked): `ts_ns` nanoseconds since the Unix epoch (any
+    /// value fits), the wire length `orig_len` (raised to `data.len()` if smaller), and `data`.
     pub fn packet(&mut self, iface: u32, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
         let padded = (data.len() + 3) & !3;
         let len = (32 + padded) as u32;

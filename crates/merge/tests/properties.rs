@@ -2,6 +2,8 @@
 //! ties and out-of-order packets), the output holds exactly the input packets, in time order
 //! when the inputs are, with ties in input order. And damaged input never panics.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use edgecap_merge::write::{OutInterface, PcapNgWriter, PcapWriter};
 use edgecap_merge::{CaptureReader, MergeInput, MergeOptions, OutputFormat, Record, merge};
 use proptest::prelude::*;

@@ -2,6 +2,8 @@
 //! (named `pop/agent/iface`), the capture filter, each PoP's counters in an Interface
 //! Statistics Block, and the capture id in the section comment; Wireshark's tools agree.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::process::Command;
 
 use edgecap_merge::write::PcapWriter;

@@ -1,6 +1,8 @@
 //! The merge engine against the shared real-world captures (`../shared/testdata/pcaps`) and
 //! their manifest, and against Wireshark's mergecap.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -29,6 +29,14 @@ pub const HISTORY_LEN: usize = 10_000;
 const LOG_FILE: &str = "state.log";
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
+/// The embedded [`StateStore`]: the whole key space in this process's memory, durable
+/// changes logged under a directory (or nowhere, [`EmbeddedStore::in_memory`]); see the
+/// module docs for what survives a restart.
+///
+/// Create it inside a Tokio runtime: lease expiry is a background task, checked every
+/// 100 ms, that stops when the store is dropped. Nothing locks the directory, so two stores
+/// must never open the same one. A watcher that falls more than 4096 changes (under any
+/// prefix) behind the live stream gets [`StateError::Compacted`], and its stream ends.
 #[derive(Debug)]
 pub struct EmbeddedStore {
     inner: Arc<Mutex<Inner>>,

@@ -15,6 +15,12 @@ use futures::StreamExt as _;
 
 use crate::{KeyValue, LeaseId, Result, Revision, StateError, StateStore, WatchEvent, WatchStream};
 
+/// The etcd [`StateStore`]: a handle on an etcd v3 cluster, every key stored under this
+/// installation's prefix (which reads and watches strip again). Clones share one connection.
+///
+/// Connecting gives up after 5 s and each request after 10 s; every transport or server
+/// failure is [`StateError::Unavailable`], for the caller to retry. `Debug` shows only the
+/// prefix.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,

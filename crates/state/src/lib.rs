@@ -85,29 +85,44 @@ pub struct LeaseId(pub i64);
 /// One stored key with its revisions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
+    /// The key as the caller wrote it (the etcd backend strips its installation prefix).
     pub key: String,
+    /// The stored bytes; the store never looks inside them.
     pub value: Vec<u8>,
     /// Revision at which the key was (last) created.
     pub create_revision: Revision,
     /// Revision of the last change to this key; the token for [`StateStore::compare_and_put`].
     pub mod_revision: Revision,
+    /// The lease the key was written with; `None` for a durable key. A leased key is deleted
+    /// when its lease ends, and the embedded store does not bring it back after a restart.
     pub lease: Option<LeaseId>,
 }
 
 /// A change seen by a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
+    /// A key was created or overwritten; carries the key as it is now.
     Put(KeyValue),
-    Delete { key: String, mod_revision: Revision },
+    /// A key was deleted, by [`StateStore::delete`] or because its lease ended.
+    Delete {
+        /// The deleted key.
+        key: String,
+        /// Revision of the deletion.
+        mod_revision: Revision,
+    },
 }
 
 impl WatchEvent {
+    /// The key that changed.
     pub fn key(&self) -> &str {
         match self {
             WatchEvent::Put(kv) => &kv.key,
             WatchEvent::Delete { key, .. } => key,
         }
     }
+
+    /// The revision of the change (a put's new `mod_revision`, a deletion's revision). A
+    /// watcher that restarts after this event passes `revision() + 1` as `from`.
     pub fn revision(&self) -> Revision {
         match self {
             WatchEvent::Put(kv) => kv.mod_revision,
@@ -124,7 +139,13 @@ pub enum StateError {
     Unavailable(String),
     /// A watch asked for history that is gone; re-list and watch from the current revision.
     #[error("revision {requested} is compacted (oldest available {oldest})")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        /// The revision the watch asked to start from.
+        requested: Revision,
+        /// The oldest revision still available, or `0` when unknown (a watcher that fell
+        /// behind the live stream, or etcd cancelling the watch).
+        oldest: Revision,
+    },
     /// The lease expired or never existed.
     #[error("lease {0:?} not found")]
     LeaseNotFound(LeaseId),
@@ -143,6 +164,7 @@ impl StateError {
     }
 }
 
+/// This crate's result; the error is [`StateError`] unless said otherwise.
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
 /// A stream of changes under a prefix, in revision order.
@@ -151,6 +173,8 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send>>;
 /// The shared, revisioned key-value store. See the crate docs.
 #[async_trait::async_trait]
 pub trait StateStore: fmt::Debug + Send + Sync + 'static {
+    /// The key as it is now; `None` if it does not exist (never written, deleted, or its
+    /// lease ended).
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// All keys starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
@@ -169,6 +193,10 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<bool>;
     /// Changes under `prefix` with revision `>= from` (`from == 0`: only future changes).
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream>;
+    /// A new lease that ends `ttl` after it was granted or last kept alive, deleting every
+    /// key written with it. etcd counts in whole seconds (`ttl` is rounded down, at least
+    /// one); the embedded store checks expiry every 100 ms, so a lease may outlive its TTL by
+    /// that much.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
     /// Renews a lease for its full TTL. `LeaseNotFound` once it has expired.
     async fn keep_alive(&self, lease: LeaseId) -> Result<()>;
@@ -182,12 +210,23 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub enum StateConfig {
     /// Persist under this directory (created if missing).
-    Embedded { dir: PathBuf },
+    Embedded {
+        /// Holds the log, `state.log`; one store at a time may use it (nothing locks it).
+        dir: PathBuf,
+    },
     /// In memory only (tests).
     Memory,
     /// etcd: endpoints (`host:port`), the key prefix this installation uses, and how to
     /// authenticate (TLS client certificate, user and password).
-    Etcd { endpoints: Vec<String>, prefix: String, auth: EtcdAuth },
+    Etcd {
+        /// One `host:port` per etcd member; `https://` is put in front when `auth.ca` is set.
+        endpoints: Vec<String>,
+        /// Put in front of every key: empty, or `/`-led without a trailing `/` (as
+        /// [`StateConfig::parse`] makes it). Installations sharing an etcd use different ones.
+        prefix: String,
+        /// TLS and user settings; the default is plaintext and no authentication.
+        auth: EtcdAuth,
+    },
 }
 
 /// How a coordinator proves itself to etcd. `Debug` never shows the password.
@@ -197,10 +236,14 @@ pub struct EtcdAuth {
     pub ca: Option<PathBuf>,
     /// Client certificate and key (etcd's `--client-cert-auth`).
     pub cert: Option<PathBuf>,
+    /// Private key of `cert`, PEM. [`StateConfig::parse`] refuses one without the other; a
+    /// `cert` without `key` (or the reverse) is ignored by the etcd backend.
     pub key: Option<PathBuf>,
     /// etcd user (role-based access); the password comes from `password_file` or the
     /// `EDGECAP_ETCD_PASSWORD` environment variable, never from the URL.
     pub user: Option<String>,
+    /// The password of `user`, filled in by [`StateConfig::parse`] whenever `user` is set;
+    /// used only together with `user`.
     pub password: Option<String>,
 }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, reason = "a conformance suite: a failed unwrap is a failed check")]
 //! One conformance suite for every [`StateStore`] backend (embedded now, etcd with its
 //! issue): compare-and-swap, prefix reads, watches from a revision, leases and expiry.
 

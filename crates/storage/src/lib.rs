@@ -29,15 +29,21 @@ pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 /// Facts about a stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// The store-relative key (without an S3 store's prefix).
     pub key: String,
+    /// Size of the body in bytes.
     pub size: u64,
 }
 
+/// Errors, sorted by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// The object does not exist. Carries the key, or for S3 calls other than `get` the
+    /// operation and object (`complete multipart upload s3://bucket/key`).
     #[error("object not found: {0}")]
     NotFound(String),
-    /// The key is not a safe relative path.
+    /// The key is not a safe relative path ([`validate_key`]), or uses a name the backend
+    /// reserves; carries the key and the reason. Retrying will not help.
     #[error("invalid object key {0:?}: {1}")]
     InvalidKey(String, &'static str),
     /// The store cannot be reached now; retry with backoff.
@@ -46,6 +52,9 @@ pub enum StorageError {
     /// The store answered and refused (no such bucket, access denied, ...): retrying will not help.
     #[error("storage refused: {0}")]
     Rejected(String),
+    /// A local file operation failed: reading the file given to `put_file`, or, for the
+    /// local backend, the store's own directory (full disk, permissions). Not retryable: a
+    /// missing file or a full disk does not fix itself within a backoff.
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
     /// The caller cancelled the operation; whatever it had started was cleaned up.
@@ -54,13 +63,21 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether retrying the same call later may succeed: only for
+    /// [`StorageError::Unavailable`]. The S3 backend has already made up to three attempts
+    /// before it returns one.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StorageError::Unavailable(_))
     }
 }
 
+/// This crate's result; the error is [`StorageError`] unless said otherwise.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Where objects are kept: whole bodies under `/`-separated keys (see [`validate_key`]).
+/// Every write replaces an object at once, so a reader sees the old body or the new one,
+/// never a mix. A method given a key refuses an invalid one with [`StorageError::InvalidKey`]
+/// before doing anything (`list` takes any prefix).
 #[async_trait::async_trait]
 pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a small body in one call.
@@ -71,6 +88,7 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     async fn put_file(&self, key: &str, path: &Path, cancel: &CancellationToken) -> Result<u64>;
     /// Streams an object. `NotFound` if it does not exist.
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)>;
+    /// The object's key and size without its body; `None` if it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Objects whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
@@ -81,17 +99,25 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
 /// Which backend to use.
 #[derive(Clone, Debug)]
 pub enum StorageConfig {
+    /// Files under a local directory ([`local::LocalDirStore`]): the default, for sample
+    /// captures.
     LocalDir {
+        /// The directory objects live in (created if missing); keys are paths under it.
         root: PathBuf,
     },
     /// A bucket and prefix (what several coordinator replicas share); credentials from the
     /// configuration, else the AWS chain.
     S3 {
+        /// Bucket, key prefix, region and endpoint.
         location: s3::S3Location,
+        /// The bucket's access key; `None` uses the standard AWS credential chain.
         credentials: Option<s3::StaticCredentials>,
     },
 }
 
+/// Opens the configured backend. A local directory is created if missing (failing with
+/// `Io`); an S3 store sends no request here, so a wrong bucket or bad credentials show on
+/// first use.
 pub async fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {
     match config {
         StorageConfig::LocalDir { root } => Ok(Arc::new(local::LocalDirStore::open(root)?)),

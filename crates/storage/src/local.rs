@@ -9,6 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validate_key};
 
+/// The local-directory [`ObjectStore`]: object `key` is the file `root/key`.
+///
+/// A write goes to a hidden temporary file beside its target (`.{uuid}.edgecap-tmp`) and
+/// is renamed into place after an fsync; a failed or cancelled write removes it, a crash may
+/// leave it behind. Keys ending in `.edgecap-tmp` are refused and such files never listed.
+/// `put_file` checks for cancellation before and after its copy, not during it. `list`
+/// walks the whole tree under the root, whatever the prefix.
 #[derive(Debug)]
 pub struct LocalDirStore {
     root: PathBuf,
@@ -17,6 +24,8 @@ pub struct LocalDirStore {
 const TMP_SUFFIX: &str = ".edgecap-tmp";
 
 impl LocalDirStore {
+    /// A store rooted at `root`, created (with its parents) if missing; files already under
+    /// it are its objects.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root)?;
         Ok(Self { root: root.to_path_buf() })

@@ -42,9 +42,11 @@ pub const PART_SIZE: u64 = 8 << 20;
 /// Where: a bucket, a key prefix inside it, and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Location {
+    /// The bucket's name.
     pub bucket: String,
     /// Without leading or trailing `/`; may be empty.
     pub prefix: String,
+    /// The bucket's region; `None` means `us-east-1`.
     pub region: Option<String>,
     /// For S3-compatible stores (`http://127.0.0.1:9014`): path-style addressing is used.
     pub endpoint: Option<String>,
@@ -53,8 +55,11 @@ pub struct S3Location {
 /// An access key for one bucket, from the coordinator's configuration.
 #[derive(Clone, Deserialize)]
 pub struct StaticCredentials {
+    /// The access key id.
     pub access_key_id: String,
+    /// The secret that goes with it; never formatted.
     pub secret_access_key: String,
+    /// Session token of temporary (STS) credentials; absent for long-lived keys.
     #[serde(default)]
     pub session_token: Option<String>,
 }
@@ -68,12 +73,24 @@ impl fmt::Debug for StaticCredentials {
 /// A presigned HTTP request: what an agent sends, with no credentials of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Presigned {
+    /// The HTTP method (`PUT` for everything this crate presigns).
     pub method: String,
+    /// The full URL, signature in the query string. Whoever holds it can make the request
+    /// until it expires: treat it as a secret.
     pub url: String,
     /// Headers that are part of the signature and must be sent as they are.
     pub headers: Vec<(String, String)>,
 }
 
+/// The S3 [`ObjectStore`]: one bucket and key prefix ([`S3Location`]). Clones share one
+/// client.
+///
+/// Besides the trait, it drives the presigned path: presigned PUTs of whole objects and of
+/// multipart parts for agents, and the multipart calls around them. Each request gets up to
+/// three attempts (the SDK's standard retry), with a 5 s connect and 60 s read timeout.
+/// Errors are classified: unreachable, timed out, throttled or 5xx is
+/// [`StorageError::Unavailable`]; a missing object is [`StorageError::NotFound`]; any other
+/// refusal is [`StorageError::Rejected`]. `Debug` shows only the location.
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
@@ -161,6 +178,7 @@ impl S3Store {
         Ok(Self { client: Client::from_conf(builder.build()), location })
     }
 
+    /// The bucket, prefix, region and endpoint this store was built for.
     pub fn location(&self) -> &S3Location {
         &self.location
     }
@@ -242,6 +260,9 @@ impl S3Store {
         Ok(())
     }
 
+    /// Aborts a multipart upload: its parts are discarded and no object is created. An
+    /// unknown, completed or already aborted upload is [`StorageError::Rejected`] (S3's
+    /// `NoSuchUpload`), not `NotFound`.
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let object = self.object_key(key)?;
         self.client

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, reason = "a conformance suite: a failed unwrap is a failed check")]
 //! One conformance suite for every [`ObjectStore`] backend.
 
 use std::sync::Arc;

@@ -16,8 +16,11 @@ use crate::{Result, TlsError, provider};
 /// certificate chain and private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
+    /// PEM certificate(s) of the CA that peers' certificates must chain to.
     pub ca: PathBuf,
+    /// PEM certificate chain this side presents, leaf first.
     pub cert: PathBuf,
+    /// PEM private key of the leaf certificate in `cert`.
     pub key: PathBuf,
 }
 

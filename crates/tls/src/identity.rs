@@ -8,8 +8,19 @@ const COORDINATOR_PREFIX: &str = "spiffe://edgecap/coordinator/";
 /// Who a certificate says its holder is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerIdentity {
-    Agent { agent_id: String, pop: String },
-    Coordinator { name: String },
+    /// An agent (`spiffe://edgecap/pop/{pop}/agent/{agent_id}`): it may act for its PoP and
+    /// no other.
+    Agent {
+        /// The agent's id; a valid name ([`validate_name`]), as is `pop`.
+        agent_id: String,
+        /// The PoP the agent runs in.
+        pop: String,
+    },
+    /// A coordinator (`spiffe://edgecap/coordinator/{name}`).
+    Coordinator {
+        /// The coordinator's name, as given to [`crate::pki::issue_coordinator`].
+        name: String,
+    },
 }
 
 impl PeerIdentity {

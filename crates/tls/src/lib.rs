@@ -20,24 +20,56 @@ pub mod pki;
 pub use config::{TlsFiles, client_config, server_config, watch_client_config, watch_server_config};
 pub use identity::{PeerIdentity, peer_identity};
 
+/// Why certificates, keys or TLS configurations could not be made or loaded. Every
+/// variant is a problem with files or input that retrying alone will not fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A [`pki`] file could not be read or written (missing CA, permissions, full disk);
+    /// also [`pki::init_ca`] finding a CA already there (kind `AlreadyExists`).
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file concerned.
+        path: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A PEM file did not load: missing or unreadable, not PEM, no certificate or key in
+    /// it, or a certificate or key that cannot be used. On hot reload the previous
+    /// configuration stays in force until the file is fixed.
     #[error("{path}: {message}")]
-    Pem { path: String, message: String },
+    Pem {
+        /// The file concerned.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// rustls refused the configuration, e.g. a private key it cannot use with the
+    /// certificate.
     #[error("tls configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// rcgen could not generate a key or build and sign a certificate ([`pki`]).
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A PoP name, agent id or coordinator name fails [`validate_name`], or a coordinator
+    /// host is not a DNS name or IP address, or no host was given (`name` is then empty).
     #[error("invalid name {name:?}: {why}")]
-    InvalidName { name: String, why: &'static str },
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// A peer certificate cannot be parsed or has no `spiffe://edgecap/` URI SAN naming a
+    /// valid identity ([`peer_identity`]); the message says which. The peer is not trusted.
     #[error("certificate carries no edgecap identity: {0}")]
     NoIdentity(String),
+    /// The client-certificate verifier could not be built from the CA file (for example,
+    /// no usable trust anchor in it).
     #[error("{0}")]
     Verifier(String),
 }
 
+/// This crate's result; the error is [`TlsError`] unless said otherwise.
 pub type Result<T, E = TlsError> = std::result::Result<T, E>;
 
 /// The process's one crypto provider.

@@ -43,6 +43,7 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + Duration::days(days);
 }
 
+/// Where the CA certificate of a PKI directory is: `dir/ca.pem`, the file both sides trust.
 pub fn ca_cert_path(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }

@@ -32,6 +32,7 @@ pub struct OpenOptions {
     pub snaplen: u32,
     /// Kernel buffer, bytes (libpcap).
     pub buffer_size: u32,
+    /// Promiscuous mode (libpcap; a replay source ignores it).
     pub promisc: bool,
     /// Longest a call to [`CaptureSource::next`] waits before answering [`Next::Timeout`]
     /// (libpcap may wait longer on a quiet interface: see [`CaptureSource::may_block`]).
@@ -58,6 +59,7 @@ pub struct PacketRef<'a> {
 /// What a read gave.
 #[derive(Debug)]
 pub enum Next<'a> {
+    /// A packet that passed the filter.
     Packet(PacketRef<'a>),
     /// Nothing arrived within the timeout.
     Timeout,
@@ -79,6 +81,8 @@ pub struct SourceStats {
 pub struct Waker(Arc<dyn Fn() + Send + Sync>);
 
 impl Waker {
+    /// A waker that calls `wake`. It is called from other threads, possibly several times
+    /// for one read, and must not block.
     pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
         Self(Arc::new(wake))
     }
@@ -116,6 +120,9 @@ pub trait CaptureSource: Send {
 
 /// Opens sources; one per agent, shared by its lookback and its live captures.
 pub trait SourceFactory: fmt::Debug + Send + Sync {
+    /// Opens a source on `iface`. Failures are the caller's to report: for libpcap, a
+    /// missing interface or no permission ([`CaptureError::Open`]); for a replay, a file that
+    /// cannot be read ([`CaptureError::Replay`]).
     fn open(&self, iface: &str, options: &OpenOptions) -> Result<Box<dyn CaptureSource>, CaptureError>;
 }
 

@@ -44,6 +44,9 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// A factory playing `config`. The file is read (or the frame generated) at the first
+    /// successful open and shared by every source opened after it; a file that fails to load
+    /// is tried again at the next open.
     pub fn new(config: ReplayConfig) -> Self {
         Self { config, frames: Mutex::new(None) }
     }
