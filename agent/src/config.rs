@@ -9,24 +9,33 @@ use edgecap_capture::{LookbackCaptureConfig, LookbackConfig};
 use edgecap_tls::{PeerIdentity, TlsFiles};
 use rustls_pki_types::pem::PemObject;
 
+/// What an agent is told at start (the binaries build it from their flags).
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// Coordinator endpoints, `https://host:port` (see `connection.rs` for how one is picked).
     pub coordinators: Vec<String>,
+    /// CA, certificate and key; the certificate names the agent and its PoP.
     pub tls: TlsFiles,
+    /// How often the TLS files are checked for changes (a change re-dials with them).
     pub tls_reload_interval: Duration,
     /// Where packets come from: libpcap on real interfaces (production), or a replay.
     pub source: SourceConfig,
+    /// The interfaces the lookback captures on, and how.
     pub capture: LookbackCaptureConfig,
+    /// Sampling, truncation and bounds of the lookback.
     pub lookback: LookbackConfig,
+    /// First wait before re-dialling after a failed or closed session.
     pub backoff_min: Duration,
+    /// Longest wait between dials (the wait doubles up to it).
     pub backoff_max: Duration,
+    /// How often the lookback's counters are sent up.
     pub heartbeat: Duration,
     /// Full captures: spool and shard settings (`None`: this agent refuses full captures).
     pub full: Option<FullCaptureConfig>,
 }
 
 impl AgentConfig {
+    /// Defaults for everything but where to dial, who the agent is, and its interfaces.
     pub fn new(coordinators: Vec<String>, tls: TlsFiles, interfaces: Vec<String>) -> Self {
         Self {
             coordinators,
@@ -46,12 +55,14 @@ impl AgentConfig {
 /// Full-capture settings of one agent.
 #[derive(Clone, Debug)]
 pub struct FullCaptureConfig {
+    /// Where shards wait for upload (one directory per capture; survives restarts).
     pub spool_dir: PathBuf,
     /// Captures stop when the spool holds more than this.
     pub spool_max_bytes: u64,
     /// Shards rotate at this size or age (unless the job says otherwise), so they upload
     /// while the capture runs.
     pub rotate_bytes: u64,
+    /// Shards also rotate at this age, seconds.
     pub rotate_seconds: u32,
     /// libpcap kernel buffer.
     pub buffer_bytes: u32,
@@ -60,6 +71,7 @@ pub struct FullCaptureConfig {
 }
 
 impl FullCaptureConfig {
+    /// Defaults (4 GiB spool, 64 MiB / 5 s shards, 32 MiB kernel buffer) for `spool_dir`.
     pub fn new(spool_dir: PathBuf) -> Self {
         Self {
             spool_dir,

@@ -17,6 +17,7 @@ use crate::convert::{self, CaptureState};
 use crate::full::Jobs;
 use crate::sample::{answer_sample, lookback_stats};
 
+/// The agent's version, sent in its Hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long a closing session waits for its sample answers and upload loop.
@@ -121,7 +122,8 @@ async fn serve(
             }
             _ = heartbeat.tick() => {
                 let stats = lookback_stats(&parts.lookback);
-                let beat = pb::Heartbeat { lookback: Some(stats) };
+                let spool_damaged = parts.jobs.as_ref().map_or(0, |j| j.damaged_entries());
+                let beat = pb::Heartbeat { lookback: Some(stats), spool_damaged };
                 out_tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.context("send heartbeat")?;
             }
             changed = tls.changed() => {

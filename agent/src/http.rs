@@ -13,11 +13,13 @@ use hyper_util::rt::TokioExecutor;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// An HTTP(S) client for presigned requests (system roots for HTTPS).
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
 }
 
 impl HttpClient {
+    /// A client trusting the system's root certificates.
     pub fn new() -> anyhow::Result<Self> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
@@ -30,8 +32,17 @@ impl HttpClient {
 
     /// Sends `body` as the presigned request says; returns the ETag the store answered with.
     /// Fails on anything but 2xx, with the store's status and the start of its answer (the
-    /// URL is not repeated: its query string is a bearer credential).
+    /// URL is not repeated: its query string is a bearer credential). The whole exchange
+    /// (connect, body, answer) has [`REQUEST_TIMEOUT`]; an error answer is read up to
+    /// [`ERROR_BODY_MAX`] bytes: a bucket endpoint cannot hold an agent up or fill its memory.
     pub async fn send(&self, request: &pb::PresignedRequest, body: Bytes) -> anyhow::Result<String> {
+        let host = url_host(&request.url);
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request, body))
+            .await
+            .with_context(|| format!("upload to {host}: not done within {} s", REQUEST_TIMEOUT.as_secs()))?
+    }
+
+    async fn exchange(&self, request: &pb::PresignedRequest, body: Bytes) -> anyhow::Result<String> {
         let mut builder = hyper::Request::builder().method(request.method.as_str()).uri(request.url.as_str());
         for h in &request.headers {
             builder = builder.header(h.name.as_str(), h.value.as_str());
@@ -42,17 +53,24 @@ impl HttpClient {
             .body(Full::new(body))
             .context("build the upload request")?;
         let host = req.uri().host().unwrap_or("").to_string();
-        let response = tokio::time::timeout(Duration::from_secs(300), self.client.request(req))
-            .await
-            .with_context(|| format!("upload to {host}: no answer within 300 s"))?
-            .with_context(|| format!("upload to {host}"))?;
+        let response = self.client.request(req).await.with_context(|| format!("upload to {host}"))?;
         let status = response.status();
         let etag = response.headers().get(hyper::header::ETAG).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if !status.is_success() {
-            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let limited = http_body_util::Limited::new(response.into_body(), ERROR_BODY_MAX);
+            let body = limited.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             anyhow::bail!("upload to {host}: HTTP {status}: {text}");
         }
         Ok(etag)
     }
+}
+
+/// Longest a presigned request may take, from connect to the end of the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most bytes of an error answer that are read.
+pub const ERROR_BODY_MAX: usize = 16 << 10;
+
+fn url_host(url: &str) -> String {
+    url.parse::<hyper::Uri>().ok().and_then(|u| u.host().map(str::to_string)).unwrap_or_default()
 }

@@ -40,7 +40,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A running agent: its lookback and its connection loop.
 pub struct Agent {
+    /// The agent's id, from its certificate.
     pub agent_id: String,
+    /// The PoP it captures for, from its certificate.
     pub pop: String,
     capture: Option<LookbackCapture>,
     parts: dispatch::Parts,
@@ -70,6 +72,7 @@ impl Agent {
         Ok(Self { agent_id, pop, capture: Some(capture), parts })
     }
 
+    /// The lookback the agent answers sample queries from.
     pub fn lookback(&self) -> &Arc<Mutex<Lookback>> {
         &self.parts.lookback
     }

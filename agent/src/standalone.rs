@@ -11,21 +11,28 @@ use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
 use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::source::{MAX_SNAPLEN, SourceConfig};
 
+/// The file format of `--format`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
+    /// Classic pcap, nanosecond timestamps.
     Pcap,
+    /// pcapng with the interface's name and filter, and drop counters.
     Pcapng,
 }
 
+/// The shard checksum of `--checksum`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Checksum {
+    /// SHA-256 of each shard file, in its manifest.
     Sha256,
+    /// No checksum (the manifest says `sha256: null`).
     None,
 }
 
 /// The flags of `edgecap-agent capture`.
 #[derive(Args, Debug, Clone)]
 pub struct CaptureArgs {
+    /// Interface to capture on.
     #[arg(long)]
     pub iface: String,
     /// Output file (with rotation: the name pattern, numbered -000001, -000002, ...).
@@ -46,8 +53,10 @@ pub struct CaptureArgs {
     /// Stop before the captured packet bytes would exceed this.
     #[arg(long)]
     pub byte_limit: Option<u64>,
+    /// Bytes kept of each packet.
     #[arg(long, default_value_t = MAX_SNAPLEN)]
     pub snaplen: u32,
+    /// Output format.
     #[arg(long, value_enum, default_value = "pcap")]
     pub format: Format,
     /// Kernel capture buffer, MiB.
@@ -62,8 +71,10 @@ pub struct CaptureArgs {
     /// Identity written into shard manifests and pcapng interface names.
     #[arg(long, default_value = "local")]
     pub pop: String,
+    /// Agent id written into shard manifests.
     #[arg(long, default_value = "edgecap-agent")]
     pub agent: String,
+    /// Capture id written into shard manifests.
     #[arg(long, default_value = "")]
     pub capture_id: String,
     /// Shard checksum written into the manifest: sha256 (default) or none.

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,6 +64,9 @@ pub(crate) struct Jobs {
     jobs: Mutex<HashMap<String, Job>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<pb::coordinator_message::Msg>>>,
     http: HttpClient,
+    /// Damaged spool entries set aside so far (unreadable manifests or job directories,
+    /// manifests whose shard is missing).
+    damaged: AtomicU64,
 }
 
 impl Jobs {
@@ -77,14 +81,28 @@ impl Jobs {
         std::fs::create_dir_all(&config.spool_dir)
             .with_context(|| format!("create spool directory {}", config.spool_dir.display()))?;
         let mut jobs = HashMap::new();
+        let mut damaged = 0;
         for entry in std::fs::read_dir(&config.spool_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
             if !spool::is_capture_id(&name) || !dir.is_dir() || !dir.join("job.json").exists() {
                 continue;
             }
-            let end = spool::recover(&name, &dir)?;
-            jobs.insert(name, Job::ended(dir, end));
+            if spool::read_json::<spool::JobFile>(&dir.join("job.json")).is_none() {
+                uploads::quarantine(&dir, "its job.json does not parse");
+                damaged += 1;
+                continue;
+            }
+            match spool::recover(&name, &dir) {
+                Ok(end) => {
+                    jobs.insert(name, Job::ended(dir, end));
+                }
+                Err(error) => {
+                    // One damaged capture directory must not keep the agent from starting.
+                    tracing::warn!(capture = %name, dir = %dir.display(), %error, "damaged spool directory skipped");
+                    damaged += 1;
+                }
+            }
         }
         Ok(Self {
             config,
@@ -95,7 +113,13 @@ impl Jobs {
             jobs: Mutex::new(jobs),
             waiters: Mutex::new(HashMap::new()),
             http: HttpClient::new()?,
+            damaged: AtomicU64::new(damaged),
         })
+    }
+
+    /// Damaged spool entries set aside since the agent started.
+    pub(crate) fn damaged_entries(&self) -> u64 {
+        self.damaged.load(Ordering::Relaxed)
     }
 
     /// Ends a running capture early (what was captured is kept and delivered).
@@ -122,3 +146,6 @@ impl Jobs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,7 @@ impl Jobs {
         let dirs: Vec<(String, std::path::PathBuf)> =
             lock(&self.jobs).iter().map(|(id, job)| (id.clone(), job.dir.clone())).collect();
         let pending: HashMap<String, u32> =
-            dirs.into_iter().map(|(id, dir)| (id, manifests(&dir).len() as u32)).collect();
+            dirs.into_iter().map(|(id, dir)| (id, manifests(&dir).0.len() as u32)).collect();
         let keep = self.config.keep_finished;
         let mut forgotten = Vec::new();
         let mut out = Vec::new();

@@ -59,22 +59,24 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> 
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// Completed shards (those with a manifest) in a capture directory, in sequence order.
-pub(super) fn manifests(dir: &Path) -> Vec<(PathBuf, ShardManifest)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+/// Completed shards (those with a manifest) in a capture directory, in sequence order; and
+/// the manifests that do not parse.
+pub(super) fn manifests(dir: &Path) -> (Vec<(PathBuf, ShardManifest)>, Vec<PathBuf>) {
+    let (mut good, mut damaged) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir(dir) else { return (good, damaged) };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !is_manifest(&name) {
             continue;
         }
         match read_json::<ShardManifest>(&entry.path()) {
-            Some(m) => out.push((entry.path(), m)),
-            None => tracing::warn!(path = %entry.path().display(), "unreadable shard manifest skipped"),
+            // A manifest names its shard by file name only; anything else is not ours.
+            Some(m) if !m.file.contains('/') && !m.file.starts_with('.') => good.push((entry.path(), m)),
+            _ => damaged.push(entry.path()),
         }
     }
-    out.sort_by_key(|(_, m)| m.sequence);
-    out
+    good.sort_by_key(|(_, m)| m.sequence);
+    (good, damaged)
 }
 
 /// Bytes under `dir`, recursively.
@@ -100,7 +102,7 @@ pub(super) fn recover(name: &str, dir: &Path) -> std::io::Result<EndFile> {
         None => {
             // Cut short by a restart: the completed shards are delivered; the shard being
             // written had no manifest and is not trusted.
-            let shards = manifests(dir);
+            let (shards, _) = manifests(dir);
             let mut counters = Counters::default();
             for (_, m) in &shards {
                 counters.written += m.packets;

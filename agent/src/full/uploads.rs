@@ -2,8 +2,10 @@
 //! one object), upload, report the upload, and delete the spooled copy only once the
 //! coordinator has recorded it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,58 +14,145 @@ use edgecap_capture::shard::ShardManifest;
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Jobs;
 use super::spool::manifests;
 
+/// Captures whose shards upload at the same time (shards of one capture go in order).
+const PARALLEL_CAPTURES: usize = 4;
+/// How often the spool is scanned for new shards.
+const SCAN_EVERY: Duration = Duration::from_millis(300);
+
+/// A shard ready for delivery: its manifest read and its file present.
+#[derive(Debug)]
+pub(super) struct Ready {
+    pub capture_id: String,
+    pub manifest_path: PathBuf,
+    pub manifest: ShardManifest,
+    pub shard_path: PathBuf,
+}
+
+/// Moves a damaged spool entry out of the upload queue (kept on disk for an operator).
+pub(super) fn quarantine(path: &Path, why: &str) {
+    let aside = PathBuf::from(format!("{}.damaged", path.display()));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::warn!(path = %path.display(), %why, "damaged spool entry set aside"),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %why, %error, "damaged spool entry could not be set aside")
+        }
+    }
+}
+
+/// Forgets a delivered shard: the manifest first, so that a crash in between leaves a shard
+/// without a manifest (a partial shard, removed at the next start), never a manifest without
+/// its shard (which would be retried forever).
+pub(super) fn remove_delivered(manifest_path: &Path, shard_path: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(manifest_path)?;
+    match std::fs::remove_file(shard_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 impl Jobs {
-    /// Delivers spooled shards for as long as the control stream is up. Failures wait and
-    /// retry; nothing is deleted before the coordinator has recorded it.
-    /// Ends when `cancel` fires (an upload in flight is dropped: the shard stays spooled, and
-    /// the coordinator aborts an unfinished multipart upload it granted).
+    /// Delivers spooled shards for as long as the control stream is up: the shards of one
+    /// capture in order, up to [`PARALLEL_CAPTURES`] captures at once, so one slow or
+    /// unreachable bucket holds up only its own capture. A failure backs that capture off and
+    /// retries; nothing is deleted before the coordinator has recorded it. Ends when `cancel`
+    /// fires (an upload in flight is dropped: the shard stays spooled).
     pub(crate) async fn upload_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(500);
-        while !cancel.is_cancelled() {
+        let mut running: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut backoff: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
+        while !cancel.is_cancelled() && !out.is_closed() {
             let this = self.clone();
-            let pending = tokio::task::spawn_blocking(move || this.pending_shards()).await.unwrap_or_default();
-            let mut failed = false;
-            for (capture_id, manifest_path, manifest) in pending {
-                let upload = self.upload_one(&out, &capture_id, &manifest_path, &manifest);
-                let uploaded = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    uploaded = upload => uploaded,
-                };
-                match uploaded {
-                    Ok(()) => backoff = Duration::from_millis(500),
-                    Err(error) => {
-                        tracing::warn!(capture = %capture_id, shard = %manifest.file, error = format!("{error:#}"),
-                            retry_in_ms = backoff.as_millis() as u64, "shard upload failed; kept in the spool");
-                        failed = true;
-                        break;
+            let ready = tokio::task::spawn_blocking(move || this.scan_spool()).await.unwrap_or_default();
+            let now = tokio::time::Instant::now();
+            let mut by_capture: Vec<(String, Vec<Ready>)> = Vec::new();
+            for shard in ready {
+                match by_capture.last_mut() {
+                    Some((id, shards)) if *id == shard.capture_id => shards.push(shard),
+                    _ => by_capture.push((shard.capture_id.clone(), vec![shard])),
+                }
+            }
+            for (capture_id, shards) in by_capture {
+                let waiting = backoff.get(&capture_id).is_some_and(|(until, _)| *until > now);
+                if busy.len() >= PARALLEL_CAPTURES || busy.contains(&capture_id) || waiting {
+                    continue;
+                }
+                busy.insert(capture_id.clone());
+                let (this, out, cancel) = (self.clone(), out.clone(), cancel.clone());
+                running.spawn(async move {
+                    let result = this.upload_capture(&out, &shards, &cancel).await;
+                    (capture_id, result)
+                });
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(SCAN_EVERY) => {}
+                Some(Ok((capture_id, result))) = running.join_next(), if !running.is_empty() => {
+                    busy.remove(&capture_id);
+                    match result {
+                        Ok(()) => {
+                            backoff.remove(&capture_id);
+                        }
+                        Err(error) => {
+                            let wait = backoff.get(&capture_id).map_or(Duration::from_millis(500), |(_, w)| (*w * 2).min(Duration::from_secs(5)));
+                            tracing::warn!(capture = %capture_id, error = format!("{error:#}"),
+                                retry_in_ms = wait.as_millis() as u64, "shard upload failed; kept in the spool");
+                            backoff.insert(capture_id, (tokio::time::Instant::now() + wait, wait));
+                        }
                     }
                 }
             }
-            if out.is_closed() {
-                return;
-            }
-            let wait = if failed { backoff } else { Duration::from_millis(300) };
-            if failed {
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
         }
+        // Uploads in flight see the token (or the closed stream) and end.
+        running.shutdown().await;
     }
 
-    /// Every completed shard in the spool, oldest capture first. Blocking.
-    fn pending_shards(&self) -> Vec<(String, PathBuf, ShardManifest)> {
-        let dirs: Vec<(String, PathBuf)> = lock(&self.jobs).iter().map(|(id, j)| (id.clone(), j.dir.clone())).collect();
-        dirs.into_iter()
-            .flat_map(|(id, dir)| manifests(&dir).into_iter().map(move |(p, m)| (id.clone(), p, m)))
-            .collect()
+    /// Delivers one capture's shards in order; stops at the first failure.
+    async fn upload_capture(
+        &self,
+        out: &mpsc::Sender<pb::AgentMessage>,
+        shards: &[Ready],
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        for shard in shards {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                uploaded = self.upload_one(out, shard) => uploaded?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Every completed shard in the spool, grouped by capture, in order. Damaged entries (a
+    /// manifest that does not parse, a manifest whose shard is missing) are set aside and
+    /// counted, so they block nothing. Blocking.
+    pub(super) fn scan_spool(&self) -> Vec<Ready> {
+        let mut dirs: Vec<(String, PathBuf)> =
+            lock(&self.jobs).iter().map(|(id, j)| (id.clone(), j.dir.clone())).collect();
+        dirs.sort();
+        let mut out = Vec::new();
+        for (capture_id, dir) in dirs {
+            let (good, damaged) = manifests(&dir);
+            for path in damaged {
+                quarantine(&path, "the shard manifest does not parse");
+                self.damaged.fetch_add(1, Ordering::Relaxed);
+            }
+            for (manifest_path, manifest) in good {
+                let shard_path = dir.join(&manifest.file);
+                if !shard_path.is_file() {
+                    quarantine(&manifest_path, "the shard it describes is missing");
+                    self.damaged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                out.push(Ready { capture_id: capture_id.clone(), manifest_path, manifest, shard_path });
+            }
+        }
+        out
     }
 
     async fn ask(
@@ -88,16 +177,9 @@ impl Jobs {
         result
     }
 
-    #[tracing::instrument(name = "shard_upload", skip_all, fields(capture = %capture_id, shard = %manifest.file))]
-    async fn upload_one(
-        &self,
-        out: &mpsc::Sender<pb::AgentMessage>,
-        capture_id: &str,
-        manifest_path: &Path,
-        manifest: &ShardManifest,
-    ) -> anyhow::Result<()> {
-        let dir = manifest_path.parent().context("manifest without a directory")?;
-        let shard_path = dir.join(&manifest.file);
+    #[tracing::instrument(name = "shard_upload", skip_all, fields(capture = %ready.capture_id, shard = %ready.manifest.file))]
+    async fn upload_one(&self, out: &mpsc::Sender<pb::AgentMessage>, ready: &Ready) -> anyhow::Result<()> {
+        let Ready { capture_id, manifest_path, manifest, shard_path } = ready;
         let size =
             tokio::fs::metadata(&shard_path).await.with_context(|| format!("stat {}", shard_path.display()))?.len();
         let request_id = uuid::Uuid::new_v4().simple().to_string();
@@ -136,7 +218,7 @@ impl Jobs {
             for (i, part) in grant.parts.iter().enumerate() {
                 let offset = i as u64 * grant.part_size;
                 let len = grant.part_size.min(size.saturating_sub(offset));
-                let body = read_range(&shard_path, offset, len).await?;
+                let body = read_range(shard_path, offset, len).await?;
                 etags.push(self.http.send(part, body).await?);
             }
         }
@@ -169,9 +251,11 @@ impl Jobs {
             }
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
-        tokio::fs::remove_file(&shard_path).await.with_context(|| format!("remove {}", shard_path.display()))?;
-        tokio::fs::remove_file(manifest_path).await?;
-        if let Some(job) = lock(&self.jobs).get_mut(capture_id) {
+        let (m, sh) = (manifest_path.clone(), shard_path.clone());
+        tokio::task::spawn_blocking(move || remove_delivered(&m, &sh))
+            .await?
+            .with_context(|| format!("remove the delivered shard {}", shard_path.display()))?;
+        if let Some(job) = lock(&self.jobs).get_mut(capture_id.as_str()) {
             job.shards_uploaded += 1;
         }
         tracing::info!(capture = %capture_id, shard = %manifest.file, key = %grant.key, packets = manifest.packets, "shard delivered");

@@ -17,12 +17,20 @@ use tonic::Status;
 /// A connected agent, as operators and the sample runner see it.
 #[derive(Clone, Debug)]
 pub struct AgentInfo {
+    /// The agent's id, from its certificate.
     pub agent_id: String,
+    /// Its PoP, from its certificate.
     pub pop: String,
+    /// The interfaces its lookback captures on.
     pub interfaces: Vec<String>,
+    /// Its version (from its Hello).
     pub version: String,
+    /// Its lookback keeps 1 packet in this many.
     pub sample_rate: u32,
+    /// Its lookback's counters, from the last heartbeat.
     pub lookback: pb::LookbackStats,
+    /// Damaged spool entries it set aside (shards it cannot deliver), from the last heartbeat.
+    pub spool_damaged: u64,
 }
 
 struct Connection {
@@ -34,7 +42,12 @@ struct Connection {
 struct Pending {
     agent_id: String,
     tx: mpsc::Sender<pb::SampleChunk>,
+    /// Packets the agent may still send for this query (its `packet_limit`).
+    room: usize,
 }
+
+/// Longest packet a sample answer may carry (the lookback keeps at most 65535 bytes).
+const MAX_SAMPLE_PACKET: usize = 65_535;
 
 /// Connected agents and the sample queries in flight to them.
 #[derive(Default)]
@@ -50,12 +63,34 @@ pub(crate) struct SampleAnswer {
     pub packets: Vec<pb::Packet>,
     pub matched: u64,
     pub lookback: pb::LookbackStats,
+    /// The most packets the answer may hold (the query's `packet_limit`).
+    limit: usize,
+}
+
+/// Whether a chunk stays within what was asked: `room` more packets, none longer than a
+/// lookback keeps. The reason when it does not.
+fn check_chunk(chunk: &pb::SampleChunk, room: usize) -> Result<(), String> {
+    if chunk.packets.len() > room {
+        return Err(format!("sample answer holds more packets than the {room} still asked for"));
+    }
+    if let Some(p) = chunk.packets.iter().find(|p| p.data.len() > MAX_SAMPLE_PACKET) {
+        return Err(format!("sample answer holds a packet of {} bytes (at most {MAX_SAMPLE_PACKET})", p.data.len()));
+    }
+    Ok(())
 }
 
 impl SampleAnswer {
+    /// An empty answer to a query for at most `limit` packets.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self { limit, ..Default::default() }
+    }
+
     /// Adds one chunk of an answer; `Some` once the last chunk is in (`Err` with the agent's
-    /// reason when it could not answer).
+    /// reason when it could not answer, or when the answer holds more than was asked).
     pub(crate) fn absorb(&mut self, chunk: pb::SampleChunk) -> Option<Result<(), String>> {
+        if let Err(reason) = check_chunk(&chunk, self.limit.saturating_sub(self.packets.len())) {
+            return Some(Err(reason));
+        }
         self.packets.extend(chunk.packets);
         if !chunk.done {
             return None;
@@ -109,26 +144,37 @@ impl Registry {
         }
     }
 
-    pub(crate) fn update_stats(&self, agent_id: &str, conn: u64, stats: pb::LookbackStats) {
+    pub(crate) fn update_stats(&self, agent_id: &str, conn: u64, beat: pb::Heartbeat) {
         if let Some(c) = lock(&self.agents).get_mut(agent_id).filter(|c| c.conn == conn) {
-            c.info.lookback = stats;
+            c.info.lookback = beat.lookback.unwrap_or_default();
+            c.info.spool_damaged = beat.spool_damaged;
         }
     }
 
-    pub(crate) fn route_chunk(&self, agent_id: &str, chunk: pb::SampleChunk) {
+    /// Hands a chunk to the query waiting for it. `Err` (with the reason) when the chunk holds
+    /// more than was asked: the query then fails, and the caller cuts the agent off.
+    pub(crate) fn route_chunk(&self, agent_id: &str, chunk: pb::SampleChunk) -> Result<(), String> {
         let tx = {
-            let pending = lock(&self.pending);
-            match pending.get(&chunk.request_id) {
-                Some(p) if p.agent_id == agent_id => p.tx.clone(),
+            let mut pending = lock(&self.pending);
+            match pending.get_mut(&chunk.request_id) {
+                Some(p) if p.agent_id == agent_id => {
+                    if let Err(reason) = check_chunk(&chunk, p.room) {
+                        pending.remove(&chunk.request_id);
+                        return Err(reason);
+                    }
+                    p.room -= chunk.packets.len();
+                    p.tx.clone()
+                }
                 Some(_) => {
                     tracing::warn!(%agent_id, request_id = %chunk.request_id, "sample chunk from the wrong agent dropped");
-                    return;
+                    return Ok(());
                 }
-                None => return, // timed out already
+                None => return Ok(()), // timed out already
             }
         };
         // A full buffer means the waiter is gone or slow; it has its own timeout.
         let _ = tx.try_send(chunk);
+        Ok(())
     }
 
     /// Asks one agent for its lookback packets; waits up to `timeout` for the whole answer.
@@ -147,16 +193,19 @@ impl Registry {
                 agents.get(agent_id).ok_or_else(|| "agent disconnected before the query was sent".to_string())?;
             conn.tx.clone()
         };
-        lock(&self.pending).insert(request_id.clone(), Pending { agent_id: agent_id.to_string(), tx });
+        let limit = query.packet_limit as usize;
+        lock(&self.pending).insert(request_id.clone(), Pending { agent_id: agent_id.to_string(), tx, room: limit });
         let message = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::SampleQuery(query)) };
         let result = async {
             agent_tx.send(Ok(message)).await.map_err(|_| "agent disconnected before the query was sent".to_string())?;
-            let mut answer = SampleAnswer::default();
+            let mut answer = SampleAnswer::new(limit);
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 let chunk = match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(chunk)) => chunk,
-                    Ok(None) => return Err("agent disconnected before answering".to_string()),
+                    Ok(None) => {
+                        return Err("agent disconnected before answering (or answered more than asked)".to_string());
+                    }
                     Err(_) => return Err(format!("agent did not answer within {} s", timeout.as_secs())),
                 };
                 if let Some(done) = answer.absorb(chunk) {

@@ -31,6 +31,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, _caller: AnyAccount
                     "bytes_held": a.lookback.bytes_held, "kernel_dropped": a.lookback.kernel_dropped,
                     "packets_evicted": a.lookback.packets_evicted,
                 });
+                v["spool_damaged"] = json!(a.spool_damaged);
             }
             v
         })

@@ -8,30 +8,55 @@ use serde_json::json;
 
 /// Stable error codes. Documented in `docs/api.md`; never renumbered.
 pub mod code {
+    /// The body is not a JSON object.
     pub const INVALID_JSON: u32 = 1001;
+    /// A required field is missing (or null).
     pub const MISSING_FIELD: u32 = 1002;
+    /// A field has the wrong JSON type.
     pub const WRONG_TYPE: u32 = 1003;
+    /// A number (or a time, a prefix length) is outside its allowed range.
     pub const OUT_OF_RANGE: u32 = 1004;
+    /// A field's value is not acceptable (a bad address, an unknown colo, ...).
     pub const INVALID_VALUE: u32 = 1005;
+    /// A field that does not apply to this capture type was given.
     pub const NOT_APPLICABLE: u32 = 1006;
+    /// An unknown field inside `filter_v1` (a misspelling would widen a capture).
     pub const UNKNOWN_FIELD: u32 = 1007;
+    /// No such capture in this account.
     pub const CAPTURE_NOT_FOUND: u32 = 1100;
+    /// No such bucket ownership in this account.
     pub const OWNERSHIP_NOT_FOUND: u32 = 1101;
+    /// The capture has no file to download (yet, or it failed).
     pub const NOT_READY: u32 = 1102;
+    /// The capture cannot be stopped (a sample, or already finished).
     pub const NOT_STOPPABLE: u32 = 1103;
+    /// The path's account is not the token's.
     pub const ACCOUNT_NOT_FOUND: u32 = 1104;
+    /// Full captures are delivered to their bucket, not through the API.
     pub const NOT_DOWNLOADABLE: u32 = 1105;
+    /// Too many sample captures in the account's interval.
     pub const RATE_LIMITED: u32 = 1200;
+    /// The account already has its maximum of active full captures.
     pub const FULL_CAPTURE_RUNNING: u32 = 1201;
+    /// The bucket's ownership has not been validated for this account.
     pub const BUCKET_NOT_VALIDATED: u32 = 1106;
+    /// The ownership challenge could not be written into the bucket.
     pub const BUCKET_UNWRITABLE: u32 = 1107;
+    /// The text given is not the challenge file's.
     pub const CHALLENGE_MISMATCH: u32 = 1108;
+    /// The feature is not configured on this coordinator.
     pub const UNAVAILABLE_FEATURE: u32 = 1300;
+    /// The state store cannot be reached now (503; retry).
     pub const STATE_UNAVAILABLE: u32 = 1500;
+    /// The object store or bucket cannot be reached now (503; retry).
     pub const STORAGE_UNAVAILABLE: u32 = 1501;
+    /// A bug or damaged data (500).
     pub const INTERNAL: u32 = 1502;
+    /// The route exists but not with this method.
     pub const METHOD_NOT_ALLOWED: u32 = 7001;
+    /// No such route.
     pub const NO_ROUTE: u32 = 7003;
+    /// No token, an unknown token, or an unsupported scheme.
     pub const AUTHENTICATION: u32 = 10000;
 }
 

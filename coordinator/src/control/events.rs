@@ -2,6 +2,11 @@
 //! coordinator that owns it. Work that waits on the state store or a bucket (progress
 //! reports, upload grants, shard commits) runs concurrently, at most [`MAX_IN_FLIGHT`] at a
 //! time per agent: a flood from one agent slows that agent's stream down, nobody else's.
+//!
+//! What an agent sends is bounded: strings ([`check`]), sample answers (no more packets than
+//! asked, see `agents/`), and the message rate ([`RateGuard`]). An agent past a bound is cut
+//! off with the reason (logged, and sent as the stream's final status); the others are not
+//! affected.
 
 use std::sync::Arc;
 
@@ -18,12 +23,92 @@ use crate::store::{AgentPresence, Repo};
 
 /// Handlers running at once for one agent.
 const MAX_IN_FLIGHT: usize = 16;
+/// Messages per second an agent may send, sustained ...
+const RATE_PER_SECOND: f64 = 200.0;
+/// ... and in a burst.
+const RATE_BURST: f64 = 2000.0;
+/// Longest id (capture, request) an agent may send.
+const MAX_ID: usize = 64;
+/// Longest free text (an error, a filter) an agent may send.
+const MAX_TEXT: usize = 4096;
+/// Longest object key or upload id.
+const MAX_KEY: usize = 1024;
+/// Most parts of a multipart upload (S3's own limit).
+const MAX_PARTS: usize = 10_000;
+
+/// A token bucket over an agent's messages.
+pub(super) struct RateGuard {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl RateGuard {
+    pub(super) fn new() -> Self {
+        Self { tokens: RATE_BURST, last: tokio::time::Instant::now() }
+    }
+
+    /// Takes one message; `Err` when the agent sends faster than allowed.
+    pub(super) fn take(&mut self) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * RATE_PER_SECOND).min(RATE_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return Err(format!("sends more than {RATE_PER_SECOND} messages per second"));
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+}
+
+fn bounded(what: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!("{what} of {} bytes (at most {max})", text.len()));
+    }
+    Ok(())
+}
+
+/// Whether an event's strings and lists are within bounds; the reason when not.
+pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
+    match event {
+        AgentEvent::SampleChunk(c) => {
+            bounded("sample request id", &c.request_id, MAX_ID)?;
+            bounded("sample error", &c.error, MAX_TEXT)?;
+            c.packets.iter().try_for_each(|p| bounded("packet interface name", &p.interface, MAX_ID))
+        }
+        AgentEvent::Heartbeat(_) | AgentEvent::Hello => Ok(()),
+        AgentEvent::Report(r) => {
+            bounded("report capture id", &r.capture_id, MAX_ID)?;
+            bounded("report state", &r.state, MAX_ID)?;
+            bounded("report stop reason", &r.stop_reason, MAX_ID)?;
+            bounded("report error", &r.error, MAX_TEXT)
+        }
+        AgentEvent::UploadRequest(u) => {
+            bounded("upload request id", &u.request_id, MAX_ID)?;
+            bounded("upload capture id", &u.capture_id, MAX_ID)?;
+            bounded("shard name", &u.shard, MAX_ID * 2)
+        }
+        AgentEvent::ShardUploaded(u) => {
+            bounded("upload request id", &u.request_id, MAX_ID)?;
+            bounded("upload capture id", &u.capture_id, MAX_ID)?;
+            bounded("shard name", &u.shard, MAX_ID * 2)?;
+            bounded("shard key", &u.key, MAX_KEY)?;
+            bounded("upload id", &u.upload_id, MAX_KEY)?;
+            bounded("shard checksum", &u.sha256, MAX_ID * 2)?;
+            bounded("shard interface", &u.interface, MAX_ID)?;
+            bounded("shard filter", &u.filter, MAX_TEXT)?;
+            if u.part_etags.len() > MAX_PARTS {
+                return Err(format!("{} part ETags (at most {MAX_PARTS})", u.part_etags.len()));
+            }
+            u.part_etags.iter().try_for_each(|e| bounded("part ETag", e, MAX_ID * 2))
+        }
+    }
+}
 
 /// What an agent can say after its Hello.
 #[derive(Debug)]
 pub(super) enum AgentEvent {
     SampleChunk(pb::SampleChunk),
-    Heartbeat(pb::LookbackStats),
+    Heartbeat(pb::Heartbeat),
     Report(pb::CaptureReport),
     UploadRequest(pb::UploadRequest),
     ShardUploaded(pb::ShardUploaded),
@@ -35,7 +120,7 @@ impl AgentEvent {
     fn from_message(message: pb::AgentMessage) -> Option<Self> {
         Some(match message.msg? {
             pb::agent_message::Msg::SampleChunk(chunk) => AgentEvent::SampleChunk(chunk),
-            pb::agent_message::Msg::Heartbeat(hb) => AgentEvent::Heartbeat(hb.lookback.unwrap_or_default()),
+            pb::agent_message::Msg::Heartbeat(hb) => AgentEvent::Heartbeat(hb),
             pb::agent_message::Msg::CaptureReport(report) => AgentEvent::Report(report),
             pb::agent_message::Msg::UploadRequest(request) => AgentEvent::UploadRequest(request),
             pb::agent_message::Msg::ShardUploaded(uploaded) => AgentEvent::ShardUploaded(uploaded),
@@ -76,16 +161,21 @@ impl Session {
         }
         let mut keepalive = tokio::time::interval(PRESENCE_TTL / 3);
         keepalive.tick().await;
+        let mut rate = RateGuard::new();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
                         let Some(event) = AgentEvent::from_message(message) else { continue };
+                        let accepted = rate.take().and_then(|()| check(&event));
                         while handlers.len() >= MAX_IN_FLIGHT {
                             handlers.join_next().await;
                         }
-                        self.handle(event, &mut handlers);
+                        if let Err(reason) = accepted.and_then(|()| self.handle(event, &mut handlers)) {
+                            self.cut_off(&reason).await;
+                            break;
+                        }
                     }
                     Ok(None) => break,
                     Err(status) => {
@@ -112,10 +202,18 @@ impl Session {
         tracing::info!(agent_id = %self.agent_id, pop = %self.pop, "agent disconnected");
     }
 
-    fn handle(&self, event: AgentEvent, handlers: &mut JoinSet<()>) {
+    /// Ends the session because the agent broke a bound: the reason is logged and sent as the
+    /// stream's final status.
+    async fn cut_off(&self, reason: &str) {
+        tracing::warn!(agent_id = %self.agent_id, pop = %self.pop, %reason, "agent cut off");
+        let status = Status::resource_exhausted(format!("disconnected by the coordinator: {reason}"));
+        let _ = self.answers.send(Err(status)).await;
+    }
+
+    fn handle(&self, event: AgentEvent, handlers: &mut JoinSet<()>) -> Result<(), String> {
         match event {
-            AgentEvent::SampleChunk(chunk) => self.registry.route_chunk(&self.agent_id, chunk),
-            AgentEvent::Heartbeat(stats) => self.registry.update_stats(&self.agent_id, self.conn, stats),
+            AgentEvent::SampleChunk(chunk) => return self.registry.route_chunk(&self.agent_id, chunk),
+            AgentEvent::Heartbeat(beat) => self.registry.update_stats(&self.agent_id, self.conn, beat),
             AgentEvent::Hello => tracing::warn!(agent_id = %self.agent_id, "second Hello ignored"),
             AgentEvent::Report(report) => {
                 let (full, agent) = (self.full.clone(), self.agent_id.clone());
@@ -141,5 +239,6 @@ impl Session {
                 });
             }
         }
+        Ok(())
     }
 }

@@ -64,6 +64,13 @@ impl pb::agent_control_server::AgentControl for ControlService {
         let Some(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("the first message on the control stream must be Hello"));
         };
+        let oversized =
+            hello.interfaces.len() > 64 || hello.interfaces.iter().any(|i| i.len() > 64) || hello.version.len() > 64;
+        if oversized {
+            return Err(Status::invalid_argument(
+                "Hello: at most 64 interfaces, names and version of at most 64 bytes",
+            ));
+        }
         if hello.agent_id != cert_agent || hello.pop != cert_pop {
             tracing::warn!(remote = %peer.remote, %cert_agent, %cert_pop, claimed_agent = %hello.agent_id,
                 claimed_pop = %hello.pop, "agent refused: hello does not match its certificate");
@@ -79,6 +86,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             version: hello.version.clone(),
             sample_rate: hello.sample_rate,
             lookback: pb::LookbackStats::default(),
+            spool_damaged: 0,
         };
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::CoordinatorMessage {

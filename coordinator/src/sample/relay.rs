@@ -28,6 +28,7 @@ pub(super) async fn remote_sample(
     let store = repo.store().clone();
     let request_id = crate::model::new_id();
     query.request_id = request_id.clone();
+    let query_limit = query.packet_limit as usize;
     let lease = store.grant_lease(timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let result = async {
         let revision = store.revision().await.map_err(|e| e.to_string())?;
@@ -57,7 +58,7 @@ pub(super) async fn remote_sample(
                 break;
             }
         }
-        let mut answer = SampleAnswer::default();
+        let mut answer = SampleAnswer::new(query_limit);
         for (_, chunk) in chunks {
             if let Some(done) = answer.absorb(chunk) {
                 return done.map(|()| answer);

@@ -29,22 +29,33 @@ use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
 /// Limits of one capture; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
+    /// Longest the capture runs, from [`LiveCapture::start`]. Checked every 10 ms by a waker
+    /// thread, so it holds on a silent interface too.
     pub time: Option<Duration>,
+    /// Packets written: the packet that reaches the limit is written and ends the capture.
+    /// `Some(0)` ends it at the first packet, writing nothing.
     pub packets: Option<u64>,
+    /// Captured bytes written (caplen, no file headers): the packet that reaches the limit is
+    /// written and ends the capture; one that would go past it is not written, and ends it.
     pub bytes: Option<u64>,
 }
 
+/// How to run one live capture; [`LiveConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
+    /// Interface name. The caller opens the source on it; here it only names the threads.
     pub iface: String,
     /// pcap-filter expression, already validated (see [`crate::bpf`]); empty = everything.
     pub filter: String,
+    /// Bytes kept of each packet, for [`LiveConfig::open_options`].
     pub snaplen: u32,
     /// Kernel buffer, bytes.
     pub buffer_size: u32,
+    /// Promiscuous mode, for [`LiveConfig::open_options`].
     pub promisc: bool,
     /// Read timeout, ms: how long a quiet capture waits before checking limits and stop.
     pub timeout_ms: i32,
+    /// When the capture ends by itself.
     pub limits: Limits,
     /// Batches the queue holds between the capture and writer threads.
     pub queue_batches: usize,
@@ -65,6 +76,9 @@ impl LiveConfig {
         }
     }
 
+    /// A capture of `iface` running `filter` (validated pcap-filter text; empty: every
+    /// packet), with the defaults: whole packets ([`MAX_SNAPLEN`]), a 32 MiB kernel buffer,
+    /// promiscuous, a 100 ms read timeout, no limits, a queue of 1024 batches of 256 packets.
     pub fn new(iface: &str, filter: &str) -> Self {
         Self {
             iface: iface.to_string(),
@@ -81,13 +95,23 @@ impl LiveConfig {
     }
 }
 
+/// Why a capture ended. Only the first reason is recorded: whatever happens after it (the
+/// threads winding down) does not replace it. Displayed as `time_limit`, `packet_limit`,
+/// `byte_limit`, `stopped` or `failed: <why>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// [`Limits::time`] elapsed.
     TimeLimit,
+    /// [`Limits::packets`] packets were written.
     PacketLimit,
+    /// [`Limits::bytes`] was reached, or the next packet would have gone past it.
     ByteLimit,
+    /// [`LiveCapture::stop`] or [`StopHandle::stop`] was called, or the [`LiveCapture`] was
+    /// dropped.
     Stopped,
+    /// Reading the source failed (the source's error), writing to the sink failed
+    /// (`write: <error>`), or the writer thread panicked.
     Failed(String),
 }
 
@@ -111,12 +135,16 @@ pub struct Counters {
     pub received: u64,
     /// Packets libpcap delivered to us (matched the filter).
     pub matched: u64,
+    /// Packets written to the sink.
     pub written: u64,
     /// Dropped by the kernel (`ps_drop + ps_ifdrop`): buffer full.
     pub kernel_dropped: u64,
     /// Dropped by the agent: the queue to the writer was full.
     pub agent_dropped: u64,
+    /// Captured bytes of the written packets (caplen), without file headers: what
+    /// [`Limits::bytes`] counts.
     pub bytes_written: u64,
+    /// Why the capture ended; `None` while it runs.
     pub stop_reason: Option<StopReason>,
 }
 
@@ -158,6 +186,14 @@ impl Shared {
         self.stop.store(true, Ordering::Release);
     }
 
+    /// Records a failure even after another reason ended the capture: a write that fails
+    /// while the capture winds down (the last fsync, the last manifest) means what was
+    /// captured is not all safely on disk, and the reason must say so.
+    fn fail(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(StopReason::Failed(reason));
+        self.stop.store(true, Ordering::Release);
+    }
+
     fn snapshot(&self) -> Counters {
         Counters {
             received: self.received.load(Ordering::Relaxed),
@@ -173,6 +209,9 @@ impl Shared {
 
 /// Where written packets go (a shard writer). Called from the writer thread only.
 pub trait PacketSink: Send {
+    /// Writes one packet: `ts_ns` nanoseconds since the Unix epoch, `orig_len` its length on
+    /// the wire, `data` its captured bytes. An error ends the capture (`failed: write: ...`);
+    /// [`PacketSink::finish`] is still called.
     fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()>;
     /// Called once at the end with the final counters; flushes and syncs.
     fn finish(&mut self, counters: &Counters) -> io::Result<()>;
@@ -300,8 +339,8 @@ impl LiveCapture {
         if let Some(t) = self.writer.take() {
             match t.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => self.shared.finish(StopReason::Failed(format!("write: {e}"))),
-                Err(_) => self.shared.finish(StopReason::Failed("writer thread panicked".into())),
+                Ok(Err(e)) => self.shared.fail(format!("write: {e}")),
+                Err(_) => self.shared.fail("writer thread panicked".into()),
             }
         }
         self.shared.snapshot()

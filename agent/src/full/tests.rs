@@ -1,0 +1,102 @@
+//! The spool's damaged entries and the order a delivered shard is forgotten in, on real
+//! files in a temporary spool.
+
+use std::path::Path;
+
+use edgecap_capture::shard::{ShardFormat, ShardIdentity, ShardManifest};
+
+use super::spool::{JobFile, write_json};
+use super::uploads::remove_delivered;
+use super::*;
+
+fn jobs(spool: &Path) -> Jobs {
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Libpcap);
+    Jobs::open(FullCaptureConfig::new(spool.to_path_buf()), "a1", "pop1", None, sources).unwrap()
+}
+
+fn manifest(file: &str, sequence: u64) -> ShardManifest {
+    ShardManifest {
+        identity: ShardIdentity::default(),
+        file: file.into(),
+        sequence,
+        format: ShardFormat::Pcap,
+        packets: 1,
+        bytes: 60,
+        file_bytes: 100,
+        first_ts_ns: Some(1),
+        last_ts_ns: Some(1),
+        kernel_dropped: None,
+        agent_dropped: None,
+        sha256: None,
+        stop_reason: None,
+    }
+}
+
+/// A capture directory with a job file and an end (as after a restart).
+fn capture_dir(spool: &Path, id: &str) -> std::path::PathBuf {
+    let dir = spool.join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_json(&dir.join("job.json"), &JobFile { capture_id: id.into(), interface: "eth0".into(), started_ns: 1 })
+        .unwrap();
+    dir
+}
+
+fn shard(dir: &Path, n: u64) {
+    let name = format!("shard-{n:06}.pcap");
+    std::fs::write(dir.join(&name), [0u8; 100]).unwrap();
+    write_json(&dir.join(format!("{name}.json")), &manifest(&name, n)).unwrap();
+}
+
+#[test]
+fn damaged_entries_are_set_aside_counted_once_and_block_nothing() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = capture_dir(spool.path(), "c1");
+    shard(&dir, 1);
+    // A manifest whose shard is missing, and one that does not parse.
+    write_json(&dir.join("shard-000002.pcap.json"), &manifest("shard-000002.pcap", 2)).unwrap();
+    std::fs::write(dir.join("shard-000003.pcap.json"), b"{ not json").unwrap();
+    shard(&dir, 4);
+    let jobs = jobs(spool.path());
+    let ready = jobs.scan_spool();
+    let files: Vec<&str> = ready.iter().map(|r| r.manifest.file.as_str()).collect();
+    assert_eq!(files, ["shard-000001.pcap", "shard-000004.pcap"], "the good shards, in order, past the damaged ones");
+    assert_eq!(jobs.damaged_entries(), 2);
+    assert!(dir.join("shard-000002.pcap.json.damaged").exists() && dir.join("shard-000003.pcap.json.damaged").exists());
+    // Set aside once: the next scan sees the same good shards and counts nothing new.
+    assert_eq!(jobs.scan_spool().len(), 2);
+    assert_eq!(jobs.damaged_entries(), 2);
+}
+
+#[test]
+fn a_capture_whose_job_file_does_not_parse_is_set_aside_and_the_rest_opens() {
+    let spool = tempfile::tempdir().unwrap();
+    let good = capture_dir(spool.path(), "good");
+    shard(&good, 1);
+    let bad = capture_dir(spool.path(), "bad");
+    std::fs::write(bad.join("job.json"), b"\x00\x01garbage").unwrap();
+    let jobs = jobs(spool.path());
+    assert_eq!(jobs.damaged_entries(), 1);
+    assert!(spool.path().join("bad.damaged").is_dir(), "kept on disk for an operator");
+    let ready = jobs.scan_spool();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].capture_id, "good");
+}
+
+#[test]
+fn a_delivered_shard_loses_its_manifest_first() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = capture_dir(spool.path(), "c1");
+    shard(&dir, 1);
+    let jobs = jobs(spool.path());
+    let ready = jobs.scan_spool();
+    assert_eq!(ready.len(), 1);
+    // The shard cannot be removed (a crash at that moment is the same): a directory in its
+    // place that is not empty.
+    std::fs::remove_file(&ready[0].shard_path).unwrap();
+    std::fs::create_dir_all(ready[0].shard_path.join("x")).unwrap();
+    assert!(remove_delivered(&ready[0].manifest_path, &ready[0].shard_path).is_err());
+    // The manifest is already gone, so the shard is not offered again (it would be retried
+    // forever otherwise), and it counts as nothing damaged.
+    assert!(jobs.scan_spool().is_empty());
+    assert_eq!(jobs.damaged_entries(), 0);
+}

@@ -1,0 +1,195 @@
+//! A broken or compromised agent cannot take the coordinator down or hurt the other agents:
+//! a message flood, an oversized string and a sample answer with more packets than asked each
+//! get that agent cut off with the reason, while a real agent beside it keeps answering.
+//! Everything runs on loopback; the real agent's packets come from the replay source.
+
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecap_capture::source::SourceConfig;
+use edgecap_capture::source::replay::ReplayConfig;
+use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
+use edgecap_proto::agent::v1 as pb;
+use edgecap_tls::{TlsFiles, pki};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "hostile-agent-test-token-0123";
+
+async fn coordinator(dir: &std::path::Path) -> Coordinator {
+    let pki_dir = dir.join("pki");
+    pki::init_ca(&pki_dir, "test ca").unwrap();
+    pki::issue_coordinator(&pki_dir, "c1", &["127.0.0.1".into()]).unwrap();
+    Coordinator::start(CoordinatorConfig {
+        name: "c1".into(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsFiles::in_dir(&pki_dir, "coordinator"),
+        tls_reload_interval: Duration::from_secs(60),
+        state: edgecap_state::StateConfig::Memory,
+        storage: edgecap_storage::StorageConfig::LocalDir { root: dir.join("objects") },
+        tmp_dir: dir.join("tmp"),
+        limits: Limits::default(),
+        rate_limits: RateLimits::off(),
+        sample_timeout: Duration::from_secs(5),
+        agent_wait: Duration::ZERO,
+        tokens: vec![("acct".into(), TOKEN.into())],
+        s3_credentials: Default::default(),
+        full: Default::default(),
+    })
+    .await
+    .unwrap()
+}
+
+/// A hand-driven agent: its control stream, to send anything on.
+struct FakeAgent {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+impl FakeAgent {
+    async fn connect(coord: &Coordinator, files: &TlsFiles, agent_id: &str, pop: &str) -> Self {
+        let endpoint = format!("https://127.0.0.1:{}", coord.grpc_addr.port());
+        let channel =
+            edgecap_agent::connect(&endpoint, Arc::new(edgecap_tls::client_config(files).unwrap())).await.unwrap();
+        let mut client = pb::agent_control_client::AgentControlClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::Hello {
+            agent_id: agent_id.into(),
+            pop: pop.into(),
+            interfaces: vec!["sim0".into()],
+            version: "fake".into(),
+            sample_rate: 1,
+            lookback_snaplen: 160,
+        };
+        tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }).await.unwrap();
+        let mut inbound = client.control(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let welcome = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(welcome.msg, Some(pb::coordinator_message::Msg::Welcome(_))));
+        Self { tx, inbound }
+    }
+
+    async fn send(&self, msg: pb::agent_message::Msg) -> bool {
+        self.tx.send(pb::AgentMessage { msg: Some(msg) }).await.is_ok()
+    }
+
+    /// Reads until the coordinator ends the stream; returns its final status's message.
+    async fn ended_with(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return "stream ended without a status".into(),
+                Ok(Err(status)) => return format!("{:?}: {}", status.code(), status.message()),
+                Err(_) => panic!("the coordinator did not cut the agent off"),
+            }
+        }
+    }
+}
+
+async fn api(coord: &Coordinator, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    let client = edgecap_client::Client::new(edgecap_client::Endpoint {
+        api: format!("http://{}/client/v4", coord.api_addr),
+        account: "acct".into(),
+        token: TOKEN.into(),
+    })
+    .unwrap();
+    client.call(method, path, body.as_ref()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = coordinator(dir.path()).await;
+    let pki_dir = dir.path().join("pki");
+
+    // A real agent, its lookback fed by generated packets.
+    let good_files = pki::issue_agent(&pki_dir, "good", "pop-good").unwrap();
+    let mut config = edgecap_agent::AgentConfig::new(
+        vec![format!("https://127.0.0.1:{}", coord.grpc_addr.port())],
+        good_files,
+        vec!["sim0".into()],
+    );
+    config.source = SourceConfig::Replay(ReplayConfig { file: None, rate_pps: 200, frame_bytes: 100 });
+    let agent = edgecap_agent::Agent::start(config).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let good = tokio::spawn(agent.run(stop.clone()));
+
+    // 1. A flood of messages.
+    let flooder_files = pki::issue_agent(&pki_dir, "flooder", "pop-flood").unwrap();
+    let mut flooder = FakeAgent::connect(&coord, &flooder_files, "flooder", "pop-flood").await;
+    let beat =
+        pb::agent_message::Msg::Heartbeat(pb::Heartbeat { lookback: Some(Default::default()), spool_damaged: 0 });
+    for _ in 0..5000 {
+        if !flooder.send(beat.clone()).await {
+            break;
+        }
+    }
+    let why = flooder.ended_with().await;
+    assert!(why.contains("ResourceExhausted") && why.contains("messages per second"), "{why}");
+
+    // 2. An oversized string.
+    let talker_files = pki::issue_agent(&pki_dir, "talker", "pop-talk").unwrap();
+    let mut talker = FakeAgent::connect(&coord, &talker_files, "talker", "pop-talk").await;
+    let report = pb::CaptureReport { capture_id: "c".into(), error: "x".repeat(10_000), ..Default::default() };
+    talker.send(pb::agent_message::Msg::CaptureReport(report)).await;
+    let why = talker.ended_with().await;
+    assert!(why.contains("report error of 10000 bytes"), "{why}");
+
+    // 3. A sample answer with more packets than asked.
+    let liar_files = pki::issue_agent(&pki_dir, "liar", "pop-liar").unwrap();
+    let mut liar = FakeAgent::connect(&coord, &liar_files, "liar", "pop-liar").await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while coord.connected_agents().iter().all(|a| a.agent_id != "good") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the good lookback holds packets
+    let created = api(
+        &coord,
+        "POST",
+        "",
+        Some(json!({"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 10})),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let query = loop {
+        match liar.inbound.message().await.unwrap().unwrap().msg {
+            Some(pb::coordinator_message::Msg::SampleQuery(q)) => break q,
+            _ => continue,
+        }
+    };
+    let packets: Vec<pb::Packet> = (0..query.packet_limit + 1)
+        .map(|i| pb::Packet { ts_ns: u64::from(i) + 1, orig_len: 60, data: vec![0; 60], ..Default::default() })
+        .collect();
+    let chunk = pb::SampleChunk { request_id: query.request_id.clone(), packets, done: true, ..Default::default() };
+    liar.send(pb::agent_message::Msg::SampleChunk(chunk)).await;
+    let why = liar.ended_with().await;
+    assert!(why.contains("more packets than the 10 still asked for"), "{why}");
+
+    // The capture finished with the good agent's packets; the liar's PoP failed.
+    let done = loop {
+        let v = api(&coord, "GET", &format!("/{id}"), None).await;
+        if v["status"] != "pending" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["packets_captured"], 10, "{done}");
+    let pops = done["pops"].as_array().unwrap();
+    let pop = |name: &str| pops.iter().find(|p| p["pop"] == name).cloned().unwrap_or_default();
+    assert_eq!(pop("pop-good")["status"], "done", "{done}");
+    assert_eq!(pop("pop-liar")["status"], "failed", "{done}");
+    // Only the good agent is still connected.
+    let connected: Vec<String> = coord.connected_agents().into_iter().map(|a| a.agent_id).collect();
+    assert_eq!(connected, ["good"]);
+
+    stop.cancel();
+    good.await.unwrap().unwrap();
+    coord.shutdown().await.unwrap();
+}
