@@ -145,7 +145,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             Some(path) => edgecap_coordinator::load_credentials(path)?,
             None => Default::default(),
         },
-        full: edgecap_coordinator::FullSettings { keep_shards: args.keep_shards, ..Default::default() },
+        full: edgecap_coordinator::FullSettings {
+            keep_shards: args.keep_shards,
+            // One machine: the user's S3-compatible server is usually on it, or on the LAN.
+            endpoints: edgecap_coordinator::EndpointPolicy { allow_private: true, allowed: vec![] },
+            ..Default::default()
+        },
     })
     .await?;
 

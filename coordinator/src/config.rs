@@ -17,15 +17,23 @@ use edgecap_tls::TlsFiles;
 pub struct CoordinatorConfig {
     /// Names this replica in logs, agent presence and certificates.
     pub name: String,
+    /// Where the REST API listens.
     pub api_listen: SocketAddr,
+    /// Where agents' mutual-TLS control streams are accepted.
     pub grpc_listen: SocketAddr,
+    /// CA (for agents' certificates), the coordinator's certificate and key.
     pub tls: TlsFiles,
+    /// How often the TLS files are checked for changes.
     pub tls_reload_interval: Duration,
+    /// The shared state store.
     pub state: StateConfig,
+    /// Where sample captures' files are kept.
     pub storage: StorageConfig,
     /// Scratch space for files being assembled.
     pub tmp_dir: PathBuf,
+    /// What a request may ask for.
     pub limits: Limits,
+    /// Per-account rate limits.
     pub rate_limits: RateLimits,
     /// How long to wait for one agent's sample answer.
     pub sample_timeout: Duration,
@@ -35,15 +43,20 @@ pub struct CoordinatorConfig {
     pub tokens: Vec<(String, String)>,
     /// Bucket name -> access key, for full captures' buckets (else the AWS default chain).
     pub s3_credentials: HashMap<String, StaticCredentials>,
+    /// Tunables of full captures.
     pub full: FullSettings,
 }
 
 /// Limits from Cloudflare's reference, with the full-capture time cap configurable.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Longest sample window, seconds (Cloudflare: 300).
     pub time_limit_max: u64,
+    /// Longest full capture, seconds.
     pub full_time_limit_max: u64,
+    /// Most packets a capture may ask for (also the default of sample captures).
     pub packet_limit_max: u64,
+    /// Most bytes a full capture may ask for.
     pub byte_limit_max: u64,
     /// How far back `offset_time` may be, seconds.
     pub offset_max_age_secs: i64,
@@ -68,14 +81,18 @@ impl Default for Limits {
 /// pending full capture. `None` turns a limit off.
 #[derive(Clone, Debug)]
 pub struct RateLimits {
+    /// At most one sample capture per account in this interval.
     pub sample_interval: Option<Duration>,
+    /// At most this many pending or running full captures per account.
     pub max_active_full: Option<usize>,
 }
 
 impl RateLimits {
+    /// Cloudflare's: one sample per minute, one active full capture.
     pub fn cloudflare() -> Self {
         Self { sample_interval: Some(Duration::from_secs(60)), max_active_full: Some(1) }
     }
+    /// No limit (`edgecap up`, tests).
     pub fn off() -> Self {
         Self { sample_interval: None, max_active_full: None }
     }
@@ -96,6 +113,11 @@ pub struct FullSettings {
     pub keep_shards: bool,
     /// Lease of the leader key: a dead leader is replaced within about this long.
     pub leader_ttl: Duration,
+    /// Largest shard an agent may be granted an upload for (agents rotate shards at 64 MiB
+    /// by default; the default spool holds 4 GiB).
+    pub max_shard_bytes: u64,
+    /// Which endpoints a `destination_conf` may name.
+    pub endpoints: crate::model::EndpointPolicy,
 }
 
 impl Default for FullSettings {
@@ -107,6 +129,8 @@ impl Default for FullSettings {
             merge_retry: Duration::from_secs(600),
             keep_shards: false,
             leader_ttl: Duration::from_secs(5),
+            max_shard_bytes: 4 << 30,
+            endpoints: Default::default(),
         }
     }
 }

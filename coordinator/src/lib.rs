@@ -40,6 +40,7 @@ pub use api::error::code;
 pub use config::{
     CoordinatorConfig, FullSettings, Limits, RateLimits, load_credentials, objects_config, valid_account,
 };
+pub use model::EndpointPolicy;
 pub use model::rfc3339;
 
 /// How long a shutdown waits for connections and background work before closing them.
@@ -47,7 +48,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A running coordinator.
 pub struct Coordinator {
+    /// Where the API listens (the port is known even when 0 was asked).
     pub api_addr: SocketAddr,
+    /// Where agents connect.
     pub grpc_addr: SocketAddr,
     router: axum::Router,
     registry: Arc<agents::Registry>,
@@ -58,6 +61,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Opens the backends, binds both listeners and starts the background work.
     pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Self> {
         edgecap_tls::install_default_provider();
         let tls = edgecap_tls::watch_server_config(config.tls.clone(), config.tls_reload_interval)

@@ -66,6 +66,18 @@ struct Args {
     /// Keep full captures' shards in the bucket after the merge.
     #[arg(long)]
     keep_shards: bool,
+    /// Let `destination_conf` name S3 endpoints on private, loopback or link-local addresses
+    /// (refused by default: a user could otherwise make the coordinator reach internal
+    /// services, or the cloud metadata service).
+    #[arg(long, env = "EDGECAP_ALLOW_PRIVATE_ENDPOINTS")]
+    allow_private_endpoints: bool,
+    /// Accept only these S3 endpoints in `destination_conf` (repeatable; an endpoint listed is
+    /// accepted even on a private address).
+    #[arg(long = "s3-endpoint-allow", value_name = "URL")]
+    s3_endpoint_allow: Vec<String>,
+    /// Largest shard an agent may upload, MiB.
+    #[arg(long, default_value_t = 4096)]
+    max_shard_mib: u64,
     /// Seconds a PoP whose agent disconnected mid-capture may take to come back.
     #[arg(long, default_value_t = 15)]
     reconnect_grace: u64,
@@ -141,6 +153,11 @@ async fn main() -> anyhow::Result<()> {
             keep_shards: args.keep_shards,
             reconnect_grace: Duration::from_secs(args.reconnect_grace),
             upload_grace: Duration::from_secs(args.upload_grace),
+            max_shard_bytes: args.max_shard_mib.max(1) << 20,
+            endpoints: edgecap_coordinator::EndpointPolicy {
+                allow_private: args.allow_private_endpoints,
+                allowed: args.s3_endpoint_allow.clone(),
+            },
             ..Default::default()
         },
     };

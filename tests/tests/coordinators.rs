@@ -9,6 +9,8 @@
 //! completes; killing an agent: its PoP is reported lost and the others are complete; and
 //! each capture is merged exactly once, by one leader.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -91,6 +93,7 @@ impl Cluster {
                 "--token",
                 &token,
                 "--no-rate-limits",
+                "--allow-private-endpoints",
                 "--s3-credentials",
                 creds.to_str().unwrap(),
                 "--name",

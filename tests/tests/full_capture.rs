@@ -5,6 +5,8 @@
 //! the `edgecap` CLI from inside the core namespace; the merged file is read from the S3
 //! server's directory and checked with tshark.
 
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
 use std::time::Duration;
 
 use edgecap_e2e::{
@@ -111,6 +113,7 @@ impl Fixture {
             "--token",
             &token,
             "--no-rate-limits",
+            "--allow-private-endpoints",
             "--s3-credentials",
             creds.to_str().unwrap(),
         ];

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body as ResponseBody;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Account;
+use super::body::Body;
 use super::error::{ApiError, code};
 use super::validate::parse_create;
 use super::{ApiState, collection, envelope, repo_err};
@@ -31,7 +32,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): A
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let now = time::OffsetDateTime::now_utc();
     let request = parse_create(&body, &state.limits, now)?;
@@ -52,6 +53,7 @@ fn plan_error(e: PlanError) -> ApiError {
     let message = e.to_string();
     match e {
         PlanError::MissingDestination => ApiError::bad_request(code::MISSING_FIELD, message),
+        PlanError::Endpoint(_) => ApiError::bad_request(code::INVALID_VALUE, message),
         PlanError::NotValidated(_) => ApiError::new(StatusCode::FORBIDDEN, code::BUCKET_NOT_VALIDATED, message),
         PlanError::TooManyActive { .. } => ApiError::new(StatusCode::CONFLICT, code::FULL_CAPTURE_RUNNING, message),
         PlanError::NoAgents(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
@@ -102,7 +104,7 @@ pub(super) async fn download(
     }
     let key = record.object_key.ok_or_else(|| ApiError::internal("successful capture without a file"))?;
     let (meta, reader) = state.objects.get(&key).await.map_err(|e| ApiError::storage(&e))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    let body = ResponseBody::from_stream(tokio_util::io::ReaderStream::new(reader));
     Ok((
         [
             (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),

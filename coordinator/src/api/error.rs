@@ -22,6 +22,8 @@ pub mod code {
     pub const NOT_APPLICABLE: u32 = 1006;
     /// An unknown field inside `filter_v1` (a misspelling would widen a capture).
     pub const UNKNOWN_FIELD: u32 = 1007;
+    /// The request body is larger than the API takes (413).
+    pub const BODY_TOO_LARGE: u32 = 1008;
     /// No such capture in this account.
     pub const CAPTURE_NOT_FOUND: u32 = 1100;
     /// No such bucket ownership in this account.
@@ -38,6 +40,8 @@ pub mod code {
     pub const RATE_LIMITED: u32 = 1200;
     /// The account already has its maximum of active full captures.
     pub const FULL_CAPTURE_RUNNING: u32 = 1201;
+    /// The account holds the most records of a kind it may (422; delete one first).
+    pub const LIMIT_REACHED: u32 = 1202;
     /// The bucket's ownership has not been validated for this account.
     pub const BUCKET_NOT_VALIDATED: u32 = 1106;
     /// The ownership challenge could not be written into the bucket.
@@ -52,6 +56,8 @@ pub mod code {
     pub const STORAGE_UNAVAILABLE: u32 = 1501;
     /// A bug or damaged data (500).
     pub const INTERNAL: u32 = 1502;
+    /// The request took longer than the API allows (503; retry).
+    pub const TIMEOUT: u32 = 1503;
     /// The route exists but not with this method.
     pub const METHOD_NOT_ALLOWED: u32 = 7001;
     /// No such route.

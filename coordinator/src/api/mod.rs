@@ -25,6 +25,7 @@ use crate::store::{Repo, RepoError};
 
 mod agents;
 mod auth;
+mod body;
 mod captures;
 pub(crate) mod error;
 mod ownership;
@@ -81,6 +82,23 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Longest an API request may take before it is answered 503 (a download's body streams
+/// after that, unbounded).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers 503 with the envelope when a handler takes longer than [`REQUEST_TIMEOUT`].
+async fn timeout(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::TIMEOUT,
+            format!("request: not answered within {} s; try again", REQUEST_TIMEOUT.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
 /// One span per API request (exported with traces), named after the route.
 async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument as _;
@@ -111,6 +129,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/app.js", get(web::script))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn(timeout))
         .route_layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }

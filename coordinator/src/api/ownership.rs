@@ -9,18 +9,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Account;
+use super::body::Body;
 use super::error::{ApiError, code};
 use super::validate::{parse_ownership_create, parse_ownership_validate};
 use super::{ApiState, collection, envelope, repo_err};
 use crate::model::{OwnershipRecord, OwnershipStatus, is_id, new_id, rfc3339};
 
-/// The user's bucket could not be reached (retry later): 503 naming the field.
-fn bucket_error(e: &edgecap_storage::StorageError) -> ApiError {
-    tracing::warn!(error = %e, "bucket unreachable");
+/// Bucket ownerships (validated or not) an account may hold.
+const MAX_OWNERSHIPS: usize = 100;
+
+/// The user's bucket could not be reached (retry later): 503 naming the field. The details
+/// are logged, not returned.
+fn bucket_error() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         code::STORAGE_UNAVAILABLE,
-        format!("destination_conf: bucket unreachable: {e}"),
+        "destination_conf: the bucket could not be reached; try again later",
     )
 }
 
@@ -34,20 +38,37 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): A
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let destination = parse_ownership_create(&body)?;
+    let held = state.repo.list_ownerships(&account).await.map_err(repo_err)?.len();
+    if held >= MAX_OWNERSHIPS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code::LIMIT_REACHED,
+            format!(
+                "destination_conf: this account has {held} bucket ownerships, the most it may (limit {MAX_OWNERSHIPS}); delete one first"
+            ),
+        ));
+    }
+    state.full.check_endpoint(&destination).await.map_err(|e| ApiError::bad_request(code::INVALID_VALUE, e))?;
     let id = new_id();
     let filename = OwnershipRecord::challenge_file(&id);
     let challenge = format!("{}{}", new_id(), new_id());
-    let store = state.full.store_for(&destination).await.map_err(|e| bucket_error(&e))?;
+    let store = state.full.store_for(&destination).await.map_err(|e| {
+        tracing::warn!(%account, destination = %destination.uri, error = %e, "bucket client not made");
+        bucket_error()
+    })?;
     use edgecap_storage::ObjectStore as _;
     if let Err(e) = store.put(&filename, Bytes::from(format!("{challenge}\n"))).await {
+        // What the endpoint answered stays in the coordinator's log: it may be any server's
+        // answer, not the user's to read.
+        tracing::warn!(%account, destination = %destination.uri, error = %e, "ownership challenge not written");
         return Err(match e {
-            e if e.is_retryable() => bucket_error(&e),
-            e => ApiError::bad_request(
+            e if e.is_retryable() => bucket_error(),
+            _ => ApiError::bad_request(
                 code::BUCKET_UNWRITABLE,
-                format!("destination_conf: could not write the ownership challenge into the bucket: {e}"),
+                "destination_conf: the bucket refused the ownership challenge (check the bucket's name and region, and that the coordinator has credentials for it)",
             ),
         });
     }
@@ -71,7 +92,7 @@ pub(super) async fn create(
 pub(super) async fn validate(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let (destination, challenge) = parse_ownership_validate(&body)?;
     let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;

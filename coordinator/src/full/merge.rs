@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use edgecap_storage::s3::S3Store;
 use edgecap_storage::{ObjectStore, StorageError};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -73,8 +72,8 @@ impl FullCaptures {
         }
         record.status = CaptureStatus::ConversionRunning;
         self.persist(&record).await;
-        let store = match record.destination_conf.as_deref() {
-            Some(uri) => self.buckets.store_for_uri(uri).await,
+        let store: Result<Arc<dyn ObjectStore>, _> = match record.destination_conf.as_deref() {
+            Some(uri) => self.buckets.store_for_uri(uri).await.map(|s| s as Arc<dyn ObjectStore>),
             None => Err(StorageError::Rejected("no destination_conf".into())),
         };
         let outcome = match &store {
@@ -140,7 +139,7 @@ impl FullCaptures {
     #[tracing::instrument(name = "merge", skip_all, fields(capture = %record.id))]
     async fn merge_into_bucket(
         &self,
-        store: &Arc<S3Store>,
+        store: &Arc<dyn ObjectStore>,
         record: &CaptureRecord,
         cancel: &CancellationToken,
     ) -> Result<Option<u64>, MergeError> {
@@ -163,7 +162,7 @@ impl FullCaptures {
     async fn merge_in(
         &self,
         dir: &Path,
-        store: &Arc<S3Store>,
+        store: &Arc<dyn ObjectStore>,
         record: &CaptureRecord,
         shards: &[(&PopResult, &ShardRef)],
         cancel: &CancellationToken,
@@ -178,11 +177,25 @@ impl FullCaptures {
                     biased;
                     _ = cancel.cancelled() => Err(StorageError::Cancelled),
                     downloaded = async {
-                        let (_, mut reader) = store.get(&shard.key).await?;
+                        let (_, reader) = store.get(&shard.key).await?;
                         let mut file = tokio::fs::File::create(&path).await?;
-                        tokio::io::copy(&mut reader, &mut file)
+                        // No more than the size recorded at commit: a bucket endpoint cannot
+                        // fill the coordinator's disk with an endless answer.
+                        let mut bounded = tokio::io::AsyncReadExt::take(reader, shard.file_bytes + 1);
+                        let copied = tokio::io::copy(&mut bounded, &mut file)
                             .await
                             .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
+                        if copied != shard.file_bytes {
+                            let held = if copied > shard.file_bytes {
+                                format!("more than {}", shard.file_bytes)
+                            } else {
+                                copied.to_string()
+                            };
+                            return Err(StorageError::Rejected(format!(
+                                "shard {} has {held} bytes in the bucket, {} were committed",
+                                shard.key, shard.file_bytes
+                            )));
+                        }
                         file.flush().await?;
                         Ok(())
                     } => downloaded,
@@ -285,5 +298,73 @@ where
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use edgecap_storage::ObjectStore;
+
+    use super::*;
+    use crate::agents::Registry;
+    use crate::model::{PopStatus, ShardRef};
+    use crate::store::Repo;
+
+    #[tokio::test]
+    async fn a_shard_larger_in_the_bucket_than_committed_is_not_downloaded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("bucket") })
+                .await
+                .unwrap();
+        // What the bucket now holds is 1 MiB; the agent committed 100 bytes.
+        store.put("edgecap-shards/c1/p/a/shard-000001.pcap", Bytes::from(vec![0u8; 1 << 20])).await.unwrap();
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let full = FullCaptures::new(
+            repo,
+            Arc::new(Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            dir.path().join("tmp"),
+        );
+        let shard = ShardRef {
+            key: "edgecap-shards/c1/p/a/shard-000001.pcap".into(),
+            packets: 1,
+            bytes: 60,
+            file_bytes: 100,
+            first_ts_ns: 1,
+            last_ts_ns: 1,
+            sha256: String::new(),
+            interface: String::new(),
+            filter: String::new(),
+        };
+        let mut pop = PopResult::new("p", "a", PopStatus::Done);
+        pop.shards = vec![shard];
+        let record = CaptureRecord::from_request(
+            "acct",
+            crate::model::CaptureRequest {
+                capture_type: crate::model::CaptureType::Full,
+                time_limit: 10,
+                packet_limit: None,
+                byte_limit: None,
+                filter: Default::default(),
+                filter_bpf: None,
+                offset_time: None,
+                colo_name: None,
+                destination: None,
+                output_format: OutputFormat::Pcap,
+            },
+            time::OffsetDateTime::now_utc(),
+        );
+        let record = CaptureRecord { pops: vec![pop], ..record };
+        let outcome = full.merge_into_bucket(&store, &record, &CancellationToken::new()).await;
+        let error = outcome.unwrap_err().to_string();
+        assert!(error.contains("more than 100 bytes") && error.contains("100 were committed"), "{error}");
+        // The scratch directory is gone, and nothing was read past the bound.
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0), 0);
     }
 }

@@ -82,11 +82,20 @@ impl FullCaptures {
         Self {
             repo,
             registry,
+            buckets: buckets::Buckets::new(credentials, settings.endpoints.clone()),
             settings,
-            buckets: buckets::Buckets::new(credentials),
             tmp_dir,
             name,
             leader: watch::channel(false).0,
+        }
+    }
+
+    /// Whether the operator allows the endpoint a destination names (see [`EndpointPolicy`]);
+    /// the reason names `destination_conf`.
+    pub(crate) async fn check_endpoint(&self, destination: &crate::model::DestinationConf) -> Result<(), String> {
+        match &destination.endpoint {
+            Some(endpoint) => self.settings.endpoints.check(endpoint).await,
+            None => Ok(()),
         }
     }
 

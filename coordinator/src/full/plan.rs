@@ -21,8 +21,11 @@ pub(crate) enum PlanError {
     TooManyActive { active: usize, max: usize },
     #[error("colo_name: no agent is connected in a PoP named {0:?} or starting with it")]
     NoAgents(String),
-    #[error("destination_conf: bucket unreachable: {0}")]
+    #[error("destination_conf: the bucket could not be reached; try again later")]
     Bucket(StorageError),
+    /// The endpoint is not one the operator allows (the message names the field).
+    #[error("{0}")]
+    Endpoint(String),
     #[error(transparent)]
     Store(#[from] RepoError),
 }
@@ -45,6 +48,7 @@ impl FullCaptures {
     ) -> Result<CaptureRecord, PlanError> {
         debug_assert_eq!(request.capture_type, CaptureType::Full);
         let destination = request.destination.clone().ok_or(PlanError::MissingDestination)?;
+        self.check_endpoint(&destination).await.map_err(PlanError::Endpoint)?;
         let colo = request.colo_name.clone().unwrap_or_default();
         // The bucket must have been proven to be this account's.
         let ownerships = self.repo.list_ownerships(account).await?;
@@ -52,14 +56,6 @@ impl FullCaptures {
             ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
         if !owned {
             return Err(PlanError::NotValidated(destination.uri));
-        }
-        if let Some(max) = max_active {
-            let captures = self.repo.list_captures(account).await?;
-            let active =
-                captures.iter().filter(|r| r.capture_type == CaptureType::Full && !r.status.is_final()).count();
-            if active >= max {
-                return Err(PlanError::TooManyActive { active, max });
-            }
         }
         let (agents, offline) = self.colo_agents(&colo).await?;
         if agents.is_empty() {
@@ -69,6 +65,11 @@ impl FullCaptures {
         // so a destination that cannot even be configured is refused at once.
         self.store_for(&destination).await.map_err(PlanError::Bucket)?;
         let mut record = CaptureRecord::from_request(account, request, now);
+        if let Some(max) = max_active
+            && let Err(active) = self.repo.reserve_active_full(account, &record.id, max).await?
+        {
+            return Err(PlanError::TooManyActive { active, max });
+        }
         record.colo_name = Some(colo);
         record.pops = agents
             .iter()
@@ -78,7 +79,12 @@ impl FullCaptures {
                 ..PopResult::new(&a.pop, &a.agent_id, PopStatus::Skipped)
             }))
             .collect();
-        self.repo.create_capture(&record).await?;
+        if let Err(error) = self.repo.create_capture(&record).await {
+            if max_active.is_some() {
+                let _ = self.repo.release_active_full(account, &record.id).await;
+            }
+            return Err(error.into());
+        }
         tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
         self.submit(&record).await?;
         Ok(record)

@@ -11,6 +11,22 @@ use super::{FullCaptures, shard_key};
 use crate::convert;
 use crate::model::JobRecord;
 
+/// Bytes of a classic pcap file header, and of each record's header.
+const PCAP_HEADER: u64 = 24;
+const PCAP_RECORD_HEADER: u64 = 16;
+
+/// The largest shard a job can produce: the configured bound, and no more than the capture's
+/// byte limit allows (each packet at least one byte, so at most that many record headers).
+fn max_shard(job: &JobRecord, configured: u64) -> u64 {
+    match job.byte_limit {
+        Some(bytes) => {
+            let packets = job.packet_limit.map_or(bytes, |p| p.min(bytes));
+            configured.min(PCAP_HEADER + packets * PCAP_RECORD_HEADER + bytes)
+        }
+        None => configured,
+    }
+}
+
 fn valid_shard_name(name: &str) -> bool {
     (1..=80).contains(&name.len())
         && !name.starts_with('.')
@@ -53,6 +69,13 @@ impl FullCaptures {
             Ok(s) => s,
             Err(e) => return refuse(e.to_string(), true),
         };
+        let max = max_shard(&job, self.settings.max_shard_bytes);
+        if request.size > max {
+            return refuse(
+                format!("shard of {} bytes is larger than this capture's shards can be ({max} bytes)", request.size),
+                false,
+            );
+        }
         let key = shard_key(&request.capture_id, pop, agent_id, &request.shard);
         let expiry = self.settings.presign_expiry;
         let result = async {
@@ -137,6 +160,10 @@ mod tests {
     use crate::store::Repo;
 
     async fn captures() -> FullCaptures {
+        captures_with(None, None).await
+    }
+
+    async fn captures_with(packet_limit: Option<u64>, byte_limit: Option<u64>) -> FullCaptures {
         let store = edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap();
         let repo = Repo::new(store);
         let job = JobRecord {
@@ -149,8 +176,8 @@ mod tests {
             filter_bpf: None,
             filter_bpf_hash: None,
             time_limit: 10,
-            packet_limit: None,
-            byte_limit: None,
+            packet_limit,
+            byte_limit,
             not_after_ns: 0,
             stop: false,
         };
@@ -161,10 +188,35 @@ mod tests {
             repo,
             Arc::new(Registry::default()),
             "t".into(),
-            Default::default(),
-            Default::default(),
+            crate::config::FullSettings {
+                endpoints: crate::model::EndpointPolicy { allow_private: true, allowed: vec![] },
+                ..Default::default()
+            },
+            [(
+                "bucket-1".to_string(),
+                serde_json::from_value(serde_json::json!({"access_key_id": "k", "secret_access_key": "s"})).unwrap(),
+            )]
+            .into(),
             std::env::temp_dir(),
         )
+    }
+
+    #[tokio::test]
+    async fn grants_are_bounded_by_the_capture_and_the_configured_shard_size() {
+        let unlimited = captures().await;
+        let absurd = pb::UploadRequest { size: u64::MAX, ..request("c1", "shard-000001.pcap") };
+        let grant = unlimited.grant("a1", "ord01", absurd).await;
+        assert!(grant.error.contains("larger than this capture's shards can be") && !grant.retryable, "{grant:?}");
+        assert!(grant.parts.is_empty() && grant.put.is_none());
+        let four_gib = pb::UploadRequest { size: (4 << 30) + 1, ..request("c1", "shard-000001.pcap") };
+        assert!(unlimited.grant("a1", "ord01", four_gib).await.error.contains("larger"));
+        // 1000 bytes in at most 10 packets: 24 + 10 x 16 + 1000 bytes of file at the most.
+        let limited = captures_with(Some(10), Some(1000)).await;
+        let over = pb::UploadRequest { size: 24 + 160 + 1000 + 1, ..request("c1", "shard-000001.pcap") };
+        assert!(limited.grant("a1", "ord01", over).await.error.contains("(1184 bytes)"));
+        let fits = pb::UploadRequest { size: 24 + 160 + 1000, ..request("c1", "shard-000001.pcap") };
+        let grant = limited.grant("a1", "ord01", fits).await;
+        assert!(grant.error.is_empty() && grant.put.is_some(), "{grant:?}");
     }
 
     fn request(capture: &str, shard: &str) -> pb::UploadRequest {

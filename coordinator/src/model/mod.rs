@@ -4,6 +4,7 @@
 
 mod capture;
 mod destination;
+mod endpoints;
 mod ids;
 mod job;
 mod ownership;
@@ -12,6 +13,7 @@ mod request;
 
 pub(crate) use capture::{CaptureRecord, CaptureStatus, CaptureType, OutputFormat};
 pub(crate) use destination::{DestinationConf, DestinationError};
+pub use endpoints::EndpointPolicy;
 pub use ids::rfc3339;
 pub(crate) use ids::{is_id, new_id};
 pub(crate) use job::JobRecord;

@@ -12,6 +12,7 @@
 //! /edgecap/v1/pops/{capture_id}/{agent_id}                PopResult               one PoP's progress, written by its agent's replica
 //! /edgecap/v1/shards/{capture_id}/{agent_id}/{shard}      ShardRef                one delivered shard (idempotent by key)
 //! /edgecap/v1/leader                                      {"name", "since"} (leased)  the replica that runs captures to their end
+//! /edgecap/v1/active-full/{account}                       [{"id", "reserved_ns"}]  the account's active full captures (CAS: the limit holds across replicas)
 //! /edgecap/v1/sample-jobs/{agent_id}/{request_id}         SampleQuery (protobuf, leased)   relayed to the agent's replica
 //! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf, leased)   its answer, in chunks
 //! ```
@@ -78,6 +79,9 @@ pub(super) mod keys {
     }
     pub fn shards_of(capture: &str) -> String {
         format!("{PREFIX}/shards/{capture}/")
+    }
+    pub fn active_full(account: &str) -> String {
+        format!("{PREFIX}/active-full/{account}")
     }
     pub fn leader() -> String {
         format!("{PREFIX}/leader")

@@ -3,10 +3,74 @@
 
 use edgecap_state::{LeaseId, Revision};
 
+use serde::{Deserialize, Serialize};
+
 use super::repo::{AgentPresence, Repo, Result, decode, encode, keys};
-use crate::model::{JobRecord, PopResult, ShardRef};
+use crate::model::{CaptureRecord, JobRecord, PopResult, ShardRef};
+
+/// A place among an account's active full captures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    id: String,
+    reserved_ns: u64,
+}
+
+/// A reservation whose capture record does not exist this long after is abandoned (its
+/// replica failed between the reservation and the record).
+const RESERVATION_GRACE_NS: u64 = 60_000_000_000;
 
 impl Repo {
+    /// Takes a place for full capture `id` among the account's active ones if fewer than
+    /// `max` are active; `Ok(Err(active))` when they are all taken. Compare-and-swap, so two
+    /// requests (on any replicas) cannot both take the last place. Places of captures that
+    /// finished, or whose record never appeared, are freed on the way.
+    pub(crate) async fn reserve_active_full(
+        &self,
+        account: &str,
+        id: &str,
+        max: usize,
+    ) -> Result<std::result::Result<(), usize>> {
+        let key = keys::active_full(account);
+        loop {
+            let current = self.store().get(&key).await?;
+            let (mut places, revision): (Vec<Reservation>, _) = match &current {
+                Some(kv) => (decode(&key, &kv.value)?, Some(kv.mod_revision)),
+                None => (Vec::new(), None),
+            };
+            let now = edgecap_common::now_ns();
+            let mut kept = Vec::new();
+            for place in places.drain(..) {
+                let active = match self.get_json::<CaptureRecord>(&keys::capture(account, &place.id)).await? {
+                    Some(record) => !record.status.is_final(),
+                    None => now.saturating_sub(place.reserved_ns) < RESERVATION_GRACE_NS,
+                };
+                if active {
+                    kept.push(place);
+                }
+            }
+            if kept.len() >= max {
+                return Ok(Err(kept.len()));
+            }
+            kept.push(Reservation { id: id.to_string(), reserved_ns: now });
+            if self.store().compare_and_put(&key, revision, encode(&kept), None).await?.is_some() {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    /// Gives back a place taken for a capture that was not started after all.
+    pub(crate) async fn release_active_full(&self, account: &str, id: &str) -> Result<()> {
+        let key = keys::active_full(account);
+        loop {
+            let Some(kv) = self.store().get(&key).await? else { return Ok(()) };
+            let mut places: Vec<Reservation> = decode(&key, &kv.value)?;
+            places.retain(|p| p.id != id);
+            if self.store().compare_and_put(&key, Some(kv.mod_revision), encode(&places), None).await?.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Publishes an agent's presence (leased) and remembers it as known (not leased), so a
     /// capture can name the PoPs that are offline.
     pub(crate) async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
@@ -123,5 +187,34 @@ impl Repo {
             self.store().delete(&kv.key).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_active_capture_limit_holds_for_concurrent_requests() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        // Twenty requests (on any replica: they share only the store) race for one place.
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let repo = repo.clone();
+            tasks.push(tokio::spawn(async move { repo.reserve_active_full("acct", &format!("c{i:02}"), 1).await }));
+        }
+        let mut won = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            if task.await.unwrap().unwrap().is_ok() {
+                won.push(i);
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one request takes the place: {won:?}");
+        // A place given back (the capture did not start) can be taken again; the account's
+        // other places are independent of other accounts'.
+        repo.release_active_full("acct", &format!("c{:02}", won[0])).await.unwrap();
+        assert!(repo.reserve_active_full("acct", "later", 1).await.unwrap().is_ok());
+        assert!(repo.reserve_active_full("other", "x", 1).await.unwrap().is_ok());
+        assert_eq!(repo.reserve_active_full("acct", "again", 1).await.unwrap(), Err(1));
     }
 }
