@@ -12,7 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{FullCaptures, START_DEADLINE};
+use edgecap_state::StateError;
+
 use crate::model::{CaptureRecord, CaptureStatus, CaptureType, PopResult, PopStatus};
+use crate::store::RepoError;
 
 impl FullCaptures {
     /// The leader's loop: a runner per unfinished full capture, spawned on `work`.
@@ -42,8 +45,12 @@ impl FullCaptures {
         // The runners see the same token; the owner of `work` waits for them.
     }
 
-    /// Writes the capture's status fields (not the parts the API owns, like stop_requested).
-    pub(super) async fn persist(&self, record: &CaptureRecord) -> bool {
+    /// Writes the capture's status fields (not the parts the API owns, like stop_requested);
+    /// `false` when it must be tried again (the store is unreachable). A record the store will
+    /// never take (larger than its limit) is written without its per-PoP details, saying so;
+    /// unless it was already a success (the merged file is in the bucket), that ends the
+    /// capture as `failed`.
+    pub(super) async fn persist(&self, record: &mut CaptureRecord) -> bool {
         let result = self
             .repo
             .update_capture(&record.account_id, &record.id, |r| {
@@ -55,6 +62,32 @@ impl FullCaptures {
             .await;
         match result {
             Ok(_) => true,
+            Err(RepoError::State(StateError::TooLarge { bytes, .. })) => {
+                let note = format!(
+                    "the capture's record with its per-PoP details ({bytes} bytes) is larger than the state store takes; the details are not kept"
+                );
+                tracing::error!(capture = %record.id, %note, "capture status can never be written whole");
+                if record.status == CaptureStatus::Success {
+                    record.error_message = Some(match record.error_message.take() {
+                        Some(e) => format!("{e}; {note}"),
+                        None => note,
+                    });
+                } else {
+                    record.status = CaptureStatus::Failed;
+                    record.error_message = Some(format!("{note}; the capture ends here"));
+                }
+                record.pops.clear();
+                let written = self
+                    .repo
+                    .update_capture(&record.account_id, &record.id, |r| {
+                        r.status = record.status;
+                        r.error_message = record.error_message.clone();
+                        r.packets_captured = record.packets_captured;
+                        r.pops.clear();
+                    })
+                    .await;
+                written.is_ok()
+            }
             Err(error) => {
                 // Kept in memory and written at the next attempt: results are not lost to an outage.
                 tracing::warn!(capture = %record.id, %error, "capture status not written; will retry");
@@ -131,10 +164,17 @@ impl FullCaptures {
                 record.status = CaptureStatus::ConversionPending;
             }
             if (record.status, record.pops.clone()) != before {
-                self.persist(&record).await;
+                self.persist(&mut record).await;
             }
         }
         if cancel.is_cancelled() {
+            return;
+        }
+        if record.status.is_final() {
+            // Ended while running (its record outgrew the store): nothing to merge.
+            let agents: Vec<String> =
+                self.repo.list_pops(&id).await.unwrap_or_default().into_iter().map(|p| p.agent_id).collect();
+            let _ = self.repo.delete_capture_work(&id, &agents).await;
             return;
         }
         self.convert(record, cancel).await;
@@ -178,4 +218,71 @@ pub(super) fn failure_summary(pops: &[PopResult]) -> Option<String> {
         parts.push(format!("PoPs skipped (offline): {}", skipped.join(", ")));
     }
     (!parts.is_empty()).then(|| parts.join(". "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agents::Registry;
+    use crate::model::{CaptureRequest, CaptureType, OutputFormat};
+    use crate::store::Repo;
+
+    fn record(pops: usize) -> CaptureRecord {
+        let request = CaptureRequest {
+            capture_type: CaptureType::Full,
+            time_limit: 10,
+            packet_limit: None,
+            byte_limit: None,
+            filter: Default::default(),
+            filter_bpf: None,
+            offset_time: None,
+            colo_name: Some("ord".into()),
+            destination: None,
+            output_format: OutputFormat::Pcap,
+        };
+        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+        record.pops = (0..pops)
+            .map(|i| PopResult {
+                error: Some("x".repeat(100)),
+                ..PopResult::new(&format!("ord{i:03}"), &format!("agent-{i:03}"), PopStatus::Running)
+            })
+            .collect();
+        record
+    }
+
+    #[tokio::test]
+    async fn a_status_the_store_will_never_take_ends_the_capture_as_failed() {
+        // A store that takes 8 KiB per value, like etcd's 1.5 MiB for a big fleet.
+        let store: Arc<dyn edgecap_state::StateStore> =
+            Arc::new(edgecap_state::embedded::EmbeddedStore::in_memory_with_limit(8 << 10));
+        let repo = Repo::new(store);
+        let small = record(2);
+        repo.create_capture(&small).await.unwrap();
+        let full = FullCaptures::new(
+            repo.clone(),
+            Arc::new(Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            std::env::temp_dir(),
+        );
+        let mut big = CaptureRecord { status: CaptureStatus::Running, ..record(200) };
+        big.id = small.id.clone();
+        assert!(full.persist(&mut big).await, "a final answer, not a retry forever");
+        assert_eq!(big.status, CaptureStatus::Failed);
+        let stored = repo.get_capture("acct", &small.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, CaptureStatus::Failed);
+        assert!(stored.pops.is_empty());
+        let message = stored.error_message.unwrap();
+        assert!(message.contains("larger than the state store takes") && message.contains("ends here"), "{message}");
+        // A success stays a success (the merged file is in the bucket), without its details.
+        let mut done = CaptureRecord { status: CaptureStatus::Success, packets_captured: Some(7), ..record(200) };
+        done.id = small.id.clone();
+        assert!(full.persist(&mut done).await);
+        let stored = repo.get_capture("acct", &small.id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.packets_captured), (CaptureStatus::Success, Some(7)));
+        assert!(stored.error_message.unwrap().contains("details are not kept"));
+    }
 }

@@ -71,7 +71,9 @@ impl FullCaptures {
             pop.shards = shards.iter().filter(|(a, _)| *a == pop.agent_id).map(|(_, s)| s.clone()).collect();
         }
         record.status = CaptureStatus::ConversionRunning;
-        self.persist(&record).await;
+        if self.persist(&mut record).await && record.status.is_final() {
+            return;
+        }
         let store: Result<Arc<dyn ObjectStore>, _> = match record.destination_conf.as_deref() {
             Some(uri) => self.buckets.store_for_uri(uri).await.map(|s| s as Arc<dyn ObjectStore>),
             None => Err(StorageError::Rejected("no destination_conf".into())),
@@ -112,7 +114,7 @@ impl FullCaptures {
         // The final status first: a leader that dies after this point leaves only garbage
         // (shards, working keys), never a capture whose shards are gone but unmerged.
         loop {
-            if self.persist(&record).await {
+            if self.persist(&mut record).await {
                 break;
             }
             tokio::select! {

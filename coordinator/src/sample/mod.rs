@@ -13,6 +13,7 @@ use edgecap_storage::ObjectStore;
 use crate::agents::Registry;
 use crate::model::{CaptureStatus, CaptureType};
 use crate::store::{Repo, RepoError};
+use edgecap_state::StateError;
 
 mod fanout;
 mod file;
@@ -65,31 +66,57 @@ impl SampleCaptures {
     async fn run(self: Arc<Self>, account: String, id: String) {
         let cancel = self.tasks.token();
         let record = match self.patiently("read", || self.repo.get_capture(&account, &id)).await {
-            Some(Some(record)) => record,
+            Ok(Some(record)) => record,
             _ => return,
         };
         let Some(outcome) = fanout::execute(&self, &record, &cancel).await else { return };
         // The result is kept in memory and written when the state store is back (an outage of
         // up to RESULT_PATIENCE); the file is already stored.
-        let written = self
-            .patiently("write the result of", || {
-                self.repo.update_capture(&account, &id, |r| {
-                    r.status = outcome.status;
-                    r.packets_captured = Some(outcome.packets);
-                    r.pops = outcome.pops.clone();
-                    r.error_message = outcome.error.clone();
-                    r.object_key = outcome.object_key.clone();
+        let mut written =
+            self.patiently("write the result of", || self.write_result(&account, &id, &outcome, true, None)).await;
+        if let Err(RepoError::State(StateError::TooLarge { bytes, .. })) = &written {
+            // Never storable whole (a fleet of thousands of PoPs): the result without its
+            // per-PoP details, saying so.
+            let note =
+                format!("the per-PoP details ({bytes} bytes) are larger than the state store takes and are not kept");
+            written = self
+                .patiently("write the result of", || {
+                    self.write_result(&account, &id, &outcome, false, Some(note.clone()))
                 })
-            })
-            .await;
-        if let Some(r) = written {
+                .await;
+        }
+        if let Ok(r) = written {
             tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished");
         }
     }
 
+    /// Writes a capture's outcome (`details`: with its per-PoP results), adding `note` to its
+    /// error message.
+    async fn write_result(
+        &self,
+        account: &str,
+        id: &str,
+        outcome: &fanout::Outcome,
+        details: bool,
+        note: Option<String>,
+    ) -> crate::store::Result<crate::model::CaptureRecord> {
+        self.repo
+            .update_capture(account, id, |r| {
+                r.status = outcome.status;
+                r.packets_captured = Some(outcome.packets);
+                r.pops = if details { outcome.pops.clone() } else { Vec::new() };
+                r.error_message = match (&outcome.error, &note) {
+                    (Some(e), Some(n)) => Some(format!("{e}; {n}")),
+                    (e, n) => e.clone().or(n.clone()),
+                };
+                r.object_key = outcome.object_key.clone();
+            })
+            .await
+    }
+
     /// Retries `op` while the state store is unavailable, up to [`RESULT_PATIENCE`] or
-    /// shutdown; `None` if it never succeeded (the reason is logged).
-    async fn patiently<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    /// shutdown; the last error if it never succeeded (logged).
+    async fn patiently<T, F, Fut>(&self, what: &str, mut op: F) -> crate::store::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = crate::store::Result<T>>,
@@ -99,18 +126,18 @@ impl SampleCaptures {
         let mut wait = Duration::from_millis(500);
         loop {
             match op().await {
-                Ok(v) => return Some(v),
+                Ok(v) => return Ok(v),
                 Err(RepoError::State(error)) if error.is_retryable() && started.elapsed() < RESULT_PATIENCE => {
                     tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "could not {what} a sample capture yet; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return None,
+                        _ = cancel.cancelled() => return Err(RepoError::State(error)),
                         _ = tokio::time::sleep(wait) => {}
                     }
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
                     tracing::error!(%error, "could not {what} a sample capture");
-                    return None;
+                    return Err(error);
                 }
             }
         }

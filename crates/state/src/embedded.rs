@@ -6,14 +6,20 @@
 //!   revision).
 //! * The log is compacted into a snapshot (write temp, fsync, rename) when it grows past
 //!   four times the number of live keys.
-//! * A crash can leave a torn last line; it is ignored on replay (it was never acknowledged).
-//!   A damaged line anywhere else is reported as [`StateError::Corrupt`], never skipped.
+//! * A crash can leave a torn last line (no newline, or one that does not parse): it was
+//!   never acknowledged, and it is cut off when the store opens, so the next record starts on
+//!   a clean line. A damaged line anywhere else is reported as [`StateError::Corrupt`], never
+//!   skipped.
+//! * The directory is locked (`LOCK`, an advisory lock held while the store is open): a second
+//!   store on the same directory is refused with [`StateError::Locked`].
+//! * A value may be at most [`MAX_VALUE_BYTES`], as in etcd ([`StateError::TooLarge`]).
+//! * Writes (log append and fsync) run on a blocking thread, never on an async worker.
 //! * Watch history is kept in memory for the last [`HISTORY_LEN`] changes; older revisions
 //!   answer [`StateError::Compacted`], as etcd does after compaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,6 +33,10 @@ use crate::{KeyValue, LeaseId, Result, Revision, StateError, StateStore, WatchEv
 /// Changes kept for watches that start in the past.
 pub const HISTORY_LEN: usize = 10_000;
 const LOG_FILE: &str = "state.log";
+const LOCK_FILE: &str = "LOCK";
+/// Largest value a key may hold: etcd's default request limit (1.5 MiB), so that what works
+/// here works on etcd too.
+pub const MAX_VALUE_BYTES: usize = 1536 << 10;
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
 
 /// The embedded [`StateStore`]: the whole key space in this process's memory, durable
@@ -34,14 +44,18 @@ const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// module docs for what survives a restart.
 ///
 /// Create it inside a Tokio runtime: lease expiry is a background task, checked every
-/// 100 ms, that stops when the store is dropped. Nothing locks the directory, so two stores
-/// must never open the same one. A watcher that falls more than 4096 changes (under any
+/// 100 ms, that stops when the store is dropped. The directory is locked while the store is
+/// open. A watcher that falls more than 4096 changes (under any
 /// prefix) behind the live stream gets [`StateError::Compacted`], and its stream ends.
 #[derive(Debug)]
 pub struct EmbeddedStore {
     inner: Arc<Mutex<Inner>>,
     events: broadcast::Sender<WatchEvent>,
     expiry: tokio::task::AbortHandle,
+    /// Writes go to a log (and are done on a blocking thread).
+    persistent: bool,
+    /// Holds the directory's lock for as long as the store is open.
+    _lock: Option<File>,
 }
 
 #[derive(Debug)]
@@ -52,6 +66,8 @@ struct Inner {
     leases: HashMap<i64, LeaseState>,
     next_lease: i64,
     log: Option<Log>,
+    /// Largest value accepted.
+    max_value: usize,
 }
 
 #[derive(Debug)]
@@ -91,34 +107,56 @@ impl EmbeddedStore {
     /// Opens (or creates) a store persisted under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(StateError::Locked(dir.display().to_string()));
+        }
         let path = dir.join(LOG_FILE);
         let mut map = BTreeMap::new();
         let mut revision = 0;
         let mut records = 0;
         if path.exists() {
-            let reader = BufReader::new(File::open(&path)?);
-            let lines: Vec<String> = reader.lines().collect::<std::io::Result<_>>()?;
-            let last = lines.len().saturating_sub(1);
-            for (index, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
+            let bytes = std::fs::read(&path)?;
+            // Only whole lines (ending in a newline) were ever acknowledged: a last line
+            // without its newline, or one that does not parse, is a torn write and is cut
+            // off, so the next record starts on a clean line.
+            let mut good_end = 0usize;
+            let mut start = 0usize;
+            let mut number = 0usize;
+            while start < bytes.len() {
+                number += 1;
+                let Some(len) = bytes[start..].iter().position(|b| *b == b'\n') else {
+                    tracing::warn!(path = %path.display(), line = number, "cutting off a torn last line of the state log");
+                    break;
+                };
+                let line = &bytes[start..start + len];
+                let end = start + len + 1;
+                let is_last = end >= bytes.len();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    start = end;
+                    good_end = end;
                     continue;
                 }
-                let record: Record = match serde_json::from_str(line) {
+                let record: Record = match serde_json::from_slice(line) {
                     Ok(r) => r,
-                    Err(_) if index == last => {
-                        tracing::warn!(path = %path.display(), "ignoring torn last line of state log");
-                        continue;
+                    Err(_) if is_last => {
+                        tracing::warn!(path = %path.display(), line = number, "cutting off a torn last line of the state log");
+                        break;
                     }
                     Err(e) => {
-                        return Err(StateError::Corrupt(format!("{} line {}: {e}", path.display(), index + 1)));
+                        return Err(StateError::Corrupt(format!("{} line {number}: {e}", path.display())));
                     }
+                };
+                let value = match &record.put {
+                    Some(put) => Some(
+                        edgecap_common::unhex(&put.v)
+                            .ok_or_else(|| StateError::Corrupt(format!("{} line {number}: bad hex", path.display())))?,
+                    ),
+                    None => None,
                 };
                 records += 1;
                 revision = revision.max(record.rev);
-                if let Some(put) = record.put {
-                    let value = hex_decode(&put.v).ok_or_else(|| {
-                        StateError::Corrupt(format!("{} line {}: bad hex", path.display(), index + 1))
-                    })?;
+                if let (Some(put), Some(value)) = (record.put, value) {
                     map.insert(
                         put.k.clone(),
                         KeyValue { key: put.k, value, create_revision: put.c, mod_revision: record.rev, lease: None },
@@ -127,22 +165,39 @@ impl EmbeddedStore {
                 if let Some(key) = record.del {
                     map.remove(&key);
                 }
+                start = end;
+                good_end = end;
+            }
+            if good_end < bytes.len() {
+                let file = OpenOptions::new().write(true).open(&path)?;
+                file.set_len(good_end as u64)?;
+                file.sync_all()?;
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let log = Log { dir: dir.to_path_buf(), file, records };
-        Ok(Self::with_inner(Inner {
+        let inner = Inner {
             map,
             revision,
             history: VecDeque::new(),
             leases: HashMap::new(),
             next_lease: 1,
             log: Some(log),
-        }))
+            max_value: MAX_VALUE_BYTES,
+        };
+        let mut store = Self::with_inner(inner);
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A store that keeps nothing on disk.
     pub fn in_memory() -> Self {
+        Self::in_memory_with_limit(MAX_VALUE_BYTES)
+    }
+
+    /// A store that keeps nothing on disk and takes values of at most `max_value` bytes (to
+    /// test what writers do when a record outgrows the store).
+    pub fn in_memory_with_limit(max_value: usize) -> Self {
         Self::with_inner(Inner {
             map: BTreeMap::new(),
             revision: 0,
@@ -150,14 +205,31 @@ impl EmbeddedStore {
             leases: HashMap::new(),
             next_lease: 1,
             log: None,
+            max_value,
         })
     }
 
     fn with_inner(inner: Inner) -> Self {
+        let persistent = inner.log.is_some();
         let inner = Arc::new(Mutex::new(inner));
         let (events, _) = broadcast::channel(4096);
-        let expiry = tokio::spawn(expire_leases(Arc::downgrade(&inner), events.clone())).abort_handle();
-        Self { inner, events, expiry }
+        let expiry = tokio::spawn(expire_leases(Arc::downgrade(&inner), events.clone(), persistent)).abort_handle();
+        Self { inner, events, expiry, persistent, _lock: None }
+    }
+
+    /// Runs a change: on a blocking thread when it writes to the log (append and fsync), in
+    /// place otherwise.
+    async fn mutate<T, F>(&self, change: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Inner, &broadcast::Sender<WatchEvent>) -> Result<T> + Send + 'static,
+    {
+        let (inner, events) = (self.inner.clone(), self.events.clone());
+        let run = move || change(&mut edgecap_common::lock(&inner), &events);
+        if !self.persistent {
+            return run();
+        }
+        tokio::task::spawn_blocking(run).await.map_err(|e| StateError::Io(std::io::Error::other(e)))?
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -173,18 +245,31 @@ impl Drop for EmbeddedStore {
     }
 }
 
-async fn expire_leases(inner: std::sync::Weak<Mutex<Inner>>, events: broadcast::Sender<WatchEvent>) {
+async fn expire_leases(inner: std::sync::Weak<Mutex<Inner>>, events: broadcast::Sender<WatchEvent>, persistent: bool) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let expired: Vec<i64> = guard.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            if let Err(error) = guard.end_lease(id, &events) {
-                tracing::error!(%error, lease = id, "failed to expire lease");
+        let any = edgecap_common::lock(&inner).leases.values().any(|l| l.deadline <= now);
+        if !any {
+            continue;
+        }
+        let events = events.clone();
+        let expire = move || {
+            let mut guard = edgecap_common::lock(&inner);
+            let expired: Vec<i64> = guard.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+            for id in expired {
+                if let Err(error) = guard.end_lease(id, &events) {
+                    tracing::error!(%error, lease = id, "failed to expire lease");
+                }
             }
+        };
+        // Ending a lease writes to the log: not on an async worker.
+        if persistent {
+            let _ = tokio::task::spawn_blocking(expire).await;
+        } else {
+            expire();
         }
     }
 }
@@ -213,7 +298,7 @@ impl Inner {
         for kv in self.map.values().filter(|kv| kv.lease.is_none()) {
             let record = Record {
                 rev: kv.mod_revision,
-                put: Some(PutRecord { k: kv.key.clone(), v: hex_encode(&kv.value), c: kv.create_revision }),
+                put: Some(PutRecord { k: kv.key.clone(), v: edgecap_common::hex(&kv.value), c: kv.create_revision }),
                 del: None,
             };
             serde_json::to_writer(&mut out, &record).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -254,6 +339,9 @@ impl Inner {
         {
             return Err(StateError::LeaseNotFound(l));
         }
+        if value.len() > self.max_value {
+            return Err(StateError::TooLarge { key: key.to_string(), bytes: value.len(), max: self.max_value });
+        }
         let rev = self.revision + 1;
         let previous = self.map.get(key);
         let create_revision = previous.map_or(rev, |kv| kv.create_revision);
@@ -262,7 +350,7 @@ impl Inner {
         let record = match lease {
             None => Record {
                 rev,
-                put: Some(PutRecord { k: key.to_string(), v: hex_encode(&value), c: create_revision }),
+                put: Some(PutRecord { k: key.to_string(), v: edgecap_common::hex(&value), c: create_revision }),
                 del: None,
             },
             // A durable key turning ephemeral must not come back on replay.
@@ -335,7 +423,8 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
-        self.lock().put(key, value, lease, &self.events)
+        let key = key.to_string();
+        self.mutate(move |inner, events| inner.put(&key, value, lease, events)).await
     }
 
     async fn compare_and_put(
@@ -345,16 +434,20 @@ impl StateStore for EmbeddedStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Option<Revision>> {
-        let mut inner = self.lock();
-        let current = inner.map.get(key).map(|kv| kv.mod_revision);
-        if current != expected {
-            return Ok(None);
-        }
-        inner.put(key, value, lease, &self.events).map(Some)
+        let key = key.to_string();
+        self.mutate(move |inner, events| {
+            let current = inner.map.get(&key).map(|kv| kv.mod_revision);
+            if current != expected {
+                return Ok(None);
+            }
+            inner.put(&key, value, lease, events).map(Some)
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        self.lock().delete(key, &self.events)
+        let key = key.to_string();
+        self.mutate(move |inner, events| inner.delete(&key, events)).await
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
@@ -418,7 +511,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.lock().end_lease(lease.0, &self.events)
+        self.mutate(move |inner, events| inner.end_lease(lease.0, events)).await
     }
 
     async fn revision(&self) -> Result<Revision> {
@@ -427,23 +520,6 @@ impl StateStore for EmbeddedStore {
 }
 
 use futures::StreamExt as _;
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
 
 #[cfg(test)]
 mod tests {
@@ -497,6 +573,49 @@ mod tests {
         assert_eq!(store.revision().await.unwrap(), 1500);
     }
 
+    /// Tears the log at every byte offset of its last record, as a crash during that append
+    /// would, then writes after the restart: the new write (acknowledged) survives the next
+    /// restart, and everything acknowledged before the torn record is there.
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_writes_after_it_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store.put("/a", b"1".to_vec(), None).await.unwrap();
+            store.put("/b", b"2".to_vec(), None).await.unwrap();
+        }
+        let before_last = std::fs::metadata(&path).unwrap().len();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store.put("/c", b"3".to_vec(), None).await.unwrap();
+        }
+        let whole = std::fs::read(&path).unwrap();
+        assert!(whole.len() as u64 > before_last + 10);
+        for cut in before_last..whole.len() as u64 {
+            let case = tempfile::tempdir().unwrap();
+            std::fs::write(case.path().join(LOG_FILE), &whole[..cut as usize]).unwrap();
+            {
+                let store = EmbeddedStore::open(case.path()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+                assert_eq!(store.get("/c").await.unwrap(), None, "cut at {cut}: the torn record is not there");
+                store.put("/after", b"x".to_vec(), None).await.unwrap();
+            }
+            let store = EmbeddedStore::open(case.path()).unwrap_or_else(|e| panic!("cut at {cut}, reopened: {e}"));
+            assert_eq!(store.get("/after").await.unwrap().unwrap().value, b"x", "cut at {cut}");
+            assert_eq!(store.get("/a").await.unwrap().unwrap().value, b"1", "cut at {cut}");
+            assert_eq!(store.get("/b").await.unwrap().unwrap().value, b"2", "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_used_by_one_store_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(matches!(EmbeddedStore::open(dir.path()), Err(StateError::Locked(_))));
+        drop(first);
+        EmbeddedStore::open(dir.path()).unwrap();
+    }
+
     #[tokio::test]
     async fn torn_last_line_is_ignored_but_corruption_is_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -511,15 +630,8 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.get("/a").await.unwrap().unwrap().value, b"1");
         drop(store);
+        assert!(std::fs::read(&path).unwrap().ends_with(b"\n"), "the torn line was cut off");
         std::fs::write(&path, "garbage\n{\"rev\":1}\n").unwrap();
         assert!(matches!(EmbeddedStore::open(dir.path()), Err(StateError::Corrupt(_))));
-    }
-
-    #[test]
-    fn hex_round_trip() {
-        let data: Vec<u8> = (0..=255).collect();
-        assert_eq!(hex_decode(&hex_encode(&data)).unwrap(), data);
-        assert_eq!(hex_decode("abc"), None);
-        assert_eq!(hex_decode("zz"), None);
     }
 }

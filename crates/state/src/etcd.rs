@@ -37,6 +37,21 @@ fn unavailable(e: etcd_client::Error) -> StateError {
     StateError::Unavailable(e.to_string())
 }
 
+/// A write's error: a value over etcd's request limit is [`StateError::TooLarge`] (retrying
+/// cannot help), an unknown lease [`StateError::LeaseNotFound`], anything else unavailable.
+fn write_error(key: &str, bytes: usize, lease: Option<LeaseId>, e: etcd_client::Error) -> StateError {
+    let text = e.to_string();
+    // etcd refuses a request over --max-request-bytes ("request is too large"), and gRPC one
+    // over its message limit ("received message larger than max").
+    if text.contains("request is too large") || text.contains("larger than max") {
+        return StateError::TooLarge { key: key.to_string(), bytes, max: 0 };
+    }
+    match lease {
+        Some(l) if text.contains("lease not found") => StateError::LeaseNotFound(l),
+        _ => unavailable(e),
+    }
+}
+
 impl EtcdStore {
     /// Connects to `endpoints` (`host:port`); every key lives under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self> {
@@ -107,10 +122,13 @@ impl StateStore for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         let options = lease.map(|l| PutOptions::new().with_lease(l.0));
-        let response = self.client.clone().put(self.full(key), value, options).await.map_err(|e| match lease {
-            Some(l) if e.to_string().contains("lease not found") => StateError::LeaseNotFound(l),
-            _ => unavailable(e),
-        })?;
+        let bytes = value.len();
+        let response = self
+            .client
+            .clone()
+            .put(self.full(key), value, options)
+            .await
+            .map_err(|e| write_error(key, bytes, lease, e))?;
         Ok(response.header().map_or(0, |h| h.revision() as Revision))
     }
 
@@ -127,8 +145,9 @@ impl StateStore for EtcdStore {
             Some(rev) => Compare::mod_revision(full.clone(), CompareOp::Equal, rev as i64),
         };
         let options = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let bytes = value.len();
         let txn = Txn::new().when([compare]).and_then([TxnOp::put(full, value, options)]);
-        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(key, bytes, lease, e))?;
         if !response.succeeded() {
             return Ok(None);
         }

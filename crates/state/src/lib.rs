@@ -155,6 +155,20 @@ pub enum StateError {
     /// Persisted data could not be read back.
     #[error("state store data is corrupt: {0}")]
     Corrupt(String),
+    /// The value is larger than the store takes (etcd's request limit, 1.5 MiB by default).
+    /// Retrying the same write cannot help: write less.
+    #[error("state store refuses {key}: {bytes} bytes, more than the {max} it takes")]
+    TooLarge {
+        /// The key that was being written.
+        key: String,
+        /// The size of the refused value (0 when the store did not say).
+        bytes: usize,
+        /// The store's limit (0 when the store did not say).
+        max: usize,
+    },
+    /// Another process holds the embedded store's directory.
+    #[error("state directory {0} is in use by another process (is another coordinator running on it?)")]
+    Locked(String),
 }
 
 impl StateError {

@@ -15,6 +15,19 @@ pub async fn run_conformance(store: Arc<dyn StateStore>) {
     prefix_list(&*store).await;
     watch_from_revision(&*store).await;
     leases(&*store).await;
+    too_large(&*store).await;
+}
+
+/// A value over etcd's request limit is refused as `TooLarge` (not retryable), by the
+/// embedded store too, and nothing is written.
+async fn too_large(store: &dyn StateStore) {
+    let key = "/conformance/large";
+    let value = vec![b'x'; 2 << 20];
+    let e = store.put(key, value.clone(), None).await.unwrap_err();
+    assert!(matches!(e, StateError::TooLarge { .. }) && !e.is_retryable(), "{e}");
+    let e = store.compare_and_put(key, None, value, None).await.unwrap_err();
+    assert!(matches!(e, StateError::TooLarge { .. }), "{e}");
+    assert!(store.get(key).await.unwrap().is_none());
 }
 
 async fn cas(store: &dyn StateStore) {
