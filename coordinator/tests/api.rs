@@ -215,3 +215,19 @@ async fn destinations_on_internal_addresses_are_refused_without_calling_them() {
         assert_error(s, &v, 400, 1005, "destination_conf", endpoint);
     }
 }
+
+#[tokio::test]
+async fn filter_bpf_names_are_refused_before_any_lookup() {
+    let api = api().await;
+    for expr in ["host example.com", "udp and dst port domain", "net corp-lan", "len-14 > 0"] {
+        let mut body = simple();
+        body["filter_bpf"] = json!(expr);
+        let (s, v) = api.create(&body).await;
+        assert_error(s, &v, 400, 1005, "filter_bpf", expr);
+        assert!(v["errors"][0]["message"].as_str().unwrap().contains("use numbers"), "{v}");
+    }
+    let mut body = simple();
+    body["filter_bpf"] = json!("udp and dst port 53 and host 10.0.0.1");
+    let (s, v) = api.create(&body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}

@@ -15,6 +15,9 @@ use super::{ApiState, collection, envelope, repo_err};
 use crate::full::PlanError;
 use crate::model::{CaptureRecord, CaptureStatus, CaptureType, is_id, rfc3339};
 
+/// Longest a request's validation (a `filter_bpf` compile) may take.
+const VALIDATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord, ApiError> {
     let not_found = || ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("pcap_id: {id:?} not found"));
     if !is_id(id) {
@@ -35,7 +38,19 @@ pub(super) async fn create(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let now = time::OffsetDateTime::now_utc();
-    let request = parse_create(&body, &state.limits, now)?;
+    // Validation compiles a `filter_bpf` with libpcap: on a blocking thread, within a bound.
+    let limits = state.limits.clone();
+    let parsing = tokio::task::spawn_blocking(move || parse_create(&body, &limits, now));
+    let request = match tokio::time::timeout(VALIDATION_TIMEOUT, parsing).await {
+        Ok(Ok(parsed)) => parsed?,
+        Ok(Err(e)) => return Err(ApiError::internal(format!("validation thread: {e}"))),
+        Err(_) => {
+            return Err(ApiError::bad_request(
+                code::INVALID_VALUE,
+                format!("filter_bpf: did not compile within {} s; simplify it", VALIDATION_TIMEOUT.as_secs()),
+            ));
+        }
+    };
     if request.capture_type == CaptureType::Full {
         let record =
             state.full.create(&account, request, now, state.rate_limits.max_active_full).await.map_err(plan_error)?;
