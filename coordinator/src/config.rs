@@ -118,6 +118,9 @@ pub struct FullSettings {
     pub max_shard_bytes: u64,
     /// Which endpoints a `destination_conf` may name.
     pub endpoints: crate::model::EndpointPolicy,
+    /// Buckets without configured credentials may use the EC2 instance-metadata service
+    /// (169.254.169.254) for the instance's role; off by default.
+    pub instance_metadata: bool,
 }
 
 impl Default for FullSettings {
@@ -131,6 +134,7 @@ impl Default for FullSettings {
             leader_ttl: Duration::from_secs(5),
             max_shard_bytes: 4 << 30,
             endpoints: Default::default(),
+            instance_metadata: false,
         }
     }
 }
@@ -147,6 +151,7 @@ pub fn objects_config(
     objects: &str,
     data_dir: &std::path::Path,
     s3_credentials: Option<&std::path::Path>,
+    instance_metadata: bool,
 ) -> anyhow::Result<StorageConfig> {
     if objects == "local" {
         return Ok(StorageConfig::LocalDir { root: data_dir.join("objects") });
@@ -157,7 +162,7 @@ pub fn objects_config(
         Some(path) => load_credentials(path)?.remove(&destination.bucket),
         None => None,
     };
-    Ok(StorageConfig::S3 { location: destination.location(), credentials })
+    Ok(StorageConfig::S3 { location: destination.location(), credentials, instance_metadata })
 }
 
 /// Reads a per-bucket credentials file (JSON object: bucket -> access key). The file should

@@ -75,6 +75,11 @@ struct Args {
     /// accepted even on a private address).
     #[arg(long = "s3-endpoint-allow", value_name = "URL")]
     s3_endpoint_allow: Vec<String>,
+    /// For buckets without credentials in --s3-credentials, let the AWS chain use the EC2
+    /// instance-metadata service (the instance's role). Off by default: nothing probes
+    /// 169.254.169.254 unless this is set (deployments on cloud instances that use the role).
+    #[arg(long, env = "EDGECAP_AWS_INSTANCE_METADATA")]
+    aws_instance_metadata: bool,
     /// Largest shard an agent may upload, MiB.
     #[arg(long, default_value_t = 4096)]
     max_shard_mib: u64,
@@ -131,11 +136,16 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("edgecap-coordinator: {e}");
             std::process::exit(64);
         }),
-        storage: edgecap_coordinator::objects_config(&args.objects, &args.data_dir, args.s3_credentials.as_deref())
-            .unwrap_or_else(|e| {
-                eprintln!("edgecap-coordinator: {e:#}");
-                std::process::exit(64);
-            }),
+        storage: edgecap_coordinator::objects_config(
+            &args.objects,
+            &args.data_dir,
+            args.s3_credentials.as_deref(),
+            args.aws_instance_metadata,
+        )
+        .unwrap_or_else(|e| {
+            eprintln!("edgecap-coordinator: {e:#}");
+            std::process::exit(64);
+        }),
         tmp_dir: args.data_dir.join("tmp"),
         limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },
         rate_limits: if args.no_rate_limits { RateLimits::off() } else { RateLimits::cloudflare() },
@@ -154,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             reconnect_grace: Duration::from_secs(args.reconnect_grace),
             upload_grace: Duration::from_secs(args.upload_grace),
             max_shard_bytes: args.max_shard_mib.max(1) << 20,
+            instance_metadata: args.aws_instance_metadata,
             endpoints: edgecap_coordinator::EndpointPolicy {
                 allow_private: args.allow_private_endpoints,
                 allowed: args.s3_endpoint_allow.clone(),

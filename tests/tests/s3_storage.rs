@@ -25,7 +25,7 @@ async fn store(s3: &S3Server, bucket: &str, prefix: &str, secret: &str) -> S3Sto
         region: Some("us-east-1".into()),
         endpoint: Some(s3.endpoint()),
     };
-    S3Store::connect(location, Some(creds(secret))).await.unwrap()
+    S3Store::connect(location, Some(creds(secret)), false).await.unwrap()
 }
 
 fn to_pb(p: edgecap_storage::s3::Presigned) -> pb::PresignedRequest {

@@ -19,12 +19,18 @@ type Cache = (HashMap<String, Arc<S3Store>>, VecDeque<String>);
 pub(super) struct Buckets {
     credentials: HashMap<String, StaticCredentials>,
     policy: EndpointPolicy,
+    /// The AWS chain may ask the instance-metadata service.
+    instance_metadata: bool,
     stores: Mutex<Cache>,
 }
 
 impl Buckets {
-    pub(super) fn new(credentials: HashMap<String, StaticCredentials>, policy: EndpointPolicy) -> Self {
-        Self { credentials, policy, stores: Mutex::new((HashMap::new(), VecDeque::new())) }
+    pub(super) fn new(
+        credentials: HashMap<String, StaticCredentials>,
+        policy: EndpointPolicy,
+        instance_metadata: bool,
+    ) -> Self {
+        Self { credentials, policy, instance_metadata, stores: Mutex::new((HashMap::new(), VecDeque::new())) }
     }
 
     /// The client of a destination; its endpoint must pass the operator's policy.
@@ -36,7 +42,7 @@ impl Buckets {
             self.policy.check(endpoint).await.map_err(StorageError::Rejected)?;
         }
         let credentials = self.credentials.get(&destination.bucket).cloned();
-        let store = Arc::new(S3Store::connect(destination.location(), credentials).await?);
+        let store = Arc::new(S3Store::connect(destination.location(), credentials, self.instance_metadata).await?);
         let mut cache = lock(&self.stores);
         let (stores, order) = &mut *cache;
         if stores.insert(destination.uri.clone(), store.clone()).is_none() {
@@ -70,7 +76,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_client_cache_is_bounded() {
-        let buckets = Buckets::new(HashMap::new(), EndpointPolicy { allow_private: true, ..Default::default() });
+        let buckets = Buckets::new(HashMap::new(), EndpointPolicy { allow_private: true, ..Default::default() }, false);
         for i in 0..MAX_CACHED + 10 {
             let d = DestinationConf::parse(&format!("s3://bucket-{i}/p?region=us-east-1&endpoint=http://127.0.0.1:1"))
                 .unwrap();
@@ -81,7 +87,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_endpoint_gets_no_client() {
-        let buckets = Buckets::new(HashMap::new(), EndpointPolicy::default());
+        let buckets = Buckets::new(HashMap::new(), EndpointPolicy::default(), false);
         let d = DestinationConf::parse("s3://bucket-1/p?endpoint=http://169.254.169.254").unwrap();
         let e = buckets.store_for(&d).await.unwrap_err().to_string();
         assert!(e.contains("internal address"), "{e}");

@@ -82,7 +82,7 @@ impl FullCaptures {
         Self {
             repo,
             registry,
-            buckets: buckets::Buckets::new(credentials, settings.endpoints.clone()),
+            buckets: buckets::Buckets::new(credentials, settings.endpoints.clone(), settings.instance_metadata),
             settings,
             tmp_dir,
             name,

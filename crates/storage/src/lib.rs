@@ -112,6 +112,8 @@ pub enum StorageConfig {
         location: s3::S3Location,
         /// The bucket's access key; `None` uses the standard AWS credential chain.
         credentials: Option<s3::StaticCredentials>,
+        /// Whether that chain may ask the EC2 instance-metadata service (off by default).
+        instance_metadata: bool,
     },
 }
 
@@ -121,8 +123,8 @@ pub enum StorageConfig {
 pub async fn open(config: &StorageConfig) -> Result<Arc<dyn ObjectStore>> {
     match config {
         StorageConfig::LocalDir { root } => Ok(Arc::new(local::LocalDirStore::open(root)?)),
-        StorageConfig::S3 { location, credentials } => {
-            Ok(Arc::new(s3::S3Store::connect(location.clone(), credentials.clone()).await?))
+        StorageConfig::S3 { location, credentials, instance_metadata } => {
+            Ok(Arc::new(s3::S3Store::connect(location.clone(), credentials.clone(), *instance_metadata).await?))
         }
     }
 }

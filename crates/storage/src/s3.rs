@@ -138,10 +138,48 @@ where
     }
 }
 
+/// The AWS credential chain, in the SDK's default order, with the instance-metadata provider
+/// only when asked for.
+fn credential_chain(
+    region: Region,
+    instance_metadata: bool,
+) -> aws_config::meta::credentials::CredentialsProviderChain {
+    use aws_config::meta::credentials::CredentialsProviderChain;
+    let config = aws_config::provider_config::ProviderConfig::default().with_region(Some(region));
+    let chain = CredentialsProviderChain::first_try(
+        "Environment",
+        aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else("Profile", aws_config::profile::ProfileFileCredentialsProvider::builder().configure(&config).build())
+    .or_else(
+        "WebIdentityToken",
+        aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder().configure(&config).build(),
+    )
+    .or_else("EcsContainer", aws_config::ecs::EcsCredentialsProvider::builder().configure(&config).build());
+    if instance_metadata {
+        chain.or_else(
+            "Ec2InstanceMetadata",
+            aws_config::imds::credentials::ImdsCredentialsProvider::builder().configure(&config).build(),
+        )
+    } else {
+        chain
+    }
+}
+
 impl S3Store {
     /// Builds a client for `location`. No request is sent: an unreachable store shows on
     /// first use, as `Unavailable`.
-    pub async fn connect(location: S3Location, credentials: Option<StaticCredentials>) -> Result<Self> {
+    ///
+    /// Without `credentials`, the AWS chain is used: environment variables, the shared config
+    /// and credentials files, web identity tokens, container (ECS) credentials, and, only
+    /// when `instance_metadata` is true, the EC2 instance-metadata service (169.254.169.254).
+    /// It is off by default so that nothing probes a link-local address on machines that are
+    /// not cloud instances, or on instances where the coordinator should not use the role.
+    pub async fn connect(
+        location: S3Location,
+        credentials: Option<StaticCredentials>,
+        instance_metadata: bool,
+    ) -> Result<Self> {
         let region = Region::new(location.region.clone().unwrap_or_else(|| "us-east-1".to_string()));
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -168,12 +206,7 @@ impl S3Store {
                 None,
                 "edgecap-coordinator-config",
             )),
-            None => builder.credentials_provider(
-                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .region(region)
-                    .build()
-                    .await,
-            ),
+            None => builder.credentials_provider(credential_chain(region, instance_metadata)),
         };
         Ok(Self { client: Client::from_conf(builder.build()), location })
     }
@@ -442,5 +475,32 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(&self.what("delete", &object), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without credentials and without the instance-metadata opt-in, nothing asks
+    /// 169.254.169.254: the chain ends in "no credentials", not in an IMDS error.
+    #[tokio::test]
+    async fn the_chain_does_not_ask_instance_metadata_unless_told_to() {
+        if std::env::vars().any(|(k, _)| k.starts_with("AWS_")) {
+            eprintln!("SKIP: AWS_* variables are set, the chain would use them");
+            return;
+        }
+        let location = S3Location {
+            bucket: "b-1".into(),
+            prefix: String::new(),
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:9".into()),
+        };
+        let store = S3Store::connect(location.clone(), None, false).await.unwrap();
+        let error = store.presign_put("k", Duration::from_secs(60)).await.unwrap_err().to_string();
+        assert!(!error.contains("IMDS") && !error.to_lowercase().contains("instance"), "{error}");
+        let with = S3Store::connect(location, None, true).await.unwrap();
+        let error = with.presign_put("k", Duration::from_secs(60)).await.unwrap_err().to_string();
+        assert!(error.contains("IMDS") || error.contains("Ec2InstanceMetadata"), "the opt-in asks it: {error}");
     }
 }
