@@ -47,6 +47,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         tokens: vec![("bench".into(), TOKEN.into())],
         s3_credentials: Default::default(),
         full: Default::default(),
+        ..Default::default()
     })
     .await?;
     let endpoint = format!("https://127.0.0.1:{}", coordinator.grpc_addr.port());

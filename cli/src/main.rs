@@ -6,6 +6,7 @@
 //! * `edgecap capture create|list|get|download|stop`, `edgecap ownership create|validate|list|delete`
 //!   and `edgecap agents`: the API, from a shell.
 
+mod admin;
 mod client;
 mod merge;
 mod up;
@@ -44,6 +45,13 @@ enum Command {
         api: client::ApiArgs,
         #[command(subcommand)]
         command: OwnershipCommand,
+    },
+    /// Operator commands with an admin token: API tokens.
+    Admin {
+        #[command(flatten)]
+        api: admin::AdminArgs,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
     },
     /// List the agents connected to the coordinator.
     Agents {
@@ -214,6 +222,7 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Command::Merge(args) => merge::run(args),
+        Command::Admin { api, command } => admin::run(api, command).await,
         Command::BenchStatus { args } => bench("status", args),
         Command::BenchFanout { args } => bench("fanout", args),
         Command::Agents { api } => {

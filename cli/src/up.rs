@@ -70,20 +70,27 @@ fn random_hex(n: usize) -> String {
     s
 }
 
-/// Account and token: flags win, else what the data dir remembers, else new ones.
-fn credentials(dir: &Path, account: Option<String>, token: Option<String>) -> anyhow::Result<(String, String)> {
+/// The account, its token and an admin token: flags win, else what the data dir remembers,
+/// else new ones.
+struct Credentials {
+    account: String,
+    token: String,
+    admin_token: String,
+}
+
+fn credentials(dir: &Path, account: Option<String>, token: Option<String>) -> anyhow::Result<Credentials> {
     let path = dir.join("credentials.json");
-    let saved: Option<(String, String)> = std::fs::read(&path).ok().and_then(|b| {
-        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-        Some((v["account_id"].as_str()?.to_string(), v["token"].as_str()?.to_string()))
-    });
-    let account = account.or_else(|| saved.as_ref().map(|s| s.0.clone())).unwrap_or_else(|| random_hex(32));
-    let token = token.or_else(|| saved.as_ref().map(|s| s.1.clone())).unwrap_or_else(|| random_hex(40));
+    let saved: serde_json::Value =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let remembered = |key: &str| saved[key].as_str().map(str::to_string);
+    let account = account.or_else(|| remembered("account_id")).unwrap_or_else(|| random_hex(32));
+    let token = token.or_else(|| remembered("token")).unwrap_or_else(|| random_hex(40));
+    let admin_token = remembered("admin_token").unwrap_or_else(|| random_hex(48));
     anyhow::ensure!(edgecap_coordinator::valid_account(&account), "--account: use 1-32 of [A-Za-z0-9_-]");
     anyhow::ensure!(token.len() >= 16, "--token: use at least 16 characters");
-    let body = serde_json::to_vec_pretty(&json!({"account_id": account, "token": token}))?;
+    let body = serde_json::to_vec_pretty(&json!({"account_id": account, "token": token, "admin_token": admin_token}))?;
     write_private(&path, &body)?;
-    Ok((account, token))
+    Ok(Credentials { account, token, admin_token })
 }
 
 fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
@@ -124,7 +131,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let telemetry = edgecap_telemetry::init("edgecap", args.otlp_endpoint.as_deref(), "warn,edgecap=info", true)?;
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let (account, token) = credentials(dir, args.account.clone(), args.token.clone())?;
+    let Credentials { account, token, admin_token } = credentials(dir, args.account.clone(), args.token.clone())?;
     let (coordinator_tls, agent_tls) = ensure_pki(&dir.join("pki"), &args.pop)?;
 
     let coordinator = Coordinator::start(CoordinatorConfig {
@@ -141,6 +148,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         sample_timeout: Duration::from_secs(15),
         agent_wait: Duration::from_secs(5),
         tokens: vec![(account.clone(), token.clone())],
+        admin_tokens: vec![admin_token.clone()],
         s3_credentials: match &args.s3_credentials {
             Some(path) => edgecap_coordinator::load_credentials(path)?,
             None => Default::default(),
@@ -151,6 +159,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             endpoints: edgecap_coordinator::EndpointPolicy { allow_private: true, allowed: vec![] },
             ..Default::default()
         },
+        ..Default::default()
     })
     .await?;
 
@@ -167,7 +176,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agent_task = tokio::spawn(agent.run(cancel.clone()));
 
     let api = format!("http://{}/client/v4", coordinator.api_addr);
-    let env = format!("export EDGECAP_API={api} EDGECAP_ACCOUNT={account} EDGECAP_TOKEN={token}\n");
+    let env = format!(
+        "export EDGECAP_API={api} EDGECAP_ACCOUNT={account} EDGECAP_TOKEN={token} EDGECAP_ADMIN_TOKEN={admin_token}\n"
+    );
     write_private(&dir.join("env"), env.as_bytes())?;
     println!("edgecap is up (data in {})", dir.display());
     println!("  API       {api}");

@@ -41,10 +41,44 @@ pub struct CoordinatorConfig {
     pub agent_wait: Duration,
     /// `(account_id, token)` pairs to register at start.
     pub tokens: Vec<(String, String)>,
+    /// `ACCOUNT:TOKEN` lines, re-read when the file changes (tokens removed from it are
+    /// revoked).
+    pub tokens_file: Option<PathBuf>,
+    /// Admin tokens (the admin API only).
+    pub admin_tokens: Vec<String>,
+    /// A file of admin tokens, one per line, re-read when it changes.
+    pub admin_tokens_file: Option<PathBuf>,
     /// Bucket name -> access key, for full captures' buckets (else the AWS default chain).
     pub s3_credentials: HashMap<String, StaticCredentials>,
     /// Tunables of full captures.
     pub full: FullSettings,
+}
+
+impl Default for CoordinatorConfig {
+    /// A coordinator on loopback with memory state and local objects under `./`; the
+    /// binaries and tests set what they need and take the rest from here.
+    fn default() -> Self {
+        Self {
+            name: "coordinator".into(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 9440)),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            tls: TlsFiles::in_dir(std::path::Path::new("pki"), "coordinator"),
+            tls_reload_interval: Duration::from_secs(5),
+            state: StateConfig::Memory,
+            storage: StorageConfig::LocalDir { root: PathBuf::from("objects") },
+            tmp_dir: PathBuf::from("tmp"),
+            limits: Limits::default(),
+            rate_limits: RateLimits::cloudflare(),
+            sample_timeout: Duration::from_secs(15),
+            agent_wait: Duration::from_secs(5),
+            tokens: Vec::new(),
+            tokens_file: None,
+            admin_tokens: Vec::new(),
+            admin_tokens_file: None,
+            s3_credentials: HashMap::new(),
+            full: FullSettings::default(),
+        }
+    }
 }
 
 /// Limits from Cloudflare's reference, with the full-capture time cap configurable.

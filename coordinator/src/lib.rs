@@ -34,6 +34,7 @@ mod full;
 mod model;
 mod sample;
 mod store;
+mod tokens;
 
 pub use agents::AgentInfo;
 pub use api::error::code;
@@ -75,8 +76,14 @@ impl Coordinator {
         for (account, token) in &config.tokens {
             anyhow::ensure!(valid_account(account), "account id {account:?}: use 1-32 of [A-Za-z0-9_-]");
             anyhow::ensure!(token.len() >= 16, "token for account {account}: use at least 16 characters");
-            repo.add_token(account, token).await.context("register API tokens")?;
         }
+        let tokens = Arc::new(tokens::Tokens::new(
+            repo.clone(),
+            config.tokens_file.clone(),
+            config.admin_tokens.clone(),
+            config.admin_tokens_file.clone(),
+        ));
+        tokens.start(&config.tokens).await.context("register API tokens")?;
         let tasks = Tasks::new();
         let registry = Arc::new(agents::Registry::default());
         let full = Arc::new(full::FullCaptures::new(
@@ -106,6 +113,7 @@ impl Coordinator {
             rate: api::RateLimiter::default(),
             samples: samples.clone(),
             full: full.clone(),
+            tokens: tokens.clone(),
         });
 
         let api_listener = TcpListener::bind(config.api_listen)
@@ -148,6 +156,7 @@ impl Coordinator {
         });
 
         samples.resume_pending().await.context("read captures")?;
+        tasks.spawn(tokens.watch_files(tasks.token()));
         // Full captures are followed by the elected leader (whichever replica it is), and
         // every replica forwards jobs to the agents connected to it.
         tasks.spawn(full.clone().lead(tasks.token()));

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
 use edgecap_state::StateConfig;
@@ -38,12 +37,24 @@ struct Args {
     /// Server key (overrides --pki-dir).
     #[arg(long)]
     tls_key: Option<PathBuf>,
-    /// API token bound to an account, as ACCOUNT:TOKEN. Repeatable.
-    #[arg(long = "token", value_name = "ACCOUNT:TOKEN")]
+    /// Deprecated: a token on the command line shows in `ps`. Use --tokens-file,
+    /// EDGECAP_TOKENS, or `edgecap admin tokens add`. Still works, with a warning.
+    #[arg(long = "token", value_name = "ACCOUNT:TOKEN", hide = true)]
     tokens: Vec<String>,
-    /// File of ACCOUNT:TOKEN lines (# comments allowed).
-    #[arg(long)]
+    /// API tokens as ACCOUNT:TOKEN, comma-separated (from the environment, not `ps`).
+    #[arg(long = "tokens-env", env = "EDGECAP_TOKENS", hide_env_values = true, value_delimiter = ',', hide = true)]
+    env_tokens: Vec<String>,
+    /// File of ACCOUNT:TOKEN lines (# comments allowed), re-read when it changes: tokens
+    /// removed from it are revoked on every replica.
+    #[arg(long, env = "EDGECAP_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// File of admin tokens (one per line) for the admin API (`edgecap admin ...`), re-read
+    /// when it changes. Also EDGECAP_ADMIN_TOKEN.
+    #[arg(long, env = "EDGECAP_ADMIN_TOKENS_FILE")]
+    admin_tokens_file: Option<PathBuf>,
+    /// An admin token, from the environment only.
+    #[arg(long = "admin-token-env", env = "EDGECAP_ADMIN_TOKEN", hide_env_values = true, hide = true)]
+    admin_token: Option<String>,
     /// Turn off Cloudflare's per-account limits (1 sample per minute, 1 active full capture).
     #[arg(long)]
     no_rate_limits: bool,
@@ -98,27 +109,33 @@ struct Args {
     name: String,
 }
 
-fn parse_tokens(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
-    let mut lines: Vec<String> = args.tokens.clone();
-    if let Some(path) = &args.tokens_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-        lines.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+/// The tokens given at start: `--token` (deprecated) and EDGECAP_TOKENS. The tokens file is
+/// the coordinator's to read (and re-read).
+fn parse_tokens(args: &Args) -> Vec<(String, String)> {
+    if !args.tokens.is_empty() {
+        eprintln!(
+            "edgecap-coordinator: warning: --token is deprecated (tokens on the command line show in ps); use --tokens-file, EDGECAP_TOKENS or `edgecap admin tokens add`"
+        );
     }
+    let lines = args.tokens.iter().chain(&args.env_tokens).map(|l| l.trim()).filter(|l| !l.is_empty());
     lines
-        .iter()
-        .map(|l| {
-            l.split_once(':')
-                .map(|(a, t)| (a.to_string(), t.to_string()))
-                .with_context(|| "a token must be given as ACCOUNT:TOKEN".to_string())
+        .map(|l| match l.split_once(':') {
+            Some((a, t)) => (a.to_string(), t.to_string()),
+            None => usage_error("--token/EDGECAP_TOKENS: a token must be given as ACCOUNT:TOKEN"),
         })
         .collect()
+}
+
+fn usage_error(message: &str) -> ! {
+    eprintln!("edgecap-coordinator: {message}");
+    std::process::exit(64);
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let telemetry = edgecap_telemetry::init("edgecap-coordinator", args.otlp_endpoint.as_deref(), "info", false)?;
-    let tokens = parse_tokens(&args)?;
+    let tokens = parse_tokens(&args);
     let pki = args.pki_dir.clone().unwrap_or_else(|| args.data_dir.join("pki"));
     let defaults = TlsFiles::in_dir(&pki, "coordinator");
     let tls = TlsFiles {
@@ -152,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
         sample_timeout: Duration::from_secs(args.sample_timeout),
         agent_wait: Duration::from_secs(5),
         tokens,
+        tokens_file: args.tokens_file.clone(),
+        admin_tokens: args.admin_token.clone().into_iter().collect(),
+        admin_tokens_file: args.admin_tokens_file.clone(),
         s3_credentials: match &args.s3_credentials {
             Some(path) => edgecap_coordinator::load_credentials(path).unwrap_or_else(|e| {
                 eprintln!("edgecap-coordinator: {e:#}");

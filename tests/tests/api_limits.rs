@@ -37,6 +37,7 @@ async fn coordinator(dir: &std::path::Path, s3: &S3Server) -> Coordinator {
         tokens: vec![("acct".into(), TOKEN.into())],
         s3_credentials: edgecap_coordinator::load_credentials(&creds).unwrap(),
         full: FullSettings { endpoints: EndpointPolicy { allow_private: true, allowed: vec![] }, ..Default::default() },
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -44,6 +44,7 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
         tokens: vec![("acct".into(), TOKEN.into())],
         s3_credentials: Default::default(),
         full: Default::default(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -38,6 +38,7 @@ async fn coordinator(dir: &std::path::Path) -> Coordinator {
         tokens: vec![("acct".into(), TOKEN.into())],
         s3_credentials: Default::default(),
         full: Default::default(),
+        ..Default::default()
     })
     .await
     .unwrap()

@@ -32,6 +32,7 @@ async fn start(dir: &std::path::Path) -> Coordinator {
         tokens: vec![],
         s3_credentials: Default::default(),
         full: Default::default(),
+        ..Default::default()
     })
     .await
     .unwrap()

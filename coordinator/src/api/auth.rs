@@ -73,6 +73,30 @@ impl FromRequestParts<Arc<ApiState>> for AnyAccount {
     }
 }
 
+/// An admin token: the admin API only. An account's token is refused with 403 (it is
+/// valid, it may just not do this).
+#[derive(Debug)]
+pub(crate) struct Admin;
+
+impl FromRequestParts<Arc<ApiState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        if state.tokens.is_admin(token) {
+            return Ok(Admin);
+        }
+        if state.repo.account_for_token(token).await.map_err(repo_err)?.is_some() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                code::ADMIN_ONLY,
+                "Authorization: this is an account's token; the admin API takes an admin token",
+            ));
+        }
+        Err(ApiError::unauthorized("Authorization: invalid admin token"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,8 @@ pub mod code {
     pub const CAPTURE_NOT_FOUND: u32 = 1100;
     /// No such bucket ownership in this account.
     pub const OWNERSHIP_NOT_FOUND: u32 = 1101;
+    /// No such record (a token, an account) on the admin API.
+    pub const NOT_FOUND: u32 = 1109;
     /// The capture has no file to download (yet, or it failed).
     pub const NOT_READY: u32 = 1102;
     /// The capture cannot be stopped (a sample, or already finished).
@@ -64,6 +66,8 @@ pub mod code {
     pub const NO_ROUTE: u32 = 7003;
     /// No token, an unknown token, or an unsupported scheme.
     pub const AUTHENTICATION: u32 = 10000;
+    /// A valid token that may not call this (an account's token on the admin API).
+    pub const ADMIN_ONLY: u32 = 10001;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,7 @@ use crate::full::FullCaptures;
 use crate::sample::SampleCaptures;
 use crate::store::{Repo, RepoError};
 
+mod admin;
 mod agents;
 mod auth;
 mod body;
@@ -47,6 +48,7 @@ pub(crate) struct ApiState {
     pub rate: RateLimiter,
     pub samples: Arc<SampleCaptures>,
     pub full: Arc<FullCaptures>,
+    pub tokens: Arc<crate::tokens::Tokens>,
 }
 
 fn repo_err(e: RepoError) -> ApiError {
@@ -124,6 +126,8 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route(&format!("{base}/{{pcap_id}}/download"), get(captures::download))
         .route(&format!("{base}/{{pcap_id}}/stop"), put(captures::stop))
         .route("/edgecap/v1/agents", get(agents::list))
+        .route("/edgecap/v1/admin/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/edgecap/v1/admin/tokens/{name}", delete(admin::revoke_token))
         .route("/healthz", get(healthz))
         .route("/", get(web::index))
         .route("/app.js", get(web::script))

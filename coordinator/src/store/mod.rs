@@ -9,4 +9,4 @@ mod relay;
 mod repo;
 mod work;
 
-pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, decode};
+pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, TokenRecord, decode, token_hash};

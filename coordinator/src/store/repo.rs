@@ -3,7 +3,7 @@
 //! `docs/state.md`).
 //!
 //! ```text
-//! /edgecap/v1/tokens/{sha256(token)}                      {"account_id"}          tokens are never stored in clear
+//! /edgecap/v1/tokens/{sha256(token)}                      TokenRecord             tokens are never stored in clear
 //! /edgecap/v1/captures/{account}/{id}                     CaptureRecord           account first: listing is one prefix read
 //! /edgecap/v1/ownerships/{account}/{id}                   OwnershipRecord
 //! /edgecap/v1/agents/{agent_id}                           AgentPresence (leased)  disappears when the agent's lease lapses
@@ -31,6 +31,9 @@ pub(super) mod keys {
 
     pub fn token(hash: &str) -> String {
         format!("{PREFIX}/tokens/{hash}")
+    }
+    pub fn tokens() -> String {
+        format!("{PREFIX}/tokens/")
     }
     pub fn capture(account: &str, id: &str) -> String {
         format!("{PREFIX}/captures/{account}/{id}")
@@ -117,9 +120,21 @@ pub(crate) enum RepoError {
 
 pub(crate) type Result<T, E = RepoError> = std::result::Result<T, E>;
 
-#[derive(Serialize, Deserialize)]
-struct TokenRecord {
-    account_id: String,
+/// An API token bound to an account (key: the token's SHA-256; the token itself is never
+/// stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TokenRecord {
+    pub account_id: String,
+    /// Unique name, to list and revoke it by (older records have none: `""`).
+    #[serde(default)]
+    pub name: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created: String,
+    /// Where it came from: `api` (created through the admin API), `file:{path}` (a tokens
+    /// file, kept in step with it), or `config` (flags, environment).
+    #[serde(default)]
+    pub source: String,
 }
 
 /// What the coordinator knows of a connected agent, for other replicas and operators.
@@ -136,7 +151,7 @@ pub(crate) struct AgentPresence {
     pub sample_rate: u32,
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     edgecap_common::hex(digest.as_ref())
 }
@@ -176,11 +191,27 @@ impl Repo {
         Ok(out)
     }
 
-    /// Binds `token` to `account` (idempotent; re-binding a token to another account moves it).
-    pub(crate) async fn add_token(&self, account: &str, token: &str) -> Result<()> {
-        let record = TokenRecord { account_id: account.to_string() };
-        self.store.put(&keys::token(&token_hash(token)), encode(&record), None).await?;
+    /// Binds a token (given by its hash) to an account (idempotent; re-binding a token to
+    /// another account moves it).
+    pub(crate) async fn put_token(&self, hash: &str, record: &TokenRecord) -> Result<()> {
+        self.store.put(&keys::token(hash), encode(record), None).await?;
         Ok(())
+    }
+
+    /// Every token record, with its hash.
+    pub(crate) async fn list_tokens(&self) -> Result<Vec<(String, TokenRecord)>> {
+        let prefix = keys::tokens();
+        let mut out = Vec::new();
+        for kv in self.store.list(&prefix).await? {
+            let hash = kv.key[prefix.len()..].to_string();
+            out.push((hash, decode(&kv.key, &kv.value)?));
+        }
+        Ok(out)
+    }
+
+    /// Revokes a token by its hash; whether it existed.
+    pub(crate) async fn delete_token(&self, hash: &str) -> Result<bool> {
+        Ok(self.store.delete(&keys::token(hash)).await?)
     }
 
     pub(crate) async fn account_for_token(&self, token: &str) -> Result<Option<String>> {

@@ -54,6 +54,7 @@ pub async fn api_configured(rate_limits: RateLimits, full: FullSettings) -> Api 
         tokens: vec![("acct-a".into(), TOKEN_A.into()), ("acct-b".into(), TOKEN_B.into())],
         s3_credentials: credentials,
         full,
+        ..Default::default()
     })
     .await
     .unwrap();
