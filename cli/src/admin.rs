@@ -20,6 +20,9 @@ pub struct AdminArgs {
     /// A file holding the admin token.
     #[arg(long, env = "EDGECAP_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<std::path::PathBuf>,
+    /// A CA certificate (PEM) to trust for an https:// API, besides the system's.
+    #[arg(long, env = "EDGECAP_CA")]
+    ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,7 +61,7 @@ fn client(args: &AdminArgs) -> anyhow::Result<Client> {
         (Some(token), None) => token.clone(),
         (None, None) => anyhow::bail!("an admin token is needed: set EDGECAP_ADMIN_TOKEN or --admin-token-file"),
     };
-    Ok(Client::new(Endpoint { api: args.api.clone(), account: String::new(), token })?)
+    Ok(Client::with_ca(Endpoint { api: args.api.clone(), account: String::new(), token }, args.ca.as_deref())?)
 }
 
 pub async fn run(args: AdminArgs, command: AdminCommand) -> anyhow::Result<()> {

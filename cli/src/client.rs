@@ -17,6 +17,9 @@ pub struct ApiArgs {
     pub account: String,
     #[arg(long, env = "EDGECAP_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A CA certificate (PEM) to trust for an https:// API, besides the system's.
+    #[arg(long, env = "EDGECAP_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -62,7 +65,7 @@ pub fn print(v: &Value) -> anyhow::Result<()> {
 
 /// A client for the API the flags name.
 pub fn client(args: ApiArgs) -> anyhow::Result<Client> {
-    Ok(Client::new(Endpoint { api: args.api, account: args.account, token: args.token })?)
+    Ok(Client::with_ca(Endpoint { api: args.api, account: args.account, token: args.token }, args.ca.as_deref())?)
 }
 
 /// `capture create`: the request body from the flags; waits for the end with `--wait`.

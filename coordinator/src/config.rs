@@ -19,6 +19,9 @@ pub struct CoordinatorConfig {
     pub name: String,
     /// Where the REST API listens.
     pub api_listen: SocketAddr,
+    /// Serve the API over HTTPS with this certificate and key (PEM; reloaded when they
+    /// change). `None`: plain HTTP, for an API behind a terminating proxy or on loopback.
+    pub api_tls: Option<ApiTls>,
     /// Where agents' mutual-TLS control streams are accepted.
     pub grpc_listen: SocketAddr,
     /// CA (for agents' certificates), the coordinator's certificate and key.
@@ -61,6 +64,7 @@ impl Default for CoordinatorConfig {
         Self {
             name: "coordinator".into(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 9440)),
+            api_tls: None,
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             tls: TlsFiles::in_dir(std::path::Path::new("pki"), "coordinator"),
             tls_reload_interval: Duration::from_secs(5),
@@ -79,6 +83,15 @@ impl Default for CoordinatorConfig {
             full: FullSettings::default(),
         }
     }
+}
+
+/// The API's HTTPS certificate and key.
+#[derive(Clone, Debug)]
+pub struct ApiTls {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Limits from Cloudflare's reference, with the full-capture time cap configurable.

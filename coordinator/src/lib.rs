@@ -39,7 +39,7 @@ mod tokens;
 pub use agents::AgentInfo;
 pub use api::error::code;
 pub use config::{
-    CoordinatorConfig, FullSettings, Limits, RateLimits, load_credentials, objects_config, valid_account,
+    ApiTls, CoordinatorConfig, FullSettings, Limits, RateLimits, load_credentials, objects_config, valid_account,
 };
 pub use model::EndpointPolicy;
 pub use model::rfc3339;
@@ -129,12 +129,27 @@ impl Coordinator {
         let router = api::router(api_state);
         let api_cancel = tasks.token();
         let api_router = router.clone();
-        servers.spawn(async move {
-            axum::serve(api_listener, api_router)
-                .with_graceful_shutdown(async move { api_cancel.cancelled().await })
-                .await
-                .context("serve the API")
-        });
+        match &config.api_tls {
+            Some(files) => {
+                let tls = edgecap_tls::watch_https_server_config(&files.cert, &files.key, config.tls_reload_interval)
+                    .context("load the API's TLS certificate")?;
+                let listener = api::tls::listen(api_listener, tls, &tasks).context("listen for HTTPS")?;
+                servers.spawn(async move {
+                    axum::serve(listener, api_router)
+                        .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+                        .await
+                        .context("serve the API over HTTPS")
+                });
+            }
+            None => {
+                servers.spawn(async move {
+                    axum::serve(api_listener, api_router)
+                        .with_graceful_shutdown(async move { api_cancel.cancelled().await })
+                        .await
+                        .context("serve the API")
+                });
+            }
+        }
 
         let service = control::ControlService {
             registry: registry.clone(),

@@ -22,6 +22,13 @@ struct Args {
     /// REST API listen address.
     #[arg(long, default_value = "127.0.0.1:9440", env = "EDGECAP_API_LISTEN")]
     api_listen: SocketAddr,
+    /// Serve the API over HTTPS with this certificate (PEM, reloaded when it changes); with
+    /// --api-tls-key. Without them the API is plain HTTP (behind a terminating proxy).
+    #[arg(long, env = "EDGECAP_API_TLS_CERT", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The API's HTTPS private key (PEM).
+    #[arg(long, env = "EDGECAP_API_TLS_KEY", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
     /// Agent control (mutual-TLS gRPC) listen address.
     #[arg(long, default_value = "0.0.0.0:7443", env = "EDGECAP_GRPC_LISTEN")]
     grpc_listen: SocketAddr,
@@ -146,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
     let config = CoordinatorConfig {
         name: args.name.clone(),
         api_listen: args.api_listen,
+        api_tls: match (&args.api_tls_cert, &args.api_tls_key) {
+            (Some(cert), Some(key)) => Some(edgecap_coordinator::ApiTls { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
         grpc_listen: args.grpc_listen,
         tls,
         tls_reload_interval: Duration::from_secs(5),
@@ -199,7 +210,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(64);
         }
     };
-    println!("edgecap-coordinator: API http://{}/client/v4, agents {}", coordinator.api_addr, coordinator.grpc_addr);
+    let scheme = if args.api_tls_cert.is_some() { "https" } else { "http" };
+    println!(
+        "edgecap-coordinator: API {scheme}://{}/client/v4, agents {}",
+        coordinator.api_addr, coordinator.grpc_addr
+    );
     let result = coordinator.run_until(edgecap_common::shutdown_signal()).await;
     telemetry.shutdown();
     result

@@ -31,6 +31,7 @@ mod captures;
 pub(crate) mod error;
 mod ownership;
 mod rate;
+pub(crate) mod tls;
 mod validate;
 mod web;
 

@@ -1,7 +1,8 @@
 //! A client for the edgecap API (Cloudflare's `/client/v4/accounts/{account}/pcaps`, plus
-//! edgecap's extensions), as the CLI and the benchmarks use it. Plain HTTP/1.1 with a Bearer
-//! token; answers are the `result` of Cloudflare's envelope, errors carry the API's status,
-//! code and message.
+//! edgecap's extensions), as the CLI and the benchmarks use it. HTTP/1.1 or HTTPS (the
+//! system's roots, plus a CA file if given) with a Bearer token; answers are the `result` of
+//! Cloudflare's envelope, errors carry the API's status, code and message. Every request has
+//! a timeout.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,10 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
-/// Where the API is and who is calling.
-#[derive(Clone, Debug)]
+/// Where the API is and who is calling. Its `Debug` does not show the token.
+#[derive(Clone)]
 pub struct Endpoint {
     /// Base URL, e.g. `http://127.0.0.1:9440/client/v4`.
     pub api: String,
@@ -59,12 +61,23 @@ impl ClientError {
 /// This crate's result; the error is [`ClientError`] unless said otherwise.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("api", &self.api).field("account", &self.account).finish_non_exhaustive()
+    }
+}
+
+/// Longest a request (including reading its answer) may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// A client of one [`Endpoint`], keeping connections alive between calls; use it inside a
-/// Tokio runtime. Nothing is retried, and no request has a timeout: a call waits as long as
-/// the server takes (in [`Client::wait`] too, whose `timeout` is checked between polls).
+/// Tokio runtime. Nothing is retried; each request has [`REQUEST_TIMEOUT`] ([`Client::wait`]
+/// checks its own `timeout` between polls).
 pub struct Client {
     endpoint: Endpoint,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
 }
 
 /// An error answer's status, first code and messages.
@@ -88,11 +101,41 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
 impl Client {
     /// A client for `endpoint`; sends nothing yet. Only `http://` API URLs are supported
     /// (anything else is [`ClientError::Transport`]).
+    /// A client trusting the system's root certificates for HTTPS.
     pub fn new(endpoint: Endpoint) -> Result<Self> {
-        if !endpoint.api.starts_with("http://") {
-            return Err(ClientError::Transport("--api: only http:// is supported by this client".into()));
+        Self::with_ca(endpoint, None)
+    }
+
+    /// A client that also trusts the CA certificates in `ca` (PEM), for an API whose
+    /// certificate comes from a private CA.
+    pub fn with_ca(endpoint: Endpoint, ca: Option<&Path>) -> Result<Self> {
+        if !(endpoint.api.starts_with("http://") || endpoint.api.starts_with("https://")) {
+            return Err(ClientError::Transport(format!(
+                "--api: {:?} must be an http:// or https:// URL",
+                endpoint.api
+            )));
         }
-        Ok(Self { endpoint, http: HyperClient::builder(TokioExecutor::new()).build_http() })
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = ca {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| ClientError::Transport(format!("--ca {}: {e}", path.display())))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| ClientError::Transport(format!("--ca {}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        Ok(Self { endpoint, http: HyperClient::builder(TokioExecutor::new()).build(connector) })
     }
 
     /// The endpoint this client calls.
@@ -121,16 +164,21 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(body))
             .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
-        let response =
-            self.http.request(request).await.map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?
-            .to_bytes();
-        Ok((status, bytes))
+        let exchange = async {
+            let response =
+                self.http.request(request).await.map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
+            let status = response.status().as_u16();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| {
+            ClientError::Transport(format!("{method} {url}: no answer within {} s", REQUEST_TIMEOUT.as_secs()))
+        })?
     }
 
     /// Calls `url`; returns the envelope's `result` (`Null` for 204), or the API's error.

@@ -77,6 +77,17 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
     Ok(config)
 }
 
+/// An HTTPS server (the REST API): presents `cert`, asks for no client certificate
+/// (callers authenticate with tokens), HTTP/1.1. `ca` is not used.
+pub fn https_server_config(files: &TlsFiles) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Client side: trusts only `ca`, presents `cert`.
 pub fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -124,6 +135,16 @@ fn watch_config<T: Send + Sync + 'static>(
 /// A server configuration that follows its files (checked every `interval`).
 pub fn watch_server_config(files: TlsFiles, interval: Duration) -> Result<watch::Receiver<Arc<ServerConfig>>> {
     watch_config(files, interval, server_config)
+}
+
+/// An HTTPS server configuration ([`https_server_config`]) that follows its files.
+pub fn watch_https_server_config(
+    cert: &Path,
+    key: &Path,
+    interval: Duration,
+) -> Result<watch::Receiver<Arc<ServerConfig>>> {
+    let files = TlsFiles { ca: cert.to_path_buf(), cert: cert.to_path_buf(), key: key.to_path_buf() };
+    watch_config(files, interval, https_server_config)
 }
 
 /// A client configuration that follows its files (checked every `interval`).

@@ -17,7 +17,10 @@ pub mod config;
 pub mod identity;
 pub mod pki;
 
-pub use config::{TlsFiles, client_config, server_config, watch_client_config, watch_server_config};
+pub use config::{
+    TlsFiles, client_config, https_server_config, server_config, watch_client_config, watch_https_server_config,
+    watch_server_config,
+};
 pub use identity::{PeerIdentity, peer_identity};
 
 /// Why certificates, keys or TLS configurations could not be made or loaded. Every
