@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

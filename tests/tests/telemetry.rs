@@ -6,66 +6,15 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgecap_e2e::otlp::Collector;
 use edgecap_e2e::{Proc, api_call, bin, free_port, wait_for};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use serde_json::json;
-
-/// (service.name, span name, attributes as "key=value")
-type SeenSpan = (String, String, Vec<String>);
-
-#[derive(Default, Clone)]
-struct Collector {
-    spans: Arc<Mutex<Vec<SeenSpan>>>,
-}
-
-fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
-    match v.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(AnyValue::StringValue(s)) => s.clone(),
-        Some(AnyValue::IntValue(i)) => i.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .map(|a| text(&a.value))
-                .unwrap_or_default();
-            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                let attrs = span.attributes.iter().map(|a| format!("{}={}", a.key, text(&a.value))).collect();
-                spans.push((service.clone(), span.name, attrs));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn coordinator_exports_spans_over_otlp() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (collector, otlp, server) = Collector::start().await;
 
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
@@ -112,20 +61,16 @@ async fn coordinator_exports_spans_over_otlp() {
         wait_for("the coordinator to exit", Duration::from_secs(20), || coordinator.child.try_wait().ok().flatten());
     assert!(status.success(), "{}", coordinator.log_text());
 
-    let spans = collector.spans.lock().unwrap().clone();
+    let spans = collector.spans();
     server.abort();
-    assert!(spans.iter().all(|(service, _, _)| service == "edgecap-coordinator"), "{spans:?}");
+    assert!(spans.iter().all(|s| s.service == "edgecap-coordinator"), "{spans:?}");
     let api = spans
         .iter()
-        .find(|(_, name, attrs)| {
-            name == "api" && attrs.iter().any(|a| a == "route=/client/v4/accounts/{account_id}/pcaps")
-        })
+        .find(|s| s.name == "api" && s.attrs.iter().any(|a| a == "route=/client/v4/accounts/{account_id}/pcaps"))
         .unwrap_or_else(|| panic!("the API request's span: {spans:?}\n{}", coordinator.log_text()));
-    assert!(api.2.iter().any(|a| a == "method=POST") && api.2.iter().any(|a| a == "status=200"), "{api:?}");
+    assert!(api.attrs.iter().any(|a| a == "method=POST") && api.attrs.iter().any(|a| a == "status=200"), "{api:?}");
     assert!(
-        spans
-            .iter()
-            .any(|(_, name, attrs)| name == "sample_capture" && attrs.iter().any(|a| a == &format!("capture={id}"))),
+        spans.iter().any(|s| s.name == "sample_capture" && s.attrs.iter().any(|a| a == &format!("capture={id}"))),
         "the capture's span: {spans:?}"
     );
 }
