@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// How often the lookback's counters are sent up.
     pub heartbeat: Duration,
+    /// Enroll and renew the certificate (`None`: `tls` holds one made by hand).
+    pub enroll: Option<EnrollConfig>,
     /// Full captures: spool and shard settings (`None`: this agent refuses full captures).
     pub full: Option<FullCaptureConfig>,
 }
@@ -48,8 +50,20 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
             full: None,
+            enroll: None,
         }
     }
+}
+
+/// Who an enrolling agent asks to be, and with what (see `enroll.rs`).
+#[derive(Clone, Debug)]
+pub struct EnrollConfig {
+    /// The agent's id in its certificate.
+    pub agent_id: String,
+    /// The PoP it asks to capture for (the token must allow it).
+    pub pop: String,
+    /// The bootstrap token, one line (needed only when there is no valid certificate yet).
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 /// Full-capture settings of one agent.

@@ -5,6 +5,7 @@
 //! * `config`: what the agent is told, and who it is (its certificate);
 //! * `connection`: dialling, mutual TLS, backoff; `dispatch`: one connection's session;
 //! * `sample`: answers from the lookback; `full`: full captures (jobs, spool, uploads);
+//! * [`enroll`]: the agent's own key and certificate, enrolled and renewed;
 //! * `convert`: wire messages to and from the agent's types; [`http`]: presigned uploads.
 //!
 //! Connection life cycle: dial a coordinator (endpoints tried in turn), send Hello, serve
@@ -24,12 +25,13 @@ mod config;
 mod connection;
 mod convert;
 mod dispatch;
+pub mod enroll;
 mod full;
 pub mod http;
 mod sample;
 pub mod standalone;
 
-pub use config::{AgentConfig, FullCaptureConfig, own_identity};
+pub use config::{AgentConfig, EnrollConfig, FullCaptureConfig, own_identity};
 pub use connection::connect;
 pub use convert::filter_from_pb;
 pub use dispatch::VERSION;
@@ -85,6 +87,9 @@ impl Agent {
             .context("load the agent's TLS files")?;
         let mut backoff = connection::Backoff::new(config.backoff_min, config.backoff_max);
         let mut endpoint_index = 0usize;
+        if config.enroll.is_some() {
+            self.parts.tasks.spawn(enroll::renew(config.clone(), Duration::from_secs(30), self.parts.tasks.token()));
+        }
         while !cancel.is_cancelled() {
             let endpoints = &self.parts.config.coordinators;
             let endpoint = endpoints[endpoint_index % endpoints.len()].clone();

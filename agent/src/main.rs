@@ -49,12 +49,26 @@ struct RunArgs {
     /// CA certificate.
     #[arg(long, env = "EDGECAP_TLS_CA")]
     tls_ca: PathBuf,
-    /// This agent's certificate (its PoP and id are read from it).
-    #[arg(long, env = "EDGECAP_TLS_CERT")]
+    /// This agent's certificate (its PoP and id are read from it). Enrolling agents write
+    /// it here; default /var/lib/edgecap/pki/agent.pem.
+    #[arg(long, env = "EDGECAP_TLS_CERT", default_value = "/var/lib/edgecap/pki/agent.pem")]
     tls_cert: PathBuf,
-    /// This agent's key.
-    #[arg(long, env = "EDGECAP_TLS_KEY")]
+    /// This agent's key (enrolling agents make it here); default
+    /// /var/lib/edgecap/pki/agent-key.pem.
+    #[arg(long, env = "EDGECAP_TLS_KEY", default_value = "/var/lib/edgecap/pki/agent-key.pem")]
     tls_key: PathBuf,
+    /// Enroll: the PoP this agent captures for. The agent makes its own key, has it signed
+    /// by a coordinator (with --enroll-token-file the first time) and renews it before it
+    /// expires; --tls-cert and --tls-key are where they are kept.
+    #[arg(long, env = "EDGECAP_POP")]
+    pop: Option<String>,
+    /// Enroll: this agent's id (default: the host name).
+    #[arg(long, env = "EDGECAP_AGENT_ID", requires = "pop")]
+    agent_id: Option<String>,
+    /// Enroll: a file holding a bootstrap token (`edgecap admin bootstrap-token create`),
+    /// needed until the agent has a valid certificate.
+    #[arg(long, env = "EDGECAP_ENROLL_TOKEN_FILE", requires = "pop")]
+    enroll_token_file: Option<PathBuf>,
     /// Keep 1 packet in N in the lookback.
     #[arg(long, default_value_t = 1)]
     sample_rate: u32,
@@ -153,6 +167,28 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     full.rotate_bytes = args.shard_rotate_mib.max(1) << 20;
     full.rotate_seconds = args.shard_rotate_seconds.max(1);
     config.full = Some(full);
+    if let Some(pop) = args.pop {
+        edgecap_tls::validate_name(&pop).unwrap_or_else(|e| usage_error(format!("--pop: {e}")));
+        let agent_id = match args.agent_id {
+            Some(id) => id,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().split('.').next().unwrap_or_default().to_string())
+                .unwrap_or_default(),
+        };
+        edgecap_tls::validate_name(&agent_id)
+            .unwrap_or_else(|e| usage_error(format!("--agent-id: {agent_id:?}: {e} (the host name is the default)")));
+        config.enroll =
+            Some(edgecap_agent::EnrollConfig { agent_id, pop, bootstrap_token_file: args.enroll_token_file });
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let signal = tokio::spawn(async move {
+            edgecap_common::shutdown_signal().await;
+            stop.cancel();
+        });
+        let enrolled = edgecap_agent::enroll::ensure_certificate(&config, &cancel).await;
+        signal.abort();
+        enrolled.unwrap_or_else(|e| usage_error(format!("{e:#}")));
+    }
     let agent = Agent::start(config).unwrap_or_else(|e| usage_error(format!("{e:#}")));
     tracing::info!(agent_id = %agent.agent_id, pop = %agent.pop, "agent started");
     let cancel = CancellationToken::new();

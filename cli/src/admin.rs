@@ -2,7 +2,10 @@
 //!
 //! * `edgecap admin tokens add --account ACCOUNT --name NAME`: a new API token (printed once);
 //! * `edgecap admin tokens list`: every token by name, account and source (never the token);
-//! * `edgecap admin tokens revoke NAME`: refused by every replica from its next request.
+//! * `edgecap admin tokens revoke NAME`: refused by every replica from its next request;
+//! * `edgecap admin bootstrap-token create --pops P,Q* [--ttl S]`: a token agents enroll with;
+//! * `edgecap admin certificates`, `edgecap admin revocations`: enrolled agents' certificates;
+//! * `edgecap pki revoke --agent ID | --serial HEX` ([`revoke`]): refused at the next handshake.
 
 use clap::{Args, Subcommand};
 use edgecap_client::{Client, Endpoint};
@@ -30,6 +33,30 @@ pub enum AdminCommand {
     /// API tokens: bound to an account, named, revocable on every replica.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Bootstrap tokens: short-lived, for agents to enroll with (coordinators with
+    /// --enroll-ca-key).
+    #[command(subcommand, name = "bootstrap-token")]
+    BootstrapToken(BootstrapCommand),
+    /// The certificates signed for enrolled agents.
+    Certificates,
+    /// The certificates revoked (`edgecap pki revoke`).
+    Revocations,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BootstrapCommand {
+    /// Create a bootstrap token; it is printed once.
+    Create {
+        /// The PoPs agents may enroll for with it: names, or prefixes ending in `*`
+        /// (comma-separated or repeated; `*` is any PoP).
+        #[arg(long, value_delimiter = ',', required = true)]
+        pops: Vec<String>,
+        /// How long it may be used, seconds (60 to 604800).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// List the unexpired bootstrap tokens (never the tokens).
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +91,41 @@ fn client(args: &AdminArgs) -> anyhow::Result<Client> {
     Ok(Client::with_ca(Endpoint { api: args.api.clone(), account: String::new(), token }, args.ca.as_deref())?)
 }
 
+/// `edgecap pki revoke`: revokes one certificate by serial, or every one signed for an agent.
+pub async fn revoke(args: AdminArgs, agent: Option<String>, serial: Option<String>) -> anyhow::Result<()> {
+    let client = client(&args)?;
+    let url = client.extension_url("/edgecap/v1/admin/revocations");
+    let answer = client.call_url("POST", &url, Some(&json!({"agent_id": agent, "serial": serial}))).await?;
+    for serial in answer["revoked"].as_array().into_iter().flatten() {
+        println!("{}", serial.as_str().unwrap_or_default());
+    }
+    eprintln!("revoked: refused at the next handshake on every coordinator");
+    Ok(())
+}
+
+fn table(list: &serde_json::Value, columns: &[(&str, &str, usize)]) {
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for ((_, _, width), cell) in columns.iter().zip(cells) {
+            out.push_str(&format!("{cell:<width$} "));
+        }
+        println!("{}", out.trim_end());
+    };
+    line(columns.iter().map(|(title, _, _)| title.to_string()).collect());
+    for item in list.as_array().into_iter().flatten() {
+        line(
+            columns
+                .iter()
+                .map(|(_, key, _)| match &item[*key] {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        );
+    }
+}
+
 pub async fn run(args: AdminArgs, command: AdminCommand) -> anyhow::Result<()> {
     let client = client(&args)?;
     let tokens = client.extension_url("/edgecap/v1/admin/tokens");
@@ -91,6 +153,41 @@ pub async fn run(args: AdminArgs, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Tokens(TokensCommand::Revoke { name }) => {
             client.call_url("DELETE", &format!("{tokens}/{name}"), None).await?;
             eprintln!("token {name:?} revoked");
+        }
+        AdminCommand::BootstrapToken(BootstrapCommand::Create { pops, ttl }) => {
+            let url = client.extension_url("/edgecap/v1/admin/bootstrap-tokens");
+            let created = client.call_url("POST", &url, Some(&json!({"pops": pops, "ttl_seconds": ttl}))).await?;
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "bootstrap token for PoPs {} until {}: shown only this once",
+                pops.join(","),
+                created["expires_on"].as_str().unwrap_or_default()
+            );
+        }
+        AdminCommand::BootstrapToken(BootstrapCommand::List) => {
+            let list =
+                client.call_url("GET", &client.extension_url("/edgecap/v1/admin/bootstrap-tokens"), None).await?;
+            table(
+                &list,
+                &[("ID", "id", 16), ("EXPIRES", "expires_on", 27), ("CREATED", "created_on", 27), ("POPS", "pops", 0)],
+            );
+        }
+        AdminCommand::Certificates => {
+            let list = client.call_url("GET", &client.extension_url("/edgecap/v1/admin/certificates"), None).await?;
+            table(
+                &list,
+                &[
+                    ("AGENT", "agent_id", 24),
+                    ("POP", "pop", 12),
+                    ("SERIAL", "serial", 32),
+                    ("EXPIRES", "expires_on", 27),
+                    ("REVOKED", "revoked", 0),
+                ],
+            );
+        }
+        AdminCommand::Revocations => {
+            let list = client.call_url("GET", &client.extension_url("/edgecap/v1/admin/revocations"), None).await?;
+            table(&list, &[("SERIAL", "serial", 32), ("AGENT", "agent_id", 24), ("REVOKED", "revoked", 0)]);
         }
     }
     Ok(())

@@ -46,7 +46,7 @@ enum Command {
         #[command(subcommand)]
         command: OwnershipCommand,
     },
-    /// Operator commands with an admin token: API tokens.
+    /// Operator commands with an admin token: API tokens, agent enrollment.
     Admin {
         #[command(flatten)]
         api: admin::AdminArgs,
@@ -85,6 +85,22 @@ enum PkiCommand {
     },
     /// Issue a coordinator (--coordinator HOST...) or agent (--agent ID --pop NAME) certificate.
     Issue(IssueArgs),
+    /// Revoke an agent's certificates (every coordinator refuses them at the next handshake
+    /// and ends sessions using them); needs an admin token.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    api: admin::AdminArgs,
+    /// Every certificate signed for this enrolled agent.
+    #[arg(long, required_unless_present = "serial")]
+    agent: Option<String>,
+    /// One certificate by serial (hex; `edgecap admin certificates` lists them, and
+    /// `openssl x509 -serial` shows those made with `edgecap pki issue`).
+    #[arg(long)]
+    serial: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +193,7 @@ async fn run() -> anyhow::Result<()> {
             println!("certificate: {}\nkey:         {}", files.cert.display(), files.key.display());
             Ok(())
         }
+        Command::Pki { command: PkiCommand::Revoke(args) } => admin::revoke(args.api, args.agent, args.serial).await,
         Command::Capture { api, command } => {
             let client = client::client(api)?;
             match command {

@@ -55,6 +55,9 @@ pub struct CoordinatorConfig {
     pub s3_credentials: HashMap<String, StaticCredentials>,
     /// Tunables of full captures.
     pub full: FullSettings,
+    /// Sign enrolling agents' certificates (`None`: agents bring certificates made with
+    /// `edgecap pki agent`, and the control port requires them).
+    pub enroll: Option<EnrollSettings>,
 }
 
 impl Default for CoordinatorConfig {
@@ -81,8 +84,19 @@ impl Default for CoordinatorConfig {
             admin_tokens_file: None,
             s3_credentials: HashMap::new(),
             full: FullSettings::default(),
+            enroll: None,
         }
     }
+}
+
+/// Agent enrollment: the CA key to sign with (its certificate is `tls.ca`) and how long
+/// the certificates it signs are valid.
+#[derive(Clone, Debug)]
+pub struct EnrollSettings {
+    /// The CA's private key, PEM (`edgecap pki` writes `ca-key.pem`).
+    pub ca_key: PathBuf,
+    /// Validity of a signed certificate; agents renew at two thirds of it.
+    pub cert_lifetime: Duration,
 }
 
 /// The API's HTTPS certificate and key.

@@ -30,6 +30,7 @@ pub mod bench;
 mod config;
 mod control;
 mod convert;
+mod enroll;
 mod full;
 mod model;
 mod sample;
@@ -39,7 +40,8 @@ mod tokens;
 pub use agents::AgentInfo;
 pub use api::error::code;
 pub use config::{
-    ApiTls, CoordinatorConfig, FullSettings, Limits, RateLimits, load_credentials, objects_config, valid_account,
+    ApiTls, CoordinatorConfig, EnrollSettings, FullSettings, Limits, RateLimits, load_credentials, objects_config,
+    valid_account,
 };
 pub use model::EndpointPolicy;
 pub use model::rfc3339;
@@ -65,8 +67,19 @@ impl Coordinator {
     /// Opens the backends, binds both listeners and starts the background work.
     pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Self> {
         edgecap_tls::install_default_provider();
-        let tls = edgecap_tls::watch_server_config(config.tls.clone(), config.tls_reload_interval)
-            .context("load the coordinator's TLS files")?;
+        // With enrollment on, a client without a certificate may connect, and can only enroll.
+        let tls = match &config.enroll {
+            Some(_) => edgecap_tls::watch_server_config_enrolling(config.tls.clone(), config.tls_reload_interval),
+            None => edgecap_tls::watch_server_config(config.tls.clone(), config.tls_reload_interval),
+        }
+        .context("load the coordinator's TLS files")?;
+        let signer = match &config.enroll {
+            Some(settings) => Some(
+                edgecap_tls::enroll::CaSigner::load(&config.tls.ca, &settings.ca_key)
+                    .context("load the CA key to enroll agents with (--enroll-ca-key)")?,
+            ),
+            None => None,
+        };
         let state_store = edgecap_state::open(&config.state).await.context("open the state store")?;
         let objects = edgecap_storage::open(&config.storage).await.context("open the object store")?;
         tokio::fs::create_dir_all(&config.tmp_dir)
@@ -86,6 +99,8 @@ impl Coordinator {
         tokens.start(&config.tokens).await.context("register API tokens")?;
         let tasks = Tasks::new();
         let registry = Arc::new(agents::Registry::default());
+        let lifetime = config.enroll.as_ref().map_or(Duration::from_secs(86_400), |e| e.cert_lifetime);
+        let enrollment = Arc::new(enroll::Enrollment::new(repo.clone(), signer, lifetime));
         let full = Arc::new(full::FullCaptures::new(
             repo.clone(),
             registry.clone(),
@@ -114,6 +129,7 @@ impl Coordinator {
             samples: samples.clone(),
             full: full.clone(),
             tokens: tokens.clone(),
+            enrollment: enrollment.clone(),
         });
 
         let api_listener = TcpListener::bind(config.api_listen)
@@ -156,9 +172,10 @@ impl Coordinator {
             repo: repo.clone(),
             coordinator_name: config.name.clone(),
             full: full.clone(),
+            enrollment: enrollment.clone(),
             tasks: tasks.clone(),
         };
-        let incoming = control::tls_listener::incoming(grpc_listener, tls, &tasks);
+        let incoming = control::tls_listener::incoming(grpc_listener, tls, enrollment.revoked(), &tasks);
         let grpc_cancel = tasks.token();
         servers.spawn(async move {
             tonic::transport::Server::builder()
@@ -172,6 +189,7 @@ impl Coordinator {
 
         samples.resume_pending().await.context("read captures")?;
         tasks.spawn(tokens.watch_files(tasks.token()));
+        tasks.spawn(enrollment.clone().follow_revocations(tasks.token()));
         // Full captures are followed by the elected leader (whichever replica it is), and
         // every replica forwards jobs to the agents connected to it.
         tasks.spawn(full.clone().lead(tasks.token()));

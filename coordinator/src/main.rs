@@ -62,6 +62,16 @@ struct Args {
     /// An admin token, from the environment only.
     #[arg(long = "admin-token-env", env = "EDGECAP_ADMIN_TOKEN", hide_env_values = true, hide = true)]
     admin_token: Option<String>,
+    /// Enroll agents: sign the certificate requests of agents that present a bootstrap
+    /// token (`edgecap admin bootstrap-token create`) with this CA key (PEM; the CA
+    /// certificate is --tls-ca). Agents then make their own keys; without it they need
+    /// certificates made with `edgecap pki agent`.
+    #[arg(long, env = "EDGECAP_ENROLL_CA_KEY")]
+    enroll_ca_key: Option<PathBuf>,
+    /// Validity of the certificates signed for enrolled agents, seconds (they renew at two
+    /// thirds of it).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    agent_cert_seconds: u64,
     /// Turn off Cloudflare's per-account limits (1 sample per minute, 1 active full capture).
     #[arg(long)]
     no_rate_limits: bool,
@@ -202,6 +212,10 @@ async fn main() -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        enroll: args.enroll_ca_key.clone().map(|ca_key| edgecap_coordinator::EnrollSettings {
+            ca_key,
+            cert_lifetime: Duration::from_secs(args.agent_cert_seconds),
+        }),
     };
     let coordinator = match Coordinator::start(config).await {
         Ok(c) => c,

@@ -30,6 +30,7 @@ mod body;
 mod captures;
 pub(crate) mod error;
 mod ownership;
+mod pki;
 mod rate;
 pub(crate) mod tls;
 mod validate;
@@ -50,6 +51,7 @@ pub(crate) struct ApiState {
     pub samples: Arc<SampleCaptures>,
     pub full: Arc<FullCaptures>,
     pub tokens: Arc<crate::tokens::Tokens>,
+    pub enrollment: Arc<crate::enroll::Enrollment>,
 }
 
 fn repo_err(e: RepoError) -> ApiError {
@@ -129,6 +131,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/edgecap/v1/agents", get(agents::list))
         .route("/edgecap/v1/admin/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/edgecap/v1/admin/tokens/{name}", delete(admin::revoke_token))
+        .route("/edgecap/v1/admin/bootstrap-tokens", get(pki::list_bootstrap_tokens).post(pki::create_bootstrap_token))
+        .route("/edgecap/v1/admin/certificates", get(pki::list_certificates))
+        .route("/edgecap/v1/admin/revocations", get(pki::list_revocations).post(pki::revoke))
         .route("/healthz", get(healthz))
         .route("/", get(web::index))
         .route("/app.js", get(web::script))

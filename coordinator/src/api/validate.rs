@@ -59,7 +59,7 @@ pub(crate) fn string<'a>(name: &str, v: &'a Value) -> Result<&'a str, ApiError> 
 }
 
 /// A whole number within `min..=max` (integral floats accepted).
-fn integer(name: &str, v: &Value, min: u64, max: u64) -> Result<u64, ApiError> {
+pub(crate) fn integer(name: &str, v: &Value, min: u64, max: u64) -> Result<u64, ApiError> {
     let Value::Number(n) = v else {
         return Err(bad(code::WRONG_TYPE, format!("{name}: must be a number, not {}", kind(v))));
     };

@@ -18,6 +18,7 @@ use tonic::{Status, Streaming};
 
 use super::presence::{self, PRESENCE_TTL};
 use crate::agents::Registry;
+use crate::enroll::Revoked;
 use crate::full::FullCaptures;
 use crate::store::{AgentPresence, Repo};
 
@@ -141,6 +142,10 @@ pub(super) struct Session {
     pub repo: Repo,
     pub full: Arc<FullCaptures>,
     pub answers: Answers,
+    /// The serial of the certificate it connected with, and the revoked serials: a session
+    /// whose certificate is revoked ends within a keepalive interval.
+    pub serial: Option<String>,
+    pub revoked: Revoked,
 }
 
 impl Session {
@@ -185,6 +190,10 @@ impl Session {
                 },
                 Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
                 _ = keepalive.tick() => {
+                    if self.serial.as_ref().is_some_and(|s| self.revoked.contains(s)) {
+                        self.cut_off("its certificate was revoked").await;
+                        break;
+                    }
                     if let Some(lease) = lease
                         && let Err(error) = self.repo.store().keep_alive(lease).await
                     {

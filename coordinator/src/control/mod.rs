@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::agents::{AgentInfo, Registry};
+use crate::enroll::Enrollment;
 use crate::full::FullCaptures;
 use crate::store::{AgentPresence, Repo};
 
@@ -34,6 +35,8 @@ pub(crate) struct ControlService {
     pub repo: Repo,
     pub coordinator_name: String,
     pub full: Arc<FullCaptures>,
+    /// Signs enrolling agents' certificates.
+    pub enrollment: Arc<Enrollment>,
     /// Every connection's session runs as one of these.
     pub tasks: Tasks,
 }
@@ -43,6 +46,15 @@ type ControlStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, St
 #[tonic::async_trait]
 impl pb::agent_control_server::AgentControl for ControlService {
     type ControlStream = ControlStream;
+
+    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let identity = peer.as_ref().and_then(PeerInfo::verified);
+        if let Some(identity @ PeerIdentity::Coordinator { .. }) = identity {
+            return Err(Status::permission_denied(format!("certificate identity {identity:?} is not an agent")));
+        }
+        self.enrollment.enroll(identity, request.get_ref()).await.map(Response::new)
+    }
 
     async fn control(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<ControlStream>, Status> {
         let peer = request
@@ -117,6 +129,8 @@ impl pb::agent_control_server::AgentControl for ControlService {
             repo: self.repo.clone(),
             full: self.full.clone(),
             answers,
+            serial: peer.serial.clone(),
+            revoked: self.enrollment.revoked(),
         };
         self.tasks.spawn(session.run(inbound, presence, self.tasks.token()));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);

@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::enroll::Revoked;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is on the other end of a control connection (request extension in handlers).
@@ -23,6 +25,15 @@ pub(crate) struct PeerInfo {
     pub remote: SocketAddr,
     /// The identity in the verified client certificate, or why there is none.
     pub identity: Result<PeerIdentity, String>,
+    /// The client certificate's serial (lowercase hex), if it presented one.
+    pub serial: Option<String>,
+}
+
+impl PeerInfo {
+    /// The verified identity, if the client presented a certificate.
+    pub fn verified(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref().ok()
+    }
 }
 
 pub(crate) struct TlsConn {
@@ -70,6 +81,7 @@ impl AsyncWrite for TlsConn {
 pub(crate) fn incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<rustls::ServerConfig>>,
+    revoked: Revoked,
     tasks: &Tasks,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
@@ -91,6 +103,7 @@ pub(crate) fn incoming(
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
+            let revoked = revoked.clone();
             handshakes.spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -104,14 +117,16 @@ pub(crate) fn incoming(
                         return;
                     }
                 };
-                let identity = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|certs| certs.first())
+                let leaf = stream.get_ref().1.peer_certificates().and_then(|certs| certs.first());
+                let serial = leaf.and_then(|der| edgecap_tls::enroll::serial(der).ok());
+                if let Some(serial) = serial.as_ref().filter(|s| revoked.contains(s)) {
+                    tracing::warn!(%remote, %serial, "control connection refused: certificate revoked");
+                    return;
+                }
+                let identity = leaf
                     .ok_or_else(|| "no client certificate".to_string())
                     .and_then(|der| edgecap_tls::peer_identity(der).map_err(|e| e.to_string()));
-                let _ = tx.send(Ok(TlsConn { stream, info: PeerInfo { remote, identity } })).await;
+                let _ = tx.send(Ok(TlsConn { stream, info: PeerInfo { remote, identity, serial } })).await;
             });
         }
     });

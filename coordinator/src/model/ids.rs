@@ -10,6 +10,11 @@ pub(crate) fn is_id(text: &str) -> bool {
     text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Unix seconds as [`rfc3339`].
+pub(crate) fn rfc3339_secs(unix: i64) -> String {
+    rfc3339(time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))
+}
+
 /// RFC 3339 with microseconds and `Z`, as in Cloudflare's examples.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

@@ -15,6 +15,7 @@ pub(crate) use capture::{CaptureRecord, CaptureStatus, CaptureType, OutputFormat
 pub(crate) use destination::{DestinationConf, DestinationError};
 pub use endpoints::EndpointPolicy;
 pub use ids::rfc3339;
+pub(crate) use ids::rfc3339_secs;
 pub(crate) use ids::{is_id, new_id};
 pub(crate) use job::JobRecord;
 pub(crate) use ownership::{OwnershipRecord, OwnershipStatus};

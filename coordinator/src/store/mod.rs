@@ -4,9 +4,11 @@
 //! presence; `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay.
 
+mod enroll;
 mod follow;
 mod relay;
 mod repo;
 mod work;
 
+pub(crate) use enroll::{AgentRevocation, BootstrapToken, IssuedCert, Revocation};
 pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, TokenRecord, decode, token_hash};

@@ -12,6 +12,10 @@
 //! /edgecap/v1/pops/{capture_id}/{agent_id}                PopResult               one PoP's progress, written by its agent's replica
 //! /edgecap/v1/shards/{capture_id}/{agent_id}/{shard}      ShardRef                one delivered shard (idempotent by key)
 //! /edgecap/v1/leader                                      {"name", "since"} (leased)  the replica that runs captures to their end
+//! /edgecap/v1/bootstrap-tokens/{sha256(token)}           BootstrapToken          which PoPs an agent may enroll for, until when
+//! /edgecap/v1/certs/{agent_id}/{serial}                   IssuedCert              certificates signed for enrolled agents
+//! /edgecap/v1/revoked/{serial}                            Revocation              refused at the next handshake, on every replica
+//! /edgecap/v1/revoked-agents/{agent_id}                   AgentRevocation         bootstrap tokens older than this cannot re-enroll the agent
 //! /edgecap/v1/active-full/{account}                       [{"id", "reserved_ns"}]  the account's active full captures (CAS: the limit holds across replicas)
 //! /edgecap/v1/sample-jobs/{agent_id}/{request_id}         SampleQuery (protobuf, leased)   relayed to the agent's replica
 //! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf, leased)   its answer, in chunks
@@ -85,6 +89,30 @@ pub(super) mod keys {
     }
     pub fn active_full(account: &str) -> String {
         format!("{PREFIX}/active-full/{account}")
+    }
+    pub fn bootstrap_token(hash: &str) -> String {
+        format!("{PREFIX}/bootstrap-tokens/{hash}")
+    }
+    pub fn bootstrap_tokens() -> String {
+        format!("{PREFIX}/bootstrap-tokens/")
+    }
+    pub fn cert(agent: &str, serial: &str) -> String {
+        format!("{PREFIX}/certs/{agent}/{serial}")
+    }
+    pub fn certs() -> String {
+        format!("{PREFIX}/certs/")
+    }
+    pub fn certs_of(agent: &str) -> String {
+        format!("{PREFIX}/certs/{agent}/")
+    }
+    pub fn revoked(serial: &str) -> String {
+        format!("{PREFIX}/revoked/{serial}")
+    }
+    pub fn revocations() -> String {
+        format!("{PREFIX}/revoked/")
+    }
+    pub fn revoked_agent(agent: &str) -> String {
+        format!("{PREFIX}/revoked-agents/{agent}")
     }
     pub fn leader() -> String {
         format!("{PREFIX}/leader")

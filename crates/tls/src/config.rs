@@ -65,10 +65,15 @@ fn load_roots(path: &Path) -> Result<RootCertStore> {
 
 /// Server side: presents `cert`, requires a client certificate chaining to `ca`.
 pub fn server_config(files: &TlsFiles) -> Result<ServerConfig> {
+    control_server_config(files, false)
+}
+
+/// The control listener's configuration; `anonymous` lets clients without a certificate in.
+fn control_server_config(files: &TlsFiles, anonymous: bool) -> Result<ServerConfig> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&files.ca)?), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(&files.ca)?), provider.clone());
+    let builder = if anonymous { builder.allow_unauthenticated() } else { builder };
+    let verifier = builder.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -85,6 +90,24 @@ pub fn https_server_config(files: &TlsFiles) -> Result<ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Server side for a control listener that also takes enrollments: a client certificate
+/// chaining to `ca` is verified when presented, and a client without one may connect (it can
+/// then only enroll; everything else requires the certificate's identity).
+pub fn server_config_enrolling(files: &TlsFiles) -> Result<ServerConfig> {
+    control_server_config(files, true)
+}
+
+/// Client side without a certificate of its own (an agent about to enroll): trusts only
+/// `ca`.
+pub fn client_config_anonymous(ca: &Path) -> Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(load_roots(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
@@ -135,6 +158,15 @@ fn watch_config<T: Send + Sync + 'static>(
 /// A server configuration that follows its files (checked every `interval`).
 pub fn watch_server_config(files: TlsFiles, interval: Duration) -> Result<watch::Receiver<Arc<ServerConfig>>> {
     watch_config(files, interval, server_config)
+}
+
+/// An enrolling control server configuration ([`server_config_enrolling`]) that follows
+/// its files.
+pub fn watch_server_config_enrolling(
+    files: TlsFiles,
+    interval: Duration,
+) -> Result<watch::Receiver<Arc<ServerConfig>>> {
+    watch_config(files, interval, server_config_enrolling)
 }
 
 /// An HTTPS server configuration ([`https_server_config`]) that follows its files.

@@ -5,6 +5,8 @@
 //!   and its PoP: `spiffe://edgecap/pop/{pop}/agent/{agent_id}`.
 //! * [`identity`]: reads that identity back from a peer certificate. The coordinator trusts
 //!   only the certificate, never what an agent claims in its messages.
+//! * [`enroll`]: agents' certificate signing requests, signed by a coordinator that holds the
+//!   CA key, for agents that enroll instead of being issued a certificate by hand.
 //! * [`config`]: rustls server and client configurations from PEM files, with hot reload:
 //!   files are watched and a new configuration is published when they change; the previous
 //!   one stays in force if the new files do not load.
@@ -14,12 +16,13 @@
 use std::sync::Arc;
 
 pub mod config;
+pub mod enroll;
 pub mod identity;
 pub mod pki;
 
 pub use config::{
-    TlsFiles, client_config, https_server_config, server_config, watch_client_config, watch_https_server_config,
-    watch_server_config,
+    TlsFiles, client_config, client_config_anonymous, https_server_config, server_config, server_config_enrolling,
+    watch_client_config, watch_https_server_config, watch_server_config, watch_server_config_enrolling,
 };
 pub use identity::{PeerIdentity, peer_identity};
 
