@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(libpcap-dev protobuf-compiler pkg-config curl iproute2 iputils-ping tcpdump tshark tcpreplay python3-venv etcd-server)
+packages=(libpcap-dev protobuf-compiler pkg-config curl iproute2 iputils-ping tcpdump tshark tcpreplay python3-venv etcd-server prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

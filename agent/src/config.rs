@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// How often the lookback's counters are sent up.
     pub heartbeat: Duration,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (plain HTTP; `None`: no listener).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Enroll and renew the certificate (`None`: `tls` holds one made by hand).
     pub enroll: Option<EnrollConfig>,
     /// Full captures: spool and shard settings (`None`: this agent refuses full captures).
@@ -51,6 +53,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(5),
             full: None,
             enroll: None,
+            metrics_listen: None,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Parts {
     pub jobs: Option<Arc<Jobs>>,
     /// Work that outlives a session: captures being started, and waiting for their end.
     pub tasks: Tasks,
+    /// Whether a control stream is up (readiness, metrics).
+    pub connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
@@ -55,7 +57,9 @@ pub(crate) async fn session(
     if let Some(jobs) = &parts.jobs {
         session_tasks.spawn(jobs.clone().upload_loop(out_tx.clone(), session_tasks.token()));
     }
+    parts.connected.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = serve(parts, inbound, &out_tx, tls, &session_tasks).await;
+    parts.connected.store(false, std::sync::atomic::Ordering::Relaxed);
     session_tasks.shutdown(SESSION_GRACE).await;
     result
 }

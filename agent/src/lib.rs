@@ -28,6 +28,7 @@ mod dispatch;
 pub mod enroll;
 mod full;
 pub mod http;
+mod metrics;
 mod sample;
 pub mod standalone;
 
@@ -48,6 +49,8 @@ pub struct Agent {
     pub pop: String,
     capture: Option<LookbackCapture>,
     parts: dispatch::Parts,
+    /// The metrics and health listener, bound at start.
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Agent {
@@ -70,8 +73,22 @@ impl Agent {
             )),
             None => None,
         };
-        let parts = dispatch::Parts { config, lookback, jobs, tasks: Tasks::new() };
-        Ok(Self { agent_id, pop, capture: Some(capture), parts })
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let listener =
+                    std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen: bind {addr}"))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        let parts = dispatch::Parts { config, lookback, jobs, tasks: Tasks::new(), connected: Default::default() };
+        Ok(Self { agent_id, pop, capture: Some(capture), parts, metrics })
+    }
+
+    /// Where the metrics listener is bound, if there is one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The lookback the agent answers sample queries from.
@@ -82,6 +99,23 @@ impl Agent {
     /// Keeps the control stream up until `cancel`; then stops the captures (their shards stay
     /// spooled for the next run) and the lookback.
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        if let Some(listener) = self.metrics.take() {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let sources = metrics::Sources {
+                lookback: self.parts.lookback.clone(),
+                jobs: self.parts.jobs.clone(),
+                connected: self.parts.connected.clone(),
+            };
+            let stop = self.parts.tasks.token();
+            self.parts.tasks.spawn(async move {
+                let served = axum::serve(listener, metrics::router(sources))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::warn!(%error, "metrics listener ended");
+                }
+            });
+        }
         let config = &self.parts.config;
         let mut tls = edgecap_tls::watch_client_config(config.tls.clone(), config.tls_reload_interval)
             .context("load the agent's TLS files")?;

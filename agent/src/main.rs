@@ -57,6 +57,10 @@ struct RunArgs {
     /// /var/lib/edgecap/pki/agent-key.pem.
     #[arg(long, env = "EDGECAP_TLS_KEY", default_value = "/var/lib/edgecap/pki/agent-key.pem")]
     tls_key: PathBuf,
+    /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`, `/readyz`: the
+    /// control stream is up) over plain HTTP here, e.g. 0.0.0.0:9441.
+    #[arg(long, env = "EDGECAP_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Enroll: the PoP this agent captures for. The agent makes its own key, has it signed
     /// by a coordinator (with --enroll-token-file the first time) and renews it before it
     /// expires; --tls-cert and --tls-key are where they are kept.
@@ -167,6 +171,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     full.rotate_bytes = args.shard_rotate_mib.max(1) << 20;
     full.rotate_seconds = args.shard_rotate_seconds.max(1);
     config.full = Some(full);
+    config.metrics_listen = args.metrics_listen;
     if let Some(pop) = args.pop {
         edgecap_tls::validate_name(&pop).unwrap_or_else(|e| usage_error(format!("--pop: {e}")));
         let agent_id = match args.agent_id {

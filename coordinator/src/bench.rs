@@ -27,6 +27,7 @@ impl ReportPath {
             Default::default(),
             Default::default(),
             std::env::temp_dir(),
+            Default::default(),
         ));
         Ok(Self { repo, full })
     }

@@ -32,6 +32,7 @@ mod control;
 mod convert;
 mod enroll;
 mod full;
+mod metrics;
 mod model;
 mod sample;
 mod store;
@@ -85,7 +86,8 @@ impl Coordinator {
         tokio::fs::create_dir_all(&config.tmp_dir)
             .await
             .with_context(|| format!("create scratch directory {}", config.tmp_dir.display()))?;
-        let repo = store::Repo::new(state_store);
+        let metrics = Arc::new(metrics::Metrics::default());
+        let repo = store::Repo::new(Arc::new(store::Metered::new(state_store, metrics.clone())));
         for (account, token) in &config.tokens {
             anyhow::ensure!(valid_account(account), "account id {account:?}: use 1-32 of [A-Za-z0-9_-]");
             anyhow::ensure!(token.len() >= 16, "token for account {account}: use at least 16 characters");
@@ -108,6 +110,7 @@ impl Coordinator {
             config.full.clone(),
             config.s3_credentials.clone(),
             config.tmp_dir.clone(),
+            metrics.clone(),
         ));
         let samples = Arc::new(sample::SampleCaptures {
             repo: repo.clone(),
@@ -118,6 +121,7 @@ impl Coordinator {
             timeout: config.sample_timeout,
             agent_wait: config.agent_wait,
             tasks: tasks.clone(),
+            metrics: metrics.clone(),
         });
         let api_state = Arc::new(api::ApiState {
             repo: repo.clone(),
@@ -130,6 +134,7 @@ impl Coordinator {
             full: full.clone(),
             tokens: tokens.clone(),
             enrollment: enrollment.clone(),
+            metrics,
         });
 
         let api_listener = TcpListener::bind(config.api_listen)

@@ -67,6 +67,25 @@ pub(crate) struct Jobs {
     /// Damaged spool entries set aside so far (unreadable manifests or job directories,
     /// manifests whose shard is missing).
     damaged: AtomicU64,
+    /// Failed upload attempts (each is retried).
+    upload_retries: AtomicU64,
+    /// When the oldest shard waiting for upload was written (ns since the epoch; 0: none).
+    oldest_waiting_ns: AtomicU64,
+    /// Bytes in the spool, as last measured.
+    spool_bytes: AtomicU64,
+}
+
+/// What the full-capture side reports to metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FullGauges {
+    /// Bytes in the spool.
+    pub spool_bytes: u64,
+    /// Age of the oldest shard waiting for upload, seconds (0 when none waits).
+    pub upload_lag_seconds: f64,
+    /// Failed upload attempts so far.
+    pub upload_retries: u64,
+    /// Captures running now.
+    pub active: u64,
 }
 
 impl Jobs {
@@ -114,7 +133,22 @@ impl Jobs {
             waiters: Mutex::new(HashMap::new()),
             http: HttpClient::new()?,
             damaged: AtomicU64::new(damaged),
+            upload_retries: AtomicU64::new(0),
+            oldest_waiting_ns: AtomicU64::new(0),
+            spool_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Spool, upload and capture figures for metrics (cheap: no file-system access).
+    pub(crate) fn gauges(&self) -> FullGauges {
+        let oldest = self.oldest_waiting_ns.load(Ordering::Relaxed);
+        let now = edgecap_common::now_ns();
+        FullGauges {
+            spool_bytes: self.spool_bytes.load(Ordering::Relaxed),
+            upload_lag_seconds: if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1e9 },
+            upload_retries: self.upload_retries.load(Ordering::Relaxed),
+            active: lock(&self.jobs).values().filter(|j| j.end.is_none()).count() as u64,
+        }
     }
 
     /// Damaged spool entries set aside since the agent started.

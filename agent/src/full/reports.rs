@@ -19,6 +19,7 @@ impl Jobs {
     /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`].
     pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
         let spool = dir_bytes(&self.config.spool_dir);
+        self.spool_bytes.store(spool, std::sync::atomic::Ordering::Relaxed);
         let spool_full = spool > self.config.spool_max_bytes;
         // Spooled shards per capture, read once (without holding the lock) for both the
         // clean-up and the reports.

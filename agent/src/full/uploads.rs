@@ -99,6 +99,7 @@ impl Jobs {
                             backoff.remove(&capture_id);
                         }
                         Err(error) => {
+                            self.upload_retries.fetch_add(1, Ordering::Relaxed);
                             let wait = backoff.get(&capture_id).map_or(Duration::from_millis(500), |(_, w)| (*w * 2).min(Duration::from_secs(5)));
                             tracing::warn!(capture = %capture_id, error = format!("{error:#}"),
                                 retry_in_ms = wait.as_millis() as u64, "shard upload failed; kept in the spool");
@@ -136,6 +137,7 @@ impl Jobs {
             lock(&self.jobs).iter().map(|(id, j)| (id.clone(), j.dir.clone())).collect();
         dirs.sort();
         let mut out = Vec::new();
+        let mut oldest = u64::MAX;
         for (capture_id, dir) in dirs {
             let (good, damaged) = manifests(&dir);
             for path in damaged {
@@ -149,9 +151,16 @@ impl Jobs {
                     self.damaged.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                let written = std::fs::metadata(&shard_path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(u64::MAX, |d| d.as_nanos() as u64);
+                oldest = oldest.min(written);
                 out.push(Ready { capture_id: capture_id.clone(), manifest_path, manifest, shard_path });
             }
         }
+        self.oldest_waiting_ns.store(if oldest == u64::MAX { 0 } else { oldest }, Ordering::Relaxed);
         out
     }
 

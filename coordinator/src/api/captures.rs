@@ -54,6 +54,7 @@ pub(super) async fn create(
     if request.capture_type == CaptureType::Full {
         let record =
             state.full.create(&account, request, now, state.rate_limits.max_active_full).await.map_err(plan_error)?;
+        state.metrics.capture_created(CaptureType::Full);
         return Ok(envelope(record.to_api()));
     }
     state.rate.check_sample(&account, state.rate_limits.sample_interval)?;
@@ -61,6 +62,7 @@ pub(super) async fn create(
     state.repo.create_capture(&record).await.map_err(repo_err)?;
     tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
     state.samples.start(account, record.id.clone());
+    state.metrics.capture_created(CaptureType::Simple);
     Ok(envelope(record.to_api()))
 }
 

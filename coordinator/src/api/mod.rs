@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -52,6 +53,7 @@ pub(crate) struct ApiState {
     pub full: Arc<FullCaptures>,
     pub tokens: Arc<crate::tokens::Tokens>,
     pub enrollment: Arc<crate::enroll::Enrollment>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn repo_err(e: RepoError) -> ApiError {
@@ -104,18 +106,44 @@ async fn timeout(request: axum::extract::Request, next: axum::middleware::Next) 
     }
 }
 
-/// One span per API request (exported with traces), named after the route.
-async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// One span per API request (exported with traces), named after the route, and its
+/// count and latency in the metrics.
+async fn trace_request(
+    State(state): State<Arc<ApiState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     use tracing::Instrument as _;
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let span = tracing::info_span!("api", method = %request.method(), route = %route, status = tracing::field::Empty);
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("api", method = %method, route = %route, status = tracing::field::Empty);
     let response = next.run(request).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
+    state.metrics.api_request(&route, method.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     response
+}
+
+/// Prometheus metrics of this replica (no authentication: no secret or capture id is in
+/// them; keep the API listener's network policy in mind).
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let agents = state.registry.agents().len();
+    ([(axum::http::header::CONTENT_TYPE, edgecap_common::prometheus::CONTENT_TYPE)], state.metrics.render(agents))
+        .into_response()
+}
+
+/// Ready when the state store answers within 2 s (a replica that cannot reach it can serve
+/// nothing but errors).
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.repo.store().revision()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("state store: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "state store: no answer within 2 s\n").into_response(),
+    }
 }
 
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
@@ -135,11 +163,13 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/edgecap/v1/admin/certificates", get(pki::list_certificates))
         .route("/edgecap/v1/admin/revocations", get(pki::list_revocations).post(pki::revoke))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(timeout))
-        .route_layer(axum::middleware::from_fn(trace_request))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), trace_request))
         .with_state(state)
 }

@@ -26,6 +26,7 @@ impl FullCaptures {
             match self.repo.list_all_captures().await {
                 Ok(records) => {
                     runners.retain(|_, h| !h.is_finished());
+                    self.metrics.set_running(CaptureType::Full, runners.len());
                     for record in records {
                         let done = record.capture_type != CaptureType::Full || record.status.is_final();
                         if done || runners.contains_key(&record.id) {
@@ -43,6 +44,7 @@ impl FullCaptures {
             }
         }
         // The runners see the same token; the owner of `work` waits for them.
+        self.metrics.set_running(CaptureType::Full, 0);
     }
 
     /// Writes the capture's status fields (not the parts the API owns, like stop_requested);
@@ -267,6 +269,7 @@ mod tests {
             Default::default(),
             Default::default(),
             std::env::temp_dir(),
+            Default::default(),
         );
         let mut big = CaptureRecord { status: CaptureStatus::Running, ..record(200) };
         big.id = small.id.clone();

@@ -78,10 +78,12 @@ impl FullCaptures {
             Some(uri) => self.buckets.store_for_uri(uri).await.map(|s| s as Arc<dyn ObjectStore>),
             None => Err(StorageError::Rejected("no destination_conf".into())),
         };
+        let merge_started = std::time::Instant::now();
         let outcome = match &store {
             Ok(store) => self.merge_into_bucket(store, &record, &cancel).await,
             Err(e) => Err(MergeError::Other(e.to_string())),
         };
+        self.metrics.merge(merge_started.elapsed().as_secs_f64());
         let failures = failure_summary(&record.pops);
         let delete_shards = match outcome {
             Err(MergeError::Cancelled) => return,
@@ -115,6 +117,7 @@ impl FullCaptures {
         // (shards, working keys), never a capture whose shards are gone but unmerged.
         loop {
             if self.persist(&mut record).await {
+                self.metrics.capture_finished(crate::model::CaptureType::Full, record.status);
                 break;
             }
             tokio::select! {
@@ -332,6 +335,7 @@ mod tests {
             Default::default(),
             Default::default(),
             dir.path().join("tmp"),
+            Default::default(),
         );
         let shard = ShardRef {
             key: "edgecap-shards/c1/p/a/shard-000001.pcap".into(),

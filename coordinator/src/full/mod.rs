@@ -58,6 +58,7 @@ pub(crate) struct FullCaptures {
     tmp_dir: PathBuf,
     name: String,
     leader: watch::Sender<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The shard prefix of a capture (relative to the destination prefix).
@@ -78,6 +79,7 @@ impl FullCaptures {
         settings: FullSettings,
         credentials: std::collections::HashMap<String, edgecap_storage::s3::StaticCredentials>,
         tmp_dir: PathBuf,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             repo,
@@ -87,6 +89,7 @@ impl FullCaptures {
             tmp_dir,
             name,
             leader: watch::channel(false).0,
+            metrics,
         }
     }
 

@@ -198,6 +198,7 @@ mod tests {
             )]
             .into(),
             std::env::temp_dir(),
+            Default::default(),
         )
     }
 

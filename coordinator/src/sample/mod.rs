@@ -40,6 +40,7 @@ pub(crate) struct SampleCaptures {
     pub(crate) agent_wait: Duration,
     /// The runs in progress.
     pub(crate) tasks: Tasks,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl SampleCaptures {
@@ -69,7 +70,12 @@ impl SampleCaptures {
             Ok(Some(record)) => record,
             _ => return,
         };
-        let Some(outcome) = fanout::execute(&self, &record, &cancel).await else { return };
+        self.metrics.add_running(crate::model::CaptureType::Simple, 1);
+        let started = std::time::Instant::now();
+        let outcome = fanout::execute(&self, &record, &cancel).await;
+        self.metrics.add_running(crate::model::CaptureType::Simple, -1);
+        let Some(outcome) = outcome else { return };
+        self.metrics.fanout(started.elapsed().as_secs_f64());
         // The result is kept in memory and written when the state store is back (an outage of
         // up to RESULT_PATIENCE); the file is already stored.
         let mut written =
@@ -86,6 +92,7 @@ impl SampleCaptures {
                 .await;
         }
         if let Ok(r) = written {
+            self.metrics.capture_finished(crate::model::CaptureType::Simple, r.status);
             tracing::info!(capture = %id, status = ?r.status, packets = outcome.packets, "sample capture finished");
         }
     }

@@ -158,7 +158,7 @@ impl Batch {
             return;
         }
         let mut l = lock(lookback);
-        l.stats_mut().packets_seen += self.seen;
+        l.count_seen(index, self.seen);
         for &(ts_ns, orig_len, start, len) in &self.packets {
             l.insert(ts_ns, orig_len, index, &self.data[start..start + len]);
         }
@@ -232,7 +232,7 @@ fn run(
             last_stats = Instant::now();
             let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
             let mut l = lock(&lookback);
-            l.stats_mut().kernel_dropped += drops.saturating_sub(last_kernel_drops);
+            l.count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
             last_kernel_drops = drops;
             // Age out even when the interface is quiet.
             l.evict(crate::now_ns());

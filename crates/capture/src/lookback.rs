@@ -165,6 +165,8 @@ pub struct Lookback {
     bytes: usize,
     interfaces: Vec<(String, i32)>,
     stats: LookbackStats,
+    /// The same counters per interface (indexed like `interfaces`).
+    per_interface: Vec<LookbackStats>,
 }
 
 /// The answer to a window query.
@@ -187,6 +189,7 @@ impl Lookback {
             bytes: 0,
             interfaces: Vec::new(),
             stats: LookbackStats::default(),
+            per_interface: Vec::new(),
         }
     }
 
@@ -198,6 +201,7 @@ impl Lookback {
     /// Registers an interface (name, libpcap link type); returns its index.
     pub fn add_interface(&mut self, name: &str, linktype: i32) -> u16 {
         self.interfaces.push((name.to_string(), linktype));
+        self.per_interface.push(LookbackStats::default());
         (self.interfaces.len() - 1) as u16
     }
 
@@ -213,9 +217,31 @@ impl Lookback {
     }
 
     /// Counters, for the capture threads to add what only they see (`packets_seen`,
-    /// `kernel_dropped`).
+    /// `kernel_dropped`). Prefer [`Lookback::count_seen`] and [`Lookback::count_kernel_dropped`],
+    /// which keep the per-interface counters too.
     pub fn stats_mut(&mut self) -> &mut LookbackStats {
         &mut self.stats
+    }
+
+    /// Counters per registered interface, with its name (for metrics).
+    pub fn interface_stats(&self) -> impl Iterator<Item = (&str, &LookbackStats)> {
+        self.interfaces.iter().map(|(name, _)| name.as_str()).zip(&self.per_interface)
+    }
+
+    /// Adds packets a capture thread read from interface `iface`.
+    pub fn count_seen(&mut self, iface: u16, packets: u64) {
+        self.stats.packets_seen += packets;
+        if let Some(s) = self.per_interface.get_mut(usize::from(iface)) {
+            s.packets_seen += packets;
+        }
+    }
+
+    /// Adds packets the kernel dropped on interface `iface`.
+    pub fn count_kernel_dropped(&mut self, iface: u16, packets: u64) {
+        self.stats.kernel_dropped += packets;
+        if let Some(s) = self.per_interface.get_mut(usize::from(iface)) {
+            s.kernel_dropped += packets;
+        }
     }
 
     /// Packets stored now.
@@ -248,6 +274,9 @@ impl Lookback {
         let packet = StoredPacket { ts_ns, orig_len, iface, chunk, offset, len: keep as u32 };
         self.bytes += keep + OVERHEAD;
         self.stats.packets_sampled += 1;
+        if let Some(s) = self.per_interface.get_mut(usize::from(iface)) {
+            s.packets_sampled += 1;
+        }
         // Packets from several interfaces can arrive slightly out of order: insert in place
         // so the deque stays sorted (stable: after equal timestamps).
         match self.packets.back() {
@@ -271,6 +300,9 @@ impl Lookback {
             let gone = self.packets.pop_front().expect("checked");
             self.arena.release(&gone);
             self.stats.packets_evicted += 1;
+            if let Some(s) = self.per_interface.get_mut(usize::from(gone.iface)) {
+                s.packets_evicted += 1;
+            }
         }
     }
 

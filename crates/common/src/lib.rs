@@ -1,13 +1,15 @@
 //! Small pieces that every edgecap crate would otherwise write again: the wall clock in
 //! nanoseconds, lowercase hex, a lock that survives a poisoned mutex, and (feature `runtime`)
 //! the future that resolves on SIGTERM or Ctrl-C and [`tasks::Tasks`], the owner of a
-//! component's background work.
+//! component's background work; [`prometheus`] turns OpenMetrics text into the older
+//! Prometheus text format that edgecap serves.
 //!
 //! Nothing here knows about captures, agents or coordinators; no async runtime unless the
 //! `runtime` feature is on.
 
 use std::sync::{Mutex, MutexGuard};
 
+pub mod prometheus;
 #[cfg(feature = "runtime")]
 pub mod tasks;
 
