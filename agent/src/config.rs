@@ -28,6 +28,11 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     /// Longest wait between dials (the wait doubles up to it).
     pub backoff_max: Duration,
+    /// How the agent orders its coordinator endpoints.
+    pub endpoint_order: EndpointOrder,
+    /// How often (on average; spread over half to one and a half times) an agent connected to
+    /// a replica other than its first choice checks whether a preferred one is back.
+    pub rebalance_interval: Duration,
     /// How often the lookback's counters are sent up.
     pub heartbeat: Duration,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (plain HTTP; `None`: no listener).
@@ -51,11 +56,24 @@ impl AgentConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
+            rebalance_interval: Duration::from_secs(60),
+            endpoint_order: EndpointOrder::Spread,
             full: None,
             enroll: None,
             metrics_listen: None,
         }
     }
+}
+
+/// The order an agent tries its coordinator endpoints in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointOrder {
+    /// Its own order (rendezvous hashing of its id): a fleet spreads evenly over the
+    /// replicas, and moves back to its first choice when that replica returns.
+    #[default]
+    Spread,
+    /// As listed: the first endpoint first, the others in turn when it fails.
+    Listed,
 }
 
 /// Who an enrolling agent asks to be, and with what (see `enroll.rs`).

@@ -42,6 +42,37 @@ pub async fn connect(endpoint: &str, config: Arc<rustls::ClientConfig>) -> anyho
         .with_context(|| format!("connect to {endpoint}"))
 }
 
+/// FNV-1a, 64 bits: stable across builds and platforms (an agent must pick the same
+/// replica after an upgrade).
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The endpoints in this agent's order of preference (rendezvous hashing): agents spread
+/// evenly over the replicas, and when one replica goes, only its agents move (each to its
+/// own second choice, so they spread over the others too).
+pub(crate) fn preference(agent_id: &str, endpoints: &[String]) -> Vec<String> {
+    let mut ranked: Vec<(u64, &String)> = endpoints.iter().map(|e| (fnv1a(&[agent_id, e]), e)).collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    ranked.into_iter().map(|(_, e)| e.clone()).collect()
+}
+
+/// Whether something accepts TCP connections at the endpoint now (a replica that came back).
+pub(crate) async fn reachable(endpoint: &str) -> bool {
+    let Ok((host, port)) = parse_endpoint(endpoint) else { return false };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((host.as_str(), port))).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Exponential backoff with jitter, reset by a session that lasted.
 pub(crate) struct Backoff {
     min: Duration,
@@ -77,6 +108,23 @@ mod tests {
         assert_eq!(parse_endpoint("https://coord.example").unwrap(), ("coord.example".into(), 7443));
         assert!(parse_endpoint("http://x:1").is_err());
         assert!(parse_endpoint("not a url").is_err());
+    }
+
+    #[test]
+    fn agents_spread_evenly_and_only_a_dead_replicas_agents_move() {
+        let endpoints: Vec<String> = (1..=3).map(|i| format!("https://c{i}:7443")).collect();
+        let agents: Vec<String> = (0..3000).map(|i| format!("agent-{i:04}")).collect();
+        let first = |eps: &[String], a: &str| preference(a, eps)[0].clone();
+        for e in &endpoints {
+            let n = agents.iter().filter(|a| first(&endpoints, a) == *e).count();
+            assert!((850..=1150).contains(&n), "{e}: {n} of 3000");
+        }
+        // c3 gone: its agents' second choices spread over c1 and c2; nobody else moves.
+        let two = &endpoints[..2];
+        let moved: Vec<&String> = agents.iter().filter(|a| first(&endpoints, a) != first(two, a)).collect();
+        assert!(moved.iter().all(|a| first(&endpoints, a) == endpoints[2]));
+        let to_c1 = moved.iter().filter(|a| first(two, a) == endpoints[0]).count();
+        assert!(to_c1 * 3 > moved.len() && to_c1 * 3 < moved.len() * 2, "{to_c1} of {}", moved.len());
     }
 
     #[test]

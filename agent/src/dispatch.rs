@@ -76,8 +76,8 @@ async fn open(
     let (agent_id, pop) = own_identity(&parts.config.tls)?;
     let channel = crate::connection::connect(endpoint, config).await?;
     let mut client = pb::agent_control_client::AgentControlClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
+        .max_decoding_message_size(edgecap_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(edgecap_proto::MAX_MESSAGE_BYTES);
     let (out_tx, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
     let hello = pb::Hello {
         agent_id: agent_id.clone(),

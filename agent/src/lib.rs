@@ -32,7 +32,7 @@ mod metrics;
 mod sample;
 pub mod standalone;
 
-pub use config::{AgentConfig, EnrollConfig, FullCaptureConfig, own_identity};
+pub use config::{AgentConfig, EndpointOrder, EnrollConfig, FullCaptureConfig, own_identity};
 pub use connection::connect;
 pub use convert::filter_from_pb;
 pub use dispatch::VERSION;
@@ -120,18 +120,56 @@ impl Agent {
         let mut tls = edgecap_tls::watch_client_config(config.tls.clone(), config.tls_reload_interval)
             .context("load the agent's TLS files")?;
         let mut backoff = connection::Backoff::new(config.backoff_min, config.backoff_max);
+        // This agent's order of the replicas: agents spread over them instead of all dialling
+        // the first one listed.
+        let order = match config.endpoint_order {
+            EndpointOrder::Spread => connection::preference(&self.agent_id, &config.coordinators),
+            EndpointOrder::Listed => config.coordinators.clone(),
+        };
         let mut endpoint_index = 0usize;
         if config.enroll.is_some() {
             self.parts.tasks.spawn(enroll::renew(config.clone(), Duration::from_secs(30), self.parts.tasks.token()));
         }
         while !cancel.is_cancelled() {
-            let endpoints = &self.parts.config.coordinators;
-            let endpoint = endpoints[endpoint_index % endpoints.len()].clone();
+            let position = endpoint_index % order.len();
+            let endpoint = order[position].clone();
             endpoint_index += 1;
             let started = tokio::time::Instant::now();
-            let result = dispatch::session(&self.parts, &endpoint, &mut tls, &cancel).await;
+            // Connected to a replica other than its first choice, the agent checks now and
+            // then whether a preferred one is back, and moves there (ending this session).
+            let session_cancel = cancel.child_token();
+            let back = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+            if position > 0 {
+                let (preferred, stop, back) = (order[..position].to_vec(), session_cancel.clone(), back.clone());
+                let interval = config.rebalance_interval;
+                self.parts.tasks.spawn(async move {
+                    loop {
+                        // Spread over the interval so a fleet does not move at once.
+                        let wait = interval.mul_f64(0.5 + fastrand::f64());
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        for (i, endpoint) in preferred.iter().enumerate() {
+                            if connection::reachable(endpoint).await {
+                                tracing::info!(%endpoint, "a preferred coordinator is back; moving to it");
+                                back.store(i, std::sync::atomic::Ordering::Relaxed);
+                                stop.cancel();
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            let result = dispatch::session(&self.parts, &endpoint, &mut tls, &session_cancel).await;
+            session_cancel.cancel();
             if cancel.is_cancelled() {
                 break;
+            }
+            let moved = back.load(std::sync::atomic::Ordering::Relaxed);
+            if moved != usize::MAX {
+                endpoint_index = moved;
+                continue;
             }
             match result {
                 Ok(()) => tracing::info!(%endpoint, "control stream closed"),

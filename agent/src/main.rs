@@ -43,6 +43,10 @@ struct RunArgs {
     /// Coordinator endpoint, https://host:port. Repeat (or comma-separate) for failover.
     #[arg(long = "coordinator", required = true, env = "EDGECAP_COORDINATORS", value_delimiter = ',')]
     coordinators: Vec<String>,
+    /// The order coordinator endpoints are tried in: `spread` (each agent its own order, so a
+    /// fleet spreads evenly over the replicas) or `listed` (the first one first).
+    #[arg(long, value_enum, default_value_t = edgecap_agent::EndpointOrder::Spread)]
+    coordinator_order: edgecap_agent::EndpointOrder,
     /// Interface to capture on. Repeatable.
     #[arg(long = "iface", default_value = "lo")]
     interfaces: Vec<String>,
@@ -172,6 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     full.rotate_seconds = args.shard_rotate_seconds.max(1);
     config.full = Some(full);
     config.metrics_listen = args.metrics_listen;
+    config.endpoint_order = args.coordinator_order;
     if let Some(pop) = args.pop {
         edgecap_tls::validate_name(&pop).unwrap_or_else(|e| usage_error(format!("--pop: {e}")));
         let agent_id = match args.agent_id {

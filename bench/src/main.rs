@@ -3,6 +3,8 @@
 //! * `fanout`: sample-capture latency against the number of agents (one coordinator and N real
 //!   agents in this process);
 //! * `status`: per-PoP status writes against etcd, for `bench/etcd.sh`;
+//! * `simulate`: N simulated agents (the real agent code with a replayed packet source) for
+//!   the scale benchmarks and tests;
 //! * `capture`: `edgecap-agent capture` with the agent's lookback fed from the same interface
 //!   (`--with-lookback`), for `bench/capture.sh`.
 //!
@@ -12,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod capture;
 mod fanout;
+mod simulate;
 mod status;
 
 #[derive(Parser, Debug)]
@@ -25,6 +28,8 @@ struct Cli {
 enum Command {
     /// Sample-capture latency against the number of agents.
     Fanout(fanout::FanoutArgs),
+    /// Simulated agents (the real agent code, replayed packets) until SIGTERM.
+    Simulate(simulate::SimulateArgs),
     /// Per-PoP status writes against etcd (bench/etcd.sh).
     Status(status::StatusArgs),
     /// `edgecap-agent capture`, optionally with the lookback fed too (bench/capture.sh).
@@ -36,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fanout(args) => fanout::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Simulate(args) => {
+            let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "warn", true)?;
+            simulate::run(args).await
+        }
         Command::Capture(command) => {
             let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "info", true)?;
             let code = capture::run(*command).await?;

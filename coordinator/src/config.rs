@@ -55,6 +55,9 @@ pub struct CoordinatorConfig {
     pub s3_credentials: HashMap<String, StaticCredentials>,
     /// Tunables of full captures.
     pub full: FullSettings,
+    /// Captures, their sample files and records are deleted this long after they were
+    /// submitted (`None`: kept forever). Merged files in users' buckets are theirs and stay.
+    pub retention: Option<Duration>,
     /// Sign enrolling agents' certificates (`None`: agents bring certificates made with
     /// `edgecap pki agent`, and the control port requires them).
     pub enroll: Option<EnrollSettings>,
@@ -85,6 +88,7 @@ impl Default for CoordinatorConfig {
             s3_credentials: HashMap::new(),
             full: FullSettings::default(),
             enroll: None,
+            retention: Some(Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Limits {
     pub offset_max_age_secs: i64,
     /// Clock skew tolerated for an `offset_time` in the future, seconds.
     pub offset_future_skew_secs: i64,
+    /// Sample captures one account may have running at once on one replica.
+    pub max_running_samples_per_account: usize,
 }
 
 impl Default for Limits {
@@ -134,6 +140,7 @@ impl Default for Limits {
             byte_limit_max: 1_000_000_000,
             offset_max_age_secs: 24 * 3600,
             offset_future_skew_secs: 60,
+            max_running_samples_per_account: 10,
         }
     }
 }
@@ -177,6 +184,12 @@ pub struct FullSettings {
     /// Largest shard an agent may be granted an upload for (agents rotate shards at 64 MiB
     /// by default; the default spool holds 4 GiB).
     pub max_shard_bytes: u64,
+    /// Full captures that may run at once at one PoP's agent (each holds a capture thread,
+    /// a spool share and upload bandwidth there).
+    pub max_captures_per_pop: usize,
+    /// Most inputs one merge opens at once (0: from the file-descriptor limit); more are
+    /// merged in stages.
+    pub merge_fan_in: usize,
     /// Which endpoints a `destination_conf` may name.
     pub endpoints: crate::model::EndpointPolicy,
     /// Buckets without configured credentials may use the EC2 instance-metadata service
@@ -194,6 +207,8 @@ impl Default for FullSettings {
             keep_shards: false,
             leader_ttl: Duration::from_secs(5),
             max_shard_bytes: 4 << 30,
+            max_captures_per_pop: 4,
+            merge_fan_in: 0,
             endpoints: Default::default(),
             instance_metadata: false,
         }

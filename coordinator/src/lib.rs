@@ -34,6 +34,7 @@ mod enroll;
 mod full;
 mod metrics;
 mod model;
+mod retention;
 mod sample;
 mod store;
 mod tokens;
@@ -68,6 +69,11 @@ impl Coordinator {
     /// Opens the backends, binds both listeners and starts the background work.
     pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Self> {
         edgecap_tls::install_default_provider();
+        // A full capture's merge opens a file per agent: take what the hard limit allows.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "file-descriptor limit"),
+            Err(error) => tracing::warn!(%error, "file-descriptor limit not raised"),
+        }
         // With enrollment on, a client without a certificate may connect, and can only enroll.
         let tls = match &config.enroll {
             Some(_) => edgecap_tls::watch_server_config_enrolling(config.tls.clone(), config.tls_reload_interval),
@@ -122,13 +128,16 @@ impl Coordinator {
             agent_wait: config.agent_wait,
             tasks: tasks.clone(),
             metrics: metrics.clone(),
+            running: Default::default(),
         });
+        let objects_for_retention = objects.clone();
         let api_state = Arc::new(api::ApiState {
             repo: repo.clone(),
             registry: registry.clone(),
             objects,
             limits: config.limits.clone(),
             rate_limits: config.rate_limits.clone(),
+            retention: config.retention,
             rate: api::RateLimiter::default(),
             samples: samples.clone(),
             full: full.clone(),
@@ -186,7 +195,11 @@ impl Coordinator {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(20)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(edgecap_proto::agent::v1::agent_control_server::AgentControlServer::new(service))
+                .add_service(
+                    edgecap_proto::agent::v1::agent_control_server::AgentControlServer::new(service)
+                        .max_decoding_message_size(edgecap_proto::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(edgecap_proto::MAX_MESSAGE_BYTES),
+                )
                 .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
                 .await
                 .context("serve the agent control plane")
@@ -194,7 +207,15 @@ impl Coordinator {
 
         samples.resume_pending().await.context("read captures")?;
         tasks.spawn(tokens.watch_files(tasks.token()));
+        tasks.spawn(control::presence::announce_replica(repo.clone(), config.name.clone(), tasks.token()));
         tasks.spawn(enrollment.clone().follow_revocations(tasks.token()));
+        tasks.spawn(retention::run(
+            repo.clone(),
+            objects_for_retention,
+            config.retention,
+            full.leadership(),
+            tasks.token(),
+        ));
         // Full captures are followed by the elected leader (whichever replica it is), and
         // every replica forwards jobs to the agents connected to it.
         tasks.spawn(full.clone().lead(tasks.token()));

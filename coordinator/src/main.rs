@@ -62,6 +62,17 @@ struct Args {
     /// An admin token, from the environment only.
     #[arg(long = "admin-token-env", env = "EDGECAP_ADMIN_TOKEN", hide_env_values = true, hide = true)]
     admin_token: Option<String>,
+    /// Full captures that may run at once at one PoP; more are refused with 429 naming
+    /// colo_name.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_captures_per_pop: u64,
+    /// Sample captures one account may have running at once on one replica (429 beyond).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_running_samples: u64,
+    /// Delete captures, their sample files and records this many days after they were
+    /// submitted (0: keep them forever). Merged files in users' buckets are never deleted.
+    #[arg(long, env = "EDGECAP_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    retention_days: u64,
     /// Enroll agents: sign the certificate requests of agents that present a bootstrap
     /// token (`edgecap admin bootstrap-token create`) with this CA key (PEM; the CA
     /// certificate is --tls-ca). Agents then make their own keys; without it they need
@@ -185,7 +196,11 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(64);
         }),
         tmp_dir: args.data_dir.join("tmp"),
-        limits: Limits { full_time_limit_max: args.full_time_limit_max, ..Limits::default() },
+        limits: Limits {
+            full_time_limit_max: args.full_time_limit_max,
+            max_running_samples_per_account: args.max_running_samples as usize,
+            ..Limits::default()
+        },
         rate_limits: if args.no_rate_limits { RateLimits::off() } else { RateLimits::cloudflare() },
         sample_timeout: Duration::from_secs(args.sample_timeout),
         agent_wait: Duration::from_secs(5),
@@ -205,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             reconnect_grace: Duration::from_secs(args.reconnect_grace),
             upload_grace: Duration::from_secs(args.upload_grace),
             max_shard_bytes: args.max_shard_mib.max(1) << 20,
+            max_captures_per_pop: args.max_captures_per_pop as usize,
             instance_metadata: args.aws_instance_metadata,
             endpoints: edgecap_coordinator::EndpointPolicy {
                 allow_private: args.allow_private_endpoints,
@@ -212,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        retention: (args.retention_days > 0).then(|| Duration::from_secs(args.retention_days * 86_400)),
         enroll: args.enroll_ca_key.clone().map(|ca_key| edgecap_coordinator::EnrollSettings {
             ca_key,
             cert_lifetime: Duration::from_secs(args.agent_cert_seconds),

@@ -119,6 +119,8 @@ impl Cluster {
                 "run",
                 "--coordinator",
                 &endpoints.join(","),
+                "--coordinator-order",
+                "listed",
                 "--iface",
                 &pop.pop_veth,
                 "--tls-ca",

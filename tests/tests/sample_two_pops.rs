@@ -70,6 +70,8 @@ fn sample_capture_merges_two_pops_in_time_order() {
     };
     let mut coordinator = start_coordinator("coordinator.log");
     let agent = |ns: &NetNs, files: &edgecap_tls::TlsFiles, iface: &str, coord: &str, log: &str| {
+        // Each agent its own spool, never the host's /var/lib/edgecap.
+        let spool = dir.path().join(format!("spool-{log}"));
         ns.spawn(
             bin("edgecap-agent"),
             &[
@@ -84,6 +86,8 @@ fn sample_capture_merges_two_pops_in_time_order() {
                 files.cert.to_str().unwrap(),
                 "--tls-key",
                 files.key.to_str().unwrap(),
+                "--spool-dir",
+                spool.to_str().unwrap(),
             ],
             &dir.path().join(log),
         )

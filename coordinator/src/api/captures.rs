@@ -23,13 +23,26 @@ async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord
     if !is_id(id) {
         return Err(not_found());
     }
-    state.repo.get_capture(account, id).await.map_err(repo_err)?.ok_or_else(not_found)
+    let record = state.repo.get_capture(account, id).await.map_err(repo_err)?.ok_or_else(not_found)?;
+    // Past its retention it is gone, whether or not the sweep has deleted it yet.
+    if crate::retention::expired(&record, state.retention, time::OffsetDateTime::now_utc()) {
+        return Err(not_found());
+    }
+    Ok(record)
 }
 
 pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
     let records = state.repo.list_captures(&account).await.map_err(repo_err)?;
+    let now = time::OffsetDateTime::now_utc();
     // Cloudflare returns up to 50 requests, newest first.
-    Ok(collection(records.iter().take(50).map(CaptureRecord::to_api).collect()))
+    Ok(collection(
+        records
+            .iter()
+            .filter(|r| !crate::retention::expired(r, state.retention, now))
+            .take(50)
+            .map(CaptureRecord::to_api)
+            .collect(),
+    ))
 }
 
 pub(super) async fn create(
@@ -58,10 +71,18 @@ pub(super) async fn create(
         return Ok(envelope(record.to_api()));
     }
     state.rate.check_sample(&account, state.rate_limits.sample_interval)?;
+    let max = state.limits.max_running_samples_per_account;
+    let place = state.samples.reserve(&account, max).map_err(|running| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::LIMIT_REACHED,
+            format!("type: this account has {running} sample capture(s) running; at most {max} run at once"),
+        )
+    })?;
     let record = CaptureRecord::from_request(&account, request, now);
     state.repo.create_capture(&record).await.map_err(repo_err)?;
     tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
-    state.samples.start(account, record.id.clone());
+    state.samples.start_reserved(place, record.id.clone());
     state.metrics.capture_created(CaptureType::Simple);
     Ok(envelope(record.to_api()))
 }
@@ -73,6 +94,7 @@ fn plan_error(e: PlanError) -> ApiError {
         PlanError::Endpoint(_) => ApiError::bad_request(code::INVALID_VALUE, message),
         PlanError::NotValidated(_) => ApiError::new(StatusCode::FORBIDDEN, code::BUCKET_NOT_VALIDATED, message),
         PlanError::TooManyActive { .. } => ApiError::new(StatusCode::CONFLICT, code::FULL_CAPTURE_RUNNING, message),
+        PlanError::PopBusy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, code::LIMIT_REACHED, message),
         PlanError::NoAgents(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
         PlanError::Bucket(error) => {
             tracing::warn!(%error, "bucket unreachable");
@@ -87,7 +109,14 @@ pub(super) async fn get(
     Account(account): Account,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    Ok(envelope(find(&state, &account, &id).await?.to_api()))
+    let mut record = find(&state, &account, &id).await?;
+    // A full capture's shards live in their own keys, not in the record: listed here (not in
+    // the list of captures, which stays one read).
+    if record.capture_type == CaptureType::Full {
+        let shards = state.repo.list_shards(&record.id).await.map_err(repo_err)?;
+        record.attach_shards(&shards);
+    }
+    Ok(envelope(record.to_api()))
 }
 
 pub(super) async fn download(

@@ -48,6 +48,8 @@ pub(crate) struct ApiState {
     pub objects: Arc<dyn ObjectStore>,
     pub limits: Limits,
     pub rate_limits: RateLimits,
+    /// Captures older than this answer 404 (see `retention.rs`).
+    pub retention: Option<std::time::Duration>,
     pub rate: RateLimiter,
     pub samples: Arc<SampleCaptures>,
     pub full: Arc<FullCaptures>,

@@ -21,7 +21,7 @@ use crate::full::FullCaptures;
 use crate::store::{AgentPresence, Repo};
 
 mod events;
-mod presence;
+pub(crate) mod presence;
 pub(crate) mod tls_listener;
 
 use tls_listener::PeerInfo;
@@ -120,6 +120,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             coordinator: self.coordinator_name.clone(),
             connected_at: crate::model::rfc3339(time::OffsetDateTime::now_utc()),
             sample_rate: hello.sample_rate,
+            announced: true,
         };
         let session = events::Session {
             agent_id: cert_agent,

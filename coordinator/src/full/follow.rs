@@ -17,26 +17,51 @@ use edgecap_state::StateError;
 use crate::model::{CaptureRecord, CaptureStatus, CaptureType, PopResult, PopStatus};
 use crate::store::RepoError;
 
+/// How long an active-index entry may point at a record that does not exist.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
 impl FullCaptures {
-    /// The leader's loop: a runner per unfinished full capture, spawned on `work`.
+    /// The leader's loop: a runner per unfinished full capture (from the active index: the
+    /// work per round does not grow with the captures stored), spawned on `work`.
     pub(super) async fn follow_captures(self: Arc<Self>, work: Tasks) {
         let cancel = work.token();
         let mut runners: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        // Index entries whose record is missing: written just before their record, or left
+        // by a replica that failed in between; dropped after a grace period.
+        let mut orphans: HashMap<String, Instant> = HashMap::new();
+        self.build_active_index().await;
         while !cancel.is_cancelled() {
-            match self.repo.list_all_captures().await {
-                Ok(records) => {
+            match self.repo.list_active().await {
+                Ok(active) => {
                     runners.retain(|_, h| !h.is_finished());
                     self.metrics.set_running(CaptureType::Full, runners.len());
-                    for record in records {
-                        let done = record.capture_type != CaptureType::Full || record.status.is_final();
-                        if done || runners.contains_key(&record.id) {
+                    for (id, account) in active {
+                        if runners.contains_key(&id) {
                             continue;
                         }
-                        let id = record.id.clone();
-                        runners.insert(id, work.spawn(self.clone().run(record, cancel.clone())));
+                        match self.repo.get_capture(&account, &id).await {
+                            Ok(Some(record))
+                                if record.capture_type == CaptureType::Full && !record.status.is_final() =>
+                            {
+                                orphans.remove(&id);
+                                runners.insert(id, work.spawn(self.clone().run(record, cancel.clone())));
+                            }
+                            Ok(Some(_)) => {
+                                let _ = self.repo.delete_active(&id).await;
+                            }
+                            Ok(None) => {
+                                let since = *orphans.entry(id.clone()).or_insert_with(Instant::now);
+                                if since.elapsed() > ORPHAN_GRACE {
+                                    tracing::warn!(capture = %id, "active index entry without a record removed");
+                                    let _ = self.repo.delete_active(&id).await;
+                                    orphans.remove(&id);
+                                }
+                            }
+                            Err(error) => tracing::warn!(capture = %id, %error, "capture unreadable"),
+                        }
                     }
                 }
-                Err(error) => tracing::warn!(%error, "could not list captures"),
+                Err(error) => tracing::warn!(%error, "could not list active captures"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -45,6 +70,28 @@ impl FullCaptures {
         }
         // The runners see the same token; the owner of `work` waits for them.
         self.metrics.set_running(CaptureType::Full, 0);
+    }
+
+    /// Stores written before the active index existed: index their unfinished full captures
+    /// once (the only full read of the records the leader makes).
+    async fn build_active_index(&self) {
+        if self.repo.active_index_built().await.unwrap_or(true) {
+            return;
+        }
+        let Ok(records) = self.repo.list_all_captures().await else { return };
+        for record in records.iter().filter(|r| r.capture_type == CaptureType::Full && !r.status.is_final()) {
+            if self.repo.put_active(&record.account_id, &record.id).await.is_err() {
+                return;
+            }
+        }
+        for record in &records {
+            let day = crate::store::day_of(&record.submitted);
+            if self.repo.put_created(&day, &record.account_id, &record.id).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.repo.mark_active_index_built().await;
+        tracing::info!(captures = records.len(), "capture indexes built from the records");
     }
 
     /// Writes the capture's status fields (not the parts the API owns, like stop_requested);

@@ -8,7 +8,7 @@
 //! runner returns. The next leader does the merge again.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,9 +67,10 @@ impl FullCaptures {
                 }
             }
         };
-        for pop in &mut record.pops {
-            pop.shards = shards.iter().filter(|(a, _)| *a == pop.agent_id).map(|(_, s)| s.clone()).collect();
-        }
+        // The shards stay in their own keys (the record keeps a constant size per PoP); the
+        // merge works on a copy that lists them.
+        let mut merging = record.clone();
+        merging.attach_shards(&shards);
         record.status = CaptureStatus::ConversionRunning;
         if self.persist(&mut record).await && record.status.is_final() {
             return;
@@ -80,11 +81,11 @@ impl FullCaptures {
         };
         let merge_started = std::time::Instant::now();
         let outcome = match &store {
-            Ok(store) => self.merge_into_bucket(store, &record, &cancel).await,
+            Ok(store) => self.merge_into_bucket(store, &merging, &cancel).await,
             Err(e) => Err(MergeError::Other(e.to_string())),
         };
         self.metrics.merge(merge_started.elapsed().as_secs_f64());
-        let failures = failure_summary(&record.pops);
+        let failures = failure_summary(&merging.pops);
         let delete_shards = match outcome {
             Err(MergeError::Cancelled) => return,
             Ok(Some(packets)) => {
@@ -126,7 +127,7 @@ impl FullCaptures {
             }
         }
         if delete_shards && let Ok(store) = &store {
-            for shard in record.pops.iter().flat_map(|p| &p.shards) {
+            for shard in merging.pops.iter().flat_map(|p| &p.shards) {
                 if let Err(e) = store.delete(&shard.key).await {
                     tracing::warn!(capture = %id, key = %shard.key, error = %e, "shard not deleted after the merge");
                 }
@@ -238,27 +239,38 @@ impl FullCaptures {
             .collect();
         let cancelled = Arc::new(AtomicBool::new(false));
         let flag = cancelled.clone();
+        let fan_in = match self.settings.merge_fan_in {
+            0 => super::stage::fan_in(),
+            n => n,
+        };
+        let scratch = out_path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.tmp_dir.clone());
         let mut work = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
-            let mut readers = Vec::new();
+            // One input per agent: its shards follow each other in time and are read in turn.
+            let mut agents: Vec<super::stage::AgentInput> = Vec::new();
             for (path, pop, agent, shard) in inputs {
-                let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
-                readers.push(edgecap_merge::MergeInput {
-                    name: shard.key,
-                    reader: BufReader::with_capacity(32 << 10, std::fs::File::open(&path)?),
-                    provenance: Some(edgecap_merge::Provenance {
-                        pop,
-                        agent,
-                        iface: (!shard.interface.is_empty()).then_some(shard.interface),
-                        filter: (!shard.filter.is_empty()).then_some(shard.filter),
-                        received: Some(received),
-                        dropped: Some(dropped),
-                    }),
-                });
+                match agents.last_mut() {
+                    Some(last) if last.provenance.agent == agent => last.files.push(path),
+                    _ => {
+                        let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
+                        agents.push(super::stage::AgentInput {
+                            name: shard.key,
+                            files: vec![path],
+                            provenance: edgecap_merge::Provenance {
+                                pop,
+                                agent,
+                                iface: (!shard.interface.is_empty()).then_some(shard.interface),
+                                filter: (!shard.filter.is_empty()).then_some(shard.filter),
+                                received: Some(received),
+                                dropped: Some(dropped),
+                            },
+                        });
+                    }
+                }
             }
             let file = std::fs::File::create(&merged)?;
             let out = BufWriter::with_capacity(64 << 10, Cancellable { inner: file, cancelled: flag });
             let options = edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
-            let (out, report) = edgecap_merge::merge(readers, out, &options)?;
+            let (out, report) = super::stage::merge(agents, out, &options, fan_in, &scratch)?;
             out.into_inner().map_err(|e| e.into_error())?.inner.sync_all()?;
             Ok(report)
         });

@@ -19,6 +19,8 @@
 //!   the result. When the leader dies, the next one takes over within the lease time and
 //!   resumes: a merge that was running is done again (it overwrites the same object), shards
 //!   are deleted only after the final status is written.
+//! * [`stage`]: the merge within the file-descriptor limit (an agent's shards read as one
+//!   stream; too many agents merged in stages).
 //! * [`buckets`]: the S3 client of each destination, and the per-bucket credentials.
 //!
 //! Per PoP: `pending` -> `running` -> `uploading` -> `done`, or `failed` / `skipped` (see
@@ -42,6 +44,7 @@ mod jobs;
 mod leader;
 mod merge;
 mod plan;
+mod stage;
 mod uploads;
 
 pub(crate) use plan::PlanError;
@@ -91,6 +94,11 @@ impl FullCaptures {
             leader: watch::channel(false).0,
             metrics,
         }
+    }
+
+    /// Follows this replica's leadership (true while it is the leader).
+    pub(crate) fn leadership(&self) -> watch::Receiver<bool> {
+        self.leader.subscribe()
     }
 
     /// Whether the operator allows the endpoint a destination names (see [`EndpointPolicy`]);

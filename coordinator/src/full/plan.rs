@@ -19,6 +19,10 @@ pub(crate) enum PlanError {
     NotValidated(String),
     #[error("type: this account already has {active} pending or running full capture(s); the limit is {max}")]
     TooManyActive { active: usize, max: usize },
+    #[error(
+        "colo_name: PoP {pop:?} already runs {running} full capture(s); at most {max} run at one PoP at once (--max-captures-per-pop)"
+    )]
+    PopBusy { pop: String, running: usize, max: usize },
     #[error("colo_name: no agent is connected in a PoP named {0:?} or starting with it")]
     NoAgents(String),
     #[error("destination_conf: the bucket could not be reached; try again later")]
@@ -60,6 +64,13 @@ impl FullCaptures {
         let (agents, offline) = self.colo_agents(&colo).await?;
         if agents.is_empty() {
             return Err(PlanError::NoAgents(colo));
+        }
+        for agent in &agents {
+            let running = self.repo.jobs_for_agent(&agent.agent_id).await?.len();
+            if running >= self.settings.max_captures_per_pop {
+                let max = self.settings.max_captures_per_pop;
+                return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
+            }
         }
         // Reachability of the bucket is checked when shards are granted; the store is built now
         // so a destination that cannot even be configured is refused at once.
@@ -111,6 +122,79 @@ impl FullCaptures {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{CaptureRequest, DestinationConf, JobRecord, OutputFormat, OwnershipRecord};
+
+    #[tokio::test]
+    async fn a_pop_running_its_limit_of_full_captures_is_refused_naming_colo_name() {
+        let repo = crate::store::Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let destination =
+            DestinationConf::parse("s3://bucket-1/p?region=us-east-1&endpoint=http://127.0.0.1:9").unwrap();
+        repo.put_ownership(&OwnershipRecord {
+            id: "o1".into(),
+            account_id: "acct".into(),
+            destination_conf: destination.uri.clone(),
+            filename: "f".into(),
+            status: OwnershipStatus::Success,
+            submitted: String::new(),
+            validated: None,
+            challenge: String::new(),
+        })
+        .await
+        .unwrap();
+        let lease = repo.store().grant_lease(std::time::Duration::from_secs(60)).await.unwrap();
+        let presence = AgentPresence {
+            agent_id: "a1".into(),
+            pop: "ord01".into(),
+            interfaces: vec![],
+            version: String::new(),
+            coordinator: "c".into(),
+            connected_at: String::new(),
+            sample_rate: 1,
+            announced: false,
+        };
+        repo.put_agent(&presence, lease).await.unwrap();
+        for i in 0..2 {
+            let job: JobRecord = serde_json::from_value(serde_json::json!({
+                "capture_id": format!("c{i}"), "agent_id": "a1", "pop": "ord01", "account_id": "acct",
+                "time_limit": 10, "not_after_ns": 0, "stop": false, "destination_conf": "s3://b/p"
+            }))
+            .unwrap_or_else(|e| panic!("job record: {e}"));
+            repo.put_job(&job).await.unwrap();
+        }
+        let settings = crate::config::FullSettings {
+            max_captures_per_pop: 2,
+            endpoints: crate::model::EndpointPolicy { allow_private: true, allowed: vec![] },
+            ..Default::default()
+        };
+        let full = FullCaptures::new(
+            repo,
+            Arc::new(crate::agents::Registry::default()),
+            "t".into(),
+            settings,
+            Default::default(),
+            std::env::temp_dir(),
+            Default::default(),
+        );
+        let request = CaptureRequest {
+            capture_type: CaptureType::Full,
+            time_limit: 10,
+            packet_limit: None,
+            byte_limit: None,
+            filter: Default::default(),
+            filter_bpf: None,
+            offset_time: None,
+            colo_name: Some("ord01".into()),
+            destination: Some(destination),
+            output_format: OutputFormat::Pcap,
+        };
+        let refused = full.create("acct", request, time::OffsetDateTime::now_utc(), None).await.unwrap_err();
+        assert!(matches!(refused, PlanError::PopBusy { running: 2, max: 2, .. }), "{refused}");
+        assert!(refused.to_string().starts_with("colo_name:"), "{refused}");
+    }
+
     #[test]
     fn colos_are_exact_names_or_prefixes() {
         assert!(super::in_colo("ORD01", "ord01", true));

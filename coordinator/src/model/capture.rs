@@ -101,6 +101,16 @@ pub(crate) struct CaptureRecord {
 }
 
 impl CaptureRecord {
+    /// Lists each PoP's delivered shards (as `(agent_id, shard)` pairs from the store) on its
+    /// result; the stored record does not keep them.
+    pub(crate) fn attach_shards(&mut self, shards: &[(String, super::ShardRef)]) {
+        for pop in &mut self.pops {
+            pop.shards = shards.iter().filter(|(a, _)| *a == pop.agent_id).map(|(_, s)| s.clone()).collect();
+        }
+    }
+}
+
+impl CaptureRecord {
     /// The merged file's key (relative to the destination prefix), as Cloudflare names it
     /// (`.pcapng` when that format was asked for). The one place that name is made.
     pub(crate) fn merged_key(&self) -> String {

@@ -3,10 +3,12 @@
 //! [`relay`]), merge the answers by timestamp, keep the newest `packet_limit` packets, and
 //! store one classic PCAP for `/download` ([`file`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgecap_common::lock;
 use edgecap_common::tasks::Tasks;
 use edgecap_storage::ObjectStore;
 
@@ -41,12 +43,55 @@ pub(crate) struct SampleCaptures {
     /// The runs in progress.
     pub(crate) tasks: Tasks,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Sample captures running per account on this replica.
+    pub(crate) running: Mutex<HashMap<String, usize>>,
+}
+
+/// One account's place among its running sample captures; given back on drop.
+pub(crate) struct Place {
+    samples: Arc<SampleCaptures>,
+    account: String,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut running = lock(&self.samples.running);
+        if let Some(count) = running.get_mut(&self.account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.account);
+            }
+        }
+    }
 }
 
 impl SampleCaptures {
     /// Runs a capture just recorded as `pending`, in the background.
     pub(crate) fn start(self: &Arc<Self>, account: String, id: String) {
         self.tasks.spawn(self.clone().run(account, id));
+    }
+
+    /// Takes one of the account's places for a running sample capture, if fewer than `max`
+    /// are taken (`Err(running)` otherwise). The place is given back when the [`Place`] is
+    /// dropped: when the run ends, or when the capture is not started after all.
+    pub(crate) fn reserve(self: &Arc<Self>, account: &str, max: usize) -> Result<Place, usize> {
+        let mut running = lock(&self.running);
+        let count = running.entry(account.to_string()).or_default();
+        if *count >= max {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(Place { samples: self.clone(), account: account.to_string() })
+    }
+
+    /// Runs a capture in a place taken with [`SampleCaptures::reserve`].
+    pub(crate) fn start_reserved(self: &Arc<Self>, place: Place, id: String) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let account = place.account.clone();
+            this.run(account, id).await;
+            drop(place);
+        });
     }
 
     /// Runs again the sample captures accepted before a restart: the window they name is
@@ -148,5 +193,35 @@ impl SampleCaptures {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_account_runs_at_most_its_limit_of_sample_captures_and_places_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = Arc::new(SampleCaptures {
+            repo: Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap()),
+            registry: Arc::new(Registry::default()),
+            objects: edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().into() })
+                .await
+                .unwrap(),
+            tmp_dir: dir.path().into(),
+            packet_limit_max: 10,
+            timeout: Duration::from_secs(1),
+            agent_wait: Duration::ZERO,
+            tasks: Tasks::new(),
+            metrics: Default::default(),
+            running: Default::default(),
+        });
+        let first = samples.reserve("a", 2).unwrap();
+        let _second = samples.reserve("a", 2).unwrap();
+        assert_eq!(samples.reserve("a", 2).err(), Some(2));
+        assert!(samples.reserve("b", 2).is_ok(), "another account is not affected");
+        drop(first);
+        assert!(samples.reserve("a", 2).is_ok());
     }
 }

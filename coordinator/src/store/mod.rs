@@ -3,15 +3,17 @@
 //! `work.rs` the working keys of running captures (jobs, per-PoP progress, shards) and agent
 //! presence; `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay; `enroll.rs` agent
-//! enrollment's records; `metered.rs` counts the store's failures in the metrics.
+//! enrollment's records; `index.rs` the active-capture and creation-day indexes; `metered.rs` counts the store's failures in the metrics.
 
 mod enroll;
 mod follow;
+mod index;
 mod metered;
 mod relay;
 mod repo;
 mod work;
 
 pub(crate) use enroll::{AgentRevocation, BootstrapToken, IssuedCert, Revocation};
+pub(crate) use index::day_of;
 pub(crate) use metered::Metered;
 pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, TokenRecord, decode, token_hash};

@@ -7,6 +7,7 @@
 //! /edgecap/v1/captures/{account}/{id}                     CaptureRecord           account first: listing is one prefix read
 //! /edgecap/v1/ownerships/{account}/{id}                   OwnershipRecord
 //! /edgecap/v1/agents/{agent_id}                           AgentPresence (leased)  disappears when the agent's lease lapses
+//! /edgecap/v1/replicas/{name}                             {"since"} (leased, 3 s)  a live coordinator replica: presences naming a dead one are ignored
 //! /edgecap/v1/known-agents/{agent_id}                     AgentPresence           last presence of every agent ever seen (offline PoPs)
 //! /edgecap/v1/jobs/{agent_id}/{capture_id}                JobRecord               what one agent must do; watched by every replica
 //! /edgecap/v1/pops/{capture_id}/{agent_id}                PopResult               one PoP's progress, written by its agent's replica
@@ -16,6 +17,10 @@
 //! /edgecap/v1/certs/{agent_id}/{serial}                   IssuedCert              certificates signed for enrolled agents
 //! /edgecap/v1/revoked/{serial}                            Revocation              refused at the next handshake, on every replica
 //! /edgecap/v1/revoked-agents/{agent_id}                   AgentRevocation         bootstrap tokens older than this cannot re-enroll the agent
+//! /edgecap/v1/active/{capture_id}                         {"account"}             unfinished full captures: what the leader follows
+//! /edgecap/v1/created/{yyyy-mm-dd}/{account}/{id}        {}                      captures by creation day: what retention deletes
+//! /edgecap/v1/retention-cursor                            "yyyy-mm-dd"            first creation day not yet swept
+//! /edgecap/v1/schema/active-index                         {}                      the active index was built from the records
 //! /edgecap/v1/active-full/{account}                       [{"id", "reserved_ns"}]  the account's active full captures (CAS: the limit holds across replicas)
 //! /edgecap/v1/sample-jobs/{agent_id}/{request_id}         SampleQuery (protobuf, leased)   relayed to the agent's replica
 //! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf, leased)   its answer, in chunks
@@ -59,6 +64,12 @@ pub(super) mod keys {
     }
     pub fn agents() -> String {
         format!("{PREFIX}/agents/")
+    }
+    pub fn replica(name: &str) -> String {
+        format!("{PREFIX}/replicas/{name}")
+    }
+    pub fn replicas() -> String {
+        format!("{PREFIX}/replicas/")
     }
     pub fn known_agent(agent: &str) -> String {
         format!("{PREFIX}/known-agents/{agent}")
@@ -113,6 +124,27 @@ pub(super) mod keys {
     }
     pub fn revoked_agent(agent: &str) -> String {
         format!("{PREFIX}/revoked-agents/{agent}")
+    }
+    pub fn active(capture: &str) -> String {
+        format!("{PREFIX}/active/{capture}")
+    }
+    pub fn actives() -> String {
+        format!("{PREFIX}/active/")
+    }
+    pub fn created(day: &str, account: &str, id: &str) -> String {
+        format!("{PREFIX}/created/{day}/{account}/{id}")
+    }
+    pub fn created_on(day: &str) -> String {
+        format!("{PREFIX}/created/{day}/")
+    }
+    pub fn created_all() -> String {
+        format!("{PREFIX}/created/")
+    }
+    pub fn retention_cursor() -> String {
+        format!("{PREFIX}/retention-cursor")
+    }
+    pub fn active_index_built() -> String {
+        format!("{PREFIX}/schema/active-index")
     }
     pub fn leader() -> String {
         format!("{PREFIX}/leader")
@@ -177,6 +209,10 @@ pub(crate) struct AgentPresence {
     /// The agent's lookback sampling (1 in N).
     #[serde(default)]
     pub sample_rate: u32,
+    /// Written by a replica that announces itself under `replicas/`: once that key is gone
+    /// (the replica died), the presence is ignored before its own lease runs out.
+    #[serde(default)]
+    pub announced: bool,
 }
 
 pub(crate) fn token_hash(token: &str) -> String {
@@ -246,7 +282,14 @@ impl Repo {
         Ok(self.get_json::<TokenRecord>(&keys::token(&token_hash(token))).await?.map(|t| t.account_id))
     }
 
+    /// Writes a new capture record, indexed first (by creation day, and as active when it is
+    /// a full capture), so no record exists that retention or the leader cannot find; an
+    /// index entry whose record never appears is removed by them.
     pub(crate) async fn create_capture(&self, record: &CaptureRecord) -> Result<Revision> {
+        self.put_created(&super::day_of(&record.submitted), &record.account_id, &record.id).await?;
+        if record.capture_type == crate::model::CaptureType::Full {
+            self.put_active(&record.account_id, &record.id).await?;
+        }
         let key = keys::capture(&record.account_id, &record.id);
         self.store
             .compare_and_put(&key, None, encode(record), None)

@@ -80,8 +80,24 @@ impl Repo {
     }
 
     /// Agents connected to any replica now.
+    /// The agents connected now: their presence keys, less those whose replica is gone (its
+    /// short-leased `replicas/` key lapsed: the agent has not reconnected elsewhere yet).
     pub(crate) async fn list_agents(&self) -> Result<Vec<AgentPresence>> {
-        self.list_json(&keys::agents()).await
+        let mut agents: Vec<AgentPresence> = self.list_json(&keys::agents()).await?;
+        if agents.iter().any(|a| a.announced) {
+            let prefix = keys::replicas();
+            let live: std::collections::HashSet<String> =
+                self.store().list(&prefix).await?.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect();
+            agents.retain(|a| !a.announced || live.contains(&a.coordinator));
+        }
+        Ok(agents)
+    }
+
+    /// Announces a live replica on `lease` (short: its death is noticed within it).
+    pub(crate) async fn put_replica(&self, name: &str, lease: LeaseId) -> Result<()> {
+        let since = serde_json::json!({ "since": crate::model::rfc3339(time::OffsetDateTime::now_utc()) });
+        self.store().put(&keys::replica(name), encode(&since), Some(lease)).await?;
+        Ok(())
     }
 
     /// Every agent ever connected (its last presence), online or not.
@@ -176,16 +192,15 @@ impl Repo {
         Ok(out)
     }
 
-    /// Removes a finished capture's working keys (its pops and shards lists live on in the
-    /// capture record).
+    /// Removes a finished capture's working keys and takes it out of the active index. Its
+    /// per-PoP results live on in the capture record, its shard list under `shards/` (until
+    /// retention deletes the capture).
     pub(crate) async fn delete_capture_work(&self, capture: &str, agents: &[String]) -> Result<()> {
         for agent in agents {
             self.store().delete(&keys::job(agent, capture)).await?;
             self.store().delete(&keys::pop(capture, agent)).await?;
         }
-        for kv in self.store().list(&keys::shards_of(capture)).await? {
-            self.store().delete(&kv.key).await?;
-        }
+        self.store().delete(&keys::active(capture)).await?;
         Ok(())
     }
 }

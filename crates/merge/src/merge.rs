@@ -59,7 +59,8 @@ pub struct MergeInput<R: Read> {
     /// (buffer it: a `BufReader`).
     pub reader: R,
     /// Where its packets came from, for pcapng interface names, filters and counters; unused
-    /// in classic pcap. `None`: interfaces are named `name/iface`.
+    /// in classic pcap. `None`: interfaces are named `name/iface` (their own name when `name`
+    /// is empty: the input is a stage of a larger merge).
     pub provenance: Option<Provenance>,
 }
 
@@ -190,7 +191,8 @@ impl<R: Read> Source<R> {
             None => OutInterface {
                 linktype: info.linktype,
                 snaplen: info.snaplen,
-                name: format!("{}/{own}", self.name),
+                // An unnamed input (a stage of a larger merge) keeps its interfaces' names.
+                name: if self.name.is_empty() { own } else { format!("{}/{own}", self.name) },
                 description: info.description.clone(),
                 filter: info.filter.clone(),
                 received: info.received,
