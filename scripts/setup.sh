@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what edgecap needs to build, run and test on a fresh Debian/Ubuntu machine:
 # system packages (libpcap, protoc, capture and traffic tools) and a Python venv with the
-# official Cloudflare SDK for the compatibility test (tests only; scripts/test.sh also
-# installs the S3-compatible server the tests start).
+# official Cloudflare SDK for the compatibility test and kubernetes-validate for the manifest
+# checks, and cargo-deb for the package test (tests only; scripts/test.sh also installs the
+# S3-compatible server the tests start).
 # Idempotent; fast when all is there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -15,6 +16,13 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# The package test (tests/deploy/check_packages.sh) installs .debs (adduser for their users,
+# dpkg-dev for cargo-deb's dependency list) and checks their units with systemd-analyze,
+# which needs no running systemd.
+for p in adduser dpkg-dev; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
@@ -27,5 +35,19 @@ if ! "$VENV/bin/python" -c "import cloudflare" >/dev/null 2>&1; then
   echo "setup: creating $VENV with the cloudflare SDK"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'cloudflare==5.9.0'
+fi
+# kubernetes-validate, pinned: tests/deploy/check_manifests.py validates the Kubernetes
+# manifests with it, offline (the wheel carries the schemas of every Kubernetes version).
+KV_VERSION=1.37.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$KV_VERSION')" >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate $KV_VERSION in $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+fi
+
+# cargo-deb, pinned: tests/deploy/check_packages.sh builds the Debian packages with it.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  echo "setup: installing cargo-deb $CARGO_DEB_VERSION (about a minute, once)"
+  cargo install -q cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 echo "setup: ok"
