@@ -122,18 +122,7 @@ mod tests {
     use crate::model::{CaptureStatus, CaptureType};
 
     fn record(id: &str, days_ago: i64, kind: CaptureType, status: CaptureStatus, now: OffsetDateTime) -> CaptureRecord {
-        let request = crate::model::CaptureRequest {
-            capture_type: kind,
-            time_limit: 10,
-            packet_limit: None,
-            byte_limit: None,
-            filter: Default::default(),
-            filter_bpf: None,
-            offset_time: None,
-            colo_name: None,
-            destination: None,
-            output_format: crate::model::OutputFormat::Pcap,
-        };
+        let request = crate::model::CaptureRequest::for_test(kind);
         let mut record = CaptureRecord::from_request("acct", request, now - time::Duration::days(days_ago));
         record.id = id.into();
         record.status = status;

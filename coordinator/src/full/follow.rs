@@ -275,22 +275,11 @@ mod tests {
 
     use super::*;
     use crate::agents::Registry;
-    use crate::model::{CaptureRequest, CaptureType, OutputFormat};
+    use crate::model::{CaptureRequest, CaptureType};
     use crate::store::Repo;
 
     fn record(pops: usize) -> CaptureRecord {
-        let request = CaptureRequest {
-            capture_type: CaptureType::Full,
-            time_limit: 10,
-            packet_limit: None,
-            byte_limit: None,
-            filter: Default::default(),
-            filter_bpf: None,
-            offset_time: None,
-            colo_name: Some("ord".into()),
-            destination: None,
-            output_format: OutputFormat::Pcap,
-        };
+        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
         record.pops = (0..pops)
             .map(|i| PopResult {

@@ -364,18 +364,7 @@ mod tests {
         pop.shards = vec![shard];
         let record = CaptureRecord::from_request(
             "acct",
-            crate::model::CaptureRequest {
-                capture_type: crate::model::CaptureType::Full,
-                time_limit: 10,
-                packet_limit: None,
-                byte_limit: None,
-                filter: Default::default(),
-                filter_bpf: None,
-                offset_time: None,
-                colo_name: None,
-                destination: None,
-                output_format: OutputFormat::Pcap,
-            },
+            crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
             time::OffsetDateTime::now_utc(),
         );
         let record = CaptureRecord { pops: vec![pop], ..record };

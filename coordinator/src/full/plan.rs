@@ -125,7 +125,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::{CaptureRequest, DestinationConf, JobRecord, OutputFormat, OwnershipRecord};
+    use crate::model::{CaptureRequest, DestinationConf, JobRecord, OwnershipRecord};
 
     #[tokio::test]
     async fn a_pop_running_its_limit_of_full_captures_is_refused_naming_colo_name() {
@@ -179,16 +179,9 @@ mod tests {
             Default::default(),
         );
         let request = CaptureRequest {
-            capture_type: CaptureType::Full,
-            time_limit: 10,
-            packet_limit: None,
-            byte_limit: None,
-            filter: Default::default(),
-            filter_bpf: None,
-            offset_time: None,
             colo_name: Some("ord01".into()),
             destination: Some(destination),
-            output_format: OutputFormat::Pcap,
+            ..CaptureRequest::for_test(CaptureType::Full)
         };
         let refused = full.create("acct", request, time::OffsetDateTime::now_utc(), None).await.unwrap_err();
         assert!(matches!(refused, PlanError::PopBusy { running: 2, max: 2, .. }), "{refused}");

@@ -23,6 +23,25 @@ pub(crate) struct CaptureRequest {
     pub output_format: OutputFormat,
 }
 
+impl CaptureRequest {
+    /// A request of `capture_type` for 10 s with nothing else set (tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(capture_type: CaptureType) -> Self {
+        Self {
+            capture_type,
+            time_limit: 10,
+            packet_limit: None,
+            byte_limit: None,
+            filter: FilterV1::default(),
+            filter_bpf: None,
+            offset_time: None,
+            colo_name: None,
+            destination: None,
+            output_format: OutputFormat::Pcap,
+        }
+    }
+}
+
 impl CaptureRecord {
     /// A new record for a validated request, status `pending`, no PoPs yet.
     pub(crate) fn from_request(account: &str, request: CaptureRequest, now: OffsetDateTime) -> Self {
