@@ -72,6 +72,7 @@ pub(crate) fn counters(c: &edgecap_capture::session::Counters) -> pb::CaptureCou
         kernel_dropped: c.kernel_dropped,
         agent_dropped: c.agent_dropped,
         bytes_written: c.bytes_written,
+        excluded: c.excluded,
     }
 }
 
@@ -113,6 +114,16 @@ pub fn filter_from_pb(f: &pb::FilterV1) -> Result<FilterV1, String> {
     };
     filter.check_satisfiable().map_err(|e| e.to_string())?;
     Ok(filter)
+}
+
+/// The account scope a query or job carries; refused when it carries none.
+pub(crate) fn scope_from_pb(
+    scope: Option<&pb::AccountScope>,
+) -> Result<edgecap_capture::scope::Scope, edgecap_capture::scope::ScopeError> {
+    match scope {
+        Some(s) => edgecap_capture::scope::Scope::from_parts(true, s.unrestricted, &s.prefixes),
+        None => edgecap_capture::scope::Scope::from_parts(false, false, &[]),
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
         std::thread::sleep(Duration::from_nanos((settled - now).min(VISIBILITY_DELAY.as_nanos() as u64)));
     }
     let fail = |error: String| vec![pb::SampleChunk::failure(&query.request_id, error)];
+    // The account's scope is applied here, whatever the coordinator did: no scope, no answer.
+    let scope = match crate::convert::scope_from_pb(query.scope.as_ref()) {
+        Ok(scope) => scope,
+        Err(e) => return fail(e.to_string()),
+    };
     let filter = match query.filter.as_ref().map(filter_from_pb).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return fail(format!("filter refused: {e}")),
@@ -70,12 +75,27 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
             }
         }
     }
+    let mut scopes = Vec::new();
+    let scope_expr = scope.to_bpf();
+    if !scope_expr.is_empty() {
+        for (_, linktype) in &interfaces {
+            match edgecap_capture::compile_offline(*linktype, snaplen, &scope_expr) {
+                Ok(p) => scopes.push(p),
+                Err(e) => return fail(format!("account scope: {e}")),
+            }
+        }
+    }
     // Judged on the wire length, not the stored (truncated) length: a filter means the same
-    // here as on a live capture.
+    // here as on a live capture. Packets the filter matches outside the scope are counted.
+    let mut excluded = 0u64;
     let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet, data| {
-        programs
-            .get(usize::from(packet.iface))
-            .is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len))
+        let iface = usize::from(packet.iface);
+        let matched = programs.get(iface).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len));
+        let in_scope = scopes.get(iface).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len));
+        if matched && !in_scope {
+            excluded += 1;
+        }
+        matched && in_scope
     });
     let stats = lookback_stats(lookback);
     let packets: Vec<pb::Packet> = result
@@ -92,13 +112,26 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
             }
         })
         .collect();
-    pb::SampleChunk::split(&query.request_id, packets, result.matched, stats)
+    let mut chunks = pb::SampleChunk::split(&query.request_id, packets, result.matched, stats);
+    if let Some(last) = chunks.last_mut() {
+        last.excluded = excluded;
+    }
+    chunks
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgecap_capture::LookbackConfig;
+
+    fn query_with_scope() -> pb::SampleQuery {
+        pb::SampleQuery {
+            to_ns: u64::MAX,
+            packet_limit: 10,
+            scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn sample_answers_are_chunked_filtered_and_limited() {
@@ -119,6 +152,7 @@ mod tests {
             to_ns: u64::MAX,
             filter: Some(pb::FilterV1 { destination_port: Some(53), ..Default::default() }),
             packet_limit: 1200,
+            scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
             ..Default::default()
         };
         let chunks = answer_sample(&lookback, query);
@@ -131,9 +165,12 @@ mod tests {
         assert_eq!(packets.len(), 1200);
         assert!(packets.windows(2).all(|w| w[0].ts_ns < w[1].ts_ns));
         assert_eq!(packets.last().unwrap().ts_ns, 1_000 + 2498, "newest matching packet kept");
+        let unscoped = pb::SampleQuery { scope: None, ..query_with_scope() };
+        let refused = answer_sample(&lookback, unscoped);
+        assert!(refused[0].done && refused[0].error.contains("no account scope"), "{:?}", refused[0].error);
         let bad = pb::SampleQuery {
             filter: Some(pb::FilterV1 { protocol: Some(999), ..Default::default() }),
-            ..Default::default()
+            ..query_with_scope()
         };
         assert!(answer_sample(&lookback, bad)[0].error.contains("protocol"));
         // filter_bpf: ANDed with filter_v1, and refused when its bytecode is not the one the
@@ -146,7 +183,7 @@ mod tests {
             filter_bpf: "udp dst port 54".into(),
             filter_bpf_hash: hash.clone(),
             packet_limit: 10_000,
-            ..Default::default()
+            ..query_with_scope()
         };
         assert_eq!(answer_sample(&lookback, both.clone()).last().unwrap().matched, 1250);
         let forged = pb::SampleQuery { filter_bpf: "udp".into(), filter_bpf_hash: hash, ..both };

@@ -47,6 +47,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         tokens: vec![("bench".into(), TOKEN.into())],
         s3_credentials: Default::default(),
         full: Default::default(),
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         ..Default::default()
     })
     .await?;

@@ -3,6 +3,8 @@
 //! * `edgecap admin tokens add --account ACCOUNT --name NAME`: a new API token (printed once);
 //! * `edgecap admin tokens list`: every token by name, account and source (never the token);
 //! * `edgecap admin tokens revoke NAME`: refused by every replica from its next request;
+//! * `edgecap admin accounts set ACCOUNT --prefix P --pop X | --unrestricted`, `list`, `show`,
+//!   `delete`: what each account may capture;
 //! * `edgecap admin bootstrap-token create --pops P,Q* [--ttl S]`: a token agents enroll with;
 //! * `edgecap admin certificates`, `edgecap admin revocations`: enrolled agents' certificates;
 //! * `edgecap pki revoke --agent ID | --serial HEX` ([`revoke`]): refused at the next handshake.
@@ -37,10 +39,47 @@ pub enum AdminCommand {
     /// --enroll-ca-key).
     #[command(subcommand, name = "bootstrap-token")]
     BootstrapToken(BootstrapCommand),
+    /// Account scopes: the IP prefixes an account's captures are restricted to, and where it
+    /// may capture.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
     /// The certificates signed for enrolled agents.
     Certificates,
     /// The certificates revoked (`edgecap pki revoke`).
     Revocations,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Set an account's scope (replacing it); in force on every replica from the next capture.
+    Set {
+        /// The account.
+        account: String,
+        /// Its networks (CIDR, IPv4 or IPv6; repeat or comma-separate): its captures hold only
+        /// packets from or to them.
+        #[arg(long = "prefix", value_delimiter = ',', required_unless_present = "unrestricted")]
+        prefixes: Vec<String>,
+        /// Where it may capture: PoP names, prefixes ending in `*`, or `*` (repeat or
+        /// comma-separate).
+        #[arg(long = "pop", value_delimiter = ',', default_value = "*")]
+        pops: Vec<String>,
+        /// It may capture all traffic (no prefix restriction).
+        #[arg(long, conflicts_with = "prefixes")]
+        unrestricted: bool,
+    },
+    /// Every account's scope.
+    List,
+    /// One account's scope.
+    Show {
+        /// The account.
+        account: String,
+    },
+    /// Remove an account's scope (it then captures nothing, unless the coordinators run with
+    /// `--unscoped-accounts unrestricted`).
+    Delete {
+        /// The account.
+        account: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +210,40 @@ pub async fn run(args: AdminArgs, command: AdminCommand) -> anyhow::Result<()> {
                 &list,
                 &[("ID", "id", 16), ("EXPIRES", "expires_on", 27), ("CREATED", "created_on", 27), ("POPS", "pops", 0)],
             );
+        }
+        AdminCommand::Accounts(command) => {
+            let base = client.extension_url("/edgecap/v1/admin/accounts");
+            match command {
+                AccountsCommand::Set { account, prefixes, pops, unrestricted } => {
+                    let body = if unrestricted {
+                        json!({"unrestricted": true, "pops": pops})
+                    } else {
+                        json!({"prefixes": prefixes, "pops": pops})
+                    };
+                    let set = client.call_url("PUT", &format!("{base}/{account}"), Some(&body)).await?;
+                    println!("{}", serde_json::to_string_pretty(&set)?);
+                }
+                AccountsCommand::List => {
+                    let list = client.call_url("GET", &base, None).await?;
+                    table(
+                        &list,
+                        &[
+                            ("ACCOUNT", "account_id", 24),
+                            ("UNRESTRICTED", "unrestricted", 12),
+                            ("POPS", "pops", 24),
+                            ("PREFIXES", "prefixes", 0),
+                        ],
+                    );
+                }
+                AccountsCommand::Show { account } => {
+                    let one = client.call_url("GET", &format!("{base}/{account}"), None).await?;
+                    println!("{}", serde_json::to_string_pretty(&one)?);
+                }
+                AccountsCommand::Delete { account } => {
+                    client.call_url("DELETE", &format!("{base}/{account}"), None).await?;
+                    eprintln!("scope of account {account:?} removed");
+                }
+            }
         }
         AdminCommand::Certificates => {
             let list = client.call_url("GET", &client.extension_url("/edgecap/v1/admin/certificates"), None).await?;

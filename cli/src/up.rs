@@ -149,6 +149,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         agent_wait: Duration::from_secs(5),
         tokens: vec![(account.clone(), token.clone())],
         admin_tokens: vec![admin_token.clone()],
+        // One machine, one operator: its account sees everything (others it creates start
+        // with no scope, as on a shared installation).
+        unrestricted_accounts: vec![account.clone()],
         s3_credentials: match &args.s3_credentials {
             Some(path) => edgecap_coordinator::load_credentials(path)?,
             None => Default::default(),

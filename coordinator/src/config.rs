@@ -58,6 +58,13 @@ pub struct CoordinatorConfig {
     /// Captures, their sample files and records are deleted this long after they were
     /// submitted (`None`: kept forever). Merged files in users' buckets are theirs and stay.
     pub retention: Option<Duration>,
+    /// What an account without a scope (`edgecap admin accounts set`) may capture.
+    pub unscoped_accounts: UnscopedAccounts,
+    /// Accounts made unrestricted at start (`edgecap up`'s own account).
+    pub unrestricted_accounts: Vec<String>,
+    /// A JSON file of account scopes (`{"acct": {"prefixes": [...], "pops": [...]}}`, or
+    /// `{"unrestricted": true}`), written into the state store at start.
+    pub accounts_file: Option<PathBuf>,
     /// Sign enrolling agents' certificates (`None`: agents bring certificates made with
     /// `edgecap pki agent`, and the control port requires them).
     pub enroll: Option<EnrollSettings>,
@@ -88,9 +95,24 @@ impl Default for CoordinatorConfig {
             s3_credentials: HashMap::new(),
             full: FullSettings::default(),
             enroll: None,
+            unscoped_accounts: UnscopedAccounts::Refuse,
+            unrestricted_accounts: Vec::new(),
+            accounts_file: None,
             retention: Some(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+/// What an account the operator gave no scope may capture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnscopedAccounts {
+    /// Nothing: its captures are refused (403, code 1203) until the operator sets its
+    /// prefixes. For installations where accounts are tenants.
+    #[default]
+    Refuse,
+    /// Everything, everywhere: single-tenant installations, where every account is the
+    /// operator's.
+    Unrestricted,
 }
 
 /// Agent enrollment: the CA key to sign with (its certificate is `tls.ca`) and how long

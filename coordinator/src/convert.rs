@@ -17,6 +17,11 @@ pub(crate) fn filter_to_pb(f: &FilterV1) -> pb::FilterV1 {
     }
 }
 
+/// The scope agents apply, on the wire.
+pub(crate) fn scope_to_pb(scope: &crate::model::CaptureScope) -> pb::AccountScope {
+    pb::AccountScope { unrestricted: scope.unrestricted, prefixes: scope.prefixes.clone() }
+}
+
 pub(crate) fn start_message(job: &JobRecord) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage {
         msg: Some(pb::coordinator_message::Msg::StartCapture(pb::StartCapture {
@@ -31,6 +36,7 @@ pub(crate) fn start_message(job: &JobRecord) -> pb::CoordinatorMessage {
             rotate_bytes: 0,
             rotate_seconds: 0,
             not_after_ns: job.not_after_ns,
+            scope: Some(scope_to_pb(&job.scope.clone().unwrap_or_else(crate::model::CaptureScope::everything))),
         })),
     }
 }

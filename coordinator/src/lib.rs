@@ -23,6 +23,7 @@ use edgecap_common::tasks::Tasks;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+mod accounts;
 mod agents;
 mod api;
 #[doc(hidden)]
@@ -42,8 +43,8 @@ mod tokens;
 pub use agents::AgentInfo;
 pub use api::error::code;
 pub use config::{
-    ApiTls, CoordinatorConfig, EnrollSettings, FullSettings, Limits, RateLimits, load_credentials, objects_config,
-    valid_account,
+    ApiTls, CoordinatorConfig, EnrollSettings, FullSettings, Limits, RateLimits, UnscopedAccounts, load_credentials,
+    objects_config, valid_account,
 };
 pub use model::EndpointPolicy;
 pub use model::rfc3339;
@@ -105,6 +106,9 @@ impl Coordinator {
             config.admin_tokens_file.clone(),
         ));
         tokens.start(&config.tokens).await.context("register API tokens")?;
+        accounts::load(&repo, &config.unrestricted_accounts, config.accounts_file.as_deref())
+            .await
+            .context("set account scopes")?;
         let tasks = Tasks::new();
         let registry = Arc::new(agents::Registry::default());
         let lifetime = config.enroll.as_ref().map_or(Duration::from_secs(86_400), |e| e.cert_lifetime);
@@ -138,6 +142,7 @@ impl Coordinator {
             limits: config.limits.clone(),
             rate_limits: config.rate_limits.clone(),
             retention: config.retention,
+            unscoped: config.unscoped_accounts,
             rate: api::RateLimiter::default(),
             samples: samples.clone(),
             full: full.clone(),

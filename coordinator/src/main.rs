@@ -69,6 +69,15 @@ struct Args {
     /// Sample captures one account may have running at once on one replica (429 beyond).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     max_running_samples: u64,
+    /// What an account the operator gave no scope (`edgecap admin accounts set`) may capture:
+    /// `refuse` (nothing: accounts are tenants) or `unrestricted` (everything: a
+    /// single-tenant installation).
+    #[arg(long, value_enum, env = "EDGECAP_UNSCOPED_ACCOUNTS", default_value_t = edgecap_coordinator::UnscopedAccounts::Refuse)]
+    unscoped_accounts: edgecap_coordinator::UnscopedAccounts,
+    /// A JSON file of account scopes, written into the state store at start:
+    /// {"acct": {"prefixes": ["198.51.100.0/24"], "pops": ["ams*"]}, "ops": {"unrestricted": true}}.
+    #[arg(long, env = "EDGECAP_ACCOUNTS_FILE")]
+    accounts_file: Option<PathBuf>,
     /// Delete captures, their sample files and records this many days after they were
     /// submitted (0: keep them forever). Merged files in users' buckets are never deleted.
     #[arg(long, env = "EDGECAP_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=36_500))]
@@ -228,6 +237,9 @@ async fn main() -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        unscoped_accounts: args.unscoped_accounts,
+        unrestricted_accounts: Vec::new(),
+        accounts_file: args.accounts_file.clone(),
         retention: (args.retention_days > 0).then(|| Duration::from_secs(args.retention_days * 86_400)),
         enroll: args.enroll_ca_key.clone().map(|ca_key| edgecap_coordinator::EnrollSettings {
             ca_key,

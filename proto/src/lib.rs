@@ -60,6 +60,7 @@ impl SampleChunk {
             matched,
             lookback: Some(lookback),
             error: String::new(),
+            excluded: 0,
         });
         chunks
     }

@@ -360,6 +360,9 @@ check "the agent serves /metrics" sh -c "curl -sf http://127.0.0.1:$METRICS_PORT
 # ---- 6. a sample capture through the installed CLI --------------------------------------------
 ping -c 5 -i 0.2 127.0.0.1 >/dev/null
 sleep 1
+# Accounts capture nothing until the operator gives them a scope: this one all of loopback.
+EDGECAP_ADMIN_TOKEN=$ADMIN_TOKEN /usr/bin/edgecap admin accounts set "$ACCOUNT" --prefix 127.0.0.0/8 --prefix ::1/128 \
+    >/dev/null 2>"$WORK/scope.log" || { cat "$WORK/scope.log"; fail "edgecap admin accounts set"; }
 /usr/bin/edgecap capture create --time-limit 60 --packet-limit 100 --protocol 1 --wait >"$WORK/capture.json" 2>"$WORK/capture.log" ||
     { cat "$WORK/capture.log"; fail "edgecap capture create"; }
 ID=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["id"])' "$WORK/capture.json")

@@ -490,6 +490,33 @@ pub struct PopNs {
     pub tls: edgecap_tls::TlsFiles,
 }
 
+impl PopNs {
+    /// Starts this PoP's agent on its uplink, dialling `coordinator`, with its own spool in
+    /// `dir`, 1 s shards and `extra` arguments; logs to `dir/agent-{pop}.log`.
+    pub fn spawn_agent(&self, coordinator: &str, dir: &Path, extra: &[&str]) -> Proc {
+        let spool = dir.join(format!("spool-{}", self.name));
+        let mut args = vec![
+            "run",
+            "--coordinator",
+            coordinator,
+            "--iface",
+            &self.pop_veth,
+            "--tls-ca",
+            self.tls.ca.to_str().expect("path"),
+            "--tls-cert",
+            self.tls.cert.to_str().expect("path"),
+            "--tls-key",
+            self.tls.key.to_str().expect("path"),
+            "--spool-dir",
+            spool.to_str().expect("path"),
+            "--shard-rotate-seconds",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        self.ns.spawn(bin("edgecap-agent"), &args, &dir.join(format!("agent-{}.log", self.name)))
+    }
+}
+
 /// PoPs `ord01..ord0N`: PoP `i` is 10.213.i.2/30 with the core at 10.213.i.1, and a route to
 /// the core's other addresses (so every PoP reaches services bound to 10.213.1.1). Agent
 /// certificates (`agent-ord0i`) are issued from the CA in `pki`.

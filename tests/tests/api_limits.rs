@@ -22,6 +22,7 @@ async fn coordinator(dir: &std::path::Path, s3: &S3Server) -> Coordinator {
     let creds = dir.join("creds.json");
     s3.write_credentials(&creds, BUCKET);
     Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: "c".into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

@@ -30,6 +30,7 @@ async fn the_api_serves_https_and_takes_a_new_certificate_without_a_restart() {
     edgecap_tls::pki::init_ca(&pki, "api ca").unwrap();
     let served = edgecap_tls::pki::issue_coordinator(&pki, "api", &["127.0.0.1".into()]).unwrap();
     let coordinator = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         api_tls: Some(ApiTls { cert: served.cert.clone(), key: served.key.clone() }),

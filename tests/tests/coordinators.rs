@@ -93,6 +93,8 @@ impl Cluster {
                 "--token",
                 &token,
                 "--no-rate-limits",
+                "--unscoped-accounts",
+                "unrestricted",
                 "--allow-private-endpoints",
                 "--s3-credentials",
                 creds.to_str().unwrap(),

@@ -75,6 +75,7 @@ async fn agents_enroll_renew_and_are_refused_once_revoked() {
     pki::init_ca(&pki_dir, "enroll ca").unwrap();
     pki::issue_coordinator(&pki_dir, "c1", &["127.0.0.1".into()]).unwrap();
     let coordinator = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: "c1".into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
@@ -203,6 +204,7 @@ async fn the_enrollment_admin_api_refuses_bad_input_by_field() {
     pki::init_ca(&pki_dir, "enroll api ca").unwrap();
     pki::issue_coordinator(&pki_dir, "c1", &["127.0.0.1".into()]).unwrap();
     let coordinator = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         tls: TlsFiles::in_dir(&pki_dir, "coordinator"),

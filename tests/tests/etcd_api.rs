@@ -23,6 +23,7 @@ async fn api_answers_503_while_etcd_is_down_and_recovers() {
     edgecap_tls::pki::init_ca(&pki, "t").unwrap();
     edgecap_tls::pki::issue_coordinator(&pki, "c", &["127.0.0.1".into()]).unwrap();
     let coord = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: "c".into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

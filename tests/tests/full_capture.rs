@@ -113,6 +113,8 @@ impl Fixture {
             "--token",
             &token,
             "--no-rate-limits",
+            "--unscoped-accounts",
+            "unrestricted",
             "--allow-private-endpoints",
             "--s3-credentials",
             creds.to_str().unwrap(),

@@ -23,6 +23,7 @@ async fn coordinator(dir: &std::path::Path) -> Coordinator {
     pki::init_ca(&pki_dir, "test ca").unwrap();
     pki::issue_coordinator(&pki_dir, "c1", &["127.0.0.1".into()]).unwrap();
     Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: "c1".into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

@@ -55,6 +55,7 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
                 ..Default::default()
             }),
             packet_limit: limit,
+            scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
             ..Default::default()
         };
         let chunks = edgecap_agent::answer_sample(&lookback, q);
@@ -90,6 +91,7 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
             .unwrap()
             .hash,
         packet_limit: 100,
+        scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
         ..Default::default()
     };
     let chunks = edgecap_agent::answer_sample(&lookback, q);

@@ -82,6 +82,8 @@ async fn coordinator_and_agent_metrics_pass_promtool_after_a_capture() {
             "--grpc-listen".into(),
             format!("127.0.0.1:{grpc_port}"),
             "--no-rate-limits".into(),
+            "--unscoped-accounts".into(),
+            "unrestricted".into(),
             "--tokens-file".into(),
             path(&dir.path().join("tokens")),
         ],

@@ -67,6 +67,8 @@ fn a_partitioned_pop_keeps_capturing_and_delivers_everything_when_healed() {
             "--token",
             &token,
             "--no-rate-limits",
+            "--unscoped-accounts",
+            "unrestricted",
             "--allow-private-endpoints",
             "--s3-credentials",
             &path("s3.json"),

@@ -21,6 +21,7 @@ async fn expired_captures_answer_404_and_are_swept_from_the_state() {
     let state_dir = dir.path().join("state");
     let token = "retention-token-0123456789";
     let coordinator = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         tls,
@@ -30,13 +31,14 @@ async fn expired_captures_answer_404_and_are_swept_from_the_state() {
         rate_limits: RateLimits::off(),
         agent_wait: Duration::ZERO,
         tokens: vec![("acct".into(), token.into())],
-        retention: Some(Duration::from_secs(4)),
+        retention: Some(Duration::from_secs(6)),
         ..Default::default()
     })
     .await
     .unwrap();
     let url = format!("http://{}/client/v4/accounts/acct/pcaps", coordinator.api_addr);
     let body = json!({"system": "magic-transit", "type": "simple", "time_limit": 5, "packet_limit": 10});
+    let created_at = tokio::time::Instant::now();
     let (status, created) = api_call("POST", &url, token, Some(body)).await;
     assert_eq!(status, 200, "{created}");
     let id = created["result"]["id"].as_str().unwrap().to_string();
@@ -52,7 +54,7 @@ async fn expired_captures_answer_404_and_are_swept_from_the_state() {
     assert_eq!(status, 200);
     assert_eq!(listed["result"].as_array().unwrap().len(), 1, "{listed}");
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep_until(created_at + Duration::from_secs(7)).await;
     let (status, gone) = api_call("GET", &format!("{url}/{id}"), token, None).await;
     assert_eq!(status, 404, "{gone}");
     assert!(gone["errors"][0]["message"].as_str().unwrap().contains("pcap_id"), "{gone}");
@@ -60,8 +62,8 @@ async fn expired_captures_answer_404_and_are_swept_from_the_state() {
     assert!(listed["result"].as_array().unwrap().is_empty(), "{listed}");
     let (status, _) = api_call("GET", &format!("{url}/{id}/download"), token, None).await;
     assert_eq!(status, 404);
-    // The sweep runs every retention/4 on the leader (this replica): give it a few rounds.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The sweep runs every retention/4 on the leader (this replica): give it several rounds.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     coordinator.shutdown().await.unwrap();
 
     let store = edgecap_state::open(&StateConfig::Embedded { dir: state_dir }).await.unwrap();

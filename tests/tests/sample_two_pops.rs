@@ -64,6 +64,8 @@ fn sample_capture_merges_two_pops_in_time_order() {
                 "--token",
                 &token_arg,
                 "--no-rate-limits",
+                "--unscoped-accounts",
+                "unrestricted",
             ],
             &dir.path().join(log),
         )

@@ -24,6 +24,7 @@ async fn start(name: &str, etcd: &EtcdServer, dir: &std::path::Path, s3: &S3Serv
     let creds = dir.join("s3.json");
     s3.write_credentials(&creds, BUCKET);
     Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: name.into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

@@ -90,6 +90,8 @@ async fn no_secret_reaches_a_log_line_or_a_span() {
         &path("s3.json"),
         "--allow-private-endpoints",
         "--no-rate-limits",
+        "--unscoped-accounts",
+        "unrestricted",
     ]
     .iter()
     .map(|s| s.to_string())

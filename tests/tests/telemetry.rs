@@ -32,6 +32,7 @@ async fn coordinator_exports_spans_over_otlp() {
             .arg(&pki)
             .args(["--api-listen", &format!("127.0.0.1:{api_port}"), "--grpc-listen", "127.0.0.1:0"])
             .args(["--token", &format!("acct:{token}"), "--no-rate-limits", "--otlp-endpoint", &otlp])
+            .args(["--unscoped-accounts", "unrestricted"])
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -21,6 +21,7 @@ async fn replica(dir: &std::path::Path, name: &str, etcd: &EtcdServer, tokens_fi
     }
     let endpoints = etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").to_string()).collect();
     Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: name.into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

@@ -16,7 +16,7 @@ use super::{Job, Jobs};
 use crate::convert::StopReason;
 
 /// A capture that could be started: what runs, and where.
-struct Prepared {
+pub(super) struct Prepared {
     live: LiveCapture,
     iface: String,
     expr: String,
@@ -102,11 +102,13 @@ impl Jobs {
     }
 
     /// Checks the job and starts its capture; the error says why it could not start.
-    fn prepare(&self, job: &pb::StartCapture, dir: &std::path::Path) -> Result<Prepared, String> {
+    pub(super) fn prepare(&self, job: &pb::StartCapture, dir: &std::path::Path) -> Result<Prepared, String> {
         let id = &job.capture_id;
         if job.not_after_ns != 0 && now_ns() > job.not_after_ns {
             return Err("the start request reached the agent after its start deadline".into());
         }
+        // The account's scope: applied by this agent in any case; no scope, no capture.
+        let scope = crate::convert::scope_from_pb(job.scope.as_ref()).map_err(|e| e.to_string())?.to_bpf();
         let iface = self.interface.clone().ok_or("this agent has no capture interface")?;
         if dir_bytes(&self.config.spool_dir) >= self.config.spool_max_bytes {
             return Err(format!("spool {} is full", self.config.spool_dir.display()));
@@ -136,6 +138,9 @@ impl Jobs {
             .and_then(|_| write_json(&dir.join("job.json"), &job_file))
             .map_err(|e| format!("spool: {e}"))?;
         config.filter = expr.clone();
+        config.scope = scope.clone();
+        // The shards' provenance names what was applied: the filter and the scope.
+        let effective = edgecap_capture::filter::combine(&expr, &scope);
         config.limits = Limits {
             time: Some(Duration::from_millis(job.time_limit_ms.max(1))),
             packets: (job.packet_limit > 0).then_some(job.packet_limit),
@@ -157,7 +162,7 @@ impl Jobs {
                 interface: iface.clone(),
                 linktype: linktype as u16,
                 snaplen,
-                filter: expr.clone(),
+                filter: effective,
                 filter_hash,
             },
         );

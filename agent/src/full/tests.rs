@@ -100,3 +100,31 @@ fn a_delivered_shard_loses_its_manifest_first() {
     assert!(jobs.scan_spool().is_empty());
     assert_eq!(jobs.damaged_entries(), 0);
 }
+
+#[test]
+fn a_job_without_an_account_scope_is_refused_before_anything_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
+    let jobs = Jobs::open(FullCaptureConfig::new(dir.path().to_path_buf()), "a1", "pop1", Some("sim0".into()), sources)
+        .unwrap();
+    let job = pb::StartCapture {
+        capture_id: "0123456789abcdef0123456789abcdef".into(),
+        time_limit_ms: 1000,
+        ..Default::default()
+    };
+    let refused = jobs.prepare(&job, &dir.path().join(&job.capture_id)).err().unwrap();
+    assert!(refused.contains("no account scope"), "{refused}");
+    assert!(!dir.path().join(&job.capture_id).exists(), "nothing was spooled");
+    // With one it starts (an unrestricted scope is said explicitly).
+    let scoped = pb::StartCapture { scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }), ..job };
+    assert!(jobs.prepare(&scoped, &dir.path().join(&scoped.capture_id)).is_ok());
+    let bad = pb::StartCapture {
+        scope: Some(pb::AccountScope {
+            unrestricted: false,
+            prefixes: vec!["10.0.0.0/8".into(), "10.1.0.0/16".into()],
+        }),
+        capture_id: "0123456789abcdef0123456789abcde0".into(),
+        ..scoped
+    };
+    assert!(jobs.prepare(&bad, &dir.path().join(&bad.capture_id)).err().unwrap().contains("prefixes"));
+}

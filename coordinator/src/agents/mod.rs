@@ -63,6 +63,8 @@ pub(crate) struct SampleAnswer {
     pub packets: Vec<pb::Packet>,
     pub matched: u64,
     pub lookback: pb::LookbackStats,
+    /// Packets the filter matched that the account's scope excluded.
+    pub excluded: u64,
     /// The most packets the answer may hold (the query's `packet_limit`).
     limit: usize,
 }
@@ -99,6 +101,7 @@ impl SampleAnswer {
             return Some(Err(chunk.error));
         }
         self.matched = chunk.matched;
+        self.excluded = chunk.excluded;
         self.lookback = chunk.lookback.unwrap_or_default();
         Some(Ok(()))
     }

@@ -64,9 +64,20 @@ pub(super) async fn create(
             ));
         }
     };
+    // What the account may capture, read now: a change takes effect from the next capture on.
+    let scope = crate::accounts::resolve(&state.repo, &account, state.unscoped).await.map_err(|e| match e {
+        crate::accounts::ScopeError::Unscoped(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, code::OUT_OF_SCOPE, e.to_string())
+        }
+        crate::accounts::ScopeError::Store(e) => repo_err(e),
+    })?;
+    let scope = scope.capture_scope();
     if request.capture_type == CaptureType::Full {
-        let record =
-            state.full.create(&account, request, now, state.rate_limits.max_active_full).await.map_err(plan_error)?;
+        let record = state
+            .full
+            .create(&account, request, now, state.rate_limits.max_active_full, scope)
+            .await
+            .map_err(plan_error)?;
         state.metrics.capture_created(CaptureType::Full);
         return Ok(envelope(record.to_api()));
     }
@@ -79,7 +90,8 @@ pub(super) async fn create(
             format!("type: this account has {running} sample capture(s) running; at most {max} run at once"),
         )
     })?;
-    let record = CaptureRecord::from_request(&account, request, now);
+    let mut record = CaptureRecord::from_request(&account, request, now);
+    record.scope = Some(scope);
     state.repo.create_capture(&record).await.map_err(repo_err)?;
     tracing::info!(account = %account, capture = %record.id, "sample capture accepted");
     state.samples.start_reserved(place, record.id.clone());
@@ -94,6 +106,7 @@ fn plan_error(e: PlanError) -> ApiError {
         PlanError::Endpoint(_) => ApiError::bad_request(code::INVALID_VALUE, message),
         PlanError::NotValidated(_) => ApiError::new(StatusCode::FORBIDDEN, code::BUCKET_NOT_VALIDATED, message),
         PlanError::TooManyActive { .. } => ApiError::new(StatusCode::CONFLICT, code::FULL_CAPTURE_RUNNING, message),
+        PlanError::OutOfScope { .. } => ApiError::new(StatusCode::FORBIDDEN, code::OUT_OF_SCOPE, message),
         PlanError::PopBusy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, code::LIMIT_REACHED, message),
         PlanError::NoAgents(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
         PlanError::Bucket(error) => {

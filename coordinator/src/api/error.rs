@@ -44,6 +44,8 @@ pub mod code {
     pub const FULL_CAPTURE_RUNNING: u32 = 1201;
     /// The account holds the most records of a kind it may (422; delete one first).
     pub const LIMIT_REACHED: u32 = 1202;
+    /// The account may not capture this: no scope yet, or a PoP outside it.
+    pub const OUT_OF_SCOPE: u32 = 1203;
     /// The bucket's ownership has not been validated for this account.
     pub const BUCKET_NOT_VALIDATED: u32 = 1106;
     /// The ownership challenge could not be written into the bucket.

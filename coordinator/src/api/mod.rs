@@ -24,6 +24,7 @@ use crate::full::FullCaptures;
 use crate::sample::SampleCaptures;
 use crate::store::{Repo, RepoError};
 
+mod accounts;
 mod admin;
 mod agents;
 mod auth;
@@ -48,6 +49,8 @@ pub(crate) struct ApiState {
     pub objects: Arc<dyn ObjectStore>,
     pub limits: Limits,
     pub rate_limits: RateLimits,
+    /// What an account without a scope may capture.
+    pub unscoped: crate::config::UnscopedAccounts,
     /// Captures older than this answer 404 (see `retention.rs`).
     pub retention: Option<std::time::Duration>,
     pub rate: RateLimiter,
@@ -161,6 +164,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/edgecap/v1/agents", get(agents::list))
         .route("/edgecap/v1/admin/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/edgecap/v1/admin/tokens/{name}", delete(admin::revoke_token))
+        .route("/edgecap/v1/admin/accounts", get(accounts::list))
+        .route("/edgecap/v1/admin/accounts/{account}", get(accounts::get).put(accounts::put).delete(accounts::delete))
+        .route("/edgecap/v1/accounts/{account_id}/scope", get(accounts::own))
         .route("/edgecap/v1/admin/bootstrap-tokens", get(pki::list_bootstrap_tokens).post(pki::create_bootstrap_token))
         .route("/edgecap/v1/admin/certificates", get(pki::list_certificates))
         .route("/edgecap/v1/admin/revocations", get(pki::list_revocations).post(pki::revoke))

@@ -23,6 +23,7 @@ fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
         pop.kernel_dropped = c.kernel_dropped;
         pop.agent_dropped = c.agent_dropped;
         pop.bytes = c.bytes_written;
+        pop.excluded = c.excluded;
     }
     if let Some(reason) = convert::report_stop_reason(report) {
         pop.stop_reason = Some(reason);
@@ -58,6 +59,7 @@ impl FullCaptures {
                 byte_limit: record.byte_limit,
                 not_after_ns,
                 stop: false,
+                scope: Some(record.capture_scope()),
             };
             self.repo.put_job(&job).await?;
         }

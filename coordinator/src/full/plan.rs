@@ -19,6 +19,8 @@ pub(crate) enum PlanError {
     NotValidated(String),
     #[error("type: this account already has {active} pending or running full capture(s); the limit is {max}")]
     TooManyActive { active: usize, max: usize },
+    #[error("colo_name: {colo:?} names no PoP where this account may capture (it may capture at {allowed})")]
+    OutOfScope { colo: String, allowed: String },
     #[error(
         "colo_name: PoP {pop:?} already runs {running} full capture(s); at most {max} run at one PoP at once (--max-captures-per-pop)"
     )]
@@ -49,6 +51,7 @@ impl FullCaptures {
         request: CaptureRequest,
         now: time::OffsetDateTime,
         max_active: Option<usize>,
+        scope: crate::model::CaptureScope,
     ) -> Result<CaptureRecord, PlanError> {
         debug_assert_eq!(request.capture_type, CaptureType::Full);
         let destination = request.destination.clone().ok_or(PlanError::MissingDestination)?;
@@ -61,9 +64,15 @@ impl FullCaptures {
         if !owned {
             return Err(PlanError::NotValidated(destination.uri));
         }
-        let (agents, offline) = self.colo_agents(&colo).await?;
+        let (mut agents, mut offline) = self.colo_agents(&colo).await?;
         if agents.is_empty() {
             return Err(PlanError::NoAgents(colo));
+        }
+        // Only the PoPs of the account's scope.
+        agents.retain(|a| scope.pop_allowed(&a.pop));
+        offline.retain(|a| scope.pop_allowed(&a.pop));
+        if agents.is_empty() {
+            return Err(PlanError::OutOfScope { colo, allowed: scope.pops.join(", ") });
         }
         for agent in &agents {
             let running = self.repo.jobs_for_agent(&agent.agent_id).await?.len();
@@ -76,6 +85,7 @@ impl FullCaptures {
         // so a destination that cannot even be configured is refused at once.
         self.store_for(&destination).await.map_err(PlanError::Bucket)?;
         let mut record = CaptureRecord::from_request(account, request, now);
+        record.scope = Some(scope);
         if let Some(max) = max_active
             && let Err(active) = self.repo.reserve_active_full(account, &record.id, max).await?
         {
@@ -183,7 +193,10 @@ mod tests {
             destination: Some(destination),
             ..CaptureRequest::for_test(CaptureType::Full)
         };
-        let refused = full.create("acct", request, time::OffsetDateTime::now_utc(), None).await.unwrap_err();
+        let refused = full
+            .create("acct", request, time::OffsetDateTime::now_utc(), None, crate::model::CaptureScope::everything())
+            .await
+            .unwrap_err();
         assert!(matches!(refused, PlanError::PopBusy { running: 2, max: 2, .. }), "{refused}");
         assert!(refused.to_string().starts_with("colo_name:"), "{refused}");
     }

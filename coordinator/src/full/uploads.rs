@@ -180,6 +180,7 @@ mod tests {
             byte_limit,
             not_after_ns: 0,
             stop: false,
+            scope: None,
         };
         repo.put_job(&job).await.unwrap();
         let pop = PopResult::new("ord01", "a1", PopStatus::Running);

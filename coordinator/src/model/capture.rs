@@ -98,6 +98,10 @@ pub(crate) struct CaptureRecord {
     /// Object-store key of the downloadable file (simple captures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_key: Option<String>,
+    /// The account's scope when the capture was created (`None`: a record from before
+    /// scopes existed, which captured unrestricted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<super::CaptureScope>,
 }
 
 impl CaptureRecord {
@@ -115,6 +119,19 @@ impl CaptureRecord {
     /// (`.pcapng` when that format was asked for). The one place that name is made.
     pub(crate) fn merged_key(&self) -> String {
         format!("pcap_{}.{}", self.id, self.output_format.extension())
+    }
+
+    /// The scope its agents apply (unrestricted for records from before scopes existed).
+    pub(crate) fn capture_scope(&self) -> super::CaptureScope {
+        self.scope.clone().unwrap_or_else(super::CaptureScope::everything)
+    }
+
+    /// The filter as the agents apply it: `filter_v1`, `filter_bpf` and the account's scope,
+    /// ANDed (pcap-filter text; empty: everything).
+    pub(crate) fn effective_filter(&self) -> String {
+        use edgecap_capture::filter::combine;
+        let user = combine(&self.filter_v1.to_bpf(), self.filter_bpf.as_deref().unwrap_or_default());
+        combine(&user, &self.capture_scope().to_bpf())
     }
 
     /// The API representation: Cloudflare's fields for the type, plus extensions
@@ -155,6 +172,8 @@ impl CaptureRecord {
             out.insert("error_message".into(), json!(e));
         }
         out.insert("pops".into(), json!(self.pops));
+        // Extension: what the agents applied, the account's scope included.
+        out.insert("effective_filter".into(), json!(self.effective_filter()));
         Value::Object(out)
     }
 }

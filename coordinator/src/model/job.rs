@@ -28,4 +28,8 @@ pub(crate) struct JobRecord {
     pub not_after_ns: u64,
     #[serde(default)]
     pub stop: bool,
+    /// The account's scope, which the agent applies itself (`None`: a job from before scopes
+    /// existed, sent as unrestricted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<super::CaptureScope>,
 }

@@ -2,6 +2,7 @@
 //! agents' jobs, ids and times. Plain data with serde; the API representation is built here
 //! (`to_api`), the state-store keys in `store/repo.rs`, the wire messages in `convert.rs`.
 
+mod account;
 mod capture;
 mod destination;
 mod endpoints;
@@ -11,6 +12,7 @@ mod ownership;
 mod pop;
 mod request;
 
+pub(crate) use account::{AccountScope, CaptureScope};
 pub(crate) use capture::{CaptureRecord, CaptureStatus, CaptureType, OutputFormat};
 pub(crate) use destination::{DestinationConf, DestinationError};
 pub use endpoints::EndpointPolicy;

@@ -57,6 +57,9 @@ pub(crate) struct PopResult {
     pub sample_rate: u32,
     /// Packets the PoP's kernel dropped before the lookback saw them (cumulative).
     pub kernel_dropped: u64,
+    /// Packets the filter matched that the account's scope left out (not its traffic).
+    #[serde(default)]
+    pub excluded: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     // Full captures (all default for sample captures).

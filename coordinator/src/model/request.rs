@@ -67,6 +67,7 @@ impl CaptureRecord {
             error_message: None,
             pops: vec![],
             object_key: None,
+            scope: None,
         }
     }
 }

@@ -101,15 +101,19 @@ pub(super) async fn execute(
         Err(e) => return Some(failed(e, vec![])),
     };
     let limit = record.packet_limit.unwrap_or(samples.packet_limit_max);
-    // Just after a restart agents may still be reconnecting.
-    let mut agents = targets(samples).await;
+    // Just after a restart agents may still be reconnecting. Only the PoPs of the account's
+    // scope are asked.
+    let scope = record.capture_scope();
+    let targets =
+        || async { targets(samples).await.into_iter().filter(|t| scope.pop_allowed(&t.pop)).collect::<Vec<_>>() };
+    let mut agents = targets().await;
     let wait_until = tokio::time::Instant::now() + samples.agent_wait;
     while agents.is_empty() && tokio::time::Instant::now() < wait_until {
         tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        agents = targets(samples).await;
+        agents = targets().await;
     }
     if agents.is_empty() {
         let reason = "no agent is connected: sample captures read the lookback of connected agents";
@@ -123,6 +127,7 @@ pub(super) async fn execute(
         packet_limit: limit as u32,
         filter_bpf: record.filter_bpf.clone().unwrap_or_default(),
         filter_bpf_hash: record.filter_bpf_hash.clone().unwrap_or_default(),
+        scope: Some(crate::convert::scope_to_pb(&record.capture_scope())),
     };
     let asked = join_all(agents.iter().map(|a| {
         let query = query.clone();
@@ -160,6 +165,7 @@ async fn assemble(
         match answer {
             Ok(answer) => {
                 pop.matched = answer.matched;
+                pop.excluded = answer.excluded;
                 pop.kernel_dropped = answer.lookback.kernel_dropped;
                 let mut packets = answer.packets;
                 packets.sort_by_key(|p| p.ts_ns); // agents answer in order; be sure

@@ -5,6 +5,7 @@
 //! ```text
 //! /edgecap/v1/tokens/{sha256(token)}                      TokenRecord             tokens are never stored in clear
 //! /edgecap/v1/captures/{account}/{id}                     CaptureRecord           account first: listing is one prefix read
+//! /edgecap/v1/accounts/{account}                          AccountScope            the account's prefixes and PoPs (read at every capture)
 //! /edgecap/v1/ownerships/{account}/{id}                   OwnershipRecord
 //! /edgecap/v1/agents/{agent_id}                           AgentPresence (leased)  disappears when the agent's lease lapses
 //! /edgecap/v1/replicas/{name}                             {"since"} (leased, 3 s)  a live coordinator replica: presences naming a dead one are ignored
@@ -52,6 +53,12 @@ pub(super) mod keys {
     }
     pub fn all_captures() -> String {
         format!("{PREFIX}/captures/")
+    }
+    pub fn account(account: &str) -> String {
+        format!("{PREFIX}/accounts/{account}")
+    }
+    pub fn accounts() -> String {
+        format!("{PREFIX}/accounts/")
     }
     pub fn ownership(account: &str, id: &str) -> String {
         format!("{PREFIX}/ownerships/{account}/{id}")
@@ -348,6 +355,31 @@ impl Repo {
 
     pub(crate) async fn get_ownership(&self, account: &str, id: &str) -> Result<Option<OwnershipRecord>> {
         self.get_json(&keys::ownership(account, id)).await
+    }
+
+    /// An account's scope, if the operator set one.
+    pub(crate) async fn get_account_scope(&self, account: &str) -> Result<Option<crate::model::AccountScope>> {
+        self.get_json(&keys::account(account)).await
+    }
+
+    pub(crate) async fn put_account_scope(&self, account: &str, scope: &crate::model::AccountScope) -> Result<()> {
+        self.store.put(&keys::account(account), encode(scope), None).await?;
+        Ok(())
+    }
+
+    /// Whether there was one to delete.
+    pub(crate) async fn delete_account_scope(&self, account: &str) -> Result<bool> {
+        Ok(self.store.delete(&keys::account(account)).await?)
+    }
+
+    /// Every account's scope, with its account id.
+    pub(crate) async fn list_account_scopes(&self) -> Result<Vec<(String, crate::model::AccountScope)>> {
+        let prefix = keys::accounts();
+        let mut out = Vec::new();
+        for kv in self.store.list(&prefix).await? {
+            out.push((kv.key[prefix.len()..].to_string(), decode(&kv.key, &kv.value)?));
+        }
+        Ok(out)
     }
 
     pub(crate) async fn put_ownership(&self, record: &OwnershipRecord) -> Result<()> {

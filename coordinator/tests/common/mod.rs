@@ -39,6 +39,7 @@ pub async fn api_configured(rate_limits: RateLimits, full: FullSettings) -> Api 
     )]
     .into();
     let coordinator = Coordinator::start(CoordinatorConfig {
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
         name: "test".into(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),

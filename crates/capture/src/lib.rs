@@ -20,6 +20,7 @@ pub mod filter;
 pub mod live;
 pub mod lookback;
 pub mod offline;
+pub mod scope;
 pub mod session;
 pub mod shard;
 pub mod source;

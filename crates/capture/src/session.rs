@@ -47,6 +47,9 @@ pub struct LiveConfig {
     pub iface: String,
     /// pcap-filter expression, already validated (see [`crate::bpf`]); empty = everything.
     pub filter: String,
+    /// An account's scope ([`crate::scope::Scope::to_bpf`]), applied in user space after
+    /// `filter` so the packets it leaves out are counted (`excluded`); empty = none.
+    pub scope: String,
     /// Bytes kept of each packet, for [`LiveConfig::open_options`].
     pub snaplen: u32,
     /// Kernel buffer, bytes.
@@ -83,6 +86,7 @@ impl LiveConfig {
         Self {
             iface: iface.to_string(),
             filter: filter.to_string(),
+            scope: String::new(),
             snaplen: MAX_SNAPLEN,
             buffer_size: 32 << 20,
             promisc: true,
@@ -144,6 +148,8 @@ pub struct Counters {
     /// Captured bytes of the written packets (caplen), without file headers: what
     /// [`Limits::bytes`] counts.
     pub bytes_written: u64,
+    /// Packets the filter matched that the account's scope left out.
+    pub excluded: u64,
     /// Why the capture ended; `None` while it runs.
     pub stop_reason: Option<StopReason>,
 }
@@ -172,6 +178,7 @@ struct Shared {
     kernel_dropped: AtomicU64,
     agent_dropped: AtomicU64,
     bytes_written: AtomicU64,
+    excluded: AtomicU64,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
 }
@@ -198,6 +205,7 @@ impl Shared {
         Counters {
             received: self.received.load(Ordering::Relaxed),
             matched: self.matched.load(Ordering::Relaxed),
+            excluded: self.excluded.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             kernel_dropped: self.kernel_dropped.load(Ordering::Relaxed),
             agent_dropped: self.agent_dropped.load(Ordering::Relaxed),
@@ -378,6 +386,18 @@ fn capture_loop(
         Err(_) => Batch::with_capacity(config.batch_packets),
     };
     let mut batch = fresh();
+    // The account's scope, compiled for this source's link type.
+    let scope = if config.scope.is_empty() {
+        None
+    } else {
+        match crate::compile_offline(source.linktype(), MAX_SNAPLEN as i32, &config.scope) {
+            Ok(program) => Some(program),
+            Err(error) => {
+                shared.finish(StopReason::Failed(format!("account scope: {error}")));
+                return;
+            }
+        }
+    };
     let mut last_stats = Instant::now();
     let mut since_clock = 0u32;
     let send = |batch: &mut Batch, shared: &Shared| {
@@ -404,6 +424,12 @@ fn capture_loop(
         match source.next() {
             Ok(Next::Packet(packet)) => {
                 shared.matched.fetch_add(1, Ordering::Relaxed);
+                if let Some(scope) = &scope
+                    && !crate::offline::matches(scope, packet.data, packet.orig_len)
+                {
+                    shared.excluded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 let start = batch.data.len();
                 batch.data.extend_from_slice(packet.data);
                 batch.packets.push((packet.ts_ns, packet.orig_len, start, packet.data.len()));
