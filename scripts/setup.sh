@@ -23,6 +23,8 @@ for p in adduser dpkg-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The web page test (tests/web/test_page.py) drives Debian's headless Chromium.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
@@ -42,6 +44,14 @@ KV_VERSION=1.37.0
 if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$KV_VERSION')" >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate $KV_VERSION in $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+fi
+
+# Playwright's Python client, pinned: tests/web/test_page.py drives Debian's chromium with it
+# (executable_path; `playwright install` is never run, no browser is downloaded).
+PLAYWRIGHT_VERSION=1.65.2
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('playwright') != '$PLAYWRIGHT_VERSION')" >/dev/null 2>&1; then
+  echo "setup: installing playwright $PLAYWRIGHT_VERSION in $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
 fi
 
 # cargo-deb, pinned: tests/deploy/check_packages.sh builds the Debian packages with it.

@@ -29,7 +29,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, _caller: AnyAccount
                 v["lookback"] = json!({
                     "packets_seen": a.lookback.packets_seen, "packets_held": a.lookback.packets_held,
                     "bytes_held": a.lookback.bytes_held, "kernel_dropped": a.lookback.kernel_dropped,
-                    "packets_evicted": a.lookback.packets_evicted,
+                    "packets_evicted": a.lookback.packets_evicted, "oldest_ns": a.lookback.oldest_ns,
                 });
                 v["spool_damaged"] = json!(a.spool_damaged);
             }
