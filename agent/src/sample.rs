@@ -27,9 +27,15 @@ pub(crate) fn lookback_stats(lookback: &Mutex<Lookback>) -> pb::LookbackStats {
     }
 }
 
-/// Answers a sample query from the lookback, in chunks; the last chunk has `done`.
-#[tracing::instrument(name = "lookback_query", skip_all, fields(request = %query.request_id))]
+/// Answers a sample query from the lookback, in chunks; the last chunk has `done`. Its span
+/// joins the capture's trace (the query's `traceparent`).
 pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
+    let span = tracing::info_span!("lookback_query", request = %query.request_id);
+    edgecap_telemetry::continue_trace(&span, &query.traceparent);
+    span.in_scope(|| answer(lookback, query))
+}
+
+fn answer(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
     // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
     // wire: a window that ends that recently is answered once they are all in.
     let now = edgecap_common::now_ns();

@@ -37,6 +37,7 @@ pub(crate) fn start_message(job: &JobRecord) -> pb::CoordinatorMessage {
             rotate_seconds: 0,
             not_after_ns: job.not_after_ns,
             scope: Some(scope_to_pb(&job.scope.clone().unwrap_or_else(crate::model::CaptureScope::everything))),
+            traceparent: job.traceparent.clone(),
         })),
     }
 }

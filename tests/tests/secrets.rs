@@ -171,6 +171,13 @@ async fn no_secret_reaches_a_log_line_or_a_span() {
         matches!(v["status"].as_str(), Some("success" | "failed")).then_some(v)
     });
     assert_eq!(done["status"], "success", "{done}\n{}", coordinator.log_text());
+    // A sample capture too, for its trace across the agent.
+    for i in 0..20u32 {
+        let _ = sender.send_to(&i.to_be_bytes(), "127.0.0.1:9");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let sample = cli(&api, &["capture", "create", "--time-limit", "60", "--packet-limit", "10", "--wait"]);
+    let sample_id = sample["id"].as_str().unwrap().to_string();
     // The admin API was used too (its token passed in a header).
     let out = Command::new(bin("edgecap"))
         .args(["admin", "--api", &api, "tokens", "list"])
@@ -191,6 +198,30 @@ async fn no_secret_reaches_a_log_line_or_a_span() {
     server.abort();
     assert!(spans.iter().any(|s| s.service == "edgecap-agent"), "the agent exported spans");
     assert!(spans.iter().any(|s| s.name == "merge"), "the merge's span was exported");
+    // One trace per capture: the API request that created it, the leader's follow-up and
+    // merge, and the agent's capture and uploads (another process) share its trace id.
+    let with = |name: &str, attr: &str| -> Vec<&edgecap_e2e::otlp::SeenSpan> {
+        spans.iter().filter(|s| s.name == name && s.attrs.iter().any(|a| a == attr)).collect()
+    };
+    let followed = with("full_capture", &format!("capture={id}"));
+    let trace = &followed.first().unwrap_or_else(|| panic!("the capture's span: {spans:#?}")).trace_id;
+    let created = spans.iter().filter(|s| s.name == "api" && &s.trace_id == trace).count();
+    assert_eq!(created, 1, "the creating API request is the trace's root");
+    for (name, service) in [("agent_capture", "edgecap-agent"), ("shard_upload", "edgecap-agent")] {
+        let mine = with(name, &format!("capture={id}"));
+        assert!(!mine.is_empty(), "no {name} span");
+        assert!(mine.iter().all(|s| &s.trace_id == trace && s.service == service), "{name}: {mine:#?}");
+    }
+    assert!(spans.iter().any(|s| s.name == "merge" && &s.trace_id == trace), "the merge is in the capture's trace");
+    let sampled = with("sample_capture", &format!("capture={sample_id}"));
+    let sample_trace = &sampled.first().unwrap_or_else(|| panic!("the sample's span: {spans:#?}")).trace_id;
+    assert!(sample_trace != trace);
+    let queries: Vec<_> = spans.iter().filter(|s| s.name == "lookback_query" && &s.trace_id == sample_trace).collect();
+    assert!(
+        !queries.is_empty() && queries.iter().all(|s| s.service == "edgecap-agent"),
+        "the agent's lookback query is in the sample's trace: {spans:#?}"
+    );
+    assert_eq!(spans.iter().filter(|s| s.name == "api" && &s.trace_id == sample_trace).count(), 1);
     let logs = format!("{}\n{}", coordinator.log_text(), agent.log_text());
     assert!(logs.lines().count() > 50, "debug logs were written");
     for (what, secret) in [

@@ -23,6 +23,9 @@ pub(super) struct JobFile {
     pub capture_id: String,
     pub interface: String,
     pub started_ns: u64,
+    /// The capture's trace context: uploads after a restart still join its trace.
+    #[serde(default)]
+    pub traceparent: String,
 }
 
 /// `end.json`.

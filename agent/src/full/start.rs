@@ -27,6 +27,13 @@ impl Jobs {
     /// known is left alone). Blocking: call it on a blocking thread, which it holds for the
     /// capture's duration.
     pub(crate) fn start(self: &Arc<Self>, job: pb::StartCapture) {
+        // The capture's work here joins its trace (the job's `traceparent`).
+        let span = tracing::info_span!("agent_capture", capture = %job.capture_id, pop = %self.pop);
+        edgecap_telemetry::continue_trace(&span, &job.traceparent);
+        span.in_scope(|| self.run_job(job));
+    }
+
+    fn run_job(self: &Arc<Self>, job: pb::StartCapture) {
         let id = job.capture_id.clone();
         if !is_capture_id(&id) {
             tracing::warn!(capture = %id, "start refused: bad capture id");
@@ -61,7 +68,12 @@ impl Jobs {
                     interrupted: false,
                 };
                 let _ = std::fs::create_dir_all(&dir);
-                let job_file = JobFile { capture_id: id.clone(), interface: String::new(), started_ns: now_ns() };
+                let job_file = JobFile {
+                    capture_id: id.clone(),
+                    interface: String::new(),
+                    started_ns: now_ns(),
+                    traceparent: job.traceparent.clone(),
+                };
                 let _ = write_json(&dir.join("job.json"), &job_file);
                 let _ = write_json(&dir.join("end.json"), &end);
                 lock(&self.jobs).insert(id, Job::ended(dir, end));
@@ -133,7 +145,12 @@ impl Jobs {
         } else {
             edgecap_capture::bpf::check(&expr, linktype, snaplen as i32).map_err(|e| e.to_string())?.hash
         };
-        let job_file = JobFile { capture_id: id.clone(), interface: iface.clone(), started_ns: now_ns() };
+        let job_file = JobFile {
+            capture_id: id.clone(),
+            interface: iface.clone(),
+            started_ns: now_ns(),
+            traceparent: job.traceparent.clone(),
+        };
         std::fs::create_dir_all(dir)
             .and_then(|_| write_json(&dir.join("job.json"), &job_file))
             .map_err(|e| format!("spool: {e}"))?;

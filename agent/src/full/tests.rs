@@ -36,8 +36,11 @@ fn manifest(file: &str, sequence: u64) -> ShardManifest {
 fn capture_dir(spool: &Path, id: &str) -> std::path::PathBuf {
     let dir = spool.join(id);
     std::fs::create_dir_all(&dir).unwrap();
-    write_json(&dir.join("job.json"), &JobFile { capture_id: id.into(), interface: "eth0".into(), started_ns: 1 })
-        .unwrap();
+    write_json(
+        &dir.join("job.json"),
+        &JobFile { capture_id: id.into(), interface: "eth0".into(), started_ns: 1, traceparent: String::new() },
+    )
+    .unwrap();
     dir
 }
 

@@ -32,6 +32,8 @@ pub(super) struct Ready {
     pub manifest_path: PathBuf,
     pub manifest: ShardManifest,
     pub shard_path: PathBuf,
+    /// The capture's trace context, from its job file.
+    pub traceparent: String,
 }
 
 /// Moves a damaged spool entry out of the upload queue (kept on disk for an operator).
@@ -139,6 +141,9 @@ impl Jobs {
         let mut out = Vec::new();
         let mut oldest = u64::MAX;
         for (capture_id, dir) in dirs {
+            let traceparent = super::spool::read_json::<super::spool::JobFile>(&dir.join("job.json"))
+                .map(|j| j.traceparent)
+                .unwrap_or_default();
             let (good, damaged) = manifests(&dir);
             for path in damaged {
                 quarantine(&path, "the shard manifest does not parse");
@@ -157,7 +162,13 @@ impl Jobs {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(u64::MAX, |d| d.as_nanos() as u64);
                 oldest = oldest.min(written);
-                out.push(Ready { capture_id: capture_id.clone(), manifest_path, manifest, shard_path });
+                out.push(Ready {
+                    capture_id: capture_id.clone(),
+                    manifest_path,
+                    manifest,
+                    shard_path,
+                    traceparent: traceparent.clone(),
+                });
             }
         }
         self.oldest_waiting_ns.store(if oldest == u64::MAX { 0 } else { oldest }, Ordering::Relaxed);
@@ -186,9 +197,15 @@ impl Jobs {
         result
     }
 
-    #[tracing::instrument(name = "shard_upload", skip_all, fields(capture = %ready.capture_id, shard = %ready.manifest.file))]
+    /// Uploads one shard, in a span of the capture's trace.
     async fn upload_one(&self, out: &mpsc::Sender<pb::AgentMessage>, ready: &Ready) -> anyhow::Result<()> {
-        let Ready { capture_id, manifest_path, manifest, shard_path } = ready;
+        let span = tracing::info_span!("shard_upload", capture = %ready.capture_id, shard = %ready.manifest.file);
+        edgecap_telemetry::continue_trace(&span, &ready.traceparent);
+        tracing::Instrument::instrument(self.upload_traced(out, ready), span).await
+    }
+
+    async fn upload_traced(&self, out: &mpsc::Sender<pb::AgentMessage>, ready: &Ready) -> anyhow::Result<()> {
+        let Ready { capture_id, manifest_path, manifest, shard_path, .. } = ready;
         let size =
             tokio::fs::metadata(&shard_path).await.with_context(|| format!("stat {}", shard_path.display()))?.len();
         let request_id = uuid::Uuid::new_v4().simple().to_string();

@@ -145,9 +145,15 @@ impl FullCaptures {
         }
     }
 
-    /// Follows one capture to its end (leader only; cancelled when leadership is lost).
-    #[tracing::instrument(name = "full_capture", skip_all, fields(capture = %record.id, leader = %self.name))]
-    async fn run(self: Arc<Self>, mut record: CaptureRecord, cancel: CancellationToken) {
+    /// Follows one capture to its end (leader only; cancelled when leadership is lost), as
+    /// part of the trace of the request that created it.
+    async fn run(self: Arc<Self>, record: CaptureRecord, cancel: CancellationToken) {
+        let span = tracing::info_span!("full_capture", capture = %record.id, leader = %self.name);
+        edgecap_telemetry::continue_trace(&span, &record.traceparent);
+        tracing::Instrument::instrument(self.follow(record, cancel), span).await;
+    }
+
+    async fn follow(self: Arc<Self>, mut record: CaptureRecord, cancel: CancellationToken) {
         let id = record.id.clone();
         let started = Instant::now();
         // Deadlines count from when this leader took the capture over: a new leader gives

@@ -60,6 +60,7 @@ impl FullCaptures {
                 not_after_ns,
                 stop: false,
                 scope: Some(record.capture_scope()),
+                traceparent: record.traceparent.clone(),
             };
             self.repo.put_job(&job).await?;
         }

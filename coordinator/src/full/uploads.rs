@@ -181,6 +181,7 @@ mod tests {
             not_after_ns: 0,
             stop: false,
             scope: None,
+            traceparent: String::new(),
         };
         repo.put_job(&job).await.unwrap();
         let pop = PopResult::new("ord01", "a1", PopStatus::Running);

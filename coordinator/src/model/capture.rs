@@ -102,6 +102,10 @@ pub(crate) struct CaptureRecord {
     /// scopes existed, which captured unrestricted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<super::CaptureScope>,
+    /// W3C trace context of the request that created it: the capture's work on every replica
+    /// and agent joins that trace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 impl CaptureRecord {

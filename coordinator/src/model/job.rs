@@ -32,4 +32,7 @@ pub(crate) struct JobRecord {
     /// existed, sent as unrestricted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<super::CaptureScope>,
+    /// The capture's trace context (see `CaptureRecord::traceparent`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }

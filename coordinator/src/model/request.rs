@@ -68,6 +68,7 @@ impl CaptureRecord {
             pops: vec![],
             object_key: None,
             scope: None,
+            traceparent: edgecap_telemetry::traceparent(),
         }
     }
 }

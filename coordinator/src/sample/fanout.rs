@@ -128,6 +128,8 @@ pub(super) async fn execute(
         filter_bpf: record.filter_bpf.clone().unwrap_or_default(),
         filter_bpf_hash: record.filter_bpf_hash.clone().unwrap_or_default(),
         scope: Some(crate::convert::scope_to_pb(&record.capture_scope())),
+        // The sample_capture span: the agents' lookback queries join the capture's trace.
+        traceparent: edgecap_telemetry::traceparent(),
     };
     let asked = join_all(agents.iter().map(|a| {
         let query = query.clone();

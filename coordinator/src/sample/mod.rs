@@ -108,13 +108,19 @@ impl SampleCaptures {
 
     /// Runs one sample capture to its final status. Never panics; every failure is recorded
     /// on the capture with a reason. Stops (leaving it `pending`, to be resumed) on shutdown.
-    #[tracing::instrument(name = "sample_capture", skip(self), fields(capture = %id))]
     async fn run(self: Arc<Self>, account: String, id: String) {
-        let cancel = self.tasks.token();
         let record = match self.patiently("read", || self.repo.get_capture(&account, &id)).await {
             Ok(Some(record)) => record,
             _ => return,
         };
+        // Part of the trace of the request that created it (on whichever replica).
+        let span = tracing::info_span!("sample_capture", capture = %id);
+        edgecap_telemetry::continue_trace(&span, &record.traceparent);
+        tracing::Instrument::instrument(self.run_traced(account, id, record), span).await;
+    }
+
+    async fn run_traced(self: Arc<Self>, account: String, id: String, record: crate::model::CaptureRecord) {
+        let cancel = self.tasks.token();
         self.metrics.add_running(crate::model::CaptureType::Simple, 1);
         let started = std::time::Instant::now();
         let outcome = fanout::execute(&self, &record, &cancel).await;

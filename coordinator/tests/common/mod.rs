@@ -48,7 +48,9 @@ pub async fn api_configured(rate_limits: RateLimits, full: FullSettings) -> Api 
         state: edgecap_state::StateConfig::Memory,
         storage: edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("o") },
         tmp_dir: dir.path().join("tmp"),
-        limits: Limits::default(),
+        // Many sample captures are created back to back; the running-per-account bound is not
+        // what these tests are about.
+        limits: Limits { max_running_samples_per_account: 10_000, ..Limits::default() },
         rate_limits,
         sample_timeout: Duration::from_secs(1),
         agent_wait: Duration::ZERO,

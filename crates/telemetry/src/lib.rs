@@ -87,3 +87,52 @@ pub fn init(
     tracing::info!(%endpoint, "exporting traces over OTLP");
     Ok(Telemetry { provider: Some(provider) })
 }
+
+/// The W3C `traceparent` of the current span, to carry a trace to another process (in a
+/// wire message, or a record in the state store); empty when no trace is being recorded.
+pub fn traceparent() -> String {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return String::new();
+    }
+    format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8())
+}
+
+/// Makes `span` (not yet entered) a child of the remote span `traceparent` names, so its
+/// work is part of that trace. An empty or malformed `traceparent` leaves it alone (a new
+/// trace, as before).
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let [version, trace, parent, flags] = parts[..] else { return };
+    if version != "00" || trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
+        return;
+    }
+    let (Ok(trace), Ok(parent), Ok(flags)) =
+        (TraceId::from_hex(trace), SpanId::from_hex(parent), u8::from_str_radix(flags, 16))
+    else {
+        return;
+    };
+    let context = SpanContext::new(trace, parent, TraceFlags::new(flags), true, TraceState::default());
+    if !context.is_valid() {
+        return;
+    }
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(context));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn malformed_traceparents_are_ignored_and_none_is_made_without_a_trace() {
+        let span = tracing::info_span!("t");
+        for bad in ["", "00-xyz", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "00-0-0-0"] {
+            super::continue_trace(&span, bad);
+        }
+        assert_eq!(super::traceparent(), "", "no subscriber records traces here");
+    }
+}
