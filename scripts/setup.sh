@@ -38,6 +38,15 @@ if ! "$VENV/bin/python" -c "import cloudflare" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'cloudflare==5.9.0'
 fi
+# Schemathesis, pinned (with the hypothesis release its JSON-schema strategies work with):
+# tests/tests/openapi.rs runs it against `edgecap up`.
+ST_VERSION=4.3.2
+HYPOTHESIS_VERSION=6.138.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$ST_VERSION' or m.version('hypothesis') != '$HYPOTHESIS_VERSION')" >/dev/null 2>&1; then
+  echo "setup: installing schemathesis $ST_VERSION in $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$ST_VERSION" "hypothesis==$HYPOTHESIS_VERSION"
+fi
+
 # kubernetes-validate, pinned: tests/deploy/check_manifests.py validates the Kubernetes
 # manifests with it, offline (the wheel carries the schemas of every Kubernetes version).
 KV_VERSION=1.37.0

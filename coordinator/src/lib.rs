@@ -49,6 +49,12 @@ pub use config::{
 pub use model::EndpointPolicy;
 pub use model::rfc3339;
 
+/// The API's OpenAPI 3.1 document (JSON), as served at `/client/v4/openapi.json` and kept in
+/// `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    api::openapi::json()
+}
+
 /// How long a shutdown waits for connections and background work before closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

@@ -14,8 +14,11 @@ use edgecap_tls::TlsFiles;
 #[command(version)]
 struct Args {
     /// Where the embedded state store and the local object store keep their data.
-    #[arg(long, env = "EDGECAP_DATA_DIR")]
-    data_dir: PathBuf,
+    #[arg(long, env = "EDGECAP_DATA_DIR", required_unless_present = "openapi")]
+    data_dir: Option<PathBuf>,
+    /// Print the API's OpenAPI document (what docs/openapi.json holds) and exit.
+    #[arg(long)]
+    openapi: bool,
     /// Shared state: `embedded` (under --data-dir) or etcd://HOST:PORT[,HOST:PORT...][/PREFIX].
     #[arg(long, default_value = "embedded", env = "EDGECAP_STATE")]
     state: String,
@@ -171,9 +174,16 @@ fn usage_error(message: &str) -> ! {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.openapi {
+        use std::io::Write as _;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::stdout().write_all(edgecap_coordinator::openapi_json().as_bytes());
+        return Ok(());
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_default();
     let telemetry = edgecap_telemetry::init("edgecap-coordinator", args.otlp_endpoint.as_deref(), "info", false)?;
     let tokens = parse_tokens(&args);
-    let pki = args.pki_dir.clone().unwrap_or_else(|| args.data_dir.join("pki"));
+    let pki = args.pki_dir.clone().unwrap_or_else(|| data_dir.join("pki"));
     let defaults = TlsFiles::in_dir(&pki, "coordinator");
     let tls = TlsFiles {
         ca: args.tls_ca.clone().unwrap_or(defaults.ca),
@@ -190,13 +200,13 @@ async fn main() -> anyhow::Result<()> {
         grpc_listen: args.grpc_listen,
         tls,
         tls_reload_interval: Duration::from_secs(5),
-        state: StateConfig::parse(&args.state, &args.data_dir).unwrap_or_else(|e| {
+        state: StateConfig::parse(&args.state, &data_dir).unwrap_or_else(|e| {
             eprintln!("edgecap-coordinator: {e}");
             std::process::exit(64);
         }),
         storage: edgecap_coordinator::objects_config(
             &args.objects,
-            &args.data_dir,
+            &data_dir,
             args.s3_credentials.as_deref(),
             args.aws_instance_metadata,
         )
@@ -204,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("edgecap-coordinator: {e:#}");
             std::process::exit(64);
         }),
-        tmp_dir: args.data_dir.join("tmp"),
+        tmp_dir: data_dir.join("tmp"),
         limits: Limits {
             full_time_limit_max: args.full_time_limit_max,
             max_running_samples_per_account: args.max_running_samples as usize,

@@ -561,6 +561,26 @@ pub fn edgecap_cli(ns: &NetNs, api: &str, token: &str, args: &[&str]) -> Result<
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// One HTTP call with curl from inside `ns` (where the API listens), with a Bearer token:
+/// (status, JSON body or null).
+pub fn api_in(
+    ns: &NetNs,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = ns.cmd("curl");
+    cmd.args(["-s", "-X", method, "-w", "\n%{http_code}", "-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+    }
+    let out = cmd.arg(url).output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
 /// One HTTP call to an edgecap API with a Bearer token: (status, JSON body or null).
 pub async fn api_call(
     method: &str,

@@ -469,3 +469,54 @@ fn full_capture_stops_on_a_full_spool_and_still_delivers_it() {
     }
     assert_eq!(f.check_merged(&capture), total);
 }
+
+/// Extensions: several colos in one full capture (`colo_names`), with clear errors for an
+/// unknown or empty one, and a dry run that starts nothing but says which PoPs would capture
+/// and how fast matching traffic arrives there.
+#[test]
+fn several_colos_in_one_capture_and_a_dry_run_first() {
+    let Some(mut f) = Fixture::new("several_colos_in_one_capture_and_a_dry_run_first", &[]) else { return };
+    f.validate_bucket();
+    f.start_traffic(100);
+    std::thread::sleep(Duration::from_secs(3));
+    let url = "http://127.0.0.1:9440/client/v4/accounts/acct/pcaps";
+    let call = |body: serde_json::Value| edgecap_e2e::api_in(&f.core, "POST", url, TOKEN, Some(&body));
+    let full = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({"system": "magic-transit", "type": "full", "time_limit": 4,
+            "destination_conf": f.destination(), "filter_v1": {"protocol": 17}});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Bad colo lists: named by field.
+    let (status, v) = call(full(serde_json::json!({"colo_names": []})));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().starts_with("colo_names"), "{v}");
+    let (status, v) = call(full(serde_json::json!({"colo_names": ["ord01", "fra09"]})));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().starts_with("colo_names[1]"), "{v}");
+
+    // A dry run: the two PoPs, their matching traffic, nothing started.
+    let (status, dry) =
+        call(full(serde_json::json!({"colo_names": ["ord01", "ord03"], "dry_run": true, "packet_limit": 10000})));
+    assert_eq!(status, 200, "{dry}");
+    let pops: Vec<&str> =
+        dry["result"]["pops"].as_array().unwrap().iter().map(|p| p["pop"].as_str().unwrap()).collect();
+    assert_eq!(pops, ["ord01", "ord03"], "{dry}");
+    assert!(dry["result"]["matching_pps"].as_f64().unwrap() > 20.0, "{dry}");
+    assert!(dry["result"]["estimated_seconds_to_packet_limit"].as_f64().unwrap() > 0.0, "{dry}");
+    assert_eq!(f.cli(&["capture", "list"]).unwrap().as_array().unwrap().len(), 0, "a dry run starts nothing");
+
+    // The real one: both colos merged into one file, the PoP in between left out.
+    let (status, created) = call(full(serde_json::json!({"colo_names": ["ord01", "ord03"]})));
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["result"]["colo_names"], serde_json::json!(["ord01", "ord03"]));
+    let done = f.wait_final(created["result"]["id"].as_str().unwrap(), 120);
+    assert_eq!(done["status"], "success", "{done:#}\n{}", f.logs());
+    let captured: Vec<&str> = pops_of(&done);
+    assert_eq!(captured, ["ord01", "ord03"], "{done:#}");
+    assert_eq!(f.check_merged(&done) as u64, done["packets_captured"].as_u64().unwrap());
+}
+
+fn pops_of(capture: &Value) -> Vec<&str> {
+    capture["pops"].as_array().unwrap().iter().map(|p| p["pop"].as_str().unwrap()).collect()
+}

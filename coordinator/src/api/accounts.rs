@@ -100,6 +100,9 @@ pub(super) async fn delete(
 }
 
 /// The calling account's own scope: what its captures are restricted to.
+#[utoipa::path(get, path = "/edgecap/v1/accounts/{account_id}/scope", tag = "edgecap", operation_id = "get_own_scope",
+    params(("account_id" = String, Path, description = "The account")),
+    responses((status = 200, description = "The account's own scope", body = crate::api::openapi::ScopeEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn own(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
     match crate::accounts::resolve(&state.repo, &account, state.unscoped).await {
         Ok(scope) => Ok(envelope(view(&account, &scope))),

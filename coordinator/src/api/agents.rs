@@ -11,6 +11,8 @@ use super::auth::AnyAccount;
 use super::{ApiState, collection, repo_err};
 use crate::agents::AgentInfo;
 
+#[utoipa::path(get, path = "/edgecap/v1/agents", tag = "edgecap", operation_id = "list_agents",
+    responses((status = 200, description = "Agents connected to any replica", body = crate::api::openapi::AgentListEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn list(State(state): State<Arc<ApiState>>, _caller: AnyAccount) -> Result<Response, super::ApiError> {
     // Every replica's agents (shared presence keys); lookback counters for those connected here.
     let local: HashMap<String, AgentInfo> =

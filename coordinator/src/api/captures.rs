@@ -31,6 +31,9 @@ async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord
     Ok(record)
 }
 
+#[utoipa::path(get, path = "/client/v4/accounts/{account_id}/pcaps", tag = "pcaps", operation_id = "list_pcaps",
+    params(("account_id" = String, Path, description = "The account")),
+    responses((status = 200, description = "Captures, newest first", body = crate::api::openapi::CaptureListEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
     let records = state.repo.list_captures(&account).await.map_err(repo_err)?;
     let now = time::OffsetDateTime::now_utc();
@@ -45,6 +48,12 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): A
     ))
 }
 
+#[utoipa::path(post, path = "/client/v4/accounts/{account_id}/pcaps", tag = "pcaps", operation_id = "create_pcap",
+    params(("account_id" = String, Path, description = "The account")),
+    request_body(content = crate::api::openapi::CaptureCreate, content_type = "application/json"),
+    responses((status = 200, description = "The capture, accepted (with `dry_run`: what it would do, see docs/api.md)", body = crate::api::openapi::CreateAnswer,
+        links(("GetPcapById" = (operation_id = "get_pcap", parameters(("pcap_id" = "$response.body#/result/id"), ("account_id" = "$request.path.account_id")))))),
+        crate::api::openapi::Errors))]
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
@@ -72,6 +81,9 @@ pub(super) async fn create(
         crate::accounts::ScopeError::Store(e) => repo_err(e),
     })?;
     let scope = scope.capture_scope();
+    if request.dry_run {
+        return super::dry_run::answer(&state, &account, request, scope).await;
+    }
     if request.capture_type == CaptureType::Full {
         let record = state
             .full
@@ -99,7 +111,7 @@ pub(super) async fn create(
     Ok(envelope(record.to_api()))
 }
 
-fn plan_error(e: PlanError) -> ApiError {
+pub(super) fn plan_error(e: PlanError) -> ApiError {
     let message = e.to_string();
     match e {
         PlanError::MissingDestination => ApiError::bad_request(code::MISSING_FIELD, message),
@@ -108,6 +120,7 @@ fn plan_error(e: PlanError) -> ApiError {
         PlanError::TooManyActive { .. } => ApiError::new(StatusCode::CONFLICT, code::FULL_CAPTURE_RUNNING, message),
         PlanError::OutOfScope { .. } => ApiError::new(StatusCode::FORBIDDEN, code::OUT_OF_SCOPE, message),
         PlanError::PopBusy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, code::LIMIT_REACHED, message),
+        PlanError::UnknownColo { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
         PlanError::NoAgents(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code::INVALID_VALUE, message),
         PlanError::Bucket(error) => {
             tracing::warn!(%error, "bucket unreachable");
@@ -117,6 +130,9 @@ fn plan_error(e: PlanError) -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/client/v4/accounts/{account_id}/pcaps/{pcap_id}", tag = "pcaps", operation_id = "get_pcap",
+    params(("account_id" = String, Path, description = "The account"), ("pcap_id" = String, Path, description = "The capture's id (32 hex)", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The capture (a full capture's per-PoP shards included)", body = crate::api::openapi::CaptureEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn get(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
@@ -132,6 +148,9 @@ pub(super) async fn get(
     Ok(envelope(record.to_api()))
 }
 
+#[utoipa::path(get, path = "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/download", tag = "pcaps", operation_id = "download_pcap",
+    params(("account_id" = String, Path, description = "The account"), ("pcap_id" = String, Path, description = "The capture's id", pattern = "^[0-9a-f]{32}$")),
+    responses((status = 200, description = "The sample capture's file", content_type = "application/vnd.tcpdump.pcap", body = Vec<u8>), crate::api::openapi::Errors))]
 pub(super) async fn download(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
@@ -175,6 +194,9 @@ pub(super) async fn download(
         .into_response())
 }
 
+#[utoipa::path(put, path = "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/stop", tag = "pcaps", operation_id = "stop_pcap",
+    params(("account_id" = String, Path, description = "The account"), ("pcap_id" = String, Path, description = "The full capture's id", pattern = "^[0-9a-f]{32}$")),
+    responses(crate::api::openapi::Deleted, crate::api::openapi::Errors))]
 pub(super) async fn stop(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,

@@ -30,7 +30,9 @@ mod agents;
 mod auth;
 mod body;
 mod captures;
+mod dry_run;
 pub(crate) mod error;
+pub(crate) mod openapi;
 mod ownership;
 mod pki;
 mod rate;
@@ -133,6 +135,11 @@ async fn trace_request(
     response
 }
 
+/// The OpenAPI document (no authentication).
+async fn openapi_document() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi::json()).into_response()
+}
+
 /// Prometheus metrics of this replica (no authentication: no secret or capture id is in
 /// them; keep the API listener's network policy in mind).
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
@@ -170,6 +177,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/edgecap/v1/admin/bootstrap-tokens", get(pki::list_bootstrap_tokens).post(pki::create_bootstrap_token))
         .route("/edgecap/v1/admin/certificates", get(pki::list_certificates))
         .route("/edgecap/v1/admin/revocations", get(pki::list_revocations).post(pki::revoke))
+        .route("/client/v4/openapi.json", get(openapi_document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

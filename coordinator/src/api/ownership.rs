@@ -28,6 +28,9 @@ fn bucket_error() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/client/v4/accounts/{account_id}/pcaps/ownership", tag = "pcaps", operation_id = "list_ownerships",
+    params(("account_id" = String, Path, description = "The account")),
+    responses((status = 200, description = "The account's ownerships", body = crate::api::openapi::OwnershipListEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): Account) -> Result<Response, ApiError> {
     let records = state.repo.list_ownerships(&account).await.map_err(repo_err)?;
     Ok(collection(records.iter().map(|r| r.to_api()).collect()))
@@ -35,6 +38,12 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, Account(account): A
 
 /// Writes `ownership-challenge-<id>.txt` with a random secret into the bucket. Whoever can
 /// read it back owns (or is trusted by the owner of) the bucket.
+#[utoipa::path(post, path = "/client/v4/accounts/{account_id}/pcaps/ownership", tag = "pcaps", operation_id = "create_ownership",
+    params(("account_id" = String, Path, description = "The account")),
+    request_body(content = crate::api::openapi::OwnershipCreate, content_type = "application/json"),
+    responses((status = 200, description = "The ownership challenge, written into the bucket", body = crate::api::openapi::OwnershipEnvelope,
+        links(("DeleteOwnership" = (operation_id = "delete_ownership", parameters(("ownership_id" = "$response.body#/result/id"), ("account_id" = "$request.path.account_id")))))),
+        crate::api::openapi::Errors))]
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
@@ -89,6 +98,10 @@ pub(super) async fn create(
 
 /// Compares the text the user read from the challenge file. A wrong text answers 400 and
 /// marks the ownership `failed`; the right text later still validates it.
+#[utoipa::path(post, path = "/client/v4/accounts/{account_id}/pcaps/ownership/validate", tag = "pcaps", operation_id = "validate_ownership",
+    params(("account_id" = String, Path, description = "The account")),
+    request_body(content = crate::api::openapi::OwnershipValidate, content_type = "application/json"),
+    responses((status = 200, description = "The ownership, validated", body = crate::api::openapi::OwnershipEnvelope), crate::api::openapi::Errors))]
 pub(super) async fn validate(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,
@@ -131,6 +144,9 @@ pub(super) async fn validate(
     }
 }
 
+#[utoipa::path(delete, path = "/client/v4/accounts/{account_id}/pcaps/ownership/{ownership_id}", tag = "pcaps", operation_id = "delete_ownership",
+    params(("account_id" = String, Path, description = "The account"), ("ownership_id" = String, Path, description = "The ownership's id", pattern = "^[0-9a-f]{32}$")),
+    responses(crate::api::openapi::Deleted, crate::api::openapi::Errors))]
 pub(super) async fn delete(
     State(state): State<Arc<ApiState>>,
     Account(account): Account,

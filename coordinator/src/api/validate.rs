@@ -181,12 +181,20 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
     .transpose()?;
     let filter = parse_filter(map.get("filter_v1"))?;
     let filter_bpf = field(&map, "filter_bpf").map(parse_filter_bpf).transpose()?;
+    let dry_run = match field(&map, "dry_run") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(bad(code::WRONG_TYPE, format!("dry_run: must be true or false, not {}", kind(other))));
+        }
+    };
 
     match capture_type {
         CaptureType::Simple => {
             not_applicable(&map, "byte_limit", "simple")?;
             not_applicable(&map, "colo_name", "simple")?;
             not_applicable(&map, "colo", "simple")?;
+            not_applicable(&map, "colo_names", "simple")?;
             not_applicable(&map, "destination_conf", "simple")?;
             not_applicable(&map, "output_format", "simple")?;
             let offset_time = field(&map, "offset_time").map(|v| parse_time("offset_time", v)).transpose()?;
@@ -210,8 +218,10 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
                 filter_bpf,
                 offset_time: Some(offset_time.unwrap_or(now)),
                 colo_name: None,
+                colo_names: Vec::new(),
                 destination: None,
                 output_format: OutputFormat::Pcap,
+                dry_run,
             })
         }
         CaptureType::Full => {
@@ -219,13 +229,43 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
             let byte_limit =
                 field(&map, "byte_limit").map(|v| integer("byte_limit", v, 1, limits.byte_limit_max)).transpose()?;
             // Cloudflare's docs write `colo`; the schema and SDKs use `colo_name`.
+            // Extension: `colo_names`, several colos in one capture (with or without colo_name).
+            let mut colos: Vec<String> = Vec::new();
+            if let Some(v) = field(&map, "colo_names") {
+                let Value::Array(items) = v else {
+                    return Err(bad(code::WRONG_TYPE, "colo_names: must be an array of colo names".into()));
+                };
+                if items.is_empty() || items.len() > 100 {
+                    return Err(bad(code::INVALID_VALUE, "colo_names: name 1 to 100 colos".into()));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let name = format!("colo_names[{i}]");
+                    let colo =
+                        item.as_str().ok_or_else(|| bad(code::WRONG_TYPE, format!("{name}: must be a string")))?;
+                    edgecap_tls::validate_name(colo).map_err(|e| bad(code::INVALID_VALUE, format!("{name}: {e}")))?;
+                    if !colos.iter().any(|c| c.eq_ignore_ascii_case(colo)) {
+                        colos.push(colo.to_string());
+                    }
+                }
+            }
             let (colo_field, colo_value) = match (field(&map, "colo_name"), field(&map, "colo")) {
+                (None, None) if !colos.is_empty() => ("colo_names", &Value::Null),
                 (Some(v), _) => ("colo_name", v),
                 (None, Some(v)) => ("colo", v),
                 (None, None) => return Err(bad(code::MISSING_FIELD, "colo_name: required".into())),
             };
-            let colo = string(colo_field, colo_value)?;
-            edgecap_tls::validate_name(colo).map_err(|e| bad(code::INVALID_VALUE, format!("{colo_field}: {e}")))?;
+            let colo = match colo_value {
+                Value::Null => colos[0].clone(),
+                v => {
+                    let colo = string(colo_field, v)?;
+                    edgecap_tls::validate_name(colo)
+                        .map_err(|e| bad(code::INVALID_VALUE, format!("{colo_field}: {e}")))?;
+                    if !colos.iter().any(|c| c.eq_ignore_ascii_case(colo)) {
+                        colos.insert(0, colo.to_string());
+                    }
+                    colo.to_string()
+                }
+            };
             let destination = destination(string("destination_conf", required(&map, "destination_conf")?)?)?;
             let output_format = match field(&map, "output_format").map(|v| string("output_format", v)).transpose()? {
                 None | Some("pcap") => OutputFormat::Pcap,
@@ -245,9 +285,11 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
                 filter,
                 filter_bpf,
                 offset_time: None,
-                colo_name: Some(colo.to_string()),
+                colo_name: Some(colo),
+                colo_names: colos,
                 destination: Some(destination),
                 output_format,
+                dry_run,
             })
         }
     }

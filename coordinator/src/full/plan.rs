@@ -27,6 +27,8 @@ pub(crate) enum PlanError {
     PopBusy { pop: String, running: usize, max: usize },
     #[error("colo_name: no agent is connected in a PoP named {0:?} or starting with it")]
     NoAgents(String),
+    #[error("{field}: no PoP named {colo:?} or starting with it has ever connected")]
+    UnknownColo { field: String, colo: String },
     #[error("destination_conf: the bucket could not be reached; try again later")]
     Bucket(StorageError),
     /// The endpoint is not one the operator allows (the message names the field).
@@ -53,34 +55,9 @@ impl FullCaptures {
         max_active: Option<usize>,
         scope: crate::model::CaptureScope,
     ) -> Result<CaptureRecord, PlanError> {
-        debug_assert_eq!(request.capture_type, CaptureType::Full);
+        let (agents, offline) = self.check(account, &request, &scope).await?;
         let destination = request.destination.clone().ok_or(PlanError::MissingDestination)?;
-        self.check_endpoint(&destination).await.map_err(PlanError::Endpoint)?;
         let colo = request.colo_name.clone().unwrap_or_default();
-        // The bucket must have been proven to be this account's.
-        let ownerships = self.repo.list_ownerships(account).await?;
-        let owned =
-            ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
-        if !owned {
-            return Err(PlanError::NotValidated(destination.uri));
-        }
-        let (mut agents, mut offline) = self.colo_agents(&colo).await?;
-        if agents.is_empty() {
-            return Err(PlanError::NoAgents(colo));
-        }
-        // Only the PoPs of the account's scope.
-        agents.retain(|a| scope.pop_allowed(&a.pop));
-        offline.retain(|a| scope.pop_allowed(&a.pop));
-        if agents.is_empty() {
-            return Err(PlanError::OutOfScope { colo, allowed: scope.pops.join(", ") });
-        }
-        for agent in &agents {
-            let running = self.repo.jobs_for_agent(&agent.agent_id).await?.len();
-            if running >= self.settings.max_captures_per_pop {
-                let max = self.settings.max_captures_per_pop;
-                return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
-            }
-        }
         // Reachability of the bucket is checked when shards are granted; the store is built now
         // so a destination that cannot even be configured is refused at once.
         self.store_for(&destination).await.map_err(PlanError::Bucket)?;
@@ -109,6 +86,66 @@ impl FullCaptures {
         tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
         self.submit(&record).await?;
         Ok(record)
+    }
+
+    /// Everything a full capture is checked for before it starts (the destination, its
+    /// ownership, the colos, the account's scope, the PoPs' capacity); the agents that would
+    /// capture and those offline. A dry run stops here.
+    pub(crate) async fn check(
+        &self,
+        account: &str,
+        request: &CaptureRequest,
+        scope: &crate::model::CaptureScope,
+    ) -> Result<(Vec<AgentPresence>, Vec<AgentPresence>), PlanError> {
+        debug_assert_eq!(request.capture_type, CaptureType::Full);
+        let destination = request.destination.clone().ok_or(PlanError::MissingDestination)?;
+        self.check_endpoint(&destination).await.map_err(PlanError::Endpoint)?;
+        let colo = request.colo_name.clone().unwrap_or_default();
+        let colos = if request.colo_names.is_empty() { vec![colo.clone()] } else { request.colo_names.clone() };
+        // The bucket must have been proven to be this account's.
+        let ownerships = self.repo.list_ownerships(account).await?;
+        let owned =
+            ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
+        if !owned {
+            return Err(PlanError::NotValidated(destination.uri));
+        }
+        let (mut agents, mut offline) = (Vec::new(), Vec::new());
+        for (i, name) in colos.iter().enumerate() {
+            let (online, gone) = self.colo_agents(name).await?;
+            if colos.len() > 1 && online.is_empty() && gone.is_empty() {
+                let field =
+                    if i == 0 && request.colo_name.is_some() { "colo_name".into() } else { format!("colo_names[{i}]") };
+                return Err(PlanError::UnknownColo { field, colo: name.clone() });
+            }
+            for a in online {
+                if agents.iter().all(|b: &AgentPresence| b.agent_id != a.agent_id) {
+                    agents.push(a);
+                }
+            }
+            for a in gone {
+                if offline.iter().all(|b: &AgentPresence| b.agent_id != a.agent_id) {
+                    offline.push(a);
+                }
+            }
+        }
+        agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+        if agents.is_empty() {
+            return Err(PlanError::NoAgents(colos.join(", ")));
+        }
+        // Only the PoPs of the account's scope.
+        agents.retain(|a| scope.pop_allowed(&a.pop));
+        offline.retain(|a| scope.pop_allowed(&a.pop));
+        if agents.is_empty() {
+            return Err(PlanError::OutOfScope { colo, allowed: scope.pops.join(", ") });
+        }
+        for agent in &agents {
+            let running = self.repo.jobs_for_agent(&agent.agent_id).await?.len();
+            if running >= self.settings.max_captures_per_pop {
+                let max = self.settings.max_captures_per_pop;
+                return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
+            }
+        }
+        Ok((agents, offline))
     }
 
     /// The agents of a colo connected now (to any replica: shared presence keys), and those

@@ -83,6 +83,9 @@ pub(crate) struct CaptureRecord {
     pub offset_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colo_name: Option<String>,
+    /// Extension: the colos of a capture over several (`colo_name` is the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub colo_names: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_conf: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +164,9 @@ impl CaptureRecord {
             }
             CaptureType::Full => {
                 out.insert("colo_name".into(), json!(self.colo_name));
+                if !self.colo_names.is_empty() {
+                    out.insert("colo_names".into(), json!(self.colo_names));
+                }
                 out.insert("destination_conf".into(), json!(self.destination_conf));
                 out.insert("byte_limit".into(), json!(self.byte_limit));
                 out.insert("stop_requested".into(), json!(self.stop_requested));

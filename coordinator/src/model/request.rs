@@ -19,8 +19,12 @@ pub(crate) struct CaptureRequest {
     /// Simple captures: the end of the window (defaults to the time of the request).
     pub offset_time: Option<OffsetDateTime>,
     pub colo_name: Option<String>,
+    /// Every colo of a full capture: `colo_name` and the `colo_names` extension, deduplicated.
+    pub colo_names: Vec<String>,
     pub destination: Option<DestinationConf>,
     pub output_format: OutputFormat,
+    /// Extension: answer what would happen, start nothing.
+    pub dry_run: bool,
 }
 
 impl CaptureRequest {
@@ -36,8 +40,10 @@ impl CaptureRequest {
             filter_bpf: None,
             offset_time: None,
             colo_name: None,
+            colo_names: Vec::new(),
             destination: None,
             output_format: OutputFormat::Pcap,
+            dry_run: false,
         }
     }
 }
@@ -60,6 +66,7 @@ impl CaptureRecord {
             filter_bpf_hash: request.filter_bpf.map(|f| f.hash),
             offset_time: request.offset_time.map(rfc3339),
             colo_name: request.colo_name,
+            colo_names: if request.colo_names.len() > 1 { request.colo_names } else { Vec::new() },
             destination_conf: request.destination.map(|d| d.uri),
             output_format: request.output_format,
             packets_captured: None,

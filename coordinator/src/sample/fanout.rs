@@ -50,17 +50,17 @@ fn window(record: &CaptureRecord) -> Result<(u64, u64), String> {
 
 /// An agent a sample capture asks: connected here, or (relayed through the state store) to
 /// another replica.
-struct Target {
-    agent_id: String,
-    pop: String,
-    sample_rate: u32,
-    kernel_dropped: u64,
-    local: bool,
+pub(super) struct Target {
+    pub agent_id: String,
+    pub pop: String,
+    pub sample_rate: u32,
+    pub kernel_dropped: u64,
+    pub local: bool,
 }
 
 /// Every present agent: those connected here from the registry, the others from the shared
 /// presence keys. With the state store unreachable, the local ones only.
-async fn targets(samples: &SampleCaptures) -> Vec<Target> {
+pub(super) async fn targets(samples: &SampleCaptures) -> Vec<Target> {
     let mut out: Vec<Target> = samples
         .registry
         .agents()

@@ -19,6 +19,7 @@ use edgecap_state::StateError;
 
 mod fanout;
 mod file;
+mod probe;
 pub(crate) mod relay;
 
 /// Cloudflare's wording when nothing matched.
