@@ -183,6 +183,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "export EDGECAP_API={api} EDGECAP_ACCOUNT={account} EDGECAP_TOKEN={token} EDGECAP_ADMIN_TOKEN={admin_token}\n"
     );
     write_private(&dir.join("env"), env.as_bytes())?;
+    // For a profile (`edgecap config set-profile`), which names a token file, never a token.
+    write_private(&dir.join("token"), format!("{token}\n").as_bytes())?;
     println!("edgecap is up (data in {})", dir.display());
     println!("  API       {api}");
     println!("  account   {account}");
@@ -193,6 +195,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("In another shell:");
     println!("  source {}", dir.join("env").display());
     println!("  edgecap capture create --time-limit 60 --packet-limit 100 --wait");
+    println!("or once, for every shell after it:");
+    println!(
+        "  edgecap config set-profile default --api {api} --account {account} --token-file {}",
+        dir.join("token").display()
+    );
     println!("Stop with Ctrl-C.");
 
     let agent_cancel = cancel.clone();

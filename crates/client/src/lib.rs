@@ -80,6 +80,22 @@ pub struct Client {
     http: HyperClient<Connector, Full<Bytes>>,
 }
 
+/// An error and its causes, `: `-separated (hyper's own says only "client error (Connect)";
+/// its causes say "Connection refused").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// An error answer's status, first code and messages.
 fn api_error(status: u16, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<Value>(body) {
@@ -98,10 +114,44 @@ fn api_error(status: u16, body: &[u8]) -> ClientError {
     }
 }
 
+/// What an answer ([`Client::send`]) means: the envelope's `result` (`Null` for 204), or the
+/// API's error ([`ClientError::Api`]; [`ClientError::Transport`] for a 2xx that is not the
+/// API's JSON). For callers that keep the body, e.g. to show the error envelope as it came.
+pub fn answer(status: u16, bytes: &[u8]) -> Result<Value> {
+    if status == 204 {
+        return Ok(Value::Null);
+    }
+    if !(200..300).contains(&status) {
+        return Err(api_error(status, bytes));
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|_| {
+        ClientError::Transport(format!("HTTP {status}: not an API answer: {}", String::from_utf8_lossy(bytes)))
+    })?;
+    if v["success"] != Value::Bool(true) {
+        return Err(api_error(status, bytes));
+    }
+    Ok(v["result"].clone())
+}
+
+/// What [`Client::download_to`] did.
+#[derive(Debug)]
+pub enum Download {
+    /// The file was written: this many bytes.
+    Written(u64),
+    /// The API answered with an error instead (nothing was written): its status and body
+    /// (Cloudflare's envelope; [`answer`] reads it).
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The answer's body.
+        body: Bytes,
+    },
+}
+
 impl Client {
-    /// A client for `endpoint`; sends nothing yet. Only `http://` API URLs are supported
-    /// (anything else is [`ClientError::Transport`]).
-    /// A client trusting the system's root certificates for HTTPS.
+    /// A client for `endpoint`, trusting the system's root certificates for HTTPS; sends
+    /// nothing yet. Only `http://` and `https://` API URLs are supported (anything else is
+    /// [`ClientError::Transport`]).
     pub fn new(endpoint: Endpoint) -> Result<Self> {
         Self::with_ca(endpoint, None)
     }
@@ -165,14 +215,17 @@ impl Client {
             .body(Full::new(body))
             .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
         let exchange = async {
-            let response =
-                self.http.request(request).await.map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| ClientError::Transport(format!("{method} {url}: {}", causes(&e))))?;
             let status = response.status().as_u16();
             let bytes = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ClientError::Transport(format!("{method} {url}: {e}")))?
+                .map_err(|e| ClientError::Transport(format!("{method} {url}: {}", causes(&e))))?
                 .to_bytes();
             Ok((status, bytes))
         };
@@ -184,19 +237,7 @@ impl Client {
     /// Calls `url`; returns the envelope's `result` (`Null` for 204), or the API's error.
     pub async fn call_url(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value> {
         let (status, bytes) = self.send(method, url, body).await?;
-        if status == 204 {
-            return Ok(Value::Null);
-        }
-        if !(200..300).contains(&status) {
-            return Err(api_error(status, &bytes));
-        }
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            ClientError::Transport(format!("HTTP {status}: not an API answer: {}", String::from_utf8_lossy(&bytes)))
-        })?;
-        if v["success"] != Value::Bool(true) {
-            return Err(api_error(status, &bytes));
-        }
-        Ok(v["result"].clone())
+        answer(status, &bytes)
     }
 
     /// Calls a path under this account's `/pcaps`.
@@ -227,12 +268,81 @@ impl Client {
 
     /// Downloads a sample capture's file into `out`; returns its size.
     pub async fn download(&self, id: &str, out: &Path) -> Result<usize> {
-        let (status, bytes) = self.send("GET", &self.pcaps_url(&format!("/{id}/download")), None).await?;
-        if status != 200 {
-            return Err(api_error(status, &bytes));
+        match self.download_to(id, out, |_, _| {}).await? {
+            Download::Written(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            Download::Refused { status, body } => Err(api_error(status, &body)),
         }
-        tokio::fs::write(out, &bytes).await?;
-        Ok(bytes.len())
+    }
+
+    /// Downloads a sample capture's file into `out` as it arrives, calling `progress` with the
+    /// bytes written so far and the total when the answer says it (`Content-Length`). The file
+    /// is created only once the API has answered 200; if the transfer breaks, what was written
+    /// of a regular file is removed. The answer must start within [`REQUEST_TIMEOUT`], and
+    /// no gap between two pieces may be longer.
+    pub async fn download_to(
+        &self,
+        id: &str,
+        out: &Path,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<Download> {
+        use tokio::io::AsyncWriteExt as _;
+        let url = self.pcaps_url(&format!("/{id}/download"));
+        let request = hyper::Request::builder()
+            .method("GET")
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.endpoint.token))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Transport(format!("GET {url}: {e}")))?;
+        let late = || ClientError::Transport(format!("GET {url}: no answer within {} s", REQUEST_TIMEOUT.as_secs()));
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| late())?
+            .map_err(|e| ClientError::Transport(format!("GET {url}: {}", causes(&e))))?;
+        let status = response.status().as_u16();
+        let total = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = response.into_body();
+        if status != 200 {
+            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, body.collect())
+                .await
+                .map_err(|_| late())?
+                .map_err(|e| ClientError::Transport(format!("GET {url}: {}", causes(&e))))?
+                .to_bytes();
+            return Ok(Download::Refused { status, body: bytes });
+        }
+        let mut file = tokio::fs::File::create(out).await?;
+        let copied = async {
+            let mut written = 0u64;
+            progress(0, total);
+            while let Some(frame) = tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await.map_err(|_| late())? {
+                let frame = frame.map_err(|e| ClientError::Transport(format!("GET {url}: {}", causes(&e))))?;
+                if let Some(data) = frame.data_ref() {
+                    file.write_all(data).await?;
+                    written += data.len() as u64;
+                    progress(written, total);
+                }
+            }
+            file.flush().await?;
+            if let Some(total) = total.filter(|t| *t != written) {
+                return Err(ClientError::Transport(format!(
+                    "GET {url}: the answer ended after {written} of {total} bytes"
+                )));
+            }
+            Ok(written)
+        };
+        match copied.await {
+            Ok(n) => Ok(Download::Written(n)),
+            Err(e) => {
+                drop(file);
+                if tokio::fs::metadata(out).await.is_ok_and(|m| m.is_file()) {
+                    let _ = tokio::fs::remove_file(out).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The connected agents (operator extension).
