@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     /// Longest wait between dials (the wait doubles up to it).
     pub backoff_max: Duration,
+    /// The clock clock probes are stamped with: the system's (tests and simulated agents
+    /// skew it, with the replay source's clock, to stand for a PoP whose clock is off).
+    pub clock: crate::clock::AgentClock,
     /// How the agent orders its coordinator endpoints.
     pub endpoint_order: EndpointOrder,
     /// How often (on average; spread over half to one and a half times) an agent connected to
@@ -58,6 +61,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(5),
             rebalance_interval: Duration::from_secs(60),
             endpoint_order: EndpointOrder::Spread,
+            clock: crate::clock::AgentClock::default(),
             full: None,
             enroll: None,
             metrics_listen: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgecap_capture::Lookback;
+use edgecap_common::lock;
 use edgecap_common::tasks::Tasks;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +33,10 @@ pub(crate) struct Parts {
     pub tasks: Tasks,
     /// Whether a control stream is up (readiness, metrics).
     pub connected: Arc<std::sync::atomic::AtomicBool>,
+    /// The clock probes are stamped with (the system's, unless a test skews it).
+    pub clock: crate::clock::AgentClock,
+    /// The current session's clock estimate against its coordinator (`None` until measured).
+    pub offset: Arc<std::sync::Mutex<Option<pb::ClockOffset>>>,
 }
 
 fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
@@ -104,14 +109,31 @@ async fn serve(
     let mut heartbeat = tokio::time::interval(parts.config.heartbeat);
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     let mut first_progress = true;
+    // Clock probes: eight in the first seconds, then one every five.
+    let mut estimator = crate::clock::Estimator::default();
+    *lock(&parts.offset) = None;
+    let mut probe = tokio::time::interval(Duration::from_millis(250));
+    let mut probes = 0u64;
     let cancel = session_tasks.token();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             received = inbound.message() => {
                 let Some(received) = received.context("control stream")? else { return Ok(()) };
-                if let Some(msg) = received.msg {
-                    dispatch(parts, msg, out_tx, session_tasks).await?;
+                match received.msg {
+                    Some(pb::coordinator_message::Msg::ClockEcho(echo)) => {
+                        estimator.echo(&echo, parts.clock.now_ns());
+                        *lock(&parts.offset) = estimator.estimate();
+                    }
+                    Some(msg) => dispatch(parts, msg, out_tx, session_tasks).await?,
+                    None => {}
+                }
+            }
+            _ = probe.tick() => {
+                probes += 1;
+                if probes <= 8 || probes.is_multiple_of(20) {
+                    let p = estimator.probe(parts.clock);
+                    out_tx.send(message(pb::agent_message::Msg::ClockProbe(p))).await.context("send clock probe")?;
                 }
             }
             _ = progress.tick() => {
@@ -119,7 +141,9 @@ async fn serve(
                     let all = std::mem::take(&mut first_progress);
                     let jobs = jobs.clone();
                     let reports = tokio::task::spawn_blocking(move || jobs.reports(all)).await.unwrap_or_default();
-                    for report in reports {
+                    let clock = *lock(&parts.offset);
+                    for mut report in reports {
+                        report.clock = clock;
                         out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
                     }
                 }
@@ -127,7 +151,7 @@ async fn serve(
             _ = heartbeat.tick() => {
                 let stats = lookback_stats(&parts.lookback);
                 let spool_damaged = parts.jobs.as_ref().map_or(0, |j| j.damaged_entries());
-                let beat = pb::Heartbeat { lookback: Some(stats), spool_damaged };
+                let beat = pb::Heartbeat { lookback: Some(stats), spool_damaged, clock: *lock(&parts.offset) };
                 out_tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.context("send heartbeat")?;
             }
             changed = tls.changed() => {
@@ -149,11 +173,17 @@ async fn dispatch(
     use pb::coordinator_message::Msg;
     match msg {
         Msg::Welcome(w) => tracing::debug!(coordinator = %w.coordinator_id, "welcomed"),
+        // Taken by the session loop before dispatch.
+        Msg::ClockEcho(_) => {}
         Msg::SampleQuery(query) => {
-            let (lookback, out_tx) = (parts.lookback.clone(), out_tx.clone());
+            let (lookback, out_tx, offset) = (parts.lookback.clone(), out_tx.clone(), parts.offset.clone());
             let tasks = session_tasks.clone();
             session_tasks.spawn(async move {
-                let chunks = tasks.spawn_blocking(move || answer_sample(&lookback, query)).await.unwrap_or_default();
+                let mut chunks =
+                    tasks.spawn_blocking(move || answer_sample(&lookback, query)).await.unwrap_or_default();
+                if let Some(last) = chunks.last_mut() {
+                    last.clock = *lock(&offset);
+                }
                 for chunk in chunks {
                     if out_tx.send(message(pb::agent_message::Msg::SampleChunk(chunk))).await.is_err() {
                         return;

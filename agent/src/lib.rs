@@ -21,6 +21,7 @@ use edgecap_capture::{Lookback, LookbackCapture};
 use edgecap_common::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
+mod clock;
 mod config;
 mod connection;
 mod convert;
@@ -32,6 +33,7 @@ mod metrics;
 mod sample;
 pub mod standalone;
 
+pub use clock::AgentClock;
 pub use config::{AgentConfig, EndpointOrder, EnrollConfig, FullCaptureConfig, own_identity};
 pub use connection::connect;
 pub use convert::filter_from_pb;
@@ -82,7 +84,16 @@ impl Agent {
             }
             None => None,
         };
-        let parts = dispatch::Parts { config, lookback, jobs, tasks: Tasks::new(), connected: Default::default() };
+        let clock = config.clock;
+        let parts = dispatch::Parts {
+            config,
+            lookback,
+            jobs,
+            tasks: Tasks::new(),
+            connected: Default::default(),
+            clock,
+            offset: Default::default(),
+        };
         Ok(Self { agent_id, pop, capture: Some(capture), parts, metrics })
     }
 

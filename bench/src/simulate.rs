@@ -52,6 +52,10 @@ pub struct SimulateArgs {
     /// Where the agents' full-capture spools go (one directory per agent).
     #[arg(long)]
     spool_dir: PathBuf,
+    /// Every agent's clock (probes and packet stamps) is this far off, ms (a PoP with a
+    /// wrong clock).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    clock_skew_ms: i64,
     /// Shards rotate at this age, seconds.
     #[arg(long, default_value_t = 2)]
     shard_seconds: u32,
@@ -77,8 +81,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         config.source = SourceConfig::Replay(ReplayConfig {
             file: args.replay.clone(),
             rate_pps: args.rate,
+            clock_skew_ns: args.clock_skew_ms * 1_000_000,
             ..ReplayConfig::default()
         });
+        config.clock = edgecap_agent::AgentClock { skew_ns: args.clock_skew_ms * 1_000_000 };
         config.lookback = LookbackConfig { max_bytes: args.lookback_kib << 10, ..LookbackConfig::default() };
         let mut full = FullCaptureConfig::new(args.spool_dir.join(&agent_id));
         full.rotate_seconds = args.shard_seconds;

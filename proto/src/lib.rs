@@ -61,6 +61,7 @@ impl SampleChunk {
             lookback: Some(lookback),
             error: String::new(),
             excluded: 0,
+            clock: None,
         });
         chunks
     }

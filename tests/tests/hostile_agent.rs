@@ -114,7 +114,8 @@ async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
         good_files,
         vec!["sim0".into()],
     );
-    config.source = SourceConfig::Replay(ReplayConfig { file: None, rate_pps: 200, frame_bytes: 100 });
+    config.source =
+        SourceConfig::Replay(ReplayConfig { file: None, rate_pps: 200, frame_bytes: 100, clock_skew_ns: 0 });
     let agent = edgecap_agent::Agent::start(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let good = tokio::spawn(agent.run(stop.clone()));
@@ -122,8 +123,11 @@ async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
     // 1. A flood of messages.
     let flooder_files = pki::issue_agent(&pki_dir, "flooder", "pop-flood").unwrap();
     let mut flooder = FakeAgent::connect(&coord, &flooder_files, "flooder", "pop-flood").await;
-    let beat =
-        pb::agent_message::Msg::Heartbeat(pb::Heartbeat { lookback: Some(Default::default()), spool_damaged: 0 });
+    let beat = pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
+        lookback: Some(Default::default()),
+        spool_damaged: 0,
+        clock: None,
+    });
     for _ in 0..5000 {
         if !flooder.send(beat.clone()).await {
             break;

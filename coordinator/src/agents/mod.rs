@@ -31,6 +31,8 @@ pub struct AgentInfo {
     pub lookback: pb::LookbackStats,
     /// Damaged spool entries it set aside (shards it cannot deliver), from the last heartbeat.
     pub spool_damaged: u64,
+    /// Its clock against this replica's, from the last heartbeat (`None` until measured).
+    pub clock: Option<pb::ClockOffset>,
 }
 
 struct Connection {
@@ -65,6 +67,8 @@ pub(crate) struct SampleAnswer {
     pub lookback: pb::LookbackStats,
     /// Packets the filter matched that the account's scope excluded.
     pub excluded: u64,
+    /// The agent's clock against its coordinator when it answered.
+    pub clock: Option<pb::ClockOffset>,
     /// The most packets the answer may hold (the query's `packet_limit`).
     limit: usize,
 }
@@ -102,6 +106,7 @@ impl SampleAnswer {
         }
         self.matched = chunk.matched;
         self.excluded = chunk.excluded;
+        self.clock = chunk.clock;
         self.lookback = chunk.lookback.unwrap_or_default();
         Some(Ok(()))
     }
@@ -151,6 +156,7 @@ impl Registry {
         if let Some(c) = lock(&self.agents).get_mut(agent_id).filter(|c| c.conn == conn) {
             c.info.lookback = beat.lookback.unwrap_or_default();
             c.info.spool_damaged = beat.spool_damaged;
+            c.info.clock = beat.clock;
         }
     }
 

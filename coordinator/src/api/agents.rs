@@ -34,6 +34,10 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, _caller: AnyAccount
                     "packets_evicted": a.lookback.packets_evicted, "oldest_ns": a.lookback.oldest_ns,
                 });
                 v["spool_damaged"] = json!(a.spool_damaged);
+                if let Some(clock) = a.clock {
+                    v["clock_offset_us"] = json!(clock.offset_ns / 1000);
+                    v["clock_uncertainty_us"] = json!(clock.uncertainty_ns.div_ceil(1000));
+                }
             }
             v
         })

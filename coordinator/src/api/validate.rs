@@ -181,6 +181,13 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
     .transpose()?;
     let filter = parse_filter(map.get("filter_v1"))?;
     let filter_bpf = field(&map, "filter_bpf").map(parse_filter_bpf).transpose()?;
+    let clock_correction = match field(&map, "clock_correction") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(bad(code::WRONG_TYPE, format!("clock_correction: must be true or false, not {}", kind(other))));
+        }
+    };
     let dry_run = match field(&map, "dry_run") {
         None => false,
         Some(Value::Bool(b)) => *b,
@@ -222,6 +229,7 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
                 destination: None,
                 output_format: OutputFormat::Pcap,
                 dry_run,
+                clock_correction,
             })
         }
         CaptureType::Full => {
@@ -290,6 +298,7 @@ pub(crate) fn parse_create(body: &[u8], limits: &Limits, now: OffsetDateTime) ->
                 destination: Some(destination),
                 output_format,
                 dry_run,
+                clock_correction,
             })
         }
     }

@@ -76,7 +76,7 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
             bounded("sample error", &c.error, MAX_TEXT)?;
             c.packets.iter().try_for_each(|p| bounded("packet interface name", &p.interface, MAX_ID))
         }
-        AgentEvent::Heartbeat(_) | AgentEvent::Hello => Ok(()),
+        AgentEvent::Heartbeat(_) | AgentEvent::Hello | AgentEvent::ClockProbe(..) => Ok(()),
         AgentEvent::Report(r) => {
             bounded("report capture id", &r.capture_id, MAX_ID)?;
             bounded("report state", &r.state, MAX_ID)?;
@@ -113,6 +113,8 @@ pub(super) enum AgentEvent {
     Report(pb::CaptureReport),
     UploadRequest(pb::UploadRequest),
     ShardUploaded(pb::ShardUploaded),
+    /// A clock probe, with the time it was received (the echo's t2).
+    ClockProbe(pb::ClockProbe, u64),
     /// A second Hello: ignored.
     Hello,
 }
@@ -126,6 +128,7 @@ impl AgentEvent {
             pb::agent_message::Msg::UploadRequest(request) => AgentEvent::UploadRequest(request),
             pb::agent_message::Msg::ShardUploaded(uploaded) => AgentEvent::ShardUploaded(uploaded),
             pb::agent_message::Msg::Hello(_) => AgentEvent::Hello,
+            pb::agent_message::Msg::ClockProbe(p) => AgentEvent::ClockProbe(p, edgecap_common::now_ns()),
         })
     }
 }
@@ -224,6 +227,13 @@ impl Session {
             AgentEvent::SampleChunk(chunk) => return self.registry.route_chunk(&self.agent_id, chunk),
             AgentEvent::Heartbeat(beat) => self.registry.update_stats(&self.agent_id, self.conn, beat),
             AgentEvent::Hello => tracing::warn!(agent_id = %self.agent_id, "second Hello ignored"),
+            AgentEvent::ClockProbe(probe, t2_ns) => {
+                // Answered at once, never queued behind other work: the delay is the estimate's
+                // uncertainty. A full queue drops the probe (the agent sends more).
+                let echo = pb::ClockEcho { seq: probe.seq, t1_ns: probe.t1_ns, t2_ns, t3_ns: edgecap_common::now_ns() };
+                let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::ClockEcho(echo)) };
+                let _ = self.answers.try_send(Ok(msg));
+            }
             AgentEvent::Report(report) => {
                 let (full, agent) = (self.full.clone(), self.agent_id.clone());
                 handlers.spawn(async move { full.report(&agent, report).await });

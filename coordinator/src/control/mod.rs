@@ -99,6 +99,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             sample_rate: hello.sample_rate,
             lookback: pb::LookbackStats::default(),
             spool_damaged: 0,
+            clock: None,
         };
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::CoordinatorMessage {

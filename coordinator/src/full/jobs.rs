@@ -25,6 +25,10 @@ fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
         pop.bytes = c.bytes_written;
         pop.excluded = c.excluded;
     }
+    if let Some(clock) = &report.clock {
+        pop.clock_offset_us = Some(clock.offset_ns / 1000);
+        pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));
+    }
     if let Some(reason) = convert::report_stop_reason(report) {
         pop.stop_reason = Some(reason);
     }

@@ -231,11 +231,28 @@ impl FullCaptures {
             OutputFormat::Pcap => edgecap_merge::OutputFormat::Pcap,
             OutputFormat::Pcapng => edgecap_merge::OutputFormat::PcapNg,
         };
-        // Per-PoP counters for the pcapng interface statistics.
+        // Per-PoP counters for the pcapng interface statistics, and each PoP's clock: described
+        // on its interface, and applied to its timestamps when the request asked for it.
         let counters: HashMap<String, (u64, u64)> = record
             .pops
             .iter()
             .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
+            .collect();
+        let correct = record.clock_correction;
+        let clocks: HashMap<String, (Option<String>, i64)> = record
+            .pops
+            .iter()
+            .map(|p| {
+                let description = p.clock_offset_us.map(|o| {
+                    let applied = if correct { ", corrected in this file" } else { "" };
+                    format!(
+                        "clock offset {o:+} us +/- {} us (coordinator minus PoP){applied}",
+                        p.clock_uncertainty_us.unwrap_or(0)
+                    )
+                });
+                let shift = if correct { p.clock_offset_us.unwrap_or(0).saturating_mul(1000) } else { 0 };
+                (p.agent_id.clone(), (description, shift))
+            })
             .collect();
         let cancelled = Arc::new(AtomicBool::new(false));
         let flag = cancelled.clone();
@@ -252,6 +269,7 @@ impl FullCaptures {
                     Some(last) if last.provenance.agent == agent => last.files.push(path),
                     _ => {
                         let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
+                        let (description, ts_offset_ns) = clocks.get(&agent).cloned().unwrap_or_default();
                         agents.push(super::stage::AgentInput {
                             name: shard.key,
                             files: vec![path],
@@ -262,6 +280,8 @@ impl FullCaptures {
                                 filter: (!shard.filter.is_empty()).then_some(shard.filter),
                                 received: Some(received),
                                 dropped: Some(dropped),
+                                description,
+                                ts_offset_ns,
                             },
                         });
                     }

@@ -83,6 +83,9 @@ pub(crate) struct CaptureRecord {
     pub offset_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colo_name: Option<String>,
+    /// Extension: PoPs' timestamps were shifted by their measured clock offsets in the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_correction: bool,
     /// Extension: the colos of a capture over several (`colo_name` is the first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub colo_names: Vec<String>,
@@ -182,6 +185,9 @@ impl CaptureRecord {
             out.insert("error_message".into(), json!(e));
         }
         out.insert("pops".into(), json!(self.pops));
+        if self.clock_correction {
+            out.insert("clock_correction".into(), json!(true));
+        }
         // Extension: what the agents applied, the account's scope included.
         out.insert("effective_filter".into(), json!(self.effective_filter()));
         Value::Object(out)

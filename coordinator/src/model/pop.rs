@@ -60,6 +60,12 @@ pub(crate) struct PopResult {
     /// Packets the filter matched that the account's scope left out (not its traffic).
     #[serde(default)]
     pub excluded: u64,
+    /// The PoP's clock against the coordinator's, as its agent measured it (coordinator
+    /// minus agent, µs), and that measurement's uncertainty (µs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_uncertainty_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     // Full captures (all default for sample captures).

@@ -25,6 +25,8 @@ pub(crate) struct CaptureRequest {
     pub output_format: OutputFormat,
     /// Extension: answer what would happen, start nothing.
     pub dry_run: bool,
+    /// Extension: shift each PoP's timestamps by its measured clock offset when merging.
+    pub clock_correction: bool,
 }
 
 impl CaptureRequest {
@@ -44,6 +46,7 @@ impl CaptureRequest {
             destination: None,
             output_format: OutputFormat::Pcap,
             dry_run: false,
+            clock_correction: false,
         }
     }
 }
@@ -67,6 +70,7 @@ impl CaptureRecord {
             offset_time: request.offset_time.map(rfc3339),
             colo_name: request.colo_name,
             colo_names: if request.colo_names.len() > 1 { request.colo_names } else { Vec::new() },
+            clock_correction: request.clock_correction,
             destination_conf: request.destination.map(|d| d.uri),
             output_format: request.output_format,
             packets_captured: None,

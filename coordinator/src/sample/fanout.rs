@@ -169,7 +169,19 @@ async fn assemble(
                 pop.matched = answer.matched;
                 pop.excluded = answer.excluded;
                 pop.kernel_dropped = answer.lookback.kernel_dropped;
+                if let Some(clock) = answer.clock {
+                    pop.clock_offset_us = Some(clock.offset_ns / 1000);
+                    pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));
+                }
                 let mut packets = answer.packets;
+                if record.clock_correction
+                    && let Some(clock) = answer.clock
+                {
+                    // Onto the coordinator's clock, as measured (within its uncertainty).
+                    for p in &mut packets {
+                        p.ts_ns = p.ts_ns.saturating_add_signed(clock.offset_ns);
+                    }
+                }
                 packets.sort_by_key(|p| p.ts_ns); // agents answer in order; be sure
                 inputs.push(packets.into_iter().map(|packet| Tagged { source: index, packet }).collect::<Vec<_>>());
             }

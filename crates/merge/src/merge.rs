@@ -49,6 +49,10 @@ pub struct Provenance {
     pub received: Option<u64>,
     /// Packets dropped, for the interface's Statistics Block (default: as for `received`).
     pub dropped: Option<u64>,
+    /// The interface's `if_description` (default: the input's own).
+    pub description: Option<String>,
+    /// Added to every timestamp of this input (a clock correction), nanoseconds.
+    pub ts_offset_ns: i64,
 }
 
 /// One input of [`merge()`].
@@ -156,6 +160,9 @@ impl<R: Read> Source<R> {
         let Some(reader) = self.reader.as_mut().filter(|_| !self.done) else { return Ok(false) };
         match reader.next_record(&mut self.head) {
             Ok(true) => {
+                if let Some(offset) = self.provenance.as_ref().map(|p| p.ts_offset_ns).filter(|o| *o != 0) {
+                    self.head.ts_ns = self.head.ts_ns.saturating_add_signed(offset);
+                }
                 if self.head.ts_ns < self.last_ts {
                     self.report.out_of_order += 1;
                 }
@@ -183,7 +190,7 @@ impl<R: Read> Source<R> {
                 linktype: info.linktype,
                 snaplen: info.snaplen,
                 name: format!("{}/{}/{}", p.pop, p.agent, p.iface.clone().unwrap_or(own)),
-                description: info.description.clone(),
+                description: p.description.clone().or_else(|| info.description.clone()),
                 filter: p.filter.clone().or_else(|| info.filter.clone()),
                 received: p.received.or(info.received),
                 dropped: p.dropped.or(info.dropped),

@@ -28,6 +28,7 @@ fn pcapng_output_carries_per_pop_provenance_and_counters() {
         filter: Some("udp and dst port 53".into()),
         received: Some(received),
         dropped: Some(dropped),
+        ..Default::default()
     };
     let inputs = vec![
         MergeInput { name: "a.pcap".into(), reader: &a[..], provenance: Some(provenance("ams01", "ams01-a", 1000, 7)) },
@@ -76,4 +77,41 @@ fn pcapng_output_carries_per_pop_provenance_and_counters() {
         }
         _ => assert!(std::env::var("CI").is_err(), "capinfos/tshark missing"),
     }
+}
+
+#[test]
+fn a_clock_offset_shifts_an_inputs_timestamps_and_describes_its_interface() {
+    // b's clock runs 1.5 s ahead: as recorded it comes after a's second packet, corrected
+    // (shifted back 1.5 s) it falls between a's two.
+    let a = shard(&[1_000_000_000, 3_000_000_000], 0xaa);
+    let b = shard(&[3_500_000_000], 0xbb);
+    let inputs = vec![
+        MergeInput {
+            name: "a".into(),
+            reader: &a[..],
+            provenance: Some(Provenance { pop: "a".into(), agent: "a".into(), ..Default::default() }),
+        },
+        MergeInput {
+            name: "b".into(),
+            reader: &b[..],
+            provenance: Some(Provenance {
+                pop: "b".into(),
+                agent: "b".into(),
+                description: Some("clock offset -1500000 us".into()),
+                ts_offset_ns: -1_500_000_000,
+                ..Default::default()
+            }),
+        },
+    ];
+    let options = MergeOptions { format: Some(OutputFormat::PcapNg), ..Default::default() };
+    let (out, _) = merge(inputs, Vec::new(), &options).unwrap();
+    let mut reader = edgecap_merge::CaptureReader::open(&out[..]).unwrap();
+    let mut record = edgecap_merge::Record::default();
+    let mut seen = Vec::new();
+    while reader.next_record(&mut record).unwrap() {
+        seen.push((record.ts_ns, record.bytes()[0]));
+    }
+    assert_eq!(seen, [(1_000_000_000, 0xaa), (2_000_000_000, 0xbb), (3_000_000_000, 0xaa)]);
+    let described = reader.interfaces().iter().find_map(|i| i.description.clone());
+    assert_eq!(described.as_deref(), Some("clock offset -1500000 us"));
 }

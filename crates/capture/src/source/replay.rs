@@ -28,11 +28,14 @@ pub struct ReplayConfig {
     pub rate_pps: u64,
     /// Size of generated frames, bytes (42 to 9000).
     pub frame_bytes: usize,
+    /// Added to the time packets are stamped with, nanoseconds: a PoP whose clock is off
+    /// (tests, simulated agents).
+    pub clock_skew_ns: i64,
 }
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        Self { file: None, rate_pps: 0, frame_bytes: 128 }
+        Self { file: None, rate_pps: 0, frame_bytes: 128, clock_skew_ns: 0 }
     }
 }
 
@@ -67,7 +70,7 @@ impl Replay {
 
 impl SourceFactory for Replay {
     fn open(&self, _iface: &str, options: &OpenOptions) -> Result<Box<dyn CaptureSource>, CaptureError> {
-        Ok(Box::new(ReplaySource::new(self.frames()?, self.config.rate_pps, options)))
+        Ok(Box::new(ReplaySource::new(self.frames()?, self.config.rate_pps, self.config.clock_skew_ns, options)))
     }
 }
 
@@ -162,10 +165,12 @@ pub struct ReplaySource {
     wake: Arc<WakeFlag>,
     /// The packet handed out last (a generated frame's port is rewritten per packet).
     scratch: Vec<u8>,
+    /// Added to packets' timestamps (see [`ReplayConfig::clock_skew_ns`]).
+    clock_skew_ns: i64,
 }
 
 impl ReplaySource {
-    fn new(frames: Arc<Frames>, rate_pps: u64, options: &OpenOptions) -> Self {
+    fn new(frames: Arc<Frames>, rate_pps: u64, clock_skew_ns: i64, options: &OpenOptions) -> Self {
         Self {
             frames,
             gap_ns: (rate_pps > 0).then(|| 1_000_000_000 / rate_pps.min(1_000_000_000)),
@@ -177,6 +182,7 @@ impl ReplaySource {
             filter: None,
             wake: Arc::default(),
             scratch: Vec::new(),
+            clock_skew_ns,
         }
     }
 
@@ -241,7 +247,8 @@ impl CaptureSource for ReplaySource {
                 continue;
             }
             self.received += 1;
-            return Ok(Next::Packet(PacketRef { ts_ns: crate::now_ns(), orig_len: *orig_len, data: &self.scratch }));
+            let ts_ns = crate::now_ns().saturating_add_signed(self.clock_skew_ns);
+            return Ok(Next::Packet(PacketRef { ts_ns, orig_len: *orig_len, data: &self.scratch }));
         }
     }
 
@@ -279,7 +286,7 @@ mod tests {
 
     #[test]
     fn plays_generated_frames_at_the_rate_filtered_and_truncated() {
-        let replay = Replay::new(ReplayConfig { file: None, rate_pps: 1000, frame_bytes: 200 });
+        let replay = Replay::new(ReplayConfig { file: None, rate_pps: 1000, frame_bytes: 200, clock_skew_ns: 0 });
         let options = OpenOptions { snaplen: 100, timeout_ms: 20, ..Default::default() };
         let mut source = replay.open("sim0", &options).unwrap();
         assert_eq!(source.linktype(), 1);
@@ -323,11 +330,12 @@ mod tests {
             writer.write_packet(&packet).unwrap();
         }
         drop(writer);
-        let replay = Replay::new(ReplayConfig { file: Some(path.clone()), rate_pps: 2000, frame_bytes: 0 });
+        let replay =
+            Replay::new(ReplayConfig { file: Some(path.clone()), rate_pps: 2000, frame_bytes: 0, clock_skew_ns: 0 });
         let mut source = replay.open("x", &OpenOptions::default()).unwrap();
         assert!(!drain(source.as_mut(), Duration::from_millis(50)).is_empty());
         std::fs::write(&path, b"not a capture").unwrap();
-        let e = Replay::new(ReplayConfig { file: Some(path), rate_pps: 1, frame_bytes: 0 })
+        let e = Replay::new(ReplayConfig { file: Some(path), rate_pps: 1, frame_bytes: 0, clock_skew_ns: 0 })
             .open("x", &OpenOptions::default())
             .err()
             .unwrap();
