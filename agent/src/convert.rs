@@ -26,6 +26,8 @@ pub(crate) enum StopReason {
     SpoolFull,
     Interrupted,
     Failed,
+    /// Its share of a shared budget was spent.
+    Budget,
     #[serde(other)]
     Unknown,
 }
@@ -39,6 +41,7 @@ impl StopReason {
             Some(S::PacketLimit) => StopReason::PacketLimit,
             Some(S::ByteLimit) => StopReason::ByteLimit,
             Some(S::Stopped) => StopReason::Stopped,
+            Some(S::Budget) => StopReason::Budget,
             Some(S::Failed(_)) => StopReason::Failed,
             None => StopReason::Unknown,
         }
@@ -53,6 +56,7 @@ impl StopReason {
             StopReason::SpoolFull => pb::StopReason::SpoolFull,
             StopReason::Interrupted => pb::StopReason::Interrupted,
             StopReason::Failed => pb::StopReason::Failed,
+            StopReason::Budget => pb::StopReason::Budget,
             StopReason::Unknown => pb::StopReason::Unspecified,
         }
     }

@@ -61,6 +61,7 @@ pub(crate) async fn session(
     let session_tasks = Tasks::child_of(cancel);
     if let Some(jobs) = &parts.jobs {
         session_tasks.spawn(jobs.clone().upload_loop(out_tx.clone(), session_tasks.token()));
+        session_tasks.spawn(jobs.clone().budget_loop(out_tx.clone(), session_tasks.token()));
     }
     parts.connected.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = serve(parts, inbound, &out_tx, tls, &session_tasks).await;
@@ -215,6 +216,12 @@ async fn dispatch(
             if let Some(jobs) = &parts.jobs {
                 let id = grant.request_id.clone();
                 jobs.deliver(&id, Msg::UploadGrant(grant));
+            }
+        }
+        Msg::BudgetGrant(grant) => {
+            if let Some(jobs) = &parts.jobs {
+                let id = grant.request_id.clone();
+                jobs.deliver(&id, Msg::BudgetGrant(grant));
             }
         }
         Msg::ShardCommitted(committed) => {

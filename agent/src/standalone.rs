@@ -137,6 +137,7 @@ pub async fn capture(args: CaptureArgs, alongside: Option<Alongside>) -> anyhow:
     config.queue_batches = args.queue_batches.max(1);
     config.writer_delay = args.writer_delay_us.map(Duration::from_micros);
     config.limits = Limits {
+        allowance: None,
         time: args.time_limit.map(Duration::from_secs_f64),
         packets: args.packet_limit,
         bytes: args.byte_limit,

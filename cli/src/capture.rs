@@ -13,7 +13,8 @@ use crate::{views, wait};
 
 #[derive(Subcommand, Debug)]
 pub enum CaptureCommand {
-    /// Request a capture (sample by default). Prints the capture.
+    /// Request a capture (sample by default). Prints the capture, or with --dry-run what it
+    /// would do.
     #[command(after_help = "Examples:
   # ICMP seen in the last 60 s at every PoP, up to 100 packets; wait for the file
   edgecap capture create --time-limit 60 --packet-limit 100 --protocol 1 --wait
@@ -22,7 +23,10 @@ pub enum CaptureCommand {
       --offset-time 2025-01-02T03:04:05Z
   # 5 minutes of new traffic at every agent of colo ams, into a validated bucket
   edgecap capture create --type full --colo-name ams --time-limit 300 --byte-limit 100000000 \\
-      --destination-conf 's3://my-bucket/pcaps?region=eu-west-1' --filter-bpf 'tcp port 443' --wait")]
+      --destination-conf 's3://my-bucket/pcaps?region=eu-west-1' --filter-bpf 'tcp port 443' --wait
+  # What a full capture of colos ams and ord would match and when it would end; nothing starts
+  edgecap capture create --type full --colo-names ams,ord --time-limit 300 --packet-limit 10000 \\
+      --destination-conf 's3://my-bucket/pcaps?region=eu-west-1' --protocol 17 --clock-correction --dry-run")]
     Create(Box<CreateArgs>),
     /// List captures, newest first.
     #[command(after_help = "Examples:
@@ -88,6 +92,11 @@ pub struct CreateArgs {
     /// Full captures: the colo (every PoP whose name starts with it).
     #[arg(long)]
     pub colo_name: Option<String>,
+    /// Full captures (extension): several colos (names or prefixes) captured together into one
+    /// merged file with per-PoP provenance; comma-separated or repeated. With --colo-name, both
+    /// count.
+    #[arg(long, value_name = "COLO,...", value_delimiter = ',')]
+    pub colo_names: Vec<String>,
     /// Full captures: the validated bucket, s3://bucket[/prefix][?region=R][&endpoint=URL].
     #[arg(long)]
     pub destination_conf: Option<String>,
@@ -100,8 +109,10 @@ pub struct CreateArgs {
     /// An IPv4 or IPv6 address, or a CIDR prefix.
     #[arg(long)]
     pub destination_address: Option<String>,
+    /// A port, 0-65535 (TCP, UDP and SCTP).
     #[arg(long)]
     pub source_port: Option<u64>,
+    /// A port, 0-65535 (TCP, UDP and SCTP).
     #[arg(long)]
     pub destination_port: Option<u64>,
     /// IP protocol number (1 ICMP, 6 TCP, 17 UDP, 58 ICMPv6).
@@ -111,6 +122,15 @@ pub struct CreateArgs {
     /// (`port 53`, not `port domain`).
     #[arg(long)]
     pub filter_bpf: Option<String>,
+    /// Extension: shift each PoP's timestamps onto the coordinator's clock by the offset its
+    /// agent measured (good to the uncertainty shown per PoP).
+    #[arg(long)]
+    pub clock_correction: bool,
+    /// Extension: start nothing; run every check of the request and print what the capture
+    /// would do: each PoP's matching packets and bytes per second over the last 10 s, the
+    /// offline PoPs, the totals and, for a full capture, which limit would end it and when.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
     /// Wait for the capture to finish before printing it (progress on a terminal; exit code 4
     /// if it failed).
     #[arg(long)]
@@ -146,6 +166,14 @@ pub fn body(a: &CreateArgs) -> Value {
             body[k] = v;
         }
     }
+    if !a.colo_names.is_empty() {
+        body["colo_names"] = json!(a.colo_names);
+    }
+    for (k, on) in [("clock_correction", a.clock_correction), ("dry_run", a.dry_run)] {
+        if on {
+            body[k] = true.into();
+        }
+    }
     body
 }
 
@@ -167,6 +195,10 @@ pub async fn run(api: Api, command: CaptureCommand) -> anyhow::Result<()> {
     match command {
         CaptureCommand::Create(args) => {
             let created = api.call("POST", "", Some(&body(&args))).await?;
+            if args.dry_run {
+                api.out.show(&created, views::dry_run);
+                return Ok(());
+            }
             if !args.wait {
                 api.out.show(&created, views::capture);
                 return Ok(());

@@ -30,14 +30,16 @@ pub(crate) fn start_message(job: &JobRecord) -> pb::CoordinatorMessage {
             filter_bpf: job.filter_bpf.clone().unwrap_or_default(),
             filter_bpf_hash: job.filter_bpf_hash.clone().unwrap_or_default(),
             time_limit_ms: job.time_limit * 1000,
-            packet_limit: job.packet_limit.unwrap_or(0),
-            byte_limit: job.byte_limit.unwrap_or(0),
+            // With a shared budget the agent's limits are its first allowance.
+            packet_limit: job.first_allowance.map_or(job.packet_limit.unwrap_or(0), |a| a.0),
+            byte_limit: job.first_allowance.map_or(job.byte_limit.unwrap_or(0), |a| a.1),
             snaplen: 0,
             rotate_bytes: 0,
             rotate_seconds: 0,
             not_after_ns: job.not_after_ns,
             scope: Some(scope_to_pb(&job.scope.clone().unwrap_or_else(crate::model::CaptureScope::everything))),
             traceparent: job.traceparent.clone(),
+            shared_budget: job.first_allowance.is_some(),
         })),
     }
 }
@@ -76,6 +78,7 @@ pub(crate) fn report_stop_reason(report: &pb::CaptureReport) -> Option<StopReaso
         pb::StopReason::SpoolFull => Some(StopReason::SpoolFull),
         pb::StopReason::Interrupted => Some(StopReason::Interrupted),
         pb::StopReason::Failed => Some(StopReason::Failed),
+        pb::StopReason::Budget => Some(StopReason::Budget),
         pb::StopReason::Unspecified if report.stop_reason.is_empty() => None,
         pb::StopReason::Unspecified => Some(
             serde_json::from_value(serde_json::Value::String(report.stop_reason.clone()))

@@ -641,3 +641,94 @@ pub fn replay_dns(core: &NetNs, pops: &[PopNs], pps: u32, logs: &Path) -> Vec<Pr
         })
         .collect()
 }
+
+/// Starts `edgecap-bench simulate` (real agents with a replayed packet source, in their own
+/// process) with `args`, for the coordinators `endpoints` (comma-separated) and the CA in
+/// `pki`, its spools under `spool`; its log in `dir`/`simulate-{tag}.log`.
+pub fn simulate(tag: &str, dir: &Path, pki: &Path, endpoints: &str, spool: &Path, args: &[&str]) -> Proc {
+    let log = dir.join(format!("simulate-{tag}.log"));
+    let file = std::fs::File::create(&log).expect("simulator log");
+    let child = Command::new(bin("edgecap-bench"))
+        .args(["simulate", "--coordinator", endpoints])
+        .args(args)
+        .arg("--pki")
+        .arg(pki)
+        .arg("--spool-dir")
+        .arg(spool)
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start edgecap-bench simulate");
+    Proc { child, log }
+}
+
+/// Proves ownership of `bucket` (on `s3`, objects under `prefix`) through the API at `url`
+/// (`.../pcaps`) as the holder of `token`: asks for a challenge, reads it from the bucket and
+/// validates it. Returns the `destination_conf` a full capture can then name.
+pub async fn own_bucket(url: &str, token: &str, s3: &S3Server, bucket: &str, prefix: &str) -> String {
+    let destination = format!("s3://{bucket}/{prefix}?region=us-east-1&endpoint={}", s3.endpoint());
+    let body = serde_json::json!({"destination_conf": destination});
+    let (status, owned) = api_call("POST", &format!("{url}/ownership"), token, Some(body)).await;
+    assert_eq!(status, 200, "{owned}");
+    let file = owned["result"]["filename"].as_str().expect("challenge file name");
+    let challenge = std::fs::read_to_string(s3.object_path(bucket, &format!("{prefix}/{file}"))).expect("challenge");
+    let body = serde_json::json!({"destination_conf": destination, "ownership_challenge": challenge.trim()});
+    let (status, validated) = api_call("POST", &format!("{url}/ownership/validate"), token, Some(body)).await;
+    assert_eq!(status, 200, "{validated}");
+    destination
+}
+
+/// A coordinator's configuration for a test on loopback: API and gRPC on ephemeral ports, the
+/// coordinator certificate from `dir`/pki (issued by the caller), account `acct` with
+/// `token`, no rate limits, accounts without a scope unrestricted, objects under
+/// `dir`/objects and scratch files under `dir`/tmp-`name`.
+pub fn loopback_config(dir: &Path, name: &str, token: &str) -> edgecap_coordinator::CoordinatorConfig {
+    edgecap_coordinator::CoordinatorConfig {
+        name: name.into(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: edgecap_tls::TlsFiles::in_dir(&dir.join("pki"), "coordinator"),
+        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
+        tokens: vec![("acct".into(), token.into())],
+        rate_limits: edgecap_coordinator::RateLimits::off(),
+        tmp_dir: dir.join(format!("tmp-{name}")),
+        storage: edgecap_storage::StorageConfig::LocalDir { root: dir.join("objects") },
+        ..Default::default()
+    }
+}
+
+/// [`loopback_config`], allowed to deliver full captures into `bucket` of `s3` (its
+/// credentials written to `dir`/s3-credentials.json; endpoints on private addresses allowed).
+pub fn bucket_config(
+    dir: &Path,
+    name: &str,
+    token: &str,
+    s3: &S3Server,
+    bucket: &str,
+) -> edgecap_coordinator::CoordinatorConfig {
+    let credentials = dir.join("s3-credentials.json");
+    s3.write_credentials(&credentials, bucket);
+    edgecap_coordinator::CoordinatorConfig {
+        s3_credentials: edgecap_coordinator::load_credentials(&credentials).unwrap(),
+        full: edgecap_coordinator::FullSettings {
+            endpoints: edgecap_coordinator::EndpointPolicy { allow_private: true, allowed: vec![] },
+            ..Default::default()
+        },
+        ..loopback_config(dir, name, token)
+    }
+}
+
+/// Polls `GET url/id` until the capture is `success` or `failed` (at most `timeout`);
+/// returns its `result`.
+pub async fn wait_final(url: &str, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (_, v) = api_call("GET", &format!("{url}/{id}"), token, None).await;
+        if matches!(v["result"]["status"].as_str(), Some("success" | "failed")) {
+            return v["result"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "capture {id} not final: {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -3,7 +3,10 @@
 //! stderr, a failed capture waited for 4, an unreachable API 5), JSON when stdout is not a
 //! terminal and with `--output json` (the API's envelope on a refusal), tables with
 //! `--output table`, profiles from a config file with environment variables and flags over
-//! them, completions, and a man page with examples for every command.
+//! them, completions, and a man page with examples for every command; and `capture create
+//! --dry-run` against agents (real agent code replaying generated traffic) and a validated
+//! bucket (s3s-fs): what the capture would do, told for people and for scripts, with nothing
+//! started.
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
@@ -11,7 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use edgecap_agent::{Agent, AgentConfig};
+use edgecap_capture::source::SourceConfig;
+use edgecap_capture::source::replay::ReplayConfig;
+use edgecap_common::tasks::Tasks;
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, RateLimits};
+use edgecap_e2e::S3Server;
 use serde_json::Value;
 
 const TOKEN: &str = "cli-test-token-0123456789abcdef";
@@ -305,4 +313,173 @@ fn every_command_has_an_example_a_man_page_and_completions() {
         let out = edgecap(home, &["completions", shell], &[]);
         assert!(out.status.success() && text(&out.stdout).contains("capture"), "{shell}");
     }
+}
+
+const BUCKET: &str = "dryrun";
+
+/// A coordinator that may deliver into `s3`'s bucket [`BUCKET`] (on loopback), account `acct`.
+async fn coordinator_with_bucket(dir: &Path, s3: &S3Server) -> Coordinator {
+    let pki = dir.join("pki");
+    edgecap_tls::pki::init_ca(&pki, "cli").unwrap();
+    edgecap_tls::pki::issue_coordinator(&pki, "cli", &["127.0.0.1".into()]).unwrap();
+    let config = edgecap_e2e::bucket_config(dir, "cli", TOKEN, s3, BUCKET);
+    Coordinator::start(CoordinatorConfig { agent_wait: Duration::ZERO, ..config }).await.unwrap()
+}
+
+/// An agent (the real agent code) of `pop` replaying 200 generated UDP frames a second,
+/// connected to `coordinator`; it runs until `tasks` is shut down.
+fn agent(dir: &Path, coordinator: &Coordinator, agent_id: &str, pop: &str, tasks: &Tasks) {
+    let files = edgecap_tls::pki::issue_agent(&dir.join("pki"), agent_id, pop).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", coordinator.grpc_addr.port());
+    let mut config = AgentConfig::new(vec![endpoint], files, vec!["sim0".into()]);
+    config.source = SourceConfig::Replay(ReplayConfig { rate_pps: 200, ..Default::default() });
+    let agent = Agent::start(config).unwrap();
+    tasks.spawn(agent.run(tasks.token()));
+}
+
+/// The connected agents, as `edgecap agents` lists them (JSON).
+fn agent_ids(home: &Path, env: &[(&str, &str)]) -> Vec<String> {
+    let mut ids: Vec<String> = json(&edgecap(home, &["agents"], env))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_says_what_would_happen_and_starts_nothing() {
+    let Some(s3) = S3Server::launch("a_dry_run_says_what_would_happen_and_starts_nothing") else {
+        return;
+    };
+    s3.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = coordinator_with_bucket(dir.path(), &s3).await;
+    let api = format!("http://{}/client/v4", coordinator.api_addr);
+    let env = [("EDGECAP_API", api.as_str()), ("EDGECAP_ACCOUNT", "acct"), ("EDGECAP_TOKEN", TOKEN)];
+    let home = dir.path();
+
+    // Agents at ams01 and ord01, and one at ams02 that connects once and goes away (offline).
+    let (agents, gone) = (Tasks::new(), Tasks::new());
+    agent(home, &coordinator, "ams01-a", "ams01", &agents);
+    agent(home, &coordinator, "ord01-a", "ord01", &agents);
+    agent(home, &coordinator, "ams02-a", "ams02", &gone);
+    edgecap_e2e::wait_for("three agents connected", Duration::from_secs(30), || {
+        (agent_ids(home, &env).len() == 3).then_some(())
+    });
+    assert!(gone.shutdown(Duration::from_secs(10)).await);
+    edgecap_e2e::wait_for("ams02-a offline", Duration::from_secs(30), || {
+        (agent_ids(home, &env) == ["ams01-a", "ord01-a"]).then_some(())
+    });
+    // A few seconds of traffic in the lookbacks (the dry run reads their last ten seconds).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A validated bucket, through the CLI: the challenge file's text read from s3s-fs.
+    let destination = format!("s3://{BUCKET}/pcaps?region=us-east-1&endpoint={}", s3.endpoint());
+    let ownership = json(&edgecap(home, &["ownership", "create", "--destination-conf", &destination], &env));
+    let challenge =
+        std::fs::read_to_string(s3.object_path(BUCKET, &format!("pcaps/{}", ownership["filename"].as_str().unwrap())))
+            .unwrap();
+    let validated = json(&edgecap(
+        home,
+        &["ownership", "validate", "--destination-conf", &destination, "--ownership-challenge", challenge.trim()],
+        &env,
+    ));
+    assert_eq!(validated["status"], "success", "{validated:#}");
+    let before = json(&edgecap(home, &["capture", "list"], &env));
+    assert_eq!(before, Value::Array(vec![]));
+
+    // A full capture of colos ams and ord (--colo-names reaches the request), for people.
+    let full = [
+        "capture",
+        "create",
+        "--type",
+        "full",
+        "--colo-names",
+        "ams,ord",
+        "--destination-conf",
+        &destination,
+        "--time-limit",
+        "300",
+        "--packet-limit",
+        "1000",
+        "--protocol",
+        "17",
+        "--clock-correction",
+        "--dry-run",
+    ];
+    let out = edgecap(home, &[&full[..], &["--output", "table"]].concat(), &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    let cells = |l: &str| l.split("  ").filter(|c| !c.is_empty()).map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    assert_eq!(cells(lines[0]), ["POP", "AGENT", "MATCHING PPS", "MATCHING B/S", "ERROR"], "{table}");
+    assert!(lines[1].starts_with("ams01") && lines[1].contains("ams01-a"), "{table}");
+    assert!(lines[2].starts_with("ord01") && lines[2].contains("ord01-a"), "{table}");
+    let field = |key: &str| {
+        lines.iter().find(|l| l.starts_with(key)).map(|l| l[key.len()..].trim().to_string()).unwrap_or_default()
+    };
+    assert!(field("Offline PoPs").starts_with("ams02 (agent ams02-a, last connected 20"), "{table}");
+    assert!(field("Total").ends_with("/s") && !field("Total").starts_with("0 packets"), "{table}");
+    assert!(field("Estimate").starts_with("ends by packet_limit after ~"), "{table}");
+    assert_eq!(field("Colos"), "ams, ord", "{table}");
+    assert!(field("Applied filter").contains("17"), "{table}");
+    assert!(table.trim_end().ends_with("Dry run: nothing was started."), "{table}");
+
+    // The same for scripts: the API's answer.
+    let out = edgecap(home, &[&full[..], &["--output", "json"]].concat(), &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer = json(&out);
+    assert_eq!((answer["dry_run"].clone(), answer["type"].clone()), (true.into(), "full".into()), "{answer:#}");
+    assert_eq!(answer["colo_names"], serde_json::json!(["ams", "ord"]), "{answer:#}");
+    let pops: Vec<(&str, &str)> = answer["pops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["pop"].as_str().unwrap(), p["agent_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(pops, [("ams01", "ams01-a"), ("ord01", "ord01-a")], "{answer:#}");
+    for p in answer["pops"].as_array().unwrap() {
+        assert!(p["matching_pps"].as_f64().unwrap() > 0.0 && p["error"].is_null(), "{answer:#}");
+    }
+    assert_eq!(answer["offline"][0]["agent_id"], "ams02-a", "{answer:#}");
+    assert!(answer["estimated_seconds_to_packet_limit"].as_f64().unwrap() > 0.0, "{answer:#}");
+    assert!(answer["id"].is_null(), "no capture: {answer:#}");
+
+    // A sample capture's dry run asks every connected agent.
+    let out = edgecap(
+        home,
+        &["capture", "create", "--time-limit", "10", "--protocol", "17", "--dry-run", "--output", "table"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("ams01") && l.contains("ams01-a")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("ord01") && l.contains("ord01-a")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("Estimate") && l.ends_with("packets in the window")), "{table}");
+    assert!(table.trim_end().ends_with("Dry run: nothing was started."), "{table}");
+
+    // Nothing was started: the list is as it was.
+    assert_eq!(json(&edgecap(home, &["capture", "list"], &env)), before);
+
+    // Bad input: one line naming the field, exit code 3 (the API refused), nothing on stdout.
+    let with = |colos: &str| {
+        let mut args = full.to_vec();
+        args[5] = colos;
+        edgecap(home, &args, &env)
+    };
+    let empty = with("");
+    fails(&empty, 3, "edgecap: colo_names[0]: ");
+    assert!(empty.stdout.is_empty());
+    let unknown = with("ams,nowhere");
+    fails(&unknown, 3, "edgecap: colo_names[1]: no PoP named \"nowhere\" or starting with it has ever connected");
+    assert!(text(&unknown.stderr).contains("HTTP 422"), "{}", text(&unknown.stderr));
+    // A dry run is never waited for (usage, 2).
+    fails(&edgecap(home, &[&full[..], &["--wait"]].concat(), &env), 2, "--wait");
+    assert_eq!(json(&edgecap(home, &["capture", "list"], &env)), before);
+
+    agents.shutdown(Duration::from_secs(10)).await;
+    coordinator.shutdown().await.unwrap();
 }

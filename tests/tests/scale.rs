@@ -8,11 +8,11 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use edgecap_coordinator::{Coordinator, CoordinatorConfig, EndpointPolicy, FullSettings, RateLimits};
-use edgecap_e2e::{EtcdServer, Proc, S3Server, api_call, bin, wait_for};
+use edgecap_coordinator::{Coordinator, CoordinatorConfig, FullSettings};
+use edgecap_e2e::{EtcdServer, S3Server, api_call, wait_for};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "scale-test-token-0123456789";
@@ -20,43 +20,14 @@ const BUCKET: &str = "scale";
 const AGENTS: usize = 100;
 
 async fn start(name: &str, etcd: &EtcdServer, dir: &std::path::Path, s3: &S3Server) -> Coordinator {
-    let pki = dir.join("pki");
-    let creds = dir.join("s3.json");
-    s3.write_credentials(&creds, BUCKET);
-    Coordinator::start(CoordinatorConfig {
-        unscoped_accounts: edgecap_coordinator::UnscopedAccounts::Unrestricted,
-        name: name.into(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        tls: edgecap_tls::TlsFiles::in_dir(&pki, "coordinator"),
-        state: edgecap_state::StateConfig::parse(&format!("etcd://{}/scale", etcd.client), dir).unwrap(),
-        storage: edgecap_storage::StorageConfig::LocalDir { root: dir.join("objects") },
-        tmp_dir: dir.join(format!("tmp-{name}")),
-        rate_limits: RateLimits::off(),
-        tokens: vec![("acct".into(), TOKEN.into())],
-        s3_credentials: edgecap_coordinator::load_credentials(&creds).unwrap(),
-        full: FullSettings {
-            endpoints: EndpointPolicy { allow_private: true, allowed: vec![] },
-            upload_grace: Duration::from_secs(60),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    let state = edgecap_state::StateConfig::parse(&format!("etcd://{}/scale", etcd.client), dir).unwrap();
+    let base = edgecap_e2e::bucket_config(dir, name, TOKEN, s3, BUCKET);
+    let full = FullSettings { upload_grace: Duration::from_secs(60), ..base.full };
+    Coordinator::start(CoordinatorConfig { state, full, ..base }).await.unwrap()
 }
 
 async fn wait_final(url: &str, id: &str, timeout: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let (_, v) = api_call("GET", &format!("{url}/{id}"), TOKEN, None).await;
-        let status = v["result"]["status"].as_str().unwrap_or_default().to_string();
-        if status == "success" || status == "failed" {
-            return v["result"].clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "capture {id} not final: {v}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    edgecap_e2e::wait_final(url, TOKEN, id, timeout).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,24 +44,10 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
     let c2 = start("c2", &etcd, dir.path(), &s3).await;
     let endpoints = format!("https://127.0.0.1:{},https://127.0.0.1:{}", c1.grpc_addr.port(), c2.grpc_addr.port());
 
-    let log = dir.path().join("simulate.log");
-    let file = std::fs::File::create(&log).unwrap();
     let spool = dir.path().join("spool");
-    let mut sim = Proc {
-        child: Command::new(bin("edgecap-bench"))
-            .args(["simulate", "--agents", &AGENTS.to_string(), "--coordinator", &endpoints])
-            .args(["--pops", "50", "--colos", "ams,ord", "--rate", "50", "--shard-seconds", "1"])
-            .arg("--pki")
-            .arg(&pki)
-            .arg("--spool-dir")
-            .arg(&spool)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-        log,
-    };
+    let agents = AGENTS.to_string();
+    let args = ["--agents", &agents, "--pops", "50", "--colos", "ams,ord", "--rate", "50", "--shard-seconds", "1"];
+    let mut sim = edgecap_e2e::simulate("all", dir.path(), &pki, &endpoints, &spool, &args);
     wait_for("every simulated agent to connect", Duration::from_secs(120), || {
         sim.assert_running("the simulator");
         (c1.connected_agents().len() + c2.connected_agents().len() == AGENTS).then_some(())
@@ -101,6 +58,17 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
 
     // A sample capture asked of c1 reaches all 100 agents, half of them relayed through etcd.
     let url = format!("http://{}/client/v4/accounts/acct/pcaps", c1.api_addr);
+    // c1 sees c2's agents through their presence keys in etcd, written as they connect.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, agents) = api_call("GET", &format!("http://{}/edgecap/v1/agents", c1.api_addr), TOKEN, None).await;
+        if agents["result"].as_array().map_or(0, Vec::len) == AGENTS {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "c1 does not see every agent: {agents}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And every lookback holds a couple of seconds of packets.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let body = json!({"system": "magic-transit", "type": "simple", "time_limit": 60, "packet_limit": 10000});
     let (status, created) = api_call("POST", &url, TOKEN, Some(body)).await;
@@ -115,17 +83,7 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
 
     // A full capture over colo `ams` (its 50 agents), into the S3-compatible server, asked of c2.
     let url2 = format!("http://{}/client/v4/accounts/acct/pcaps", c2.api_addr);
-    let destination = format!("s3://{BUCKET}/edge?region=us-east-1&endpoint={}", s3.endpoint());
-    let (status, owned) =
-        api_call("POST", &format!("{url2}/ownership"), TOKEN, Some(json!({"destination_conf": destination}))).await;
-    assert_eq!(status, 200, "{owned}");
-    let challenge = std::fs::read_to_string(
-        s3.object_path(BUCKET, &format!("edge/{}", owned["result"]["filename"].as_str().unwrap())),
-    )
-    .unwrap();
-    let body = json!({"destination_conf": destination, "ownership_challenge": challenge.trim()});
-    let (status, validated) = api_call("POST", &format!("{url2}/ownership/validate"), TOKEN, Some(body)).await;
-    assert_eq!(status, 200, "{validated}");
+    let destination = edgecap_e2e::own_bucket(&url2, TOKEN, &s3, BUCKET, "edge").await;
     let body = json!({"system": "magic-transit", "type": "full", "time_limit": 4, "colo_name": "ams",
         "destination_conf": destination, "packet_limit": 10000});
     let (status, created) = api_call("POST", &url2, TOKEN, Some(body)).await;

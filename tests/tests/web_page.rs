@@ -2,8 +2,9 @@
 //! with Playwright (Python, sync API; never a downloaded browser) against `edgecap up` (a local
 //! agent on `lo`) and s3s-fs: sign in, a sample capture created with the keyboard only, seen to
 //! succeed with its per-PoP table and packet preview, downloaded (a pcap); the agents by PoP;
-//! bucket ownership created, validated and deleted; a full capture's progress and end; the
-//! API's message next to the field it names; no console error; every field labelled and every
+//! bucket ownership created, validated and deleted; a full capture's dry run (its answer shown,
+//! no capture created), then its progress and end, with each PoP's clock offset; the API's
+//! message next to the field it names; no console error; every field labelled and every
 //! control reachable with Tab.
 //!
 //! Python comes from `EDGECAP_SDK_PYTHON` (scripts/setup.sh's venv, set by scripts/test.sh),

@@ -13,9 +13,12 @@ keyboard only, sees it succeed in the detail view (per-PoP table), previews its 
 PoP, source, destination, protocol, length) and downloads it (a pcap); sees the agents by PoP
 with their lookback; proves bucket ownership (the challenge file's name shown, a wrong text
 refused next to its field, the file's text validates it) and deletes a second one; refuses a
-full capture into an unvalidated bucket next to destination_conf; runs a full capture into
-s3s-fs, seeing its progress while it runs and its end (`success`, the merged object in the
-bucket). Throughout: every form field has a label, every control is reachable with Tab, and
+full capture into an unvalidated bucket next to destination_conf; a dry run of the full
+capture: an unknown colo in colo_names refused next to that field, then the answer shown (the
+PoP and its agent with their matching rate, the colos, no offline PoP, the end by time_limit)
+with no capture created; runs the full capture (clock_correction on) into s3s-fs, seeing its
+progress while it runs and its end (`success`, the merged object in the bucket, each PoP's
+clock offset). Throughout: every form field has a label, every control is reachable with Tab, and
 there is no console error except Chromium's own line for each error the test provoked.
 Every process and the temporary directory are removed, whatever happens. Exit status 0: passed.
 """
@@ -49,6 +52,7 @@ BUCKET = "webbucket"
 FULL_SECONDS = 6  # the full capture's time_limit: long enough to see it running
 PCAP_MAGICS = (b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1")
 FIELD_TAGS = "input:not([type=hidden]), select, textarea"
+CLOCK = re.compile(r"[+-][\d,.]+ ms ± [\d,.]+ ms")  # a clock offset as the page writes it
 FOCUSABLE = "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select:not([disabled]), textarea"
 
 expect.set_options(timeout=20_000)
@@ -322,7 +326,9 @@ def run(stack, browser):
         pop = page.locator("#pops-list tr[data-pop=local]")
         expect(pop.locator("td").nth(2)).to_have_text("done")
         expect(pop.locator("td").nth(3)).to_have_text("5")
-        log(f"sample capture {sample_id} created with the keyboard: success, PoP local done with 5 packets")
+        clock = pop.locator("td").nth(6).inner_text()
+        assert CLOCK.fullmatch(clock), f"the PoP's clock offset: {clock!r}"
+        log(f"sample capture {sample_id} created with the keyboard: success, PoP local done with 5 packets, clock {clock}")
 
         # Its first packets: time, PoP, source, destination, protocol, length.
         rows = page.locator("#preview-list tr")
@@ -370,6 +376,7 @@ def run(stack, browser):
         depth = agent.nth(2).inner_text()
         assert re.fullmatch(r"(at most )?\d+ (s|min \d+ s)", depth), depth
         assert int(agent.nth(3).inner_text().replace(",", "")) > 0, "the lookback holds packets"
+        assert CLOCK.fullmatch(agent.nth(7).inner_text()), f"the agent's clock offset: {agent.nth(7).inner_text()!r}"
         t.shot("agents")
         log(f"agents: PoP local, local-agent on lo, lookback depth {depth}")
 
@@ -429,7 +436,7 @@ def run(stack, browser):
         assert page.evaluate("document.activeElement.id") == "full-destination_conf"
         log(f"unvalidated bucket: {page.locator('#full-destination_conf-error').inner_text()}")
 
-        # The full capture: progress while it runs, then success and the merged object.
+        # The full capture: a dry run first, then progress while it runs, success, the merged object.
         full_port = free_port()
         page.locator("#full-destination_conf").fill(destination)
         page.locator("#full-protocol").fill("17")
@@ -445,6 +452,8 @@ def run(stack, browser):
         sender = threading.Thread(target=traffic, daemon=True)
         sender.start()
         try:
+            dry_run(t, pcaps, stack)
+            page.locator("#full-clock_correction").check()
             page.locator("#create-full").click()
             expect(page).to_have_url(re.compile(r"#/captures/[0-9a-f]{32}$"))
             full_id = page.url.rsplit("/", 1)[1]
@@ -462,7 +471,10 @@ def run(stack, browser):
         expect(page.locator("#progress")).to_be_hidden()
         pop = page.locator("#pops-list tr[data-pop=local] td")
         expect(pop.nth(2)).to_have_text("done")
-        expect(pop.nth(6)).to_have_text("time_limit")
+        expect(pop.nth(7)).to_have_text("time_limit")
+        clock = pop.nth(6).inner_text()
+        assert CLOCK.fullmatch(clock), f"the PoP's clock offset: {clock!r}"
+        expect(page.locator("#capture-summary")).to_contain_text("clock correction")
         packets = int(pop.nth(3).inner_text().replace(",", ""))
         assert packets > 0, "the datagrams sent while it ran"
         assert pop.nth(4).inner_text() not in ("—", "0 B")
@@ -498,6 +510,62 @@ def run(stack, browser):
         raise
     finally:
         context.close()
+
+
+def summary_of(locator):
+    """A <dl class="summary"> as {term: description}."""
+    terms = [x.strip() for x in locator.locator("dt").all_inner_texts()]
+    return dict(zip(terms, [x.strip() for x in locator.locator("dd").all_inner_texts()]))
+
+
+def dry_run(t, pcaps, stack):
+    """The full capture form (colo_name local, a validated bucket, UDP to a port receiving
+    datagrams) run dry: an unknown colo in colo_names refused next to that field; then, with
+    the Dry run button pressed from the keyboard, the answer: PoP local and its agent with
+    matching traffic, the colos, no offline PoP, the end by time_limit; no capture created."""
+    page = t.page
+    before = [c["id"] for c in api_get(stack.port, pcaps)]
+    rows_before = page.locator("#captures-list tr").count()
+    page.get_by_label(re.compile(r"^colo_names")).fill("local, nowhere")
+    t.provoke("POST", pcaps, 422)
+    page.locator("#dry-run-full").click()
+    field_error(page, "full-colo_names", 'colo_names[1]: no PoP named "nowhere" or starting with it has ever connected')
+    assert page.evaluate("document.activeElement.id") == "full-colo_names"
+    expect(page.locator("#dry-run")).to_be_hidden()
+    log(f"dry run with an unknown colo: {page.locator('#full-colo_names-error').inner_text()}")
+
+    page.locator("#full-colo_names").fill("local")
+    time.sleep(2.5)  # datagrams in the lookback's last ten seconds (up to a second ago)
+    t.tab_to("dry-run-full")
+    page.keyboard.press("Enter")
+    expect(page.locator("#dry-run")).to_be_visible()
+    expect(page.locator("#full-colo_names-error")).to_have_text("")
+    assert page.evaluate("document.activeElement.id") == "dry-run-heading", "the answer gets the focus"
+    expect(page.locator("#dry-run-heading")).to_have_text("Dry run: nothing was started")
+    expect(page.locator("#message")).to_contain_text("nothing was started")
+    row = page.locator("#dry-run-pops tr[data-pop=local] td")
+    expect(row.nth(1)).to_have_text("local-agent")
+    pps = float(row.nth(2).inner_text().replace(",", ""))
+    assert pps > 0, f"matching packets/s at local: {pps}"
+    assert re.fullmatch(r"[\d.]+ (B|KiB|MiB)/s", row.nth(3).inner_text()), row.nth(3).inner_text()
+    assert row.nth(4).inner_text().strip() == "—", "no error"
+    expect(page.locator("#dry-run-pops tr")).to_have_count(1)
+    got = summary_of(page.locator("#dry-run-summary"))
+    assert got["colos"] == "local", got
+    assert got["offline PoPs"] == "none", got
+    assert got["would end by"] == f"time_limit, after {FULL_SECONDS} s", got
+    assert "17" in got["applied filter"] and str(got["total matching"]).endswith("/s"), got
+    expect(page.locator("#dry-run-stale")).to_be_hidden()
+    t.shot("dry-run")
+    t.check_labels("captures with a dry run")
+    t.check_tab_reaches_everything("captures with a dry run")
+    # Nothing was created, in the API and in the page's list.
+    assert [c["id"] for c in api_get(stack.port, pcaps)] == before
+    expect(page.locator("#captures-list tr")).to_have_count(rows_before)
+    # Editing the form says the answer is no longer the form's.
+    page.locator("#full-time_limit").fill(str(FULL_SECONDS))
+    expect(page.locator("#dry-run-stale")).to_be_visible()
+    log(f"dry run: PoP local (local-agent) {pps} matching packets/s, ends by time_limit after {FULL_SECONDS} s; nothing created")
 
 
 def check_parser(page):

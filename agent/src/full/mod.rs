@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use crate::config::FullCaptureConfig;
 use crate::http::HttpClient;
 
+mod budget;
 mod reports;
 mod spool;
 mod start;
@@ -33,6 +34,8 @@ mod uploads;
 struct Job {
     dir: PathBuf,
     stop: Option<StopHandle>,
+    /// Its share of a shared budget and the first portion (the size of the next ones).
+    allowance: Option<(std::sync::Arc<edgecap_capture::session::Allowance>, (u64, u64))>,
     end: Option<spool::EndFile>,
     shards_uploaded: u32,
     /// When the capture ended (for forgetting it later).
@@ -46,6 +49,7 @@ impl Job {
         Job {
             dir,
             stop: None,
+            allowance: None,
             end: Some(end),
             shards_uploaded: 0,
             ended_at: Some(Instant::now()),

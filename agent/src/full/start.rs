@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
+use edgecap_capture::session::{Allowance, Limits, LiveCapture, LiveConfig};
 use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::source::MAX_SNAPLEN;
 use edgecap_common::{lock, now_ns};
@@ -20,6 +20,8 @@ pub(super) struct Prepared {
     live: LiveCapture,
     iface: String,
     expr: String,
+    /// The share of a shared budget, and its first portion.
+    allowance: Option<(Arc<Allowance>, (u64, u64))>,
 }
 
 impl Jobs {
@@ -50,6 +52,7 @@ impl Jobs {
             let reserved = Job {
                 dir: dir.clone(),
                 stop: None,
+                allowance: None,
                 end: None,
                 shards_uploaded: 0,
                 ended_at: None,
@@ -83,6 +86,7 @@ impl Jobs {
         tracing::info!(capture = %id, iface = %prepared.iface, filter = %prepared.expr, "full capture started");
         if let Some(job) = lock(&self.jobs).get_mut(&id) {
             job.stop = Some(prepared.live.stop_handle());
+            job.allowance = prepared.allowance.clone();
         }
         let counters = prepared.live.wait();
         let error = match &counters.stop_reason {
@@ -158,10 +162,18 @@ impl Jobs {
         config.scope = scope.clone();
         // The shards' provenance names what was applied: the filter and the scope.
         let effective = edgecap_capture::filter::combine(&expr, &scope);
+        // A shared budget: the limits are a first allowance, raised as the coordinator grants
+        // more (budget.rs); otherwise they are this PoP's own.
+        // (0: nothing yet; the maximum: that limit does not apply.)
+        let allowance = job.shared_budget.then(|| {
+            let first = (job.packet_limit, job.byte_limit);
+            (Arc::new(Allowance::new(first.0, first.1)), first)
+        });
         config.limits = Limits {
             time: Some(Duration::from_millis(job.time_limit_ms.max(1))),
-            packets: (job.packet_limit > 0).then_some(job.packet_limit),
-            bytes: (job.byte_limit > 0).then_some(job.byte_limit),
+            packets: (job.packet_limit > 0 && allowance.is_none()).then_some(job.packet_limit),
+            bytes: (job.byte_limit > 0 && allowance.is_none()).then_some(job.byte_limit),
+            allowance: allowance.as_ref().map(|(a, _)| a.clone()),
         };
         let rotate_seconds = if job.rotate_seconds > 0 { job.rotate_seconds } else { self.config.rotate_seconds };
         let shards = ShardWriter::new(
@@ -184,6 +196,6 @@ impl Jobs {
             },
         );
         let live = LiveCapture::start(config, source, Box::new(shards)).map_err(|e| e.to_string())?;
-        Ok(Prepared { live, iface, expr })
+        Ok(Prepared { live, iface, expr, allowance })
     }
 }

@@ -175,7 +175,7 @@ impl Jobs {
         out
     }
 
-    async fn ask(
+    pub(super) async fn ask(
         &self,
         out: &mpsc::Sender<pb::AgentMessage>,
         request_id: &str,

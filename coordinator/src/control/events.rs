@@ -77,6 +77,10 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
             c.packets.iter().try_for_each(|p| bounded("packet interface name", &p.interface, MAX_ID))
         }
         AgentEvent::Heartbeat(_) | AgentEvent::Hello | AgentEvent::ClockProbe(..) => Ok(()),
+        AgentEvent::BudgetRequest(r) => {
+            bounded("budget request id", &r.request_id, MAX_ID)?;
+            bounded("budget capture id", &r.capture_id, MAX_ID)
+        }
         AgentEvent::Report(r) => {
             bounded("report capture id", &r.capture_id, MAX_ID)?;
             bounded("report state", &r.state, MAX_ID)?;
@@ -113,6 +117,7 @@ pub(super) enum AgentEvent {
     Report(pb::CaptureReport),
     UploadRequest(pb::UploadRequest),
     ShardUploaded(pb::ShardUploaded),
+    BudgetRequest(pb::BudgetRequest),
     /// A clock probe, with the time it was received (the echo's t2).
     ClockProbe(pb::ClockProbe, u64),
     /// A second Hello: ignored.
@@ -128,6 +133,7 @@ impl AgentEvent {
             pb::agent_message::Msg::UploadRequest(request) => AgentEvent::UploadRequest(request),
             pb::agent_message::Msg::ShardUploaded(uploaded) => AgentEvent::ShardUploaded(uploaded),
             pb::agent_message::Msg::Hello(_) => AgentEvent::Hello,
+            pb::agent_message::Msg::BudgetRequest(request) => AgentEvent::BudgetRequest(request),
             pb::agent_message::Msg::ClockProbe(p) => AgentEvent::ClockProbe(p, edgecap_common::now_ns()),
         })
     }
@@ -244,6 +250,14 @@ impl Session {
                 handlers.spawn(async move {
                     let grant = full.grant(&agent, &pop, request).await;
                     let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::UploadGrant(grant)) };
+                    let _ = answers.send(Ok(msg)).await;
+                });
+            }
+            AgentEvent::BudgetRequest(request) => {
+                let (full, answers, agent) = (self.full.clone(), self.answers.clone(), self.agent_id.clone());
+                handlers.spawn(async move {
+                    let grant = full.grant_budget(&agent, request).await;
+                    let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::BudgetGrant(grant)) };
                     let _ = answers.send(Ok(msg)).await;
                 });
             }

@@ -44,6 +44,12 @@ impl FullCaptures {
     /// Writes the jobs and initial PoP states of a capture just created (its record exists).
     pub(super) async fn submit(&self, record: &CaptureRecord) -> crate::store::Result<()> {
         let not_after_ns = edgecap_common::now_ns() + START_DEADLINE.as_nanos() as u64;
+        // The limits are shared by the PoPs that capture: each starts with a portion.
+        let capturing: Vec<String> = record.pops.iter().filter(|p| !p.is_final()).map(|p| p.agent_id.clone()).collect();
+        let budget = if record.shared_budget { crate::model::Budget::new(record, &capturing) } else { None };
+        if let Some(budget) = &budget {
+            self.repo.put_budget(&record.id, budget).await?;
+        }
         for pop in &record.pops {
             self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
             if pop.is_final() {
@@ -61,6 +67,7 @@ impl FullCaptures {
                 time_limit: record.time_limit,
                 packet_limit: record.packet_limit,
                 byte_limit: record.byte_limit,
+                first_allowance: budget.as_ref().map(|b| b.allowance(&pop.agent_id)),
                 not_after_ns,
                 stop: false,
                 scope: Some(record.capture_scope()),

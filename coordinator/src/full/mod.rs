@@ -39,6 +39,8 @@ use crate::config::FullSettings;
 use crate::store::Repo;
 
 mod buckets;
+mod budget;
+
 mod follow;
 mod jobs;
 mod leader;

@@ -21,7 +21,7 @@ fn max_shard(job: &JobRecord, configured: u64) -> u64 {
     match job.byte_limit {
         Some(bytes) => {
             let packets = job.packet_limit.map_or(bytes, |p| p.min(bytes));
-            configured.min(PCAP_HEADER + packets * PCAP_RECORD_HEADER + bytes)
+            configured.min(PCAP_HEADER.saturating_add(packets.saturating_mul(PCAP_RECORD_HEADER)).saturating_add(bytes))
         }
         None => configured,
     }
@@ -182,6 +182,7 @@ mod tests {
             stop: false,
             scope: None,
             traceparent: String::new(),
+            first_allowance: None,
         };
         repo.put_job(&job).await.unwrap();
         let pop = PopResult::new("ord01", "a1", PopStatus::Running);

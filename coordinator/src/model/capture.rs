@@ -83,6 +83,10 @@ pub(crate) struct CaptureRecord {
     pub offset_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colo_name: Option<String>,
+    /// The limits are a budget shared by the PoPs (every full capture since shared budgets
+    /// exist; older ones applied them per PoP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_budget: bool,
     /// Extension: PoPs' timestamps were shifted by their measured clock offsets in the file.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clock_correction: bool,

@@ -32,6 +32,11 @@ pub(crate) struct JobRecord {
     /// existed, sent as unrestricted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<super::CaptureScope>,
+    /// With a budget shared by the capture's PoPs (see `full/budget.rs`): this PoP's first
+    /// allowance, (packets, bytes), `u64::MAX` for a limit that does not apply. The limits
+    /// above stay the capture's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_allowance: Option<(u64, u64)>,
     /// The capture's trace context (see `CaptureRecord::traceparent`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,

@@ -3,6 +3,7 @@
 //! (`to_api`), the state-store keys in `store/repo.rs`, the wire messages in `convert.rs`.
 
 mod account;
+mod budget;
 mod capture;
 mod destination;
 mod endpoints;
@@ -13,6 +14,7 @@ mod pop;
 mod request;
 
 pub(crate) use account::{AccountScope, CaptureScope};
+pub(crate) use budget::Budget;
 pub(crate) use capture::{CaptureRecord, CaptureStatus, CaptureType, OutputFormat};
 pub(crate) use destination::{DestinationConf, DestinationError};
 pub use endpoints::EndpointPolicy;

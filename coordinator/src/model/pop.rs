@@ -38,6 +38,8 @@ pub(crate) enum StopReason {
     /// The agent restarted mid-capture.
     Interrupted,
     Failed,
+    /// Its share of the capture's budget (shared by its PoPs) was spent.
+    Budget,
     /// A reason this coordinator does not know (a newer agent's).
     #[serde(other)]
     Unknown,

@@ -71,6 +71,7 @@ impl CaptureRecord {
             colo_name: request.colo_name,
             colo_names: if request.colo_names.len() > 1 { request.colo_names } else { Vec::new() },
             clock_correction: request.clock_correction,
+            shared_budget: request.capture_type == CaptureType::Full,
             destination_conf: request.destination.map(|d| d.uri),
             output_format: request.output_format,
             packets_captured: None,

@@ -101,6 +101,7 @@ impl Repo {
             self.store().delete(&kv.key).await?;
         }
         self.store().delete(&keys::active(id)).await?;
+        self.store().delete(&keys::budget(id)).await?;
         self.store().delete(&keys::capture(account, id)).await?;
         Ok(())
     }

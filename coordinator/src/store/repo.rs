@@ -18,6 +18,7 @@
 //! /edgecap/v1/certs/{agent_id}/{serial}                   IssuedCert              certificates signed for enrolled agents
 //! /edgecap/v1/revoked/{serial}                            Revocation              refused at the next handshake, on every replica
 //! /edgecap/v1/revoked-agents/{agent_id}                   AgentRevocation         bootstrap tokens older than this cannot re-enroll the agent
+//! /edgecap/v1/budget/{capture_id}                         Budget                  a full capture's limits shared by its PoPs: what each may write (CAS)
 //! /edgecap/v1/active/{capture_id}                         {"account"}             unfinished full captures: what the leader follows
 //! /edgecap/v1/created/{yyyy-mm-dd}/{account}/{id}        {}                      captures by creation day: what retention deletes
 //! /edgecap/v1/retention-cursor                            "yyyy-mm-dd"            first creation day not yet swept
@@ -131,6 +132,9 @@ pub(super) mod keys {
     }
     pub fn revoked_agent(agent: &str) -> String {
         format!("{PREFIX}/revoked-agents/{agent}")
+    }
+    pub fn budget(capture: &str) -> String {
+        format!("{PREFIX}/budget/{capture}")
     }
     pub fn active(capture: &str) -> String {
         format!("{PREFIX}/active/{capture}")

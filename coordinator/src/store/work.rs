@@ -192,6 +192,30 @@ impl Repo {
         Ok(out)
     }
 
+    /// Writes a capture's shared budget (before its jobs).
+    pub(crate) async fn put_budget(&self, capture: &str, budget: &crate::model::Budget) -> Result<()> {
+        self.store().put(&keys::budget(capture), encode(budget), None).await?;
+        Ok(())
+    }
+
+    /// Changes a capture's budget with compare-and-swap (retried on conflict); `None` when
+    /// the capture has none.
+    pub(crate) async fn update_budget<T>(
+        &self,
+        capture: &str,
+        mut change: impl FnMut(&mut crate::model::Budget) -> T,
+    ) -> Result<Option<T>> {
+        let key = keys::budget(capture);
+        loop {
+            let Some(kv) = self.store().get(&key).await? else { return Ok(None) };
+            let mut budget: crate::model::Budget = decode(&key, &kv.value)?;
+            let out = change(&mut budget);
+            if self.store().compare_and_put(&key, Some(kv.mod_revision), encode(&budget), None).await?.is_some() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
     /// Removes a finished capture's working keys and takes it out of the active index. Its
     /// per-PoP results live on in the capture record, its shard list under `shards/` (until
     /// retention deletes the capture).
@@ -201,6 +225,7 @@ impl Repo {
             self.store().delete(&keys::pop(capture, agent)).await?;
         }
         self.store().delete(&keys::active(capture)).await?;
+        self.store().delete(&keys::budget(capture)).await?;
         Ok(())
     }
 }

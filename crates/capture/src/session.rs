@@ -26,6 +26,52 @@ use serde::{Deserialize, Serialize};
 use crate::CaptureError;
 use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
 
+/// A share of a budget several captures draw from (a full capture's limits across PoPs):
+/// the packets and bytes this capture may write so far, raised as more is granted, and
+/// whether more can come. A capture at its allowance waits for more (its queue filling,
+/// packets dropped and counted when it is full) and ends with [`StopReason::Budget`] once
+/// none is left.
+#[derive(Debug, Default)]
+pub struct Allowance {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    exhausted: AtomicBool,
+}
+
+impl Allowance {
+    /// An allowance of `packets` and `bytes` (`u64::MAX`: not limited by this one).
+    pub fn new(packets: u64, bytes: u64) -> Self {
+        Self { packets: AtomicU64::new(packets), bytes: AtomicU64::new(bytes), exhausted: AtomicBool::new(false) }
+    }
+
+    /// Raises the allowance (never lowers it); `exhausted`: nothing more will be granted.
+    pub fn grant(&self, packets: u64, bytes: u64, exhausted: bool) {
+        self.packets.fetch_max(packets, Ordering::AcqRel);
+        self.bytes.fetch_max(bytes, Ordering::AcqRel);
+        if exhausted {
+            self.exhausted.store(true, Ordering::Release);
+        }
+    }
+
+    /// (packets, bytes) allowed now.
+    pub fn current(&self) -> (u64, u64) {
+        (self.packets.load(Ordering::Acquire), self.bytes.load(Ordering::Acquire))
+    }
+
+    /// Whether nothing more will be granted.
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for Allowance {
+    fn eq(&self, other: &Self) -> bool {
+        self.current() == other.current() && self.is_exhausted() == other.is_exhausted()
+    }
+}
+
+impl Eq for Allowance {}
+
 /// Limits of one capture; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -38,6 +84,8 @@ pub struct Limits {
     /// Captured bytes written (caplen, no file headers): the packet that reaches the limit is
     /// written and ends the capture; one that would go past it is not written, and ends it.
     pub bytes: Option<u64>,
+    /// A share of a shared budget, on top of `packets` and `bytes` (see [`Allowance`]).
+    pub allowance: Option<Arc<Allowance>>,
 }
 
 /// How to run one live capture; [`LiveConfig::new`] gives the defaults.
@@ -114,6 +162,8 @@ pub enum StopReason {
     /// [`LiveCapture::stop`] or [`StopHandle::stop`] was called, or the [`LiveCapture`] was
     /// dropped.
     Stopped,
+    /// Its share of a shared budget was spent and no more was left ([`Allowance`]).
+    Budget,
     /// Reading the source failed (the source's error), writing to the sink failed
     /// (`write: <error>`), or the writer thread panicked.
     Failed(String),
@@ -126,6 +176,7 @@ impl std::fmt::Display for StopReason {
             StopReason::PacketLimit => write!(f, "packet_limit"),
             StopReason::ByteLimit => write!(f, "byte_limit"),
             StopReason::Stopped => write!(f, "stopped"),
+            StopReason::Budget => write!(f, "budget"),
             StopReason::Failed(e) => write!(f, "failed: {e}"),
         }
     }
@@ -476,6 +527,25 @@ fn read_stats(source: &mut dyn CaptureSource, shared: &Shared) {
     }
 }
 
+/// Whether one more packet (`bytes` written after it) fits the allowance, waiting for more to
+/// be granted while some may come; `false` (and the capture finished) when none will.
+fn within(allowance: &Allowance, shared: &Shared, written: u64, bytes: u64) -> bool {
+    loop {
+        let (packets_allowed, bytes_allowed) = allowance.current();
+        if written < packets_allowed && bytes <= bytes_allowed {
+            return true;
+        }
+        if allowance.is_exhausted() {
+            shared.finish(StopReason::Budget);
+            return false;
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn write_loop(
     rx: Receiver<Batch>,
     recycle: SyncSender<Batch>,
@@ -495,6 +565,11 @@ fn write_loop(
             }
             if limits.bytes.is_some_and(|max| bytes + len as u64 > max) {
                 shared.finish(StopReason::ByteLimit);
+                break 'batches;
+            }
+            if let Some(allowance) = &limits.allowance
+                && !within(allowance, &shared, written, bytes + len as u64)
+            {
                 break 'batches;
             }
             if let Some(d) = delay {

@@ -121,6 +121,9 @@ pub(crate) struct PopResult {
     received: Option<u64>,
     agent_dropped: Option<u64>,
     bytes: Option<u64>,
+    /// Why this PoP's capture ended: `time_limit`, `packet_limit`, `byte_limit`, `budget` (its
+    /// share of the limits shared by the capture's PoPs was spent), `stopped`, `spool_full`,
+    /// `interrupted` or `failed`.
     stop_reason: Option<String>,
     shards: Option<Vec<Shard>>,
 }

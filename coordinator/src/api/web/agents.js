@@ -1,4 +1,4 @@
-// Agents, grouped by PoP, with their lookback.
+// Agents, grouped by PoP, with their lookback and clock offset.
 "use strict";
 
 async function refreshAgents(gen) {
@@ -19,7 +19,7 @@ async function refreshAgents(gen) {
       const head = `PoP ${pop}: ${list.length} agent${list.length === 1 ? "" : "s"}` +
         (depths.length ? `, lookback depth ${duration(Math.min(...depths))}` : "");
       const group = el("tbody", { "data-pop": pop },
-        el("tr", {}, el("th", { scope: "rowgroup", colspan: 9, text: head })));
+        el("tr", {}, el("th", { scope: "rowgroup", colspan: 10, text: head })));
       for (const a of list) {
         const l = a.lookback;
         group.append(el("tr", { "data-agent": a.agent_id },
@@ -27,7 +27,7 @@ async function refreshAgents(gen) {
           td(l ? lookbackDepthText(a, now) : "on another replica"),
           td(l ? count(l.packets_held) : "—", "num"), td(l ? bytes(l.bytes_held) : "—", "num"),
           td(a.sample_rate ? `1 in ${a.sample_rate}` : "—", "num"),
-          td(l ? count(l.kernel_dropped) : "—", "num"), td(utc(a.connected_at)), td(a.coordinator)));
+          td(l ? count(l.kernel_dropped) : "—", "num"), td(clockText(a), "num"), td(utc(a.connected_at)), td(a.coordinator)));
       }
       table.append(group);
     }

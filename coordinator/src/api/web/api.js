@@ -86,6 +86,18 @@ function duration(seconds) {
   if (s < 7200) return `${Math.floor(s / 60)} min ${s % 60} s`;
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
+// Microseconds as milliseconds for people (as the CLI writes them): 12 ms, 1.5 ms, 0.045 ms.
+function millis(us) {
+  if (us >= 10000) return `${number.format(Math.round(us / 1000))} ms`;
+  return `${(us / 1000).toFixed(us >= 1000 ? 1 : 3).replace(/\.?0+$/, "")} ms`;
+}
+// A PoP's or agent's clock offset (coordinator minus PoP) with its uncertainty: +12 ms ± 0.3 ms.
+function clockText(v) {
+  if (!v || typeof v.clock_offset_us !== "number") return "—";
+  const sign = v.clock_offset_us < 0 ? "-" : "+";
+  const within = typeof v.clock_uncertainty_us === "number" ? ` ± ${millis(v.clock_uncertainty_us)}` : "";
+  return `${sign}${millis(Math.abs(v.clock_offset_us))}${within}`;
+}
 const utc = (rfc3339) => (rfc3339 ? rfc3339.replace("T", " ").replace(/\.\d+Z$|Z$/, "") : "—");
 
 // Re-renders `container` with `render()` only when `data` changed, and gives the focus back
@@ -123,13 +135,14 @@ function clearErrors(form) {
   for (const e of form.querySelectorAll("[aria-invalid]")) e.removeAttribute("aria-invalid");
 }
 
-// Each API message starts with the field it is about ("time_limit: must be ..."): it is shown
-// next to that field, which is marked invalid and focused. Others go to the top of the form.
+// Each API message starts with the field it is about ("time_limit: must be ...", or an item of
+// a list, "colo_names[1]: ..."): it is shown next to that field, which is marked invalid and
+// focused. Others go to the top of the form.
 function showErrors(form, error, byCode) {
   clearErrors(form);
   let first = null;
   for (const e of error.errors) {
-    const named = /^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?):\s/.exec(e.message || "");
+    const named = /^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)(?:\[\d+\])?:\s/.exec(e.message || "");
     let field = (byCode && byCode[e.code]) || (named && named[1]);
     field = FIELD_ALIASES[field] || field;
     const input = field ? form.elements.namedItem(field) : null;
@@ -148,14 +161,21 @@ function showErrors(form, error, byCode) {
 }
 
 // The form's fields as an API body: numbers where the field takes one and the text is one
-// (otherwise the text, for the API to name the field), filter_v1.* into filter_v1.
+// (otherwise the text, for the API to name the field), lists from comma-separated text,
+// checkboxes true when checked (absent otherwise), filter_v1.* into filter_v1.
 function formBody(form) {
   const body = {};
   for (const input of form.elements) {
     if (!input.name || input.disabled) continue;
+    if (input.type === "checkbox") {
+      if (input.checked) body[input.name] = true;
+      continue;
+    }
     const raw = input.value.trim();
     if (raw === "") continue;
-    const value = input.dataset.kind === "number" && /^-?\d+(\.\d+)?([eE][+-]?\d+)?$/.test(raw) ? Number(raw) : raw;
+    const value = input.dataset.kind === "number" && /^-?\d+(\.\d+)?([eE][+-]?\d+)?$/.test(raw) ? Number(raw)
+      : input.dataset.kind === "list" ? raw.split(",").map((s) => s.trim()).filter(Boolean)
+      : raw;
     if (input.name.startsWith("filter_v1.")) (body.filter_v1 ||= {})[input.name.slice(10)] = value;
     else body[input.name] = value;
   }

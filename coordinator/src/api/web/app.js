@@ -72,6 +72,7 @@ function signOut() {
   session.account = "";
   session.token = "";
   forgetPreview();
+  $("dry-run").hidden = true; // another account's answer
   say("");
   go("#/signin");
 }

@@ -1,11 +1,14 @@
-// Captures: the list, the two create forms, and one capture's view (summary, per-PoP table,
-// a full capture's progress while it runs, Stop).
+// Captures: the list, the two create forms (the full one with its dry run), and one
+// capture's view (summary, per-PoP table, a full capture's progress while it runs, Stop).
 "use strict";
 
 const FINAL = new Set(["success", "failed"]);
 const FULL_STEPS = ["pending", "running", "conversion_pending", "conversion_running", "success"];
 
 // ---------------------------------------------------------------- captures list and create
+
+// The colos of a full capture: `colo_names` (extension) when it names several.
+const colosOf = (c) => (Array.isArray(c.colo_names) && c.colo_names.length > 1 ? c.colo_names.join(", ") : c.colo_name);
 
 function popsSummary(c) {
   return (c.pops || []).map((p) => `${p.pop}: ${p.status}`).join(", ");
@@ -21,7 +24,7 @@ async function refreshCaptures(gen) {
         el("td", {}, el("a", { href: `#/captures/${c.id}`, "data-key": c.id, class: "mono", text: c.id })),
         td(c.type === "simple" ? "sample" : "full"), statusCell(c.status), td(utc(c.submitted)),
         td(count(c.packets_captured), "num"), td(popsSummary(c)),
-        td(c.type === "full" ? `${c.colo_name} → ${c.destination_conf}` : `last ${c.time_limit} s before ${utc(c.offset_time)}`))));
+        td(c.type === "full" ? `${colosOf(c)} → ${c.destination_conf}` : `last ${c.time_limit} s before ${utc(c.offset_time)}`))));
       if (!list.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted", text: "No capture yet." })));
     });
     poll(refreshCaptures, 5000);
@@ -34,12 +37,63 @@ for (const form of [$("sample-form"), $("full-form")]) {
     const body = { system: "magic-transit", type: form.dataset.captureType, ...formBody(form) };
     try {
       const c = await call("POST", pcaps(), body);
+      if (form.id === "full-form") $("dry-run").hidden = true;
       say(`Capture ${c.id} created (${c.status}).`);
       go(`#/captures/${c.id}`);
     } catch (e) {
       if (e.status === 401) trouble(e, "create"); else showErrors(form, e);
     }
   });
+}
+
+// ---------------------------------------------------------------- dry run
+
+// The full capture form's body with "dry_run": true: every check of a real request, then what
+// the capture would match at each PoP and when it would end; nothing starts.
+$("dry-run-full").addEventListener("click", async () => {
+  const form = $("full-form"), button = $("dry-run-full");
+  clearErrors(form);
+  button.disabled = true;
+  try {
+    const d = await call("POST", pcaps(), { system: "magic-transit", type: "full", ...formBody(form), dry_run: true });
+    renderDryRun(d);
+    say(`Dry run: ${(d.pops || []).length} PoP${(d.pops || []).length === 1 ? "" : "s"} would take part; nothing was started.`);
+    $("dry-run-heading").focus();
+  } catch (e) {
+    $("dry-run").hidden = true;
+    if (e.status === 401) trouble(e, "dry run"); else showErrors(form, e);
+  } finally {
+    button.disabled = false;
+  }
+});
+// A result no longer says what the form would do once the form changes.
+$("full-form").addEventListener("input", () => { $("dry-run-stale").hidden = $("dry-run").hidden; });
+
+const rate = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
+const seconds = (s) => (typeof s === "number" ? `${rate.format(s)} s` : null);
+
+function renderDryRun(d) {
+  const offline = (d.offline || []).map((o) => `${o.pop} (agent ${o.agent_id}${o.last_connected ? `, last connected ${utc(o.last_connected)} UTC` : ""})`);
+  const full = d.type === "full";
+  const rows = [
+    full ? ["colos", (d.colo_names || []).join(", ")] : null,
+    ["offline PoPs", offline.length ? offline.join(", ") : "none"],
+    ["total matching", `${rate.format(d.matching_pps || 0)} packets/s, ${bytes(Math.round(d.matching_bps || 0))}/s`],
+    full ? ["would end by", d.ends_by === "time_limit" ? `time_limit, after ${seconds(d.estimated_seconds) || "—"}`
+      : `${d.ends_by}, after ~${seconds(d.estimated_seconds) || "—"}`] : null,
+    full && seconds(d.estimated_seconds_to_packet_limit) ? ["packet_limit reached after", `~${seconds(d.estimated_seconds_to_packet_limit)}`] : null,
+    full && seconds(d.estimated_seconds_to_byte_limit) ? ["byte_limit reached after", `~${seconds(d.estimated_seconds_to_byte_limit)}`] : null,
+    full ? null : ["packets in the window", `~${count(d.estimated_packets)}`],
+    ["applied filter", d.effective_filter || "everything"],
+  ].filter(Boolean);
+  $("dry-run-summary").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: text(v) })]));
+  const pops = d.pops || [];
+  $("dry-run-pops").replaceChildren(...pops.map((p) => el("tr", { "data-pop": p.pop },
+    td(p.pop), td(p.agent_id), td(rate.format(p.matching_pps || 0), "num"),
+    td(`${bytes(Math.round(p.matching_bps || 0))}/s`, "num"), td(p.error))));
+  if (!pops.length) $("dry-run-pops").append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No connected agent would take part." })));
+  $("dry-run-stale").hidden = true;
+  $("dry-run").hidden = false;
 }
 
 // Validated buckets are offered in the full capture form.
@@ -114,9 +168,10 @@ function renderCapture(c) {
       : ["time_limit", `${c.time_limit} s`],
     ["packet_limit", c.packet_limit === undefined ? null : count(c.packet_limit)],
     c.type === "full" ? ["byte_limit", c.byte_limit === null || c.byte_limit === undefined ? null : count(c.byte_limit)] : null,
-    c.type === "full" ? ["colo_name", c.colo_name] : null,
+    c.type === "full" ? (Array.isArray(c.colo_names) && c.colo_names.length > 1 ? ["colo_names", colosOf(c)] : ["colo_name", c.colo_name]) : null,
     c.type === "full" ? ["destination_conf", c.destination_conf] : null,
     c.type === "full" ? ["output_format", c.output_format] : null,
+    c.clock_correction ? ["clock correction", "yes: each PoP's timestamps shifted by its clock offset"] : null,
     ["filter", filterText(c)],
     typeof c.effective_filter === "string" ? ["applied filter", c.effective_filter || "everything"] : null,
     ["packets captured", count(c.packets_captured)],
@@ -135,8 +190,8 @@ function renderCapture(c) {
       td(count(p.packets), "num"),
       td(sample ? "—" : bytes(p.bytes), "num"),
       el("td", { class: "num", title: "kernel / agent", text: sample ? count(p.kernel_dropped) : `${count(p.kernel_dropped)} / ${count(p.agent_dropped)}` }),
-      td(p.stop_reason), td(p.error))));
-    if (!(c.pops || []).length) pops.append(el("tr", {}, el("td", { colspan: 8, class: "muted", text: "No PoP has answered yet." })));
+      td(clockText(p), "num"), td(p.stop_reason), td(p.error))));
+    if (!(c.pops || []).length) pops.append(el("tr", {}, el("td", { colspan: 9, class: "muted", text: "No PoP has answered yet." })));
   });
 
   renderProgress(c);

@@ -6,6 +6,9 @@ use serde_json::Value;
 
 use crate::output::{Table, bytes, cell, count, duration, fields, seconds_since, time};
 
+mod measures;
+pub use measures::{clock, dry_run};
+
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
@@ -24,7 +27,11 @@ pub fn captures(list: &Value) -> String {
             s(&c["status"]),
             time(&c["submitted"]),
             count(n(&c["packets_captured"])),
-            s(&c["colo_name"]),
+            if c["colo_names"].as_array().is_some_and(|a| a.len() > 1) {
+                s(&c["colo_names"])
+            } else {
+                s(&c["colo_name"])
+            },
         ]);
     }
     if list.as_array().is_none_or(Vec::is_empty) {
@@ -57,6 +64,10 @@ pub fn capture(c: &Value) -> String {
     .flatten()
     .collect::<Vec<_>>()
     .join(", ");
+    // `colo_names` (extension) when the capture names several colos; `colo_name` is the first.
+    let several_colos = c["colo_names"].as_array().is_some_and(|a| a.len() > 1);
+    let corrected =
+        if c["clock_correction"] == true { "yes (each PoP's timestamps shifted by its clock offset)" } else { "" };
     let mut out = fields(&[
         ("ID", s(&c["id"])),
         ("Type", s(&c["type"])),
@@ -65,7 +76,8 @@ pub fn capture(c: &Value) -> String {
         ("Time limit", c["time_limit"].as_u64().map(|t| format!("{t} s")).unwrap_or_default()),
         ("Limits", limits),
         ("Window end", if full { String::new() } else { time(&c["offset_time"]) }),
-        ("Colo", opt(&c["colo_name"])),
+        ("Colo", if several_colos { String::new() } else { opt(&c["colo_name"]) }),
+        ("Colos", if several_colos { cell(&c["colo_names"]) } else { String::new() }),
         ("Destination", opt(&c["destination_conf"])),
         ("Output format", opt(&c["output_format"])),
         ("Filter", filter(&c["filter_v1"])),
@@ -74,6 +86,7 @@ pub fn capture(c: &Value) -> String {
         ("Packets", count(n(&c["packets_captured"]))),
         ("Object key", opt(&c["object_key"])),
         ("Stop requested", if c["stop_requested"] == true { "yes".into() } else { String::new() }),
+        ("Clock correction", corrected.into()),
         ("Error", opt(&c["error_message"])),
     ]);
     let pops = c["pops"].as_array().cloned().unwrap_or_default();
@@ -84,13 +97,19 @@ pub fn capture(c: &Value) -> String {
     out
 }
 
-/// POP, AGENT, STATUS, PACKETS, BYTES, DROPS, EXCLUDED, STOP REASON, ERROR.
+/// POP, AGENT, STATUS, PACKETS, BYTES, DROPS, EXCLUDED, CLOCK OFFSET (when a PoP has one), STOP
+/// REASON, ERROR.
 pub fn pop_table(pops: &[Value], full: bool) -> String {
-    let mut t =
-        Table::new(&["POP", "AGENT", "STATUS", "PACKETS>", "BYTES>", "DROPS>", "EXCLUDED>", "STOP REASON", "ERROR"]);
+    let clocks = pops.iter().any(|p| p["clock_offset_us"].is_i64());
+    let mut headers = vec!["POP", "AGENT", "STATUS", "PACKETS>", "BYTES>", "DROPS>", "EXCLUDED>"];
+    if clocks {
+        headers.push("CLOCK OFFSET>");
+    }
+    headers.extend(["STOP REASON", "ERROR"]);
+    let mut t = Table::new(&headers);
     for p in pops {
         let drops = n(&p["kernel_dropped"]) + n(&p["agent_dropped"]);
-        t.row(vec![
+        let mut row = vec![
             s(&p["pop"]),
             s(&p["agent_id"]),
             s(&p["status"]),
@@ -98,9 +117,12 @@ pub fn pop_table(pops: &[Value], full: bool) -> String {
             if full { bytes(n(&p["bytes"])) } else { "-".into() },
             count(drops),
             count(n(&p["excluded"])),
-            s(&p["stop_reason"]).replace('_', " "),
-            s(&p["error"]),
-        ]);
+        ];
+        if clocks {
+            row.push(clock(p));
+        }
+        row.extend([s(&p["stop_reason"]).replace('_', " "), s(&p["error"])]);
+        t.row(row);
     }
     t.render()
 }
@@ -126,7 +148,8 @@ fn depth(a: &Value) -> (Option<u64>, String) {
     }
 }
 
-/// `agents`: grouped by PoP (each with its agents' shortest lookback depth).
+/// `agents`: grouped by PoP (each with its agents' shortest lookback depth), with each
+/// agent's clock offset when the API gives one.
 pub fn agents(list: &Value) -> String {
     let agents = list.as_array().cloned().unwrap_or_default();
     if agents.is_empty() {
@@ -136,18 +159,15 @@ pub fn agents(list: &Value) -> String {
     pops.dedup();
     pops.sort();
     pops.dedup();
-    let mut t = Table::new(&[
-        "AGENT",
-        "INTERFACES",
-        "LOOKBACK",
-        "PACKETS HELD>",
-        "BYTES HELD>",
-        "SAMPLING>",
-        "KERNEL DROPS>",
-        "CONNECTED",
-        "COORDINATOR",
-    ])
-    .indent(2);
+    // The clock offset column when the API measures one (agents connected to this replica).
+    let clocks = agents.iter().any(|a| a["clock_offset_us"].is_i64());
+    let mut headers =
+        vec!["AGENT", "INTERFACES", "LOOKBACK", "PACKETS HELD>", "BYTES HELD>", "SAMPLING>", "KERNEL DROPS>"];
+    if clocks {
+        headers.push("CLOCK OFFSET>");
+    }
+    headers.extend(["CONNECTED", "COORDINATOR"]);
+    let mut t = Table::new(&headers).indent(2);
     for pop in pops {
         let group: Vec<&Value> = agents.iter().filter(|a| s(&a["pop"]) == pop).collect();
         let shortest = group.iter().filter_map(|a| depth(a).0).min();
@@ -157,7 +177,7 @@ pub fn agents(list: &Value) -> String {
         for a in group {
             let l = &a["lookback"];
             let held = |k: &str| if l.is_null() { "-".to_string() } else { count(n(&l[k])) };
-            t.row(vec![
+            let mut row = vec![
                 s(&a["agent_id"]),
                 s(&a["interfaces"]),
                 depth(a).1,
@@ -165,9 +185,12 @@ pub fn agents(list: &Value) -> String {
                 if l.is_null() { "-".into() } else { bytes(n(&l["bytes_held"])) },
                 a["sample_rate"].as_u64().map(|r| format!("1 in {r}")).unwrap_or_else(|| "-".into()),
                 held("kernel_dropped"),
-                time(&a["connected_at"]),
-                s(&a["coordinator"]),
-            ]);
+            ];
+            if clocks {
+                row.push(clock(a));
+            }
+            row.extend([time(&a["connected_at"]), s(&a["coordinator"])]);
+            t.row(row);
         }
     }
     t.render()
@@ -231,23 +254,31 @@ mod tests {
     #[test]
     fn a_full_capture_shows_its_pops() {
         let c = json!({"id": "ab", "type": "full", "status": "running", "submitted": "2025-01-02T03:04:05.000001Z",
-            "time_limit": 60, "byte_limit": 1000000, "colo_name": "ord", "filter_v1": {"protocol": 17},
-            "packets_captured": 0, "pops": [
+            "time_limit": 60, "byte_limit": 1000000, "colo_name": "ord", "colo_names": ["ord", "ams"],
+            "clock_correction": true, "filter_v1": {"protocol": 17}, "packets_captured": 0, "pops": [
                 {"pop": "ord01", "agent_id": "ord01-a", "status": "done", "packets": 1200, "bytes": 2048,
-                 "kernel_dropped": 1, "agent_dropped": 2, "excluded": 3, "stop_reason": "packet_limit"},
-                {"pop": "ord02", "agent_id": "ord02-a", "status": "failed", "packets": 0, "bytes": 0,
+                 "kernel_dropped": 1, "agent_dropped": 2, "excluded": 3, "stop_reason": "packet_limit",
+                 "clock_offset_us": 12_040, "clock_uncertainty_us": 300},
+                {"pop": "ams02", "agent_id": "ams02-a", "status": "failed", "packets": 0, "bytes": 0,
                  "kernel_dropped": 0, "agent_dropped": 0, "excluded": 0, "error": "agent gone"}]});
         let text = super::capture(&c);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.iter().any(|l| l.starts_with("Filter") && l.ends_with(" protocol=17")), "{text}");
         assert!(lines.iter().any(|l| l.starts_with("Limits") && l.ends_with(" 1,000,000 bytes")), "{text}");
+        assert!(lines.iter().any(|l| l.starts_with("Colos ") && l.ends_with(" ord, ams")), "{text}");
+        assert!(!lines.iter().any(|l| l.starts_with("Colo ")), "{text}");
+        assert!(lines.iter().any(|l| l.starts_with("Clock correction ") && l.contains("yes")), "{text}");
         let header = lines.iter().position(|l| l.starts_with("POP")).unwrap();
         assert_eq!(
             lines[header].split("  ").filter(|c| !c.is_empty()).map(str::trim).collect::<Vec<_>>(),
-            ["POP", "AGENT", "STATUS", "PACKETS", "BYTES", "DROPS", "EXCLUDED", "STOP REASON", "ERROR"]
+            ["POP", "AGENT", "STATUS", "PACKETS", "BYTES", "DROPS", "EXCLUDED", "CLOCK OFFSET", "STOP REASON", "ERROR"]
         );
         assert!(lines[header + 1].contains("1,200") && lines[header + 1].contains("2.0 KiB"), "{text}");
-        assert!(lines[header + 1].contains("packet limit") && lines[header + 2].ends_with("agent gone"), "{text}");
+        assert!(lines[header + 1].contains("+12 ms ± 0.3 ms  packet limit"), "{text}");
+        assert!(lines[header + 2].contains("  -  ") && lines[header + 2].ends_with("agent gone"), "{text}");
+        // No PoP measured a clock (an older record): no column for it.
+        let old = json!({"type": "simple", "pops": [{"pop": "a", "agent_id": "a-1", "status": "done", "packets": 1}]});
+        assert!(!super::capture(&old).contains("CLOCK"), "{}", super::capture(&old));
     }
 
     #[test]
@@ -267,5 +298,18 @@ mod tests {
         assert!(lines[2].contains("a-1") && lines[2].contains("eth0, eth1") && lines[2].contains("1 in 4"), "{text}");
         assert_eq!(lines[3], "PoP b: 1 agent");
         assert!(lines[4].contains("on another replica"), "{text}");
+        assert!(!text.contains("CLOCK OFFSET"), "no agent measured its clock: {text}");
+        // An agent's clock, when the API gives it.
+        let mut agents = agents;
+        agents[1]["clock_offset_us"] = json!(-40);
+        agents[1]["clock_uncertainty_us"] = json!(120);
+        let text = super::agents(&agents);
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(header[6..9], ["KERNEL DROPS", "CLOCK OFFSET", "CONNECTED"], "{text}");
+        // Right-aligned under its header.
+        let end = lines[0].find("CLOCK OFFSET").unwrap() + "CLOCK OFFSET".len();
+        assert!(lines[2].chars().take(end).collect::<String>().ends_with("-0.04 ms ± 0.12 ms"), "{text}");
+        assert!(lines[4].chars().take(end).collect::<String>().ends_with(" -"), "{text}");
     }
 }
