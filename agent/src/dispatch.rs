@@ -62,6 +62,7 @@ pub(crate) async fn session(
     if let Some(jobs) = &parts.jobs {
         session_tasks.spawn(jobs.clone().upload_loop(out_tx.clone(), session_tasks.token()));
         session_tasks.spawn(jobs.clone().budget_loop(out_tx.clone(), session_tasks.token()));
+        session_tasks.spawn(jobs.clone().stream_loop(out_tx.clone(), session_tasks.token()));
     }
     parts.connected.store(true, std::sync::atomic::Ordering::Relaxed);
     let result = serve(parts, inbound, &out_tx, tls, &session_tasks).await;
@@ -210,6 +211,11 @@ async fn dispatch(
         Msg::StopCapture(stop) => {
             if let Some(jobs) = &parts.jobs {
                 jobs.stop(&stop.capture_id);
+            }
+        }
+        Msg::StreamControl(control) => {
+            if let Some(jobs) = &parts.jobs {
+                jobs.set_streaming(&control.capture_id, control.on);
             }
         }
         Msg::UploadGrant(grant) => {

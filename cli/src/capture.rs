@@ -1,4 +1,4 @@
-//! `edgecap capture create|list|get|wait|download|stop`: captures through the API.
+//! `edgecap capture create|list|get|wait|download|stream|stop`: captures through the API.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +61,20 @@ pub enum CaptureCommand {
         id: String,
         /// The file to write.
         #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Watch a running full capture live (extension): pcapng from every PoP, in time order,
+    /// until the capture ends. A slow reader loses packets (counted in the stream's interface
+    /// statistics), never the capture's file.
+    #[command(after_help = "Examples:
+  edgecap capture stream 0123456789abcdef0123456789abcdef | wireshark -k -i -
+  edgecap capture stream 0123456789abcdef0123456789abcdef | tshark -l -r -
+  edgecap capture stream 0123456789abcdef0123456789abcdef -o live.pcapng")]
+    Stream {
+        /// The capture's id (32 hex digits).
+        id: String,
+        /// Where to write the stream (default: standard output).
+        #[arg(short, long, default_value = "/dev/stdout")]
         output: PathBuf,
     },
     /// Stop a full capture (its PoPs stop, deliver what they captured, and it is merged).
@@ -220,6 +234,11 @@ pub async fn run(api: Api, command: CaptureCommand) -> anyhow::Result<()> {
         CaptureCommand::Download { id, output } => {
             let n = wait::download(&api, &id, &output).await?;
             eprintln!("{n} bytes written to {}", output.display());
+            Ok(())
+        }
+        CaptureCommand::Stream { id, output } => {
+            let n = wait::stream(&api, &id, &output).await?;
+            eprintln!("the capture ended; {n} bytes of live stream written");
             Ok(())
         }
         CaptureCommand::Stop { id } => {

@@ -167,3 +167,12 @@ pub async fn download(api: &Api, id: &str, out: &Path) -> anyhow::Result<u64> {
         edgecap_client::Download::Refused { status, body } => Err(Refusal::new(status, &body).into()),
     }
 }
+
+/// `capture stream`: the live stream of a running full capture into `out` until it ends.
+pub async fn stream(api: &Api, id: &str, out: &Path) -> anyhow::Result<u64> {
+    let result = api.client.stream_to(id, out, |_, _| {}).await;
+    match result.with_context(|| format!("stream capture {id} into {}", out.display()))? {
+        edgecap_client::Download::Written(n) => Ok(n),
+        edgecap_client::Download::Refused { status, body } => Err(Refusal::new(status, &body).into()),
+    }
+}

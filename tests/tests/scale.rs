@@ -121,9 +121,17 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
     )
     .await
     .unwrap();
-    for prefix in ["/edgecap/v1/jobs/", "/edgecap/v1/active/", "/edgecap/v1/pops/"] {
-        let keys: Vec<String> = store.list(prefix).await.unwrap().into_iter().map(|kv| kv.key).collect();
-        assert!(keys.is_empty(), "{prefix}: {keys:?}");
+    // The leader deletes the working keys just after writing the final status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for prefix in ["/edgecap/v1/jobs/", "/edgecap/v1/active/", "/edgecap/v1/pops/", "/edgecap/v1/budget/"] {
+        loop {
+            let keys: Vec<String> = store.list(prefix).await.unwrap().into_iter().map(|kv| kv.key).collect();
+            if keys.is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{prefix}: {keys:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     for tmp in ["tmp-c1", "tmp-c2"] {
         assert!(walk(&dir.path().join(tmp)).is_empty(), "{tmp} holds scratch files");

@@ -29,6 +29,7 @@ mod budget;
 mod reports;
 mod spool;
 mod start;
+mod stream;
 mod uploads;
 
 struct Job {
@@ -36,6 +37,8 @@ struct Job {
     stop: Option<StopHandle>,
     /// Its share of a shared budget and the first portion (the size of the next ones).
     allowance: Option<(std::sync::Arc<edgecap_capture::session::Allowance>, (u64, u64))>,
+    /// The copy of its packets for live viewers (while it runs).
+    tap: Option<Arc<stream::StreamTap>>,
     end: Option<spool::EndFile>,
     shards_uploaded: u32,
     /// When the capture ended (for forgetting it later).
@@ -50,6 +53,7 @@ impl Job {
             dir,
             stop: None,
             allowance: None,
+            tap: None,
             end: Some(end),
             shards_uploaded: 0,
             ended_at: Some(Instant::now()),

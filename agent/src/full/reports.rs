@@ -46,6 +46,7 @@ impl Jobs {
                 shards_closed: job.shards_uploaded + pending_shards,
                 shards_uploaded: job.shards_uploaded,
                 spool_bytes: spool,
+                stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
                 ..Default::default()
             };
             match (&job.stop, &job.end) {

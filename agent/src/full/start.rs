@@ -22,6 +22,7 @@ pub(super) struct Prepared {
     expr: String,
     /// The share of a shared budget, and its first portion.
     allowance: Option<(Arc<Allowance>, (u64, u64))>,
+    tap: Arc<super::stream::StreamTap>,
 }
 
 impl Jobs {
@@ -53,6 +54,7 @@ impl Jobs {
                 dir: dir.clone(),
                 stop: None,
                 allowance: None,
+                tap: None,
                 end: None,
                 shards_uploaded: 0,
                 ended_at: None,
@@ -87,6 +89,7 @@ impl Jobs {
         if let Some(job) = lock(&self.jobs).get_mut(&id) {
             job.stop = Some(prepared.live.stop_handle());
             job.allowance = prepared.allowance.clone();
+            job.tap = Some(prepared.tap.clone());
         }
         let counters = prepared.live.wait();
         let error = match &counters.stop_reason {
@@ -195,7 +198,9 @@ impl Jobs {
                 filter_hash,
             },
         );
-        let live = LiveCapture::start(config, source, Box::new(shards)).map_err(|e| e.to_string())?;
-        Ok(Prepared { live, iface, expr, allowance })
+        let tap = super::stream::StreamTap::new(&iface, linktype as u32, snaplen);
+        let sink = super::stream::TeeSink { inner: Box::new(shards), tap: tap.clone() };
+        let live = LiveCapture::start(config, source, Box::new(sink)).map_err(|e| e.to_string())?;
+        Ok(Prepared { live, iface, expr, allowance, tap })
     }
 }

@@ -143,6 +143,13 @@ impl Registry {
         }
     }
 
+    /// Sends a message to a connected agent without waiting (from synchronous code); false if
+    /// it is not connected or its stream's queue is full.
+    pub(crate) fn try_send(&self, agent_id: &str, message: pb::CoordinatorMessage) -> bool {
+        let tx = lock(&self.agents).get(agent_id).map(|c| c.tx.clone());
+        tx.is_some_and(|tx| tx.try_send(Ok(message)).is_ok())
+    }
+
     pub(crate) fn unregister(&self, agent_id: &str, conn: u64) {
         let mut agents = lock(&self.agents);
         if agents.get(agent_id).is_some_and(|c| c.conn == conn) {

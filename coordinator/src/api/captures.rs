@@ -18,7 +18,7 @@ use crate::model::{CaptureRecord, CaptureStatus, CaptureType, is_id, rfc3339};
 /// Longest a request's validation (a `filter_bpf` compile) may take.
 const VALIDATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord, ApiError> {
+pub(super) async fn find(state: &ApiState, account: &str, id: &str) -> Result<CaptureRecord, ApiError> {
     let not_found = || ApiError::not_found(code::CAPTURE_NOT_FOUND, format!("pcap_id: {id:?} not found"));
     if !is_id(id) {
         return Err(not_found());

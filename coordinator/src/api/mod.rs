@@ -36,6 +36,7 @@ pub(crate) mod openapi;
 mod ownership;
 mod pki;
 mod rate;
+mod stream;
 pub(crate) mod tls;
 mod validate;
 mod web;
@@ -168,6 +169,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route(&format!("{base}/{{pcap_id}}"), get(captures::get))
         .route(&format!("{base}/{{pcap_id}}/download"), get(captures::download))
         .route(&format!("{base}/{{pcap_id}}/stop"), put(captures::stop))
+        .route(&format!("{base}/{{pcap_id}}/stream"), get(stream::stream))
         .route("/edgecap/v1/agents", get(agents::list))
         .route("/edgecap/v1/admin/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/edgecap/v1/admin/tokens/{name}", delete(admin::revoke_token))

@@ -77,6 +77,10 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
             c.packets.iter().try_for_each(|p| bounded("packet interface name", &p.interface, MAX_ID))
         }
         AgentEvent::Heartbeat(_) | AgentEvent::Hello | AgentEvent::ClockProbe(..) => Ok(()),
+        AgentEvent::StreamPackets(s) => {
+            bounded("stream capture id", &s.capture_id, MAX_ID)?;
+            bounded("stream interface name", &s.interface, MAX_ID)
+        }
         AgentEvent::BudgetRequest(r) => {
             bounded("budget request id", &r.request_id, MAX_ID)?;
             bounded("budget capture id", &r.capture_id, MAX_ID)
@@ -118,6 +122,7 @@ pub(super) enum AgentEvent {
     UploadRequest(pb::UploadRequest),
     ShardUploaded(pb::ShardUploaded),
     BudgetRequest(pb::BudgetRequest),
+    StreamPackets(pb::StreamPackets),
     /// A clock probe, with the time it was received (the echo's t2).
     ClockProbe(pb::ClockProbe, u64),
     /// A second Hello: ignored.
@@ -134,6 +139,7 @@ impl AgentEvent {
             pb::agent_message::Msg::ShardUploaded(uploaded) => AgentEvent::ShardUploaded(uploaded),
             pb::agent_message::Msg::Hello(_) => AgentEvent::Hello,
             pb::agent_message::Msg::BudgetRequest(request) => AgentEvent::BudgetRequest(request),
+            pb::agent_message::Msg::StreamPackets(packets) => AgentEvent::StreamPackets(packets),
             pb::agent_message::Msg::ClockProbe(p) => AgentEvent::ClockProbe(p, edgecap_common::now_ns()),
         })
     }
@@ -253,6 +259,7 @@ impl Session {
                     let _ = answers.send(Ok(msg)).await;
                 });
             }
+            AgentEvent::StreamPackets(packets) => self.full.publish_stream(&self.pop, &self.agent_id, packets),
             AgentEvent::BudgetRequest(request) => {
                 let (full, answers, agent) = (self.full.clone(), self.answers.clone(), self.agent_id.clone());
                 handlers.spawn(async move {

@@ -25,6 +25,7 @@ fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
         pop.bytes = c.bytes_written;
         pop.excluded = c.excluded;
     }
+    pop.stream_dropped = pop.stream_dropped.max(report.stream_dropped);
     if let Some(clock) = &report.clock {
         pop.clock_offset_us = Some(clock.offset_ns / 1000);
         pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));

@@ -40,6 +40,7 @@ use crate::store::Repo;
 
 mod buckets;
 mod budget;
+mod stream;
 
 mod follow;
 mod jobs;
@@ -64,6 +65,7 @@ pub(crate) struct FullCaptures {
     name: String,
     leader: watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
+    streams: stream::Streams,
 }
 
 /// The shard prefix of a capture (relative to the destination prefix).
@@ -95,6 +97,7 @@ impl FullCaptures {
             name,
             leader: watch::channel(false).0,
             metrics,
+            streams: stream::Streams::default(),
         }
     }
 

@@ -80,11 +80,19 @@ pub(crate) struct PopResult {
     /// Bytes written into this PoP's shards.
     #[serde(default)]
     pub bytes: u64,
+    /// Packets its agent could not copy to live viewers (`GET .../stream`); never missing
+    /// from the delivered file.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stream_dropped: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<StopReason>,
     /// The shards this PoP delivered to the bucket (provenance of the merged file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardRef>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PopResult {

@@ -279,14 +279,27 @@ impl Client {
     /// is created only once the API has answered 200; if the transfer breaks, what was written
     /// of a regular file is removed. The answer must start within [`REQUEST_TIMEOUT`], and
     /// no gap between two pieces may be longer.
-    pub async fn download_to(
+    pub async fn download_to(&self, id: &str, out: &Path, progress: impl FnMut(u64, Option<u64>)) -> Result<Download> {
+        self.fetch_to(&format!("/{id}/download"), out, false, progress).await
+    }
+
+    /// Writes the live stream of a running full capture (`GET .../pcaps/{id}/stream`, pcapng)
+    /// into `out` as it arrives, flushing each piece (so a pipe's reader sees packets at
+    /// once), until the capture ends. Pieces may be far apart while a capture sees no
+    /// traffic: only the answer's start is bounded by [`REQUEST_TIMEOUT`].
+    pub async fn stream_to(&self, id: &str, out: &Path, progress: impl FnMut(u64, Option<u64>)) -> Result<Download> {
+        self.fetch_to(&format!("/{id}/stream"), out, true, progress).await
+    }
+
+    async fn fetch_to(
         &self,
-        id: &str,
+        path: &str,
         out: &Path,
+        live: bool,
         mut progress: impl FnMut(u64, Option<u64>),
     ) -> Result<Download> {
         use tokio::io::AsyncWriteExt as _;
-        let url = self.pcaps_url(&format!("/{id}/download"));
+        let url = self.pcaps_url(path);
         let request = hyper::Request::builder()
             .method("GET")
             .uri(&url)
@@ -317,10 +330,14 @@ impl Client {
         let copied = async {
             let mut written = 0u64;
             progress(0, total);
-            while let Some(frame) = tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await.map_err(|_| late())? {
+            let idle = if live { Duration::MAX } else { REQUEST_TIMEOUT };
+            while let Some(frame) = tokio::time::timeout(idle, body.frame()).await.map_err(|_| late())? {
                 let frame = frame.map_err(|e| ClientError::Transport(format!("GET {url}: {}", causes(&e))))?;
                 if let Some(data) = frame.data_ref() {
                     file.write_all(data).await?;
+                    if live {
+                        file.flush().await?;
+                    }
                     written += data.len() as u64;
                     progress(written, total);
                 }

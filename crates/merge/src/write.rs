@@ -189,6 +189,11 @@ impl<W: Write> PcapNgWriter<W> {
         Ok(())
     }
 
+    /// The writer underneath (for example a buffer drained as a stream is sent).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Sets the counters written for interface `id` when the file is finished.
     pub fn set_counters(&mut self, id: u32, received: Option<u64>, dropped: Option<u64>) {
         if let Some(iface) = self.interfaces.get_mut(id as usize) {

@@ -111,7 +111,7 @@ impl Modify for Security {
         let mut extension = utoipa::openapi::extensions::Extensions::default();
         extension.insert("x-edgecap-extension".into(), serde_json::json!(true));
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if path.starts_with("/edgecap/") {
+            if path.starts_with("/edgecap/") || path.ends_with("/stream") {
                 for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
                     op.extensions.get_or_insert_with(Default::default).merge(extension.clone());
                 }
@@ -133,6 +133,7 @@ impl Modify for Security {
         super::captures::get,
         super::captures::download,
         super::captures::stop,
+        super::stream::stream,
         super::ownership::list,
         super::ownership::create,
         super::ownership::validate,

@@ -125,6 +125,8 @@ pub(crate) struct PopResult {
     /// share of the limits shared by the capture's PoPs was spent), `stopped`, `spool_full`,
     /// `interrupted` or `failed`.
     stop_reason: Option<String>,
+    /// Packets its agent could not copy to live viewers (`GET .../stream`); omitted when 0.
+    stream_dropped: Option<u64>,
     shards: Option<Vec<Shard>>,
 }
 

@@ -1,0 +1,194 @@
+//! Live viewers of a running full capture (`GET .../pcaps/{id}/stream` at the coordinator):
+//! while the coordinator has turned the copy on (StreamControl), the capture's writer thread
+//! hands each packet it writes to a [`StreamTap`] as well, without ever waiting: the tap's
+//! queue is bounded (packets and bytes) and a packet that does not fit is dropped and
+//! counted. [`Jobs::stream_loop`] drains the queues into StreamPackets messages when the
+//! control stream has room (else those packets are dropped and counted too). The shards, and
+//! so the delivered file, are written before the copy and never depend on it.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgecap_capture::session::{Counters, PacketSink};
+use edgecap_common::lock;
+use edgecap_proto::agent::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Jobs;
+
+/// Packets and bytes a tap holds at most before dropping.
+const QUEUE_PACKETS: usize = 8192;
+const QUEUE_BYTES: u64 = 8 << 20;
+/// Packet data per StreamPackets message at most (well under the 4 MiB message bound).
+const MESSAGE_BYTES: usize = 1 << 20;
+/// How often the queues are drained.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// One capture's copy of its packets for live viewers.
+pub(crate) struct StreamTap {
+    on: AtomicBool,
+    tx: SyncSender<pb::StreamPacket>,
+    rx: Mutex<Receiver<pb::StreamPacket>>,
+    queued_bytes: AtomicU64,
+    dropped: AtomicU64,
+    interface: String,
+    linktype: u32,
+    snaplen: u32,
+}
+
+impl StreamTap {
+    pub(crate) fn new(interface: &str, linktype: u32, snaplen: u32) -> Arc<Self> {
+        let (tx, rx) = sync_channel(QUEUE_PACKETS);
+        Arc::new(Self {
+            on: AtomicBool::new(false),
+            tx,
+            rx: Mutex::new(rx),
+            queued_bytes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            interface: interface.to_string(),
+            linktype,
+            snaplen,
+        })
+    }
+
+    /// Turns the copy on or off.
+    pub(crate) fn set(&self, on: bool) {
+        self.on.store(on, Ordering::Release);
+    }
+
+    /// Packets not copied so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Called by the writer thread for each packet written: never blocks.
+    fn offer(&self, ts_ns: u64, orig_len: u32, data: &[u8]) {
+        if !self.on.load(Ordering::Acquire) {
+            return;
+        }
+        let len = data.len() as u64;
+        if self.queued_bytes.load(Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let packet = pb::StreamPacket { ts_ns, orig_len, data: data.to_vec() };
+        match self.tx.try_send(packet) {
+            Ok(()) => {
+                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes up to [`MESSAGE_BYTES`] of queued packets.
+    fn take(&self) -> Vec<pb::StreamPacket> {
+        let rx = lock(&self.rx);
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        while bytes < MESSAGE_BYTES {
+            let Ok(packet) = rx.try_recv() else { break };
+            bytes += packet.data.len();
+            self.queued_bytes.fetch_sub(packet.data.len() as u64, Ordering::Relaxed);
+            out.push(packet);
+        }
+        out
+    }
+}
+
+/// The capture's sink: the shards first, then the copy.
+pub(super) struct TeeSink {
+    pub inner: Box<dyn PacketSink>,
+    pub tap: Arc<StreamTap>,
+}
+
+impl PacketSink for TeeSink {
+    fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
+        self.inner.write(ts_ns, orig_len, data)?;
+        self.tap.offer(ts_ns, orig_len, data);
+        Ok(())
+    }
+
+    fn finish(&mut self, counters: &Counters) -> io::Result<()> {
+        self.inner.finish(counters)
+    }
+}
+
+impl Jobs {
+    /// Turns the copy of a capture's packets on or off (StreamControl).
+    pub(crate) fn set_streaming(&self, capture_id: &str, on: bool) {
+        if let Some(tap) = lock(&self.jobs).get(capture_id).and_then(|j| j.tap.clone()) {
+            tracing::info!(capture = %capture_id, on, "live stream");
+            tap.set(on);
+        }
+    }
+
+    /// Sends the queued copies while the control stream is up; a message that finds the
+    /// stream's queue more than half full is not sent (its packets are counted as dropped),
+    /// so reports, grants and answers always find room.
+    pub(crate) async fn stream_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
+        while !cancel.is_cancelled() && !out.is_closed() {
+            let taps: Vec<(String, Arc<StreamTap>)> =
+                lock(&self.jobs).iter().filter_map(|(id, j)| Some((id.clone(), j.tap.clone()?))).collect();
+            for (capture_id, tap) in taps {
+                loop {
+                    let packets = tap.take();
+                    if packets.is_empty() {
+                        break;
+                    }
+                    if out.capacity() * 2 < out.max_capacity() {
+                        tap.dropped.fetch_add(packets.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    let msg = pb::StreamPackets {
+                        capture_id: capture_id.clone(),
+                        interface: tap.interface.clone(),
+                        linktype: tap.linktype,
+                        snaplen: tap.snaplen,
+                        packets,
+                        dropped: tap.dropped(),
+                    };
+                    let message = pb::AgentMessage { msg: Some(pb::agent_message::Msg::StreamPackets(msg)) };
+                    if out.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DRAIN_EVERY) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_is_bounded_and_never_blocks() {
+        let tap = StreamTap::new("eth0", 1, 65535);
+        tap.offer(1, 10, &[0; 10]);
+        assert!(tap.take().is_empty(), "off: nothing copied");
+        tap.set(true);
+        for i in 0..(QUEUE_PACKETS as u64 + 10) {
+            tap.offer(i, 10, &[0; 10]);
+        }
+        assert_eq!(tap.dropped(), 10, "the packets past the queue are dropped and counted");
+        let first = tap.take();
+        assert_eq!(first.len(), QUEUE_PACKETS);
+        assert_eq!(first[0].ts_ns, 0);
+        // Bytes bound: big packets stop at 8 MiB queued.
+        let big = vec![0u8; 1 << 20];
+        for i in 0..10 {
+            tap.offer(i, big.len() as u32, &big);
+        }
+        assert_eq!(tap.dropped(), 12);
+        assert_eq!(tap.take().len(), 1, "1 MiB per message");
+    }
+}
