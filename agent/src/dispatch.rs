@@ -138,6 +138,12 @@ async fn serve(
                     out_tx.send(message(pb::agent_message::Msg::ClockProbe(p))).await.context("send clock probe")?;
                 }
             }
+            () = async {
+                match &parts.jobs {
+                    Some(jobs) => jobs.started.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => progress.reset_immediately(),
             _ = progress.tick() => {
                 if let Some(jobs) = &parts.jobs {
                     let all = std::mem::take(&mut first_progress);

@@ -81,6 +81,9 @@ pub(crate) struct Jobs {
     oldest_waiting_ns: AtomicU64,
     /// Bytes in the spool, as last measured.
     spool_bytes: AtomicU64,
+    /// Woken when a capture has started, so its first report goes out at once (its PoP shows
+    /// `running` without waiting for the next one-second tick).
+    pub(crate) started: tokio::sync::Notify,
 }
 
 /// What the full-capture side reports to metrics.
@@ -144,6 +147,7 @@ impl Jobs {
             upload_retries: AtomicU64::new(0),
             oldest_waiting_ns: AtomicU64::new(0),
             spool_bytes: AtomicU64::new(0),
+            started: tokio::sync::Notify::new(),
         })
     }
 

@@ -91,6 +91,7 @@ impl Jobs {
             job.allowance = prepared.allowance.clone();
             job.tap = Some(prepared.tap.clone());
         }
+        self.started.notify_one();
         let counters = prepared.live.wait();
         let error = match &counters.stop_reason {
             Some(edgecap_capture::session::StopReason::Failed(e)) => e.clone(),

@@ -172,7 +172,7 @@ impl Session {
         presence: AgentPresence,
         cancel: CancellationToken,
     ) {
-        let lease = presence::publish(&self.repo, &presence).await;
+        let mut lease = presence::publish(&self.repo, &presence).await;
         let mut handlers = JoinSet::new();
         // Jobs written while it was away (or for it before it connected here).
         {
@@ -209,10 +209,20 @@ impl Session {
                         self.cut_off("its certificate was revoked").await;
                         break;
                     }
-                    if let Some(lease) = lease
-                        && let Err(error) = self.repo.store().keep_alive(lease).await
-                    {
-                        tracing::warn!(agent_id = %self.agent_id, %error, "agent presence lease not renewed");
+                    // A lease lost (etcd slow past its TTL) or never granted is replaced, and
+                    // the presence written again: the agent must not stay connected but unseen.
+                    let renewed = match lease {
+                        Some(id) => match self.repo.store().keep_alive(id).await {
+                            Ok(_) => true,
+                            Err(error) => {
+                                tracing::warn!(agent_id = %self.agent_id, %error, "agent presence lease not renewed; publishing it again");
+                                false
+                            }
+                        },
+                        None => false,
+                    };
+                    if !renewed {
+                        lease = presence::publish(&self.repo, &presence).await;
                     }
                 }
             }

@@ -5,11 +5,15 @@
 use std::sync::Arc;
 
 use edgecap_proto::agent::v1 as pb;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::{FullCaptures, START_DEADLINE};
 use crate::convert;
 use crate::model::{CaptureRecord, JobRecord, PopResult};
+
+/// State-store writes in flight at once while a capture's jobs are written.
+const WRITES_AT_ONCE: usize = 32;
 
 /// Folds an agent's report into its PoP's state (never out of a final state).
 fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
@@ -51,32 +55,47 @@ impl FullCaptures {
         if let Some(budget) = &budget {
             self.repo.put_budget(&record.id, budget).await?;
         }
-        for pop in &record.pops {
-            self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
-            if pop.is_final() {
-                continue; // skipped: offline
-            }
-            let job = JobRecord {
-                capture_id: record.id.clone(),
-                account_id: record.account_id.clone(),
-                agent_id: pop.agent_id.clone(),
-                pop: pop.pop.clone(),
-                destination_conf: record.destination_conf.clone().unwrap_or_default(),
-                filter_v1: record.filter_v1.clone(),
-                filter_bpf: record.filter_bpf.clone(),
-                filter_bpf_hash: record.filter_bpf_hash.clone(),
-                time_limit: record.time_limit,
-                packet_limit: record.packet_limit,
-                byte_limit: record.byte_limit,
-                first_allowance: budget.as_ref().map(|b| b.allowance(&pop.agent_id)),
-                not_after_ns,
-                stop: false,
-                scope: Some(record.capture_scope()),
-                traceparent: record.traceparent.clone(),
-            };
-            self.repo.put_job(&job).await?;
-        }
+        // PoP by PoP its state then its job, many PoPs at once (hundreds of PoPs: the
+        // store's round trips, not its work, are what take time).
+        // (The futures are made first: a closure in the stream trips the Send check of the
+        // handler that awaits this.)
+        let writes: Vec<_> =
+            record.pops.iter().map(|pop| self.submit_pop(record, pop, budget.as_ref(), not_after_ns)).collect();
+        futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<()>>().await?;
         Ok(())
+    }
+
+    /// Writes one PoP's initial state and, unless it was skipped, its job.
+    async fn submit_pop(
+        &self,
+        record: &CaptureRecord,
+        pop: &PopResult,
+        budget: Option<&crate::model::Budget>,
+        not_after_ns: u64,
+    ) -> crate::store::Result<()> {
+        self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
+        if pop.is_final() {
+            return Ok(()); // skipped: offline
+        }
+        let job = JobRecord {
+            capture_id: record.id.clone(),
+            account_id: record.account_id.clone(),
+            agent_id: pop.agent_id.clone(),
+            pop: pop.pop.clone(),
+            destination_conf: record.destination_conf.clone().unwrap_or_default(),
+            filter_v1: record.filter_v1.clone(),
+            filter_bpf: record.filter_bpf.clone(),
+            filter_bpf_hash: record.filter_bpf_hash.clone(),
+            time_limit: record.time_limit,
+            packet_limit: record.packet_limit,
+            byte_limit: record.byte_limit,
+            first_allowance: budget.map(|b| b.allowance(&pop.agent_id)),
+            not_after_ns,
+            stop: false,
+            scope: Some(record.capture_scope()),
+            traceparent: record.traceparent.clone(),
+        };
+        self.repo.put_job(&job).await
     }
 
     /// Marks every job of a capture stopped; the replicas forward the stop to their agents.

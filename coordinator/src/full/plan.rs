@@ -3,6 +3,7 @@
 //! per agent of the colo (offline ones named `skipped`), and the jobs (see [`super::jobs`]).
 
 use edgecap_storage::StorageError;
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::FullCaptures;
 use crate::model::{CaptureRecord, CaptureRequest, CaptureType, OwnershipStatus, PopResult, PopStatus};
@@ -138,12 +139,18 @@ impl FullCaptures {
         if agents.is_empty() {
             return Err(PlanError::OutOfScope { colo, allowed: scope.pops.join(", ") });
         }
-        for agent in &agents {
-            let running = self.repo.jobs_for_agent(&agent.agent_id).await?.len();
-            if running >= self.settings.max_captures_per_pop {
-                let max = self.settings.max_captures_per_pop;
-                return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
-            }
+        // Each PoP's running captures, many PoPs at once.
+        let max = self.settings.max_captures_per_pop;
+        let reads: Vec<_> = agents
+            .iter()
+            .map(|agent| {
+                let (repo, pop, id) = (self.repo.clone(), agent.pop.clone(), agent.agent_id.clone());
+                async move { Ok::<_, crate::store::RepoError>((pop, repo.jobs_for_agent(&id).await?.len())) }
+            })
+            .collect();
+        let counts: Vec<(String, usize)> = futures::stream::iter(reads).buffered(32).try_collect().await?;
+        if let Some((pop, running)) = counts.into_iter().find(|(_, running)| *running >= max) {
+            return Err(PlanError::PopBusy { pop, running, max });
         }
         Ok((agents, offline))
     }
