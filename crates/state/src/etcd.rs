@@ -8,8 +8,11 @@
 //!   [`StateError::Compacted`], as the embedded store does.
 //! * Any transport or server error is [`StateError::Unavailable`]: callers answer 503 and retry.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use edgecap_common::lock;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use futures::StreamExt as _;
 
@@ -25,7 +28,14 @@ use crate::{KeyValue, LeaseId, Result, Revision, StateError, StateStore, WatchEv
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    /// One keep-alive stream per lease being renewed, kept open between renewals (a
+    /// replica renews one lease per connected agent: a thousand agents are a thousand
+    /// renewals every 5 s, each then one message on an open stream instead of a TTL query and
+    /// a new stream).
+    keepers: Arc<std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<Keeper>>>>>,
 }
+
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,6 +45,11 @@ impl std::fmt::Debug for EtcdStore {
 
 fn unavailable(e: etcd_client::Error) -> StateError {
     StateError::Unavailable(e.to_string())
+}
+
+/// A keep-alive's error: an unknown lease is [`StateError::LeaseNotFound`].
+fn lease_error(e: etcd_client::Error, lease: LeaseId) -> StateError {
+    if e.to_string().contains("not found") { StateError::LeaseNotFound(lease) } else { unavailable(e) }
 }
 
 /// A write's error: a value over etcd's request limit is [`StateError::TooLarge`] (retrying
@@ -80,7 +95,7 @@ impl EtcdStore {
             options = options.with_user(user.clone(), password.clone());
         }
         let client = Client::connect(endpoints, Some(options)).await.map_err(unavailable)?;
-        Ok(Self { client, prefix: prefix.trim_end_matches('/').to_string() })
+        Ok(Self { client, prefix: prefix.trim_end_matches('/').to_string(), keepers: Default::default() })
     }
 
     fn full(&self, key: &str) -> String {
@@ -204,21 +219,36 @@ impl StateStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        // etcd answers a keep-alive for an expired lease with an error or a zero TTL depending
-        // on timing; asking for its TTL first says "gone" (-1) plainly.
-        let ttl = self.client.clone().lease_time_to_live(lease.0, None).await.map_err(unavailable)?;
-        if ttl.ttl() <= 0 {
-            return Err(StateError::LeaseNotFound(lease));
+        let cached = lock(&self.keepers).get(&lease.0).cloned();
+        let keeper = match cached {
+            Some(keeper) => keeper,
+            None => {
+                let opened = self.client.clone().lease_keep_alive(lease.0).await.map_err(|e| lease_error(e, lease))?;
+                let keeper = Arc::new(tokio::sync::Mutex::new(opened));
+                lock(&self.keepers).insert(lease.0, keeper.clone());
+                keeper
+            }
+        };
+        // etcd answers a keep-alive for an expired lease with a zero TTL (or an error, on a
+        // new stream): either way it is gone. A stream that fails is dropped, and the next
+        // renewal opens another.
+        let renewed = async {
+            let (sender, responses) = &mut *keeper.lock().await;
+            sender.keep_alive().await.map_err(|e| lease_error(e, lease))?;
+            match responses.message().await.map_err(|e| lease_error(e, lease))? {
+                Some(r) if r.ttl() > 0 => Ok(()),
+                _ => Err(StateError::LeaseNotFound(lease)),
+            }
         }
-        let (mut keeper, mut responses) = self.client.clone().lease_keep_alive(lease.0).await.map_err(unavailable)?;
-        keeper.keep_alive().await.map_err(unavailable)?;
-        match responses.message().await.map_err(unavailable)? {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            _ => Err(StateError::LeaseNotFound(lease)),
+        .await;
+        if renewed.is_err() {
+            lock(&self.keepers).remove(&lease.0);
         }
+        renewed
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        lock(&self.keepers).remove(&lease.0);
         match self.client.clone().lease_revoke(lease.0).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("not found") => Err(StateError::LeaseNotFound(lease)),
