@@ -144,7 +144,23 @@ async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
     let why = talker.ended_with().await;
     assert!(why.contains("report error of 10000 bytes"), "{why}");
 
-    // 3. A sample answer with more packets than asked.
+    // 3. A live-stream copy with more packets than any agent sends in one message, and one
+    // with a packet longer than any snap length.
+    let streamer_files = pki::issue_agent(&pki_dir, "streamer", "pop-stream").unwrap();
+    let mut streamer = FakeAgent::connect(&coord, &streamer_files, "streamer", "pop-stream").await;
+    let packets = vec![pb::StreamPacket { ts_ns: 1, orig_len: 0, data: Vec::new() }; 100_000];
+    let copy = pb::StreamPackets { capture_id: "c".into(), packets, ..Default::default() };
+    streamer.send(pb::agent_message::Msg::StreamPackets(copy)).await;
+    let why = streamer.ended_with().await;
+    assert!(why.contains("stream message of 100000 packets"), "{why}");
+    let mut streamer = FakeAgent::connect(&coord, &streamer_files, "streamer", "pop-stream").await;
+    let big = pb::StreamPacket { ts_ns: 1, orig_len: 300_000, data: vec![0; 300_000] };
+    let copy = pb::StreamPackets { capture_id: "c".into(), packets: vec![big], ..Default::default() };
+    streamer.send(pb::agent_message::Msg::StreamPackets(copy)).await;
+    let why = streamer.ended_with().await;
+    assert!(why.contains("stream packet of 300000 bytes"), "{why}");
+
+    // 4. A sample answer with more packets than asked.
     let liar_files = pki::issue_agent(&pki_dir, "liar", "pop-liar").unwrap();
     let mut liar = FakeAgent::connect(&coord, &liar_files, "liar", "pop-liar").await;
     tokio::time::timeout(Duration::from_secs(10), async {

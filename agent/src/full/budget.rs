@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Jobs;
 
-/// How often running captures are checked.
-const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How often running captures are checked (so at most 20 requests a second per capture,
+/// well within the coordinator's bound on an agent's messages).
+const CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// Whether a capture allowed `allowed` (`u64::MAX`: that limit does not apply), having
 /// written `written`, should ask for more, its first allowance having been `first`: when

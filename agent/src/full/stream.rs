@@ -7,7 +7,7 @@
 //! so the delivered file, are written before the copy and never depend on it.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,12 +25,16 @@ const QUEUE_PACKETS: usize = 8192;
 const QUEUE_BYTES: u64 = 8 << 20;
 /// Packet data per StreamPackets message at most (well under the 4 MiB message bound).
 const MESSAGE_BYTES: usize = 1 << 20;
+/// How long one "on" lasts unless repeated.
+const ON_FOR: Duration = Duration::from_secs(6);
 /// How often the queues are drained.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One capture's copy of its packets for live viewers.
 pub(crate) struct StreamTap {
-    on: AtomicBool,
+    /// Copy until this time (ns since the epoch; 0: off). The coordinator repeats "on" every
+    /// 2 s while anyone watches, so a lost "off" (its replica gone) ends the copy by itself.
+    on_until_ns: AtomicU64,
     tx: SyncSender<pb::StreamPacket>,
     rx: Mutex<Receiver<pb::StreamPacket>>,
     queued_bytes: AtomicU64,
@@ -44,7 +48,7 @@ impl StreamTap {
     pub(crate) fn new(interface: &str, linktype: u32, snaplen: u32) -> Arc<Self> {
         let (tx, rx) = sync_channel(QUEUE_PACKETS);
         Arc::new(Self {
-            on: AtomicBool::new(false),
+            on_until_ns: AtomicU64::new(0),
             tx,
             rx: Mutex::new(rx),
             queued_bytes: AtomicU64::new(0),
@@ -55,9 +59,10 @@ impl StreamTap {
         })
     }
 
-    /// Turns the copy on or off.
+    /// Turns the copy on (for [`ON_FOR`]) or off.
     pub(crate) fn set(&self, on: bool) {
-        self.on.store(on, Ordering::Release);
+        let until = if on { edgecap_common::now_ns() + ON_FOR.as_nanos() as u64 } else { 0 };
+        self.on_until_ns.store(until, Ordering::Release);
     }
 
     /// Packets not copied so far.
@@ -67,7 +72,8 @@ impl StreamTap {
 
     /// Called by the writer thread for each packet written: never blocks.
     fn offer(&self, ts_ns: u64, orig_len: u32, data: &[u8]) {
-        if !self.on.load(Ordering::Acquire) {
+        let until = self.on_until_ns.load(Ordering::Acquire);
+        if until == 0 || edgecap_common::now_ns() > until {
             return;
         }
         let len = data.len() as u64;

@@ -37,7 +37,13 @@ pub(super) async fn stream(
             "pcap_id: the capture is no longer running; its merged file is delivered to its bucket",
         ));
     }
-    let live = state.full.watch(&record);
+    let Some(live) = state.full.watch(&record) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::LIMIT_REACHED,
+            format!("pcap_id: this capture already has {} live viewers here", crate::full::MAX_VIEWERS),
+        ));
+    };
     let chunks = futures::stream::unfold(live, |mut live| async move {
         live.next_chunk().await.map(|bytes| (Ok::<_, std::convert::Infallible>(bytes), live))
     });

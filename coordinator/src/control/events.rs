@@ -30,6 +30,8 @@ const RATE_PER_SECOND: f64 = 200.0;
 const RATE_BURST: f64 = 2000.0;
 /// Longest id (capture, request) an agent may send.
 const MAX_ID: usize = 64;
+/// Packets in one StreamPackets message at most (agents send at most 1 MiB of packet data).
+const MAX_STREAM_PACKETS: usize = 65_536;
 /// Longest free text (an error, a filter) an agent may send.
 const MAX_TEXT: usize = 4096;
 /// Longest object key or upload id.
@@ -79,7 +81,14 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
         AgentEvent::Heartbeat(_) | AgentEvent::Hello | AgentEvent::ClockProbe(..) => Ok(()),
         AgentEvent::StreamPackets(s) => {
             bounded("stream capture id", &s.capture_id, MAX_ID)?;
-            bounded("stream interface name", &s.interface, MAX_ID)
+            bounded("stream interface name", &s.interface, MAX_ID)?;
+            if s.packets.len() > MAX_STREAM_PACKETS || s.snaplen > edgecap_capture::source::MAX_SNAPLEN {
+                return Err(format!("stream message of {} packets (snaplen {})", s.packets.len(), s.snaplen));
+            }
+            match s.packets.iter().find(|p| p.data.len() > edgecap_capture::source::MAX_SNAPLEN as usize) {
+                Some(p) => Err(format!("stream packet of {} bytes", p.data.len())),
+                None => Ok(()),
+            }
         }
         AgentEvent::BudgetRequest(r) => {
             bounded("budget request id", &r.request_id, MAX_ID)?;
@@ -188,7 +197,10 @@ impl Session {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
                         let Some(event) = AgentEvent::from_message(message) else { continue };
-                        let accepted = rate.take().and_then(|()| check(&event));
+                        // Stream copies are paced by the agent (only while the stream has
+                        // room) and bounded by bytes: they do not count against the rate.
+                        let rated = if matches!(event, AgentEvent::StreamPackets(_)) { Ok(()) } else { rate.take() };
+                        let accepted = rated.and_then(|()| check(&event));
                         while handlers.len() >= MAX_IN_FLIGHT {
                             handlers.join_next().await;
                         }

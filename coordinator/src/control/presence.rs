@@ -56,7 +56,11 @@ pub(super) async fn publish(repo: &Repo, presence: &AgentPresence) -> Option<Lea
         }
     };
     if let Err(error) = repo.put_agent(presence, lease).await {
+        // Without the key the lease would renew fine and the presence never be written:
+        // give it up, so the next renewal tick publishes again.
         tracing::warn!(agent_id = %presence.agent_id, %error, "agent presence not published");
+        let _ = repo.store().revoke_lease(lease).await;
+        return None;
     }
     Some(lease)
 }

@@ -51,6 +51,7 @@ mod stage;
 mod uploads;
 
 pub(crate) use plan::PlanError;
+pub(crate) use stream::MAX_VIEWERS;
 
 /// A start that has not reached its agent after this long is refused by the agent.
 const START_DEADLINE: Duration = Duration::from_secs(30);

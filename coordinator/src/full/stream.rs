@@ -53,10 +53,20 @@ struct Viewer {
     lost: Arc<Mutex<HashMap<String, u64>>>,
 }
 
+/// Viewers of one capture through one replica at most.
+pub(crate) const MAX_VIEWERS: usize = 8;
+
+/// The viewers of one capture, and the agents whose packets they take.
+#[derive(Default)]
+struct Watched {
+    agents: std::collections::HashSet<String>,
+    viewers: Vec<Viewer>,
+}
+
 /// The viewers of every capture watched through this replica.
 #[derive(Default)]
 pub(crate) struct Streams {
-    viewers: Mutex<HashMap<String, Vec<Viewer>>>,
+    viewers: Mutex<HashMap<String, Watched>>,
     next: AtomicU64,
 }
 
@@ -65,10 +75,15 @@ fn key(pop: &str, agent: &str, interface: &str) -> String {
 }
 
 impl FullCaptures {
-    /// Hands an agent's packets to the viewers of its capture (none: they are dropped).
+    /// Hands an agent's packets to the viewers of its capture (none: they are dropped; an
+    /// agent not in that capture: ignored).
     pub(crate) fn publish_stream(&self, pop: &str, agent: &str, packets: pb::StreamPackets) {
         let viewers = lock(&self.streams.viewers);
-        let Some(list) = viewers.get(&packets.capture_id) else { return };
+        let Some(watched) = viewers.get(&packets.capture_id) else { return };
+        if !watched.agents.contains(agent) {
+            return;
+        }
+        let list = &watched.viewers;
         let count = packets.packets.len() as u64;
         let batch = Arc::new(Batch { pop: pop.into(), agent: agent.into(), packets });
         for viewer in list {
@@ -78,14 +93,23 @@ impl FullCaptures {
         }
     }
 
-    /// Starts a viewer of a running full capture: the pcapng stream, chunk by chunk.
-    pub(crate) fn watch(self: &Arc<Self>, record: &CaptureRecord) -> LiveStream {
+    /// Starts a viewer of a running full capture: the pcapng stream, chunk by chunk; `None`
+    /// when it already has [`MAX_VIEWERS`] here.
+    pub(crate) fn watch(self: &Arc<Self>, record: &CaptureRecord) -> Option<LiveStream> {
         let (tx, rx) = mpsc::channel(VIEWER_BATCHES);
         let id = self.streams.next.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(Mutex::new(HashMap::new()));
-        lock(&self.streams.viewers).entry(record.id.clone()).or_default().push(Viewer { id, tx, lost: lost.clone() });
+        {
+            let mut viewers = lock(&self.streams.viewers);
+            let watched = viewers.entry(record.id.clone()).or_default();
+            if watched.viewers.len() >= MAX_VIEWERS {
+                return None;
+            }
+            watched.agents = record.pops.iter().map(|p| p.agent_id.clone()).collect();
+            watched.viewers.push(Viewer { id, tx, lost: lost.clone() });
+        }
         let comment = format!("edgecap live stream of capture {}", record.id);
-        LiveStream {
+        Some(LiveStream {
             full: self.clone(),
             account: record.account_id.clone(),
             capture: record.id.clone(),
@@ -105,17 +129,18 @@ impl FullCaptures {
                 .iter()
                 .filter_map(|p| Some((p.agent_id.clone(), (p.clock_offset_us?, p.clock_uncertainty_us?))))
                 .collect(),
+            arrivals: std::collections::VecDeque::new(),
             ending: None,
             next_control: Instant::now(),
             next_status: Instant::now() + STATUS_EVERY,
-        }
+        })
     }
 
     fn leave(&self, capture: &str, viewer: u64, agents: &[String]) {
         let mut viewers = lock(&self.streams.viewers);
-        let Some(list) = viewers.get_mut(capture) else { return };
-        list.retain(|v| v.id != viewer);
-        if list.is_empty() {
+        let Some(watched) = viewers.get_mut(capture) else { return };
+        watched.viewers.retain(|v| v.id != viewer);
+        if watched.viewers.is_empty() {
             viewers.remove(capture);
             drop(viewers);
             for agent in agents {
@@ -137,7 +162,6 @@ fn control(capture: &str, on: bool) -> pb::CoordinatorMessage {
 struct Held {
     ts_ns: u64,
     seq: u64,
-    arrived: Instant,
     interface: u32,
     key: String,
     packet: pb::StreamPacket,
@@ -182,6 +206,10 @@ pub(crate) struct LiveStream {
     last_ts: u64,
     /// Per agent: its clock offset and uncertainty (µs) when the capture was created.
     clocks: HashMap<String, (i64, u64)>,
+    /// When each held packet arrived, oldest first: a packet leaves after [`WINDOW`] whatever
+    /// its timestamp (the earliest-stamped held packet goes out in its place), so what is held
+    /// stays bounded by the window even when one PoP's stamps lag the others'.
+    arrivals: std::collections::VecDeque<Instant>,
     /// When the capture was seen to have stopped running: the stream ends a window later.
     ending: Option<Instant>,
     next_control: Instant,
@@ -219,11 +247,12 @@ impl LiveStream {
                 }
             }
             let end = self.ending.is_some_and(|at| now >= at);
-            // Everything held long enough, in timestamp order (all of it at the end).
-            while let Some(Reverse(top)) = self.held.peek() {
-                if !end && top.arrived + WINDOW > now {
+            // For each packet held long enough, the earliest-stamped one (all of it at the end).
+            while let Some(arrived) = self.arrivals.front() {
+                if !end && *arrived + WINDOW > now {
                     break;
                 }
+                self.arrivals.pop_front();
                 let Some(Reverse(h)) = self.held.pop() else { break };
                 if h.ts_ns < self.last_ts {
                     *self.late.entry(h.key).or_default() += 1;
@@ -277,12 +306,19 @@ impl LiveStream {
         };
         self.agent_dropped.insert(name.clone(), msg.dropped);
         let arrived = Instant::now();
+        // A packet stamped further ahead than the window (a PoP whose clock runs ahead, or a
+        // broken one) would hold back every other PoP's packets as late: dropped, counted.
+        let ahead = edgecap_common::now_ns() + 10 * WINDOW.as_nanos() as u64;
         for packet in &msg.packets {
+            if packet.ts_ns > ahead {
+                *self.late.entry(name.clone()).or_default() += 1;
+                continue;
+            }
+            self.arrivals.push_back(arrived);
             self.seq += 1;
             self.held.push(Reverse(Held {
                 ts_ns: packet.ts_ns,
                 seq: self.seq,
-                arrived,
                 interface,
                 key: name.clone(),
                 packet: packet.clone(),

@@ -354,7 +354,8 @@ impl Client {
             Ok(n) => Ok(Download::Written(n)),
             Err(e) => {
                 drop(file);
-                if tokio::fs::metadata(out).await.is_ok_and(|m| m.is_file()) {
+                // A live stream's file keeps what was recorded before the break.
+                if !live && tokio::fs::metadata(out).await.is_ok_and(|m| m.is_file()) {
                     let _ = tokio::fs::remove_file(out).await;
                 }
                 Err(e)

@@ -219,14 +219,15 @@ impl StateStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let cached = lock(&self.keepers).get(&lease.0).cloned();
+        // Taken out while in use and put back only after a full exchange: a call cancelled
+        // half-way (a caller's timeout) drops its stream rather than leave an answer unread
+        // for the next call.
+        let cached = lock(&self.keepers).remove(&lease.0);
         let keeper = match cached {
             Some(keeper) => keeper,
             None => {
                 let opened = self.client.clone().lease_keep_alive(lease.0).await.map_err(|e| lease_error(e, lease))?;
-                let keeper = Arc::new(tokio::sync::Mutex::new(opened));
-                lock(&self.keepers).insert(lease.0, keeper.clone());
-                keeper
+                Arc::new(tokio::sync::Mutex::new(opened))
             }
         };
         // etcd answers a keep-alive for an expired lease with a zero TTL (or an error, on a
@@ -241,8 +242,8 @@ impl StateStore for EtcdStore {
             }
         }
         .await;
-        if renewed.is_err() {
-            lock(&self.keepers).remove(&lease.0);
+        if renewed.is_ok() {
+            lock(&self.keepers).insert(lease.0, keeper);
         }
         renewed
     }
