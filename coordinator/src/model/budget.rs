@@ -18,6 +18,11 @@ pub(crate) struct Budget {
     pub portion: (u64, u64),
     /// What each agent may write so far: (packets, bytes).
     pub granted: BTreeMap<String, (u64, u64)>,
+    /// How many times each agent has asked for more: a busy PoP's grants grow (1, 2, 4 ...
+    /// up to 32 portions), each at most a quarter of what is left once past the first, so
+    /// a fast PoP is not held to one portion per round trip and others keep some.
+    #[serde(default)]
+    pub asks: BTreeMap<String, u32>,
 }
 
 impl Budget {
@@ -32,7 +37,7 @@ impl Budget {
         let n = agents.len() as u64;
         let portion = |limit: u64| if limit == 0 { 0 } else { (limit / (4 * n)).max(1) };
         let portion = (portion(packets), portion(bytes));
-        let mut budget = Budget { packets, bytes, portion, granted: BTreeMap::new() };
+        let mut budget = Budget { packets, bytes, portion, granted: BTreeMap::new(), asks: BTreeMap::new() };
         for agent in agents {
             let first = (budget.take(portion.0, packets, |g| g.0), budget.take(portion.1, bytes, |g| g.1));
             budget.granted.insert(agent.clone(), first);
@@ -63,7 +68,15 @@ impl Budget {
     /// that does not apply) and whether the budget is now exhausted (of any limit that
     /// applies).
     pub(crate) fn grant(&mut self, agent: &str) -> ((u64, u64), bool) {
-        let more = (self.take(self.portion.0, self.packets, |g| g.0), self.take(self.portion.1, self.bytes, |g| g.1));
+        let asks = self.asks.entry(agent.to_string()).or_default();
+        let factor = 1u64 << (*asks).min(5);
+        *asks += 1;
+        let want = |portion: u64, limit: u64, part: fn(&(u64, u64)) -> u64| {
+            let left = limit.saturating_sub(self.granted.values().map(part).sum());
+            portion.saturating_mul(factor).min(portion.max(left / 4))
+        };
+        let want = (want(self.portion.0, self.packets, |g| g.0), want(self.portion.1, self.bytes, |g| g.1));
+        let more = (self.take(want.0, self.packets, |g| g.0), self.take(want.1, self.bytes, |g| g.1));
         let mine = self.granted.entry(agent.to_string()).or_default();
         mine.0 += more.0;
         mine.1 += more.1;
@@ -112,6 +125,13 @@ mod tests {
         assert_eq!(b.granted["a"].0, 1000 - 2 * 83);
         // Once exhausted, more asking changes nothing.
         assert_eq!(b.grant("b"), ((83, u64::MAX), true));
+        // A PoP that keeps asking gets more each time: 83, then 166, then 332 (under a
+        // quarter of what is left), ...
+        let mut g = Budget::new(&record(Some(1000), None), &agents).unwrap();
+        assert_eq!(g.grant("a").0.0, 83 + 83);
+        assert_eq!(g.grant("a").0.0, 83 + 83 + 166);
+        let left = 1000 - (83 + 83 + 166) - 2 * 83;
+        assert_eq!(g.grant("a").0.0, 83 + 83 + 166 + (332u64).min(left / 4));
         assert!(Budget::new(&record(None, None), &agents).is_none());
         assert!(Budget::new(&record(Some(10), None), &agents[..1]).is_none(), "one PoP: its own limits");
         let mut bytes = Budget::new(&record(None, Some(10)), &agents).unwrap();
