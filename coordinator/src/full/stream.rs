@@ -230,8 +230,9 @@ impl LiveStream {
             let now = Instant::now();
             if now >= self.next_control {
                 self.next_control = now + CONTROL_EVERY;
+                // Without waiting: an agent whose queue is full gets it at the next round.
                 for agent in &self.agents {
-                    self.full.registry.send(agent, control(&self.capture, true)).await;
+                    self.full.registry.try_send(agent, control(&self.capture, true));
                 }
             }
             if now >= self.next_status && self.ending.is_none() {
