@@ -199,8 +199,9 @@ pub(crate) struct LiveStream {
     /// `None` once finished.
     writer: Option<PcapNgWriter<Vec<u8>>>,
     interfaces: HashMap<String, u32>,
-    /// Per interface: the agent's own count of packets it could not copy up.
-    agent_dropped: HashMap<String, u64>,
+    /// Per interface: the agent's own count of packets it could not copy up, at this
+    /// viewer's first copy and now.
+    agent_dropped: HashMap<String, (u64, u64)>,
     /// Per interface: packets that came later than the window.
     late: HashMap<String, u64>,
     last_ts: u64,
@@ -305,7 +306,11 @@ impl LiveStream {
                 id
             }
         };
-        self.agent_dropped.insert(name.clone(), msg.dropped);
+        // The agent's count is since its capture started: this viewer's share is what it
+        // grew by since the viewer's first copy of that interface (the first batch's own
+        // count is taken as the start).
+        let (first, latest) = self.agent_dropped.entry(name.clone()).or_insert((msg.dropped, msg.dropped));
+        *latest = (*latest).max(msg.dropped).max(*first);
         let arrived = Instant::now();
         // A packet stamped further ahead than the window (a PoP whose clock runs ahead, or a
         // broken one) would hold back every other PoP's packets as late: dropped, counted.
@@ -332,7 +337,7 @@ impl LiveStream {
         let mut writer = self.writer.take()?;
         let lost = lock(&self.lost).clone();
         for (name, id) in &self.interfaces {
-            let dropped = self.agent_dropped.get(name).copied().unwrap_or(0)
+            let dropped = self.agent_dropped.get(name).map_or(0, |(first, latest)| latest - first)
                 + lost.get(name).copied().unwrap_or(0)
                 + self.late.get(name).copied().unwrap_or(0);
             writer.set_counters(*id, None, Some(dropped));
