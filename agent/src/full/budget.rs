@@ -5,15 +5,20 @@
 //! for the answer; one told the budget is exhausted ends at its allowance (stop reason
 //! `budget`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Jobs;
+
+/// How long an answer to a budget request is waited for before asking again.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often running captures are checked (so at most 20 requests a second per capture,
 /// well within the coordinator's bound on an agent's messages).
@@ -28,11 +33,16 @@ fn low(allowed: u64, written: u64, first: u64) -> bool {
 
 impl Jobs {
     /// Asks for more budget for the running captures that need it, while the control stream
-    /// is up (one request at a time per capture; a failed one is asked again).
+    /// is up: one request at a time per capture, the captures' requests side by side (a slow
+    /// answer for one holds up no other), each given [`ANSWER_WITHIN`]; a failed one is
+    /// asked again.
     pub(crate) async fn budget_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
+        let mut asking: JoinSet<()> = JoinSet::new();
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         while !cancel.is_cancelled() && !out.is_closed() {
             let wanting: Vec<_> = lock(&self.jobs)
                 .iter()
+                .filter(|(id, _)| !lock(&in_flight).contains(*id))
                 .filter_map(|(id, job)| {
                     let (allowance, portion) = job.allowance.clone()?;
                     let counters = job.stop.as_ref()?.counters();
@@ -46,37 +56,44 @@ impl Jobs {
                 })
                 .collect();
             for (capture_id, allowance, packets_written, bytes_written) in wanting {
-                let request_id = uuid::Uuid::new_v4().simple().to_string();
-                let request = pb::BudgetRequest {
-                    request_id: request_id.clone(),
-                    capture_id: capture_id.clone(),
-                    packets_written,
-                    bytes_written,
-                };
-                let answer = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    a = self.ask(&out, &request_id, pb::agent_message::Msg::BudgetRequest(request)) => a,
-                };
-                match answer {
-                    Ok(pb::coordinator_message::Msg::BudgetGrant(grant)) if grant.error.is_empty() => {
-                        allowance.grant(grant.packet_allowance, grant.byte_allowance, grant.exhausted);
-                        tracing::debug!(capture = %capture_id, packets = grant.packet_allowance,
-                            bytes = grant.byte_allowance, exhausted = grant.exhausted, "budget granted");
+                lock(&in_flight).insert(capture_id.clone());
+                let (this, out, in_flight) = (self.clone(), out.clone(), in_flight.clone());
+                asking.spawn(async move {
+                    let request_id = uuid::Uuid::new_v4().simple().to_string();
+                    let request = pb::BudgetRequest {
+                        request_id: request_id.clone(),
+                        capture_id: capture_id.clone(),
+                        packets_written,
+                        bytes_written,
+                    };
+                    let asked = this.ask(&out, &request_id, pb::agent_message::Msg::BudgetRequest(request));
+                    let answer = tokio::time::timeout(ANSWER_WITHIN, asked)
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {} s", ANSWER_WITHIN.as_secs())));
+                    match answer {
+                        Ok(pb::coordinator_message::Msg::BudgetGrant(grant)) if grant.error.is_empty() => {
+                            allowance.grant(grant.packet_allowance, grant.byte_allowance, grant.exhausted);
+                            tracing::debug!(capture = %capture_id, packets = grant.packet_allowance,
+                                bytes = grant.byte_allowance, exhausted = grant.exhausted, "budget granted");
+                        }
+                        Ok(pb::coordinator_message::Msg::BudgetGrant(grant)) => {
+                            tracing::warn!(capture = %capture_id, error = %grant.error, "budget refused");
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(capture = %capture_id, error = format!("{error:#}"), "budget not granted")
+                        }
                     }
-                    Ok(pb::coordinator_message::Msg::BudgetGrant(grant)) => {
-                        tracing::warn!(capture = %capture_id, error = %grant.error, "budget refused");
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(capture = %capture_id, error = format!("{error:#}"), "budget not granted")
-                    }
-                }
+                    lock(&in_flight).remove(&capture_id);
+                });
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
+                Some(_) = asking.join_next(), if !asking.is_empty() => {}
                 _ = tokio::time::sleep(CHECK_EVERY) => {}
             }
         }
+        asking.shutdown().await;
     }
 }
 
