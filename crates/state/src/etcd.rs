@@ -32,7 +32,7 @@ pub struct EtcdStore {
     /// replica renews one lease per connected agent: a thousand agents are a thousand
     /// renewals every 5 s, each then one message on an open stream instead of a TTL query and
     /// a new stream).
-    keepers: Arc<std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<Keeper>>>>>,
+    keepers: Arc<std::sync::Mutex<HashMap<i64, Keeper>>>,
 }
 
 type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
@@ -223,18 +223,15 @@ impl StateStore for EtcdStore {
         // half-way (a caller's timeout) drops its stream rather than leave an answer unread
         // for the next call.
         let cached = lock(&self.keepers).remove(&lease.0);
-        let keeper = match cached {
+        let mut keeper = match cached {
             Some(keeper) => keeper,
-            None => {
-                let opened = self.client.clone().lease_keep_alive(lease.0).await.map_err(|e| lease_error(e, lease))?;
-                Arc::new(tokio::sync::Mutex::new(opened))
-            }
+            None => self.client.clone().lease_keep_alive(lease.0).await.map_err(|e| lease_error(e, lease))?,
         };
         // etcd answers a keep-alive for an expired lease with a zero TTL (or an error, on a
         // new stream): either way it is gone. A stream that fails is dropped, and the next
         // renewal opens another.
         let renewed = async {
-            let (sender, responses) = &mut *keeper.lock().await;
+            let (sender, responses) = &mut keeper;
             sender.keep_alive().await.map_err(|e| lease_error(e, lease))?;
             match responses.message().await.map_err(|e| lease_error(e, lease))? {
                 Some(r) if r.ttl() > 0 => Ok(()),
