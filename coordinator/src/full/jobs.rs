@@ -100,13 +100,18 @@ impl FullCaptures {
 
     /// Marks every job of a capture stopped; the replicas forward the stop to their agents.
     pub(crate) async fn request_stop(&self, record: &CaptureRecord) -> crate::store::Result<()> {
-        for pop in &record.pops {
-            if let Some(mut job) = self.repo.get_job(&pop.agent_id, &record.id).await?
-                && !job.stop
-            {
-                job.stop = true;
-                self.repo.put_job(&job).await?;
-            }
+        // Many PoPs at once, as when the jobs were written.
+        let stops: Vec<_> = record.pops.iter().map(|pop| self.stop_job(&pop.agent_id, &record.id)).collect();
+        futures::stream::iter(stops).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<()>>().await?;
+        Ok(())
+    }
+
+    async fn stop_job(&self, agent_id: &str, capture_id: &str) -> crate::store::Result<()> {
+        if let Some(mut job) = self.repo.get_job(agent_id, capture_id).await?
+            && !job.stop
+        {
+            job.stop = true;
+            self.repo.put_job(&job).await?;
         }
         Ok(())
     }
