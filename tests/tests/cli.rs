@@ -149,6 +149,11 @@ async fn json_for_scripts_tables_for_people() {
     let list = json(&edgecap(home, &["capture", "list"], &env));
     assert_eq!(list[0]["id"], id);
     assert_eq!(json(&edgecap(home, &["capture", "get", id], &env))["filter_v1"]["protocol"], 1);
+    // A sample capture cannot be streamed live: one line naming the field, nothing written.
+    let live = dir.path().join("live.pcapng");
+    let streamed = edgecap(home, &["capture", "stream", id, "-o", live.to_str().unwrap()], &env);
+    fails(&streamed, 3, "pcap_id: sample captures complete at once");
+    assert!(!live.exists(), "no file for a refused stream");
     assert_eq!(json(&edgecap(home, &["agents"], &env)), Value::Array(vec![]));
     let scope = json(&edgecap(home, &["account", "scope"], &env));
     assert_eq!((scope["account_id"].clone(), scope["unrestricted"].clone()), ("acct".into(), true.into()));

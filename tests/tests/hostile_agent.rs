@@ -160,6 +160,22 @@ async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
     let why = streamer.ended_with().await;
     assert!(why.contains("stream packet of 300000 bytes"), "{why}");
 
+    // A budget request for a capture it has no job in: refused in the answer, nothing
+    // granted, and the agent stays connected (asking is not hostile).
+    let mut asker = FakeAgent::connect(&coord, &streamer_files, "streamer", "pop-stream").await;
+    let ask = pb::BudgetRequest { request_id: "r1".into(), capture_id: "f".repeat(32), ..Default::default() };
+    asker.send(pb::agent_message::Msg::BudgetRequest(ask)).await;
+    let grant = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), asker.inbound.message()).await.unwrap().unwrap();
+        if let Some(pb::coordinator_message::Msg::BudgetGrant(grant)) = msg.and_then(|m| m.msg) {
+            break grant;
+        }
+    };
+    assert_eq!(grant.request_id, "r1");
+    assert!(grant.error.contains("no job"), "{grant:?}");
+    assert_eq!((grant.packet_allowance, grant.byte_allowance, grant.exhausted), (0, 0, false));
+    drop(asker);
+
     // 4. A sample answer with more packets than asked.
     let liar_files = pki::issue_agent(&pki_dir, "liar", "pop-liar").unwrap();
     let mut liar = FakeAgent::connect(&coord, &liar_files, "liar", "pop-liar").await;
