@@ -122,6 +122,21 @@ async fn a_running_capture_streams_live_to_several_viewers() {
         viewer.assert_running("the viewer");
         (lines() > 100).then_some(())
     });
+    // Eight viewers at most per capture here: with the two above watching, six more
+    // (reading nothing), then a ninth is refused with 429 naming pcap_id; the six leave.
+    let mut extra = Vec::new();
+    for _ in 0..6 {
+        let mut s = std::net::TcpStream::connect(c.api_addr).unwrap();
+        write!(s, "GET /client/v4/accounts/acct/pcaps/{id}/stream HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .unwrap();
+        extra.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // their requests reach the coordinator
+    let (status, refused) = api_call("GET", &format!("{url}/{id}/stream"), TOKEN, None).await;
+    assert_eq!(status, 429, "a ninth viewer: {refused}");
+    assert!(refused["errors"][0]["message"].as_str().unwrap().starts_with("pcap_id"), "{refused}");
+    drop(extra);
+
     let (_, now) = api_call("GET", &format!("{url}/{id}"), TOKEN, None).await;
     let status = now["result"]["status"].as_str().unwrap();
     assert!(status == "pending" || status == "running", "packets were seen live, before the capture ended: {now}");
