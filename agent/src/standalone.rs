@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use edgecap_capture::FilterV1;
 use edgecap_capture::session::{Limits, LiveCapture, LiveConfig};
-use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
+use edgecap_capture::shard::{ShardChecksum, ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::source::{MAX_SNAPLEN, SourceConfig};
 
 /// The file format of `--format`.
@@ -23,9 +23,12 @@ pub enum Format {
 /// The shard checksum of `--checksum`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Checksum {
+    /// CRC32C of each shard file, whole and by 8 MiB part, in its manifest (what agents
+    /// compute for full captures: S3 verifies it on upload).
+    Crc32c,
     /// SHA-256 of each shard file, in its manifest.
     Sha256,
-    /// No checksum (the manifest says `sha256: null`).
+    /// No checksum (the manifest says `crc32c: null` and `sha256: null`).
     None,
 }
 
@@ -77,8 +80,9 @@ pub struct CaptureArgs {
     /// Capture id written into shard manifests.
     #[arg(long, default_value = "")]
     pub capture_id: String,
-    /// Shard checksum written into the manifest: sha256 (default) or none.
-    #[arg(long, value_enum, default_value = "sha256")]
+    /// Shard checksum written into the manifest: crc32c (default, as agents do for full
+    /// captures), sha256 or none.
+    #[arg(long, value_enum, default_value = "crc32c")]
     pub checksum: Checksum,
     /// Batches the queue between the capture and writer threads holds (x256 packets).
     #[arg(long, default_value_t = 1024, hide = true)]
@@ -168,7 +172,11 @@ pub async fn capture(args: CaptureArgs, alongside: Option<Alongside>) -> anyhow:
             },
             rotate_bytes: args.rotate_mib.map(|m| m << 20),
             rotate_every: args.rotate_seconds.map(Duration::from_secs),
-            checksum: matches!(args.checksum, Checksum::Sha256),
+            checksum: match args.checksum {
+                Checksum::Crc32c => ShardChecksum::Crc32c,
+                Checksum::Sha256 => ShardChecksum::Sha256,
+                Checksum::None => ShardChecksum::None,
+            },
         },
         identity,
     );

@@ -97,6 +97,7 @@ pub(crate) fn shard_ref(uploaded: &pb::ShardUploaded) -> ShardRef {
         first_ts_ns: uploaded.first_ts_ns,
         last_ts_ns: uploaded.last_ts_ns,
         sha256: uploaded.sha256.clone(),
+        crc32c: uploaded.crc32c.clone(),
         interface: uploaded.interface.clone(),
         filter: uploaded.filter.clone(),
     }

@@ -143,6 +143,12 @@ async fn a_hostile_agent_is_cut_off_and_the_others_go_on() {
     talker.send(pb::agent_message::Msg::CaptureReport(report)).await;
     let why = talker.ended_with().await;
     assert!(why.contains("report error of 10000 bytes"), "{why}");
+    // An upload request whose checksum is longer than any CRC32C.
+    let mut talker = FakeAgent::connect(&coord, &talker_files, "talker", "pop-talk").await;
+    let ask = pb::UploadRequest { capture_id: "c".into(), crc32c: "A".repeat(100), ..Default::default() };
+    talker.send(pb::agent_message::Msg::UploadRequest(ask)).await;
+    let why = talker.ended_with().await;
+    assert!(why.contains("shard crc32c of 100 bytes"), "{why}");
 
     // 3. A live-stream copy with more packets than any agent sends in one message, and one
     // with a packet longer than any snap length.

@@ -53,27 +53,59 @@ async fn s3_backend_conformance_multipart_presigned_and_errors() {
 
     // Presigned uploads, as an agent sends them: no credentials of its own.
     let http = edgecap_agent::http::HttpClient::new().unwrap();
-    let put = store.presign_put("shards/one.pcap", std::time::Duration::from_secs(60)).await.unwrap();
+    let put = store.presign_put("shards/one.pcap", std::time::Duration::from_secs(60), None).await.unwrap();
     assert!(put.url.contains("X-Amz-Signature"), "a presigned URL: {}", put.url.split('?').next().unwrap());
     http.send(&to_pb(put.clone()), Bytes::from_static(b"shard bytes")).await.unwrap();
     assert_eq!(std::fs::read(s3.object_path("conf-bucket", "some/prefix/shards/one.pcap")).unwrap(), b"shard bytes");
+
+    // With the shard's CRC32C the bucket verifies the body: the right bytes are taken, other
+    // bytes of the same length are refused (BadDigest; s3s-fs, unlike S3, may leave the
+    // refused bytes in place, which the right upload below replaces).
+    let body = b"shard bytes, checked";
+    let dir_crc = tempfile::tempdir().unwrap();
+    std::fs::write(dir_crc.path().join("f"), body).unwrap();
+    let crc = edgecap_capture::shard::file_crc32c(&dir_crc.path().join("f")).unwrap();
+    let checked = store.presign_put("shards/crc.pcap", std::time::Duration::from_secs(60), Some(&crc)).await.unwrap();
+    assert!(
+        checked.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("x-amz-checksum-crc32c") && *v == crc),
+        "the agent is told to send the checksum: {:?}",
+        checked.headers
+    );
+    let err =
+        http.send(&to_pb(checked.clone()), Bytes::from_static(b"shard bytes, CHECKED")).await.unwrap_err().to_string();
+    assert!(err.contains("BadDigest"), "{err}");
+    // The header is signed: a request that drops or changes it is refused too.
+    let mut stripped = to_pb(checked.clone());
+    stripped.headers.retain(|h| !h.name.eq_ignore_ascii_case("x-amz-checksum-crc32c"));
+    assert!(http.send(&stripped, Bytes::from_static(body)).await.is_err());
+    http.send(&to_pb(checked), Bytes::from_static(body)).await.unwrap();
+    assert_eq!(std::fs::read(s3.object_path("conf-bucket", "some/prefix/shards/crc.pcap")).unwrap(), body);
     // A tampered signature is refused by the server.
     let mut forged = put.clone();
     forged.url = forged.url.replace("shards/one.pcap", "shards/other.pcap");
     let err = http.send(&to_pb(forged), Bytes::from_static(b"x")).await.unwrap_err().to_string();
     assert!(err.contains("HTTP 403"), "{err}");
 
-    let upload_id = store.create_multipart("shards/multi.pcap").await.unwrap();
+    // Multipart with each part's CRC32C (s3s-fs takes the checksums but does not verify
+    // parts; S3 does). The manifest's part size is the grant's.
+    assert_eq!(PART_SIZE, edgecap_capture::shard::CHECKSUM_PART_SIZE);
+    let upload_id = store.create_multipart("shards/multi.pcap", true).await.unwrap();
     let mut etags = Vec::new();
+    let mut crcs = Vec::new();
     for (i, chunk) in big.chunks(PART_SIZE as usize).enumerate() {
+        let part_path = dir.path().join(format!("part{i}"));
+        std::fs::write(&part_path, chunk).unwrap();
+        let crc = edgecap_capture::shard::file_crc32c(&part_path).unwrap();
         let part = store
-            .presign_part("shards/multi.pcap", &upload_id, i as i32 + 1, std::time::Duration::from_secs(60))
+            .presign_part("shards/multi.pcap", &upload_id, i as i32 + 1, std::time::Duration::from_secs(60), Some(&crc))
             .await
             .unwrap();
+        assert!(part.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("x-amz-checksum-crc32c")));
         etags.push((i as i32 + 1, http.send(&to_pb(part), Bytes::copy_from_slice(chunk)).await.unwrap()));
+        crcs.push(crc);
     }
     assert_eq!(etags.len(), 3);
-    store.complete_multipart("shards/multi.pcap", &upload_id, &etags).await.unwrap();
+    store.complete_multipart("shards/multi.pcap", &upload_id, &etags, &crcs).await.unwrap();
     assert_eq!(std::fs::read(s3.object_path("conf-bucket", "some/prefix/shards/multi.pcap")).unwrap(), big);
 
     // Clear errors: a wrong secret is a refusal; a stopped server is

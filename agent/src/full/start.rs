@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgecap_capture::session::{Allowance, Limits, LiveCapture, LiveConfig};
-use edgecap_capture::shard::{ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
+use edgecap_capture::shard::{ShardChecksum, ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::source::MAX_SNAPLEN;
 use edgecap_common::{lock, now_ns};
 use edgecap_proto::agent::v1 as pb;
@@ -186,7 +186,7 @@ impl Jobs {
                 format: ShardFormat::Pcap,
                 rotate_bytes: Some(if job.rotate_bytes > 0 { job.rotate_bytes } else { self.config.rotate_bytes }),
                 rotate_every: Some(Duration::from_secs(u64::from(rotate_seconds))),
-                checksum: true,
+                checksum: ShardChecksum::Crc32c,
             },
             ShardIdentity {
                 capture_id: id.clone(),

@@ -28,6 +28,8 @@ fn manifest(file: &str, sequence: u64) -> ShardManifest {
         kernel_dropped: None,
         agent_dropped: None,
         sha256: None,
+        crc32c: None,
+        part_crc32c: Vec::new(),
         stop_reason: None,
     }
 }
@@ -130,4 +132,23 @@ fn a_job_without_an_account_scope_is_refused_before_anything_opens() {
         ..scoped
     };
     assert!(jobs.prepare(&bad, &dir.path().join(&bad.capture_id)).err().unwrap().contains("prefixes"));
+}
+
+#[tokio::test]
+async fn a_spooled_shard_whose_bytes_changed_since_its_manifest_is_found_out() {
+    let spool = tempfile::tempdir().unwrap();
+    let dir = capture_dir(spool.path(), "c1");
+    shard(&dir, 1);
+    let path = dir.join("shard-000001.pcap");
+    let mut m = manifest("shard-000001.pcap", 1);
+    let jobs = jobs(spool.path());
+    // Without a CRC32C there is nothing to compare: taken as intact.
+    assert!(jobs.spooled_shard_intact(&path, &m).await);
+    m.crc32c = Some(edgecap_capture::shard::file_crc32c(&path).unwrap());
+    assert!(jobs.spooled_shard_intact(&path, &m).await);
+    // One bit flipped on disk, same length: the bucket's BadDigest is this disk's fault.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[50] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(!jobs.spooled_shard_intact(&path, &m).await);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use edgecap_capture::shard::ShardManifest;
+use edgecap_capture::shard::{CHECKSUM_PART_SIZE, ShardManifest};
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -218,6 +218,9 @@ impl Jobs {
                     capture_id: capture_id.to_string(),
                     shard: manifest.file.clone(),
                     size,
+                    crc32c: manifest.crc32c.clone().unwrap_or_default(),
+                    part_crc32c: manifest.part_crc32c.clone(),
+                    checksum_part_size: if manifest.crc32c.is_some() { CHECKSUM_PART_SIZE } else { 0 },
                 }),
             )
             .await?
@@ -236,17 +239,31 @@ impl Jobs {
             anyhow::bail!("upload grant refused: {}", grant.error);
         }
         let mut etags = Vec::new();
-        if let Some(put) = &grant.put {
-            let body = Bytes::from(tokio::fs::read(&shard_path).await?);
-            self.http.send(put, body).await?;
-        } else {
-            anyhow::ensure!(grant.part_size > 0 && !grant.parts.is_empty(), "empty upload grant");
-            for (i, part) in grant.parts.iter().enumerate() {
-                let offset = i as u64 * grant.part_size;
-                let len = grant.part_size.min(size.saturating_sub(offset));
-                let body = read_range(shard_path, offset, len).await?;
-                etags.push(self.http.send(part, body).await?);
+        let sent = async {
+            if let Some(put) = &grant.put {
+                let body = Bytes::from(tokio::fs::read(&shard_path).await?);
+                self.http.send(put, body).await?;
+            } else {
+                anyhow::ensure!(grant.part_size > 0 && !grant.parts.is_empty(), "empty upload grant");
+                for (i, part) in grant.parts.iter().enumerate() {
+                    let offset = i as u64 * grant.part_size;
+                    let len = grant.part_size.min(size.saturating_sub(offset));
+                    let body = read_range(shard_path, offset, len).await?;
+                    etags.push(self.http.send(part, body).await?);
+                }
             }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            // The bucket found the bytes differ from the manifest's CRC32C: if the spooled
+            // file no longer matches it, it was damaged on this disk and can never be
+            // delivered as captured; set it aside rather than retry it for ever.
+            if e.to_string().contains("BadDigest") && !self.spooled_shard_intact(shard_path, manifest).await {
+                quarantine(manifest_path, "the shard's bytes no longer match its manifest's CRC32C");
+                return Ok(());
+            }
+            return Err(e);
         }
         let committed = self
             .ask(
@@ -265,6 +282,8 @@ impl Jobs {
                     first_ts_ns: manifest.first_ts_ns.unwrap_or(0),
                     last_ts_ns: manifest.last_ts_ns.unwrap_or(0),
                     sha256: manifest.sha256.clone().unwrap_or_default(),
+                    crc32c: manifest.crc32c.clone().unwrap_or_default(),
+                    part_crc32c: if grant.part_checksums { manifest.part_crc32c.clone() } else { Vec::new() },
                     interface: manifest.identity.interface.clone(),
                     filter: manifest.identity.filter.clone(),
                 }),
@@ -286,6 +305,19 @@ impl Jobs {
         }
         tracing::info!(capture = %capture_id, shard = %manifest.file, key = %grant.key, packets = manifest.packets, "shard delivered");
         Ok(())
+    }
+}
+
+impl Jobs {
+    /// Whether a spooled shard still has the CRC32C its manifest says (true without one).
+    pub(super) async fn spooled_shard_intact(&self, shard_path: &Path, manifest: &ShardManifest) -> bool {
+        let Some(want) = manifest.crc32c.clone() else { return true };
+        let path = shard_path.to_path_buf();
+        match tokio::task::spawn_blocking(move || edgecap_capture::shard::file_crc32c(&path)).await {
+            Ok(Ok(have)) => have == want,
+            // Unreadable now: leave it for the next attempt to find out.
+            _ => true,
+        }
     }
 }
 

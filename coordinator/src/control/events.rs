@@ -38,6 +38,8 @@ const MAX_TEXT: usize = 4096;
 const MAX_KEY: usize = 1024;
 /// Most parts of a multipart upload (S3's own limit).
 const MAX_PARTS: usize = 10_000;
+/// Longest CRC32C text (S3's base64 form is 8 characters).
+const MAX_CRC: usize = 16;
 
 /// A token bucket over an agent's messages.
 pub(super) struct RateGuard {
@@ -61,6 +63,15 @@ impl RateGuard {
         self.tokens -= 1.0;
         Ok(())
     }
+}
+
+/// A shard's CRC32C fields: short, and no more parts than an upload can have.
+fn checksums(whole: &str, parts: &[String]) -> Result<(), String> {
+    bounded("shard crc32c", whole, MAX_CRC)?;
+    if parts.len() > MAX_PARTS {
+        return Err(format!("{} part checksums (at most {MAX_PARTS})", parts.len()));
+    }
+    parts.iter().try_for_each(|p| bounded("part crc32c", p, MAX_CRC))
 }
 
 fn bounded(what: &str, text: &str, max: usize) -> Result<(), String> {
@@ -103,7 +114,8 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
         AgentEvent::UploadRequest(u) => {
             bounded("upload request id", &u.request_id, MAX_ID)?;
             bounded("upload capture id", &u.capture_id, MAX_ID)?;
-            bounded("shard name", &u.shard, MAX_ID * 2)
+            bounded("shard name", &u.shard, MAX_ID * 2)?;
+            checksums(&u.crc32c, &u.part_crc32c)
         }
         AgentEvent::ShardUploaded(u) => {
             bounded("upload request id", &u.request_id, MAX_ID)?;
@@ -117,7 +129,8 @@ pub(super) fn check(event: &AgentEvent) -> Result<(), String> {
             if u.part_etags.len() > MAX_PARTS {
                 return Err(format!("{} part ETags (at most {MAX_PARTS})", u.part_etags.len()));
             }
-            u.part_etags.iter().try_for_each(|e| bounded("part ETag", e, MAX_ID * 2))
+            u.part_etags.iter().try_for_each(|e| bounded("part ETag", e, MAX_ID * 2))?;
+            checksums(&u.crc32c, &u.part_crc32c)
         }
     }
 }

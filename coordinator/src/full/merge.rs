@@ -377,6 +377,7 @@ mod tests {
             first_ts_ns: 1,
             last_ts_ns: 1,
             sha256: String::new(),
+            crc32c: String::new(),
             interface: String::new(),
             filter: String::new(),
         };

@@ -27,6 +27,13 @@ fn max_shard(job: &JobRecord, configured: u64) -> u64 {
     }
 }
 
+/// A CRC32C in S3's form: base64 of 4 bytes (6 characters and `==`).
+fn valid_crc32c(text: &str) -> bool {
+    text.len() == 8
+        && text.ends_with("==")
+        && text.bytes().take(6).all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
 fn valid_shard_name(name: &str) -> bool {
     (1..=80).contains(&name.len())
         && !name.starts_with('.')
@@ -76,20 +83,32 @@ impl FullCaptures {
                 false,
             );
         }
+        if let Some(bad) =
+            std::iter::once(&request.crc32c).chain(&request.part_crc32c).find(|c| !c.is_empty() && !valid_crc32c(c))
+        {
+            return refuse(format!("crc32c {bad:?} is not a CRC32C in S3's form (base64 of 4 bytes)"), false);
+        }
         let key = shard_key(&request.capture_id, pop, agent_id, &request.shard);
         let expiry = self.settings.presign_expiry;
+        let crc32c = (!request.crc32c.is_empty()).then_some(request.crc32c.as_str());
         let result = async {
             if request.size <= MULTIPART_THRESHOLD {
-                let put = store.presign_put(&key, expiry).await?;
+                let put = store.presign_put(&key, expiry, crc32c).await?;
                 Ok::<_, StorageError>(pb::UploadGrant { put: Some(convert::presigned(put)), ..Default::default() })
             } else {
-                let upload_id = store.create_multipart(&key).await?;
                 let count = request.size.div_ceil(PART_SIZE);
+                // Each part checked by the bucket when the agent's parts are the grant's
+                // (an agent of another version may cut them otherwise: then none are sent).
+                let part_checksums = crc32c.is_some()
+                    && request.checksum_part_size == PART_SIZE
+                    && request.part_crc32c.len() as u64 == count;
+                let upload_id = store.create_multipart(&key, part_checksums).await?;
                 let mut parts = Vec::with_capacity(count as usize);
                 for n in 1..=count {
-                    parts.push(convert::presigned(store.presign_part(&key, &upload_id, n as i32, expiry).await?));
+                    let crc = part_checksums.then(|| request.part_crc32c[n as usize - 1].as_str());
+                    parts.push(convert::presigned(store.presign_part(&key, &upload_id, n as i32, expiry, crc).await?));
                 }
-                Ok(pb::UploadGrant { upload_id, part_size: PART_SIZE, parts, ..Default::default() })
+                Ok(pb::UploadGrant { upload_id, part_size: PART_SIZE, parts, part_checksums, ..Default::default() })
             }
         }
         .await;
@@ -125,7 +144,9 @@ impl FullCaptures {
         if !uploaded.upload_id.is_empty() {
             let parts: Vec<(i32, String)> =
                 uploaded.part_etags.iter().enumerate().map(|(i, e)| (i as i32 + 1, e.clone())).collect();
-            if let Err(e) = store.complete_multipart(&uploaded.key, &uploaded.upload_id, &parts).await {
+            if let Err(e) =
+                store.complete_multipart(&uploaded.key, &uploaded.upload_id, &parts, &uploaded.part_crc32c).await
+            {
                 // A retried commit finds the upload already completed.
                 let done = matches!(store.head(&uploaded.key).await, Ok(Some(m)) if m.size == uploaded.file_bytes);
                 if !done {
@@ -224,7 +245,33 @@ mod tests {
     }
 
     fn request(capture: &str, shard: &str) -> pb::UploadRequest {
-        pb::UploadRequest { request_id: "r".into(), capture_id: capture.into(), shard: shard.into(), size: 10 }
+        pb::UploadRequest {
+            request_id: "r".into(),
+            capture_id: capture.into(),
+            shard: shard.into(),
+            size: 10,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shards_crc32c_is_signed_into_its_put_and_a_malformed_one_is_refused() {
+        let full = captures().await;
+        let with = pb::UploadRequest { crc32c: "TVUQaA==".into(), ..request("c1", "shard-000001.pcap") };
+        let grant = full.grant("a1", "ord01", with).await;
+        let put = grant.put.expect("a single PUT");
+        assert!(
+            put.headers.iter().any(|h| h.name.eq_ignore_ascii_case("x-amz-checksum-crc32c") && h.value == "TVUQaA=="),
+            "{put:?}"
+        );
+        assert!(put.url.to_ascii_lowercase().contains("x-amz-checksum-crc32c"), "signed: {}", put.url);
+        for bad in ["TVUQaA", "TVUQaA=!", "TVU-aA==", "TVUQaA==TVUQaA=="] {
+            let req = pb::UploadRequest { crc32c: bad.into(), ..request("c1", "shard-000001.pcap") };
+            let grant = full.grant("a1", "ord01", req).await;
+            assert!(grant.error.starts_with("crc32c ") && !grant.retryable && grant.put.is_none(), "{bad}: {grant:?}");
+        }
+        let req = pb::UploadRequest { part_crc32c: vec!["x".into()], ..request("c1", "shard-000001.pcap") };
+        assert!(full.grant("a1", "ord01", req).await.error.starts_with("crc32c \"x\""));
     }
 
     #[tokio::test]

@@ -117,6 +117,9 @@ pub(crate) struct ShardRef {
     pub last_ts_ns: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// CRC32C of the file (S3's base64 form), which the bucket verified on upload.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub crc32c: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]

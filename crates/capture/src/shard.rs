@@ -5,7 +5,9 @@
 //! (`<shard>.json`, written to a temporary name, fsynced and renamed) exists; readers and
 //! uploaders only take shards that have a manifest. The manifest carries the capture id,
 //! PoP, agent, interface, packets, bytes, first/last timestamp, the drop counters at the time
-//! the shard was closed, the filter and its bytecode hash, and the SHA-256 of the file.
+//! the shard was closed, the filter and its bytecode hash, and the file's checksum: CRC32C by
+//! default (of the whole file and of each [`CHECKSUM_PART_SIZE`] part, so that an S3 bucket
+//! can verify a single or a multipart upload against it), or SHA-256.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -35,6 +37,25 @@ pub enum ShardFormat {
     /// the shards closed by rotation.
     Pcapng,
 }
+
+/// The checksum a [`ShardWriter`] computes while it writes, for the manifest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardChecksum {
+    /// None: the manifest says `crc32c: null` and `sha256: null`.
+    None,
+    /// CRC32C (Castagnoli), S3's `x-amz-checksum-crc32c`: of the whole file and of each
+    /// [`CHECKSUM_PART_SIZE`] part. A few percent of SHA-256's cost (SIMD), and the bucket
+    /// checks it on upload, so it covers the shard from the agent's disk into the bucket.
+    #[default]
+    Crc32c,
+    /// SHA-256 of the whole file (hex). About a quarter of the capture path's CPU at high
+    /// rates (docs/benchmarks.md), and nothing downstream verifies it.
+    Sha256,
+}
+
+/// The part size the manifest's `part_crc32c` are computed for: the multipart part size the
+/// coordinator grants (`edgecap_storage::s3::PART_SIZE`; a test there keeps them equal).
+pub const CHECKSUM_PART_SIZE: u64 = 8 << 20;
 
 /// Who and what a shard belongs to (written into its manifest, and into pcapng interfaces).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -69,10 +90,9 @@ pub struct ShardConfig {
     pub rotate_bytes: Option<u64>,
     /// Rotate when a shard is this old.
     pub rotate_every: Option<Duration>,
-    /// Compute each shard's SHA-256 while writing (for the manifest). It is about a quarter
-    /// of the capture path's CPU at high rates (docs/benchmarks.md); off, the manifest says
-    /// `sha256: null`.
-    pub checksum: bool,
+    /// The checksum computed while writing, for the manifest (on the writer thread, never
+    /// the capture thread).
+    pub checksum: ShardChecksum,
 }
 
 /// What a manifest says.
@@ -103,24 +123,112 @@ pub struct ShardManifest {
     pub kernel_dropped: Option<u64>,
     /// Packets the agent dropped (the queue to the writer was full); on the last shard only.
     pub agent_dropped: Option<u64>,
-    /// SHA-256 of the whole file, lowercase hex; `None` when [`ShardConfig::checksum`] is off.
+    /// SHA-256 of the whole file, lowercase hex; `None` unless [`ShardConfig::checksum`] is
+    /// [`ShardChecksum::Sha256`].
     pub sha256: Option<String>,
+    /// CRC32C of the whole file, as S3 writes it (base64 of the 4 big-endian bytes); `None`
+    /// unless [`ShardConfig::checksum`] is [`ShardChecksum::Crc32c`].
+    #[serde(default)]
+    pub crc32c: Option<String>,
+    /// CRC32C of each [`CHECKSUM_PART_SIZE`] part of the file, in order (the last may be
+    /// shorter), in the same form; empty without `crc32c`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_crc32c: Vec<String>,
     /// Set on the last shard of a capture.
     pub stop_reason: Option<String>,
 }
 
-/// Counts and hashes what goes to the file.
+/// CRC32C of a file, whole and by part, as the bytes go by.
+struct Crc32cParts {
+    part: crc_fast::Digest,
+    /// (CRC, length) of the parts done.
+    parts: Vec<(u32, u64)>,
+}
+
+impl Crc32cParts {
+    fn new() -> Self {
+        Self { part: crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi), parts: Vec::new() }
+    }
+
+    fn update(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let room = (CHECKSUM_PART_SIZE - self.part.get_amount()) as usize;
+            let take = room.min(buf.len());
+            self.part.update(&buf[..take]);
+            buf = &buf[take..];
+            if self.part.get_amount() == CHECKSUM_PART_SIZE {
+                self.parts.push((self.part.finalize_reset() as u32, CHECKSUM_PART_SIZE));
+            }
+        }
+    }
+
+    /// (whole file, each part), in S3's form.
+    fn finish(mut self) -> (String, Vec<String>) {
+        let tail = self.part.get_amount();
+        if tail > 0 || self.parts.is_empty() {
+            self.parts.push((self.part.finalize() as u32, tail));
+        }
+        let whole = self.parts[1..].iter().fold(u64::from(self.parts[0].0), |whole, (crc, len)| {
+            crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc32Iscsi, whole, u64::from(*crc), *len)
+        });
+        (crc32c_text(whole as u32), self.parts.iter().map(|(c, _)| crc32c_text(*c)).collect())
+    }
+}
+
+/// The CRC32C of a whole file, in S3's form (reads it: call it off async workers).
+pub fn file_crc32c(path: &Path) -> io::Result<String> {
+    let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match io::Read::read(&mut file, &mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        if n == 0 {
+            return Ok(crc32c_text(digest.finalize() as u32));
+        }
+        digest.update(&buf[..n]);
+    }
+}
+
+/// A CRC32C as S3 writes it: base64 of its 4 big-endian bytes.
+pub fn crc32c_text(crc: u32) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = crc.to_be_bytes();
+    let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+    let mut out = String::with_capacity(8);
+    for shift in [18, 12, 6, 0] {
+        out.push(ALPHABET[(n >> shift & 63) as usize] as char);
+    }
+    let m = u32::from(b[3]) << 16;
+    out.push(ALPHABET[(m >> 18 & 63) as usize] as char);
+    out.push(ALPHABET[(m >> 12 & 63) as usize] as char);
+    out.push_str("==");
+    out
+}
+
+/// The checksum being computed.
+enum Digesting {
+    None,
+    Crc32c(Box<Crc32cParts>),
+    Sha256(aws_lc_rs::digest::Context),
+}
+
+/// Counts and checksums what goes to the file.
 struct Hashing<W: Write> {
     inner: W,
-    digest: Option<aws_lc_rs::digest::Context>,
+    digest: Digesting,
     bytes: u64,
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        if let Some(d) = self.digest.as_mut() {
-            d.update(&buf[..n]);
+        match &mut self.digest {
+            Digesting::None => {}
+            Digesting::Crc32c(c) => c.update(&buf[..n]),
+            Digesting::Sha256(d) => d.update(&buf[..n]),
         }
         self.bytes += n as u64;
         Ok(n)
@@ -211,7 +319,13 @@ impl ShardWriter {
             SHARD_BUFFER,
             Hashing {
                 inner: file,
-                digest: self.config.checksum.then(|| aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256)),
+                digest: match self.config.checksum {
+                    ShardChecksum::None => Digesting::None,
+                    ShardChecksum::Crc32c => Digesting::Crc32c(Box::new(Crc32cParts::new())),
+                    ShardChecksum::Sha256 => {
+                        Digesting::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+                    }
+                },
                 bytes: 0,
             },
         );
@@ -276,7 +390,14 @@ impl ShardWriter {
         };
         let hashing = out.into_inner().map_err(|e| e.into_error())?;
         hashing.inner.sync_all()?;
-        let sha256: Option<String> = hashing.digest.map(|d| crate::hex(d.finish().as_ref()));
+        let (sha256, crc32c, part_crc32c) = match hashing.digest {
+            Digesting::None => (None, None, Vec::new()),
+            Digesting::Crc32c(c) => {
+                let (whole, parts) = c.finish();
+                (None, Some(whole), parts)
+            }
+            Digesting::Sha256(d) => (Some(crate::hex(d.finish().as_ref())), None, Vec::new()),
+        };
         let manifest = ShardManifest {
             identity: self.identity.clone(),
             file: current.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -290,6 +411,8 @@ impl ShardWriter {
             kernel_dropped: last.then_some(counters.kernel_dropped),
             agent_dropped: last.then_some(counters.agent_dropped),
             sha256,
+            crc32c,
+            part_crc32c,
             stop_reason: if last { counters.stop_reason.as_ref().map(|r| r.to_string()) } else { None },
         };
         write_manifest(&current.path, &manifest)?;
@@ -352,5 +475,78 @@ impl PacketSink for ShardWriter {
             self.open()?;
         }
         self.close(counters, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crc(data: &[u8]) -> String {
+        crc32c_text(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32)
+    }
+
+    fn write_shard(dir: &Path, checksum: ShardChecksum, packets: usize, len: usize) -> (ShardManifest, Vec<u8>) {
+        let config = ShardConfig {
+            path: dir.join("s.pcap"),
+            format: ShardFormat::Pcap,
+            rotate_bytes: None,
+            rotate_every: None,
+            checksum,
+        };
+        let identity = ShardIdentity { linktype: 1, snaplen: 65535, ..Default::default() };
+        let mut w = ShardWriter::new(config, identity);
+        let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        for i in 0..packets {
+            w.write(1_000_000_000 + i as u64, len as u32, &data).unwrap();
+        }
+        w.finish(&Counters::default()).unwrap();
+        let manifest = w.completed()[0].clone();
+        let file = std::fs::read(dir.join("s.pcap")).unwrap();
+        (manifest, file)
+    }
+
+    #[test]
+    fn crc32c_in_s3s_form() {
+        // S3's documented example: CRC32C of "Hello, World!" is 0x4d551068, "TVUQaA==".
+        assert_eq!(crc(b"Hello, World!"), "TVUQaA==");
+        assert_eq!(crc32c_text(0), "AAAAAA==");
+    }
+
+    #[test]
+    fn manifest_crc32c_covers_the_file_whole_and_by_part() {
+        let dir = tempfile::tempdir().unwrap();
+        // 20 MiB and a bit: two whole parts and a short one.
+        let (m, file) = write_shard(dir.path(), ShardChecksum::Crc32c, 1400, 15_000);
+        assert!(file.len() as u64 > 2 * CHECKSUM_PART_SIZE);
+        assert_eq!(m.file_bytes, file.len() as u64);
+        assert_eq!(m.crc32c.as_deref(), Some(crc(&file).as_str()));
+        let parts: Vec<String> = file.chunks(CHECKSUM_PART_SIZE as usize).map(crc).collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(m.part_crc32c, parts);
+        assert_eq!(m.sha256, None);
+    }
+
+    #[test]
+    fn exactly_one_part_and_empty_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, file) = write_shard(dir.path(), ShardChecksum::Crc32c, 3, 100);
+        assert_eq!(m.part_crc32c, vec![crc(&file)]);
+        assert_eq!(m.crc32c, Some(crc(&file)));
+        let dir = tempfile::tempdir().unwrap();
+        let (m, file) = write_shard(dir.path(), ShardChecksum::Crc32c, 0, 100);
+        assert_eq!(file.len(), 24, "just the header");
+        assert_eq!(m.crc32c, Some(crc(&file)));
+    }
+
+    #[test]
+    fn sha256_and_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, file) = write_shard(dir.path(), ShardChecksum::Sha256, 10, 100);
+        let want = crate::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &file).as_ref());
+        assert_eq!(m.sha256, Some(want));
+        assert_eq!((m.crc32c, m.part_crc32c.len()), (None, 0));
+        let (m, _) = write_shard(dir.path(), ShardChecksum::None, 10, 100);
+        assert_eq!((m.sha256, m.crc32c), (None, None));
     }
 }

@@ -184,8 +184,9 @@ impl S3Store {
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(region.clone())
-            // Presigned requests must not carry checksums the agent cannot know in advance;
-            // integrity is checked with the shard manifests' SHA-256 and Content-MD5-free ETags.
+            // No checksum is computed for a request unless the caller gives one: a presigned
+            // request carries only the CRC32C the agent sent with its grant request (from the
+            // shard's manifest), which the bucket then verifies.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::standard().with_max_attempts(3))
@@ -226,8 +227,10 @@ impl S3Store {
         format!("{op} s3://{}/{key}", self.location.bucket)
     }
 
-    /// A presigned PUT of one whole object.
-    pub async fn presign_put(&self, key: &str, expires: Duration) -> Result<Presigned> {
+    /// A presigned PUT of one whole object. With `crc32c` (S3's base64 form) the request
+    /// carries it as a signed `x-amz-checksum-crc32c` header, and the bucket refuses a body
+    /// whose CRC32C differs (`BadDigest`).
+    pub async fn presign_put(&self, key: &str, expires: Duration, crc32c: Option<&str>) -> Result<Presigned> {
         let object = self.object_key(key)?;
         let config = PresigningConfig::expires_in(expires).map_err(|e| StorageError::Rejected(e.to_string()))?;
         let request = self
@@ -235,20 +238,24 @@ impl S3Store {
             .put_object()
             .bucket(&self.location.bucket)
             .key(&object)
+            .set_checksum_crc32_c(crc32c.map(str::to_string))
             .presigned(config)
             .await
             .map_err(|e| classify(&self.what("presign put", &object), e))?;
         Ok(presigned(&request))
     }
 
-    /// Starts a multipart upload; returns its upload id.
-    pub async fn create_multipart(&self, key: &str) -> Result<String> {
+    /// Starts a multipart upload; returns its upload id. `crc32c`: every part will carry its
+    /// CRC32C ([`Self::presign_part`], [`Self::complete_multipart`]), and the bucket keeps the
+    /// object's composite checksum.
+    pub async fn create_multipart(&self, key: &str, crc32c: bool) -> Result<String> {
         let object = self.object_key(key)?;
         let out = self
             .client
             .create_multipart_upload()
             .bucket(&self.location.bucket)
             .key(&object)
+            .set_checksum_algorithm(crc32c.then_some(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C))
             .send()
             .await
             .map_err(|e| classify(&self.what("create multipart upload", &object), e))?;
@@ -257,8 +264,16 @@ impl S3Store {
         })
     }
 
-    /// A presigned PUT of part `part` (1-based) of a multipart upload.
-    pub async fn presign_part(&self, key: &str, upload_id: &str, part: i32, expires: Duration) -> Result<Presigned> {
+    /// A presigned PUT of part `part` (1-based) of a multipart upload; with the part's
+    /// `crc32c` as a signed header, as [`Self::presign_put`].
+    pub async fn presign_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        expires: Duration,
+        crc32c: Option<&str>,
+    ) -> Result<Presigned> {
         let object = self.object_key(key)?;
         let config = PresigningConfig::expires_in(expires).map_err(|e| StorageError::Rejected(e.to_string()))?;
         let request = self
@@ -268,18 +283,33 @@ impl S3Store {
             .key(&object)
             .upload_id(upload_id)
             .part_number(part)
+            .set_checksum_crc32_c(crc32c.map(str::to_string))
             .presigned(config)
             .await
             .map_err(|e| classify(&self.what("presign upload part", &object), e))?;
         Ok(presigned(&request))
     }
 
-    /// Completes a multipart upload from `(part number, ETag)` pairs.
-    pub async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> Result<()> {
+    /// Completes a multipart upload from `(part number, ETag)` pairs, and each part's CRC32C
+    /// when the upload was created with them (`part_crc32c`, in part order; else empty).
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        part_crc32c: &[String],
+    ) -> Result<()> {
         let object = self.object_key(key)?;
         let parts = parts
             .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .enumerate()
+            .map(|(i, (n, etag))| {
+                CompletedPart::builder()
+                    .part_number(*n)
+                    .e_tag(etag)
+                    .set_checksum_crc32_c(part_crc32c.get(i).cloned())
+                    .build()
+            })
             .collect::<Vec<_>>();
         self.client
             .complete_multipart_upload()
@@ -323,7 +353,7 @@ impl S3Store {
     async fn put_multipart(&self, key: &str, path: &Path, size: u64, cancel: &CancellationToken) -> Result<()> {
         let object = self.object_key(key)?;
         let what = self.what("upload part", &object);
-        let upload_id = self.create_multipart(key).await?;
+        let upload_id = self.create_multipart(key, false).await?;
         let upload = async {
             let mut parts = Vec::new();
             let mut offset = 0u64;
@@ -352,7 +382,7 @@ impl S3Store {
                 offset += length;
                 number += 1;
             }
-            self.complete_multipart(key, &upload_id, &parts).await
+            self.complete_multipart(key, &upload_id, &parts, &[]).await
         };
         let result = tokio::select! {
             biased;
@@ -497,10 +527,10 @@ mod tests {
             endpoint: Some("http://127.0.0.1:9".into()),
         };
         let store = S3Store::connect(location.clone(), None, false).await.unwrap();
-        let error = store.presign_put("k", Duration::from_secs(60)).await.unwrap_err().to_string();
+        let error = store.presign_put("k", Duration::from_secs(60), None).await.unwrap_err().to_string();
         assert!(!error.contains("IMDS") && !error.to_lowercase().contains("instance"), "{error}");
         let with = S3Store::connect(location, None, true).await.unwrap();
-        let error = with.presign_put("k", Duration::from_secs(60)).await.unwrap_err().to_string();
+        let error = with.presign_put("k", Duration::from_secs(60), None).await.unwrap_err().to_string();
         assert!(error.contains("IMDS") || error.contains("Ec2InstanceMetadata"), "the opt-in asks it: {error}");
     }
 }
