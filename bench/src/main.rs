@@ -6,7 +6,9 @@
 //! * `simulate`: N simulated agents (the real agent code with a replayed packet source) for
 //!   the scale benchmarks and tests;
 //! * `capture`: `edgecap-agent capture` with the agent's lookback fed from the same interface
-//!   (`--with-lookback`), for `bench/capture.sh`.
+//!   (`--with-lookback`), for `bench/capture.sh`;
+//! * `lookback`: sample queries over a large lookback filled in-process, as an agent answers
+//!   them.
 //!
 //! Commands and figures are in `docs/benchmarks.md`.
 
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod capture;
 mod fanout;
+mod lookback;
 mod simulate;
 mod status;
 
@@ -34,6 +37,8 @@ enum Command {
     Status(status::StatusArgs),
     /// `edgecap-agent capture`, optionally with the lookback fed too (bench/capture.sh).
     Capture(Box<capture::CaptureCommand>),
+    /// Sample queries over a large lookback, as an agent answers them.
+    Lookback(lookback::LookbackArgs),
 }
 
 #[tokio::main]
@@ -45,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "warn", true)?;
             simulate::run(args).await
         }
+        Command::Lookback(args) => lookback::run(args),
         Command::Capture(command) => {
             let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "info", true)?;
             let code = capture::run(*command).await?;
