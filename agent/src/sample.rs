@@ -94,7 +94,10 @@ fn answer(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleC
     // Judged on the wire length, not the stored (truncated) length: a filter means the same
     // here as on a live capture. Packets the filter matches outside the scope are counted.
     let mut excluded = 0u64;
-    let result = lock(lookback).query(query.from_ns, query.to_ns, query.packet_limit as usize, |packet, data| {
+    // Packets whose headers rule out filter_v1 are passed over without reading their bytes.
+    let prefilter = edgecap_capture::summary::Prefilter::new(&filter);
+    let limit = query.packet_limit as usize;
+    let result = lock(lookback).query_prefiltered(query.from_ns, query.to_ns, limit, &prefilter, |packet, data| {
         let iface = usize::from(packet.iface);
         let matched = programs.get(iface).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len));
         let in_scope = scopes.get(iface).is_none_or(|p| edgecap_capture::offline::matches(p, data, packet.orig_len));

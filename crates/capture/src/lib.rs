@@ -24,6 +24,7 @@ pub mod scope;
 pub mod session;
 pub mod shard;
 pub mod source;
+pub mod summary;
 
 pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};

@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 
+use crate::summary::{Prefilter, Summary};
+
 /// How the lookback samples and how much it keeps.
 #[derive(Clone, Debug)]
 pub struct LookbackConfig {
@@ -63,7 +65,10 @@ pub struct StoredPacket {
     pub orig_len: u32,
     /// Index of the interface in [`Lookback::interfaces`].
     pub iface: u16,
-    chunk: u64,
+    /// Its headers, read when it was stored (for [`Lookback::query_prefiltered`]).
+    pub summary: Summary,
+    /// Arena chunk id: wraps, and is only compared with the live chunks' (never 2^32 of them).
+    chunk: u32,
     offset: u32,
     len: u32,
 }
@@ -90,7 +95,7 @@ struct Chunk {
 #[derive(Default)]
 struct Arena {
     chunks: VecDeque<Chunk>,
-    first_id: u64,
+    first_id: u32,
     spare: Vec<Vec<u8>>,
 }
 
@@ -101,7 +106,7 @@ impl std::fmt::Debug for Arena {
 }
 
 impl Arena {
-    fn push(&mut self, bytes: &[u8]) -> (u64, u32) {
+    fn push(&mut self, bytes: &[u8]) -> (u32, u32) {
         let room = self.chunks.back().is_some_and(|c| c.data.len() + bytes.len() <= c.data.capacity());
         if !room {
             let mut data = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(CHUNK.max(bytes.len())));
@@ -111,7 +116,7 @@ impl Arena {
             }
             self.chunks.push_back(Chunk { data, live: 0 });
         }
-        let id = self.first_id + self.chunks.len() as u64 - 1;
+        let id = self.first_id.wrapping_add(self.chunks.len() as u32 - 1);
         let chunk = self.chunks.back_mut().expect("a chunk was just ensured");
         let offset = chunk.data.len() as u32;
         chunk.data.extend_from_slice(bytes);
@@ -120,18 +125,18 @@ impl Arena {
     }
 
     fn get(&self, p: &StoredPacket) -> &[u8] {
-        let chunk = &self.chunks[(p.chunk - self.first_id) as usize];
+        let chunk = &self.chunks[p.chunk.wrapping_sub(self.first_id) as usize];
         &chunk.data[p.offset as usize..(p.offset + p.len) as usize]
     }
 
     fn release(&mut self, p: &StoredPacket) {
-        if let Some(chunk) = self.chunks.get_mut((p.chunk - self.first_id) as usize) {
+        if let Some(chunk) = self.chunks.get_mut(p.chunk.wrapping_sub(self.first_id) as usize) {
             chunk.live -= 1;
         }
         // Free leading chunks that hold no live packet (never the one being filled).
         while self.chunks.len() > 1 && self.chunks.front().is_some_and(|c| c.live == 0) {
             let chunk = self.chunks.pop_front().expect("checked");
-            self.first_id += 1;
+            self.first_id = self.first_id.wrapping_add(1);
             if self.spare.len() < 2 {
                 self.spare.push(chunk.data);
             }
@@ -271,7 +276,9 @@ impl Lookback {
     pub fn insert(&mut self, ts_ns: u64, orig_len: u32, iface: u16, data: &[u8]) {
         let keep = data.len().min(self.config.snaplen as usize);
         let (chunk, offset) = self.arena.push(&data[..keep]);
-        let packet = StoredPacket { ts_ns, orig_len, iface, chunk, offset, len: keep as u32 };
+        let linktype = self.interfaces.get(usize::from(iface)).map_or(-1, |(_, l)| *l);
+        let summary = Summary::read(linktype, &data[..keep]);
+        let packet = StoredPacket { ts_ns, orig_len, iface, summary, chunk, offset, len: keep as u32 };
         self.bytes += keep + OVERHEAD;
         self.stats.packets_sampled += 1;
         if let Some(s) = self.per_interface.get_mut(usize::from(iface)) {
@@ -318,13 +325,28 @@ impl Lookback {
         from_ns: u64,
         to_ns: u64,
         limit: usize,
+        matches: impl FnMut(&StoredPacket, &[u8]) -> bool,
+    ) -> QueryResult {
+        self.query_prefiltered(from_ns, to_ns, limit, &Prefilter::default(), matches)
+    }
+
+    /// [`Self::query`], passing over the packets whose [`Summary`] `prefilter` rules out
+    /// without reading their bytes or calling `matches` (which must refuse them too).
+    pub fn query_prefiltered(
+        &self,
+        from_ns: u64,
+        to_ns: u64,
+        limit: usize,
+        prefilter: &Prefilter,
         mut matches: impl FnMut(&StoredPacket, &[u8]) -> bool,
     ) -> QueryResult {
         let start = self.packets.partition_point(|p| p.ts_ns < from_ns);
         let end = self.packets.partition_point(|p| p.ts_ns <= to_ns);
         let mut result = QueryResult::default();
-        for index in (start..end).rev() {
-            let packet = &self.packets[index];
+        for packet in self.packets.range(start..end).rev() {
+            if !prefilter.may_match(&packet.summary) {
+                continue;
+            }
             let data = self.arena.get(packet);
             if matches(packet, data) {
                 result.matched += 1;
@@ -349,6 +371,32 @@ mod tests {
 
     fn lb(rate: u32, max_bytes: usize) -> Lookback {
         Lookback::new(LookbackConfig { sample_rate: rate, snaplen: 4, max_bytes, max_age_ns: 1_000 })
+    }
+
+    #[test]
+    fn a_stored_packet_with_its_header_summary_still_takes_32_bytes() {
+        assert_eq!(OVERHEAD, 32);
+    }
+
+    #[test]
+    fn a_prefiltered_query_passes_over_what_the_summary_rules_out() {
+        let mut l = Lookback::new(LookbackConfig::default());
+        let iface = l.add_interface("eth0", 1);
+        for t in 0..100u64 {
+            let mut f = vec![0u8; 42];
+            f[12] = 0x08;
+            f[14] = 0x45;
+            f[23] = 17;
+            f[36..38].copy_from_slice(&(if t % 10 == 0 { 53u16 } else { 443 }).to_be_bytes());
+            l.insert(t, 42, iface, &f);
+        }
+        let prefilter = Prefilter::new(&crate::FilterV1 { destination_port: Some(53), ..Default::default() });
+        let mut judged = 0;
+        let r = l.query_prefiltered(0, 99, 100, &prefilter, |_, _| {
+            judged += 1;
+            true
+        });
+        assert_eq!((r.matched, judged), (10, 10), "only the 10 packets to port 53 reach the matcher");
     }
 
     #[test]
