@@ -107,6 +107,9 @@ pub struct FullCaptureConfig {
     pub buffer_bytes: u32,
     /// How long finished captures are remembered (and re-reported after reconnects).
     pub keep_finished: Duration,
+    /// A capture feeds the lookback of its interface while it runs, so each packet is
+    /// copied from the kernel once (`edgecap_capture::live`); off: two rings.
+    pub feed_lookback: bool,
 }
 
 impl FullCaptureConfig {
@@ -119,6 +122,7 @@ impl FullCaptureConfig {
             rotate_seconds: 5,
             buffer_bytes: 32 << 20,
             keep_finished: Duration::from_secs(3600),
+            feed_lookback: true,
         }
     }
 }

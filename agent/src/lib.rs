@@ -66,12 +66,15 @@ impl Agent {
         let (agent_id, pop) = own_identity(&config.tls)?;
         let sources = edgecap_capture::source::factory(&config.source);
         let lookback = Arc::new(Mutex::new(Lookback::new(config.lookback.clone())));
-        let capture = LookbackCapture::start(&config.capture, sources.as_ref(), lookback.clone())
+        let capture = LookbackCapture::start(&config.capture, sources.clone(), lookback.clone())
             .context("start the lookback capture")?;
+        let first = config.capture.interfaces.first().cloned();
+        let feed = first.as_deref().and_then(|iface| capture.feed(iface));
         let jobs = match &config.full {
             Some(full) => Some(Arc::new(
-                full::Jobs::open(full.clone(), &agent_id, &pop, config.capture.interfaces.first().cloned(), sources)
-                    .context("open the full-capture spool")?,
+                full::Jobs::open(full.clone(), &agent_id, &pop, first, sources)
+                    .context("open the full-capture spool")?
+                    .with_lookback_feed(feed),
             )),
             None => None,
         };

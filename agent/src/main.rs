@@ -105,6 +105,12 @@ struct RunArgs {
     /// ... or this age (seconds), so they upload while the capture runs.
     #[arg(long, default_value_t = 5)]
     shard_rotate_seconds: u32,
+    /// Keep the lookback's own kernel ring while a full capture runs on its interface. By
+    /// default the capture feeds the lookback (one kernel copy per packet instead of two,
+    /// its filter then runs in user space); a very selective capture filter on a busy
+    /// interface can cost less with two rings.
+    #[arg(long)]
+    separate_lookback_ring: bool,
 }
 
 fn usage_error(message: String) -> ! {
@@ -174,6 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     full.spool_max_bytes = args.spool_max_mib.max(1) << 20;
     full.rotate_bytes = args.shard_rotate_mib.max(1) << 20;
     full.rotate_seconds = args.shard_rotate_seconds.max(1);
+    full.feed_lookback = !args.separate_lookback_ring;
     config.full = Some(full);
     config.metrics_listen = args.metrics_listen;
     config.endpoint_order = args.coordinator_order;

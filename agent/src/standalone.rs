@@ -119,9 +119,14 @@ fn capture_filter(args: &CaptureArgs) -> Result<(String, String), UsageError> {
     Ok((checked.text, checked.hash))
 }
 
-/// Something a caller runs beside the capture (the benchmarks' lookback): stopped when the
-/// capture ends; its summary line is printed.
-pub type Alongside = Box<dyn FnOnce() -> String + Send>;
+/// Something a caller runs beside the capture (the benchmarks' lookback).
+pub struct Alongside {
+    /// The lookback's feed of the capture's interface, for the capture to take over (see
+    /// `edgecap_capture::live`); `None`: the lookback keeps its own ring.
+    pub feed: Option<std::sync::Arc<edgecap_capture::live::Feed>>,
+    /// Stops it when the capture ends; its summary line is printed.
+    pub stop: Box<dyn FnOnce() -> String + Send>,
+}
 
 /// Runs the capture until a limit, a failure, or SIGTERM/Ctrl-C. Returns the exit code:
 /// 0, or 1 when the capture failed. Bad flags are a [`UsageError`].
@@ -140,6 +145,7 @@ pub async fn capture(args: CaptureArgs, alongside: Option<Alongside>) -> anyhow:
     config.buffer_size = args.buffer_mib.clamp(1, 2048) << 20;
     config.queue_batches = args.queue_batches.max(1);
     config.writer_delay = args.writer_delay_us.map(Duration::from_micros);
+    config.feed = alongside.as_ref().and_then(|a| a.feed.clone());
     config.limits = Limits {
         allowance: None,
         time: args.time_limit.map(Duration::from_secs_f64),
@@ -192,8 +198,8 @@ pub async fn capture(args: CaptureArgs, alongside: Option<Alongside>) -> anyhow:
             counters.await?
         }
     };
-    if let Some(stop) = alongside {
-        eprintln!("{}", tokio::task::spawn_blocking(stop).await?);
+    if let Some(alongside) = alongside {
+        eprintln!("{}", tokio::task::spawn_blocking(alongside.stop).await?);
     }
     println!("{}", counters.line());
     eprintln!("{} packets captured", counters.written);

@@ -25,7 +25,7 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
     })));
     let config = LookbackCaptureConfig { interfaces: vec!["lo".into()], ..LookbackCaptureConfig::default() };
     let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Libpcap);
-    let capture = LookbackCapture::start(&config, sources.as_ref(), lookback.clone()).unwrap();
+    let capture = LookbackCapture::start(&config, sources.clone(), lookback.clone()).unwrap();
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = receiver.local_addr().unwrap().port();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -69,6 +69,8 @@ pub(crate) struct Jobs {
     pop: String,
     interface: Option<String>,
     sources: Arc<dyn SourceFactory>,
+    /// The lookback's feed of `interface`, which captures take over while they run.
+    lookback_feed: Option<Arc<edgecap_capture::live::Feed>>,
     jobs: Mutex<HashMap<String, Job>>,
     waiters: Mutex<HashMap<String, oneshot::Sender<pb::coordinator_message::Msg>>>,
     http: HttpClient,
@@ -100,6 +102,12 @@ pub(crate) struct FullGauges {
 }
 
 impl Jobs {
+    /// Lets captures feed the lookback through `feed` (when the config allows it).
+    pub(crate) fn with_lookback_feed(mut self, feed: Option<Arc<edgecap_capture::live::Feed>>) -> Self {
+        self.lookback_feed = feed.filter(|_| self.config.feed_lookback);
+        self
+    }
+
     /// Opens the spool and takes over what a previous run left in it. Blocking.
     pub(crate) fn open(
         config: FullCaptureConfig,
@@ -140,6 +148,7 @@ impl Jobs {
             pop: pop.to_string(),
             interface,
             sources,
+            lookback_feed: None,
             jobs: Mutex::new(jobs),
             waiters: Mutex::new(HashMap::new()),
             http: HttpClient::new()?,

@@ -141,6 +141,7 @@ impl Jobs {
         let mut config = LiveConfig::new(&iface, "");
         config.snaplen = snaplen;
         config.buffer_size = self.config.buffer_bytes;
+        config.feed = self.lookback_feed.clone();
         let source = self.sources.open(&iface, &config.open_options()).map_err(|e| e.to_string())?;
         let linktype = source.linktype();
         if !job.filter_bpf.is_empty() {

@@ -7,9 +7,16 @@
 //! reaches the lookback at most about [`VISIBILITY_DELAY`] after it was on the wire; queries
 //! whose window ends later than that wait for it. Kernel drops are read once a second into
 //! the lookback's counters.
+//!
+//! **One kernel copy per packet.** While a live capture ([`crate::session`]) runs on an
+//! interface, it can feed the lookback itself ([`Feed::claim`] gives it a [`Feeder`]): the
+//! lookback's thread closes its own handle until the capture hands back, so the kernel copies
+//! each packet into one ring instead of two. The hand-overs are exact by timestamp: each side
+//! inserts only packets stamped after the last one the other read. The capture then reads
+//! every packet (its filter runs in user space) and the lookback samples them as before.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,7 +41,7 @@ pub struct LookbackCaptureConfig {
 
 impl Default for LookbackCaptureConfig {
     fn default() -> Self {
-        Self { interfaces: vec!["lo".into()], buffer_size: 4 << 20, timeout_ms: 50, promisc: true }
+        Self { interfaces: vec!["lo".into()], buffer_size: 4 << 20, timeout_ms: FEED_TIMEOUT_MS, promisc: true }
     }
 }
 
@@ -42,9 +49,10 @@ impl Default for LookbackCaptureConfig {
 pub struct LookbackCapture {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
-    /// A source can block until a packet arrives (libpcap, even with a read timeout), so a
-    /// stop on a quiet interface must wake it, not wait for the next packet.
-    wakers: Vec<Waker>,
+    /// One per interface. Its waker is the thread's current source's: a source can block
+    /// until a packet arrives (libpcap, even with a read timeout), so a stop on a quiet
+    /// interface must wake it, not wait for the next packet.
+    feeds: Vec<Arc<Feed>>,
 }
 
 type Shared = Arc<Mutex<Lookback>>;
@@ -56,6 +64,19 @@ pub const BATCH_PACKETS: usize = 512;
 /// Upper bound on the time from the wire to the lookback: the ring block timeout (default
 /// `timeout_ms`, 50 ms), one flush interval, and a margin for scheduling.
 pub const VISIBILITY_DELAY: Duration = Duration::from_millis(150);
+/// The read timeout of a source that feeds the lookback (its ring blocks retire this often).
+pub const FEED_TIMEOUT_MS: i32 = 50;
+/// How long a capture handing the lookback back waits for its own handle to be open again.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(3);
+/// Packets seen during a hand-over whose side is not known yet (a few ms of traffic).
+const HAND_OVER_MAX: usize = 1 << 20;
+
+/// How long after a moment a ring has surely handed over every packet from before it, when
+/// no later packet shows it sooner (a quiet interface): a partly filled block is retired
+/// after one read timeout, but the reading thread may be starved of CPU for a while.
+fn settle_ns() -> u64 {
+    1_000_000_000
+}
 
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
     edgecap_common::lock(lookback)
@@ -67,11 +88,279 @@ impl std::fmt::Debug for LookbackCapture {
     }
 }
 
+/// Who feeds the lookback from one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FeedState {
+    /// The lookback's own handle; packets stamped up to `after_ns` came from a capture.
+    Own { after_ns: u64 },
+    /// A capture asked to take over at `at_ns`, its ring open from before then; the
+    /// lookback's thread lets go once its own ring has given it what came before.
+    Asked { at_ns: u64 },
+    /// A capture feeds it, from packets stamped after `after_ns` (the last its thread read).
+    Lent { after_ns: u64 },
+    /// The capture is ending: the lookback's thread is to open its handle again ...
+    Returning,
+    /// ... and has, at `at_ns`, holding its packets until the capture says where it stopped
+    /// (`Own`). The capture reads on until its own ring has given it what came before.
+    Reopened { at_ns: u64 },
+    /// The lookback's thread has ended: nothing can take over.
+    Closed,
+}
+
+/// The lookback's feed from one interface: its own thread and handle, or a live capture on
+/// the same interface ([`Feed::claim`]).
+pub struct Feed {
+    iface: String,
+    index: u16,
+    lookback: Shared,
+    state: Mutex<FeedState>,
+    changed: Condvar,
+    /// Wakes the lookback thread's current source out of a blocking read.
+    waker: Mutex<Option<Waker>>,
+    /// Set while a capture asks to take over, so the lookback's thread checks at every packet.
+    asked: AtomicBool,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("iface", &self.iface).field("state", &self.state()).finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    fn state(&self) -> FeedState {
+        *edgecap_common::lock(&self.state)
+    }
+
+    fn set(&self, state: FeedState) {
+        *edgecap_common::lock(&self.state) = state;
+        self.changed.notify_all();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = edgecap_common::lock(&self.waker).as_ref() {
+            w.wake();
+        }
+    }
+
+    /// Moves from a state `from` accepts to `to`; false (and nothing changed) otherwise.
+    fn transition(&self, from: impl Fn(FeedState) -> bool, to: FeedState) -> bool {
+        let mut state = edgecap_common::lock(&self.state);
+        if !from(*state) {
+            return false;
+        }
+        *state = to;
+        drop(state);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Waits until `done(state)` or `give_up` (checked every 50 ms).
+    fn wait_until(&self, done: impl Fn(FeedState) -> bool, give_up: &dyn Fn() -> bool) -> FeedState {
+        let mut state = edgecap_common::lock(&self.state);
+        while !done(*state) && !give_up() {
+            state = self.changed.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *state
+    }
+
+    /// The interface this feed is for.
+    pub fn interface(&self) -> &str {
+        &self.iface
+    }
+
+    /// Whether [`Feed::claim`] would succeed now (no capture feeds it, its thread runs).
+    pub fn available(&self) -> bool {
+        matches!(self.state(), FeedState::Own { .. })
+    }
+
+    /// Takes over feeding the lookback, if its own thread feeds it now (not another capture).
+    /// The capture then hands every packet it reads to the [`Feeder`], before its own filter,
+    /// and [`Feeder::hand_back`] when it ends.
+    pub fn claim(self: &Arc<Self>) -> Option<Feeder> {
+        if !self.transition(|s| matches!(s, FeedState::Own { .. }), FeedState::Asked { at_ns: crate::now_ns() }) {
+            return None;
+        }
+        self.asked.store(true, Ordering::Release);
+        self.wake();
+        let (sample_rate, snaplen) = {
+            let l = lock(&self.lookback);
+            (l.config().sample_rate, l.config().snaplen as usize)
+        };
+        Some(Feeder {
+            feed: self.clone(),
+            sampler: Sampler::new(sample_rate),
+            snaplen,
+            batch: Batch::default(),
+            after_ns: None,
+            early_seen: Vec::new(),
+            last_seen_ns: 0,
+            last_flush: Instant::now(),
+            kernel_drops: 0,
+            returned: false,
+        })
+    }
+}
+
+/// A live capture's side of a [`Feed`] it claimed: samples and inserts what the capture reads.
+/// Dropped without [`Feeder::hand_back`], it gives the feed back at once (the lookback's own
+/// handle then misses the moment it takes to open).
+pub struct Feeder {
+    feed: Arc<Feed>,
+    sampler: Sampler,
+    snaplen: usize,
+    batch: Batch,
+    /// Set once the lookback's thread let go: only packets stamped after it are inserted.
+    after_ns: Option<u64>,
+    /// Until then, the timestamps of the packets seen (to count only those after it).
+    early_seen: Vec<u64>,
+    last_seen_ns: u64,
+    last_flush: Instant,
+    kernel_drops: u64,
+    returned: bool,
+}
+
+impl std::fmt::Debug for Feeder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeder").field("iface", &self.feed.iface).finish_non_exhaustive()
+    }
+}
+
+impl Feeder {
+    /// One packet the capture read (every one, before its filter).
+    pub fn packet(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) {
+        self.last_seen_ns = ts_ns;
+        match self.after_ns {
+            Some(after) if ts_ns <= after => return,
+            Some(_) => self.batch.seen += 1,
+            None if self.early_seen.len() < HAND_OVER_MAX => self.early_seen.push(ts_ns),
+            None => return,
+        }
+        if self.sampler.sample() {
+            self.batch.push(ts_ns, orig_len, &data[..data.len().min(self.snaplen)]);
+        }
+        if self.batch.packets.len() >= BATCH_PACKETS {
+            self.flush();
+        }
+    }
+
+    /// Whether sampled packets wait to be inserted (the capture's waker wakes a blocked read
+    /// for them, as the lookback's flusher does).
+    pub fn pending(&self) -> bool {
+        !self.batch.packets.is_empty()
+    }
+
+    /// Call often (every few dozen packets, and when a read times out): learns when the
+    /// lookback's thread let go, and inserts what is batched every [`FLUSH_EVERY`].
+    pub fn tick(&mut self) {
+        if self.after_ns.is_none()
+            && let FeedState::Lent { after_ns } = self.feed.state()
+        {
+            self.after_ns = Some(after_ns);
+            self.batch.seen += self.early_seen.iter().filter(|&&t| t > after_ns).count() as u64;
+            self.early_seen = Vec::new();
+            self.batch.retain_after(after_ns);
+        }
+        if self.last_flush.elapsed() >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    /// The capture's kernel drops so far (its source's counter), counted into the lookback's.
+    pub fn kernel_dropped(&mut self, total: u64) {
+        let new = total.saturating_sub(self.kernel_drops);
+        self.kernel_drops = total;
+        if new > 0 {
+            lock(&self.feed.lookback).count_kernel_dropped(self.feed.index, new);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.last_flush = Instant::now();
+        if self.after_ns.is_some() {
+            self.batch.flush(&self.feed.lookback, self.feed.index);
+        }
+    }
+
+    /// Gives the feed back when the capture ends: reads `source` on (for the lookback only)
+    /// until the lookback's own handle is open again and this ring has handed over every
+    /// packet from before that (it read a later packet; on a quiet interface, after a second),
+    /// so nothing is missed in between; then tells it where this side stopped. A read that can
+    /// block must be woken meanwhile (the session's waker does).
+    ///
+    /// Exact when packets are delivered one after another (each socket stamps a packet
+    /// before the next packet is delivered); with several receive queues delivering at once,
+    /// a packet or two around the hand-over may be counted by both sides or by neither.
+    pub fn hand_back(mut self, source: &mut dyn CaptureSource) {
+        // Not taken over yet: withdraw the claim (nothing was inserted from this side).
+        if self.feed.transition(|s| matches!(s, FeedState::Asked { .. }), FeedState::Own { after_ns: 0 }) {
+            self.feed.asked.store(false, Ordering::Release);
+            self.returned = true;
+            return;
+        }
+        if !self.feed.transition(|s| matches!(s, FeedState::Lent { .. }), FeedState::Returning) {
+            self.give_back();
+            return;
+        }
+        let end = Instant::now() + HAND_BACK_WAIT;
+        let settle = settle_ns();
+        let mut n = 0u32;
+        while Instant::now() < end {
+            if n.is_multiple_of(64) {
+                self.tick();
+                match self.feed.state() {
+                    FeedState::Reopened { at_ns }
+                        if self.last_seen_ns >= at_ns || crate::now_ns() > at_ns.saturating_add(settle) =>
+                    {
+                        break;
+                    }
+                    FeedState::Closed => break,
+                    _ => {}
+                }
+            }
+            n = n.wrapping_add(1);
+            match source.next() {
+                Ok(Next::Packet(p)) => self.packet(p.ts_ns, p.orig_len, p.data),
+                Ok(Next::Timeout | Next::Woken) => n = 0,
+                Err(_) => break,
+            }
+        }
+        self.give_back();
+    }
+
+    fn give_back(&mut self) {
+        if self.returned {
+            return;
+        }
+        self.returned = true;
+        self.feed.asked.store(false, Ordering::Release);
+        if self.after_ns.is_none()
+            && let FeedState::Lent { after_ns } = self.feed.state()
+        {
+            self.after_ns = Some(after_ns);
+            self.batch.retain_after(after_ns);
+        }
+        self.flush();
+        let mut state = edgecap_common::lock(&self.feed.state);
+        if *state != FeedState::Closed {
+            *state = FeedState::Own { after_ns: self.last_seen_ns };
+        }
+        drop(state);
+        self.feed.changed.notify_all();
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 impl LookbackCapture {
     /// Opens every interface with `sources` and starts one thread per interface.
     pub fn start(
         config: &LookbackCaptureConfig,
-        sources: &dyn SourceFactory,
+        sources: Arc<dyn SourceFactory>,
         lookback: Shared,
     ) -> Result<Self, CaptureError> {
         let snaplen = lock(&lookback).config().snaplen;
@@ -87,38 +376,53 @@ impl LookbackCapture {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let mut wakers = Vec::new();
+        let mut feeds = Vec::new();
         for (iface, source) in opened {
-            wakers.push(source.waker());
             let index = lock(&lookback).add_interface(&iface, source.linktype());
+            let feed = Arc::new(Feed {
+                iface: iface.clone(),
+                index,
+                lookback: lookback.clone(),
+                state: Mutex::new(FeedState::Own { after_ns: 0 }),
+                changed: Condvar::new(),
+                waker: Mutex::new(Some(source.waker())),
+                asked: AtomicBool::new(false),
+            });
+            feeds.push(feed.clone());
             // A source that can block past its timeout (libpcap with TPACKET_V3 waits in poll
             // once a block was handed over) would keep a partial batch forever on a quiet
             // interface: this thread wakes it when a batch is pending, and the loop flushes it.
             let pending = Arc::new(AtomicBool::new(false));
             if source.may_block() {
-                let (stop, pending, waker) = (stop.clone(), pending.clone(), source.waker());
+                let (stop, pending, feed) = (stop.clone(), pending.clone(), feed.clone());
                 let flusher = std::thread::Builder::new()
                     .name(format!("lookback-flush-{iface}"))
                     .spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             std::thread::sleep(FLUSH_EVERY);
-                            if pending.swap(false, Ordering::AcqRel) {
-                                waker.wake();
+                            // (Also while a capture asks to take over, so the hand-over
+                            // happens on a quiet interface too.)
+                            if pending.swap(false, Ordering::AcqRel) || feed.asked.load(Ordering::Acquire) {
+                                feed.wake();
                             }
                         }
                     })
                     .map_err(CaptureError::Thread)?;
                 threads.push(flusher);
             }
-            let stop = stop.clone();
-            let lookback = lookback.clone();
+            let own = Own { feed, sources: sources.clone(), options: options.clone(), stop: stop.clone(), pending };
             let thread = std::thread::Builder::new()
                 .name(format!("lookback-{iface}"))
-                .spawn(move || run(iface, index, source, lookback, stop, pending))
+                .spawn(move || own.run(source))
                 .map_err(CaptureError::Thread)?;
             threads.push(thread);
         }
-        Ok(Self { stop, threads, wakers })
+        Ok(Self { stop, threads, feeds })
+    }
+
+    /// The feed of interface `iface`, for a live capture on it to take over.
+    pub fn feed(&self, iface: &str) -> Option<Arc<Feed>> {
+        self.feeds.iter().find(|f| f.iface == iface).cloned()
     }
 
     /// Stops and joins the capture threads.
@@ -128,8 +432,9 @@ impl LookbackCapture {
 
     fn stop_inner(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for waker in &self.wakers {
-            waker.wake();
+        for feed in &self.feeds {
+            feed.wake();
+            feed.changed.notify_all();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -153,6 +458,17 @@ struct Batch {
 }
 
 impl Batch {
+    fn push(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(data);
+        self.packets.push((ts_ns, orig_len, start, data.len()));
+    }
+
+    /// Forgets the packets stamped at or before `after_ns` (the other side inserted them).
+    fn retain_after(&mut self, after_ns: u64) {
+        self.packets.retain(|p| p.0 > after_ns);
+    }
+
     fn flush(&mut self, lookback: &Shared, index: u16) {
         if self.packets.is_empty() && self.seen == 0 {
             return;
@@ -169,75 +485,159 @@ impl Batch {
     }
 }
 
-fn run(
-    iface: String,
-    index: u16,
-    mut source: Box<dyn CaptureSource>,
-    lookback: Shared,
+/// The lookback's own thread on one interface.
+struct Own {
+    feed: Arc<Feed>,
+    sources: Arc<dyn SourceFactory>,
+    options: OpenOptions,
     stop: Arc<AtomicBool>,
     pending: Arc<AtomicBool>,
-) {
-    let (mut sampler, snaplen) = {
-        let l = lock(&lookback);
-        (Sampler::new(l.config().sample_rate), l.config().snaplen as usize)
-    };
-    let mut batch = Batch::default();
-    batch.data.reserve(BATCH_PACKETS * snaplen);
-    batch.packets.reserve(BATCH_PACKETS);
-    let mut last_flush = Instant::now();
-    let mut last_stats = Instant::now();
-    let mut last_kernel_drops: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let mut quiet = false;
-        match source.next() {
-            Ok(Next::Packet(packet)) => {
-                batch.seen += 1;
-                if sampler.sample() {
-                    let keep = packet.data.len().min(snaplen);
-                    let start = batch.data.len();
-                    batch.data.extend_from_slice(&packet.data[..keep]);
-                    batch.packets.push((packet.ts_ns, packet.orig_len, start, keep));
-                    if batch.packets.len() == 1 {
-                        pending.store(true, Ordering::Release);
+}
+
+impl Own {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn run(self, source: Box<dyn CaptureSource>) {
+        self.read(source);
+        self.feed.set(FeedState::Closed);
+    }
+
+    fn read(&self, mut source: Box<dyn CaptureSource>) {
+        let (lookback, index, iface) = (&self.feed.lookback, self.feed.index, &self.feed.iface);
+        let (mut sampler, snaplen) = {
+            let l = lock(lookback);
+            (Sampler::new(l.config().sample_rate), l.config().snaplen as usize)
+        };
+        let mut batch = Batch::default();
+        batch.data.reserve(BATCH_PACKETS * snaplen);
+        batch.packets.reserve(BATCH_PACKETS);
+        let mut last_flush = Instant::now();
+        let mut last_stats = Instant::now();
+        let mut last_kernel_drops: u64 = 0;
+        let mut last_read_ns = 0u64;
+        // After a capture handed back: packets up to its last are skipped; until it says
+        // which that is (`holding`), the timestamps of those seen are kept to count them.
+        let mut after_ns = 0u64;
+        let mut holding: Option<Vec<u64>> = None;
+        let mut reads = 0u32;
+        while !self.stopped() {
+            let mut quiet = false;
+            match source.next() {
+                Ok(Next::Packet(packet)) => {
+                    last_read_ns = packet.ts_ns;
+                    reads = reads.wrapping_add(1);
+                    match holding.as_mut() {
+                        Some(seen) if seen.len() < HAND_OVER_MAX => seen.push(packet.ts_ns),
+                        Some(_) => {}
+                        None if packet.ts_ns <= after_ns => continue,
+                        None => batch.seen += 1,
+                    }
+                    if sampler.sample() {
+                        batch.push(packet.ts_ns, packet.orig_len, &packet.data[..packet.data.len().min(snaplen)]);
+                        if batch.packets.len() == 1 {
+                            self.pending.store(true, Ordering::Release);
+                        }
+                    }
+                    if batch.packets.len() >= BATCH_PACKETS && holding.is_none() {
+                        batch.flush(lookback, index);
+                        last_flush = Instant::now();
                     }
                 }
-                if batch.packets.len() >= BATCH_PACKETS {
-                    batch.flush(&lookback, index);
-                    last_flush = Instant::now();
-                }
-            }
-            Ok(Next::Timeout) => quiet = true,
-            // A wake: from stop(), or from the flusher (a batch is waiting).
-            Ok(Next::Woken) => {
-                if stop.load(Ordering::Relaxed) {
+                Ok(Next::Timeout) => quiet = true,
+                // A wake: from stop(), from the flusher (a batch is waiting), or from a
+                // capture asking to take over.
+                Ok(Next::Woken) => quiet = true,
+                Err(error) => {
+                    tracing::error!(%iface, %error, "lookback capture stopped");
                     break;
                 }
-                batch.flush(&lookback, index);
+            }
+            // Reading the clock for every packet would cost more than the rest of the loop.
+            if !quiet && !reads.is_multiple_of(64) && !self.feed.asked.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.feed.state() {
+                // Let go once this ring has given every packet from before the capture's ring
+                // was open (its blocks retire within the read timeout).
+                FeedState::Asked { at_ns }
+                    if holding.is_none()
+                        && (last_read_ns >= at_ns || crate::now_ns() > at_ns.saturating_add(settle_ns())) =>
+                {
+                    batch.flush(lookback, index);
+                    let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
+                    self.feed.asked.store(false, Ordering::Release);
+                    // The capture may have withdrawn meanwhile: then read on.
+                    let lent = FeedState::Lent { after_ns: last_read_ns };
+                    if !self.feed.transition(|s| matches!(s, FeedState::Asked { .. }), lent) {
+                        continue;
+                    }
+                    lock(lookback).count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
+                    last_kernel_drops = 0;
+                    *edgecap_common::lock(&self.feed.waker) = None;
+                    drop(source);
+                    tracing::debug!(%iface, "lookback fed by a live capture");
+                    match self.lent() {
+                        Some(reopened) => source = reopened,
+                        None => return,
+                    }
+                    holding = Some(Vec::new());
+                    continue;
+                }
+                FeedState::Own { after_ns: after } => {
+                    if let Some(seen) = holding.take() {
+                        after_ns = after;
+                        batch.seen += seen.iter().filter(|&&t| t > after).count() as u64;
+                        batch.retain_after(after);
+                    }
+                }
+                _ => {}
+            }
+            if holding.is_none() && (last_flush.elapsed() >= FLUSH_EVERY || quiet) {
+                batch.flush(lookback, index);
                 last_flush = Instant::now();
             }
-            Err(error) => {
-                tracing::error!(%iface, %error, "lookback capture stopped");
-                break;
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
+                let mut l = lock(lookback);
+                l.count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
+                last_kernel_drops = drops;
+                // Age out even when the interface is quiet.
+                l.evict(crate::now_ns());
             }
         }
-        // Reading the clock for every packet would cost more than the rest of the loop.
-        if !quiet && !batch.seen.is_multiple_of(64) {
-            continue;
-        }
-        if last_flush.elapsed() >= FLUSH_EVERY {
-            batch.flush(&lookback, index);
-            last_flush = Instant::now();
-        }
-        if last_stats.elapsed() >= Duration::from_secs(1) {
-            last_stats = Instant::now();
-            let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
-            let mut l = lock(&lookback);
-            l.count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
-            last_kernel_drops = drops;
-            // Age out even when the interface is quiet.
-            l.evict(crate::now_ns());
+        // What was sampled before the stop is kept.
+        if holding.is_none() {
+            batch.flush(lookback, index);
         }
     }
-    // What was sampled before the stop is kept.
-    batch.flush(&lookback, index);
+
+    /// While a capture feeds the lookback: waits for it to hand back, then opens this
+    /// thread's handle again. `None`: stopped meanwhile.
+    fn lent(&self) -> Option<Box<dyn CaptureSource>> {
+        let iface = &self.feed.iface;
+        // Handed back (Returning), or given back at once (Own: the capture ended without
+        // waiting for this handle, or gave up waiting).
+        let back = |s: FeedState| matches!(s, FeedState::Returning | FeedState::Own { .. });
+        loop {
+            self.feed.wait_until(back, &|| self.stopped());
+            if self.stopped() {
+                return None;
+            }
+            match self.sources.open(iface, &self.options) {
+                Ok(source) => {
+                    *edgecap_common::lock(&self.feed.waker) = Some(source.waker());
+                    self.feed.transition(|s| s == FeedState::Returning, FeedState::Reopened { at_ns: crate::now_ns() });
+                    tracing::debug!(%iface, "lookback fed by its own handle again");
+                    return Some(source);
+                }
+                Err(error) => {
+                    tracing::error!(%iface, %error, "lookback could not reopen its interface; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
 }

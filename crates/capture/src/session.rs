@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::CaptureError;
+use crate::live::{FEED_TIMEOUT_MS, Feed, Feeder};
 use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
 
 /// A share of a budget several captures draw from (a full capture's limits across PoPs):
@@ -114,6 +115,10 @@ pub struct LiveConfig {
     pub batch_packets: usize,
     /// Test hook: a delay per written packet, to make the writer slower than the wire.
     pub writer_delay: Option<Duration>,
+    /// The lookback's feed of this interface, to take over while the capture runs (one
+    /// kernel copy per packet instead of two; see [`crate::live`]). The source then reads
+    /// every packet and `filter` runs in user space. Taken only if no other capture has it.
+    pub feed: Option<Arc<Feed>>,
 }
 
 impl LiveConfig {
@@ -123,7 +128,8 @@ impl LiveConfig {
             snaplen: self.snaplen,
             buffer_size: self.buffer_size,
             promisc: self.promisc,
-            timeout_ms: self.timeout_ms,
+            // Feeding the lookback, ring blocks retire as often as the lookback's own.
+            timeout_ms: if self.feed.is_some() { self.timeout_ms.min(FEED_TIMEOUT_MS) } else { self.timeout_ms },
         }
     }
 
@@ -143,6 +149,7 @@ impl LiveConfig {
             queue_batches: 1024,
             batch_packets: 256,
             writer_delay: None,
+            feed: None,
         }
     }
 }
@@ -230,6 +237,10 @@ struct Shared {
     agent_dropped: AtomicU64,
     bytes_written: AtomicU64,
     excluded: AtomicU64,
+    /// The lookback feeder has packets waiting: the waker wakes a blocked read for them.
+    feed_pending: AtomicBool,
+    /// The capture thread has ended (after handing the lookback back).
+    capture_done: AtomicBool,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
 }
@@ -321,7 +332,28 @@ impl LiveCapture {
         mut source: Box<dyn CaptureSource>,
         sink: Box<dyn PacketSink>,
     ) -> Result<Self, CaptureError> {
-        source.set_filter(&config.filter)?;
+        // Feeding the lookback: every packet is read, and the filter runs here instead.
+        // The filter is set before the lookback lets go: setting a filter empties the ring
+        // of what it held, which must not be packets the lookback counts on this side for.
+        let feeder = match config.feed.as_ref().filter(|feed| feed.available()) {
+            Some(feed) => {
+                // Refused here like a kernel filter would be; compiled again on the thread.
+                if !config.filter.is_empty() {
+                    crate::compile_offline(source.linktype(), config.snaplen as i32, &config.filter)?;
+                }
+                source.set_filter("")?;
+                let feeder = feed.claim();
+                if feeder.is_none() {
+                    // Another capture took it meanwhile.
+                    source.set_filter(&config.filter)?;
+                }
+                feeder
+            }
+            None => {
+                source.set_filter(&config.filter)?;
+                None
+            }
+        };
         let shared = Arc::new(Shared::default());
         let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
@@ -352,7 +384,16 @@ impl LiveCapture {
                         }
                         if shared.stop.load(Ordering::Acquire) {
                             waker.wake();
+                            // A capture handing the lookback back reads on: keep its reads
+                            // from blocking on a quiet interface until it is done.
+                            while !shared.capture_done.load(Ordering::Acquire) {
+                                std::thread::sleep(Duration::from_millis(10));
+                                waker.wake();
+                            }
                             return;
+                        }
+                        if shared.feed_pending.swap(false, Ordering::AcqRel) {
+                            waker.wake();
                         }
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -364,7 +405,10 @@ impl LiveCapture {
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(source, tx, recycle_rx, shared, config))
+                .spawn(move || {
+                    let _done = Done(shared.clone());
+                    capture_loop(source, feeder, tx, recycle_rx, shared, config)
+                })
                 .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
@@ -421,13 +465,42 @@ impl Drop for LiveCapture {
     }
 }
 
+/// Marks the capture thread's end, however it ends.
+struct Done(Arc<Shared>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.capture_done.store(true, Ordering::Release);
+    }
+}
+
+/// A capture that feeds the lookback: its feeder, and its filter run in user space.
+struct Feeding {
+    feeder: Option<Feeder>,
+    filter: Option<pcap::BpfProgram>,
+}
+
 fn capture_loop(
     mut source: Box<dyn CaptureSource>,
+    feeder: Option<Feeder>,
     tx: SyncSender<Batch>,
     recycled: Receiver<Batch>,
     shared: Arc<Shared>,
     config: LiveConfig,
 ) {
+    let filter = match &feeder {
+        Some(_) if !config.filter.is_empty() => {
+            match crate::compile_offline(source.linktype(), config.snaplen as i32, &config.filter) {
+                Ok(program) => Some(program),
+                Err(error) => {
+                    shared.finish(StopReason::Failed(format!("filter: {error}")));
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut feeding = Feeding { feeder, filter };
     let fresh = || match recycled.try_recv() {
         Ok(mut b) => {
             b.data.clear();
@@ -474,6 +547,21 @@ fn capture_loop(
         let mut check_clock = false;
         match source.next() {
             Ok(Next::Packet(packet)) => {
+                since_clock += 1;
+                if let Some(feeder) = feeding.feeder.as_mut() {
+                    feeder.packet(packet.ts_ns, packet.orig_len, packet.data);
+                    if since_clock.is_multiple_of(64) {
+                        feeder.tick();
+                    }
+                    if feeder.pending() {
+                        shared.feed_pending.store(true, Ordering::Release);
+                    }
+                }
+                if let Some(filter) = &feeding.filter
+                    && !crate::offline::matches(filter, packet.data, packet.orig_len)
+                {
+                    continue;
+                }
                 shared.matched.fetch_add(1, Ordering::Relaxed);
                 if let Some(scope) = &scope
                     && !crate::offline::matches(scope, packet.data, packet.orig_len)
@@ -487,20 +575,31 @@ fn capture_loop(
                 if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
                     break;
                 }
-                since_clock += 1;
                 if since_clock >= 1024 {
                     since_clock = 0;
                     check_clock = true;
                 }
             }
             Ok(Next::Timeout) => {
+                if let Some(feeder) = feeding.feeder.as_mut() {
+                    feeder.tick();
+                }
                 if !send(&mut batch, &shared) {
                     break;
                 }
                 check_clock = true;
             }
-            // A wake from the waker: the reason is recorded already.
-            Ok(Next::Woken) => break,
+            // A wake from the waker: a stop (the reason is recorded already), or lookback
+            // packets waiting to be inserted.
+            Ok(Next::Woken) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if let Some(feeder) = feeding.feeder.as_mut() {
+                    feeder.tick();
+                    shared.feed_pending.store(feeder.pending(), Ordering::Release);
+                }
+            }
             Err(error) => {
                 shared.finish(StopReason::Failed(error.to_string()));
                 break;
@@ -508,7 +607,7 @@ fn capture_loop(
         }
         if check_clock && last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
-            read_stats(source.as_mut(), &shared);
+            read_stats(source.as_mut(), &shared, feeding.feeder.as_mut());
             // A busy interface never times out: flush what is batched at least once a second.
             if !send(&mut batch, &shared) {
                 break;
@@ -517,12 +616,24 @@ fn capture_loop(
     }
     // What was captured before the end is kept.
     send(&mut batch, &shared);
-    read_stats(source.as_mut(), &shared);
+    read_stats(source.as_mut(), &shared, feeding.feeder.as_mut());
+    // The lookback's own handle takes over again before this one closes.
+    if let Some(feeder) = feeding.feeder.take() {
+        feeder.hand_back(source.as_mut());
+    }
 }
 
-fn read_stats(source: &mut dyn CaptureSource, shared: &Shared) {
+fn read_stats(source: &mut dyn CaptureSource, shared: &Shared, feeder: Option<&mut Feeder>) {
     if let Some(stats) = source.stats() {
-        shared.received.store(stats.received, Ordering::Relaxed);
+        match feeder {
+            // Every packet reaches this handle: the filter's count is ours, plus the drops.
+            Some(feeder) => {
+                feeder.kernel_dropped(stats.dropped);
+                let matched = shared.matched.load(Ordering::Relaxed);
+                shared.received.store(matched + stats.dropped, Ordering::Relaxed);
+            }
+            None => shared.received.store(stats.received, Ordering::Relaxed),
+        }
         shared.kernel_dropped.store(stats.dropped, Ordering::Relaxed);
     }
 }
