@@ -63,7 +63,7 @@ pub enum CaptureError {
     /// holds no packet. The message starts with the file's path.
     #[error("replay source: {0}")]
     Replay(String),
-    /// The OS refused to spawn a capture, writer, waker or flusher thread.
+    /// The OS refused to spawn a capture, writer or waker thread.
     #[error("could not start a capture thread: {0}")]
     Thread(std::io::Error),
     /// A `filter_v1` was refused.

@@ -244,12 +244,6 @@ impl Feeder {
         }
     }
 
-    /// Whether sampled packets wait to be inserted (the capture's waker wakes a blocked read
-    /// for them, as the lookback's flusher does).
-    pub fn pending(&self) -> bool {
-        !self.batch.packets.is_empty()
-    }
-
     /// Call often (every few dozen packets, and when a read times out): learns when the
     /// lookback's thread let go, and inserts what is batched every [`FLUSH_EVERY`].
     pub fn tick(&mut self) {
@@ -285,8 +279,7 @@ impl Feeder {
     /// Gives the feed back when the capture ends: reads `source` on (for the lookback only)
     /// until the lookback's own handle is open again and this ring has handed over every
     /// packet from before that (it read a later packet; on a quiet interface, after a second),
-    /// so nothing is missed in between; then tells it where this side stopped. A read that can
-    /// block must be woken meanwhile (the session's waker does).
+    /// so nothing is missed in between; then tells it where this side stopped.
     ///
     /// Exact when packets are delivered one after another (each socket stamps a packet
     /// before the next packet is delivered); with several receive queues delivering at once,
@@ -389,28 +382,7 @@ impl LookbackCapture {
                 asked: AtomicBool::new(false),
             });
             feeds.push(feed.clone());
-            // A source that can block past its timeout (libpcap with TPACKET_V3 waits in poll
-            // once a block was handed over) would keep a partial batch forever on a quiet
-            // interface: this thread wakes it when a batch is pending, and the loop flushes it.
-            let pending = Arc::new(AtomicBool::new(false));
-            if source.may_block() {
-                let (stop, pending, feed) = (stop.clone(), pending.clone(), feed.clone());
-                let flusher = std::thread::Builder::new()
-                    .name(format!("lookback-flush-{iface}"))
-                    .spawn(move || {
-                        while !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(FLUSH_EVERY);
-                            // (Also while a capture asks to take over, so the hand-over
-                            // happens on a quiet interface too.)
-                            if pending.swap(false, Ordering::AcqRel) || feed.asked.load(Ordering::Acquire) {
-                                feed.wake();
-                            }
-                        }
-                    })
-                    .map_err(CaptureError::Thread)?;
-                threads.push(flusher);
-            }
-            let own = Own { feed, sources: sources.clone(), options: options.clone(), stop: stop.clone(), pending };
+            let own = Own { feed, sources: sources.clone(), options: options.clone(), stop: stop.clone() };
             let thread = std::thread::Builder::new()
                 .name(format!("lookback-{iface}"))
                 .spawn(move || own.run(source))
@@ -491,7 +463,6 @@ struct Own {
     sources: Arc<dyn SourceFactory>,
     options: OpenOptions,
     stop: Arc<AtomicBool>,
-    pending: Arc<AtomicBool>,
 }
 
 impl Own {
@@ -536,9 +507,6 @@ impl Own {
                     }
                     if sampler.sample() {
                         batch.push(packet.ts_ns, packet.orig_len, &packet.data[..packet.data.len().min(snaplen)]);
-                        if batch.packets.len() == 1 {
-                            self.pending.store(true, Ordering::Release);
-                        }
                     }
                     if batch.packets.len() >= BATCH_PACKETS && holding.is_none() {
                         batch.flush(lookback, index);
@@ -546,8 +514,7 @@ impl Own {
                     }
                 }
                 Ok(Next::Timeout) => quiet = true,
-                // A wake: from stop(), from the flusher (a batch is waiting), or from a
-                // capture asking to take over.
+                // A wake: from stop(), or from a capture asking to take over.
                 Ok(Next::Woken) => quiet = true,
                 Err(error) => {
                     tracing::error!(%iface, %error, "lookback capture stopped");

@@ -237,10 +237,6 @@ struct Shared {
     agent_dropped: AtomicU64,
     bytes_written: AtomicU64,
     excluded: AtomicU64,
-    /// The lookback feeder has packets waiting: the waker wakes a blocked read for them.
-    feed_pending: AtomicBool,
-    /// The capture thread has ended (after handing the lookback back).
-    capture_done: AtomicBool,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
 }
@@ -368,9 +364,8 @@ impl LiveCapture {
                 .spawn(move || write_loop(rx, recycle_tx, sink, shared, limits, delay))
                 .map_err(CaptureError::Thread)?
         };
-        // A source can block until a packet arrives (libpcap in non-immediate mode, TPACKET_V3),
-        // so limits and stop cannot wait for the next packet: a waker breaks the loop
-        // (pcap_breakloop wakes a blocked poll since libpcap 1.10).
+        // A source waits for packets up to its timeout, so limits and stop cannot wait for the
+        // next packet: a waker interrupts the wait (an eventfd beside the ring for libpcap).
         let waker = source.waker();
         let waker = {
             let shared = shared.clone();
@@ -384,16 +379,7 @@ impl LiveCapture {
                         }
                         if shared.stop.load(Ordering::Acquire) {
                             waker.wake();
-                            // A capture handing the lookback back reads on: keep its reads
-                            // from blocking on a quiet interface until it is done.
-                            while !shared.capture_done.load(Ordering::Acquire) {
-                                std::thread::sleep(Duration::from_millis(10));
-                                waker.wake();
-                            }
                             return;
-                        }
-                        if shared.feed_pending.swap(false, Ordering::AcqRel) {
-                            waker.wake();
                         }
                         std::thread::sleep(Duration::from_millis(10));
                     }
@@ -405,10 +391,7 @@ impl LiveCapture {
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || {
-                    let _done = Done(shared.clone());
-                    capture_loop(source, feeder, tx, recycle_rx, shared, config)
-                })
+                .spawn(move || capture_loop(source, feeder, tx, recycle_rx, shared, config))
                 .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
@@ -462,15 +445,6 @@ impl Drop for LiveCapture {
         if let Some(t) = self.writer.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Marks the capture thread's end, however it ends.
-struct Done(Arc<Shared>);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        self.0.capture_done.store(true, Ordering::Release);
     }
 }
 
@@ -553,9 +527,6 @@ fn capture_loop(
                     if since_clock.is_multiple_of(64) {
                         feeder.tick();
                     }
-                    if feeder.pending() {
-                        shared.feed_pending.store(true, Ordering::Release);
-                    }
                 }
                 if let Some(filter) = &feeding.filter
                     && !crate::offline::matches(filter, packet.data, packet.orig_len)
@@ -597,7 +568,6 @@ fn capture_loop(
                 }
                 if let Some(feeder) = feeding.feeder.as_mut() {
                     feeder.tick();
-                    shared.feed_pending.store(feeder.pending(), Ordering::Release);
                 }
             }
             Err(error) => {

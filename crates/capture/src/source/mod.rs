@@ -35,7 +35,7 @@ pub struct OpenOptions {
     /// Promiscuous mode (libpcap; a replay source ignores it).
     pub promisc: bool,
     /// Longest a call to [`CaptureSource::next`] waits before answering [`Next::Timeout`]
-    /// (libpcap may wait longer on a quiet interface: see [`CaptureSource::may_block`]).
+    /// (0: until a packet or a wake).
     pub timeout_ms: i32,
 }
 
@@ -61,7 +61,8 @@ pub struct PacketRef<'a> {
 pub enum Next<'a> {
     /// A packet that passed the filter.
     Packet(PacketRef<'a>),
-    /// Nothing arrived within the timeout.
+    /// Nothing to read: nothing arrived within the timeout, or (libpcap) the ring just ran
+    /// dry, and the next call waits.
     Timeout,
     /// [`Waker::wake`] was called.
     Woken,
@@ -112,10 +113,6 @@ pub trait CaptureSource: Send {
     fn stats(&mut self) -> Option<SourceStats>;
     /// A handle that interrupts [`CaptureSource::next`].
     fn waker(&self) -> Waker;
-    /// Whether [`CaptureSource::next`] can block well past its timeout on a quiet interface
-    /// (libpcap with TPACKET_V3 does once a ring block was handed over), so that a caller with
-    /// batched work pending must wake it.
-    fn may_block(&self) -> bool;
 }
 
 /// Opens sources; one per agent, shared by its lookback and its live captures.

@@ -263,10 +263,6 @@ impl CaptureSource for ReplaySource {
             wake.cond.notify_all();
         })
     }
-
-    fn may_block(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]
