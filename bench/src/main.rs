@@ -8,7 +8,8 @@
 //! * `capture`: `edgecap-agent capture` with the agent's lookback fed from the same interface
 //!   (`--with-lookback`), for `bench/capture.sh`;
 //! * `lookback`: sample queries over a large lookback filled in-process, as an agent answers
-//!   them.
+//!   them;
+//! * `s3merge`: the leader's merge of a full capture's shards already in an S3 bucket.
 //!
 //! Commands and figures are in `docs/benchmarks.md`.
 
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod capture;
 mod fanout;
 mod lookback;
+mod s3merge;
 mod simulate;
 mod status;
 
@@ -39,6 +41,8 @@ enum Command {
     Capture(Box<capture::CaptureCommand>),
     /// Sample queries over a large lookback, as an agent answers them.
     Lookback(lookback::LookbackArgs),
+    /// The end of a full capture alone: the leader's merge of shards in an S3 bucket.
+    S3merge(s3merge::S3MergeArgs),
 }
 
 #[tokio::main]
@@ -51,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             simulate::run(args).await
         }
         Command::Lookback(args) => lookback::run(args),
+        Command::S3merge(args) => s3merge::run(args).await,
         Command::Capture(command) => {
             let _telemetry = edgecap_telemetry::init("edgecap-bench", None, "info", true)?;
             let code = capture::run(*command).await?;

@@ -1,6 +1,7 @@
 //! Entry points for `edgecap-bench` (not a stable API): the exact code a replica runs for an
 //! agent's progress report, driven without agents, so the benchmark measures the state-store
-//! writes alone.
+//! writes alone; and the leader's merge of a full capture's shards, on objects already in a
+//! bucket.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use edgecap_proto::agent::v1 as pb;
 
 use crate::agents::Registry;
 use crate::full::FullCaptures;
-use crate::model::{PopResult, PopStatus};
+use crate::model::{CaptureRecord, CaptureRequest, CaptureType, PopResult, PopStatus, ShardRef};
 use crate::store::Repo;
 
 /// The progress-report path of one replica.
@@ -54,4 +55,55 @@ impl ReportPath {
         report.capture_state = pb::CaptureState::Running as i32;
         self.full.report(agent, report).await;
     }
+}
+
+/// Merges `objects` of `store` (key and size; one PoP each, as a full capture's shards are)
+/// as the leader does at the end of a full capture: straight from the bucket, or through a
+/// scratch directory under `scratch` when `via_scratch`. Returns the packets merged and the
+/// merged object's key.
+pub async fn merge_objects(
+    store: Arc<dyn edgecap_storage::ObjectStore>,
+    objects: Vec<(String, u64)>,
+    via_scratch: bool,
+    scratch: std::path::PathBuf,
+) -> anyhow::Result<(u64, String)> {
+    let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await?);
+    let settings =
+        crate::config::FullSettings { merge_streams: if via_scratch { 0 } else { 256 }, ..Default::default() };
+    let full = FullCaptures::new(
+        repo,
+        Arc::new(Registry::default()),
+        "bench".into(),
+        settings,
+        Default::default(),
+        scratch,
+        Default::default(),
+    );
+    let mut record = CaptureRecord::from_request(
+        "bench",
+        CaptureRequest::for_test(CaptureType::Full),
+        time::OffsetDateTime::now_utc(),
+    );
+    for (i, (key, size)) in objects.into_iter().enumerate() {
+        let mut pop = PopResult::new(&format!("pop{i:03}"), &format!("agent{i:03}"), PopStatus::Done);
+        pop.shards.push(ShardRef {
+            key,
+            packets: 0,
+            bytes: 0,
+            file_bytes: size,
+            first_ts_ns: 0,
+            last_ts_ns: 0,
+            sha256: String::new(),
+            crc32c: String::new(),
+            interface: String::new(),
+            filter: String::new(),
+        });
+        record.pops.push(pop);
+    }
+    let packets = full
+        .merge_into_bucket(&store, &record, &tokio_util::sync::CancellationToken::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .unwrap_or(0);
+    Ok((packets, record.merged_key()))
 }

@@ -212,6 +212,10 @@ pub struct FullSettings {
     /// Most inputs one merge opens at once (0: from the file-descriptor limit); more are
     /// merged in stages.
     pub merge_fan_in: usize,
+    /// Most agents whose shards are merged straight from the bucket (a GET open per agent,
+    /// the merged file uploaded as it is produced); with more, or 0, the merge goes through
+    /// the coordinator's scratch disk.
+    pub merge_streams: usize,
     /// Which endpoints a `destination_conf` may name.
     pub endpoints: crate::model::EndpointPolicy,
     /// Buckets without configured credentials may use the EC2 instance-metadata service
@@ -231,6 +235,7 @@ impl Default for FullSettings {
             max_shard_bytes: 4 << 30,
             max_captures_per_pop: 4,
             merge_fan_in: 0,
+            merge_streams: 256,
             endpoints: Default::default(),
             instance_metadata: false,
         }

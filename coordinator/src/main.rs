@@ -134,6 +134,11 @@ struct Args {
     /// Largest shard an agent may upload, MiB.
     #[arg(long, default_value_t = 4096)]
     max_shard_mib: u64,
+    /// Full captures of at most this many agents are merged straight from the bucket (one GET
+    /// open per agent, the merged file uploaded while it is produced, nothing on local disk);
+    /// larger ones, or all with 0, go through the scratch directory.
+    #[arg(long, default_value_t = 256)]
+    merge_streams: usize,
     /// Seconds a PoP whose agent disconnected mid-capture may take to come back.
     #[arg(long, default_value_t = 15)]
     reconnect_grace: u64,
@@ -239,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
             reconnect_grace: Duration::from_secs(args.reconnect_grace),
             upload_grace: Duration::from_secs(args.upload_grace),
             max_shard_bytes: args.max_shard_mib.max(1) << 20,
+            merge_streams: args.merge_streams,
             max_captures_per_pop: args.max_captures_per_pop as usize,
             instance_metadata: args.aws_instance_metadata,
             endpoints: edgecap_coordinator::EndpointPolicy {

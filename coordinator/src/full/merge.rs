@@ -7,7 +7,6 @@
 //! directory is removed and a multipart upload of the merged file is aborted before the
 //! runner returns. The next leader does the merge again.
 
-use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,12 +19,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::follow::failure_summary;
+use super::from_bucket::{self, FromBucketError};
 use super::{FullCaptures, shard_prefix};
-use crate::model::{CaptureRecord, CaptureStatus, OutputFormat, PopResult, ShardRef};
+use crate::model::{CaptureRecord, CaptureStatus, OutputFormat, ShardRef};
 
 /// Why a merge did not produce a file.
 #[derive(Debug, thiserror::Error)]
-enum MergeError {
+pub(crate) enum MergeError {
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -139,26 +139,88 @@ impl FullCaptures {
         }
     }
 
-    /// Downloads the shards, merges them in time order with per-PoP provenance, writes the
-    /// merged object. `Ok(None)` when there is nothing to merge. The scratch directory is
-    /// removed whatever happens, cancellation included.
+    /// Merges the shards in time order with per-PoP provenance into the merged object:
+    /// straight from the bucket when it can ([`super::from_bucket`]), else through the
+    /// coordinator's scratch disk. `Ok(None)` when there is nothing to merge.
     #[tracing::instrument(name = "merge", skip_all, fields(capture = %record.id))]
-    async fn merge_into_bucket(
+    pub(crate) async fn merge_into_bucket(
         &self,
         store: &Arc<dyn ObjectStore>,
         record: &CaptureRecord,
         cancel: &CancellationToken,
     ) -> Result<Option<u64>, MergeError> {
-        let shards: Vec<(&PopResult, &ShardRef)> =
-            record.pops.iter().flat_map(|p| p.shards.iter().map(move |s| (p, s))).collect();
-        if shards.is_empty() {
+        let agents = from_bucket::by_agent(record);
+        if agents.is_empty() {
             return Ok(None);
         }
+        if agents.len() <= self.settings.merge_streams {
+            match self.merge_from_bucket(store, record, &agents, cancel).await {
+                Ok(packets) => return Ok(Some(packets)),
+                Err(FromBucketError::HeaderChanged(why)) => {
+                    tracing::info!(capture = %record.id, %why, "merging through scratch instead");
+                }
+                Err(FromBucketError::Cancelled) => return Err(MergeError::Cancelled),
+                Err(FromBucketError::Storage(e)) => return Err(e.into()),
+                Err(FromBucketError::Merge(e)) => return Err(MergeError::Other(e)),
+            }
+        }
+        self.merge_through_scratch(store, record, agents, cancel).await.map(Some)
+    }
+
+    /// The merge from the bucket, tried again while the bucket is unavailable (each attempt
+    /// starts over, its multipart upload aborted), for as long as `merge_retry` allows.
+    async fn merge_from_bucket(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        record: &CaptureRecord,
+        agents: &[from_bucket::AgentShards],
+        cancel: &CancellationToken,
+    ) -> Result<u64, FromBucketError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let options = merge_options(record);
+            let attempt = from_bucket::merge(
+                store.clone(),
+                store.clone(),
+                agents.to_vec(),
+                &record.merged_key(),
+                options,
+                cancel,
+            )
+            .await;
+            match attempt {
+                Ok(report) => return Ok(report.packets),
+                Err(FromBucketError::Storage(e))
+                    if e.is_retryable() && started.elapsed() < self.settings.merge_retry =>
+                {
+                    tracing::warn!(capture = %record.id, error = %e, "merge from the bucket failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(FromBucketError::Cancelled),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Downloads the shards to a scratch directory, merges them (in stages beyond the
+    /// file-descriptor limit), uploads the merged file. The scratch directory is removed
+    /// whatever happens, cancellation included.
+    async fn merge_through_scratch(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        record: &CaptureRecord,
+        agents: Vec<from_bucket::AgentShards>,
+        cancel: &CancellationToken,
+    ) -> Result<u64, MergeError> {
         let dir = self.tmp_dir.join(format!("full-{}-{}", record.id, uuid::Uuid::new_v4().simple()));
         tokio::fs::create_dir_all(&dir).await.map_err(StorageError::Io)?;
         // Not raced against `cancel`: every step below stops on it by itself and cleans up
         // what it started (dropping the future would leave a merge thread or an upload behind).
-        let result = self.merge_in(&dir, store, record, &shards, cancel).await;
+        let result = self.merge_in(&dir, store, record, agents, cancel).await;
         if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
             tracing::warn!(dir = %dir.display(), %error, "merge scratch directory not removed");
         }
@@ -170,90 +232,39 @@ impl FullCaptures {
         dir: &Path,
         store: &Arc<dyn ObjectStore>,
         record: &CaptureRecord,
-        shards: &[(&PopResult, &ShardRef)],
+        agents: Vec<from_bucket::AgentShards>,
         cancel: &CancellationToken,
-    ) -> Result<Option<u64>, MergeError> {
+    ) -> Result<u64, MergeError> {
         let patience = self.settings.merge_retry;
         let mut inputs = Vec::new();
-        for (i, (pop, shard)) in shards.iter().enumerate() {
-            let path = dir.join(format!("{i:05}.pcap"));
-            // A download dropped half-way leaves only a partial file in the scratch directory.
-            with_retry("download a shard", patience, cancel, || async {
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => Err(StorageError::Cancelled),
-                    downloaded = async {
-                        let (_, reader) = store.get(&shard.key).await?;
-                        let mut file = tokio::fs::File::create(&path).await?;
-                        // No more than the size recorded at commit: a bucket endpoint cannot
-                        // fill the coordinator's disk with an endless answer.
-                        let mut bounded = tokio::io::AsyncReadExt::take(reader, shard.file_bytes + 1);
-                        let copied = tokio::io::copy(&mut bounded, &mut file)
-                            .await
-                            .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
-                        if copied != shard.file_bytes {
-                            let held = if copied > shard.file_bytes {
-                                format!("more than {}", shard.file_bytes)
-                            } else {
-                                copied.to_string()
-                            };
-                            return Err(StorageError::Rejected(format!(
-                                "shard {} has {held} bytes in the bucket, {} were committed",
-                                shard.key, shard.file_bytes
-                            )));
-                        }
-                        file.flush().await?;
-                        Ok(())
-                    } => downloaded,
-                }
-            })
-            .await?;
-            inputs.push((path, pop.pop.clone(), pop.agent_id.clone(), (*shard).clone()));
+        let mut i = 0usize;
+        for agent in agents {
+            let mut files = Vec::new();
+            for shard in &agent.shards {
+                let path = dir.join(format!("{i:05}.pcap"));
+                i += 1;
+                download_to(store, shard, &path, patience, cancel).await?;
+                files.push(path);
+            }
+            inputs.push(super::stage::AgentInput { name: agent.name, files, provenance: agent.provenance });
         }
         let out_path = dir.join("merged");
         let report = self.merge_files(record, inputs, &out_path, cancel).await?;
         let key = record.merged_key();
         with_retry("write the merged file", patience, cancel, || store.put_file(&key, &out_path, cancel)).await?;
-        Ok(Some(report.packets))
+        Ok(report.packets)
     }
 
     /// Runs the merge engine on a blocking thread; a cancel stops it at its next write.
     async fn merge_files(
         &self,
         record: &CaptureRecord,
-        inputs: Vec<(std::path::PathBuf, String, String, ShardRef)>,
+        agents: Vec<super::stage::AgentInput>,
         out_path: &Path,
         cancel: &CancellationToken,
     ) -> Result<edgecap_merge::MergeReport, MergeError> {
-        let comment = format!("edgecap full capture {}", record.id);
         let merged = out_path.to_path_buf();
-        let format = match record.output_format {
-            OutputFormat::Pcap => edgecap_merge::OutputFormat::Pcap,
-            OutputFormat::Pcapng => edgecap_merge::OutputFormat::PcapNg,
-        };
-        // Per-PoP counters for the pcapng interface statistics, and each PoP's clock: described
-        // on its interface, and applied to its timestamps when the request asked for it.
-        let counters: HashMap<String, (u64, u64)> = record
-            .pops
-            .iter()
-            .map(|p| (p.agent_id.clone(), (p.received, p.kernel_dropped + p.agent_dropped)))
-            .collect();
-        let correct = record.clock_correction;
-        let clocks: HashMap<String, (Option<String>, i64)> = record
-            .pops
-            .iter()
-            .map(|p| {
-                let description = p.clock_offset_us.map(|o| {
-                    let applied = if correct { ", corrected in this file" } else { "" };
-                    format!(
-                        "clock offset {o:+} us +/- {} us (coordinator minus PoP){applied}",
-                        p.clock_uncertainty_us.unwrap_or(0)
-                    )
-                });
-                let shift = if correct { p.clock_offset_us.unwrap_or(0).saturating_mul(1000) } else { 0 };
-                (p.agent_id.clone(), (description, shift))
-            })
-            .collect();
+        let options = merge_options(record);
         let cancelled = Arc::new(AtomicBool::new(false));
         let flag = cancelled.clone();
         let fan_in = match self.settings.merge_fan_in {
@@ -262,34 +273,8 @@ impl FullCaptures {
         };
         let scratch = out_path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.tmp_dir.clone());
         let mut work = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
-            // One input per agent: its shards follow each other in time and are read in turn.
-            let mut agents: Vec<super::stage::AgentInput> = Vec::new();
-            for (path, pop, agent, shard) in inputs {
-                match agents.last_mut() {
-                    Some(last) if last.provenance.agent == agent => last.files.push(path),
-                    _ => {
-                        let (received, dropped) = counters.get(&agent).copied().unwrap_or_default();
-                        let (description, ts_offset_ns) = clocks.get(&agent).cloned().unwrap_or_default();
-                        agents.push(super::stage::AgentInput {
-                            name: shard.key,
-                            files: vec![path],
-                            provenance: edgecap_merge::Provenance {
-                                pop,
-                                agent,
-                                iface: (!shard.interface.is_empty()).then_some(shard.interface),
-                                filter: (!shard.filter.is_empty()).then_some(shard.filter),
-                                received: Some(received),
-                                dropped: Some(dropped),
-                                description,
-                                ts_offset_ns,
-                            },
-                        });
-                    }
-                }
-            }
             let file = std::fs::File::create(&merged)?;
             let out = BufWriter::with_capacity(64 << 10, Cancellable { inner: file, cancelled: flag });
-            let options = edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment: Some(comment) };
             let (out, report) = super::stage::merge(agents, out, &options, fan_in, &scratch)?;
             out.into_inner().map_err(|e| e.into_error())?.inner.sync_all()?;
             Ok(report)
@@ -307,6 +292,57 @@ impl FullCaptures {
             .map_err(|e| MergeError::Other(format!("merge thread: {e}")))?
             .map_err(|e| MergeError::Other(e.to_string()))
     }
+}
+
+/// Downloads one shard to `path`, no more than the size recorded at commit.
+async fn download_to(
+    store: &Arc<dyn ObjectStore>,
+    shard: &ShardRef,
+    path: &Path,
+    patience: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), MergeError> {
+    // A download dropped half-way leaves only a partial file in the scratch directory.
+    with_retry("download a shard", patience, cancel, || async {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(StorageError::Cancelled),
+            downloaded = async {
+                let (_, reader) = store.get(&shard.key).await?;
+                let mut file = tokio::fs::File::create(path).await?;
+                // No more than the size recorded at commit: a bucket endpoint cannot
+                // fill the coordinator's disk with an endless answer.
+                let mut bounded = tokio::io::AsyncReadExt::take(reader, shard.file_bytes + 1);
+                let copied = tokio::io::copy(&mut bounded, &mut file)
+                    .await
+                    .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
+                if copied != shard.file_bytes {
+                    let held = if copied > shard.file_bytes {
+                        format!("more than {}", shard.file_bytes)
+                    } else {
+                        copied.to_string()
+                    };
+                    return Err(StorageError::Rejected(format!(
+                        "shard {} has {held} bytes in the bucket, {} were committed",
+                        shard.key, shard.file_bytes
+                    )));
+                }
+                file.flush().await?;
+                Ok(())
+            } => downloaded,
+        }
+    })
+    .await
+}
+
+/// The merged file's format and comment.
+fn merge_options(record: &CaptureRecord) -> edgecap_merge::MergeOptions {
+    let format = match record.output_format {
+        OutputFormat::Pcap => edgecap_merge::OutputFormat::Pcap,
+        OutputFormat::Pcapng => edgecap_merge::OutputFormat::PcapNg,
+    };
+    let comment = Some(format!("edgecap full capture {}", record.id));
+    edgecap_merge::MergeOptions { format: Some(format), salvage: false, comment }
 }
 
 async fn with_retry<T, F, Fut>(
@@ -339,60 +375,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use edgecap_storage::ObjectStore;
-
-    use super::*;
-    use crate::agents::Registry;
-    use crate::model::{PopStatus, ShardRef};
-    use crate::store::Repo;
-
-    #[tokio::test]
-    async fn a_shard_larger_in_the_bucket_than_committed_is_not_downloaded_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> =
-            edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().join("bucket") })
-                .await
-                .unwrap();
-        // What the bucket now holds is 1 MiB; the agent committed 100 bytes.
-        store.put("edgecap-shards/c1/p/a/shard-000001.pcap", Bytes::from(vec![0u8; 1 << 20])).await.unwrap();
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let full = FullCaptures::new(
-            repo,
-            Arc::new(Registry::default()),
-            "t".into(),
-            Default::default(),
-            Default::default(),
-            dir.path().join("tmp"),
-            Default::default(),
-        );
-        let shard = ShardRef {
-            key: "edgecap-shards/c1/p/a/shard-000001.pcap".into(),
-            packets: 1,
-            bytes: 60,
-            file_bytes: 100,
-            first_ts_ns: 1,
-            last_ts_ns: 1,
-            sha256: String::new(),
-            crc32c: String::new(),
-            interface: String::new(),
-            filter: String::new(),
-        };
-        let mut pop = PopResult::new("p", "a", PopStatus::Done);
-        pop.shards = vec![shard];
-        let record = CaptureRecord::from_request(
-            "acct",
-            crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
-            time::OffsetDateTime::now_utc(),
-        );
-        let record = CaptureRecord { pops: vec![pop], ..record };
-        let outcome = full.merge_into_bucket(&store, &record, &CancellationToken::new()).await;
-        let error = outcome.unwrap_err().to_string();
-        assert!(error.contains("more than 100 bytes") && error.contains("100 were committed"), "{error}");
-        // The scratch directory is gone, and nothing was read past the bound.
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0), 0);
-    }
-}
+mod tests;

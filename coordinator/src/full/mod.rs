@@ -43,6 +43,7 @@ mod budget;
 mod stream;
 
 mod follow;
+mod from_bucket;
 mod jobs;
 mod leader;
 mod merge;

@@ -30,8 +30,7 @@ pub(crate) struct CaptureRequest {
 }
 
 impl CaptureRequest {
-    /// A request of `capture_type` for 10 s with nothing else set (tests).
-    #[cfg(test)]
+    /// A request of `capture_type` for 10 s with nothing else set (tests and benchmarks).
     pub(crate) fn for_test(capture_type: CaptureType) -> Self {
         Self {
             capture_type,

@@ -60,6 +60,10 @@ pub enum StorageError {
     /// The caller cancelled the operation; whatever it had started was cleaned up.
     #[error("cancelled")]
     Cancelled,
+    /// [`ObjectStore::put_stream`]: the writer went away before [`Piece::End`]; nothing was
+    /// committed (the writer's own error says why).
+    #[error("{0}: its writer stopped before the end; nothing was written")]
+    Unfinished(String),
 }
 
 impl StorageError {
@@ -74,6 +78,31 @@ impl StorageError {
 /// This crate's result; the error is [`StorageError`] unless said otherwise.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// A piece of an object written by [`ObjectStore::put_stream`].
+#[derive(Debug)]
+pub enum Piece {
+    /// The next bytes. On S3 each is one part of a multipart upload, so every piece but the
+    /// last must be at least 5 MiB ([`s3::PART_SIZE`] is a good size).
+    Bytes(Bytes),
+    /// The object is whole: commit it.
+    End,
+}
+
+/// What a received piece means for `key`: bytes, the end (`None`), or (the sender gone
+/// before the end) [`StorageError::Unfinished`].
+pub(crate) fn piece_bytes(piece: Option<Piece>, key: &str) -> Result<Option<Bytes>> {
+    match piece {
+        Some(Piece::Bytes(bytes)) => Ok(Some(bytes)),
+        Some(Piece::End) => Ok(None),
+        None => Err(StorageError::Unfinished(key.to_string())),
+    }
+}
+
+/// The next piece for `key` of a [`ObjectStore::put_stream`], as [`piece_bytes`] reads it.
+pub(crate) async fn next_piece(pieces: &mut tokio::sync::mpsc::Receiver<Piece>, key: &str) -> Result<Option<Bytes>> {
+    piece_bytes(pieces.recv().await, key)
+}
+
 /// Where objects are kept: whole bodies under `/`-separated keys (see [`validate_key`]).
 /// Every write replaces an object at once, so a reader sees the old body or the new one,
 /// never a mix. A method given a key refuses an invalid one with [`StorageError::InvalidKey`]
@@ -86,6 +115,17 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     /// When `cancel` fires the upload stops and what it started is cleaned up (temporary file
     /// removed, multipart upload aborted) before [`StorageError::Cancelled`] is returned.
     async fn put_file(&self, key: &str, path: &Path, cancel: &CancellationToken) -> Result<u64>;
+    /// Writes `key` from pieces produced while it is written (no local copy of the whole):
+    /// a multipart upload on S3, a temporary file renamed in on a local directory. The object
+    /// appears only when [`Piece::End`] arrives; if the sender goes away without it, a write
+    /// fails, or `cancel` fires, nothing is committed (the upload is aborted, the temporary
+    /// file removed). Returns the object's size.
+    async fn put_stream(
+        &self,
+        key: &str,
+        pieces: tokio::sync::mpsc::Receiver<Piece>,
+        cancel: &CancellationToken,
+    ) -> Result<u64>;
     /// Streams an object. `NotFound` if it does not exist.
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)>;
     /// The object's key and size without its body; `None` if it does not exist.

@@ -96,6 +96,43 @@ impl ObjectStore for LocalDirStore {
         result
     }
 
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut pieces: tokio::sync::mpsc::Receiver<crate::Piece>,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt as _;
+        let path = self.path(key)?;
+        let tmp = self.temp_for(&path).await?;
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut size = 0u64;
+            loop {
+                let piece = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+                    piece = pieces.recv() => piece,
+                };
+                match crate::piece_bytes(piece, key)? {
+                    Some(bytes) => {
+                        file.write_all(&bytes).await?;
+                        size += bytes.len() as u64;
+                    }
+                    None => break,
+                }
+            }
+            file.sync_all().await?;
+            Self::commit(&tmp, &path).await?;
+            Ok(size)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)> {
         let path = self.path(key)?;
         let file = match tokio::fs::File::open(&path).await {

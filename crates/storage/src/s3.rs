@@ -348,11 +348,26 @@ impl S3Store {
         }
     }
 
+    /// Uploads part `number` of a multipart upload; returns its ETag.
+    async fn upload_part(&self, object: &str, upload_id: &str, number: i32, body: ByteStream) -> Result<String> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.location.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("upload part", object), e))?;
+        Ok(out.e_tag.unwrap_or_default())
+    }
+
     /// Uploads a file in parts through the same calls the presigned path uses (create,
     /// parts, complete); a failed upload is aborted.
     async fn put_multipart(&self, key: &str, path: &Path, size: u64, cancel: &CancellationToken) -> Result<()> {
         let object = self.object_key(key)?;
-        let what = self.what("upload part", &object);
         let upload_id = self.create_multipart(key, false).await?;
         let upload = async {
             let mut parts = Vec::new();
@@ -367,18 +382,7 @@ impl S3Store {
                     .build()
                     .await
                     .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.location.bucket)
-                    .key(&object)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| classify(&what, e))?;
-                parts.push((number, out.e_tag.unwrap_or_default()));
+                parts.push((number, self.upload_part(&object, &upload_id, number, body).await?));
                 offset += length;
                 number += 1;
             }
@@ -407,6 +411,51 @@ fn presigned(request: &aws_sdk_s3::presigning::PresignedRequest) -> Presigned {
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut pieces: tokio::sync::mpsc::Receiver<crate::Piece>,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        let object = self.object_key(key)?;
+        let upload_id = self.create_multipart(key, false).await?;
+        // Some(size): completed; None: nothing came but the end (no part: an empty object).
+        let upload = async {
+            let mut parts = Vec::new();
+            let mut size = 0u64;
+            while let Some(body) = crate::next_piece(&mut pieces, &object).await? {
+                if body.is_empty() {
+                    continue;
+                }
+                size += body.len() as u64;
+                let number = parts.len() as i32 + 1;
+                parts.push((number, self.upload_part(&object, &upload_id, number, ByteStream::from(body)).await?));
+            }
+            if parts.is_empty() {
+                return Ok(None);
+            }
+            self.complete_multipart(key, &upload_id, &parts, &[]).await?;
+            Ok(Some(size))
+        };
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(StorageError::Cancelled),
+            uploaded = upload => uploaded,
+        };
+        match result {
+            Ok(Some(size)) => Ok(size),
+            Ok(None) => {
+                let _ = self.abort_multipart(key, &upload_id).await;
+                self.put(key, Bytes::new()).await.map(|()| 0)
+            }
+            Err(e) => {
+                // Best effort: an abandoned upload holds storage until a lifecycle rule clears it.
+                let _ = self.abort_multipart(key, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {
         let object = self.object_key(key)?;
         self.client

@@ -52,4 +52,37 @@ pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
         assert!(matches!(store.put(bad, Bytes::new()).await, Err(StorageError::InvalidKey(..))), "{bad:?}");
     }
     store.delete("conformance/b/big").await.unwrap();
+
+    // Streamed in pieces: committed only at the end; a writer that goes away leaves nothing.
+    let part: Vec<u8> = (0..(crate::s3::PART_SIZE as u32)).map(|i| (i % 253) as u8).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let writer = {
+        let part = Bytes::from(part.clone());
+        tokio::spawn(async move {
+            for piece in [part.clone(), part, Bytes::from_static(b"tail")] {
+                tx.send(crate::Piece::Bytes(piece)).await.unwrap();
+            }
+            tx.send(crate::Piece::End).await.unwrap();
+        })
+    };
+    let size = store.put_stream("conformance/d/streamed", rx, &Default::default()).await.unwrap();
+    writer.await.unwrap();
+    let mut whole = part.clone();
+    whole.extend_from_slice(&part);
+    whole.extend_from_slice(b"tail");
+    assert_eq!(size, whole.len() as u64);
+    assert_eq!(read_all(store, "conformance/d/streamed").await, whole);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(crate::Piece::Bytes(Bytes::from(part))).await.unwrap();
+    drop(tx);
+    let outcome = store.put_stream("conformance/d/unfinished", rx, &Default::default()).await;
+    assert!(matches!(outcome, Err(StorageError::Unfinished(_))), "{outcome:?}");
+    assert!(store.head("conformance/d/unfinished").await.unwrap().is_none());
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(crate::Piece::End).await.unwrap();
+    assert_eq!(store.put_stream("conformance/d/empty", rx, &Default::default()).await.unwrap(), 0);
+    assert_eq!(read_all(store, "conformance/d/empty").await, b"");
+    for key in ["conformance/d/streamed", "conformance/d/empty"] {
+        store.delete(key).await.unwrap();
+    }
 }
