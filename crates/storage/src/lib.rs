@@ -98,11 +98,6 @@ pub(crate) fn piece_bytes(piece: Option<Piece>, key: &str) -> Result<Option<Byte
     }
 }
 
-/// The next piece for `key` of a [`ObjectStore::put_stream`], as [`piece_bytes`] reads it.
-pub(crate) async fn next_piece(pieces: &mut tokio::sync::mpsc::Receiver<Piece>, key: &str) -> Result<Option<Bytes>> {
-    piece_bytes(pieces.recv().await, key)
-}
-
 /// Where objects are kept: whole bodies under `/`-separated keys (see [`validate_key`]).
 /// Every write replaces an object at once, so a reader sees the old body or the new one,
 /// never a mix. A method given a key refuses an invalid one with [`StorageError::InvalidKey`]

@@ -38,6 +38,8 @@ use crate::{ObjectMeta, ObjectReader, ObjectStore, Result, StorageError, validat
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Part size of multipart uploads (S3's minimum is 5 MiB for all but the last part).
 pub const PART_SIZE: u64 = 8 << 20;
+/// Parts of one [`ObjectStore::put_stream`] uploaded at the same time.
+pub const PARTS_AT_ONCE: usize = 4;
 
 /// Where: a bucket, a key prefix inside it, and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,20 +422,34 @@ impl ObjectStore for S3Store {
         let object = self.object_key(key)?;
         let upload_id = self.create_multipart(key, false).await?;
         // Some(size): completed; None: nothing came but the end (no part: an empty object).
+        // Parts go up side by side, up to PARTS_AT_ONCE, while the next ones are produced.
         let upload = async {
+            use futures::StreamExt as _;
             let mut parts = Vec::new();
-            let mut size = 0u64;
-            while let Some(body) = crate::next_piece(&mut pieces, &object).await? {
-                if body.is_empty() {
-                    continue;
+            let mut sending = futures::stream::FuturesUnordered::new();
+            let (mut size, mut number, mut ended) = (0u64, 0i32, false);
+            while !ended || !sending.is_empty() {
+                tokio::select! {
+                    piece = pieces.recv(), if !ended && sending.len() < PARTS_AT_ONCE => {
+                        match crate::piece_bytes(piece, &object)? {
+                            Some(body) if body.is_empty() => {}
+                            Some(body) => {
+                                size += body.len() as u64;
+                                number += 1;
+                                let n = number;
+                                let part = self.upload_part(&object, &upload_id, n, ByteStream::from(body));
+                                sending.push(async move { part.await.map(|etag| (n, etag)) });
+                            }
+                            None => ended = true,
+                        }
+                    }
+                    Some(sent) = sending.next(), if !sending.is_empty() => parts.push(sent?),
                 }
-                size += body.len() as u64;
-                let number = parts.len() as i32 + 1;
-                parts.push((number, self.upload_part(&object, &upload_id, number, ByteStream::from(body)).await?));
             }
             if parts.is_empty() {
                 return Ok(None);
             }
+            parts.sort_unstable_by_key(|p: &(i32, String)| p.0);
             self.complete_multipart(key, &upload_id, &parts, &[]).await?;
             Ok(Some(size))
         };
