@@ -12,6 +12,9 @@ use edgecap_proto::agent::v1 as pb;
 
 use crate::convert::filter_from_pb;
 
+/// How often a query waiting for its window's packets looks whether they are in.
+const SETTLE_POLL: Duration = Duration::from_millis(2);
+
 /// The lookback's counters, as heartbeats and answers carry them.
 pub(crate) fn lookback_stats(lookback: &Mutex<Lookback>) -> pb::LookbackStats {
     let l = lock(lookback);
@@ -37,11 +40,16 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
 
 fn answer(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
     // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
-    // wire: a window that ends that recently is answered once they are all in.
+    // wire: a window that ends that recently is answered once they are all in, which the
+    // lookback says as soon as each interface's source has run dry past the window's end.
     let now = edgecap_common::now_ns();
-    let settled = query.to_ns.saturating_add(VISIBILITY_DELAY.as_nanos() as u64);
-    if settled > now {
-        std::thread::sleep(Duration::from_nanos((settled - now).min(VISIBILITY_DELAY.as_nanos() as u64)));
+    let latest = query.to_ns.saturating_add(VISIBILITY_DELAY.as_nanos() as u64);
+    if latest > now {
+        let give_up =
+            std::time::Instant::now() + Duration::from_nanos((latest - now).min(VISIBILITY_DELAY.as_nanos() as u64));
+        while lock(lookback).settled_ns().is_none_or(|s| s < query.to_ns) && std::time::Instant::now() < give_up {
+            std::thread::sleep(SETTLE_POLL);
+        }
     }
     let fail = |error: String| vec![pb::SampleChunk::failure(&query.request_id, error)];
     // The account's scope is applied here, whatever the coordinator did: no scope, no answer.

@@ -62,10 +62,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// ... or when this many are waiting.
 pub const BATCH_PACKETS: usize = 512;
 /// Upper bound on the time from the wire to the lookback: the ring block timeout (default
-/// `timeout_ms`, 50 ms), one flush interval, and a margin for scheduling.
+/// `timeout_ms`, [`FEED_TIMEOUT_MS`]), one flush interval, and a wide margin for scheduling.
+/// A query waits for it only when the lookback cannot say sooner that its window is in
+/// ([`Lookback::settled_ns`]: each feeder marks it when its source runs dry).
 pub const VISIBILITY_DELAY: Duration = Duration::from_millis(150);
 /// The read timeout of a source that feeds the lookback (its ring blocks retire this often).
-pub const FEED_TIMEOUT_MS: i32 = 50;
+pub const FEED_TIMEOUT_MS: i32 = 20;
 /// How long a capture handing the lookback back waits for its own handle to be open again.
 const HAND_BACK_WAIT: Duration = Duration::from_secs(3);
 /// Packets seen during a hand-over whose side is not known yet (a few ms of traffic).
@@ -260,6 +262,15 @@ impl Feeder {
         }
     }
 
+    /// The capture's source had nothing more to give: everything it read is inserted, and
+    /// every packet before `settled_ns` was read (see [`CaptureSource::lag`]).
+    pub fn quiet(&mut self, settled_ns: u64) {
+        if self.after_ns.is_some() {
+            self.last_flush = Instant::now();
+            self.batch.flush(&self.feed.lookback, self.feed.index, Some(settled_ns));
+        }
+    }
+
     /// The capture's kernel drops so far (its source's counter), counted into the lookback's.
     pub fn kernel_dropped(&mut self, total: u64) {
         let new = total.saturating_sub(self.kernel_drops);
@@ -272,7 +283,7 @@ impl Feeder {
     fn flush(&mut self) {
         self.last_flush = Instant::now();
         if self.after_ns.is_some() {
-            self.batch.flush(&self.feed.lookback, self.feed.index);
+            self.batch.flush(&self.feed.lookback, self.feed.index, None);
         }
     }
 
@@ -441,14 +452,19 @@ impl Batch {
         self.packets.retain(|p| p.0 > after_ns);
     }
 
-    fn flush(&mut self, lookback: &Shared, index: u16) {
-        if self.packets.is_empty() && self.seen == 0 {
+    /// Inserts what is batched; with `settled`, also records that every packet before that
+    /// time is in (the source had nothing more to give).
+    fn flush(&mut self, lookback: &Shared, index: u16, settled: Option<u64>) {
+        if self.packets.is_empty() && self.seen == 0 && settled.is_none() {
             return;
         }
         let mut l = lock(lookback);
         l.count_seen(index, self.seen);
         for &(ts_ns, orig_len, start, len) in &self.packets {
             l.insert(ts_ns, orig_len, index, &self.data[start..start + len]);
+        }
+        if let Some(at) = settled {
+            l.mark_settled(index, at);
         }
         drop(l);
         self.data.clear();
@@ -495,6 +511,8 @@ impl Own {
         let mut reads = 0u32;
         while !self.stopped() {
             let mut quiet = false;
+            // The source had nothing more: everything before this is read.
+            let mut settled = None;
             match source.next() {
                 Ok(Next::Packet(packet)) => {
                     last_read_ns = packet.ts_ns;
@@ -509,11 +527,14 @@ impl Own {
                         batch.push(packet.ts_ns, packet.orig_len, &packet.data[..packet.data.len().min(snaplen)]);
                     }
                     if batch.packets.len() >= BATCH_PACKETS && holding.is_none() {
-                        batch.flush(lookback, index);
+                        batch.flush(lookback, index, None);
                         last_flush = Instant::now();
                     }
                 }
-                Ok(Next::Timeout) => quiet = true,
+                Ok(Next::Timeout) => {
+                    quiet = true;
+                    settled = Some(crate::now_ns().saturating_sub(source.lag().as_nanos() as u64));
+                }
                 // A wake: from stop(), or from a capture asking to take over.
                 Ok(Next::Woken) => quiet = true,
                 Err(error) => {
@@ -532,7 +553,7 @@ impl Own {
                     if holding.is_none()
                         && (last_read_ns >= at_ns || crate::now_ns() > at_ns.saturating_add(settle_ns())) =>
                 {
-                    batch.flush(lookback, index);
+                    batch.flush(lookback, index, None);
                     let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
                     self.feed.asked.store(false, Ordering::Release);
                     // The capture may have withdrawn meanwhile: then read on.
@@ -562,7 +583,7 @@ impl Own {
                 _ => {}
             }
             if holding.is_none() && (last_flush.elapsed() >= FLUSH_EVERY || quiet) {
-                batch.flush(lookback, index);
+                batch.flush(lookback, index, settled);
                 last_flush = Instant::now();
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
@@ -577,7 +598,7 @@ impl Own {
         }
         // What was sampled before the stop is kept.
         if holding.is_none() {
-            batch.flush(lookback, index);
+            batch.flush(lookback, index, None);
         }
     }
 

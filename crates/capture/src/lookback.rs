@@ -172,6 +172,9 @@ pub struct Lookback {
     stats: LookbackStats,
     /// The same counters per interface (indexed like `interfaces`).
     per_interface: Vec<LookbackStats>,
+    /// Per interface: every packet on the wire before this time (ns) is in, or was not
+    /// sampled ([`Lookback::mark_settled`]).
+    settled: Vec<u64>,
 }
 
 /// The answer to a window query.
@@ -195,6 +198,7 @@ impl Lookback {
             interfaces: Vec::new(),
             stats: LookbackStats::default(),
             per_interface: Vec::new(),
+            settled: Vec::new(),
         }
     }
 
@@ -207,7 +211,22 @@ impl Lookback {
     pub fn add_interface(&mut self, name: &str, linktype: i32) -> u16 {
         self.interfaces.push((name.to_string(), linktype));
         self.per_interface.push(LookbackStats::default());
+        self.settled.push(0);
         (self.interfaces.len() - 1) as u16
+    }
+
+    /// Records that every packet on `iface` before `ts_ns` has been inserted (its feeder
+    /// found its source empty and flushed). Never moves back.
+    pub fn mark_settled(&mut self, iface: u16, ts_ns: u64) {
+        if let Some(s) = self.settled.get_mut(usize::from(iface)) {
+            *s = (*s).max(ts_ns);
+        }
+    }
+
+    /// The time before which every interface's packets are all in: a query whose window ends
+    /// before it can be answered now. `None` without interfaces.
+    pub fn settled_ns(&self) -> Option<u64> {
+        self.settled.iter().copied().min()
     }
 
     /// Registered interfaces, (name, libpcap link type), in the order registered:
@@ -371,6 +390,22 @@ mod tests {
 
     fn lb(rate: u32, max_bytes: usize) -> Lookback {
         Lookback::new(LookbackConfig { sample_rate: rate, snaplen: 4, max_bytes, max_age_ns: 1_000 })
+    }
+
+    #[test]
+    fn settled_is_the_least_settled_interface_and_never_moves_back() {
+        let mut l = lb(1, 1 << 20);
+        assert_eq!(l.settled_ns(), None, "no interface: nothing to say");
+        let (a, b) = (l.add_interface("a", 1), l.add_interface("b", 1));
+        assert_eq!(l.settled_ns(), Some(0));
+        l.mark_settled(a, 500);
+        assert_eq!(l.settled_ns(), Some(0), "b has said nothing yet");
+        l.mark_settled(b, 300);
+        assert_eq!(l.settled_ns(), Some(300));
+        l.mark_settled(b, 200);
+        assert_eq!(l.settled_ns(), Some(300), "never back");
+        l.mark_settled(b, 900);
+        assert_eq!(l.settled_ns(), Some(500));
     }
 
     #[test]

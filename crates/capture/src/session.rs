@@ -554,6 +554,7 @@ fn capture_loop(
             Ok(Next::Timeout) => {
                 if let Some(feeder) = feeding.feeder.as_mut() {
                     feeder.tick();
+                    feeder.quiet(crate::now_ns().saturating_sub(source.lag().as_nanos() as u64));
                 }
                 if !send(&mut batch, &shared) {
                     break;

@@ -34,6 +34,8 @@ pub struct LibpcapSource {
     wake: std::sync::Arc<rustix::fd::OwnedFd>,
     /// How long a wait lasts; `None`: until a packet or a wake.
     timeout: Option<rustix::event::Timespec>,
+    /// The kernel's block timeout: how long a packet can sit in a partly filled block.
+    block_timeout: std::time::Duration,
     /// The last read found the ring empty: wait before reading again.
     drained: bool,
 }
@@ -70,14 +72,9 @@ impl LibpcapSource {
             tv_sec: i64::from(options.timeout_ms / 1000),
             tv_nsec: i64::from(options.timeout_ms % 1000) * 1_000_000,
         });
-        Ok(Self {
-            iface: iface.to_string(),
-            capture,
-            linktype,
-            wake: std::sync::Arc::new(wake),
-            timeout,
-            drained: true,
-        })
+        let block_timeout = std::time::Duration::from_millis(u64::from(options.timeout_ms.max(0).unsigned_abs()));
+        let wake = std::sync::Arc::new(wake);
+        Ok(Self { iface: iface.to_string(), capture, linktype, wake, timeout, block_timeout, drained: true })
     }
 
     /// Waits until the ring has a block to read, a wake, or the timeout.
@@ -146,5 +143,9 @@ impl CaptureSource for LibpcapSource {
         Waker::new(move || {
             let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
         })
+    }
+
+    fn lag(&self) -> std::time::Duration {
+        self.block_timeout
     }
 }

@@ -113,6 +113,10 @@ pub trait CaptureSource: Send {
     fn stats(&mut self) -> Option<SourceStats>;
     /// A handle that interrupts [`CaptureSource::next`].
     fn waker(&self) -> Waker;
+    /// How long before a read that answered [`Next::Timeout`] a packet may have arrived and
+    /// still not be readable (libpcap: a partly filled ring block is handed over after the
+    /// read timeout). Everything older has been read.
+    fn lag(&self) -> std::time::Duration;
 }
 
 /// Opens sources; one per agent, shared by its lookback and its live captures.

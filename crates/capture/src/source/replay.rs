@@ -263,6 +263,11 @@ impl CaptureSource for ReplaySource {
             wake.cond.notify_all();
         })
     }
+
+    /// Packets are made when they are due: nothing waits unread.
+    fn lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 #[cfg(test)]
