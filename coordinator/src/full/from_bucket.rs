@@ -233,7 +233,7 @@ impl Parts {
 impl std::io::Write for Parts {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "merge cancelled"));
+            return Err(std::io::Error::other("merge cancelled"));
         }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= PART_SIZE as usize {

@@ -43,7 +43,7 @@ struct Cancellable<W> {
 impl<W: Write> Write for Cancellable<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "merge cancelled"));
+            return Err(std::io::Error::other("merge cancelled"));
         }
         self.inner.write(buf)
     }

@@ -142,3 +142,42 @@ async fn the_merge_from_the_bucket_writes_what_the_merge_through_scratch_does() 
     assert_eq!(streamed, Some(6 * 3000));
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).unwrap_or(0), 0);
 }
+
+#[tokio::test]
+async fn a_cancelled_merge_returns_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bucket(dir.path()).await;
+    let mut pops = Vec::new();
+    for a in 0..2u64 {
+        let mut pop = PopResult::new(&format!("p{a}"), &format!("a{a}"), PopStatus::Done);
+        let key = format!("edgecap-shards/c1/p{a}/a{a}/shard-000000.pcap");
+        pop.shards.push(put_shard(&store, &key, 1, a, 20_000).await);
+        pops.push(pop);
+    }
+    let record = CaptureRecord::from_request(
+        "acct",
+        crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
+        time::OffsetDateTime::now_utc(),
+    );
+    let record = CaptureRecord { pops, ..record };
+    let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+    for merge_streams in [256, 0] {
+        let full = leader(&repo, dir.path(), merge_streams);
+        let cancel = CancellationToken::new();
+        let merging = full.merge_into_bucket(&store, &record, &cancel);
+        tokio::pin!(merging);
+        // Cancelled while it runs (a writer that kept retrying would never come back).
+        let outcome = tokio::select! {
+            outcome = &mut merging => outcome,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {
+                cancel.cancel();
+                tokio::time::timeout(std::time::Duration::from_secs(20), merging).await.expect("the merge returns")
+            }
+        };
+        match outcome {
+            Err(MergeError::Cancelled) => assert!(store.head(&record.merged_key()).await.unwrap().is_none()),
+            // (Done before the cancel on a fast machine: then whole.)
+            other => assert_eq!(other.unwrap(), Some(40_000)),
+        }
+    }
+}
