@@ -38,6 +38,7 @@ mod pki;
 mod rate;
 mod stream;
 pub(crate) mod tls;
+mod unread;
 mod validate;
 mod web;
 
@@ -189,5 +190,6 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(timeout))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), trace_request))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(state)
 }
