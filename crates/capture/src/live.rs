@@ -103,8 +103,11 @@ enum FeedState {
     /// The capture is ending: the lookback's thread is to open its handle again ...
     Returning,
     /// ... and has, at `at_ns`, holding its packets until the capture says where it stopped
-    /// (`Own`). The capture reads on until its own ring has given it what came before.
+    /// (`Given`). The capture reads on until its own ring has given it what came before.
     Reopened { at_ns: u64 },
+    /// The capture has given the feed back, having read up to `after_ns`; the lookback's
+    /// thread takes it (then `Own`). No capture can claim it meanwhile.
+    Given { after_ns: u64 },
     /// The lookback's thread has ended: nothing can take over.
     Closed,
 }
@@ -176,14 +179,20 @@ impl Feed {
         matches!(self.state(), FeedState::Own { .. })
     }
 
+    /// Bytes the lookback keeps of each packet: a capture that keeps fewer cannot feed it.
+    pub fn snaplen(&self) -> usize {
+        lock(&self.lookback).config().snaplen as usize
+    }
+
     /// Takes over feeding the lookback, if its own thread feeds it now (not another capture).
     /// The capture then hands every packet it reads to the [`Feeder`], before its own filter,
     /// and [`Feeder::hand_back`] when it ends.
     pub fn claim(self: &Arc<Self>) -> Option<Feeder> {
+        self.asked.store(true, Ordering::Release);
         if !self.transition(|s| matches!(s, FeedState::Own { .. }), FeedState::Asked { at_ns: crate::now_ns() }) {
+            self.asked.store(false, Ordering::Release);
             return None;
         }
-        self.asked.store(true, Ordering::Release);
         self.wake();
         let (sample_rate, snaplen) = {
             let l = lock(&self.lookback);
@@ -252,14 +261,19 @@ impl Feeder {
         if self.after_ns.is_none()
             && let FeedState::Lent { after_ns } = self.feed.state()
         {
-            self.after_ns = Some(after_ns);
-            self.batch.seen += self.early_seen.iter().filter(|&&t| t > after_ns).count() as u64;
-            self.early_seen = Vec::new();
-            self.batch.retain_after(after_ns);
+            self.adopt(after_ns);
         }
         if self.last_flush.elapsed() >= FLUSH_EVERY {
             self.flush();
         }
+    }
+
+    /// The lookback's thread let go after reading up to `after_ns`: insert from there.
+    fn adopt(&mut self, after_ns: u64) {
+        self.after_ns = Some(after_ns);
+        self.batch.seen += self.early_seen.iter().filter(|&&t| t > after_ns).count() as u64;
+        self.early_seen = Vec::new();
+        self.batch.retain_after(after_ns);
     }
 
     /// The capture's source had nothing more to give: everything it read is inserted, and
@@ -296,16 +310,27 @@ impl Feeder {
     /// before the next packet is delivered); with several receive queues delivering at once,
     /// a packet or two around the hand-over may be counted by both sides or by neither.
     pub fn hand_back(mut self, source: &mut dyn CaptureSource) {
-        // Not taken over yet: withdraw the claim (nothing was inserted from this side).
-        if self.feed.transition(|s| matches!(s, FeedState::Asked { .. }), FeedState::Own { after_ns: 0 }) {
-            self.feed.asked.store(false, Ordering::Release);
-            self.returned = true;
-            return;
+        {
+            let feed = self.feed.clone();
+            let mut state = edgecap_common::lock(&feed.state);
+            match *state {
+                // Lent: learn where the lookback's thread stopped (if no tick did yet), then
+                // ask it to open its handle again.
+                FeedState::Lent { after_ns } => {
+                    if self.after_ns.is_none() {
+                        self.adopt(after_ns);
+                    }
+                    *state = FeedState::Returning;
+                }
+                // Not taken over yet (withdrawn), or the thread is gone.
+                _ => {
+                    drop(state);
+                    self.give_back();
+                    return;
+                }
+            }
         }
-        if !self.feed.transition(|s| matches!(s, FeedState::Lent { .. }), FeedState::Returning) {
-            self.give_back();
-            return;
-        }
+        self.feed.changed.notify_all();
         let end = Instant::now() + HAND_BACK_WAIT;
         let settle = settle_ns();
         let mut n = 0u32;
@@ -338,16 +363,26 @@ impl Feeder {
         }
         self.returned = true;
         self.feed.asked.store(false, Ordering::Release);
-        if self.after_ns.is_none()
-            && let FeedState::Lent { after_ns } = self.feed.state()
         {
-            self.after_ns = Some(after_ns);
-            self.batch.retain_after(after_ns);
+            let feed = self.feed.clone();
+            let mut state = edgecap_common::lock(&feed.state);
+            match *state {
+                // The lookback's thread never let go: it read everything; withdraw the claim.
+                FeedState::Asked { .. } => {
+                    *state = FeedState::Own { after_ns: 0 };
+                    drop(state);
+                    self.feed.changed.notify_all();
+                    return;
+                }
+                FeedState::Lent { after_ns } if self.after_ns.is_none() => self.adopt(after_ns),
+                _ => {}
+            }
         }
+        // (While the state is Lent, Returning or Reopened, only this side changes it.)
         self.flush();
         let mut state = edgecap_common::lock(&self.feed.state);
         if *state != FeedState::Closed {
-            *state = FeedState::Own { after_ns: self.last_seen_ns };
+            *state = FeedState::Given { after_ns: self.last_seen_ns };
         }
         drop(state);
         self.feed.changed.notify_all();
@@ -519,7 +554,8 @@ impl Own {
                     reads = reads.wrapping_add(1);
                     match holding.as_mut() {
                         Some(seen) if seen.len() < HAND_OVER_MAX => seen.push(packet.ts_ns),
-                        Some(_) => {}
+                        // (A hand-back that takes this long: no more is kept meanwhile.)
+                        Some(_) => continue,
                         None if packet.ts_ns <= after_ns => continue,
                         None => batch.seen += 1,
                     }
@@ -573,12 +609,14 @@ impl Own {
                     holding = Some(Vec::new());
                     continue;
                 }
-                FeedState::Own { after_ns: after } => {
+                FeedState::Given { after_ns: after } => {
                     if let Some(seen) = holding.take() {
                         after_ns = after;
                         batch.seen += seen.iter().filter(|&&t| t > after).count() as u64;
                         batch.retain_after(after);
                     }
+                    self.feed
+                        .transition(|s| s == FeedState::Given { after_ns: after }, FeedState::Own { after_ns: after });
                 }
                 _ => {}
             }
@@ -606,9 +644,9 @@ impl Own {
     /// thread's handle again. `None`: stopped meanwhile.
     fn lent(&self) -> Option<Box<dyn CaptureSource>> {
         let iface = &self.feed.iface;
-        // Handed back (Returning), or given back at once (Own: the capture ended without
+        // Handed back (Returning), or given back at once (Given: the capture ended without
         // waiting for this handle, or gave up waiting).
-        let back = |s: FeedState| matches!(s, FeedState::Returning | FeedState::Own { .. });
+        let back = |s: FeedState| matches!(s, FeedState::Returning | FeedState::Given { .. });
         loop {
             self.feed.wait_until(back, &|| self.stopped());
             if self.stopped() {
@@ -627,5 +665,69 @@ impl Own {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceConfig;
+    use crate::source::replay::ReplayConfig;
+    use crate::{LookbackConfig, now_ns};
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < end, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A capture takes the feed over and hands it back; the feed cannot be claimed again
+    /// until the lookback's thread has taken it back; a claim withdrawn before the hand-over
+    /// leaves the lookback as it was. (Replayed packets: the hand-over states, not exactness,
+    /// which tests/tests/capture_engine.rs checks on a real interface.)
+    #[test]
+    fn the_feed_goes_out_and_comes_back_and_is_claimed_once_at_a_time() {
+        let lookback = Arc::new(Mutex::new(Lookback::new(LookbackConfig::default())));
+        let replay = ReplayConfig { file: None, rate_pps: 2000, frame_bytes: 100, clock_skew_ns: 0 };
+        let sources = crate::source::factory(&SourceConfig::Replay(replay));
+        let config = LookbackCaptureConfig { interfaces: vec!["sim0".into()], ..Default::default() };
+        let capture = LookbackCapture::start(&config, sources.clone(), lookback.clone()).unwrap();
+        let feed = capture.feed("sim0").unwrap();
+        assert!(capture.feed("other").is_none());
+        let options = OpenOptions { snaplen: 65535, buffer_size: 1 << 20, promisc: false, timeout_ms: FEED_TIMEOUT_MS };
+        let mut source = sources.open("sim0", &options).unwrap();
+
+        let mut feeder = feed.claim().expect("the lookback's own thread feeds it");
+        assert!(feed.claim().is_none() && !feed.available(), "one capture at a time");
+        wait_for("the lookback to let go", || {
+            if let Ok(Next::Packet(p)) = source.next() {
+                feeder.packet(p.ts_ns, p.orig_len, p.data);
+            }
+            feeder.tick();
+            feeder.after_ns.is_some()
+        });
+        let before = lock(&lookback).len();
+        for _ in 0..200 {
+            if let Ok(Next::Packet(p)) = source.next() {
+                feeder.packet(p.ts_ns, p.orig_len, p.data);
+            }
+            feeder.tick();
+        }
+        feeder.quiet(now_ns());
+        assert!(lock(&lookback).len() > before, "the capture's packets reach the lookback");
+        feeder.hand_back(source.as_mut());
+        wait_for("the lookback's thread to take its feed back", || feed.available());
+        let again = lock(&lookback).stats().packets_sampled;
+        wait_for("its own packets again", || lock(&lookback).stats().packets_sampled > again + 20);
+
+        // Claimed and given up at once: withdrawn, or (if the lookback let go already) handed
+        // back; either way it is free again.
+        let withdrawn = feed.claim().expect("free again");
+        withdrawn.hand_back(source.as_mut());
+        wait_for("the feed to be free again", || feed.available());
+        capture.stop();
+        assert!(feed.claim().is_none(), "the lookback's thread is gone");
     }
 }

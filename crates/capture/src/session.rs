@@ -331,7 +331,12 @@ impl LiveCapture {
         // Feeding the lookback: every packet is read, and the filter runs here instead.
         // The filter is set before the lookback lets go: setting a filter empties the ring
         // of what it held, which must not be packets the lookback counts on this side for.
-        let feeder = match config.feed.as_ref().filter(|feed| feed.available()) {
+        // Not when the capture keeps less of each packet than the lookback does, nor when its
+        // filter reads VLAN or other encapsulation headers (see `user_space_view`).
+        let can_feed = |feed: &&Arc<Feed>| {
+            feed.available() && config.snaplen as usize >= feed.snaplen() && !reads_encapsulation(&config.filter)
+        };
+        let feeder = match config.feed.as_ref().filter(can_feed) {
             Some(feed) => {
                 // Refused here like a kernel filter would be; compiled again on the thread.
                 if !config.filter.is_empty() {
@@ -448,6 +453,30 @@ impl Drop for LiveCapture {
     }
 }
 
+/// Whether a filter reads headers that the kernel's filter and user space see differently:
+/// a VLAN tag (Linux takes it out of the frame before packet sockets see it; libpcap puts it
+/// back into the data it hands over), or what follows one (MPLS, PPPoE, tunnels). A capture
+/// with such a filter keeps its kernel filter on its own ring and does not feed the lookback.
+pub(crate) fn reads_encapsulation(filter: &str) -> bool {
+    filter
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| matches!(w, "vlan" | "mpls" | "pppoed" | "pppoes" | "geneve" | "vxlan"))
+}
+
+/// What the kernel's filter sees of a packet libpcap handed over: an Ethernet frame without
+/// its outer 802.1Q/802.1ad tag (and 4 bytes shorter on the wire), so that a filter run here
+/// matches what it would have matched in the kernel ("ip" matches tagged IPv4 there).
+fn user_space_view<'a>(linktype: i32, data: &'a [u8], orig_len: u32, scratch: &'a mut Vec<u8>) -> (&'a [u8], u32) {
+    let tagged = linktype == 1 && data.len() >= 18 && matches!([data[12], data[13]], [0x81, 0x00] | [0x88, 0xa8]);
+    if !tagged {
+        return (data, orig_len);
+    }
+    scratch.clear();
+    scratch.extend_from_slice(&data[..12]);
+    scratch.extend_from_slice(&data[16..]);
+    (scratch, orig_len.saturating_sub(4))
+}
+
 /// A capture that feeds the lookback: its feeder, and its filter run in user space.
 struct Feeding {
     feeder: Option<Feeder>,
@@ -475,6 +504,8 @@ fn capture_loop(
         _ => None,
     };
     let mut feeding = Feeding { feeder, filter };
+    let linktype = source.linktype();
+    let mut untagged = Vec::new();
     let fresh = || match recycled.try_recv() {
         Ok(mut b) => {
             b.data.clear();
@@ -528,10 +559,11 @@ fn capture_loop(
                         feeder.tick();
                     }
                 }
-                if let Some(filter) = &feeding.filter
-                    && !crate::offline::matches(filter, packet.data, packet.orig_len)
-                {
-                    continue;
+                if let Some(filter) = &feeding.filter {
+                    let (data, orig_len) = user_space_view(linktype, packet.data, packet.orig_len, &mut untagged);
+                    if !crate::offline::matches(filter, data, orig_len) {
+                        continue;
+                    }
                 }
                 shared.matched.fetch_add(1, Ordering::Relaxed);
                 if let Some(scope) = &scope
@@ -683,4 +715,31 @@ fn write_loop(
     counters.stop_reason.get_or_insert(StopReason::Stopped);
     let finished = sink.finish(&counters);
     result.and(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_runs_in_user_space_on_what_the_kernel_would_have_seen() {
+        // A VLAN-tagged IPv4/UDP frame as libpcap hands it over (tag put back in the data).
+        let mut tagged = vec![0u8; 12];
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a, 0x08, 0x00]);
+        tagged.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        tagged.extend_from_slice(&[0, 53, 0, 53, 0, 8, 0, 0]);
+        let mut scratch = Vec::new();
+        let (view, len) = user_space_view(1, &tagged, tagged.len() as u32, &mut scratch);
+        assert_eq!((view.len(), len as usize), (tagged.len() - 4, tagged.len() - 4));
+        let udp = crate::compile_offline(1, 65535, "udp port 53").unwrap();
+        assert!(crate::offline::matches(&udp, view, len), "matches as the kernel's filter does");
+        assert!(!crate::offline::matches(&udp, &tagged, tagged.len() as u32), "(the frame as handed over would not)");
+        // Untagged frames and other link types are left as they are.
+        let untagged = [&tagged[..12], &tagged[16..]].concat();
+        assert_eq!(user_space_view(1, &untagged, 99, &mut scratch).1, 99);
+        assert_eq!(user_space_view(113, &tagged, 99, &mut scratch).0.len(), tagged.len());
+        // A filter about VLANs or what they carry keeps its kernel filter (no feeding).
+        assert!(reads_encapsulation("vlan 10 and udp") && reads_encapsulation("(mpls) and ip"));
+        assert!(!reads_encapsulation("udp port 53") && !reads_encapsulation("host 10.0.0.1"));
+    }
 }
