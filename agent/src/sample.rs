@@ -47,7 +47,7 @@ fn answer(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleC
     if latest > now {
         let give_up =
             std::time::Instant::now() + Duration::from_nanos((latest - now).min(VISIBILITY_DELAY.as_nanos() as u64));
-        while lock(lookback).settled_ns().is_none_or(|s| s < query.to_ns) && std::time::Instant::now() < give_up {
+        while lock(lookback).settled_ns().is_none_or(|s| s <= query.to_ns) && std::time::Instant::now() < give_up {
             std::thread::sleep(SETTLE_POLL);
         }
     }

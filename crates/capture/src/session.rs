@@ -129,7 +129,7 @@ impl LiveConfig {
             buffer_size: self.buffer_size,
             promisc: self.promisc,
             // Feeding the lookback, ring blocks retire as often as the lookback's own.
-            timeout_ms: if self.feed.is_some() { self.timeout_ms.min(FEED_TIMEOUT_MS) } else { self.timeout_ms },
+            timeout_ms: if self.feed.is_some() { self.timeout_ms.clamp(1, FEED_TIMEOUT_MS) } else { self.timeout_ms },
         }
     }
 
@@ -552,35 +552,35 @@ fn capture_loop(
         let mut check_clock = false;
         match source.next() {
             Ok(Next::Packet(packet)) => {
+                // Counted for every packet read, whether the filter takes it or not, so that a
+                // busy interface whose packets mostly miss still checks the clock.
                 since_clock += 1;
+                if since_clock >= 1024 {
+                    since_clock = 0;
+                    check_clock = true;
+                }
                 if let Some(feeder) = feeding.feeder.as_mut() {
                     feeder.packet(packet.ts_ns, packet.orig_len, packet.data);
                     if since_clock.is_multiple_of(64) {
                         feeder.tick();
                     }
                 }
-                if let Some(filter) = &feeding.filter {
+                let passes = feeding.filter.as_ref().is_none_or(|filter| {
                     let (data, orig_len) = user_space_view(linktype, packet.data, packet.orig_len, &mut untagged);
-                    if !crate::offline::matches(filter, data, orig_len) {
-                        continue;
+                    crate::offline::matches(filter, data, orig_len)
+                });
+                if passes {
+                    shared.matched.fetch_add(1, Ordering::Relaxed);
+                    if scope.as_ref().is_some_and(|s| !crate::offline::matches(s, packet.data, packet.orig_len)) {
+                        shared.excluded.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let start = batch.data.len();
+                        batch.data.extend_from_slice(packet.data);
+                        batch.packets.push((packet.ts_ns, packet.orig_len, start, packet.data.len()));
+                        if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
+                            break;
+                        }
                     }
-                }
-                shared.matched.fetch_add(1, Ordering::Relaxed);
-                if let Some(scope) = &scope
-                    && !crate::offline::matches(scope, packet.data, packet.orig_len)
-                {
-                    shared.excluded.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let start = batch.data.len();
-                batch.data.extend_from_slice(packet.data);
-                batch.packets.push((packet.ts_ns, packet.orig_len, start, packet.data.len()));
-                if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
-                    break;
-                }
-                if since_clock >= 1024 {
-                    since_clock = 0;
-                    check_clock = true;
                 }
             }
             Ok(Next::Timeout) => {

@@ -89,8 +89,9 @@ impl LibpcapSource {
                 Waited::Woken
             }
             Ok(_) => Waited::Ready,
-            // Interrupted by a signal: a short wait, answered like a timeout.
-            Err(_) => Waited::TimedOut,
+            // Interrupted by a signal: answered like a wake (not a timeout, which says the ring
+            // had nothing: it may have a block ready that this wait did not look at).
+            Err(_) => Waited::Woken,
         }
     }
 }
