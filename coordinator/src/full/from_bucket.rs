@@ -148,9 +148,14 @@ async fn download(store: Arc<dyn ObjectStore>, agent: AgentShards, tx: mpsc::Sen
             if meta.size != shard.file_bytes {
                 return Err(size_differs(shard, meta.size));
             }
+            if shard.file_bytes < PCAP_HEADER as u64 {
+                let why = format!("shard {} has {} bytes: not even a pcap file header", shard.key, shard.file_bytes);
+                return Err(StorageError::Rejected(why).into());
+            }
             // No more than the size recorded at commit: an endless answer is refused.
             let mut reader = reader.take(shard.file_bytes + 1);
             let mut header = [0u8; PCAP_HEADER];
+            // (Its size was checked: a short read here is the connection's fault, not the shard's.)
             reader.read_exact(&mut header).await.map_err(|e| unavailable(&shard.key, e))?;
             let mut got = PCAP_HEADER as u64;
             match first {

@@ -420,7 +420,11 @@ impl ObjectStore for S3Store {
         cancel: &CancellationToken,
     ) -> Result<u64> {
         let object = self.object_key(key)?;
-        let upload_id = self.create_multipart(key, false).await?;
+        let upload_id = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+            created = self.create_multipart(key, false) => created?,
+        };
         // Some(size): completed; None: nothing came but the end (no part: an empty object).
         // Parts go up side by side, up to PARTS_AT_ONCE, while the next ones are produced.
         let upload = async {
@@ -462,7 +466,11 @@ impl ObjectStore for S3Store {
             Ok(Some(size)) => Ok(size),
             Ok(None) => {
                 let _ = self.abort_multipart(key, &upload_id).await;
-                self.put(key, Bytes::new()).await.map(|()| 0)
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => Err(StorageError::Cancelled),
+                    put = self.put(key, Bytes::new()) => put.map(|()| 0),
+                }
             }
             Err(e) => {
                 // Best effort: an abandoned upload holds storage until a lifecycle rule clears it.

@@ -181,3 +181,27 @@ async fn a_cancelled_merge_returns_and_commits_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_shard_shorter_than_a_file_header_is_refused_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bucket(dir.path()).await;
+    store.put("edgecap-shards/c1/p/a/shard-000001.pcap", Bytes::from_static(b"short")).await.unwrap();
+    let mut shard = put_shard(&store, "edgecap-shards/c1/p/a/shard-000002.pcap", 1, 0, 1).await;
+    shard.key = "edgecap-shards/c1/p/a/shard-000001.pcap".into();
+    shard.file_bytes = 5;
+    let mut pop = PopResult::new("p", "a", PopStatus::Done);
+    pop.shards = vec![shard];
+    let record = CaptureRecord::from_request(
+        "acct",
+        crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
+        time::OffsetDateTime::now_utc(),
+    );
+    let record = CaptureRecord { pops: vec![pop], ..record };
+    let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+    let started = std::time::Instant::now();
+    let error = leader(&repo, dir.path(), 256).merge_into_bucket(&store, &record, &CancellationToken::new()).await;
+    let error = error.unwrap_err().to_string();
+    assert!(error.contains("not even a pcap file header"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused, not retried for merge_retry");
+}
