@@ -11,6 +11,13 @@ use crate::agents::Registry;
 use crate::model::{PopResult, PopStatus, ShardRef};
 use crate::store::Repo;
 
+/// A full capture's record with these PoPs.
+fn full_record(pops: Vec<PopResult>) -> CaptureRecord {
+    let request = crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full);
+    let record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+    CaptureRecord { pops, ..record }
+}
+
 /// A local directory standing in for the bucket.
 async fn bucket(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
     edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.join("bucket") }).await.unwrap()
@@ -53,12 +60,7 @@ async fn a_shard_larger_in_the_bucket_than_committed_is_not_downloaded_whole() {
         };
         let mut pop = PopResult::new("p", "a", PopStatus::Done);
         pop.shards = vec![shard];
-        let record = CaptureRecord::from_request(
-            "acct",
-            crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
-            time::OffsetDateTime::now_utc(),
-        );
-        let record = CaptureRecord { pops: vec![pop], ..record };
+        let record = full_record(vec![pop]);
         let outcome = full.merge_into_bucket(&store, &record, &CancellationToken::new()).await;
         let error = outcome.unwrap_err().to_string();
         assert!(error.contains("more than 100 bytes") && error.contains("100 were committed"), "{error}");
@@ -111,11 +113,7 @@ async fn the_merge_from_the_bucket_writes_what_the_merge_through_scratch_does() 
         }
         pops.push(pop);
     }
-    let record = CaptureRecord::from_request(
-        "acct",
-        crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
-        time::OffsetDateTime::now_utc(),
-    );
+    let record = full_record(Vec::new());
     let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
     let full = |merge_streams| leader(&repo, dir.path(), merge_streams);
     let merged = |record: &CaptureRecord| {
@@ -154,12 +152,7 @@ async fn a_cancelled_merge_returns_and_commits_nothing() {
         pop.shards.push(put_shard(&store, &key, 1, a, 20_000).await);
         pops.push(pop);
     }
-    let record = CaptureRecord::from_request(
-        "acct",
-        crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
-        time::OffsetDateTime::now_utc(),
-    );
-    let record = CaptureRecord { pops, ..record };
+    let record = full_record(pops);
     let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
     for merge_streams in [256, 0] {
         let full = leader(&repo, dir.path(), merge_streams);
@@ -192,12 +185,7 @@ async fn a_shard_shorter_than_a_file_header_is_refused_not_retried() {
     shard.file_bytes = 5;
     let mut pop = PopResult::new("p", "a", PopStatus::Done);
     pop.shards = vec![shard];
-    let record = CaptureRecord::from_request(
-        "acct",
-        crate::model::CaptureRequest::for_test(crate::model::CaptureType::Full),
-        time::OffsetDateTime::now_utc(),
-    );
-    let record = CaptureRecord { pops: vec![pop], ..record };
+    let record = full_record(vec![pop]);
     let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
     let started = std::time::Instant::now();
     let error = leader(&repo, dir.path(), 256).merge_into_bucket(&store, &record, &CancellationToken::new()).await;
