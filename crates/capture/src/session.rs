@@ -336,23 +336,25 @@ impl LiveCapture {
         let can_feed = |feed: &&Arc<Feed>| {
             feed.available() && config.snaplen as usize >= feed.snaplen() && !reads_encapsulation(&config.filter)
         };
-        let feeder = match config.feed.as_ref().filter(can_feed) {
+        let feeding = match config.feed.as_ref().filter(can_feed) {
             Some(feed) => {
-                // Refused here like a kernel filter would be; compiled again on the thread.
-                if !config.filter.is_empty() {
-                    crate::compile_offline(source.linktype(), config.snaplen as i32, &config.filter)?;
-                }
+                // Refused here like a kernel filter would be.
+                let filter = (!config.filter.is_empty())
+                    .then(|| crate::compile_offline(source.linktype(), config.snaplen as i32, &config.filter))
+                    .transpose()?;
                 source.set_filter("")?;
-                let feeder = feed.claim();
-                if feeder.is_none() {
+                match feed.claim() {
+                    Some(feeder) => Feeding { feeder: Some(feeder), filter },
                     // Another capture took it meanwhile.
-                    source.set_filter(&config.filter)?;
+                    None => {
+                        source.set_filter(&config.filter)?;
+                        Feeding { feeder: None, filter: None }
+                    }
                 }
-                feeder
             }
             None => {
                 source.set_filter(&config.filter)?;
-                None
+                Feeding { feeder: None, filter: None }
             }
         };
         let shared = Arc::new(Shared::default());
@@ -396,7 +398,7 @@ impl LiveCapture {
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(source, feeder, tx, recycle_rx, shared, config))
+                .spawn(move || capture_loop(source, feeding, tx, recycle_rx, shared, config))
                 .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
@@ -477,7 +479,8 @@ fn user_space_view<'a>(linktype: i32, data: &'a [u8], orig_len: u32, scratch: &'
     (scratch, orig_len.saturating_sub(4))
 }
 
-/// A capture that feeds the lookback: its feeder, and its filter run in user space.
+/// A capture that feeds the lookback: its feeder, and its filter run in user space (both
+/// `None` when it does not).
 struct Feeding {
     feeder: Option<Feeder>,
     filter: Option<pcap::BpfProgram>,
@@ -485,25 +488,12 @@ struct Feeding {
 
 fn capture_loop(
     mut source: Box<dyn CaptureSource>,
-    feeder: Option<Feeder>,
+    mut feeding: Feeding,
     tx: SyncSender<Batch>,
     recycled: Receiver<Batch>,
     shared: Arc<Shared>,
     config: LiveConfig,
 ) {
-    let filter = match &feeder {
-        Some(_) if !config.filter.is_empty() => {
-            match crate::compile_offline(source.linktype(), config.snaplen as i32, &config.filter) {
-                Ok(program) => Some(program),
-                Err(error) => {
-                    shared.finish(StopReason::Failed(format!("filter: {error}")));
-                    return;
-                }
-            }
-        }
-        _ => None,
-    };
-    let mut feeding = Feeding { feeder, filter };
     let linktype = source.linktype();
     let mut untagged = Vec::new();
     let fresh = || match recycled.try_recv() {
