@@ -93,8 +93,8 @@ impl std::fmt::Debug for LookbackCapture {
 /// Who feeds the lookback from one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FeedState {
-    /// The lookback's own handle; packets stamped up to `after_ns` came from a capture.
-    Own { after_ns: u64 },
+    /// The lookback's own handle.
+    Own,
     /// A capture asked to take over at `at_ns`, its ring open from before then; the
     /// lookback's thread lets go once its own ring has given it what came before.
     Asked { at_ns: u64 },
@@ -176,7 +176,7 @@ impl Feed {
 
     /// Whether [`Feed::claim`] would succeed now (no capture feeds it, its thread runs).
     pub fn available(&self) -> bool {
-        matches!(self.state(), FeedState::Own { .. })
+        matches!(self.state(), FeedState::Own)
     }
 
     /// Bytes the lookback keeps of each packet: a capture that keeps fewer cannot feed it.
@@ -189,7 +189,7 @@ impl Feed {
     /// and [`Feeder::hand_back`] when it ends.
     pub fn claim(self: &Arc<Self>) -> Option<Feeder> {
         self.asked.store(true, Ordering::Release);
-        if !self.transition(|s| matches!(s, FeedState::Own { .. }), FeedState::Asked { at_ns: crate::now_ns() }) {
+        if !self.transition(|s| matches!(s, FeedState::Own), FeedState::Asked { at_ns: crate::now_ns() }) {
             self.asked.store(false, Ordering::Release);
             return None;
         }
@@ -369,7 +369,7 @@ impl Feeder {
             match *state {
                 // The lookback's thread never let go: it read everything; withdraw the claim.
                 FeedState::Asked { .. } => {
-                    *state = FeedState::Own { after_ns: 0 };
+                    *state = FeedState::Own;
                     drop(state);
                     self.feed.changed.notify_all();
                     return;
@@ -422,7 +422,7 @@ impl LookbackCapture {
                 iface: iface.clone(),
                 index,
                 lookback: lookback.clone(),
-                state: Mutex::new(FeedState::Own { after_ns: 0 }),
+                state: Mutex::new(FeedState::Own),
                 changed: Condvar::new(),
                 waker: Mutex::new(Some(source.waker())),
                 asked: AtomicBool::new(false),
@@ -615,8 +615,7 @@ impl Own {
                         batch.seen += seen.iter().filter(|&&t| t > after).count() as u64;
                         batch.retain_after(after);
                     }
-                    self.feed
-                        .transition(|s| s == FeedState::Given { after_ns: after }, FeedState::Own { after_ns: after });
+                    self.feed.transition(|s| s == FeedState::Given { after_ns: after }, FeedState::Own);
                 }
                 _ => {}
             }

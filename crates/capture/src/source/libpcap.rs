@@ -32,9 +32,8 @@ pub struct LibpcapSource {
     linktype: i32,
     /// Written by [`Waker`]s; readable until a wait answers [`Next::Woken`].
     wake: std::sync::Arc<rustix::fd::OwnedFd>,
-    /// How long a wait lasts; `None`: until a packet or a wake.
-    timeout: Option<rustix::event::Timespec>,
-    /// The kernel's block timeout: how long a packet can sit in a partly filled block.
+    /// The read timeout, which is also the kernel's block timeout (how long a packet can sit
+    /// in a partly filled block): how long a wait lasts; zero: until a packet or a wake.
     block_timeout: std::time::Duration,
     /// The last read found the ring empty: wait before reading again.
     drained: bool,
@@ -68,20 +67,20 @@ impl LibpcapSource {
             iface: iface.to_string(),
             source: pcap::Error::IoError(std::io::Error::from(e).kind()),
         })?;
-        let timeout = (options.timeout_ms > 0).then(|| rustix::event::Timespec {
-            tv_sec: i64::from(options.timeout_ms / 1000),
-            tv_nsec: i64::from(options.timeout_ms % 1000) * 1_000_000,
-        });
         let block_timeout = std::time::Duration::from_millis(u64::from(options.timeout_ms.max(0).unsigned_abs()));
         let wake = std::sync::Arc::new(wake);
-        Ok(Self { iface: iface.to_string(), capture, linktype, wake, timeout, block_timeout, drained: true })
+        Ok(Self { iface: iface.to_string(), capture, linktype, wake, block_timeout, drained: true })
     }
 
     /// Waits until the ring has a block to read, a wake, or the timeout.
     fn wait(&mut self) -> Waited {
         use rustix::event::{PollFd, PollFlags, poll};
         let mut fds = [PollFd::new(&self.capture, PollFlags::IN), PollFd::new(&*self.wake, PollFlags::IN)];
-        match poll(&mut fds, self.timeout.as_ref()) {
+        let timeout = (!self.block_timeout.is_zero()).then(|| rustix::event::Timespec {
+            tv_sec: self.block_timeout.as_secs() as i64,
+            tv_nsec: i64::from(self.block_timeout.subsec_nanos()),
+        });
+        match poll(&mut fds, timeout.as_ref()) {
             Ok(0) => Waited::TimedOut,
             Ok(_) if fds[1].revents().contains(PollFlags::IN) => {
                 let mut count = [0u8; 8];
