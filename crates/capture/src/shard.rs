@@ -193,7 +193,7 @@ pub fn file_crc32c(path: &Path) -> io::Result<String> {
 }
 
 /// A CRC32C as S3 writes it: base64 of its 4 big-endian bytes.
-pub fn crc32c_text(crc: u32) -> String {
+fn crc32c_text(crc: u32) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let b = crc.to_be_bytes();
     let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);

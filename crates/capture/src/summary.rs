@@ -44,6 +44,11 @@ pub struct Summary {
     pub destination_port: u16,
 }
 
+/// TCP, UDP and SCTP: the protocols whose ports BPF's `port` reads.
+fn carries_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
+}
+
 fn be16(data: &[u8], at: usize) -> Option<u16> {
     data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
 }
@@ -76,7 +81,7 @@ impl Summary {
             }
             _ => return Self::default(),
         };
-        let with_ports = matches!(protocol, 6 | 17 | 132);
+        let with_ports = carries_ports(protocol);
         match ports_at.filter(|_| with_ports).and_then(|at| Some((be16(data, at)?, be16(data, at + 2)?))) {
             Some((source_port, destination_port)) => {
                 Self { known: Known::Ports, protocol, source_port, destination_port }
@@ -111,14 +116,9 @@ impl Prefilter {
                 && self.destination_port.is_none_or(|p| p == s.destination_port));
         // A port filter on a packet whose protocol is known to carry no ports cannot match.
         let no_ports = s.known == Known::Protocol
-            && !matches!(s.protocol, 6 | 17 | 132)
+            && !carries_ports(s.protocol)
             && (self.source_port.is_some() || self.destination_port.is_some());
         protocol_ok && ports_ok && !no_ports
-    }
-
-    /// True when it rules nothing out (the filter has none of its fields).
-    pub fn is_empty(&self) -> bool {
-        self.protocol.is_none() && self.source_port.is_none() && self.destination_port.is_none()
     }
 }
 
