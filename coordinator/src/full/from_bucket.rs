@@ -146,7 +146,7 @@ async fn download(store: Arc<dyn ObjectStore>, agent: AgentShards, tx: mpsc::Sen
         let result = async {
             let (meta, reader) = store.get(&shard.key).await?;
             if meta.size != shard.file_bytes {
-                return Err(size_differs(shard, meta.size));
+                return Err(size_differs(shard, meta.size).into());
             }
             if shard.file_bytes < PCAP_HEADER as u64 {
                 let why = format!("shard {} has {} bytes: not even a pcap file header", shard.key, shard.file_bytes);
@@ -187,7 +187,7 @@ async fn download(store: Arc<dyn ObjectStore>, agent: AgentShards, tx: mpsc::Sen
                 }
             }
             if got != shard.file_bytes {
-                return Err(size_differs(shard, got));
+                return Err(size_differs(shard, got).into());
             }
             Ok(true)
         }
@@ -205,10 +205,12 @@ async fn download(store: Arc<dyn ObjectStore>, agent: AgentShards, tx: mpsc::Sen
     let _ = tx.send(Chunk::End).await;
 }
 
-fn size_differs(shard: &ShardRef, held: u64) -> FromBucketError {
+/// The refusal of a shard whose size in the bucket is not the one committed (`held`: what
+/// was found, or read up to the bound of one byte more). Both merge paths give it.
+pub(super) fn size_differs(shard: &ShardRef, held: u64) -> StorageError {
     let held = if held > shard.file_bytes { format!("more than {}", shard.file_bytes) } else { held.to_string() };
     let why = format!("shard {} has {held} bytes in the bucket, {} were committed", shard.key, shard.file_bytes);
-    StorageError::Rejected(why).into()
+    StorageError::Rejected(why)
 }
 
 fn unavailable(key: &str, e: std::io::Error) -> FromBucketError {

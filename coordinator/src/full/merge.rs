@@ -317,15 +317,7 @@ async fn download_to(
                     .await
                     .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
                 if copied != shard.file_bytes {
-                    let held = if copied > shard.file_bytes {
-                        format!("more than {}", shard.file_bytes)
-                    } else {
-                        copied.to_string()
-                    };
-                    return Err(StorageError::Rejected(format!(
-                        "shard {} has {held} bytes in the bucket, {} were committed",
-                        shard.key, shard.file_bytes
-                    )));
+                    return Err(from_bucket::size_differs(shard, copied));
                 }
                 file.flush().await?;
                 Ok(())
