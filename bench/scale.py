@@ -625,7 +625,10 @@ def all_capturing(expect):
     return check
 
 
-def scenario_full(env, a):
+def start_full_setup(env, a):
+    """etcd, s3s-fs, the coordinators and the agents (colo a.colo) for full captures, and a
+    validated bucket; waits a.settle. Returns the first coordinator's API and the bucket's
+    destination_conf."""
     env.start_etcd()
     env.start_s3()
     env.start_coordinators(a.replicas)
@@ -633,6 +636,11 @@ def scenario_full(env, a):
     api = env.coordinators[0].api
     dest = ownership(env, api)
     time.sleep(a.settle)
+    return api, dest
+
+
+def scenario_full(env, a):
+    api, dest = start_full_setup(env, a)
     perf = Perf(env, env.coordinators[0].pid, a.perf, "full") if a.perf else None
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
@@ -815,13 +823,7 @@ def run_anchor(a):
 
 
 def scenario_etcd(env, a):
-    env.start_etcd()
-    env.start_s3()
-    env.start_coordinators(a.replicas)
-    env.start_agents(a.agents, a.agents, [a.colo], a.rate, a.sim_procs)
-    api = env.coordinators[0].api
-    dest = ownership(env, api)
-    time.sleep(a.settle)
+    api, dest = start_full_setup(env, a)
     pids = [c.pid for c in env.coordinators] + [env.etcd.proc.pid] + [p.pid for p in env.sims]
     la0 = loadavg()
     idle = etcd_window(env, a.seconds, pids)
