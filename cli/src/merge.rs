@@ -2,12 +2,12 @@
 //! `mergecap -w OUT IN...` on capture shards.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use edgecap_merge::{MergeInput, MergeOptions, OutputFormat, merge};
+use edgecap_merge::{MergeInput, MergeOptions, OutputFormat, WriteBehind, merge};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
@@ -36,14 +36,17 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
-    // Small buffers on purpose: the merge's time goes into copying bytes in and out of them,
-    // and copies through buffers that stay in the CPU cache are much cheaper (measured in
-    // docs/benchmarks.md: 32 KiB per input beat 1 MiB by up to 2x). Memory: 32 KiB per input.
-    let env = |name: &str, default: usize| {
-        std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|v| *v >= 4096).unwrap_or(default)
+    // Small read buffers on purpose: the merge's time goes into copying bytes in and out of
+    // them, and copies through buffers that stay in the CPU cache are much cheaper (measured
+    // in docs/benchmarks.md: 32 KiB per input beat 1 MiB by up to 2x). Memory: 32 KiB per
+    // input. The output is written by a thread of its own (the kernel's copy into the page
+    // cache runs beside the merge), through WRITE_DEPTH buffers.
+    let env = |name: &str, default: usize, least: usize| {
+        std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|v| *v >= least).unwrap_or(default)
     };
-    let buffer = env("EDGECAP_MERGE_READ_BUFFER", 32 << 10);
-    let out_buffer = env("EDGECAP_MERGE_WRITE_BUFFER", 32 << 10);
+    let buffer = env("EDGECAP_MERGE_READ_BUFFER", 32 << 10, 4096);
+    let out_buffer = env("EDGECAP_MERGE_WRITE_BUFFER", 256 << 10, 4096);
+    let depth = env("EDGECAP_MERGE_WRITE_DEPTH", 4, 1);
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
         let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
@@ -58,8 +61,8 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         args.output.file_name().and_then(|n| n.to_str()).unwrap_or("merge"),
         std::process::id()
     ));
-    let out =
-        BufWriter::with_capacity(out_buffer, File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?);
+    let file = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let out = WriteBehind::new(file, "merge-writer", out_buffer, depth).context("start the writer thread")?;
     let options = MergeOptions {
         format: Some(match args.format {
             Format::Pcap => OutputFormat::Pcap,
@@ -76,7 +79,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let file = out.into_inner().map_err(|e| e.into_error()).context("flush the output")?;
+    let file = out.finish().context("write the output")?;
     file.sync_all().context("sync the output")?;
     std::fs::rename(&tmp, &args.output).with_context(|| format!("rename to {}", args.output.display()))?;
     for input in &report.inputs {

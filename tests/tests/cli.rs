@@ -488,3 +488,101 @@ async fn a_dry_run_says_what_would_happen_and_starts_nothing() {
     agents.shutdown(Duration::from_secs(10)).await;
     coordinator.shutdown().await.unwrap();
 }
+
+/// Three classic pcap inputs of interleaved timestamps (sizes 60 to 1 500 bytes, 3 x 4 000
+/// packets, ~9 MB in all: many of the merge's 256 KiB output buffers), and the packets in the
+/// order a merge must write them: (timestamp ns, input, index).
+fn merge_inputs(dir: &Path) -> (Vec<PathBuf>, Vec<(u64, usize, usize)>) {
+    let mut paths = Vec::new();
+    let mut expected = Vec::new();
+    for input in 0..3usize {
+        let path = dir.join(format!("in{input}.pcap"));
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut writer = edgecap_merge::write::PcapWriter::new(file, 1, 65535, false).unwrap();
+        for i in 0..4000usize {
+            // Ties across inputs every 7th packet: the earlier input goes first.
+            let ts = 1_700_000_000_000_000_000 + (i as u64 * 3 + if i % 7 == 0 { 0 } else { input as u64 }) * 1000;
+            let len = 60 + (i * 37 + input * 11) % 1441;
+            let data: Vec<u8> = (0..len).map(|j| (i + j + input) as u8).collect();
+            writer.packet(ts, len as u32, &data).unwrap();
+            expected.push((ts, input, i));
+        }
+        writer.finish().unwrap();
+        paths.push(path);
+    }
+    expected.sort();
+    (paths, expected)
+}
+
+/// `edgecap merge`: the output (written by its writer thread) holds every packet, byte for
+/// byte, in time order; a malformed input, or a disk that fills up, is one line naming what
+/// failed, and leaves neither the output nor its temporary file behind.
+#[test]
+fn merge_writes_every_packet_in_order_and_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let (inputs, expected) = merge_inputs(home);
+    let out = home.join("all.pcap");
+    let mut args = vec!["merge".to_owned(), "-o".into(), out.display().to_string()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = edgecap(home, &argv, &[]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("12000 packets from 3 inputs"), "{}", text(&run.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    let mut reader = edgecap_merge::CaptureReader::open(&bytes[..]).unwrap();
+    let mut record = edgecap_merge::Record::default();
+    for &(ts, input, i) in &expected {
+        assert!(reader.next_record(&mut record).unwrap(), "packet ({input}, {i}) is missing");
+        let ts_us = ts / 1000 * 1000;
+        let len = 60 + (i * 37 + input * 11) % 1441;
+        let data: Vec<u8> = (0..len).map(|j| (i + j + input) as u8).collect();
+        assert_eq!((record.ts_ns, record.bytes()), (ts_us, &data[..]), "packet ({input}, {i})");
+    }
+    assert!(!reader.next_record(&mut record).unwrap(), "nothing more");
+    let leftovers = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .count()
+    };
+    assert_eq!(leftovers(home), 0);
+
+    // A malformed input: one line naming the file and the byte, nothing left behind.
+    let junk = home.join("junk.pcap");
+    std::fs::write(&junk, b"this is not a capture at all").unwrap();
+    let bad_out = home.join("bad.pcap");
+    let run = edgecap(
+        home,
+        &["merge", "-o", bad_out.to_str().unwrap(), inputs[0].to_str().unwrap(), junk.to_str().unwrap()],
+        &[],
+    );
+    fails(&run, 5, "junk.pcap: at byte 0: not a pcap or pcapng file");
+    assert!(!bad_out.exists());
+    assert_eq!(leftovers(home), 0);
+
+    // A disk that fills up while the writer thread writes: a 1 MiB tmpfs (root only).
+    if !edgecap_e2e::require_root("merge on a full disk (mounts a tmpfs)") {
+        return;
+    }
+    let small = home.join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let full_out = small.join("all.pcap");
+    let mut args = vec!["merge".to_owned(), "-o".into(), full_out.display().to_string()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = edgecap(home, &argv, &[]);
+    fails(&run, 5, "No space left on device");
+    assert!(!full_out.exists());
+    assert_eq!(leftovers(&small), 0, "the temporary output is removed");
+}

@@ -7,12 +7,13 @@
 //! directory is removed and a multipart upload of the merged file is aborted before the
 //! runner returns. The next leader does the merge again.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use edgecap_merge::WriteBehind;
 use edgecap_storage::{ObjectStore, StorageError};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -274,9 +275,10 @@ impl FullCaptures {
         let scratch = out_path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.tmp_dir.clone());
         let mut work = tokio::task::spawn_blocking(move || -> anyhow::Result<edgecap_merge::MergeReport> {
             let file = std::fs::File::create(&merged)?;
-            let out = BufWriter::with_capacity(64 << 10, Cancellable { inner: file, cancelled: flag });
+            // Written on a thread of its own, beside the merge (docs/merge.md, "Memory").
+            let out = WriteBehind::new(Cancellable { inner: file, cancelled: flag }, "merge-writer", 256 << 10, 4)?;
             let (out, report) = super::stage::merge(agents, out, &options, fan_in, &scratch)?;
-            out.into_inner().map_err(|e| e.into_error())?.inner.sync_all()?;
+            out.finish()?.inner.sync_all()?;
             Ok(report)
         });
         let joined = tokio::select! {

@@ -5,17 +5,21 @@
 //!   counters).
 //! * [`merge`](merge::merge): the streaming k-way merge, in memory bounded by the number of
 //!   inputs, never by their size.
+//! * [`behind`]: a `Write` that writes on a thread of its own, so the kernel's copy of the
+//!   output runs beside the merge.
 //! * [`merge_sorted`] / [`write_classic_pcap`]: the in-memory form the coordinator uses for
 //!   sample captures, whose answers are already in memory.
 //!
 //! Synchronous, no async runtime, no I/O but the `Read`/`Write` it is given: callers run it
-//! on a thread or in `spawn_blocking`. Ordering rule (everywhere in this crate): by
+//! on a thread or in `spawn_blocking` ([`behind::WriteBehind`] starts one thread of its own). Ordering rule (everywhere in this crate): by
 //! timestamp; ties keep input order; within an input, its own order is kept.
 
+pub mod behind;
 pub mod merge;
 pub mod read;
 pub mod write;
 
+pub use behind::WriteBehind;
 pub use merge::{MergeError, MergeInput, MergeOptions, MergeReport, OutputFormat, Provenance, merge};
 pub use read::{CaptureReader, ReadError, Record};
 
