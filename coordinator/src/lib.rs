@@ -128,7 +128,9 @@ impl Coordinator {
             config.tmp_dir.clone(),
             metrics.clone(),
         ));
+        let relay = Arc::new(sample::relay::Relay::new(repo.clone(), config.sample_timeout));
         let samples = Arc::new(sample::SampleCaptures {
+            relay: relay.clone(),
             repo: repo.clone(),
             registry: registry.clone(),
             objects: objects.clone(),
@@ -232,7 +234,8 @@ impl Coordinator {
         tasks.spawn(full.clone().lead(tasks.token()));
         tasks.spawn(full.clone().forward_jobs(tasks.token()));
         // Sample queries for agents connected here, asked by other replicas.
-        tasks.spawn(sample::relay::serve(repo.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
+        tasks.spawn(sample::relay::serve(relay.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
+        tasks.spawn(relay.run(tasks.token()));
         tracing::info!(%api_addr, %grpc_addr, name = %config.name, "coordinator started");
         Ok(Self { api_addr, grpc_addr, router, registry, tasks, servers })
     }

@@ -34,6 +34,46 @@ async fn etcd_passes_the_conformance_suite_and_isolates_prefixes() {
     let mut watch = store.watch("/edgecap/", 1).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut watch)).await.unwrap();
     assert!(matches!(first, Some(Err(StateError::Compacted { .. }))), "{first:?}");
+    drop(watch);
+
+    // A watch its reader dropped ends in etcd at once, not at the next event under its
+    // prefix (which may never come): etcd's own count of watchers goes back down.
+    let endpoint = endpoints[0].clone();
+    let count = move || {
+        let endpoint = endpoint.clone();
+        async move { tokio::task::spawn_blocking(move || etcd_watchers(&endpoint)).await.unwrap() }
+    };
+    let settled = |want: fn(u64, u64) -> bool, base: u64| {
+        let count = count.clone();
+        async move {
+            for _ in 0..100 {
+                let now = count().await;
+                if want(now, base) {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("etcd's watcher count stayed at {}, from {base}", count().await);
+        }
+    };
+    let base = count().await;
+    let watches: Vec<_> = futures::future::join_all((0..20).map(|_| store.watch("/edgecap/quiet/", 0))).await;
+    settled(|now, base| now >= base + 20, base).await;
+    drop(watches);
+    settled(|now, base| now <= base, base).await;
+}
+
+/// etcd's `etcd_debugging_mvcc_watcher_total` (its open watchers), from its `/metrics`.
+fn etcd_watchers(endpoint: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).unwrap();
+    socket.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n").unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no watcher count in etcd's metrics")) as u64
 }
 
 #[tokio::test]

@@ -137,7 +137,7 @@ pub(super) async fn execute(
             if a.local {
                 samples.registry.sample(&a.agent_id, query, samples.timeout).await
             } else {
-                super::relay::remote_sample(&samples.repo, &a.agent_id, query, samples.timeout).await
+                samples.relay.sample(&a.agent_id, query, samples.timeout).await
             }
         }
     }));

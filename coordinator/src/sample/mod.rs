@@ -41,6 +41,8 @@ pub(crate) struct SampleCaptures {
     pub(crate) timeout: Duration,
     /// How long to wait for a first agent when none is connected.
     pub(crate) agent_wait: Duration,
+    /// Queries for agents on other replicas, and their answers.
+    pub(crate) relay: Arc<relay::Relay>,
     /// The runs in progress.
     pub(crate) tasks: Tasks,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -210,8 +212,9 @@ mod tests {
     #[tokio::test]
     async fn an_account_runs_at_most_its_limit_of_sample_captures_and_places_come_back() {
         let dir = tempfile::tempdir().unwrap();
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
         let samples = Arc::new(SampleCaptures {
-            repo: Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap()),
+            repo: repo.clone(),
             registry: Arc::new(Registry::default()),
             objects: edgecap_storage::open(&edgecap_storage::StorageConfig::LocalDir { root: dir.path().into() })
                 .await
@@ -220,6 +223,7 @@ mod tests {
             packet_limit_max: 10,
             timeout: Duration::from_secs(1),
             agent_wait: Duration::ZERO,
+            relay: Arc::new(relay::Relay::new(repo.clone(), Duration::from_secs(1))),
             tasks: Tasks::new(),
             metrics: Default::default(),
             running: Default::default(),

@@ -70,7 +70,7 @@ impl SampleCaptures {
                 if a.local {
                     self.registry.sample(&a.agent_id, query, self.timeout).await
                 } else {
-                    super::relay::remote_sample(&self.repo, &a.agent_id, query, self.timeout).await
+                    self.relay.sample(&a.agent_id, query, self.timeout).await
                 }
             }
         }))

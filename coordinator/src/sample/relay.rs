@@ -1,47 +1,174 @@
 //! Sample queries for agents connected to another coordinator replica, relayed through the
 //! state store (no replica-to-replica connections; keys in `store/repo.rs`).
 //!
-//! The asking replica writes the query under a lease as long as its timeout and watches the
-//! answers; every replica watches the relayed queries and runs those of the agents connected
-//! to it, writing the answer in chunks under a short lease. Everything vanishes by itself when
-//! its lease ends.
+//! The asking replica writes the query under a lease at least as long as its timeout; every
+//! replica watches the relayed queries and runs those of the agents connected to it, writing
+//! the answer in chunks under a lease of at least a minute. Everything vanishes by itself
+//! when its lease ends.
+//!
+//! Per relayed PoP that is one write each way. A replica reads the answers to its own queries
+//! from one watch that lives as long as it does ([`Relay::run`]): request ids are
+//! `{instance}/{id}`, so its answers (`sample-answers/{instance}/{id}/{agent}/{n}`) share a
+//! prefix of their own. Leases are shared by the queries (and answers) written within a few
+//! seconds of each other ([`SharedLease`]), not granted and revoked for each one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgecap_common::lock;
 use edgecap_common::tasks::Tasks;
 use edgecap_proto::agent::v1 as pb;
-use edgecap_state::WatchEvent;
-use futures::StreamExt;
+use edgecap_state::{KeyValue, LeaseId, StateError, StateStore};
 use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::agents::{Registry, SampleAnswer};
-use crate::store::Repo;
+use crate::store::{Repo, RepoError};
 
-/// Asks a remote agent (connected to another replica) for its lookback window.
-pub(super) async fn remote_sample(
-    repo: &Repo,
-    agent_id: &str,
-    mut query: pb::SampleQuery,
-    timeout: Duration,
-) -> Result<SampleAnswer, String> {
-    let store = repo.store().clone();
-    let request_id = crate::model::new_id();
-    query.request_id = request_id.clone();
-    let query_limit = query.packet_limit as usize;
-    let lease = store.grant_lease(timeout + Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
-    let result = async {
-        let revision = store.revision().await.map_err(|e| e.to_string())?;
-        let mut events =
-            repo.watch_sample_answers(&request_id, agent_id, revision + 1).await.map_err(|e| e.to_string())?;
-        repo.put_sample_job(agent_id, &request_id, query.encode_to_vec(), lease).await.map_err(|e| e.to_string())?;
+/// A lease handed to every key written while it is young, then replaced: each key lives at
+/// least `min_life` and at most `min_life + reuse`, at the cost of one grant per `reuse`.
+pub(crate) struct SharedLease {
+    min_life: Duration,
+    reuse: Duration,
+    current: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
+}
+
+impl SharedLease {
+    pub(crate) fn new(min_life: Duration, reuse: Duration) -> Self {
+        Self { min_life, reuse, current: tokio::sync::Mutex::new(None) }
+    }
+
+    /// A lease that lives at least `min_life` from now.
+    async fn get(&self, store: &Arc<dyn StateStore>) -> Result<LeaseId, StateError> {
+        let mut current = self.current.lock().await;
+        if let Some((lease, granted)) = *current
+            && granted.elapsed() < self.reuse
+        {
+            return Ok(lease);
+        }
+        let lease = store.grant_lease(self.min_life + self.reuse).await?;
+        *current = Some((lease, Instant::now()));
+        Ok(lease)
+    }
+
+    /// Forgets `lease` (it ended early, for example while the store was slow).
+    async fn forget(&self, lease: LeaseId) {
+        let mut current = self.current.lock().await;
+        if current.is_some_and(|(l, _)| l == lease) {
+            *current = None;
+        }
+    }
+
+    /// Writes with a shared lease; once more with a new one if that lease has ended.
+    async fn put<F, Fut>(&self, store: &Arc<dyn StateStore>, write: F) -> Result<(), String>
+    where
+        F: Fn(LeaseId) -> Fut,
+        Fut: std::future::Future<Output = crate::store::Result<()>>,
+    {
+        for attempt in 0..2 {
+            let lease = self.get(store).await.map_err(|e| e.to_string())?;
+            match write(lease).await {
+                Ok(()) => return Ok(()),
+                Err(RepoError::State(StateError::LeaseNotFound(_))) if attempt == 0 => self.forget(lease).await,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("no lease".into())
+    }
+}
+
+/// This replica's relayed queries: their leases and where their answers go.
+pub(crate) struct Relay {
+    repo: Repo,
+    /// Names this process's requests: a new one at every start.
+    instance: String,
+    /// Request id (without the instance) -> the asking task.
+    waiting: Mutex<HashMap<String, mpsc::UnboundedSender<KeyValue>>>,
+    queries: SharedLease,
+    answers: SharedLease,
+}
+
+/// Takes a request off the waiting list however its task ends.
+struct Waiting<'a> {
+    relay: &'a Relay,
+    id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.relay.waiting).remove(&self.id);
+    }
+}
+
+impl Relay {
+    /// `timeout`: the longest a relayed query is waited for (its key lives at least that long).
+    pub(crate) fn new(repo: Repo, timeout: Duration) -> Self {
+        Self {
+            repo,
+            instance: crate::model::new_id(),
+            waiting: Mutex::default(),
+            queries: SharedLease::new(timeout + Duration::from_secs(5), Duration::from_secs(5)),
+            answers: SharedLease::new(Duration::from_secs(60), Duration::from_secs(10)),
+        }
+    }
+
+    fn answers_prefix(&self) -> String {
+        self.repo.sample_answers_prefix(&self.instance)
+    }
+
+    /// Hands an answer chunk to the query waiting for it, if any.
+    fn route(&self, kv: KeyValue) {
+        let prefix = self.answers_prefix();
+        let Some(id) = kv.key.strip_prefix(&prefix).and_then(|rest| rest.split('/').next()) else { return };
+        if let Some(tx) = lock(&self.waiting).get(id) {
+            let _ = tx.send(kv);
+        }
+    }
+
+    /// Reads the answers to this replica's queries from one watch, until `cancel`. After an
+    /// interruption the answers already written are read again (the chunks are keyed, so a
+    /// chunk seen twice counts once).
+    pub(crate) async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let prefix = self.answers_prefix();
+        let catch_up = || async {
+            match self.repo.store().list(&prefix).await {
+                Ok(kvs) => kvs.into_iter().for_each(|kv| self.route(kv)),
+                Err(error) => tracing::warn!(%error, "relayed answers not read"),
+            }
+        };
+        let on_put = |kv| {
+            self.route(kv);
+            async {}
+        };
+        self.repo.follow_puts(&prefix, "relayed answers", &cancel, catch_up, on_put).await;
+    }
+
+    /// Asks a remote agent (connected to another replica) for its lookback window.
+    pub(super) async fn sample(
+        &self,
+        agent_id: &str,
+        mut query: pb::SampleQuery,
+        timeout: Duration,
+    ) -> Result<SampleAnswer, String> {
+        let deadline = Instant::now() + timeout;
+        let id = crate::model::new_id();
+        query.request_id = format!("{}/{id}", self.instance);
+        let query_limit = query.packet_limit as usize;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        lock(&self.waiting).insert(id.clone(), tx);
+        let _waiting = Waiting { relay: self, id };
+        let store = self.repo.store().clone();
+        let encoded = query.encode_to_vec();
+        self.queries
+            .put(&store, |lease| self.repo.put_sample_job(agent_id, &query.request_id, encoded.clone(), lease))
+            .await?;
         let mut chunks = std::collections::BTreeMap::new();
-        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let event = match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(Some(Ok(e))) => e,
-                Ok(Some(Err(e))) => return Err(format!("relay watch: {e}")),
-                Ok(None) => return Err("relay watch ended".into()),
+            let kv = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(kv)) => kv,
+                Ok(None) => return Err("relay ended".into()),
                 Err(_) => {
                     return Err(format!(
                         "agent did not answer within {} s (relayed through another coordinator)",
@@ -49,10 +176,12 @@ pub(super) async fn remote_sample(
                     ));
                 }
             };
-            let WatchEvent::Put(kv) = event else { continue };
+            if self.repo.sample_answer_agent(&kv.key).as_deref() != Some(agent_id) {
+                continue;
+            }
             let chunk = pb::SampleChunk::decode(kv.value.as_slice()).map_err(|e| format!("relayed answer: {e}"))?;
             let done = chunk.done;
-            chunks.insert(repo.sample_answer_seq(&kv.key), chunk);
+            chunks.insert(self.repo.sample_answer_seq(&kv.key), chunk);
             // The last chunk is written last, so all before it have arrived by then.
             if done {
                 break;
@@ -66,39 +195,141 @@ pub(super) async fn remote_sample(
         }
         Err("relayed answer ended without its last chunk".into())
     }
-    .await;
-    let _ = store.revoke_lease(lease).await;
-    result
 }
 
 /// Runs the relayed queries of the agents connected to this replica, driven by a watch,
 /// until `tasks` is cancelled; each query runs as one of `tasks`.
-pub(crate) async fn serve(repo: Repo, registry: Arc<Registry>, timeout: Duration, tasks: Tasks) {
+pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: Duration, tasks: Tasks) {
+    let repo = relay.repo.clone();
     let prefix = repo.sample_jobs_prefix();
     let cancel = tasks.token();
     let on_put = |kv: edgecap_state::KeyValue| {
         if let Some(agent_id) = repo.sample_job_agent(&kv.key).filter(|a| registry.is_connected(a))
             && let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice())
         {
-            let (repo, registry) = (repo.clone(), registry.clone());
-            tasks.spawn(async move { answer(&repo, &registry, &agent_id, query, timeout).await });
+            let (relay, registry) = (relay.clone(), registry.clone());
+            tasks.spawn(async move { answer(&relay, &registry, &agent_id, query, timeout).await });
         }
         async {}
     };
     repo.follow_puts(&prefix, "sample relay", &cancel, || async {}, on_put).await;
 }
 
-async fn answer(repo: &Repo, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
+async fn answer(relay: &Relay, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
     let request_id = query.request_id.clone();
     let chunks = match registry.sample(agent_id, query, timeout).await {
         Ok(answer) => pb::SampleChunk::split(&request_id, answer.packets, answer.matched, answer.lookback),
         Err(error) => vec![pb::SampleChunk::failure(&request_id, error)],
     };
-    let Ok(lease) = repo.store().grant_lease(Duration::from_secs(60)).await else { return };
+    let store = relay.repo.store().clone();
     for (n, chunk) in chunks.iter().enumerate() {
-        if let Err(error) = repo.put_sample_answer(&request_id, agent_id, n, chunk.encode_to_vec(), lease).await {
+        let encoded = chunk.encode_to_vec();
+        let written = relay
+            .answers
+            .put(&store, |lease| relay.repo.put_sample_answer(&request_id, agent_id, n, encoded.clone(), lease))
+            .await;
+        if let Err(error) = written {
             tracing::warn!(%agent_id, %error, "relayed sample answer not written");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    /// Plays the other replica: waits for each relayed query and writes `chunks(query)` as
+    /// its answer (as `answer` does), plus stray chunks that must not be taken for it.
+    async fn other_replica(
+        repo: Repo,
+        mut jobs: edgecap_state::WatchStream,
+        count: usize,
+        chunks: impl Fn(&pb::SampleQuery) -> Vec<pb::SampleChunk>,
+    ) {
+        let answers = SharedLease::new(Duration::from_secs(60), Duration::from_secs(10));
+        let store = repo.store().clone();
+        for _ in 0..count {
+            let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = jobs.next().await else { panic!("job watch ended") };
+            let agent = repo.sample_job_agent(&kv.key).unwrap();
+            let query = pb::SampleQuery::decode(kv.value.as_slice()).unwrap();
+            let request = query.request_id.clone();
+            // Another agent's chunk under the same request, and another request's chunk.
+            let stray = pb::SampleChunk::failure(&request, "not this agent".into()).encode_to_vec();
+            let other_request = format!("{request}x");
+            for (req, who) in [(&request, "someone-else"), (&other_request, agent.as_str())] {
+                answers.put(&store, |lease| repo.put_sample_answer(req, who, 0, stray.clone(), lease)).await.unwrap();
+            }
+            for (n, chunk) in chunks(&query).iter().enumerate() {
+                let bytes = chunk.encode_to_vec();
+                answers
+                    .put(&store, |lease| repo.put_sample_answer(&request, &agent, n, bytes.clone(), lease))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    fn packets(n: usize, size: usize) -> Vec<pb::Packet> {
+        (0..n)
+            .map(|i| pb::Packet {
+                ts_ns: i as u64,
+                orig_len: size as u32,
+                data: vec![i as u8; size],
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A relayed answer of several chunks arrives whole through the replica's one watch; other
+    /// agents' and other requests' chunks are not mixed in; queries written close together
+    /// share a lease; nothing stays on the waiting list; an unanswered query times out.
+    #[tokio::test]
+    async fn relayed_answers_arrive_whole_through_one_watch() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let relay = Arc::new(Relay::new(repo.clone(), Duration::from_secs(5)));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let runner = tokio::spawn(relay.clone().run(cancel.clone()));
+
+        // 3 000 packets of 1 000 bytes: 3 MB, several chunks under the 1 MiB limit.
+        let jobs = repo.store().watch(&repo.sample_jobs_prefix(), 0).await.unwrap();
+        let answering = tokio::spawn(other_replica(repo.clone(), jobs, 2, |query| {
+            pb::SampleChunk::split(&query.request_id, packets(3000, 1000), 3000, pb::LookbackStats::default())
+        }));
+        assert!(pb::SampleChunk::split("r", packets(3000, 1000), 3000, Default::default()).len() >= 3);
+        let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
+        for agent in ["agent-a", "agent-b"] {
+            let answer = relay.sample(agent, query.clone(), Duration::from_secs(5)).await.unwrap();
+            assert_eq!(answer.packets.len(), 3000, "{agent}: every chunk arrived");
+            assert!(answer.packets.iter().enumerate().all(|(i, p)| p.ts_ns == i as u64 && p.data.len() == 1000));
+            assert_eq!(answer.matched, 3000);
+        }
+        answering.await.unwrap();
+        let jobs = repo.store().list(&repo.sample_jobs_prefix()).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert!(jobs[0].lease.is_some() && jobs[0].lease == jobs[1].lease, "one lease for both queries");
+        assert!(jobs.iter().all(|kv| kv.key.contains(&relay.instance)), "request ids name the instance");
+        assert!(lock(&relay.waiting).is_empty());
+
+        // Nobody answers: the query's own timeout, and it leaves the waiting list.
+        let error = relay.sample("agent-c", query, Duration::from_millis(300)).await.unwrap_err();
+        assert!(error.contains("did not answer within"), "{error}");
+        assert!(lock(&relay.waiting).is_empty());
+        cancel.cancel();
+        runner.await.unwrap();
+    }
+
+    /// A lease that ended early is replaced, and the write goes through.
+    #[tokio::test]
+    async fn a_shared_lease_that_ended_is_replaced() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let store = repo.store().clone();
+        let shared = SharedLease::new(Duration::from_secs(60), Duration::from_secs(10));
+        let first = shared.get(&store).await.unwrap();
+        store.revoke_lease(first).await.unwrap();
+        shared.put(&store, |lease| repo.put_sample_job("a", "i/1", vec![1], lease)).await.unwrap();
+        let kv = store.list(&repo.sample_jobs_prefix()).await.unwrap().pop().unwrap();
+        assert!(kv.lease.is_some() && kv.lease != Some(first));
     }
 }

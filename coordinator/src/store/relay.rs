@@ -1,6 +1,6 @@
 //! Keys of sample queries relayed to agents on other replicas (see `sample/relay.rs`).
 
-use edgecap_state::{LeaseId, Revision, WatchStream};
+use edgecap_state::LeaseId;
 
 use super::repo::{Repo, Result, keys};
 
@@ -26,14 +26,17 @@ impl Repo {
         Ok(())
     }
 
-    /// Watches the answer chunks of one relayed query from `revision`.
-    pub(crate) async fn watch_sample_answers(
-        &self,
-        request: &str,
-        agent: &str,
-        revision: Revision,
-    ) -> Result<WatchStream> {
-        Ok(self.store().watch(&keys::sample_answers(request, agent), revision).await?)
+    /// The prefix of the answers to the queries of one replica process (its request ids are
+    /// `{instance}/{id}`).
+    pub(crate) fn sample_answers_prefix(&self, instance: &str) -> String {
+        keys::sample_answers_of(instance)
+    }
+
+    /// The agent an answer chunk's key is for (`…/{request}/{agent}/{n}`).
+    pub(crate) fn sample_answer_agent(&self, key: &str) -> Option<String> {
+        let mut parts = key.rsplit('/');
+        parts.next()?;
+        parts.next().map(str::to_string)
     }
 
     /// The chunk number of an answer key.

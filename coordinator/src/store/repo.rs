@@ -26,6 +26,7 @@
 //! /edgecap/v1/active-full/{account}                       [{"id", "reserved_ns"}]  the account's active full captures (CAS: the limit holds across replicas)
 //! /edgecap/v1/sample-jobs/{agent_id}/{request_id}         SampleQuery (protobuf, leased)   relayed to the agent's replica
 //! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf, leased)   its answer, in chunks
+//!   (request ids are `{instance}/{id}`: one prefix per asking replica process, one watch)
 //! ```
 
 use std::sync::Arc;
@@ -166,8 +167,9 @@ pub(super) mod keys {
     pub fn sample_job(agent: &str, request: &str) -> String {
         format!("{PREFIX}/sample-jobs/{agent}/{request}")
     }
-    pub fn sample_answers(request: &str, agent: &str) -> String {
-        format!("{PREFIX}/sample-answers/{request}/{agent}/")
+    /// Answers to the queries of one replica process (request ids `{instance}/{id}`).
+    pub fn sample_answers_of(instance: &str) -> String {
+        format!("{PREFIX}/sample-answers/{instance}/")
     }
     pub fn sample_answer(request: &str, agent: &str, n: usize) -> String {
         format!("{PREFIX}/sample-answers/{request}/{agent}/{n:06}")

@@ -183,7 +183,13 @@ impl StateStore for EtcdStore {
         let store = self.clone();
         let events = async_stream(move |tx| async move {
             loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    // Nobody reads the events any more: end the watch (dropping its stream
+                    // cancels it in etcd) instead of waiting for the next event to notice.
+                    () = tx.closed() => return,
+                    message = stream.message() => message,
+                };
+                match message {
                     Ok(Some(response)) => {
                         if response.compact_revision() > 0 || response.canceled() {
                             let oldest = response.compact_revision().max(0) as Revision;
