@@ -106,12 +106,29 @@ impl Progress {
 
 /// Polls capture `id` until it is final or `timeout` passes (an error, exit 5), showing
 /// progress on a terminal.
+/// An answer that says "try again" (503 and the gateway errors in front of a coordinator).
+fn unavailable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Refusal>().is_some_and(|r| matches!(r.status, 502..=504))
+}
+
 pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut progress = Progress::new(id);
     let result = async {
         loop {
-            let c = api.call("GET", &format!("/{id}"), None).await?;
+            let c = match api.call("GET", &format!("/{id}"), None).await {
+                Ok(c) => c,
+                // The coordinator's state store is briefly unreachable (an etcd restart, a
+                // leader election): the capture goes on, and so does the wait.
+                Err(e) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
+                    if let Some(p) = progress.as_mut() {
+                        p.main.set_message(format!("{e:#}; asking again"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(p) = progress.as_mut() {
                 p.update(&c);
             }
@@ -174,5 +191,22 @@ pub async fn stream(api: &Api, id: &str, out: &Path) -> anyhow::Result<u64> {
     match result.with_context(|| format!("stream capture {id} into {}", out.display()))? {
         edgecap_client::Download::Written(n) => Ok(n),
         edgecap_client::Download::Refused { status, body } => Err(Refusal::new(status, &body).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_try_again_answers_are_waited_through() {
+        let refusal = |status| anyhow::Error::from(Refusal::new(status, b"{}"));
+        for status in [502, 503, 504] {
+            assert!(unavailable(&refusal(status)), "{status}");
+        }
+        for status in [400, 403, 404, 429, 500] {
+            assert!(!unavailable(&refusal(status)), "{status}");
+        }
+        assert!(!unavailable(&anyhow::anyhow!("connection refused")));
     }
 }

@@ -93,7 +93,11 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
     assert_eq!(full["status"], "success", "{full:#}\n{}", sim.log_text());
     let pops = full["pops"].as_array().unwrap();
     assert_eq!(pops.len(), AGENTS / 2, "{full:#}");
-    assert!(pops.iter().all(|p| p["status"] == "done" && p["pop"].as_str().unwrap().starts_with("ams")));
+    assert!(
+        pops.iter().all(|p| p["status"] == "done" && p["pop"].as_str().unwrap().starts_with("ams")),
+        "{full:#}\n{}",
+        sim.log_text()
+    );
     let total: u64 = pops.iter().map(|p| p["packets"].as_u64().unwrap()).sum();
     assert!(total > 0);
     assert_eq!(full["packets_captured"].as_u64().unwrap(), total, "{full:#}");
