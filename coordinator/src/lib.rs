@@ -235,6 +235,7 @@ impl Coordinator {
         tasks.spawn(full.clone().forward_jobs(tasks.token()));
         // Sample queries for agents connected here, asked by other replicas.
         tasks.spawn(sample::relay::serve(relay.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
+        tasks.spawn(sample::batch::serve(relay.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
         tasks.spawn(relay.run(tasks.token()));
         tracing::info!(%api_addr, %grpc_addr, name = %config.name, "coordinator started");
         Ok(Self { api_addr, grpc_addr, router, registry, tasks, servers })

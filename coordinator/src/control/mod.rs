@@ -122,6 +122,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             connected_at: crate::model::rfc3339(time::OffsetDateTime::now_utc()),
             sample_rate: hello.sample_rate,
             announced: true,
+            relay_batches: true,
         };
         let session = events::Session {
             agent_id: cert_agent,

@@ -208,6 +208,7 @@ mod tests {
             connected_at: String::new(),
             sample_rate: 1,
             announced: false,
+            relay_batches: false,
         };
         repo.put_agent(&presence, lease).await.unwrap();
         for i in 0..2 {

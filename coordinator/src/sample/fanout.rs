@@ -55,7 +55,47 @@ pub(super) struct Target {
     pub pop: String,
     pub sample_rate: u32,
     pub kernel_dropped: u64,
-    pub local: bool,
+    pub reach: Reach,
+}
+
+/// How a sample query reaches an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Connected to this replica: asked on its control stream.
+    Here,
+    /// On another replica that reads batches: one relayed query for all of them.
+    Batch,
+    /// On a replica of an earlier version: one relayed query per agent.
+    Single,
+}
+
+/// Asks every agent in `agents` (the answers in the same order).
+pub(super) async fn ask(
+    samples: &SampleCaptures,
+    agents: &[Target],
+    query: &pb::SampleQuery,
+) -> Vec<Result<crate::agents::SampleAnswer, String>> {
+    let batched: Vec<&str> = agents.iter().filter(|a| a.reach == Reach::Batch).map(|a| a.agent_id.as_str()).collect();
+    let each = join_all(agents.iter().map(|a| {
+        let query = query.clone();
+        async move {
+            match a.reach {
+                Reach::Here => samples.registry.sample(&a.agent_id, query, samples.timeout).await,
+                Reach::Single => samples.relay.sample(&a.agent_id, query, samples.timeout).await,
+                // Filled in from the batch below.
+                Reach::Batch => Err(String::new()),
+            }
+        }
+    }));
+    let batch = samples.relay.sample_many(&batched, query.clone(), samples.timeout);
+    let (mut answers, batch) = futures::future::join(each, batch).await;
+    let mut batch = batch.into_iter();
+    for (answer, agent) in answers.iter_mut().zip(agents) {
+        if agent.reach == Reach::Batch {
+            *answer = batch.next().unwrap_or_else(|| Err("no answer in the relayed batch".into()));
+        }
+    }
+    answers
 }
 
 /// Every present agent: those connected here from the registry, the others from the shared
@@ -70,7 +110,7 @@ pub(super) async fn targets(samples: &SampleCaptures) -> Vec<Target> {
             pop: a.pop,
             sample_rate: a.sample_rate,
             kernel_dropped: a.lookback.kernel_dropped,
-            local: true,
+            reach: Reach::Here,
         })
         .collect();
     if let Ok(present) = samples.repo.list_agents().await {
@@ -81,7 +121,7 @@ pub(super) async fn targets(samples: &SampleCaptures) -> Vec<Target> {
                     pop: p.pop,
                     sample_rate: p.sample_rate,
                     kernel_dropped: 0,
-                    local: false,
+                    reach: if p.relay_batches { Reach::Batch } else { Reach::Single },
                 });
             }
         }
@@ -131,16 +171,7 @@ pub(super) async fn execute(
         // The sample_capture span: the agents' lookback queries join the capture's trace.
         traceparent: edgecap_telemetry::traceparent(),
     };
-    let asked = join_all(agents.iter().map(|a| {
-        let query = query.clone();
-        async move {
-            if a.local {
-                samples.registry.sample(&a.agent_id, query, samples.timeout).await
-            } else {
-                samples.relay.sample(&a.agent_id, query, samples.timeout).await
-            }
-        }
-    }));
+    let asked = ask(samples, &agents, &query);
     let answers = tokio::select! {
         _ = cancel.cancelled() => return None,
         answers = asked => answers,

@@ -17,6 +17,7 @@ use crate::model::{CaptureStatus, CaptureType};
 use crate::store::{Repo, RepoError};
 use edgecap_state::StateError;
 
+pub(crate) mod batch;
 mod fanout;
 mod file;
 mod probe;

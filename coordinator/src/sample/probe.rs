@@ -64,17 +64,7 @@ impl SampleCaptures {
             traceparent: edgecap_telemetry::traceparent(),
         };
         let agents: Vec<_> = targets(self).await.into_iter().filter(|t| wanted(&t.agent_id, &t.pop)).collect();
-        let asked = futures::future::join_all(agents.iter().map(|a| {
-            let query = query.clone();
-            async move {
-                if a.local {
-                    self.registry.sample(&a.agent_id, query, self.timeout).await
-                } else {
-                    self.relay.sample(&a.agent_id, query, self.timeout).await
-                }
-            }
-        }))
-        .await;
+        let asked = super::fanout::ask(self, &agents, &query).await;
         agents
             .into_iter()
             .zip(asked)

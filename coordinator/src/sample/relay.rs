@@ -62,7 +62,7 @@ impl SharedLease {
     }
 
     /// Writes with a shared lease; once more with a new one if that lease has ended.
-    async fn put<F, Fut>(&self, store: &Arc<dyn StateStore>, write: F) -> Result<(), String>
+    pub(super) async fn put<F, Fut>(&self, store: &Arc<dyn StateStore>, write: F) -> Result<(), String>
     where
         F: Fn(LeaseId) -> Fut,
         Fut: std::future::Future<Output = crate::store::Result<()>>,
@@ -81,19 +81,19 @@ impl SharedLease {
 
 /// This replica's relayed queries: their leases and where their answers go.
 pub(crate) struct Relay {
-    repo: Repo,
+    pub(super) repo: Repo,
     /// Names this process's requests: a new one at every start.
-    instance: String,
+    pub(super) instance: String,
     /// Request id (without the instance) -> the asking task.
-    waiting: Mutex<HashMap<String, mpsc::UnboundedSender<KeyValue>>>,
-    queries: SharedLease,
-    answers: SharedLease,
+    pub(super) waiting: Mutex<HashMap<String, mpsc::UnboundedSender<KeyValue>>>,
+    pub(super) queries: SharedLease,
+    pub(super) answers: SharedLease,
 }
 
 /// Takes a request off the waiting list however its task ends.
-struct Waiting<'a> {
-    relay: &'a Relay,
-    id: String,
+pub(super) struct Waiting<'a> {
+    pub(super) relay: &'a Relay,
+    pub(super) id: String,
 }
 
 impl Drop for Waiting<'_> {
@@ -114,7 +114,7 @@ impl Relay {
         }
     }
 
-    fn answers_prefix(&self) -> String {
+    pub(super) fn answers_prefix(&self) -> String {
         self.repo.sample_answers_prefix(&self.instance)
     }
 
@@ -145,7 +145,8 @@ impl Relay {
         self.repo.follow_puts(&prefix, "relayed answers", &cancel, catch_up, on_put).await;
     }
 
-    /// Asks a remote agent (connected to another replica) for its lookback window.
+    /// Asks a remote agent (connected to a replica of an earlier version, which reads no
+    /// batches: `sample/batch.rs`) for its lookback window.
     pub(super) async fn sample(
         &self,
         agent_id: &str,

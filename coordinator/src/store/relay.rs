@@ -26,6 +26,30 @@ impl Repo {
         Ok(())
     }
 
+    /// The prefix every batch of relayed queries lives under (watched by every replica).
+    pub(crate) fn sample_batches_prefix(&self) -> String {
+        keys::sample_batches()
+    }
+
+    /// A query for several agents; `request` is `{instance}/{id}`.
+    pub(crate) async fn put_sample_batch(&self, request: &str, batch: Vec<u8>, lease: LeaseId) -> Result<()> {
+        self.store().put(&keys::sample_batch(request), batch, Some(lease)).await?;
+        Ok(())
+    }
+
+    /// The `n`th key of answers a replica (`answerer`, its instance) packed for a batch.
+    pub(crate) async fn put_sample_batch_answer(
+        &self,
+        request: &str,
+        answerer: &str,
+        n: usize,
+        packed: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<()> {
+        self.store().put(&keys::sample_answer(request, &format!("batch-{answerer}"), n), packed, Some(lease)).await?;
+        Ok(())
+    }
+
     /// The prefix of the answers to the queries of one replica process (its request ids are
     /// `{instance}/{id}`).
     pub(crate) fn sample_answers_prefix(&self, instance: &str) -> String {

@@ -25,7 +25,9 @@
 //! /edgecap/v1/schema/active-index                         {}                      the active index was built from the records
 //! /edgecap/v1/active-full/{account}                       [{"id", "reserved_ns"}]  the account's active full captures (CAS: the limit holds across replicas)
 //! /edgecap/v1/sample-jobs/{agent_id}/{request_id}         SampleQuery (protobuf, leased)   relayed to the agent's replica
+//! /edgecap/v1/sample-batches/{request_id}                 query + agent ids (leased)       relayed to every replica
 //! /edgecap/v1/sample-answers/{request_id}/{agent_id}/{n}  SampleChunk (protobuf, leased)   its answer, in chunks
+//!   (for a batch: `{request_id}/batch-{answering instance}/{n}`, many agents' chunks packed)
 //!   (request ids are `{instance}/{id}`: one prefix per asking replica process, one watch)
 //! ```
 
@@ -164,6 +166,12 @@ pub(super) mod keys {
     pub fn sample_jobs() -> String {
         format!("{PREFIX}/sample-jobs/")
     }
+    pub fn sample_batches() -> String {
+        format!("{PREFIX}/sample-batches/")
+    }
+    pub fn sample_batch(request: &str) -> String {
+        format!("{PREFIX}/sample-batches/{request}")
+    }
     pub fn sample_job(agent: &str, request: &str) -> String {
         format!("{PREFIX}/sample-jobs/{agent}/{request}")
     }
@@ -226,6 +234,10 @@ pub(crate) struct AgentPresence {
     /// (the replica died), the presence is ignored before its own lease runs out.
     #[serde(default)]
     pub announced: bool,
+    /// Written by a replica that answers relayed queries in batches (`sample/batch.rs`);
+    /// older replicas are asked one query per agent.
+    #[serde(default)]
+    pub relay_batches: bool,
 }
 
 pub(crate) fn token_hash(token: &str) -> String {

@@ -1,0 +1,326 @@
+//! Relayed sample queries for many agents at once: one key for the query and the agents it is
+//! for, read by every replica, and answers packed many agents to a key by the replica they
+//! are connected to (`sample/relay.rs` has the per-agent form older replicas speak, and the
+//! watch both read their answers from).
+//!
+//! Per capture that is one write to ask and, per answering replica, one write per MiB of
+//! answers (or per 10 ms while answers trickle in), where the per-agent form writes twice per
+//! agent: etcd's write rate, not the fan-out, had bounded a sample capture over 300 PoPs on two
+//! replicas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgecap_common::lock;
+use edgecap_common::tasks::Tasks;
+use edgecap_proto::agent::v1 as pb;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::relay::{Relay, Waiting};
+use crate::agents::{Registry, SampleAnswer};
+
+/// A query for several agents (the value of `sample-batches/{instance}/{id}`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Batch {
+    #[prost(message, optional, tag = "1")]
+    query: Option<pb::SampleQuery>,
+    #[prost(string, repeated, tag = "2")]
+    agents: Vec<String>,
+}
+
+/// Answer chunks of several agents (the value of one answer key).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Packed {
+    #[prost(message, repeated, tag = "1")]
+    chunks: Vec<AgentChunk>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AgentChunk {
+    #[prost(string, tag = "1")]
+    agent_id: String,
+    /// The chunk's place in its agent's answer.
+    #[prost(uint32, tag = "2")]
+    seq: u32,
+    #[prost(message, optional, tag = "3")]
+    chunk: Option<pb::SampleChunk>,
+}
+
+/// How long answers that are in wait for more before they are written.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// One agent's answer as it arrives.
+#[derive(Default)]
+struct Arriving {
+    chunks: BTreeMap<u32, pb::SampleChunk>,
+    result: Option<Result<SampleAnswer, String>>,
+}
+
+impl Relay {
+    /// Asks remote agents (connected to other replicas) for their lookback windows with one
+    /// relayed query; the answers in the order of `agents`.
+    pub(crate) async fn sample_many(
+        &self,
+        agents: &[&str],
+        mut query: pb::SampleQuery,
+        timeout: Duration,
+    ) -> Vec<Result<SampleAnswer, String>> {
+        if agents.is_empty() {
+            return Vec::new();
+        }
+        let deadline = Instant::now() + timeout;
+        let id = crate::model::new_id();
+        query.request_id = format!("{}/{id}", self.instance);
+        let limit = query.packet_limit as usize;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        lock(&self.waiting).insert(id.clone(), tx);
+        let _waiting = Waiting { relay: self, id };
+        let request = query.request_id.clone();
+        let batch = Batch { query: Some(query), agents: agents.iter().map(|a| (*a).to_owned()).collect() };
+        let encoded = batch.encode_to_vec();
+        let store = self.repo.store().clone();
+        if let Err(error) =
+            self.queries.put(&store, |lease| self.repo.put_sample_batch(&request, encoded.clone(), lease)).await
+        {
+            return agents.iter().map(|_| Err(format!("relayed query not written: {error}"))).collect();
+        }
+        let mut arriving: HashMap<&str, Arriving> = agents.iter().map(|a| (*a, Arriving::default())).collect();
+        let mut left = agents.len();
+        while left > 0 {
+            let Ok(Some(kv)) = tokio::time::timeout_at(deadline, events.recv()).await else { break };
+            let Ok(packed) = Packed::decode(kv.value.as_slice()) else {
+                tracing::warn!(key = %kv.key, "relayed answers do not decode");
+                continue;
+            };
+            for AgentChunk { agent_id, seq, chunk } in packed.chunks {
+                let (Some(agent), Some(chunk)) = (arriving.get_mut(agent_id.as_str()), chunk) else { continue };
+                if agent.result.is_some() {
+                    continue;
+                }
+                let done = chunk.done;
+                agent.chunks.insert(seq, chunk);
+                // An answerer writes an agent's chunks in order, the last one last.
+                if done {
+                    agent.result = Some(assemble(std::mem::take(&mut agent.chunks), limit));
+                    left -= 1;
+                }
+            }
+        }
+        agents
+            .iter()
+            .map(|a| {
+                arriving.get_mut(a).and_then(|r| r.result.take()).unwrap_or_else(|| {
+                    Err(format!(
+                        "agent did not answer within {} s (relayed through another coordinator)",
+                        timeout.as_secs()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+fn assemble(chunks: BTreeMap<u32, pb::SampleChunk>, limit: usize) -> Result<SampleAnswer, String> {
+    let mut answer = SampleAnswer::new(limit);
+    for (_, chunk) in chunks {
+        if let Some(done) = answer.absorb(chunk) {
+            return done.map(|()| answer);
+        }
+    }
+    Err("relayed answer ended without its last chunk".into())
+}
+
+/// Runs the relayed batches that name agents connected to this replica, driven by a watch,
+/// until `tasks` is cancelled; each batch runs as one of `tasks`.
+pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: Duration, tasks: Tasks) {
+    let repo = relay.repo.clone();
+    let prefix = repo.sample_batches_prefix();
+    let cancel = tasks.token();
+    let on_put = |kv: edgecap_state::KeyValue| {
+        if let Ok(Batch { query: Some(query), agents }) = Batch::decode(kv.value.as_slice()) {
+            let here: Vec<String> = agents.into_iter().filter(|a| registry.is_connected(a)).collect();
+            if !here.is_empty() {
+                let (relay, registry) = (relay.clone(), registry.clone());
+                tasks.spawn(async move { answer(&relay, &registry, here, query, timeout).await });
+            }
+        }
+        async {}
+    };
+    repo.follow_puts(&prefix, "sample batches", &cancel, || async {}, on_put).await;
+}
+
+/// Asks `agents` (connected here) and writes their answers, packed, as they come in.
+async fn answer(relay: &Relay, registry: &Registry, agents: Vec<String>, query: pb::SampleQuery, timeout: Duration) {
+    let request = query.request_id.clone();
+    let mut asked: FuturesUnordered<_> = agents
+        .iter()
+        .map(|agent| {
+            let query = query.clone();
+            async move { (agent, registry.sample(agent, query, timeout).await) }
+        })
+        .collect();
+    let mut writer = Writer { relay, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut flush_at: Option<Instant> = None;
+    loop {
+        let linger = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = asked.next() => {
+                let Some((agent, result)) = next else { break };
+                let chunks = match result {
+                    Ok(answer) => pb::SampleChunk::split(&request, answer.packets, answer.matched, answer.lookback),
+                    Err(error) => vec![pb::SampleChunk::failure(&request, error)],
+                };
+                for (seq, chunk) in chunks.into_iter().enumerate() {
+                    if !writer.add(AgentChunk { agent_id: agent.clone(), seq: seq as u32, chunk: Some(chunk) }).await {
+                        return;
+                    }
+                }
+                if !writer.pending.is_empty() {
+                    flush_at.get_or_insert_with(|| Instant::now() + LINGER);
+                }
+            }
+            () = linger => {
+                if !writer.flush().await {
+                    return;
+                }
+                flush_at = None;
+            }
+        }
+    }
+    writer.flush().await;
+}
+
+/// Packs answer chunks into keys of at most [`edgecap_proto::CHUNK_BYTES`] (plus one
+/// agent's chunk), written in order.
+struct Writer<'a> {
+    relay: &'a Relay,
+    request: &'a str,
+    next: usize,
+    pending: Vec<AgentChunk>,
+    bytes: usize,
+}
+
+impl Writer<'_> {
+    /// Adds a chunk, writing what is pending first if the key would grow past the limit.
+    /// False if a write failed (logged; the asking replica times the agents out).
+    async fn add(&mut self, chunk: AgentChunk) -> bool {
+        let size = chunk.encoded_len();
+        if self.bytes + size > edgecap_proto::CHUNK_BYTES && !self.flush().await {
+            return false;
+        }
+        self.bytes += size;
+        self.pending.push(chunk);
+        true
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let packed = Packed { chunks: std::mem::take(&mut self.pending) }.encode_to_vec();
+        self.bytes = 0;
+        let (relay, n) = (self.relay, self.next);
+        self.next += 1;
+        let store = relay.repo.store().clone();
+        let written = relay
+            .answers
+            .put(&store, |lease| {
+                relay.repo.put_sample_batch_answer(self.request, &relay.instance, n, packed.clone(), lease)
+            })
+            .await;
+        if let Err(error) = written {
+            tracing::warn!(request = %self.request, %error, "relayed sample answers not written");
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Repo;
+
+    fn packets(n: usize, size: usize) -> Vec<pb::Packet> {
+        (0..n)
+            .map(|i| pb::Packet {
+                ts_ns: i as u64,
+                orig_len: size as u32,
+                data: vec![i as u8; size],
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// One batch asks three agents; the other replica packs two answers (one of 3 MB, over
+    /// several keys under the limit, one small) and a stray agent's into its keys; the third
+    /// agent never answers and times out alone.
+    #[tokio::test]
+    async fn a_batch_is_answered_in_packed_keys_and_a_silent_agent_times_out_alone() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let asking = Arc::new(Relay::new(repo.clone(), Duration::from_secs(5)));
+        let other = Relay::new(repo.clone(), Duration::from_secs(5));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let runner = tokio::spawn(asking.clone().run(cancel.clone()));
+        let mut batches = repo.store().watch(&repo.sample_batches_prefix(), 0).await.unwrap();
+
+        let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
+        let answers = {
+            let asking = asking.clone();
+            tokio::spawn(async move {
+                asking.sample_many(&["ams01-a", "fra01-a", "ord01-a"], query, Duration::from_millis(1500)).await
+            })
+        };
+        let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
+        let batch = Batch::decode(kv.value.as_slice()).unwrap();
+        assert_eq!(batch.agents, ["ams01-a", "fra01-a", "ord01-a"]);
+        let request = batch.query.unwrap().request_id;
+        assert!(request.starts_with(&format!("{}/", asking.instance)));
+
+        let mut writer = Writer { relay: &other, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+        let big = pb::SampleChunk::split(&request, packets(3000, 1000), 3000, pb::LookbackStats::default());
+        let small = pb::SampleChunk::split(&request, packets(5, 100), 7, pb::LookbackStats::default());
+        let stray = pb::SampleChunk::failure(&request, "not asked".into());
+        let chunk = |agent: &str, seq: usize, chunk: &pb::SampleChunk| AgentChunk {
+            agent_id: agent.into(),
+            seq: seq as u32,
+            chunk: Some(chunk.clone()),
+        };
+        assert!(writer.add(chunk("zzz01-a", 0, &stray)).await);
+        for (seq, c) in small.iter().enumerate() {
+            assert!(writer.add(chunk("fra01-a", seq, c)).await);
+        }
+        for (seq, c) in big.iter().enumerate() {
+            assert!(writer.add(chunk("ams01-a", seq, c)).await);
+        }
+        assert!(writer.flush().await);
+        let keys = repo.store().list(&asking.answers_prefix()).await.unwrap();
+        assert!(keys.len() >= 3, "3 MB of answers over several keys: {}", keys.len());
+        assert!(
+            keys.iter().all(|kv| kv.value.len() < edgecap_proto::CHUNK_BYTES + 64 * 1024),
+            "every key under the limit"
+        );
+
+        let answers = answers.await.unwrap();
+        let ams = answers[0].as_ref().unwrap();
+        assert_eq!(ams.packets.len(), 3000);
+        assert!(ams.packets.iter().enumerate().all(|(i, p)| p.ts_ns == i as u64 && p.data.len() == 1000));
+        let fra = answers[1].as_ref().unwrap();
+        assert_eq!((fra.packets.len(), fra.matched), (5, 7));
+        let ord = answers[2].as_ref().unwrap_err();
+        assert!(ord.contains("did not answer within"), "{ord}");
+        assert!(lock(&asking.waiting).is_empty());
+        cancel.cancel();
+        runner.await.unwrap();
+    }
+}
