@@ -249,18 +249,8 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::relay::tests::packets;
     use crate::store::Repo;
-
-    fn packets(n: usize, size: usize) -> Vec<pb::Packet> {
-        (0..n)
-            .map(|i| pb::Packet {
-                ts_ns: i as u64,
-                orig_len: size as u32,
-                data: vec![i as u8; size],
-                ..Default::default()
-            })
-            .collect()
-    }
 
     /// One batch asks three agents; the other replica packs two answers (one of 3 MB, over
     /// several keys under the limit, one small) and a stray agent's into its keys; the third

@@ -237,7 +237,7 @@ async fn answer(relay: &Relay, registry: &Registry, agent_id: &str, query: pb::S
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use futures::StreamExt as _;
 
@@ -272,7 +272,8 @@ mod tests {
         }
     }
 
-    fn packets(n: usize, size: usize) -> Vec<pb::Packet> {
+    /// `n` packets of `size` bytes, timestamps 0, 1, 2, …
+    pub(in crate::sample) fn packets(n: usize, size: usize) -> Vec<pb::Packet> {
         (0..n)
             .map(|i| pb::Packet {
                 ts_ns: i as u64,
