@@ -194,9 +194,11 @@ impl Coordinator {
             }
         }
 
+        let presences = Arc::new(control::presence::Presences::new(repo.clone()));
+        tasks.spawn(presences.clone().run(tasks.token()));
         let service = control::ControlService {
             registry: registry.clone(),
-            repo: repo.clone(),
+            presences,
             coordinator_name: config.name.clone(),
             full: full.clone(),
             enrollment: enrollment.clone(),

@@ -16,11 +16,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use super::presence::{self, PRESENCE_TTL};
+use super::presence::{PRESENCE_TTL, Presences};
 use crate::agents::Registry;
 use crate::enroll::Revoked;
 use crate::full::FullCaptures;
-use crate::store::{AgentPresence, Repo};
+use crate::store::AgentPresence;
 
 /// Handlers running at once for one agent.
 const MAX_IN_FLIGHT: usize = 16;
@@ -176,7 +176,7 @@ pub(super) struct Session {
     /// This connection's number in the registry (a reconnect replaces it).
     pub conn: u64,
     pub registry: Arc<Registry>,
-    pub repo: Repo,
+    pub presences: Arc<Presences>,
     pub full: Arc<FullCaptures>,
     pub answers: Answers,
     /// The serial of the certificate it connected with, and the revoked serials: a session
@@ -194,7 +194,7 @@ impl Session {
         presence: AgentPresence,
         cancel: CancellationToken,
     ) {
-        let mut lease = presence::publish(&self.repo, &presence).await;
+        self.presences.publish(self.conn, presence).await;
         let mut handlers = JoinSet::new();
         // Jobs written while it was away (or for it before it connected here).
         {
@@ -234,28 +234,11 @@ impl Session {
                         self.cut_off("its certificate was revoked").await;
                         break;
                     }
-                    // A lease lost (etcd slow past its TTL) or never granted is replaced, and
-                    // the presence written again: the agent must not stay connected but unseen.
-                    let renewed = match lease {
-                        Some(id) => match self.repo.store().keep_alive(id).await {
-                            Ok(_) => true,
-                            Err(error) => {
-                                tracing::warn!(agent_id = %self.agent_id, %error, "agent presence lease not renewed; publishing it again");
-                                false
-                            }
-                        },
-                        None => false,
-                    };
-                    if !renewed {
-                        lease = presence::publish(&self.repo, &presence).await;
-                    }
                 }
             }
         }
         self.registry.unregister(&self.agent_id, self.conn);
-        if let Some(lease) = lease {
-            let _ = self.repo.store().revoke_lease(lease).await;
-        }
+        self.presences.withdraw(&self.agent_id, self.conn).await;
         // Handlers in flight finish (their answers go nowhere now); none is abandoned.
         while handlers.join_next().await.is_some() {}
         tracing::info!(agent_id = %self.agent_id, pop = %self.pop, "agent disconnected");

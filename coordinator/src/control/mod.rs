@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::agents::{AgentInfo, Registry};
 use crate::enroll::Enrollment;
 use crate::full::FullCaptures;
-use crate::store::{AgentPresence, Repo};
+use crate::store::AgentPresence;
 
 mod events;
 pub(crate) mod presence;
@@ -32,7 +32,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// The tonic service; one per replica.
 pub(crate) struct ControlService {
     pub registry: Arc<Registry>,
-    pub repo: Repo,
+    /// The presence keys of the agents connected here, on one lease.
+    pub presences: Arc<presence::Presences>,
     pub coordinator_name: String,
     pub full: Arc<FullCaptures>,
     /// Signs enrolling agents' certificates.
@@ -129,7 +130,7 @@ impl pb::agent_control_server::AgentControl for ControlService {
             pop: cert_pop,
             conn,
             registry: self.registry.clone(),
-            repo: self.repo.clone(),
+            presences: self.presences.clone(),
             full: self.full.clone(),
             answers,
             serial: peer.serial.clone(),

@@ -210,7 +210,8 @@ mod tests {
             announced: false,
             relay_batches: false,
         };
-        repo.put_agent(&presence, lease).await.unwrap();
+        repo.put_presence(&presence, lease).await.unwrap();
+        repo.remember_agent(&presence).await.unwrap();
         for i in 0..2 {
             let job: JobRecord = serde_json::from_value(serde_json::json!({
                 "capture_id": format!("c{i}"), "agent_id": "a1", "pop": "ord01", "account_id": "acct",

@@ -57,6 +57,9 @@ impl StateStore for Metered {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.count("delete", self.inner.delete(key).await)
     }
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
+        self.count("compare_and_delete", self.inner.compare_and_delete(key, expected).await)
+    }
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         self.count("watch", self.inner.watch(prefix, from).await)
     }

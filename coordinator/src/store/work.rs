@@ -71,10 +71,24 @@ impl Repo {
         }
     }
 
-    /// Publishes an agent's presence (leased) and remembers it as known (not leased), so a
-    /// capture can name the PoPs that are offline.
-    pub(crate) async fn put_agent(&self, presence: &AgentPresence, lease: LeaseId) -> Result<()> {
-        self.store().put(&keys::agent(&presence.agent_id), encode(presence), Some(lease)).await?;
+    /// Publishes an agent's presence on `lease`; returns the key's revision.
+    pub(crate) async fn put_presence(&self, presence: &AgentPresence, lease: LeaseId) -> Result<Revision> {
+        Ok(self.store().put(&keys::agent(&presence.agent_id), encode(presence), Some(lease)).await?)
+    }
+
+    /// Publishes an agent's presence on `lease` only where no replica has (`None` then).
+    pub(crate) async fn create_presence(&self, presence: &AgentPresence, lease: LeaseId) -> Result<Option<Revision>> {
+        Ok(self.store().compare_and_put(&keys::agent(&presence.agent_id), None, encode(presence), Some(lease)).await?)
+    }
+
+    /// Deletes an agent's presence if it is still as written at `revision`.
+    pub(crate) async fn delete_presence(&self, agent_id: &str, revision: Revision) -> Result<bool> {
+        Ok(self.store().compare_and_delete(&keys::agent(agent_id), revision).await?)
+    }
+
+    /// Remembers an agent as known (not leased), so a capture can name the PoPs that are
+    /// offline.
+    pub(crate) async fn remember_agent(&self, presence: &AgentPresence) -> Result<()> {
         self.store().put(&keys::known_agent(&presence.agent_id), encode(presence), None).await?;
         Ok(())
     }

@@ -450,6 +450,17 @@ impl StateStore for EmbeddedStore {
         self.mutate(move |inner, events| inner.delete(&key, events)).await
     }
 
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
+        let key = key.to_string();
+        self.mutate(move |inner, events| {
+            if inner.map.get(&key).map(|kv| kv.mod_revision) != Some(expected) {
+                return Ok(false);
+            }
+            inner.delete(&key, events)
+        })
+        .await
+    }
+
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         let (backlog, rx) = {
             let inner = self.lock();

@@ -174,6 +174,14 @@ impl StateStore for EtcdStore {
         Ok(response.deleted() > 0)
     }
 
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
+        let full = self.full(key);
+        let compare = Compare::mod_revision(full.clone(), CompareOp::Equal, expected as i64);
+        let txn = Txn::new().when([compare]).and_then([TxnOp::delete(full, None)]);
+        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        Ok(response.succeeded())
+    }
+
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         let mut options = WatchOptions::new().with_prefix();
         if from != 0 {

@@ -205,6 +205,9 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     ) -> Result<Option<Revision>>;
     /// Deletes a key; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool>;
+    /// Deletes a key only if its `mod_revision` is `expected` (it was not written since);
+    /// returns whether it was deleted.
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool>;
     /// Changes under `prefix` with revision `>= from` (`from == 0`: only future changes).
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream>;
     /// A new lease that ends `ttl` after it was granted or last kept alive, deleting every

@@ -44,6 +44,15 @@ async fn cas(store: &dyn StateStore) {
     assert!(store.delete(key).await.unwrap());
     assert!(!store.delete(key).await.unwrap());
     assert_eq!(store.get(key).await.unwrap(), None);
+
+    // Compare-and-delete: only the revision last written deletes the key.
+    let r1 = store.put(key, b"a".to_vec(), None).await.unwrap();
+    let r2 = store.put(key, b"b".to_vec(), None).await.unwrap();
+    assert!(!store.compare_and_delete(key, r1).await.unwrap(), "written since");
+    assert_eq!(store.get(key).await.unwrap().unwrap().value, b"b");
+    assert!(store.compare_and_delete(key, r2).await.unwrap());
+    assert_eq!(store.get(key).await.unwrap(), None);
+    assert!(!store.compare_and_delete(key, r2).await.unwrap(), "absent");
 }
 
 async fn prefix_list(store: &dyn StateStore) {
