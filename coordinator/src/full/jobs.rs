@@ -116,14 +116,22 @@ impl FullCaptures {
         Ok(())
     }
 
-    async fn forward(&self, job: &JobRecord) {
+    /// Sends a job (and its stop, if asked) to its agent, if that agent is connected here.
+    ///
+    /// `new`: the job was just created (its key's first version), so its PoP was written
+    /// pending beside it and cannot be final yet: it is sent without reading the PoP. Jobs
+    /// are forwarded one after another from the watch, and that read, one per PoP, had been
+    /// most of the time from a capture's creation to its PoPs running (300 PoPs: ~1 s).
+    async fn forward(&self, job: &JobRecord, new: bool) {
         if !self.registry.is_connected(&job.agent_id) {
             return;
         }
         // Only jobs whose PoP is still open are sent (a finished PoP is never restarted).
-        match self.repo.get_pop(&job.capture_id, &job.agent_id).await {
-            Ok(Some((pop, _))) if !pop.is_final() => {}
-            _ => return,
+        if !new {
+            match self.repo.get_pop(&job.capture_id, &job.agent_id).await {
+                Ok(Some((pop, _))) if !pop.is_final() => {}
+                _ => return,
+            }
         }
         self.registry.send(&job.agent_id, convert::start_message(job)).await;
         if job.stop {
@@ -136,7 +144,7 @@ impl FullCaptures {
         match self.repo.jobs_for_agent(agent_id).await {
             Ok(jobs) => {
                 for job in jobs {
-                    self.forward(&job).await;
+                    self.forward(&job, false).await;
                 }
             }
             Err(error) => tracing::warn!(%agent_id, %error, "could not read the agent's jobs"),
@@ -156,7 +164,7 @@ impl FullCaptures {
         };
         let on_put = move |kv: edgecap_state::KeyValue| async move {
             match crate::store::decode::<JobRecord>(&kv.key, &kv.value) {
-                Ok(job) => this.forward(&job).await,
+                Ok(job) => this.forward(&job, kv.create_revision == kv.mod_revision).await,
                 Err(error) => tracing::warn!(%error, "undecodable job skipped"),
             }
         };
