@@ -1,7 +1,7 @@
 //! The coordinator's records in the state store. `repo.rs` holds the key layout (the only
 //! place a key is built) and the typed reads and writes of accounts, captures and ownerships;
 //! `work.rs` the working keys of running captures (jobs, per-PoP progress, shards) and agent
-//! presence; `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
+//! presence (`AgentPresence`); `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay; `enroll.rs` agent
 //! enrollment's records; `index.rs` the active-capture and creation-day indexes; `metered.rs` counts the store's failures in the metrics.
 
@@ -16,4 +16,5 @@ mod work;
 pub(crate) use enroll::{AgentRevocation, BootstrapToken, IssuedCert, Revocation};
 pub(crate) use index::day_of;
 pub(crate) use metered::Metered;
-pub(crate) use repo::{AgentPresence, Repo, RepoError, Result, TokenRecord, decode, token_hash};
+pub(crate) use repo::{Repo, RepoError, Result, TokenRecord, decode, token_hash};
+pub(crate) use work::AgentPresence;

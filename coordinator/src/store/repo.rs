@@ -218,28 +218,6 @@ pub(crate) struct TokenRecord {
     pub source: String,
 }
 
-/// What the coordinator knows of a connected agent, for other replicas and operators.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct AgentPresence {
-    pub agent_id: String,
-    pub pop: String,
-    pub interfaces: Vec<String>,
-    pub version: String,
-    pub coordinator: String,
-    pub connected_at: String,
-    /// The agent's lookback sampling (1 in N).
-    #[serde(default)]
-    pub sample_rate: u32,
-    /// Written by a replica that announces itself under `replicas/`: once that key is gone
-    /// (the replica died), the presence is ignored before its own lease runs out.
-    #[serde(default)]
-    pub announced: bool,
-    /// Written by a replica that answers relayed queries in batches (`sample/batch.rs`);
-    /// older replicas are asked one query per agent.
-    #[serde(default)]
-    pub relay_batches: bool,
-}
-
 pub(crate) fn token_hash(token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     edgecap_common::hex(digest.as_ref())

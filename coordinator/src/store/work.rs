@@ -5,7 +5,7 @@ use edgecap_state::{LeaseId, Revision};
 
 use serde::{Deserialize, Serialize};
 
-use super::repo::{AgentPresence, Repo, Result, decode, encode, keys};
+use super::repo::{Repo, Result, decode, encode, keys};
 use crate::model::{CaptureRecord, JobRecord, PopResult, ShardRef};
 
 /// A place among an account's active full captures.
@@ -18,6 +18,28 @@ struct Reservation {
 /// A reservation whose capture record does not exist this long after is abandoned (its
 /// replica failed between the reservation and the record).
 const RESERVATION_GRACE_NS: u64 = 60_000_000_000;
+
+/// What the coordinator knows of a connected agent, for other replicas and operators.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct AgentPresence {
+    pub agent_id: String,
+    pub pop: String,
+    pub interfaces: Vec<String>,
+    pub version: String,
+    pub coordinator: String,
+    pub connected_at: String,
+    /// The agent's lookback sampling (1 in N).
+    #[serde(default)]
+    pub sample_rate: u32,
+    /// Written by a replica that announces itself under `replicas/`: once that key is gone
+    /// (the replica died), the presence is ignored before its own lease runs out.
+    #[serde(default)]
+    pub announced: bool,
+    /// Written by a replica that answers relayed queries in batches (`sample/batch.rs`);
+    /// older replicas are asked one query per agent.
+    #[serde(default)]
+    pub relay_batches: bool,
+}
 
 impl Repo {
     /// Takes a place for full capture `id` among the account's active ones if fewer than
