@@ -836,9 +836,18 @@ def scenario_etcd(env, a):
         creates.append(((time.perf_counter() - t0) * 1000, st))
         log(f"full capture {i + 1}/{a.captures}: {st} in {creates[-1][0]:.0f} ms"
             + ("" if st == 200 else f": {raw[:200]!r}"))
-    # Every full capture that exists (a create answered 503 may still have been made).
-    st, raw = api.call("GET", api.pcaps())
-    ids = [r["id"] for r in json.loads(raw)["result"] if r.get("type") == "full"]
+    # Every full capture that exists (a create answered 503 may still have been made); the
+    # list itself may fail while etcd is overwhelmed: ask again for a while.
+    ids = None
+    for _ in range(30):
+        st, raw = api.call("GET", api.pcaps(), timeout=60)
+        if st == 200:
+            ids = [r["id"] for r in json.loads(raw)["result"] if r.get("type") == "full"]
+            break
+        log(f"capture list: {st}: {raw[:200]!r}; asking again")
+        time.sleep(2)
+    if ids is None:
+        raise RuntimeError("the captures could not be listed: the state store stayed unavailable")
     for cid in ids:
         try:
             wait_final(api, cid, 0.5, timeout=a.wait, done=all_capturing(a.agents))
