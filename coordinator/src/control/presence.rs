@@ -186,9 +186,9 @@ impl Presences {
                 },
                 None => false,
             };
-            if !renewed {
-                self.republish().await;
-            }
+            // After a lost lease every presence; otherwise those whose write failed (etcd
+            // briefly unreachable when the agent connected).
+            self.republish(!renewed).await;
         }
         let lease = lock(&self.state).lease.take();
         if let Some(lease) = lease {
@@ -196,8 +196,18 @@ impl Presences {
         }
     }
 
-    /// Writes every presence on a new lease, 32 at a time, where no other replica has.
-    async fn republish(&self) {
+    /// Writes the presences not yet written (`all`: every one, the lease being new), 32 at a
+    /// time, where no other replica has written one.
+    async fn republish(&self, all: bool) {
+        let entries: Vec<(u64, AgentPresence)> = lock(&self.state)
+            .agents
+            .values()
+            .filter(|e| all || e.revision.is_none())
+            .map(|e| (e.conn, e.presence.clone()))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
         let lease = match self.lease().await {
             Ok(lease) => lease,
             Err(error) => {
@@ -205,13 +215,18 @@ impl Presences {
                 return;
             }
         };
-        let entries: Vec<(u64, AgentPresence)> =
-            lock(&self.state).agents.values().map(|e| (e.conn, e.presence.clone())).collect();
         let writes = futures::stream::iter(entries).map(|(conn, presence)| async move {
             match self.repo.create_presence(&presence, lease).await {
                 Ok(Some(revision)) => self.written(&presence.agent_id, conn, revision).await,
-                // Another replica's now (the agent moved while ours had lapsed).
-                Ok(None) => {}
+                // Ours after all (a write whose answer was lost), or another replica's now
+                // (the agent moved while ours had lapsed): that one is left alone.
+                Ok(None) => {
+                    if let Ok(Some((Some(on), revision))) = self.repo.presence_lease(&presence.agent_id).await
+                        && on == lease
+                    {
+                        self.written(&presence.agent_id, conn, revision).await;
+                    }
+                }
                 Err(error) => tracing::warn!(agent_id = %presence.agent_id, %error, "agent presence not published"),
             }
         });
@@ -288,6 +303,20 @@ mod tests {
         };
         assert!(z.lease.is_some() && z.lease != Some(lost), "on a new lease");
         assert!(String::from_utf8_lossy(&key(&repo, "x").await.unwrap().value).contains("\"coordinator\":\"b\""));
+
+        // A presence whose write failed (etcd unreachable at connect) is written at the next
+        // renewal; one written though its answer was lost is recognised as ours.
+        let lease = lock(&a.state).lease.unwrap();
+        for (agent, conn) in [("w", 10), ("v", 11)] {
+            let entry = Entry { conn, presence: presence(agent, "a"), revision: None };
+            lock(&a.state).agents.insert(agent.into(), entry);
+        }
+        repo.put_presence(&presence("v", "a"), lease).await.unwrap();
+        a.republish(false).await;
+        assert_eq!(key(&repo, "w").await.unwrap().lease, Some(lease));
+        assert!(lock(&a.state).agents.values().all(|e| e.revision.is_some()), "every revision known");
+        a.withdraw("v", 11).await;
+        assert!(key(&repo, "v").await.is_none(), "withdrawn with the revision recognised");
 
         // Shut down: a's lease is revoked, its presences go at once; b's stays.
         cancel.cancel();

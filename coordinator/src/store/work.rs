@@ -103,6 +103,11 @@ impl Repo {
         Ok(self.store().compare_and_put(&keys::agent(&presence.agent_id), None, encode(presence), Some(lease)).await?)
     }
 
+    /// The lease and revision of an agent's presence key, if it exists.
+    pub(crate) async fn presence_lease(&self, agent_id: &str) -> Result<Option<(Option<LeaseId>, Revision)>> {
+        Ok(self.store().get(&keys::agent(agent_id)).await?.map(|kv| (kv.lease, kv.mod_revision)))
+    }
+
     /// Deletes an agent's presence if it is still as written at `revision`.
     pub(crate) async fn delete_presence(&self, agent_id: &str, revision: Revision) -> Result<bool> {
         Ok(self.store().compare_and_delete(&keys::agent(agent_id), revision).await?)
