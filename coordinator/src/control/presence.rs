@@ -68,6 +68,8 @@ pub(crate) struct Presences {
 struct State {
     lease: Option<LeaseId>,
     agents: HashMap<String, Entry>,
+    /// Keys of ended sessions whose delete failed: retried at every renewal.
+    withdrawn: Vec<(String, Revision)>,
 }
 
 struct Entry {
@@ -118,26 +120,42 @@ impl Presences {
                 if matches!(error, RepoError::State(StateError::LeaseNotFound(_))) {
                     self.lost.notify_one();
                 }
-                tracing::warn!(%agent_id, %error, "agent presence not published; retrying with the lease");
+                tracing::warn!(%agent_id, %error, "agent presence not published yet; retrying at the next renewal");
             }
         }
     }
 
-    /// Records the revision written for `conn`, or takes the key back if that session has
-    /// ended meanwhile.
+    /// Records the revision written for `conn`. If that session has ended meanwhile, the key
+    /// is taken back; if a newer session of the agent has replaced it here, the newer one's
+    /// presence is written again at the next renewal (this late write may have covered it).
     async fn written(&self, agent_id: &str, conn: u64, revision: Revision) {
-        let current = {
+        let stale = {
             let mut state = lock(&self.state);
-            match state.agents.get_mut(agent_id).filter(|e| e.conn == conn) {
-                Some(entry) => {
+            match state.agents.get_mut(agent_id) {
+                Some(entry) if entry.conn == conn => {
                     entry.revision = Some(revision);
-                    true
+                    false
                 }
-                None => false,
+                Some(entry) => {
+                    if entry.revision.is_none_or(|r| r < revision) {
+                        entry.revision = None;
+                    }
+                    false
+                }
+                None => true,
             }
         };
-        if !current {
-            let _ = self.repo.delete_presence(agent_id, revision).await;
+        if stale {
+            self.delete(agent_id, revision).await;
+        }
+    }
+
+    /// Compare-and-deletes a key this replica wrote; kept for the next renewal if the store
+    /// cannot be reached (the shared lease lives as long as the replica: nothing else would).
+    async fn delete(&self, agent_id: &str, revision: Revision) {
+        if let Err(error) = self.repo.delete_presence(agent_id, revision).await {
+            tracing::warn!(%agent_id, %error, "agent presence not withdrawn yet; retrying");
+            lock(&self.state).withdrawn.push((agent_id.to_owned(), revision));
         }
     }
 
@@ -151,17 +169,14 @@ impl Presences {
             }
             state.agents.remove(agent_id).and_then(|e| e.revision)
         };
-        if let Some(revision) = revision
-            && let Err(error) = self.repo.delete_presence(agent_id, revision).await
-        {
-            // The key lapses with the replica's lease at worst.
-            tracing::warn!(%agent_id, %error, "agent presence not withdrawn");
+        if let Some(revision) = revision {
+            self.delete(agent_id, revision).await;
         }
     }
 
     /// Keeps the shared lease alive until `cancel`, then revokes it (every presence of this
-    /// replica goes at once). A lease found gone (etcd slow past its TTL) is replaced and
-    /// every presence written again; one another replica has written since is left alone.
+    /// replica goes at once). Every renewal also brings the keys in line with the sessions
+    /// ([`Presences::reconcile`]).
     pub(crate) async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
@@ -170,9 +185,9 @@ impl Presences {
                 _ = self.lost.notified() => {}
             }
             let lease = lock(&self.state).lease;
-            let renewed = match lease {
-                Some(lease) => match self.repo.store().keep_alive(lease).await {
-                    Ok(()) => true,
+            if let Some(lease) = lease {
+                match self.repo.store().keep_alive(lease).await {
+                    Ok(()) => {}
                     // The lease may well be alive: try again at the next tick.
                     Err(StateError::Unavailable(_)) => continue,
                     Err(error) => {
@@ -181,14 +196,10 @@ impl Presences {
                         if state.lease == Some(lease) {
                             state.lease = None;
                         }
-                        false
                     }
-                },
-                None => false,
-            };
-            // After a lost lease every presence; otherwise those whose write failed (etcd
-            // briefly unreachable when the agent connected).
-            self.republish(!renewed).await;
+                }
+            }
+            self.reconcile().await;
         }
         let lease = lock(&self.state).lease.take();
         if let Some(lease) = lease {
@@ -196,37 +207,45 @@ impl Presences {
         }
     }
 
-    /// Writes the presences not yet written (`all`: every one, the lease being new), 32 at a
-    /// time, where no other replica has written one.
-    async fn republish(&self, all: bool) {
-        let entries: Vec<(u64, AgentPresence)> = lock(&self.state)
+    /// Brings the presence keys in line with the sessions, from one read of them all:
+    /// deletes those still to withdraw; writes (create-only) those missing (a write that
+    /// failed, a lease lost); rewrites those on this replica's lease at another revision than
+    /// recorded (a write whose answer was lost, a late write of an ended session). A key
+    /// another replica wrote is left alone. 32 writes at a time.
+    async fn reconcile(&self) {
+        let withdrawn = std::mem::take(&mut lock(&self.state).withdrawn);
+        for (agent_id, revision) in withdrawn {
+            self.delete(&agent_id, revision).await;
+        }
+        let (lease, keys) =
+            match async { Ok::<_, RepoError>((self.lease().await?, self.repo.presence_keys().await?)) }.await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "agent presences not checked; retrying");
+                    return;
+                }
+            };
+        let entries: Vec<(u64, AgentPresence, bool)> = lock(&self.state)
             .agents
             .values()
-            .filter(|e| all || e.revision.is_none())
-            .map(|e| (e.conn, e.presence.clone()))
-            .collect();
-        if entries.is_empty() {
-            return;
-        }
-        let lease = match self.lease().await {
-            Ok(lease) => lease,
-            Err(error) => {
-                tracing::warn!(%error, "agent presences not published; retrying");
-                return;
-            }
-        };
-        let writes = futures::stream::iter(entries).map(|(conn, presence)| async move {
-            match self.repo.create_presence(&presence, lease).await {
-                Ok(Some(revision)) => self.written(&presence.agent_id, conn, revision).await,
-                // Ours after all (a write whose answer was lost), or another replica's now
-                // (the agent moved while ours had lapsed): that one is left alone.
-                Ok(None) => {
-                    if let Ok(Some((Some(on), revision))) = self.repo.presence_lease(&presence.agent_id).await
-                        && on == lease
-                    {
-                        self.written(&presence.agent_id, conn, revision).await;
-                    }
+            .filter_map(|e| match keys.get(&e.presence.agent_id) {
+                None => Some((e.conn, e.presence.clone(), true)),
+                Some((Some(on), revision)) if *on == lease && e.revision != Some(*revision) => {
+                    Some((e.conn, e.presence.clone(), false))
                 }
+                Some(_) => None,
+            })
+            .collect();
+        let writes = futures::stream::iter(entries).map(|(conn, presence, missing)| async move {
+            let written = if missing {
+                self.repo.create_presence(&presence, lease).await
+            } else {
+                self.repo.put_presence(&presence, lease).await.map(Some)
+            };
+            match written {
+                Ok(Some(revision)) => self.written(&presence.agent_id, conn, revision).await,
+                // Written by another replica meanwhile: theirs.
+                Ok(None) => {}
                 Err(error) => tracing::warn!(agent_id = %presence.agent_id, %error, "agent presence not published"),
             }
         });
@@ -312,11 +331,24 @@ mod tests {
             lock(&a.state).agents.insert(agent.into(), entry);
         }
         repo.put_presence(&presence("v", "a"), lease).await.unwrap();
-        a.republish(false).await;
+        a.reconcile().await;
         assert_eq!(key(&repo, "w").await.unwrap().lease, Some(lease));
         assert!(lock(&a.state).agents.values().all(|e| e.revision.is_some()), "every revision known");
         a.withdraw("v", 11).await;
         assert!(key(&repo, "v").await.is_none(), "withdrawn with the revision recognised");
+
+        // A late write of an ended session (conn 12) lands after the newer session's (13):
+        // the key is not deleted, and the newer session's presence is written again.
+        a.publish(13, presence("u", "a")).await;
+        let mut old = presence("u", "a");
+        old.interfaces = vec!["old0".into()];
+        let late = repo.put_presence(&old, lease).await.unwrap();
+        a.written("u", 12, late).await;
+        assert!(key(&repo, "u").await.is_some(), "the newer session's key is kept");
+        a.reconcile().await;
+        let u = key(&repo, "u").await.unwrap();
+        assert!(!String::from_utf8_lossy(&u.value).contains("old0"), "the newer session's presence again");
+        assert_eq!(lock(&a.state).agents["u"].revision, Some(u.mod_revision));
 
         // Shut down: a's lease is revoked, its presences go at once; b's stays.
         cancel.cancel();

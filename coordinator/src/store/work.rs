@@ -103,9 +103,16 @@ impl Repo {
         Ok(self.store().compare_and_put(&keys::agent(&presence.agent_id), None, encode(presence), Some(lease)).await?)
     }
 
-    /// The lease and revision of an agent's presence key, if it exists.
-    pub(crate) async fn presence_lease(&self, agent_id: &str) -> Result<Option<(Option<LeaseId>, Revision)>> {
-        Ok(self.store().get(&keys::agent(agent_id)).await?.map(|kv| (kv.lease, kv.mod_revision)))
+    /// Every presence key: agent id -> (its lease, its revision).
+    pub(crate) async fn presence_keys(&self) -> Result<std::collections::HashMap<String, (Option<LeaseId>, Revision)>> {
+        let prefix = keys::agents();
+        Ok(self
+            .store()
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|kv| (kv.key[prefix.len()..].to_string(), (kv.lease, kv.mod_revision)))
+            .collect())
     }
 
     /// Deletes an agent's presence if it is still as written at `revision`.
