@@ -79,9 +79,14 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let file = out.finish().context("write the output")?;
-    file.sync_all().context("sync the output")?;
-    std::fs::rename(&tmp, &args.output).with_context(|| format!("rename to {}", args.output.display()))?;
+    let done = out.finish().context("write the output").and_then(|file| {
+        file.sync_all().context("sync the output")?;
+        std::fs::rename(&tmp, &args.output).with_context(|| format!("rename to {}", args.output.display()))
+    });
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     for input in &report.inputs {
         if let Some(damage) = &input.damage {
             eprintln!("edgecap merge: {}: {damage}; kept the {} packets before it", input.name, input.packets);

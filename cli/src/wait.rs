@@ -104,13 +104,13 @@ impl Progress {
     }
 }
 
-/// Polls capture `id` until it is final or `timeout` passes (an error, exit 5), showing
-/// progress on a terminal.
 /// An answer that says "try again" (503 and the gateway errors in front of a coordinator).
 fn unavailable(error: &anyhow::Error) -> bool {
     error.downcast_ref::<Refusal>().is_some_and(|r| matches!(r.status, 502..=504))
 }
 
+/// Polls capture `id` until it is final or `timeout` passes (an error, exit 5), showing
+/// progress on a terminal.
 pub async fn wait(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut progress = Progress::new(id);

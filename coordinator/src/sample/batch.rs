@@ -54,10 +54,13 @@ struct AgentChunk {
 /// How long answers that are in wait for more before they are written.
 const LINGER: Duration = Duration::from_millis(10);
 
-/// One agent's answer as it arrives.
+/// One agent's answer as it arrives: by answering replica (during a reconnect two replicas
+/// may both count the agent as theirs and both answer; a success from either wins).
 #[derive(Default)]
 struct Arriving {
-    chunks: BTreeMap<u32, pb::SampleChunk>,
+    chunks: HashMap<String, BTreeMap<u32, pb::SampleChunk>>,
+    /// A failed answer, kept while another replica's is still coming.
+    failure: Option<String>,
     result: Option<Result<SampleAnswer, String>>,
 }
 
@@ -92,7 +95,17 @@ impl Relay {
         let mut arriving: HashMap<&str, Arriving> = agents.iter().map(|a| (*a, Arriving::default())).collect();
         let mut left = agents.len();
         while left > 0 {
-            let Ok(Some(kv)) = tokio::time::timeout_at(deadline, events.recv()).await else { break };
+            let kv = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Ok(kv))) => kv,
+                Ok(Some(Err(error))) => {
+                    for agent in arriving.values_mut().filter(|a| a.result.is_none()) {
+                        agent.result = Some(Err(error.clone()));
+                    }
+                    break;
+                }
+                _ => break,
+            };
+            let answerer = kv.key.rsplit('/').nth(1).unwrap_or_default().to_owned();
             let Ok(packed) = Packed::decode(kv.value.as_slice()) else {
                 tracing::warn!(key = %kv.key, "relayed answers do not decode");
                 continue;
@@ -103,18 +116,25 @@ impl Relay {
                     continue;
                 }
                 let done = chunk.done;
-                agent.chunks.insert(seq, chunk);
+                agent.chunks.entry(answerer.clone()).or_default().insert(seq, chunk);
                 // An answerer writes an agent's chunks in order, the last one last.
                 if done {
-                    agent.result = Some(assemble(std::mem::take(&mut agent.chunks), limit));
-                    left -= 1;
+                    let chunks = agent.chunks.remove(&answerer).unwrap_or_default();
+                    match super::relay::assemble(chunks, limit) {
+                        Err(error) if !agent.chunks.is_empty() => agent.failure = Some(error),
+                        result => {
+                            agent.result = Some(result);
+                            left -= 1;
+                        }
+                    }
                 }
             }
         }
         agents
             .iter()
             .map(|a| {
-                arriving.get_mut(a).and_then(|r| r.result.take()).unwrap_or_else(|| {
+                let agent = arriving.get_mut(a);
+                agent.and_then(|r| r.result.take().or_else(|| r.failure.take().map(Err))).unwrap_or_else(|| {
                     Err(format!(
                         "agent did not answer within {} s (relayed through another coordinator)",
                         timeout.as_secs()
@@ -123,16 +143,6 @@ impl Relay {
             })
             .collect()
     }
-}
-
-fn assemble(chunks: BTreeMap<u32, pb::SampleChunk>, limit: usize) -> Result<SampleAnswer, String> {
-    let mut answer = SampleAnswer::new(limit);
-    for (_, chunk) in chunks {
-        if let Some(done) = answer.absorb(chunk) {
-            return done.map(|()| answer);
-        }
-    }
-    Err("relayed answer ended without its last chunk".into())
 }
 
 /// Runs the relayed batches that name agents connected to this replica, driven by a watch,
@@ -252,17 +262,32 @@ mod tests {
     use crate::sample::relay::tests::packets;
     use crate::store::Repo;
 
+    /// The asking replica on an in-memory store, its answer watch running, and a watch on the
+    /// batches it writes.
+    struct Asking {
+        repo: Repo,
+        asking: Arc<Relay>,
+        cancel: tokio_util::sync::CancellationToken,
+        runner: tokio::task::JoinHandle<()>,
+        batches: edgecap_state::WatchStream,
+    }
+
+    async fn asking() -> Asking {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let asking = Arc::new(Relay::new(repo.clone(), Duration::from_secs(5)));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let runner = tokio::spawn(asking.clone().run(cancel.clone()));
+        let batches = repo.store().watch(&repo.sample_batches_prefix(), 0).await.unwrap();
+        Asking { repo, asking, cancel, runner, batches }
+    }
+
     /// One batch asks three agents; the other replica packs two answers (one of 3 MB, over
     /// several keys under the limit, one small) and a stray agent's into its keys; the third
     /// agent never answers and times out alone.
     #[tokio::test]
     async fn a_batch_is_answered_in_packed_keys_and_a_silent_agent_times_out_alone() {
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let asking = Arc::new(Relay::new(repo.clone(), Duration::from_secs(5)));
+        let Asking { repo, asking, cancel, runner, mut batches } = asking().await;
         let other = Relay::new(repo.clone(), Duration::from_secs(5));
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let runner = tokio::spawn(asking.clone().run(cancel.clone()));
-        let mut batches = repo.store().watch(&repo.sample_batches_prefix(), 0).await.unwrap();
 
         let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
         let answers = {
@@ -310,6 +335,47 @@ mod tests {
         let ord = answers[2].as_ref().unwrap_err();
         assert!(ord.contains("did not answer within"), "{ord}");
         assert!(lock(&asking.waiting).is_empty());
+        cancel.cancel();
+        runner.await.unwrap();
+    }
+
+    /// Two replicas answer for the same agent (it counted as connected to both during a
+    /// reconnect): one "not connected", the other its packets. The packets win, unmixed.
+    #[tokio::test]
+    async fn of_two_replicas_answering_for_one_agent_the_answer_wins() {
+        let Asking { repo, asking, cancel, runner, mut batches } = asking().await;
+        let (gone, here) =
+            (Relay::new(repo.clone(), Duration::from_secs(5)), Relay::new(repo.clone(), Duration::from_secs(5)));
+        let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
+        let answers = {
+            let asking = asking.clone();
+            tokio::spawn(async move { asking.sample_many(&["ams01-a"], query, Duration::from_secs(3)).await })
+        };
+        let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
+        let request = Batch::decode(kv.value.as_slice()).unwrap().query.unwrap().request_id;
+        let big = pb::SampleChunk::split(&request, packets(3000, 1000), 3000, pb::LookbackStats::default());
+        let mut first = Writer { relay: &here, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+        // The real answer's first chunks, then the other replica's failure, then the rest.
+        let (head, tail) = big.split_at(1);
+        for (seq, c) in head.iter().enumerate() {
+            assert!(
+                first.add(AgentChunk { agent_id: "ams01-a".into(), seq: seq as u32, chunk: Some(c.clone()) }).await
+            );
+        }
+        assert!(first.flush().await);
+        let mut second = Writer { relay: &gone, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+        let failure = pb::SampleChunk::failure(&request, "agent disconnected before the query was sent".into());
+        assert!(second.add(AgentChunk { agent_id: "ams01-a".into(), seq: 0, chunk: Some(failure) }).await);
+        assert!(second.flush().await);
+        for (seq, c) in tail.iter().enumerate() {
+            let seq = (seq + head.len()) as u32;
+            assert!(first.add(AgentChunk { agent_id: "ams01-a".into(), seq, chunk: Some(c.clone()) }).await);
+        }
+        assert!(first.flush().await);
+        let answers = answers.await.unwrap();
+        let answer = answers[0].as_ref().unwrap();
+        assert_eq!(answer.packets.len(), 3000);
+        assert!(answer.packets.iter().enumerate().all(|(i, p)| p.ts_ns == i as u64));
         cancel.cancel();
         runner.await.unwrap();
     }

@@ -20,6 +20,7 @@ use edgecap_state::StateError;
 pub(crate) mod batch;
 mod fanout;
 mod file;
+mod lease;
 mod probe;
 pub(crate) mod relay;
 

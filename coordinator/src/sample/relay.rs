@@ -19,73 +19,23 @@ use std::time::Duration;
 use edgecap_common::lock;
 use edgecap_common::tasks::Tasks;
 use edgecap_proto::agent::v1 as pb;
-use edgecap_state::{KeyValue, LeaseId, StateError, StateStore};
+use edgecap_state::KeyValue;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub(crate) use super::lease::SharedLease;
 use crate::agents::{Registry, SampleAnswer};
-use crate::store::{Repo, RepoError};
-
-/// A lease handed to every key written while it is young, then replaced: each key lives at
-/// least `min_life` and at most `min_life + reuse`, at the cost of one grant per `reuse`.
-pub(crate) struct SharedLease {
-    min_life: Duration,
-    reuse: Duration,
-    current: tokio::sync::Mutex<Option<(LeaseId, Instant)>>,
-}
-
-impl SharedLease {
-    pub(crate) fn new(min_life: Duration, reuse: Duration) -> Self {
-        Self { min_life, reuse, current: tokio::sync::Mutex::new(None) }
-    }
-
-    /// A lease that lives at least `min_life` from now.
-    async fn get(&self, store: &Arc<dyn StateStore>) -> Result<LeaseId, StateError> {
-        let mut current = self.current.lock().await;
-        if let Some((lease, granted)) = *current
-            && granted.elapsed() < self.reuse
-        {
-            return Ok(lease);
-        }
-        let lease = store.grant_lease(self.min_life + self.reuse).await?;
-        *current = Some((lease, Instant::now()));
-        Ok(lease)
-    }
-
-    /// Forgets `lease` (it ended early, for example while the store was slow).
-    async fn forget(&self, lease: LeaseId) {
-        let mut current = self.current.lock().await;
-        if current.is_some_and(|(l, _)| l == lease) {
-            *current = None;
-        }
-    }
-
-    /// Writes with a shared lease; once more with a new one if that lease has ended.
-    pub(super) async fn put<F, Fut>(&self, store: &Arc<dyn StateStore>, write: F) -> Result<(), String>
-    where
-        F: Fn(LeaseId) -> Fut,
-        Fut: std::future::Future<Output = crate::store::Result<()>>,
-    {
-        for attempt in 0..2 {
-            let lease = self.get(store).await.map_err(|e| e.to_string())?;
-            match write(lease).await {
-                Ok(()) => return Ok(()),
-                Err(RepoError::State(StateError::LeaseNotFound(_))) if attempt == 0 => self.forget(lease).await,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err("no lease".into())
-    }
-}
+use crate::store::Repo;
 
 /// This replica's relayed queries: their leases and where their answers go.
 pub(crate) struct Relay {
     pub(super) repo: Repo,
     /// Names this process's requests: a new one at every start.
     pub(super) instance: String,
-    /// Request id (without the instance) -> the asking task.
-    pub(super) waiting: Mutex<HashMap<String, mpsc::UnboundedSender<KeyValue>>>,
+    /// Request id (without the instance) -> the asking task: answer chunks as they come, or
+    /// why some may never come.
+    pub(super) waiting: Mutex<HashMap<String, mpsc::UnboundedSender<Result<KeyValue, String>>>>,
     pub(super) queries: SharedLease,
     pub(super) answers: SharedLease,
 }
@@ -123,21 +73,32 @@ impl Relay {
         let prefix = self.answers_prefix();
         let Some(id) = kv.key.strip_prefix(&prefix).and_then(|rest| rest.split('/').next()) else { return };
         if let Some(tx) = lock(&self.waiting).get(id) {
-            let _ = tx.send(kv);
+            let _ = tx.send(Ok(kv));
         }
     }
 
-    /// Reads the answers to this replica's queries from one watch, until `cancel`. After an
-    /// interruption the answers already written are read again (the chunks are keyed, so a
-    /// chunk seen twice counts once).
+    /// After the watch was interrupted: every waiting query's answers written so far, read
+    /// again (a chunk seen twice counts once); a query whose answers cannot be read is told
+    /// why, rather than left to time out or end with chunks missing.
+    async fn catch_up(&self) {
+        let prefix = self.answers_prefix();
+        let waiting: Vec<(String, mpsc::UnboundedSender<Result<KeyValue, String>>)> =
+            lock(&self.waiting).iter().map(|(id, tx)| (id.clone(), tx.clone())).collect();
+        for (id, tx) in waiting {
+            match self.repo.store().list(&format!("{prefix}{id}/")).await {
+                Ok(kvs) => kvs.into_iter().for_each(|kv| self.route(kv)),
+                Err(error) => {
+                    let _ = tx.send(Err(format!("relayed answer not read again after an interrupted watch: {error}")));
+                }
+            }
+        }
+    }
+
+    /// Reads the answers to this replica's queries from one watch, until `cancel`; after an
+    /// interruption, see [`Relay::catch_up`].
     pub(crate) async fn run(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         let prefix = self.answers_prefix();
-        let catch_up = || async {
-            match self.repo.store().list(&prefix).await {
-                Ok(kvs) => kvs.into_iter().for_each(|kv| self.route(kv)),
-                Err(error) => tracing::warn!(%error, "relayed answers not read"),
-            }
-        };
+        let catch_up = || self.catch_up();
         let on_put = |kv| {
             self.route(kv);
             async {}
@@ -168,7 +129,8 @@ impl Relay {
         let mut chunks = std::collections::BTreeMap::new();
         loop {
             let kv = match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(kv)) => kv,
+                Ok(Some(Ok(kv))) => kv,
+                Ok(Some(Err(error))) => return Err(error),
                 Ok(None) => return Err("relay ended".into()),
                 Err(_) => {
                     return Err(format!(
@@ -188,14 +150,26 @@ impl Relay {
                 break;
             }
         }
-        let mut answer = SampleAnswer::new(query_limit);
-        for (_, chunk) in chunks {
-            if let Some(done) = answer.absorb(chunk) {
-                return done.map(|()| answer);
-            }
-        }
-        Err("relayed answer ended without its last chunk".into())
+        assemble(chunks, query_limit)
     }
+}
+
+/// One agent's relayed answer from its chunks by number; an error if one is missing before
+/// the last (never a silently shorter answer).
+pub(super) fn assemble(
+    chunks: std::collections::BTreeMap<u32, pb::SampleChunk>,
+    limit: usize,
+) -> Result<SampleAnswer, String> {
+    let mut answer = SampleAnswer::new(limit);
+    for (expected, (seq, chunk)) in chunks.into_iter().enumerate() {
+        if seq as usize != expected {
+            return Err(format!("relayed answer incomplete: chunk {expected} is missing"));
+        }
+        if let Some(done) = answer.absorb(chunk) {
+            return done.map(|()| answer);
+        }
+    }
+    Err("relayed answer ended without its last chunk".into())
 }
 
 /// Runs the relayed queries of the agents connected to this replica, driven by a watch,
@@ -322,16 +296,19 @@ pub(super) mod tests {
         runner.await.unwrap();
     }
 
-    /// A lease that ended early is replaced, and the write goes through.
-    #[tokio::test]
-    async fn a_shared_lease_that_ended_is_replaced() {
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let store = repo.store().clone();
-        let shared = SharedLease::new(Duration::from_secs(60), Duration::from_secs(10));
-        let first = shared.get(&store).await.unwrap();
-        store.revoke_lease(first).await.unwrap();
-        shared.put(&store, |lease| repo.put_sample_job("a", "i/1", vec![1], lease)).await.unwrap();
-        let kv = store.list(&repo.sample_jobs_prefix()).await.unwrap().pop().unwrap();
-        assert!(kv.lease.is_some() && kv.lease != Some(first));
+    /// A chunk missing before the last is an error, never a shorter answer.
+    #[test]
+    fn a_gap_in_the_chunks_is_an_error() {
+        let mut chunks = pb::SampleChunk::split("r", packets(3000, 1000), 3000, pb::LookbackStats::default());
+        assert!(chunks.len() >= 3);
+        let whole: std::collections::BTreeMap<u32, pb::SampleChunk> =
+            chunks.iter().cloned().enumerate().map(|(n, c)| (n as u32, c)).collect();
+        assert_eq!(assemble(whole, 5000).unwrap().packets.len(), 3000);
+        let last = chunks.len() as u32 - 1;
+        let done = chunks.pop().unwrap();
+        let gap: std::collections::BTreeMap<u32, pb::SampleChunk> =
+            [(0, chunks.remove(0)), (last, done)].into_iter().collect();
+        let error = assemble(gap, 5000).unwrap_err();
+        assert!(error.contains("chunk 1 is missing"), "{error}");
     }
 }

@@ -126,7 +126,10 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
             match self.returned.recv() {
                 Ok(buf) => {
                     self.outstanding -= 1;
-                    self.free.push(buf);
+                    // Flush markers (never allocated) are not buffers: at most `depth` exist.
+                    if buf.capacity() > 0 {
+                        self.free.push(buf);
+                    }
                 }
                 Err(_) => return Err(self.failure()),
             }
