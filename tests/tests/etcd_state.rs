@@ -36,8 +36,9 @@ async fn etcd_passes_the_conformance_suite_and_isolates_prefixes() {
     assert!(matches!(first, Some(Err(StateError::Compacted { .. }))), "{first:?}");
     drop(watch);
 
-    // A watch its reader dropped ends in etcd at once, not at the next event under its
-    // prefix (which may never come): etcd's own count of watchers goes back down.
+    // A watch its reader dropped ends in etcd, not at the next event under its prefix (which
+    // may never come): etcd's own count of watchers goes back down. Within 30 s: on a loaded
+    // machine etcd takes its time to notice the cancelled streams.
     let endpoint = endpoints[0].clone();
     let count = move || {
         let endpoint = endpoint.clone();
@@ -46,7 +47,7 @@ async fn etcd_passes_the_conformance_suite_and_isolates_prefixes() {
     let settled = |want: fn(u64, u64) -> bool, base: u64| {
         let count = count.clone();
         async move {
-            for _ in 0..100 {
+            for _ in 0..600 {
                 let now = count().await;
                 if want(now, base) {
                     return now;
