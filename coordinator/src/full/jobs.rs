@@ -14,6 +14,8 @@ use crate::model::{CaptureRecord, JobRecord, PopResult};
 
 /// State-store writes in flight at once while a capture's jobs are written.
 const WRITES_AT_ONCE: usize = 32;
+/// PoPs whose state and job go in one transaction (2 keys each: under etcd's 128 operations).
+const POPS_PER_WRITE: usize = 32;
 
 /// Folds an agent's report into its PoP's state (never out of a final state).
 fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
@@ -55,12 +57,36 @@ impl FullCaptures {
         if let Some(budget) = &budget {
             self.repo.put_budget(&record.id, budget).await?;
         }
-        // PoP by PoP its state then its job, many PoPs at once (hundreds of PoPs: the
-        // store's round trips, not its work, are what take time).
+        // The states and jobs of POPS_PER_WRITE PoPs in one transaction, a few transactions
+        // at once: etcd's rate of requests, not their size, is what takes time (a capture over
+        // 300 PoPs had cost 600 writes). A group whose PoPs were already written (a retried
+        // submit) or too large for one request goes PoP by PoP, its state then its job.
         // (The futures are made first: a closure in the stream trips the Send check of the
         // handler that awaits this.)
-        let writes: Vec<_> =
-            record.pops.iter().map(|pop| self.submit_pop(record, pop, budget.as_ref(), not_after_ns)).collect();
+        let groups: Vec<_> = record
+            .pops
+            .chunks(POPS_PER_WRITE)
+            .map(|pops| self.submit_group(record, pops, budget.as_ref(), not_after_ns))
+            .collect();
+        futures::stream::iter(groups).buffer_unordered(4).try_collect::<Vec<()>>().await?;
+        Ok(())
+    }
+
+    async fn submit_group(
+        &self,
+        record: &CaptureRecord,
+        pops: &[PopResult],
+        budget: Option<&crate::model::Budget>,
+        not_after_ns: u64,
+    ) -> crate::store::Result<()> {
+        let jobs: Vec<JobRecord> =
+            pops.iter().filter(|p| !p.is_final()).map(|p| job_for(record, p, budget, not_after_ns)).collect();
+        match self.repo.create_pops_with_jobs(&record.id, pops, &jobs).await {
+            Ok(true) => return Ok(()),
+            Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        let writes: Vec<_> = pops.iter().map(|pop| self.submit_pop(record, pop, budget, not_after_ns)).collect();
         futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<()>>().await?;
         Ok(())
     }
@@ -77,27 +103,38 @@ impl FullCaptures {
         if pop.is_final() {
             return Ok(()); // skipped: offline
         }
-        let job = JobRecord {
-            capture_id: record.id.clone(),
-            account_id: record.account_id.clone(),
-            agent_id: pop.agent_id.clone(),
-            pop: pop.pop.clone(),
-            destination_conf: record.destination_conf.clone().unwrap_or_default(),
-            filter_v1: record.filter_v1.clone(),
-            filter_bpf: record.filter_bpf.clone(),
-            filter_bpf_hash: record.filter_bpf_hash.clone(),
-            time_limit: record.time_limit,
-            packet_limit: record.packet_limit,
-            byte_limit: record.byte_limit,
-            first_allowance: budget.map(|b| b.allowance(&pop.agent_id)),
-            not_after_ns,
-            stop: false,
-            scope: Some(record.capture_scope()),
-            traceparent: record.traceparent.clone(),
-        };
-        self.repo.put_job(&job).await
+        self.repo.put_job(&job_for(record, pop, budget, not_after_ns)).await
     }
+}
 
+/// The job of one PoP of a new capture.
+fn job_for(
+    record: &CaptureRecord,
+    pop: &PopResult,
+    budget: Option<&crate::model::Budget>,
+    not_after_ns: u64,
+) -> JobRecord {
+    JobRecord {
+        capture_id: record.id.clone(),
+        account_id: record.account_id.clone(),
+        agent_id: pop.agent_id.clone(),
+        pop: pop.pop.clone(),
+        destination_conf: record.destination_conf.clone().unwrap_or_default(),
+        filter_v1: record.filter_v1.clone(),
+        filter_bpf: record.filter_bpf.clone(),
+        filter_bpf_hash: record.filter_bpf_hash.clone(),
+        time_limit: record.time_limit,
+        packet_limit: record.packet_limit,
+        byte_limit: record.byte_limit,
+        first_allowance: budget.map(|b| b.allowance(&pop.agent_id)),
+        not_after_ns,
+        stop: false,
+        scope: Some(record.capture_scope()),
+        traceparent: record.traceparent.clone(),
+    }
+}
+
+impl FullCaptures {
     /// Marks every job of a capture stopped; the replicas forward the stop to their agents.
     pub(crate) async fn request_stop(&self, record: &CaptureRecord) -> crate::store::Result<()> {
         // Many PoPs at once, as when the jobs were written.

@@ -163,6 +163,21 @@ impl Repo {
         keys::jobs()
     }
 
+    /// Writes the initial states of a new capture's `pops` and its `jobs` in one transaction,
+    /// if none of those PoPs was written before (`Ok(false)`: one was, nothing is written).
+    pub(crate) async fn create_pops_with_jobs(
+        &self,
+        capture: &str,
+        pops: &[PopResult],
+        jobs: &[JobRecord],
+    ) -> Result<bool> {
+        let absent: Vec<String> = pops.iter().map(|p| keys::pop(capture, &p.agent_id)).collect();
+        // Each PoP's state before its job: a replica that sees the job finds the PoP written.
+        let mut puts: Vec<(String, Vec<u8>)> = absent.iter().cloned().zip(pops.iter().map(encode)).collect();
+        puts.extend(jobs.iter().map(|j| (keys::job(&j.agent_id, &j.capture_id), encode(j))));
+        Ok(self.store().put_all_if_absent(&absent, puts).await?)
+    }
+
     pub(crate) async fn put_job(&self, job: &JobRecord) -> Result<()> {
         self.store().put(&keys::job(&job.agent_id, &job.capture_id), encode(job), None).await?;
         Ok(())

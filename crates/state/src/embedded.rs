@@ -450,6 +450,24 @@ impl StateStore for EmbeddedStore {
         self.mutate(move |inner, events| inner.delete(&key, events)).await
     }
 
+    async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
+        let absent = absent.to_vec();
+        self.mutate(move |inner, events| {
+            if absent.iter().any(|k| inner.map.contains_key(k)) {
+                return Ok(false);
+            }
+            // All or nothing: a value too large is refused before anything is written.
+            if let Some((key, value)) = puts.iter().find(|(_, v)| v.len() > inner.max_value) {
+                return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: inner.max_value });
+            }
+            for (key, value) in puts {
+                inner.put(&key, value, None, events)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         let key = key.to_string();
         self.mutate(move |inner, events| {

@@ -174,6 +174,17 @@ impl StateStore for EtcdStore {
         Ok(response.deleted() > 0)
     }
 
+    async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
+        let bytes = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let first = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
+        let compares: Vec<Compare> =
+            absent.iter().map(|k| Compare::create_revision(self.full(k), CompareOp::Equal, 0)).collect();
+        let ops: Vec<TxnOp> = puts.into_iter().map(|(k, v)| TxnOp::put(self.full(&k), v, None)).collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(&first, bytes, None, e))?;
+        Ok(response.succeeded())
+    }
+
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         let full = self.full(key);
         let compare = Compare::mod_revision(full.clone(), CompareOp::Equal, expected as i64);

@@ -205,6 +205,10 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     ) -> Result<Option<Revision>>;
     /// Deletes a key; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool>;
+    /// Writes every `(key, value)` of `puts` (durable) in one transaction, if no key of
+    /// `absent` exists; `Ok(false)`: one did, and nothing was written. etcd takes at most 128
+    /// keys in `puts` (and in `absent`), and the whole under its request limit (`TooLarge`).
+    async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool>;
     /// Deletes a key only if its `mod_revision` is `expected` (it was not written since);
     /// returns whether it was deleted.
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool>;

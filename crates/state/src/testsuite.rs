@@ -53,6 +53,15 @@ async fn cas(store: &dyn StateStore) {
     assert!(store.compare_and_delete(key, r2).await.unwrap());
     assert_eq!(store.get(key).await.unwrap(), None);
     assert!(!store.compare_and_delete(key, r2).await.unwrap(), "absent");
+
+    // Several keys in one transaction, only if the guarded ones are absent.
+    let (a, b) = ("/conformance/all/a".to_string(), "/conformance/all/b".to_string());
+    let puts = || vec![(a.clone(), b"1".to_vec()), (b.clone(), b"2".to_vec())];
+    assert!(store.put_all_if_absent(std::slice::from_ref(&a), puts()).await.unwrap());
+    assert_eq!(store.get(&b).await.unwrap().unwrap().value, b"2");
+    store.delete(&b).await.unwrap();
+    assert!(!store.put_all_if_absent(std::slice::from_ref(&a), puts()).await.unwrap(), "a exists");
+    assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
 }
 
 async fn prefix_list(store: &dyn StateStore) {
