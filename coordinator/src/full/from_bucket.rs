@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::stage::PCAP_HEADER;
 use crate::model::{CaptureRecord, ShardRef};
 
 /// Bytes read from a shard's GET at a time.
@@ -29,8 +30,6 @@ pub(super) const CHUNK: usize = 256 << 10;
 pub(super) const PREFETCH: usize = 4;
 /// Parts of the merged file waiting for their upload.
 pub(super) const PARTS_AHEAD: usize = 2;
-/// Classic pcap's file header: shards after an agent's first are read without it.
-const PCAP_HEADER: usize = 24;
 
 /// One agent's shards, in time order, and where they came from.
 #[derive(Clone, Debug)]

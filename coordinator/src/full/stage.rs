@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use edgecap_merge::{MergeInput, MergeOptions, MergeReport, OutputFormat, Provenance};
 
-/// Classic pcap's file header: the part of every shard after the first that is skipped.
-const PCAP_HEADER: usize = 24;
+/// Classic pcap's file header: the part of every shard after an agent's first that is
+/// skipped (here and when merging straight from the bucket).
+pub(super) const PCAP_HEADER: usize = 24;
 
 /// One agent's shards, in order, and where they came from.
 #[derive(Clone, Debug)]

@@ -12,16 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgecap_common::lock;
 use edgecap_common::tasks::Tasks;
 use edgecap_proto::agent::v1 as pb;
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use prost::Message;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::relay::{Relay, Waiting};
+use super::relay::Relay;
 use crate::agents::{Registry, SampleAnswer};
 
 /// A query for several agents (the value of `sample-batches/{instance}/{id}`).
@@ -77,12 +75,8 @@ impl Relay {
             return Vec::new();
         }
         let deadline = Instant::now() + timeout;
-        let id = crate::model::new_id();
-        query.request_id = format!("{}/{id}", self.instance);
+        let (_waiting, mut events) = self.register(&mut query);
         let limit = query.packet_limit as usize;
-        let (tx, mut events) = mpsc::unbounded_channel();
-        lock(&self.waiting).insert(id.clone(), tx);
-        let _waiting = Waiting { relay: self, id };
         let request = query.request_id.clone();
         let batch = Batch { query: Some(query), agents: agents.iter().map(|a| (*a).to_owned()).collect() };
         let encoded = batch.encode_to_vec();
@@ -186,10 +180,7 @@ async fn answer(relay: &Relay, registry: &Registry, agents: Vec<String>, query: 
         tokio::select! {
             next = asked.next() => {
                 let Some((agent, result)) = next else { break };
-                let chunks = match result {
-                    Ok(answer) => pb::SampleChunk::split(&request, answer.packets, answer.matched, answer.lookback),
-                    Err(error) => vec![pb::SampleChunk::failure(&request, error)],
-                };
+                let chunks = super::relay::chunks_of(&request, result);
                 for (seq, chunk) in chunks.into_iter().enumerate() {
                     if !writer.add(AgentChunk { agent_id: agent.clone(), seq: seq as u32, chunk: Some(chunk) }).await {
                         return;
@@ -261,6 +252,7 @@ mod tests {
     use super::*;
     use crate::sample::relay::tests::packets;
     use crate::store::Repo;
+    use edgecap_common::lock;
 
     /// The asking replica on an in-memory store, its answer watch running, and a watch on the
     /// batches it writes.

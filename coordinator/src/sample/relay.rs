@@ -42,8 +42,8 @@ pub(crate) struct Relay {
 
 /// Takes a request off the waiting list however its task ends.
 pub(super) struct Waiting<'a> {
-    pub(super) relay: &'a Relay,
-    pub(super) id: String,
+    relay: &'a Relay,
+    id: String,
 }
 
 impl Drop for Waiting<'_> {
@@ -62,6 +62,19 @@ impl Relay {
             queries: SharedLease::new(timeout + Duration::from_secs(5), Duration::from_secs(5)),
             answers: SharedLease::new(Duration::from_secs(60), Duration::from_secs(10)),
         }
+    }
+
+    /// Names `query` with a new request id of this replica and puts it on the waiting list
+    /// (until the returned guard drops); its answers come through the receiver.
+    pub(super) fn register(
+        &self,
+        query: &mut pb::SampleQuery,
+    ) -> (Waiting<'_>, mpsc::UnboundedReceiver<Result<KeyValue, String>>) {
+        let id = crate::model::new_id();
+        query.request_id = format!("{}/{id}", self.instance);
+        let (tx, events) = mpsc::unbounded_channel();
+        lock(&self.waiting).insert(id.clone(), tx);
+        (Waiting { relay: self, id }, events)
     }
 
     pub(super) fn answers_prefix(&self) -> String {
@@ -115,12 +128,8 @@ impl Relay {
         timeout: Duration,
     ) -> Result<SampleAnswer, String> {
         let deadline = Instant::now() + timeout;
-        let id = crate::model::new_id();
-        query.request_id = format!("{}/{id}", self.instance);
+        let (_waiting, mut events) = self.register(&mut query);
         let query_limit = query.packet_limit as usize;
-        let (tx, mut events) = mpsc::unbounded_channel();
-        lock(&self.waiting).insert(id.clone(), tx);
-        let _waiting = Waiting { relay: self, id };
         let store = self.repo.store().clone();
         let encoded = query.encode_to_vec();
         self.queries
@@ -151,6 +160,14 @@ impl Relay {
             }
         }
         assemble(chunks, query_limit)
+    }
+}
+
+/// An agent's answer (or why it gave none) as the chunks a replica relays.
+pub(super) fn chunks_of(request_id: &str, answer: Result<SampleAnswer, String>) -> Vec<pb::SampleChunk> {
+    match answer {
+        Ok(answer) => pb::SampleChunk::split(request_id, answer.packets, answer.matched, answer.lookback),
+        Err(error) => vec![pb::SampleChunk::failure(request_id, error)],
     }
 }
 
@@ -192,10 +209,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
 
 async fn answer(relay: &Relay, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
     let request_id = query.request_id.clone();
-    let chunks = match registry.sample(agent_id, query, timeout).await {
-        Ok(answer) => pb::SampleChunk::split(&request_id, answer.packets, answer.matched, answer.lookback),
-        Err(error) => vec![pb::SampleChunk::failure(&request_id, error)],
-    };
+    let chunks = chunks_of(&request_id, registry.sample(agent_id, query, timeout).await);
     let store = relay.repo.store().clone();
     for (n, chunk) in chunks.iter().enumerate() {
         let encoded = chunk.encode_to_vec();
