@@ -433,7 +433,8 @@ class Env:
                 self.bin("edgecap-bench"), "simulate", "--agents", str(n), "--first", str(first),
                 "--coordinator", ",".join(endpoints), "--pki", self.pki, "--pops", str(pops),
                 "--colos", ",".join(colos), "--rate", str(rate), "--lookback-kib", str(lookback_kib),
-                "--spool-dir", os.path.join(self.dir, "spool")], logf, env={"RUST_LOG": "warn"})
+                "--spool-dir", os.path.join(self.dir, "spool")], logf,
+                env={"RUST_LOG": os.environ.get("EDGECAP_SIM_LOG", "warn")})
             p.logfile = logf
             self.sims.append(p)
             first += n

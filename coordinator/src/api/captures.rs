@@ -139,11 +139,9 @@ pub(super) async fn get(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let mut record = find(&state, &account, &id).await?;
-    // A full capture's shards live in their own keys, not in the record: listed here (not in
-    // the list of captures, which stays one read).
+    // (Not in the list of captures, which stays one read.)
     if record.capture_type == CaptureType::Full {
-        let shards = state.repo.list_shards(&record.id).await.map_err(repo_err)?;
-        record.attach_shards(&shards);
+        crate::full::current_view(&state.repo, &mut record).await.map_err(repo_err)?;
     }
     Ok(envelope(record.to_api()))
 }

@@ -206,15 +206,8 @@ impl FullCaptures {
                     );
                 }
             }
-            let mut view = pops;
-            view.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
             let before = (record.status, record.pops.clone());
-            if !view.is_empty() {
-                record.pops = view;
-            }
-            if record.status == CaptureStatus::Pending && record.pops.iter().any(|p| p.status != PopStatus::Pending) {
-                record.status = CaptureStatus::Running;
-            }
+            record.view_pops(pops);
             if !record.pops.is_empty() && record.pops.iter().all(PopResult::is_final) {
                 record.status = CaptureStatus::ConversionPending;
             }

@@ -17,6 +17,19 @@ const WRITES_AT_ONCE: usize = 32;
 /// PoPs whose state and job go in one transaction (2 keys each: under etcd's 128 operations).
 const POPS_PER_WRITE: usize = 32;
 
+/// A full capture as the API shows it. While unfinished, its PoPs are read from their own
+/// keys, which the agents' reports update as they come (the record's copy is the leader's,
+/// rolled up every 500 ms: a PoP had shown `running` up to a second after it was). Its
+/// delivered shards, which live in their own keys, are attached.
+pub(crate) async fn current_view(repo: &crate::store::Repo, record: &mut CaptureRecord) -> crate::store::Result<()> {
+    if !record.status.is_final() {
+        record.view_pops(repo.list_pops(&record.id).await?);
+    }
+    let shards = repo.list_shards(&record.id).await?;
+    record.attach_shards(&shards);
+    Ok(())
+}
+
 /// Folds an agent's report into its PoP's state (never out of a final state).
 fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
     if pop.is_final() {
@@ -214,5 +227,42 @@ impl FullCaptures {
         if let Err(error) = self.repo.update_pop(&report.capture_id, agent_id, |pop| apply_report(pop, &report)).await {
             tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CaptureRequest, CaptureStatus, CaptureType, PopStatus};
+    use crate::store::Repo;
+
+    #[tokio::test]
+    async fn the_api_sees_a_pop_running_before_the_leader_rolls_it_up() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
+        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+        record.pops =
+            vec![PopResult::new("ord02", "b", PopStatus::Pending), PopResult::new("ord01", "a", PopStatus::Pending)];
+        repo.create_capture(&record).await.unwrap();
+        let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
+        current_view(&repo, &mut view).await.unwrap();
+        assert_eq!(view.status, CaptureStatus::Pending, "no PoP keys yet: the record as written");
+        assert_eq!(view.pops.len(), 2);
+
+        // The PoPs' keys as the jobs and one agent's first report wrote them.
+        repo.cas_pop(&record.id, "b", None, &PopResult::new("ord02", "b", PopStatus::Pending)).await.unwrap();
+        repo.cas_pop(&record.id, "a", None, &PopResult::new("ord01", "a", PopStatus::Running)).await.unwrap();
+        let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
+        current_view(&repo, &mut view).await.unwrap();
+        assert_eq!(view.status, CaptureStatus::Running);
+        let pops: Vec<_> = view.pops.iter().map(|p| (p.pop.as_str(), p.status)).collect();
+        assert_eq!(pops, [("ord01", PopStatus::Running), ("ord02", PopStatus::Pending)], "sorted by PoP");
+
+        // A finished capture is shown as the leader wrote it.
+        repo.update_capture("acct", &record.id, |r| r.status = CaptureStatus::Failed).await.unwrap();
+        let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
+        current_view(&repo, &mut view).await.unwrap();
+        assert_eq!(view.status, CaptureStatus::Failed);
+        assert!(view.pops.iter().all(|p| p.status == PopStatus::Pending), "{:?}", view.pops);
     }
 }

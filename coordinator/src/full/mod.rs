@@ -51,6 +51,7 @@ mod plan;
 mod stage;
 mod uploads;
 
+pub(crate) use jobs::current_view;
 pub(crate) use plan::PlanError;
 pub(crate) use stream::MAX_VIEWERS;
 

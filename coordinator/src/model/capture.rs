@@ -119,6 +119,21 @@ pub(crate) struct CaptureRecord {
 }
 
 impl CaptureRecord {
+    /// Takes the PoPs' own states (their keys, as agents' reports wrote them) as this record's
+    /// view, sorted by PoP and agent: a pending capture with a PoP past `pending` is running.
+    /// Nothing changes when there are none (the jobs are not written yet).
+    pub(crate) fn view_pops(&mut self, mut pops: Vec<PopResult>) {
+        if pops.is_empty() {
+            return;
+        }
+        pops.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+        self.pops = pops;
+        if self.status == CaptureStatus::Pending && self.pops.iter().any(|p| p.status != super::pop::PopStatus::Pending)
+        {
+            self.status = CaptureStatus::Running;
+        }
+    }
+
     /// Lists each PoP's delivered shards (as `(agent_id, shard)` pairs from the store) on its
     /// result; the stored record does not keep them.
     pub(crate) fn attach_shards(&mut self, shards: &[(String, super::ShardRef)]) {
