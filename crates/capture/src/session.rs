@@ -17,7 +17,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -239,6 +239,8 @@ struct Shared {
     excluded: AtomicU64,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
+    /// Notified (under `reason`'s lock) when `stop` is set: the waker thread sleeps on it.
+    ended: Condvar,
 }
 
 impl Shared {
@@ -249,14 +251,40 @@ impl Shared {
             *r = Some(reason);
         }
         self.stop.store(true, Ordering::Release);
+        self.ended.notify_all();
     }
 
     /// Records a failure even after another reason ended the capture: a write that fails
     /// while the capture winds down (the last fsync, the last manifest) means what was
     /// captured is not all safely on disk, and the reason must say so.
     fn fail(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(StopReason::Failed(reason));
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        *r = Some(StopReason::Failed(reason));
         self.stop.store(true, Ordering::Release);
+        self.ended.notify_all();
+    }
+
+    /// Blocks until the capture is asked to stop, ending it at `deadline` (its time limit).
+    /// (`stop` is set and notified under `reason`'s lock, so no wake is missed between the
+    /// check and the wait.)
+    fn wait_for_stop(&self, deadline: Option<Instant>) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.stop.load(Ordering::Acquire) {
+            match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        if r.is_none() {
+                            *r = Some(StopReason::TimeLimit);
+                        }
+                        self.stop.store(true, Ordering::Release);
+                        break;
+                    }
+                    r = self.ended.wait_timeout(r, d - now).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                None => r = self.ended.wait(r).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
     }
 
     fn snapshot(&self) -> Counters {
@@ -373,6 +401,8 @@ impl LiveCapture {
         };
         // A source waits for packets up to its timeout, so limits and stop cannot wait for the
         // next packet: a waker interrupts the wait (an eventfd beside the ring for libpcap).
+        // Its thread sleeps until the time limit or a stop (it had polled every 10 ms: a
+        // hundred wakes a second per capture).
         let waker = source.waker();
         let waker = {
             let shared = shared.clone();
@@ -380,16 +410,8 @@ impl LiveCapture {
             std::thread::Builder::new()
                 .name(format!("waker-{}", config.iface))
                 .spawn(move || {
-                    loop {
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            shared.finish(StopReason::TimeLimit);
-                        }
-                        if shared.stop.load(Ordering::Acquire) {
-                            waker.wake();
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+                    shared.wait_for_stop(deadline);
+                    waker.wake();
                 })
                 .map_err(CaptureError::Thread)?
         };

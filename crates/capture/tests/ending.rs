@@ -1,0 +1,63 @@
+//! A capture ends at its time limit and when stopped, even while its source has nothing to
+//! read and waits far longer than that: the waker thread interrupts the wait. The source is an
+//! idle replay source whose read timeout is a minute.
+
+#![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use edgecap_capture::session::{Counters, Limits, LiveCapture, LiveConfig, PacketSink, StopReason};
+use edgecap_capture::source::SourceFactory;
+use edgecap_capture::source::replay::{Replay, ReplayConfig};
+
+struct Discard;
+
+impl PacketSink for Discard {
+    fn write(&mut self, _ts_ns: u64, _orig_len: u32, _data: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, _counters: &Counters) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An idle source (no packets) that waits up to a minute per read.
+fn idle_capture(limits: Limits) -> LiveCapture {
+    let replay = Replay::new(ReplayConfig { rate_pps: 0, ..Default::default() });
+    let mut config = LiveConfig::new("idle0", "");
+    config.timeout_ms = 60_000;
+    config.limits = limits;
+    let source = replay.open("idle0", &config.open_options()).unwrap();
+    LiveCapture::start(config, source, Box::new(Discard)).unwrap()
+}
+
+/// Far below the source's minute: the end came through the waker, not a read timeout.
+const ENDS_WITHIN: Duration = Duration::from_secs(30);
+
+#[test]
+fn an_idle_capture_ends_at_its_time_limit() {
+    let started = Instant::now();
+    let live = idle_capture(Limits { time: Some(Duration::from_millis(300)), ..Default::default() });
+    let counters = live.wait();
+    assert_eq!(counters.stop_reason, Some(StopReason::TimeLimit));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "not before its time limit: {took:?}");
+    assert!(took < ENDS_WITHIN, "{took:?}");
+}
+
+#[test]
+fn an_idle_capture_without_a_time_limit_ends_when_stopped() {
+    let live = idle_capture(Limits::default());
+    let stop = live.stop_handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        stop.stop();
+    });
+    let started = Instant::now();
+    let counters = live.wait();
+    stopper.join().unwrap();
+    assert_eq!(counters.stop_reason, Some(StopReason::Stopped));
+    assert!(started.elapsed() < ENDS_WITHIN, "{:?}", started.elapsed());
+}
