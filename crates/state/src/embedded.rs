@@ -468,6 +468,23 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
+    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
+        self.mutate(move |inner, events| {
+            if puts.iter().any(|(k, expected, _)| inner.map.get(k).map(|kv| kv.mod_revision) != Some(*expected)) {
+                return Ok(false);
+            }
+            // All or nothing: a value too large is refused before anything is written.
+            if let Some((key, _, value)) = puts.iter().find(|(_, _, v)| v.len() > inner.max_value) {
+                return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: inner.max_value });
+            }
+            for (key, _, value) in puts {
+                inner.put(&key, value, None, events)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         let key = key.to_string();
         self.mutate(move |inner, events| {

@@ -185,6 +185,19 @@ impl StateStore for EtcdStore {
         Ok(response.succeeded())
     }
 
+    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
+        let bytes = puts.iter().map(|(k, _, v)| k.len() + v.len()).sum();
+        let first = puts.first().map(|(k, _, _)| k.clone()).unwrap_or_default();
+        let compares: Vec<Compare> = puts
+            .iter()
+            .map(|(k, expected, _)| Compare::mod_revision(self.full(k), CompareOp::Equal, *expected as i64))
+            .collect();
+        let ops: Vec<TxnOp> = puts.into_iter().map(|(k, _, v)| TxnOp::put(self.full(&k), v, None)).collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(&first, bytes, None, e))?;
+        Ok(response.succeeded())
+    }
+
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
         let full = self.full(key);
         let compare = Compare::mod_revision(full.clone(), CompareOp::Equal, expected as i64);

@@ -209,6 +209,11 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     /// `absent` exists; `Ok(false)`: one did, and nothing was written. etcd takes at most 128
     /// keys in `puts` (and in `absent`), and the whole under its request limit (`TooLarge`).
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool>;
+    /// Writes every `(key, expected, value)` in one transaction if each key's `mod_revision`
+    /// is still its `expected` (compare-and-put of many keys, all or nothing); `Ok(false)`: one
+    /// was written since (or is gone), and nothing was written. Same limits as
+    /// [`StateStore::put_all_if_absent`].
+    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool>;
     /// Deletes a key only if its `mod_revision` is `expected` (it was not written since);
     /// returns whether it was deleted.
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool>;

@@ -62,6 +62,26 @@ async fn cas(store: &dyn StateStore) {
     store.delete(&b).await.unwrap();
     assert!(!store.put_all_if_absent(std::slice::from_ref(&a), puts()).await.unwrap(), "a exists");
     assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
+
+    // Compare-and-put of several keys: all written only if none was written since.
+    let ra = store.put(&a, b"a1".to_vec(), None).await.unwrap();
+    let rb = store.put(&b, b"b1".to_vec(), None).await.unwrap();
+    assert!(
+        store
+            .compare_and_put_all(vec![(a.clone(), ra, b"a2".to_vec()), (b.clone(), rb, b"b2".to_vec())])
+            .await
+            .unwrap()
+    );
+    let (ka, kb) = (store.get(&a).await.unwrap().unwrap(), store.get(&b).await.unwrap().unwrap());
+    assert_eq!((ka.value.as_slice(), kb.value.as_slice()), (&b"a2"[..], &b"b2"[..]));
+    // b written meanwhile: nothing of the batch is written, a included.
+    let rb = store.put(&b, b"b3".to_vec(), None).await.unwrap();
+    let stale = vec![(a.clone(), ka.mod_revision, b"a4".to_vec()), (b.clone(), kb.mod_revision, b"b4".to_vec())];
+    assert!(!store.compare_and_put_all(stale).await.unwrap(), "b was written since");
+    assert_eq!(store.get(&a).await.unwrap().unwrap().value, b"a2", "nothing written");
+    store.delete(&b).await.unwrap();
+    assert!(!store.compare_and_put_all(vec![(b.clone(), rb, b"b5".to_vec())]).await.unwrap(), "b is gone");
+    assert!(store.get(&b).await.unwrap().is_none());
 }
 
 async fn prefix_list(store: &dyn StateStore) {
