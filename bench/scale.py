@@ -7,7 +7,9 @@ on failure or Ctrl-C).
 Scenarios (`python3 bench/scale.py SCENARIO --help` for each one's options):
 
   sample    sample captures create -> success, timed through the HTTP API (median, p99)
-  full      full capture create -> every PoP `running`, timed through the HTTP API
+  full      full capture create -> every PoP `running`, timed through the HTTP API;
+            --timeline: where that time went (job sent, start received, capture started,
+            state written), from the binaries' `edgecap_timeline` debug events
   idle      coordinator RSS and CPU with N connected idle agents (/proc/PID/stat, status)
   spread    N agents over R replicas: per-replica counts; kill -9 the busiest; time until
             a sample capture gets an answer from every PoP again
@@ -29,6 +31,7 @@ import http.client
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -640,14 +643,64 @@ def start_full_setup(env, a):
     return api, dest
 
 
+TIMELINE = "edgecap_timeline=debug"
+
+
+def log_time(line):
+    """The wall-clock time (s) of a log line that starts with tracing's RFC 3339 UTC stamp."""
+    stamp = line[:27].rstrip("Z ")
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def timeline(env, windows):
+    """Where each capture's start went, from the `edgecap_timeline` debug events of the
+    coordinators' and simulators' logs: for each step, the time from the POST to the last PoP
+    that reached it (each PoP's first event, before the capture was stopped).
+    `windows`: {capture id: (POST wall time, stop wall time or None)}."""
+    steps = [("job sent", "coordinator: StartCapture handed to the agent's stream"),
+             ("start received", "agent: StartCapture read from the stream"),
+             ("capture started", "agent: its capture running"),
+             ("PoP state written", "coordinator: `running` written to the PoP's key")]
+    firsts = {cid: {s: {} for s, _ in steps} for cid in windows}
+    logs = [c.logfile for c in env.coordinators] + [p.logfile for p in env.sims]
+    for path in logs:
+        with open(path, errors="replace") as f:
+            for line in f:
+                # `<time> DEBUG [spans: ]edgecap_timeline: <step> capture=<id> agent|pop=<name> ...`
+                _, sep, event = line.partition("edgecap_timeline: ")
+                m = re.match(r"(.+?) capture=(\w+) (?:agent|pop)=(\S+)", event)
+                if not sep or not m or m.group(2) not in windows:
+                    continue
+                step, cid, pop = m.groups()
+                if step not in firsts[cid] or (step == "PoP state written" and "Running" not in event):
+                    continue
+                t = log_time(line)
+                t_stop = windows[cid][1]
+                if t_stop is not None and t > t_stop:
+                    continue
+                seen = firsts[cid][step]
+                seen[pop] = min(seen.get(pop, t), t)
+    print("  timeline (POST -> the last PoP at each step; each PoP's first event; wall clocks of this machine):")
+    for step, what in steps:
+        lasts = [(max(firsts[cid][step].values()) - windows[cid][0]) * 1000 for cid in windows if firsts[cid][step]]
+        counts = sorted({len(firsts[cid][step]) for cid in windows})
+        print(f"    {step:18s} {summary(lasts)}   ({what}; PoPs seen per capture {counts[0]}-{counts[-1]})"
+              if lasts else f"    {step:18s} no events (were the binaries built with the timeline events?)")
+
+
 def scenario_full(env, a):
+    if a.timeline:
+        os.environ["RUST_LOG"] = os.environ.get("RUST_LOG", "warn") + "," + TIMELINE
+        os.environ["EDGECAP_SIM_LOG"] = os.environ.get("EDGECAP_SIM_LOG", "warn") + "," + TIMELINE
     api, dest = start_full_setup(env, a)
     perf = Perf(env, env.coordinators[0].pid, a.perf, "full") if a.perf else None
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
+    windows = {}
     t_start = time.monotonic()
     for i in range(a.warmup + a.samples):
         t0 = time.perf_counter()
+        t_post = time.time()
         st, raw = api.call("POST", api.pcaps(), full_body(a, dest, a.time_limit))
         if st != 200:
             errors.append(f"create {st}: {raw[:300]!r}")
@@ -662,6 +715,8 @@ def scenario_full(env, a):
                 ms.append((t1 - t0) * 1000)
         except RuntimeError as e:
             errors.append(str(e)[:400])
+        if i >= a.warmup:
+            windows[cid] = (t_post, time.time() if a.stop else None)
         if a.stop:
             api.call("PUT", api.pcaps(f"/{cid}/stop"))
         t2 = time.perf_counter()
@@ -676,6 +731,8 @@ def scenario_full(env, a):
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
     print(f"  POST answered (record, jobs and PoP keys written): {summary(create_ms)}")
     print(f"  create -> every PoP running: {summary(ms)}")
+    if a.timeline:
+        timeline(env, windows)
     print(f"  stop/end -> success (merge of every PoP's shards): {summary(final_ms)}")
     print(f"  errors: {len(errors)} {errors[:3]}")
     print(f"  {time.monotonic() - t_start:.0f} s; loadavg before {la0} / after {la1}")
@@ -991,6 +1048,8 @@ def main():
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--time-limit", type=int, default=5)
     s.add_argument("--stop", action="store_true", help="stop each capture once every PoP runs")
+    s.add_argument("--timeline", action="store_true",
+                   help="log the steps of each start (edgecap_timeline=debug) and show where the time went")
     s.add_argument("--poll-ms", type=float, default=20)
 
     s = sub.add_parser("idle", help="coordinator RSS and CPU with N connected idle agents")

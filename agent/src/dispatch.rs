@@ -201,6 +201,8 @@ async fn dispatch(
         }
         Msg::StartCapture(start) => match &parts.jobs {
             Some(jobs) => {
+                // The steps of a capture's start, for `bench/scale.py full --timeline`.
+                tracing::debug!(target: "edgecap_timeline", capture = %start.capture_id, pop = %jobs.pop(), "start received");
                 let jobs = jobs.clone();
                 parts.tasks.spawn_blocking(move || jobs.start(start));
             }

@@ -53,7 +53,8 @@ impl ReportPath {
             ..Default::default()
         };
         report.capture_state = pb::CaptureState::Running as i32;
-        self.full.report(agent, report).await;
+        self.full.report(agent, report);
+        self.full.flush_progress().await;
     }
 }
 

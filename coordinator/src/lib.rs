@@ -235,6 +235,7 @@ impl Coordinator {
         // every replica forwards jobs to the agents connected to it.
         tasks.spawn(full.clone().lead(tasks.token()));
         tasks.spawn(full.clone().forward_jobs(tasks.token()));
+        tasks.spawn(full.clone().write_progress(tasks.token()));
         // Sample queries for agents connected here, asked by other replicas.
         tasks.spawn(sample::relay::serve(relay.clone(), registry.clone(), config.sample_timeout, tasks.clone()));
         tasks.spawn(sample::batch::serve(relay.clone(), registry.clone(), config.sample_timeout, tasks.clone()));

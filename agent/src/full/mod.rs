@@ -102,6 +102,11 @@ pub(crate) struct FullGauges {
 }
 
 impl Jobs {
+    /// The PoP this agent captures for.
+    pub(crate) fn pop(&self) -> &str {
+        &self.pop
+    }
+
     /// Lets captures feed the lookback through `feed` (when the config allows it).
     pub(crate) fn with_lookback_feed(mut self, feed: Option<Arc<edgecap_capture::live::Feed>>) -> Self {
         self.lookback_feed = feed.filter(|_| self.config.feed_lookback);

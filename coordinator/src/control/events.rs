@@ -264,10 +264,7 @@ impl Session {
                 let msg = pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::ClockEcho(echo)) };
                 let _ = self.answers.try_send(Ok(msg));
             }
-            AgentEvent::Report(report) => {
-                let (full, agent) = (self.full.clone(), self.agent_id.clone());
-                handlers.spawn(async move { full.report(&agent, report).await });
-            }
+            AgentEvent::Report(report) => self.full.report(&self.agent_id, report),
             AgentEvent::UploadRequest(request) => {
                 let (full, answers, agent, pop) =
                     (self.full.clone(), self.answers.clone(), self.agent_id.clone(), self.pop.clone());

@@ -30,36 +30,6 @@ pub(crate) async fn current_view(repo: &crate::store::Repo, record: &mut Capture
     Ok(())
 }
 
-/// Folds an agent's report into its PoP's state (never out of a final state).
-fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
-    if pop.is_final() {
-        return;
-    }
-    if let Some(c) = &report.counters {
-        pop.packets = c.written;
-        pop.matched = c.matched;
-        pop.received = c.received;
-        pop.kernel_dropped = c.kernel_dropped;
-        pop.agent_dropped = c.agent_dropped;
-        pop.bytes = c.bytes_written;
-        pop.excluded = c.excluded;
-    }
-    pop.stream_dropped = pop.stream_dropped.max(report.stream_dropped);
-    if let Some(clock) = &report.clock {
-        pop.clock_offset_us = Some(clock.offset_ns / 1000);
-        pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));
-    }
-    if let Some(reason) = convert::report_stop_reason(report) {
-        pop.stop_reason = Some(reason);
-    }
-    if !report.error.is_empty() {
-        pop.error = Some(report.error.clone());
-    }
-    if let Some(status) = convert::report_status(report) {
-        pop.status = status;
-    }
-}
-
 impl FullCaptures {
     /// Writes the jobs and initial PoP states of a capture just created (its record exists).
     pub(super) async fn submit(&self, record: &CaptureRecord) -> crate::store::Result<()> {
@@ -184,6 +154,8 @@ impl FullCaptures {
             }
         }
         self.registry.send(&job.agent_id, convert::start_message(job)).await;
+        // The steps of a capture's start, for `bench/scale.py full --timeline`.
+        tracing::debug!(target: "edgecap_timeline", capture = %job.capture_id, agent = %job.agent_id, "job sent");
         if job.stop {
             self.registry.send(&job.agent_id, convert::stop_message(&job.capture_id)).await;
         }
@@ -221,12 +193,20 @@ impl FullCaptures {
         self.repo.follow_puts(&self.repo.jobs_prefix(), "job", &cancel, catch_up, on_put).await;
     }
 
-    /// A progress report from an agent: folded into its PoP's state (ignored unless the agent
-    /// is part of the capture).
-    pub(crate) async fn report(&self, agent_id: &str, report: pb::CaptureReport) {
-        if let Err(error) = self.repo.update_pop(&report.capture_id, agent_id, |pop| apply_report(pop, &report)).await {
-            tracing::warn!(capture = %report.capture_id, %agent_id, %error, "PoP progress not written");
-        }
+    /// A progress report from an agent, queued to be folded into its PoP's state
+    /// (`progress.rs`; ignored unless the agent is part of the capture).
+    pub(crate) fn report(&self, agent_id: &str, report: pb::CaptureReport) {
+        self.progress.push(agent_id, report);
+    }
+
+    /// Writes the agents' reports into their PoPs' keys until `cancel` (see `progress.rs`).
+    pub(crate) async fn write_progress(self: Arc<Self>, cancel: CancellationToken) {
+        self.progress.run(self.repo.clone(), cancel).await;
+    }
+
+    /// Writes every queued report now (the status benchmark's report path).
+    pub(crate) async fn flush_progress(&self) {
+        self.progress.flush(&self.repo, true).await;
     }
 }
 

@@ -48,6 +48,7 @@ mod jobs;
 mod leader;
 mod merge;
 mod plan;
+mod progress;
 mod stage;
 mod uploads;
 
@@ -69,6 +70,8 @@ pub(crate) struct FullCaptures {
     leader: watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
     streams: stream::Streams,
+    /// Agents' reports waiting to be written into their PoPs' keys.
+    progress: progress::Progress,
 }
 
 /// The shard prefix of a capture (relative to the destination prefix).
@@ -101,6 +104,7 @@ impl FullCaptures {
             leader: watch::channel(false).0,
             metrics,
             streams: stream::Streams::default(),
+            progress: progress::Progress::default(),
         }
     }
 

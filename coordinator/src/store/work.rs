@@ -235,6 +235,28 @@ impl Repo {
         Ok(None)
     }
 
+    /// A capture's PoPs with their keys' revisions, by agent id, in one read; keys that do
+    /// not decode are left out (their writers go key by key).
+    pub(crate) async fn pops_with_revisions(
+        &self,
+        capture: &str,
+    ) -> Result<std::collections::HashMap<String, (PopResult, Revision)>> {
+        let kvs = self.store().list(&keys::pops_of(capture)).await?;
+        Ok(kvs
+            .into_iter()
+            .filter_map(|kv| {
+                decode::<PopResult>(&kv.key, &kv.value).ok().map(|p| (p.agent_id.clone(), (p, kv.mod_revision)))
+            })
+            .collect())
+    }
+
+    /// Writes several PoPs' progress in one transaction, if none of their keys was written
+    /// since its revision; `false`: one was, and nothing was written.
+    pub(crate) async fn cas_pops(&self, capture: &str, pops: &[(Revision, PopResult)]) -> Result<bool> {
+        let puts = pops.iter().map(|(rev, pop)| (keys::pop(capture, &pop.agent_id), *rev, encode(pop))).collect();
+        Ok(self.store().compare_and_put_all(puts).await?)
+    }
+
     pub(crate) async fn list_pops(&self, capture: &str) -> Result<Vec<PopResult>> {
         self.list_json(&keys::pops_of(capture)).await
     }
