@@ -35,18 +35,28 @@ pub struct MergeArgs {
     inputs: Vec<PathBuf>,
 }
 
+/// A tuning variable: `default` when unset; set, a whole number in `least..=most`, or a usage
+/// error naming it (a typo must not silently measure the default).
+fn tuning(name: &str, default: usize, least: usize, most: usize) -> anyhow::Result<usize> {
+    let Some(value) = std::env::var_os(name) else { return Ok(default) };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(n) if (least..=most).contains(&n) => Ok(n),
+        _ => Err(crate::failure::usage(format!(
+            "{name}: expected a whole number from {least} to {most}, got {text:?} (unset it for the default, {default})"
+        ))),
+    }
+}
+
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     // Small read buffers on purpose: the merge's time goes into copying bytes in and out of
     // them, and copies through buffers that stay in the CPU cache are much cheaper (measured
     // in docs/benchmarks.md: 32 KiB per input beat 1 MiB by up to 2x). Memory: 32 KiB per
     // input. The output is written by a thread of its own (the kernel's copy into the page
     // cache runs beside the merge), through WRITE_DEPTH buffers.
-    let env = |name: &str, default: usize, least: usize| {
-        std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|v| *v >= least).unwrap_or(default)
-    };
-    let buffer = env("EDGECAP_MERGE_READ_BUFFER", 32 << 10, 4096);
-    let out_buffer = env("EDGECAP_MERGE_WRITE_BUFFER", 256 << 10, 4096);
-    let depth = env("EDGECAP_MERGE_WRITE_DEPTH", 4, 1);
+    let buffer = tuning("EDGECAP_MERGE_READ_BUFFER", 32 << 10, 4096, 64 << 20)?;
+    let out_buffer = tuning("EDGECAP_MERGE_WRITE_BUFFER", 256 << 10, 4096, 256 << 20)?;
+    let depth = tuning("EDGECAP_MERGE_WRITE_DEPTH", 4, 1, 1024)?;
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
         let file = File::open(path).with_context(|| format!("open {}", path.display()))?;

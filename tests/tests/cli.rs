@@ -562,6 +562,16 @@ fn merge_writes_every_packet_in_order_and_fails_cleanly() {
     assert!(!bad_out.exists());
     assert_eq!(leftovers(home), 0);
 
+    // A tuning variable set to nonsense is refused, naming it, before anything is written.
+    for (name, value) in
+        [("EDGECAP_MERGE_WRITE_DEPTH", "0"), ("EDGECAP_MERGE_READ_BUFFER", "32k"), ("EDGECAP_MERGE_WRITE_BUFFER", "")]
+    {
+        let run =
+            edgecap(home, &["merge", "-o", bad_out.to_str().unwrap(), inputs[0].to_str().unwrap()], &[(name, value)]);
+        fails(&run, 2, &format!("{name}: expected a whole number from"));
+        assert!(!bad_out.exists());
+    }
+
     // A disk that fills up while the writer thread writes: a 1 MiB tmpfs (root only).
     if !edgecap_e2e::require_root("merge on a full disk (mounts a tmpfs)") {
         return;
