@@ -199,9 +199,13 @@ impl FullCaptures {
         self.progress.push(agent_id, report);
     }
 
-    /// Writes the agents' reports into their PoPs' keys until `cancel` (see `progress.rs`).
+    /// Writes the agents' reports into their PoPs' keys (see `progress.rs`) and delivered
+    /// shards' records (`store/batch.rs`) in batches, until `cancel`.
     pub(crate) async fn write_progress(self: Arc<Self>, cancel: CancellationToken) {
-        self.progress.run(self.repo.clone(), cancel).await;
+        tokio::join!(
+            self.progress.run(self.repo.clone(), cancel.clone()),
+            self.shard_records.run(self.repo.clone(), cancel)
+        );
     }
 
     /// Writes every queued report now (the status benchmark's report path).

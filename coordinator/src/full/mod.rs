@@ -72,6 +72,8 @@ pub(crate) struct FullCaptures {
     streams: stream::Streams,
     /// Agents' reports waiting to be written into their PoPs' keys.
     progress: progress::Progress,
+    /// Delivered shards' records, written in batches.
+    shard_records: crate::store::PutBatch,
 }
 
 /// The shard prefix of a capture (relative to the destination prefix).
@@ -105,6 +107,7 @@ impl FullCaptures {
             metrics,
             streams: stream::Streams::default(),
             progress: progress::Progress::default(),
+            shard_records: crate::store::PutBatch::default(),
         }
     }
 

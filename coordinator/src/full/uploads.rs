@@ -164,7 +164,11 @@ impl FullCaptures {
             Err(e) => return answer(e.to_string(), true),
         }
         let shard = convert::shard_ref(&uploaded);
-        match self.repo.put_shard(&uploaded.capture_id, agent_id, &uploaded.shard, &shard).await {
+        match self
+            .repo
+            .put_shard_batched(&self.shard_records, &uploaded.capture_id, agent_id, &uploaded.shard, &shard)
+            .await
+        {
             Ok(()) => answer(String::new(), false),
             Err(e) => answer(format!("could not record the shard: {e}"), true),
         }

@@ -1,10 +1,12 @@
 //! The coordinator's records in the state store. `repo.rs` holds the key layout (the only
 //! place a key is built) and the typed reads and writes of accounts, captures and ownerships;
 //! `work.rs` the working keys of running captures (jobs, per-PoP progress, shards) and agent
-//! presence (`AgentPresence`); `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
+//! presence (`AgentPresence`); `batch.rs` unconditional puts of many callers gathered into
+//! transactions (`PutBatch`, for shard records); `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay; `enroll.rs` agent
 //! enrollment's records; `index.rs` the active-capture and creation-day indexes; `metered.rs` counts the store's failures in the metrics.
 
+mod batch;
 mod enroll;
 mod follow;
 mod index;
@@ -13,6 +15,7 @@ mod relay;
 mod repo;
 mod work;
 
+pub(crate) use batch::PutBatch;
 pub(crate) use enroll::{AgentRevocation, BootstrapToken, IssuedCert, Revocation};
 pub(crate) use index::day_of;
 pub(crate) use metered::Metered;

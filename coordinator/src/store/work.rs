@@ -261,9 +261,17 @@ impl Repo {
         self.list_json(&keys::pops_of(capture)).await
     }
 
-    pub(crate) async fn put_shard(&self, capture: &str, agent: &str, name: &str, shard: &ShardRef) -> Result<()> {
-        self.store().put(&keys::shard(capture, agent, name), encode(shard), None).await?;
-        Ok(())
+    /// Records a delivered shard through `batch` (with other replicas' callers' shards in one
+    /// transaction, see `batch.rs`); the error says why it was not written.
+    pub(crate) async fn put_shard_batched(
+        &self,
+        batch: &super::PutBatch,
+        capture: &str,
+        agent: &str,
+        name: &str,
+        shard: &ShardRef,
+    ) -> std::result::Result<(), String> {
+        batch.put(self, keys::shard(capture, agent, name), encode(shard)).await
     }
 
     /// Delivered shards of a capture: (agent id, shard), in key order.
