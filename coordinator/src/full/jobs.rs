@@ -249,4 +249,39 @@ mod tests {
         assert_eq!(view.status, CaptureStatus::Failed);
         assert!(view.pops.iter().all(|p| p.status == PopStatus::Pending), "{:?}", view.pops);
     }
+
+    /// A submit retried after part of it was written (its replica failed, or the transaction's
+    /// answer was lost): the group goes PoP by PoP, keeps what is there, and adds the rest.
+    #[tokio::test]
+    async fn a_retried_submit_keeps_what_was_written_and_adds_the_rest() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let full = FullCaptures::new(
+            repo.clone(),
+            std::sync::Arc::new(crate::agents::Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            std::env::temp_dir(),
+            Default::default(),
+        );
+        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
+        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+        record.pops = vec![
+            PopResult::new("ord01", "a", PopStatus::Pending),
+            PopResult::new("ord02", "b", PopStatus::Pending),
+            PopResult::new("ord03", "c", PopStatus::Skipped),
+        ];
+        // The first attempt got as far as a's state, and a's agent already reported.
+        repo.cas_pop(&record.id, "a", None, &PopResult::new("ord01", "a", PopStatus::Running)).await.unwrap();
+        full.submit(&record).await.unwrap();
+        assert_eq!(repo.get_pop(&record.id, "a").await.unwrap().unwrap().0.status, PopStatus::Running, "kept");
+        assert_eq!(repo.get_pop(&record.id, "b").await.unwrap().unwrap().0.status, PopStatus::Pending);
+        assert_eq!(repo.get_pop(&record.id, "c").await.unwrap().unwrap().0.status, PopStatus::Skipped);
+        assert!(repo.get_job("a", &record.id).await.unwrap().is_some());
+        assert!(repo.get_job("b", &record.id).await.unwrap().is_some());
+        assert!(repo.get_job("c", &record.id).await.unwrap().is_none(), "no job for an offline agent");
+        // Submitted again, nothing changes.
+        full.submit(&record).await.unwrap();
+        assert_eq!(repo.get_pop(&record.id, "a").await.unwrap().unwrap().0.status, PopStatus::Running);
+    }
 }
