@@ -56,9 +56,20 @@ pub(crate) struct Progress {
 struct State {
     /// Reports not written yet, in arrival order.
     queued: HashMap<Pop, Vec<pb::CaptureReport>>,
-    /// When this replica last wrote each PoP, and the status it wrote.
-    written: HashMap<Pop, (Instant, Option<PopStatus>)>,
+    /// What this replica last saw in each PoP's key when it wrote (or read) it.
+    written: HashMap<Pop, Written>,
 }
+
+/// A PoP as last written (or found) by this replica.
+struct Written {
+    at: Instant,
+    /// `None`: the capture has no such PoP (reports for it are dropped at their round).
+    pop: Option<(PopStatus, Option<crate::model::StopReason>, Option<String>)>,
+}
+
+/// The longest error text kept from a report (an agent's error is one line; this bounds
+/// what a faulty one can put into the state store).
+const MAX_ERROR_BYTES: usize = 2048;
 
 /// A report that carries only counters (and clock) for a status already known.
 fn plain(report: &pb::CaptureReport) -> bool {
@@ -66,31 +77,50 @@ fn plain(report: &pb::CaptureReport) -> bool {
 }
 
 impl State {
-    /// Whether the PoP's queue holds something a user waits for.
-    fn urgent(&self, pop: &Pop) -> bool {
-        let Some(queue) = self.queued.get(pop) else { return false };
-        let Some((_, status)) = self.written.get(pop) else { return !queue.is_empty() };
-        queue.iter().any(|r| !plain(r) || convert::report_status(r).is_some_and(|s| Some(s) != *status))
+    /// Whether the PoP's queue holds something a user waits for: a status, stop reason or
+    /// error other than the one written; or anything for a PoP not written here yet.
+    fn urgent(&self, key: &Pop) -> bool {
+        let Some(queue) = self.queued.get(key) else { return false };
+        let Some(written) = self.written.get(key) else { return !queue.is_empty() };
+        let Some((status, stop, error)) = &written.pop else { return false };
+        !status.is_final()
+            && queue.iter().any(|r| {
+                convert::report_status(r).is_some_and(|s| s != *status)
+                    || convert::report_stop_reason(r).is_some_and(|s| Some(s) != *stop)
+                    || (!r.error.is_empty() && Some(&r.error) != error.as_ref())
+            })
     }
 
-    fn due(&self, pop: &Pop, all: bool) -> bool {
-        all || self.urgent(pop) || self.written.get(pop).is_none_or(|(at, _)| at.elapsed() >= COUNTERS_EVERY)
+    fn due(&self, key: &Pop, all: bool) -> bool {
+        all || self.urgent(key) || self.written.get(key).is_none_or(|w| w.at.elapsed() >= COUNTERS_EVERY)
     }
 }
 
-/// Folds an agent's report into its PoP's state (never out of a final state).
+/// Where a status stands in a PoP's life: a status is never lowered (a report queued on a
+/// replica the agent has since left must not undo what it reported since).
+fn rank(status: PopStatus) -> u8 {
+    match status {
+        PopStatus::Pending => 0,
+        PopStatus::Running => 1,
+        PopStatus::Uploading => 2,
+        PopStatus::Done | PopStatus::Failed | PopStatus::Skipped => 3,
+    }
+}
+
+/// Folds an agent's report into its PoP's state: never out of a final state, never to a
+/// lower status, counters (cumulative at the agent) never lower.
 pub(super) fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
     if pop.is_final() {
         return;
     }
     if let Some(c) = &report.counters {
-        pop.packets = c.written;
-        pop.matched = c.matched;
-        pop.received = c.received;
-        pop.kernel_dropped = c.kernel_dropped;
-        pop.agent_dropped = c.agent_dropped;
-        pop.bytes = c.bytes_written;
-        pop.excluded = c.excluded;
+        pop.packets = pop.packets.max(c.written);
+        pop.matched = pop.matched.max(c.matched);
+        pop.received = pop.received.max(c.received);
+        pop.kernel_dropped = pop.kernel_dropped.max(c.kernel_dropped);
+        pop.agent_dropped = pop.agent_dropped.max(c.agent_dropped);
+        pop.bytes = pop.bytes.max(c.bytes_written);
+        pop.excluded = pop.excluded.max(c.excluded);
     }
     pop.stream_dropped = pop.stream_dropped.max(report.stream_dropped);
     if let Some(clock) = &report.clock {
@@ -103,14 +133,22 @@ pub(super) fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
     if !report.error.is_empty() {
         pop.error = Some(report.error.clone());
     }
-    if let Some(status) = convert::report_status(report) {
+    if let Some(status) = convert::report_status(report).filter(|s| rank(*s) >= rank(pop.status)) {
         pop.status = status;
     }
 }
 
 impl Progress {
     /// Queues a report from `agent`; wakes the flusher if it is urgent.
-    pub(crate) fn push(&self, agent: &str, report: pb::CaptureReport) {
+    pub(crate) fn push(&self, agent: &str, mut report: pb::CaptureReport) {
+        if report.error.len() > MAX_ERROR_BYTES {
+            let mut end = MAX_ERROR_BYTES;
+            while !report.error.is_char_boundary(end) {
+                end -= 1;
+            }
+            report.error.truncate(end);
+            report.error.push_str(" [cut]");
+        }
         let key = (report.capture_id.clone(), agent.to_string());
         let mut state = lock(&self.state);
         let queue = state.queued.entry(key.clone()).or_default();
@@ -157,9 +195,7 @@ impl Progress {
             let mut state = lock(&self.state);
             let due: Vec<Pop> = state.queued.keys().filter(|k| state.due(k, all)).cloned().collect();
             let now = Instant::now();
-            state.written.retain(|_, (at, status)| {
-                now.duration_since(*at) < FORGET_AFTER && !status.is_some_and(PopStatus::is_final)
-            });
+            state.written.retain(|_, w| now.duration_since(w.at) < FORGET_AFTER);
             due.into_iter().filter_map(|k| state.queued.remove(&k).map(|q| (k, q))).collect()
         };
         let mut by_capture: HashMap<String, Vec<(String, Vec<pb::CaptureReport>)>> = HashMap::new();
@@ -183,7 +219,12 @@ impl Progress {
         let mut changed: Vec<(Revision, PopResult, PopStatus, Vec<pb::CaptureReport>)> = Vec::new();
         for (agent, reports) in pops {
             // Not a PoP of this capture (or not readable as one): nothing to fold into.
-            let Some((before, revision)) = current.get(&agent) else { continue };
+            let Some((before, revision)) = current.get(&agent) else {
+                lock(&self.state)
+                    .written
+                    .insert((capture.to_string(), agent), Written { at: Instant::now(), pop: None });
+                continue;
+            };
             let mut pop = before.clone();
             for report in &reports {
                 apply_report(&mut pop, report);
@@ -191,7 +232,7 @@ impl Progress {
             if pop != *before {
                 changed.push((*revision, pop, before.status, reports));
             } else {
-                self.mark_written(capture, &agent, pop.status);
+                self.mark_written(capture, &pop);
             }
         }
         for chunk in changed.chunks(POPS_PER_WRITE) {
@@ -202,15 +243,20 @@ impl Progress {
                         self.written(capture, pop, *before);
                     }
                 }
-                // A key was written meanwhile: each PoP on its own, read again.
-                Ok(false) => {
+                // A key was written meanwhile, or the batch is over the store's request size:
+                // each PoP on its own, read again.
+                Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
                     for (_, pop, before, reports) in chunk {
                         let written = repo
                             .update_pop(capture, &pop.agent_id, |p| reports.iter().for_each(|r| apply_report(p, r)))
                             .await;
                         match written {
                             Ok(Some(now)) => self.written(capture, &now, *before),
-                            Ok(None) => self.mark_written(capture, &pop.agent_id, pop.status),
+                            Ok(None) => self.mark_written(capture, pop),
+                            Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
+                                tracing::error!(%capture, agent = %pop.agent_id, "PoP progress larger than the state store takes; dropped");
+                                self.mark_written(capture, pop);
+                            }
                             Err(error) => {
                                 tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");
                                 self.requeue(capture, vec![(pop.agent_id.clone(), reports.clone())]);
@@ -231,11 +277,12 @@ impl Progress {
         if pop.status != before {
             tracing::debug!(target: "edgecap_timeline", %capture, agent = %pop.agent_id, status = ?pop.status, "PoP state written");
         }
-        self.mark_written(capture, &pop.agent_id, pop.status);
+        self.mark_written(capture, pop);
     }
 
-    fn mark_written(&self, capture: &str, agent: &str, status: PopStatus) {
-        lock(&self.state).written.insert((capture.to_string(), agent.to_string()), (Instant::now(), Some(status)));
+    fn mark_written(&self, capture: &str, pop: &PopResult) {
+        let seen = Written { at: Instant::now(), pop: Some((pop.status, pop.stop_reason, pop.error.clone())) };
+        lock(&self.state).written.insert((capture.to_string(), pop.agent_id.clone()), seen);
     }
 
     /// Puts reports that could not be written back in front of any that came since.
@@ -252,112 +299,5 @@ impl Progress {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report(capture: &str, state: pb::CaptureState, written: u64) -> pb::CaptureReport {
-        pb::CaptureReport {
-            capture_id: capture.into(),
-            capture_state: state as i32,
-            counters: Some(pb::CaptureCounters { written, ..Default::default() }),
-            ..Default::default()
-        }
-    }
-
-    async fn repo_with_pops(agents: &[&str]) -> Repo {
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        for agent in agents {
-            repo.cas_pop("c1", agent, None, &PopResult::new("ord", agent, PopStatus::Pending)).await.unwrap();
-        }
-        repo
-    }
-
-    async fn pop(repo: &Repo, agent: &str) -> PopResult {
-        repo.get_pop("c1", agent).await.unwrap().unwrap().0
-    }
-
-    #[tokio::test]
-    async fn states_are_written_at_once_and_counters_alone_at_most_every_interval() {
-        let repo = repo_with_pops(&["a", "b"]).await;
-        let progress = Progress::default();
-        progress.push("a", report("c1", pb::CaptureState::Running, 1));
-        progress.push("b", report("c1", pb::CaptureState::Running, 2));
-        // Not a PoP of the capture: dropped, no key made.
-        progress.push("x", report("c1", pb::CaptureState::Running, 3));
-        progress.flush(&repo, false).await;
-        assert_eq!((pop(&repo, "a").await.status, pop(&repo, "a").await.packets), (PopStatus::Running, 1));
-        assert_eq!(pop(&repo, "b").await.packets, 2);
-        assert!(repo.get_pop("c1", "x").await.unwrap().is_none());
-        assert!(lock(&progress.state).queued.is_empty());
-
-        // New counters only: they wait for their interval (or a flush of everything).
-        progress.push("a", report("c1", pb::CaptureState::Running, 10));
-        progress.push("a", report("c1", pb::CaptureState::Running, 11));
-        progress.flush(&repo, false).await;
-        assert_eq!(pop(&repo, "a").await.packets, 1, "counters alone are not written yet");
-        assert_eq!(
-            lock(&progress.state).queued[&("c1".into(), "a".into())].len(),
-            1,
-            "the newer report replaced the older"
-        );
-        progress.flush(&repo, true).await;
-        assert_eq!(pop(&repo, "a").await.packets, 11);
-
-        // An end with an error is urgent.
-        let mut end = report("c1", pb::CaptureState::Failed, 5);
-        end.error = "disk gone".into();
-        progress.push("b", end);
-        progress.flush(&repo, false).await;
-        let b = pop(&repo, "b").await;
-        assert_eq!((b.status, b.error.as_deref(), b.packets), (PopStatus::Failed, Some("disk gone"), 5));
-        // A final state is never left.
-        progress.push("b", report("c1", pb::CaptureState::Running, 6));
-        progress.flush(&repo, true).await;
-        assert_eq!(pop(&repo, "b").await.status, PopStatus::Failed);
-    }
-
-    #[tokio::test]
-    async fn a_stale_batch_writes_nothing_and_reports_fold_onto_what_others_wrote() {
-        let repo = repo_with_pops(&["a", "b"]).await;
-        let progress = Progress::default();
-        progress.push("a", report("c1", pb::CaptureState::Running, 1));
-        progress.push("b", report("c1", pb::CaptureState::Running, 1));
-        progress.flush(&repo, true).await;
-        // Read for the batch, then written by someone else before the transaction: simulated
-        // by writing between the queueing and the flush with a revision the batch cannot know.
-        progress.push("a", report("c1", pb::CaptureState::Uploading, 7));
-        progress.push("b", report("c1", pb::CaptureState::Uploading, 8));
-        let current = repo.pops_with_revisions("c1").await.unwrap();
-        repo.update_pop("c1", "a", |p| p.error = Some("noted by the leader".into())).await.unwrap();
-        let stale: Vec<(Revision, PopResult)> =
-            ["a", "b"].iter().map(|a| (current[*a].1, PopResult { packets: 99, ..current[*a].0.clone() })).collect();
-        assert!(!repo.cas_pops("c1", &stale).await.unwrap(), "a changed since it was read: nothing written");
-        assert_eq!(pop(&repo, "b").await.packets, 1);
-        progress.flush(&repo, false).await;
-        let a = pop(&repo, "a").await;
-        assert_eq!((a.status, a.packets, a.error.as_deref()), (PopStatus::Uploading, 7, Some("noted by the leader")));
-        assert_eq!(pop(&repo, "b").await.status, PopStatus::Uploading);
-    }
-
-    #[tokio::test]
-    async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
-        let repo = repo_with_pops(&["a"]).await;
-        let progress = std::sync::Arc::new(Progress::default());
-        let cancel = CancellationToken::new();
-        let runner = tokio::spawn({
-            let (progress, repo, cancel) = (progress.clone(), repo.clone(), cancel.clone());
-            async move { progress.run(repo, cancel).await }
-        });
-        progress.push("a", report("c1", pb::CaptureState::Running, 1));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pop(&repo, "a").await.status != PopStatus::Running {
-            assert!(Instant::now() < deadline, "never written");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // What is queued when it ends is written on the way out.
-        progress.push("a", report("c1", pb::CaptureState::Running, 42));
-        cancel.cancel();
-        runner.await.unwrap();
-        assert_eq!(pop(&repo, "a").await.packets, 42);
-    }
-}
+#[path = "progress_tests.rs"]
+mod tests;

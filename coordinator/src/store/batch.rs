@@ -93,9 +93,15 @@ async fn put_one(repo: &Repo, key: &str, value: Vec<u8>) -> Result<(), String> {
     repo.store().put(key, value, None).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// One transaction; key by key if it is too large for one.
+/// One transaction; key by key if it is too large for one. A key put twice in the batch (a
+/// commit retried within the linger) is written once, with its last value: etcd refuses a
+/// transaction that names a key twice.
 async fn write(repo: &Repo, batch: Vec<Item>) {
-    let puts: Vec<(String, Vec<u8>)> = batch.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect();
+    let mut last: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
+    for (key, value, _) in &batch {
+        last.insert(key, value);
+    }
+    let puts: Vec<(String, Vec<u8>)> = last.into_iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect();
     match repo.store().put_all_if_absent(&[], puts).await {
         Ok(_) => {
             for (_, _, done) in batch {

@@ -1,0 +1,153 @@
+//! Tests of `progress.rs` over an in-memory store.
+
+use super::*;
+
+fn report(capture: &str, state: pb::CaptureState, written: u64) -> pb::CaptureReport {
+    pb::CaptureReport {
+        capture_id: capture.into(),
+        capture_state: state as i32,
+        counters: Some(pb::CaptureCounters { written, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+async fn repo_with_pops(agents: &[&str]) -> Repo {
+    let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+    for agent in agents {
+        repo.cas_pop("c1", agent, None, &PopResult::new("ord", agent, PopStatus::Pending)).await.unwrap();
+    }
+    repo
+}
+
+async fn pop(repo: &Repo, agent: &str) -> PopResult {
+    repo.get_pop("c1", agent).await.unwrap().unwrap().0
+}
+
+#[tokio::test]
+async fn states_are_written_at_once_and_counters_alone_at_most_every_interval() {
+    let repo = repo_with_pops(&["a", "b"]).await;
+    let progress = Progress::default();
+    progress.push("a", report("c1", pb::CaptureState::Running, 1));
+    progress.push("b", report("c1", pb::CaptureState::Running, 2));
+    // Not a PoP of the capture: dropped, no key made.
+    progress.push("x", report("c1", pb::CaptureState::Running, 3));
+    progress.flush(&repo, false).await;
+    assert_eq!((pop(&repo, "a").await.status, pop(&repo, "a").await.packets), (PopStatus::Running, 1));
+    assert_eq!(pop(&repo, "b").await.packets, 2);
+    assert!(repo.get_pop("c1", "x").await.unwrap().is_none());
+    assert!(lock(&progress.state).queued.is_empty());
+
+    // New counters only: they wait for their interval (or a flush of everything).
+    progress.push("a", report("c1", pb::CaptureState::Running, 10));
+    progress.push("a", report("c1", pb::CaptureState::Running, 11));
+    progress.flush(&repo, false).await;
+    assert_eq!(pop(&repo, "a").await.packets, 1, "counters alone are not written yet");
+    assert_eq!(
+        lock(&progress.state).queued[&("c1".into(), "a".into())].len(),
+        1,
+        "the newer report replaced the older"
+    );
+    progress.flush(&repo, true).await;
+    assert_eq!(pop(&repo, "a").await.packets, 11);
+
+    // An end with an error is urgent.
+    let mut end = report("c1", pb::CaptureState::Failed, 5);
+    end.error = "disk gone".into();
+    progress.push("b", end);
+    progress.flush(&repo, false).await;
+    let b = pop(&repo, "b").await;
+    assert_eq!((b.status, b.error.as_deref(), b.packets), (PopStatus::Failed, Some("disk gone"), 5));
+    // A final state is never left.
+    progress.push("b", report("c1", pb::CaptureState::Running, 6));
+    progress.flush(&repo, true).await;
+    assert_eq!(pop(&repo, "b").await.status, PopStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_stale_batch_writes_nothing_and_reports_fold_onto_what_others_wrote() {
+    let repo = repo_with_pops(&["a", "b"]).await;
+    let progress = Progress::default();
+    progress.push("a", report("c1", pb::CaptureState::Running, 1));
+    progress.push("b", report("c1", pb::CaptureState::Running, 1));
+    progress.flush(&repo, true).await;
+    // Read for the batch, then written by someone else before the transaction: simulated
+    // by writing between the queueing and the flush with a revision the batch cannot know.
+    progress.push("a", report("c1", pb::CaptureState::Uploading, 7));
+    progress.push("b", report("c1", pb::CaptureState::Uploading, 8));
+    let current = repo.pops_with_revisions("c1").await.unwrap();
+    repo.update_pop("c1", "a", |p| p.error = Some("noted by the leader".into())).await.unwrap();
+    let stale: Vec<(Revision, PopResult)> =
+        ["a", "b"].iter().map(|a| (current[*a].1, PopResult { packets: 99, ..current[*a].0.clone() })).collect();
+    assert!(!repo.cas_pops("c1", &stale).await.unwrap(), "a changed since it was read: nothing written");
+    assert_eq!(pop(&repo, "b").await.packets, 1);
+    progress.flush(&repo, false).await;
+    let a = pop(&repo, "a").await;
+    assert_eq!((a.status, a.packets, a.error.as_deref()), (PopStatus::Uploading, 7, Some("noted by the leader")));
+    assert_eq!(pop(&repo, "b").await.status, PopStatus::Uploading);
+}
+
+/// A report queued on a replica the agent has since left may be written after newer ones
+/// from another replica: it lowers neither the status nor the counters.
+#[tokio::test]
+async fn a_stale_report_lowers_neither_status_nor_counters() {
+    let repo = repo_with_pops(&["a"]).await;
+    let (here, left) = (Progress::default(), Progress::default());
+    let mut uploading = report("c1", pb::CaptureState::Uploading, 50);
+    uploading.stop_reason_code = pb::StopReason::TimeLimit as i32;
+    here.push("a", uploading);
+    here.flush(&repo, false).await;
+    left.push("a", report("c1", pb::CaptureState::Running, 20));
+    left.flush(&repo, true).await;
+    let a = pop(&repo, "a").await;
+    assert_eq!((a.status, a.packets), (PopStatus::Uploading, 50));
+}
+
+#[tokio::test]
+async fn repeats_are_not_urgent_and_a_long_error_is_cut() {
+    let repo = repo_with_pops(&["a", "b"]).await;
+    let progress = Progress::default();
+    let key = |agent: &str| ("c1".to_string(), agent.to_string());
+    let mut uploading = report("c1", pb::CaptureState::Uploading, 5);
+    uploading.stop_reason_code = pb::StopReason::TimeLimit as i32;
+    progress.push("a", uploading.clone());
+    assert!(lock(&progress.state).urgent(&key("a")), "a new status");
+    progress.flush(&repo, false).await;
+    progress.push("a", uploading);
+    assert!(!lock(&progress.state).urgent(&key("a")), "the same status and stop reason again");
+    let mut done = report("c1", pb::CaptureState::Done, 5);
+    done.stop_reason_code = pb::StopReason::TimeLimit as i32;
+    progress.push("a", done.clone());
+    progress.flush(&repo, false).await;
+    assert_eq!(pop(&repo, "a").await.status, PopStatus::Done);
+    progress.push("a", done);
+    assert!(!lock(&progress.state).urgent(&key("a")), "a final state repeated");
+
+    let mut failed = report("c1", pb::CaptureState::Failed, 1);
+    failed.error = "é".repeat(10_000);
+    progress.push("b", failed);
+    progress.flush(&repo, false).await;
+    let error = pop(&repo, "b").await.error.unwrap();
+    assert!(error.len() <= MAX_ERROR_BYTES + 8 && error.ends_with(" [cut]"), "{} bytes", error.len());
+}
+
+#[tokio::test]
+async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
+    let repo = repo_with_pops(&["a"]).await;
+    let progress = std::sync::Arc::new(Progress::default());
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn({
+        let (progress, repo, cancel) = (progress.clone(), repo.clone(), cancel.clone());
+        async move { progress.run(repo, cancel).await }
+    });
+    progress.push("a", report("c1", pb::CaptureState::Running, 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pop(&repo, "a").await.status != PopStatus::Running {
+        assert!(Instant::now() < deadline, "never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // What is queued when it ends is written on the way out.
+    progress.push("a", report("c1", pb::CaptureState::Running, 42));
+    cancel.cancel();
+    runner.await.unwrap();
+    assert_eq!(pop(&repo, "a").await.packets, 42);
+}
