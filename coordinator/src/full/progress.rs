@@ -40,6 +40,8 @@ const POPS_PER_WRITE: usize = 64;
 /// Reports kept per PoP while its writes fail (the oldest go first; later reports carry the
 /// same counters, and statuses only move forward).
 const MAX_QUEUED: usize = 32;
+/// How long the last flush at shutdown keeps trying (under the coordinator's shutdown grace).
+const FINAL_TRIES: Duration = Duration::from_secs(3);
 /// What the replica remembers of a PoP it wrote, after its last report.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
@@ -186,7 +188,23 @@ impl Progress {
             }
             self.flush(&repo, false).await;
         }
-        self.flush(&repo, true).await;
+        // On the way out, what is queued is written, tried again (a store that fails is
+        // requeued) for at most FINAL_TRIES.
+        let until = Instant::now() + FINAL_TRIES;
+        loop {
+            self.flush(&repo, true).await;
+            if lock(&self.state).queued.is_empty() || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let left = lock(&self.state).queued.len();
+        if left > 0 {
+            tracing::warn!(
+                pops = left,
+                "PoP progress not written at shutdown (the agents report it again to the next replica)"
+            );
+        }
     }
 
     /// Writes the PoPs that are due (`all`: every queued one), capture by capture.
