@@ -151,3 +151,116 @@ async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
     runner.await.unwrap();
     assert_eq!(pop(&repo, "a").await.packets, 42);
 }
+
+/// A store that, at its next `compare_and_put_all`, first writes a key of its own (another
+/// writer between the batch's read and its transaction), or fails it as unreachable.
+#[derive(Debug)]
+struct Interloper {
+    inner: std::sync::Arc<dyn edgecap_state::StateStore>,
+    write_first: Mutex<Option<(String, Vec<u8>)>>,
+    fail_next: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl edgecap_state::StateStore for Interloper {
+    async fn get(&self, key: &str) -> edgecap_state::Result<Option<edgecap_state::KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> edgecap_state::Result<Vec<edgecap_state::KeyValue>> {
+        self.inner.list(prefix).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<edgecap_state::LeaseId>,
+    ) -> edgecap_state::Result<Revision> {
+        self.inner.put(key, value, lease).await
+    }
+    async fn compare_and_put(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        value: Vec<u8>,
+        lease: Option<edgecap_state::LeaseId>,
+    ) -> edgecap_state::Result<Option<Revision>> {
+        self.inner.compare_and_put(key, expected, value, lease).await
+    }
+    async fn delete(&self, key: &str) -> edgecap_state::Result<bool> {
+        self.inner.delete(key).await
+    }
+    async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> edgecap_state::Result<bool> {
+        self.inner.put_all_if_absent(absent, puts).await
+    }
+    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> edgecap_state::Result<bool> {
+        if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(edgecap_state::StateError::Unavailable("injected".into()));
+        }
+        let first = lock(&self.write_first).take();
+        if let Some((key, value)) = first {
+            self.inner.put(&key, value, None).await?;
+        }
+        self.inner.compare_and_put_all(puts).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> edgecap_state::Result<bool> {
+        self.inner.compare_and_delete(key, expected).await
+    }
+    async fn watch(&self, prefix: &str, from: Revision) -> edgecap_state::Result<edgecap_state::WatchStream> {
+        self.inner.watch(prefix, from).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> edgecap_state::Result<edgecap_state::LeaseId> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: edgecap_state::LeaseId) -> edgecap_state::Result<()> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: edgecap_state::LeaseId) -> edgecap_state::Result<()> {
+        self.inner.revoke_lease(lease).await
+    }
+    async fn revision(&self) -> edgecap_state::Result<Revision> {
+        self.inner.revision().await
+    }
+}
+
+/// The batch's transaction loses a race (the leader wrote a PoP between the batch's read and
+/// its transaction): each PoP is folded in on its own onto what is there now; then the store
+/// fails a batch, and its reports are written at the next round.
+#[tokio::test]
+async fn a_batch_that_loses_a_race_or_fails_is_written_after_all() {
+    let plain = repo_with_pops(&["a", "b"]).await;
+    let interloper = std::sync::Arc::new(Interloper {
+        inner: plain.store().clone(),
+        write_first: Mutex::new(None),
+        fail_next: std::sync::atomic::AtomicBool::new(false),
+    });
+    let repo = Repo::new(interloper.clone());
+    let progress = Progress::default();
+    progress.push("a", report("c1", pb::CaptureState::Running, 1));
+    progress.push("b", report("c1", pb::CaptureState::Running, 1));
+    progress.flush(&repo, true).await;
+
+    let mut noted = pop(&repo, "a").await;
+    noted.error = Some("noted by the leader".into());
+    // a's key, as the store names it.
+    let all = repo.store().list("").await.unwrap();
+    let key = all.iter().find(|kv| kv.key.ends_with("/c1/a")).expect("a's key").key.clone();
+    *lock(&interloper.write_first) = Some((key, serde_json::to_vec(&noted).unwrap()));
+    progress.push("a", report("c1", pb::CaptureState::Uploading, 7));
+    progress.push("b", report("c1", pb::CaptureState::Uploading, 8));
+    progress.flush(&repo, false).await;
+    assert!(lock(&interloper.write_first).is_none(), "the other writer came first");
+    let a = pop(&repo, "a").await;
+    assert_eq!((a.status, a.packets, a.error.as_deref()), (PopStatus::Uploading, 7, Some("noted by the leader")));
+    assert_eq!((pop(&repo, "b").await.status, pop(&repo, "b").await.packets), (PopStatus::Uploading, 8));
+
+    // The store fails the next batch: the reports stay queued and are written next time.
+    interloper.fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut done = report("c1", pb::CaptureState::Done, 9);
+    done.stop_reason_code = pb::StopReason::TimeLimit as i32;
+    progress.push("b", done);
+    progress.flush(&repo, false).await;
+    assert_eq!(pop(&repo, "b").await.status, PopStatus::Uploading, "not written while the store fails");
+    assert!(lock(&progress.state).urgent(&("c1".to_string(), "b".to_string())), "still queued, still urgent");
+    progress.flush(&repo, false).await;
+    assert_eq!((pop(&repo, "b").await.status, pop(&repo, "b").await.packets), (PopStatus::Done, 9));
+}
