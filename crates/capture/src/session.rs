@@ -274,11 +274,9 @@ impl Shared {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        if r.is_none() {
-                            *r = Some(StopReason::TimeLimit);
-                        }
-                        self.stop.store(true, Ordering::Release);
-                        break;
+                        drop(r);
+                        self.finish(StopReason::TimeLimit);
+                        return;
                     }
                     r = self.ended.wait_timeout(r, d - now).unwrap_or_else(|p| p.into_inner()).0;
                 }

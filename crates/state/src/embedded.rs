@@ -377,6 +377,18 @@ impl Inner {
         Ok(rev)
     }
 
+    /// Writes every `(key, value)` (durable): all or nothing, a value too large is refused
+    /// before anything is written.
+    fn put_all(&mut self, puts: Vec<(String, Vec<u8>)>, events: &broadcast::Sender<WatchEvent>) -> Result<()> {
+        if let Some((key, value)) = puts.iter().find(|(_, v)| v.len() > self.max_value) {
+            return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: self.max_value });
+        }
+        for (key, value) in puts {
+            self.put(&key, value, None, events)?;
+        }
+        Ok(())
+    }
+
     fn delete(&mut self, key: &str, events: &broadcast::Sender<WatchEvent>) -> Result<bool> {
         let Some(previous) = self.map.get(key) else { return Ok(false) };
         let rev = self.revision + 1;
@@ -456,14 +468,7 @@ impl StateStore for EmbeddedStore {
             if absent.iter().any(|k| inner.map.contains_key(k)) {
                 return Ok(false);
             }
-            // All or nothing: a value too large is refused before anything is written.
-            if let Some((key, value)) = puts.iter().find(|(_, v)| v.len() > inner.max_value) {
-                return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: inner.max_value });
-            }
-            for (key, value) in puts {
-                inner.put(&key, value, None, events)?;
-            }
-            Ok(true)
+            inner.put_all(puts, events).map(|()| true)
         })
         .await
     }
@@ -473,14 +478,7 @@ impl StateStore for EmbeddedStore {
             if puts.iter().any(|(k, expected, _)| inner.map.get(k).map(|kv| kv.mod_revision) != Some(*expected)) {
                 return Ok(false);
             }
-            // All or nothing: a value too large is refused before anything is written.
-            if let Some((key, _, value)) = puts.iter().find(|(_, _, v)| v.len() > inner.max_value) {
-                return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: inner.max_value });
-            }
-            for (key, _, value) in puts {
-                inner.put(&key, value, None, events)?;
-            }
-            Ok(true)
+            inner.put_all(puts.into_iter().map(|(k, _, v)| (k, v)).collect(), events).map(|()| true)
         })
         .await
     }

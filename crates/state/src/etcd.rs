@@ -102,6 +102,17 @@ impl EtcdStore {
         format!("{}{key}", self.prefix)
     }
 
+    /// Writes every `(key, value)` of `puts` (durable) in one transaction if all `compares`
+    /// hold; `Ok(false)` when one did not, and nothing was written.
+    async fn put_all_when(&self, compares: Vec<Compare>, puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
+        let bytes = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let first = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
+        let ops: Vec<TxnOp> = puts.into_iter().map(|(k, v)| TxnOp::put(self.full(&k), v, None)).collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(&first, bytes, None, e))?;
+        Ok(response.succeeded())
+    }
+
     fn convert(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
         let key = std::str::from_utf8(kv.key())
             .map_err(|e| StateError::Corrupt(format!("non-UTF-8 key: {e}")))?
@@ -175,27 +186,16 @@ impl StateStore for EtcdStore {
     }
 
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
-        let bytes = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let first = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
-        let compares: Vec<Compare> =
-            absent.iter().map(|k| Compare::create_revision(self.full(k), CompareOp::Equal, 0)).collect();
-        let ops: Vec<TxnOp> = puts.into_iter().map(|(k, v)| TxnOp::put(self.full(&k), v, None)).collect();
-        let txn = Txn::new().when(compares).and_then(ops);
-        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(&first, bytes, None, e))?;
-        Ok(response.succeeded())
+        let compares = absent.iter().map(|k| Compare::create_revision(self.full(k), CompareOp::Equal, 0)).collect();
+        self.put_all_when(compares, puts).await
     }
 
     async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
-        let bytes = puts.iter().map(|(k, _, v)| k.len() + v.len()).sum();
-        let first = puts.first().map(|(k, _, _)| k.clone()).unwrap_or_default();
-        let compares: Vec<Compare> = puts
+        let compares = puts
             .iter()
             .map(|(k, expected, _)| Compare::mod_revision(self.full(k), CompareOp::Equal, *expected as i64))
             .collect();
-        let ops: Vec<TxnOp> = puts.into_iter().map(|(k, _, v)| TxnOp::put(self.full(&k), v, None)).collect();
-        let txn = Txn::new().when(compares).and_then(ops);
-        let response = self.client.clone().txn(txn).await.map_err(|e| write_error(&first, bytes, None, e))?;
-        Ok(response.succeeded())
+        self.put_all_when(compares, puts.into_iter().map(|(k, _, v)| (k, v)).collect()).await
     }
 
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {
