@@ -168,7 +168,7 @@ async fn answer(relay: &Relay, registry: &Registry, agents: Vec<String>, query: 
             async move { (agent, registry.sample(agent, query, timeout).await) }
         })
         .collect();
-    let mut writer = Writer { relay, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut writer = Writer::new(relay, &request);
     let mut flush_at: Option<Instant> = None;
     loop {
         let linger = async {
@@ -211,7 +211,11 @@ struct Writer<'a> {
     bytes: usize,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    fn new(relay: &'a Relay, request: &'a str) -> Self {
+        Self { relay, request, next: 0, pending: Vec::new(), bytes: 0 }
+    }
+
     /// Adds a chunk, writing what is pending first if the key would grow past the limit.
     /// False if a write failed (logged; the asking replica times the agents out).
     async fn add(&mut self, chunk: AgentChunk) -> bool {

@@ -45,7 +45,7 @@ async fn a_batch_is_answered_in_packed_keys_and_a_silent_agent_times_out_alone()
     let request = batch.query.unwrap().request_id;
     assert!(request.starts_with(&format!("{}/", asking.instance)));
 
-    let mut writer = Writer { relay: &other, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut writer = Writer::new(&other, &request);
     let big = pb::SampleChunk::split(&request, packets(3000, 1000), 3000, pb::LookbackStats::default());
     let small = pb::SampleChunk::split(&request, packets(5, 100), 7, pb::LookbackStats::default());
     let stray = pb::SampleChunk::failure(&request, "not asked".into());
@@ -106,7 +106,7 @@ async fn damaged_relayed_answers_are_passed_over_and_the_good_one_arrives() {
         ],
     };
     repo.put_sample_batch_answer(&request, "odd", 0, odd.encode_to_vec(), lease).await.unwrap();
-    let mut writer = Writer { relay: &other, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut writer = Writer::new(&other, &request);
     for (seq, c) in
         pb::SampleChunk::split(&request, packets(10, 100), 10, pb::LookbackStats::default()).into_iter().enumerate()
     {
@@ -136,14 +136,14 @@ async fn of_two_replicas_answering_for_one_agent_the_answer_wins() {
     let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
     let request = Batch::decode(kv.value.as_slice()).unwrap().query.unwrap().request_id;
     let big = pb::SampleChunk::split(&request, packets(3000, 1000), 3000, pb::LookbackStats::default());
-    let mut first = Writer { relay: &here, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut first = Writer::new(&here, &request);
     // The real answer's first chunks, then the other replica's failure, then the rest.
     let (head, tail) = big.split_at(1);
     for (seq, c) in head.iter().enumerate() {
         assert!(first.add(AgentChunk { agent_id: "ams01-a".into(), seq: seq as u32, chunk: Some(c.clone()) }).await);
     }
     assert!(first.flush().await);
-    let mut second = Writer { relay: &gone, request: &request, next: 0, pending: Vec::new(), bytes: 0 };
+    let mut second = Writer::new(&gone, &request);
     let failure = pb::SampleChunk::failure(&request, "agent disconnected before the query was sent".into());
     assert!(second.add(AgentChunk { agent_id: "ams01-a".into(), seq: 0, chunk: Some(failure) }).await);
     assert!(second.flush().await);

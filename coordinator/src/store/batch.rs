@@ -41,25 +41,20 @@ impl Default for PutBatch {
 impl PutBatch {
     /// Writes `key` (in a batch when the runner runs); returns once it is written.
     pub(crate) async fn put(&self, repo: &Repo, key: String, value: Vec<u8>) -> Result<(), String> {
-        let running = lock(&self.rx).is_none();
-        if running {
-            let (done, written) = oneshot::channel();
-            match self.tx.try_send((key, value, done)) {
-                Ok(()) => {
-                    // An Err: the runner was dropped with this put unwritten (the caller's
-                    // answer says to try again).
-                    return written.await.unwrap_or_else(|_| Err("the coordinator is shutting down; try again".into()));
-                }
-                // A full queue or no runner: on its own.
-                Err(
-                    mpsc::error::TrySendError::Full((key, value, _))
-                    | mpsc::error::TrySendError::Closed((key, value, _)),
-                ) => {
-                    return put_one(repo, &key, value).await;
-                }
-            }
+        // The receiver still here: no runner has taken it.
+        if lock(&self.rx).is_some() {
+            return put_one(repo, &key, value).await;
         }
-        put_one(repo, &key, value).await
+        let (done, written) = oneshot::channel();
+        match self.tx.try_send((key, value, done)) {
+            // An Err: the runner was dropped with this put unwritten (the caller's answer says
+            // to try again).
+            Ok(()) => written.await.unwrap_or_else(|_| Err("the coordinator is shutting down; try again".into())),
+            // A full queue, or the runner has ended: on its own.
+            Err(
+                mpsc::error::TrySendError::Full((key, value, _)) | mpsc::error::TrySendError::Closed((key, value, _)),
+            ) => put_one(repo, &key, value).await,
+        }
     }
 
     /// Writes queued puts in batches until `cancel`, then what is still queued. Runs once (a
