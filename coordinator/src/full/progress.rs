@@ -30,9 +30,9 @@ use crate::model::{PopResult, PopStatus};
 use crate::store::Repo;
 
 /// How long an urgent report waits for others to share its write.
-pub(super) const LINGER: Duration = Duration::from_millis(10);
+const LINGER: Duration = Duration::from_millis(10);
 /// How often a PoP's counters alone are written.
-pub(super) const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 /// The flusher's round when nothing urgent comes.
 const ROUND: Duration = Duration::from_secs(1);
 /// PoPs per transaction (a compare and a put each: under etcd's 128 operations).
@@ -111,7 +111,7 @@ fn rank(status: PopStatus) -> u8 {
 
 /// Folds an agent's report into its PoP's state: never out of a final state, never to a
 /// lower status, counters (cumulative at the agent) never lower.
-pub(super) fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
+fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
     if pop.is_final() {
         return;
     }
