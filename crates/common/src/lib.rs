@@ -32,6 +32,22 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// A CRC32C in S3's form (`x-amz-checksum-crc32c`): base64 of its four bytes, big-endian.
+pub fn crc32c_text(crc: u32) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = crc.to_be_bytes();
+    let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+    let mut out = String::with_capacity(8);
+    for shift in [18, 12, 6, 0] {
+        out.push(ALPHABET[(n >> shift & 63) as usize] as char);
+    }
+    let m = u32::from(b[3]) << 16;
+    out.push(ALPHABET[(m >> 18 & 63) as usize] as char);
+    out.push(ALPHABET[(m >> 12 & 63) as usize] as char);
+    out.push_str("==");
+    out
+}
+
 /// Decodes lowercase or uppercase hex; `None` if `text` is not hex of whole bytes.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| match c {
@@ -84,6 +100,14 @@ mod tests {
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex(""), Some(vec![]));
+    }
+
+    #[test]
+    fn crc32c_in_s3s_form() {
+        // S3's documented example: CRC32C of "Hello, World!" is 0x4d551068, "TVUQaA==".
+        assert_eq!(crc32c_text(0x4d55_1068), "TVUQaA==");
+        assert_eq!(crc32c_text(0), "AAAAAA==");
+        assert_eq!(crc32c_text(u32::MAX), "/////w==");
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! are never formatted: `Debug` of [`StaticCredentials`] is redacted and SDK errors carry no
 //! secrets.
 //!
+//! The coordinator's own multipart uploads (merged files, large files) carry each part's
+//! CRC32C, which the bucket verifies, and leave the payload out of the request signature when
+//! the endpoint is HTTPS or on loopback ([`payload_signing`]): the transport already protects
+//! the bytes there, and signing means a SHA-256 of every byte on both ends.
+//!
 //! Agents never hold credentials: the coordinator hands them presigned requests
 //! ([`S3Store::presign_put`], [`S3Store::presign_part`]) for exactly the objects of one
 //! capture, valid for minutes.
@@ -97,6 +102,36 @@ pub struct Presigned {
 pub struct S3Store {
     client: Client,
     location: S3Location,
+    /// Whether upload bodies are part of the request signature ([`payload_signing`]).
+    sign_payload: bool,
+}
+
+/// Whether the coordinator's uploads to `endpoint` sign their payload (SigV4's SHA-256 of the
+/// body). Not over HTTPS (AWS itself, when no endpoint is given), where TLS protects the
+/// bytes, nor to a loopback address, which no network sits between: the AWS SDKs make the
+/// same choice for HTTPS. Elsewhere (plain HTTP across a network) the signature is what keeps
+/// a body from being changed on the way, and it stays. Either way each part carries a CRC32C
+/// that the bucket checks.
+pub fn payload_signing(endpoint: Option<&str>) -> bool {
+    let Some(endpoint) = endpoint else { return false };
+    let lower = endpoint.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return false;
+    }
+    let rest = lower.strip_prefix("http://").unwrap_or(&lower);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
+/// The CRC32C of `data`, in S3's form.
+fn crc32c(data: &[u8]) -> String {
+    edgecap_common::crc32c_text(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32)
 }
 
 impl fmt::Debug for S3Store {
@@ -211,7 +246,15 @@ impl S3Store {
             )),
             None => builder.credentials_provider(credential_chain(region, instance_metadata)),
         };
-        Ok(Self { client: Client::from_conf(builder.build()), location })
+        let sign_payload = payload_signing(location.endpoint.as_deref());
+        Ok(Self { client: Client::from_conf(builder.build()), location, sign_payload })
+    }
+
+    /// Overrides the choice [`payload_signing`] made from the endpoint: `true` signs every
+    /// upload's body, `false` none.
+    pub fn with_payload_signing(mut self, sign: bool) -> Self {
+        self.sign_payload = sign;
+        self
     }
 
     /// The bucket, prefix, region and endpoint this store was built for.
@@ -350,29 +393,58 @@ impl S3Store {
         }
     }
 
-    /// Uploads part `number` of a multipart upload; returns its ETag.
-    async fn upload_part(&self, object: &str, upload_id: &str, number: i32, body: ByteStream) -> Result<String> {
-        let out = self
+    /// Uploads part `number` of a multipart upload created with CRC32C, with the part's
+    /// `crc32c`; returns its ETag.
+    async fn upload_part(
+        &self,
+        object: &str,
+        upload_id: &str,
+        number: i32,
+        body: ByteStream,
+        crc32c: String,
+    ) -> Result<String> {
+        let request = self
             .client
             .upload_part()
             .bucket(&self.location.bucket)
             .key(object)
             .upload_id(upload_id)
             .part_number(number)
+            .checksum_crc32_c(crc32c)
             .body(body)
-            .send()
-            .await
-            .map_err(|e| classify(&self.what("upload part", object), e))?;
+            .customize();
+        let request = if self.sign_payload { request } else { request.disable_payload_signing() };
+        let out = request.send().await.map_err(|e| classify(&self.what("upload part", object), e))?;
         Ok(out.e_tag.unwrap_or_default())
+    }
+
+    /// Uploads part `number` from memory: its CRC32C is computed off the async workers.
+    /// Returns its ETag and CRC32C.
+    async fn upload_part_bytes(
+        &self,
+        object: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<(String, String)> {
+        let (body, crc) = tokio::task::spawn_blocking(move || {
+            let crc = crc32c(&body);
+            (body, crc)
+        })
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+        let etag = self.upload_part(object, upload_id, number, ByteStream::from(body), crc.clone()).await?;
+        Ok((etag, crc))
     }
 
     /// Uploads a file in parts through the same calls the presigned path uses (create,
     /// parts, complete); a failed upload is aborted.
     async fn put_multipart(&self, key: &str, path: &Path, size: u64, cancel: &CancellationToken) -> Result<()> {
         let object = self.object_key(key)?;
-        let upload_id = self.create_multipart(key, false).await?;
+        let upload_id = self.create_multipart(key, true).await?;
         let upload = async {
             let mut parts = Vec::new();
+            let mut crcs = Vec::new();
             let mut offset = 0u64;
             let mut number = 1i32;
             while offset < size {
@@ -384,11 +456,13 @@ impl S3Store {
                     .build()
                     .await
                     .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-                parts.push((number, self.upload_part(&object, &upload_id, number, body).await?));
+                let crc = file_range_crc32c(path.to_path_buf(), offset, length).await?;
+                crcs.push(crc.clone());
+                parts.push((number, self.upload_part(&object, &upload_id, number, body, crc).await?));
                 offset += length;
                 number += 1;
             }
-            self.complete_multipart(key, &upload_id, &parts, &[]).await
+            self.complete_multipart(key, &upload_id, &parts, &crcs).await
         };
         let result = tokio::select! {
             biased;
@@ -401,6 +475,35 @@ impl S3Store {
         }
         result
     }
+}
+
+/// The CRC32C of `length` bytes of the file at `path` from `offset` (read off the async
+/// workers).
+async fn file_range_crc32c(path: std::path::PathBuf, offset: u64, length: u64) -> Result<String> {
+    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(&path)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = length;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank during its upload",
+                ));
+            }
+            digest.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(edgecap_common::crc32c_text(digest.finalize() as u32))
+    })
+    .await
+    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
+    .map_err(StorageError::Io)
 }
 
 fn presigned(request: &aws_sdk_s3::presigning::PresignedRequest) -> Presigned {
@@ -423,7 +526,7 @@ impl ObjectStore for S3Store {
         let upload_id = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(StorageError::Cancelled),
-            created = self.create_multipart(key, false) => created?,
+            created = self.create_multipart(key, true) => created?,
         };
         // Some(size): completed; None: nothing came but the end (no part: an empty object).
         // Parts go up side by side, up to PARTS_AT_ONCE, while the next ones are produced.
@@ -441,8 +544,8 @@ impl ObjectStore for S3Store {
                                 size += body.len() as u64;
                                 number += 1;
                                 let n = number;
-                                let part = self.upload_part(&object, &upload_id, n, ByteStream::from(body));
-                                sending.push(async move { part.await.map(|etag| (n, etag)) });
+                                let part = self.upload_part_bytes(&object, &upload_id, n, body);
+                                sending.push(async move { part.await.map(|(etag, crc)| (n, etag, crc)) });
                             }
                             None => ended = true,
                         }
@@ -453,8 +556,9 @@ impl ObjectStore for S3Store {
             if parts.is_empty() {
                 return Ok(None);
             }
-            parts.sort_unstable_by_key(|p: &(i32, String)| p.0);
-            self.complete_multipart(key, &upload_id, &parts, &[]).await?;
+            parts.sort_unstable_by_key(|p: &(i32, String, String)| p.0);
+            let (parts, crcs): (Vec<_>, Vec<_>) = parts.into_iter().map(|(n, etag, crc)| ((n, etag), crc)).unzip();
+            self.complete_multipart(key, &upload_id, &parts, &crcs).await?;
             Ok(Some(size))
         };
         let result = tokio::select! {
@@ -584,6 +688,36 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_are_signed_only_over_plain_http_across_a_network() {
+        for unsigned in [
+            None,
+            Some("https://s3.example.net"),
+            Some("HTTPS://10.0.0.5:9000"),
+            Some("http://127.0.0.1:9000"),
+            Some("http://127.8.9.10"),
+            Some("http://localhost:9000/"),
+            Some("http://[::1]:9000"),
+            Some("http://user@127.0.0.1:9000"),
+        ] {
+            assert!(!payload_signing(unsigned), "{unsigned:?}");
+        }
+        for signed in [
+            "http://10.0.0.5:9000",
+            "http://minio.internal:9000",
+            "http://[2001:db8::1]:9000",
+            "http://localhost.example.net",
+            "http://127.0.0.1.example.net:80",
+        ] {
+            assert!(payload_signing(Some(signed)), "{signed}");
+        }
+    }
+
+    #[test]
+    fn crc32c_of_bytes_in_s3s_form() {
+        assert_eq!(crc32c(b"Hello, World!"), "TVUQaA==");
+    }
 
     /// Without credentials and without the instance-metadata opt-in, nothing asks
     /// 169.254.169.254: the chain ends in "no credentials", not in an IMDS error.
