@@ -41,10 +41,17 @@ pub fn answer_sample(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<
 fn answer(lookback: &Mutex<Lookback>, query: pb::SampleQuery) -> Vec<pb::SampleChunk> {
     // Packets reach the lookback in batches, up to VISIBILITY_DELAY after they were on the
     // wire: a window that ends that recently is answered once they are all in, which the
-    // lookback says as soon as each interface's source has run dry past the window's end.
+    // lookback says as soon as each interface's source has run dry past the window's end. A
+    // quiet source only looks again when woken (else after its idle wait), so it is woken.
     let now = edgecap_common::now_ns();
     let latest = query.to_ns.saturating_add(VISIBILITY_DELAY.as_nanos() as u64);
     if latest > now {
+        {
+            let l = lock(lookback);
+            if l.settled_ns().is_none_or(|s| s <= query.to_ns) {
+                l.wake_sources();
+            }
+        }
         let give_up =
             std::time::Instant::now() + Duration::from_nanos((latest - now).min(VISIBILITY_DELAY.as_nanos() as u64));
         while lock(lookback).settled_ns().is_none_or(|s| s <= query.to_ns) && std::time::Instant::now() < give_up {

@@ -43,9 +43,26 @@ fn window_query_returns_exactly_the_windows_matching_packets_truncated() {
     std::thread::sleep(Duration::from_millis(100));
     burst(2, 0x30);
     std::thread::sleep(Duration::from_millis(500));
-    // The quiet interface's source ran dry since: the lookback says everything up to a
-    // moment after the last burst is in, so a query need not wait for it.
-    let settled = lookback.lock().unwrap().settled_ns().unwrap();
+    // The quiet interface's source ran dry since, and waits (up to its idle wait of 1 s)
+    // without looking again. Woken, as a query wakes it, it looks at once: the lookback then
+    // says everything up to a moment ago is in (the ring's 20 ms block timeout before the
+    // wake), so a query need not wait for it.
+    let woken_at = now_ns();
+    lookback.lock().unwrap().wake_sources();
+    let lag = u64::from(edgecap_capture::live::FEED_TIMEOUT_MS.unsigned_abs()) * 1_000_000;
+    let end = std::time::Instant::now() + Duration::from_millis(200);
+    let settled = loop {
+        let settled = lookback.lock().unwrap().settled_ns().unwrap();
+        if settled + lag >= woken_at || std::time::Instant::now() > end {
+            break settled;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(
+        settled + lag >= woken_at,
+        "settled {} ms before the wake: the woken source did not look again",
+        woken_at.saturating_sub(settled) / 1_000_000
+    );
     assert!(settled > t1 + 100_000_000, "settled {} ns after t1", settled.saturating_sub(t1));
 
     let query = |from_ns, to_ns, limit| {

@@ -209,7 +209,28 @@ impl Feed {
             last_flush: Instant::now(),
             kernel_drops: 0,
             returned: false,
+            listening: None,
         })
+    }
+}
+
+/// A source's waker, registered with the lookback while the source feeds it
+/// ([`Lookback::wake_sources`]); removed when dropped.
+struct Listening {
+    lookback: Shared,
+    id: u64,
+}
+
+impl Listening {
+    fn new(lookback: &Shared, waker: Waker) -> Self {
+        let id = lock(lookback).add_waker(waker);
+        Self { lookback: lookback.clone(), id }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        lock(&self.lookback).remove_waker(self.id);
     }
 }
 
@@ -229,6 +250,8 @@ pub struct Feeder {
     last_flush: Instant,
     kernel_drops: u64,
     returned: bool,
+    /// The capture's source, registered with the lookback ([`Feeder::listen`]).
+    listening: Option<Listening>,
 }
 
 impl std::fmt::Debug for Feeder {
@@ -238,6 +261,12 @@ impl std::fmt::Debug for Feeder {
 }
 
 impl Feeder {
+    /// The capture's source, for the lookback's queries to wake (see
+    /// [`Lookback::wake_sources`]) while this capture feeds it.
+    pub fn listen(&mut self, waker: Waker) {
+        self.listening = Some(Listening::new(&self.feed.lookback, waker));
+    }
+
     /// One packet the capture read (every one, before its filter).
     pub fn packet(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) {
         self.last_seen_ns = ts_ns;
@@ -331,6 +360,8 @@ impl Feeder {
             }
         }
         self.feed.changed.notify_all();
+        // Short waits on a quiet interface: the hand-over ends on a read that times out.
+        source.attend(HAND_BACK_WAIT);
         let end = Instant::now() + HAND_BACK_WAIT;
         let settle = settle_ns();
         let mut n = 0u32;
@@ -362,6 +393,7 @@ impl Feeder {
             return;
         }
         self.returned = true;
+        self.listening = None;
         self.feed.asked.store(false, Ordering::Release);
         {
             let feed = self.feed.clone();
@@ -408,6 +440,7 @@ impl LookbackCapture {
             buffer_size: config.buffer_size.max(0) as u32,
             promisc: config.promisc,
             timeout_ms: config.timeout_ms,
+            idle_ms: crate::source::IDLE_MS,
         };
         let mut opened = Vec::new();
         for iface in &config.interfaces {
@@ -544,6 +577,8 @@ impl Own {
         let mut after_ns = 0u64;
         let mut holding: Option<Vec<u64>> = None;
         let mut reads = 0u32;
+        // This thread's source, for queries to wake; not while a capture feeds the lookback.
+        let mut listening = Some(Listening::new(lookback, source.waker()));
         while !self.stopped() {
             let mut quiet = false;
             // The source had nothing more: everything before this is read.
@@ -600,12 +635,14 @@ impl Own {
                     lock(lookback).count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
                     last_kernel_drops = 0;
                     *edgecap_common::lock(&self.feed.waker) = None;
+                    drop(listening.take());
                     drop(source);
                     tracing::debug!(%iface, "lookback fed by a live capture");
                     match self.lent() {
                         Some(reopened) => source = reopened,
                         None => return,
                     }
+                    listening.get_or_insert_with(|| Listening::new(lookback, source.waker()));
                     holding = Some(Vec::new());
                     continue;
                 }
@@ -695,7 +732,13 @@ mod tests {
         let capture = LookbackCapture::start(&config, sources.clone(), lookback.clone()).unwrap();
         let feed = capture.feed("sim0").unwrap();
         assert!(capture.feed("other").is_none());
-        let options = OpenOptions { snaplen: 65535, buffer_size: 1 << 20, promisc: false, timeout_ms: FEED_TIMEOUT_MS };
+        let options = OpenOptions {
+            snaplen: 65535,
+            buffer_size: 1 << 20,
+            promisc: false,
+            timeout_ms: FEED_TIMEOUT_MS,
+            ..OpenOptions::default()
+        };
         let mut source = sources.open("sim0", &options).unwrap();
 
         let mut feeder = feed.claim().expect("the lookback's own thread feeds it");

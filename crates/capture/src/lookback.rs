@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 
+use crate::source::Waker;
 use crate::summary::{Prefilter, Summary};
 
 /// How the lookback samples and how much it keeps.
@@ -175,6 +176,10 @@ pub struct Lookback {
     /// Per interface: every packet on the wire before this time (ns) is in, or was not
     /// sampled ([`Lookback::mark_settled`]).
     settled: Vec<u64>,
+    /// The wakers of the sources that feed it now, by registration id
+    /// ([`Lookback::wake_sources`]).
+    wakers: Vec<(u64, Waker)>,
+    next_waker: u64,
 }
 
 /// The answer to a window query.
@@ -199,6 +204,32 @@ impl Lookback {
             stats: LookbackStats::default(),
             per_interface: Vec::new(),
             settled: Vec::new(),
+            wakers: Vec::new(),
+            next_waker: 0,
+        }
+    }
+
+    /// Registers the waker of a source that feeds the lookback; returns the id that
+    /// [`Lookback::remove_waker`] takes when that source goes.
+    pub fn add_waker(&mut self, waker: Waker) -> u64 {
+        let id = self.next_waker;
+        self.next_waker += 1;
+        self.wakers.push((id, waker));
+        id
+    }
+
+    /// Forgets a waker registered with [`Lookback::add_waker`].
+    pub fn remove_waker(&mut self, id: u64) {
+        self.wakers.retain(|(i, _)| *i != id);
+    }
+
+    /// Wakes every source that feeds the lookback, so that each looks whether it has run dry
+    /// and says so ([`Lookback::mark_settled`]) within its read timeout instead of its idle
+    /// wait (see [`crate::source::OpenOptions::idle_ms`]). For a query whose window ends
+    /// after [`Lookback::settled_ns`].
+    pub fn wake_sources(&self) {
+        for (_, waker) in &self.wakers {
+            waker.wake();
         }
     }
 

@@ -130,6 +130,7 @@ impl LiveConfig {
             promisc: self.promisc,
             // Feeding the lookback, ring blocks retire as often as the lookback's own.
             timeout_ms: if self.feed.is_some() { self.timeout_ms.clamp(1, FEED_TIMEOUT_MS) } else { self.timeout_ms },
+            idle_ms: crate::source::IDLE_MS,
         }
     }
 
@@ -515,6 +516,9 @@ fn capture_loop(
     config: LiveConfig,
 ) {
     let linktype = source.linktype();
+    if let Some(feeder) = feeding.feeder.as_mut() {
+        feeder.listen(source.waker());
+    }
     let mut untagged = Vec::new();
     let fresh = || match recycled.try_recv() {
         Ok(mut b) => {

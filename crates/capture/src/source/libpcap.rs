@@ -3,9 +3,13 @@
 //! Handles are **not** in immediate mode: the kernel hands packets over a ring block at a time
 //! (TPACKET_V3), one wakeup per block or per timeout, not one per packet. Timestamps are
 //! nanoseconds. The filter runs in the kernel. Reads never block: the source waits in its own
-//! `poll` on the ring and on an eventfd its wakers write (see [`LibpcapSource`]).
+//! `poll` on the ring and on an eventfd its wakers write (see [`LibpcapSource`]). A quiet
+//! ring is waited on for [`OpenOptions::idle_ms`], not the block timeout, unless a wake made
+//! the source attentive.
 
-use super::{CaptureSource, Next, OpenOptions, PacketRef, SourceFactory, SourceStats, Waker};
+use std::time::{Duration, Instant};
+
+use super::{ATTENTIVE, CaptureSource, Next, OpenOptions, PacketRef, SourceFactory, SourceStats, Waker, wait_limit};
 use crate::CaptureError;
 
 /// Opens [`LibpcapSource`]s.
@@ -33,8 +37,13 @@ pub struct LibpcapSource {
     /// Written by [`Waker`]s; readable until a wait answers [`Next::Woken`].
     wake: std::sync::Arc<rustix::fd::OwnedFd>,
     /// The read timeout, which is also the kernel's block timeout (how long a packet can sit
-    /// in a partly filled block): how long a wait lasts; zero: until a packet or a wake.
-    block_timeout: std::time::Duration,
+    /// in a partly filled block): how long a wait lasts while attentive; zero: until a packet
+    /// or a wake.
+    block_timeout: Duration,
+    /// How long a wait lasts otherwise.
+    idle: Duration,
+    /// Waits last at most `block_timeout` until then.
+    attentive_until: Option<Instant>,
     /// The last read found the ring empty: wait before reading again.
     drained: bool,
 }
@@ -67,18 +76,29 @@ impl LibpcapSource {
             iface: iface.to_string(),
             source: pcap::Error::IoError(std::io::Error::from(e).kind()),
         })?;
-        let block_timeout = std::time::Duration::from_millis(u64::from(options.timeout_ms.max(0).unsigned_abs()));
+        let block_timeout = Duration::from_millis(u64::from(options.timeout_ms.max(0).unsigned_abs()));
+        let idle = Duration::from_millis(u64::from(options.idle_ms));
         let wake = std::sync::Arc::new(wake);
-        Ok(Self { iface: iface.to_string(), capture, linktype, wake, block_timeout, drained: true })
+        Ok(Self {
+            iface: iface.to_string(),
+            capture,
+            linktype,
+            wake,
+            block_timeout,
+            idle,
+            attentive_until: None,
+            drained: true,
+        })
     }
 
     /// Waits until the ring has a block to read, a wake, or the timeout.
     fn wait(&mut self) -> Waited {
         use rustix::event::{PollFd, PollFlags, poll};
         let mut fds = [PollFd::new(&self.capture, PollFlags::IN), PollFd::new(&*self.wake, PollFlags::IN)];
+        let limit = wait_limit(self.block_timeout, self.idle, self.attentive_until);
         let timeout = (!self.block_timeout.is_zero()).then(|| rustix::event::Timespec {
-            tv_sec: self.block_timeout.as_secs() as i64,
-            tv_nsec: i64::from(self.block_timeout.subsec_nanos()),
+            tv_sec: limit.as_secs() as i64,
+            tv_nsec: i64::from(limit.subsec_nanos()),
         });
         match poll(&mut fds, timeout.as_ref()) {
             Ok(0) => Waited::TimedOut,
@@ -111,7 +131,13 @@ impl CaptureSource for LibpcapSource {
         if self.drained {
             match self.wait() {
                 Waited::Ready => self.drained = false,
-                Waited::Woken => return Ok(Next::Woken),
+                // Whoever woke it may want to know whether the ring is dry now: the next read
+                // looks without waiting, and waits stay short for a while.
+                Waited::Woken => {
+                    self.drained = false;
+                    self.attend(ATTENTIVE);
+                    return Ok(Next::Woken);
+                }
                 Waited::TimedOut => return Ok(Next::Timeout),
             }
         }
@@ -145,7 +171,11 @@ impl CaptureSource for LibpcapSource {
         })
     }
 
-    fn lag(&self) -> std::time::Duration {
+    fn attend(&mut self, for_: Duration) {
+        super::extend_attention(&mut self.attentive_until, for_);
+    }
+
+    fn lag(&self) -> Duration {
         self.block_timeout
     }
 }

@@ -35,14 +35,44 @@ pub struct OpenOptions {
     /// Promiscuous mode (libpcap; a replay source ignores it).
     pub promisc: bool,
     /// Longest a call to [`CaptureSource::next`] waits before answering [`Next::Timeout`]
-    /// (0: until a packet or a wake).
+    /// while the source is attentive (0: until a packet or a wake); for libpcap also the
+    /// kernel's ring block timeout, so packets are readable at most this long after arrival.
     pub timeout_ms: i32,
+    /// Longest a wait lasts otherwise, ms (never shorter than `timeout_ms`). A quiet source
+    /// wakes its thread this often instead of every `timeout_ms`: packets still wake it at
+    /// once, and whoever needs a fresh [`Next::Timeout`] (the lookback's queries, which learn
+    /// from it that the interface ran dry) wakes it, which makes it attentive for
+    /// [`ATTENTIVE`].
+    pub idle_ms: u32,
 }
+
+/// Default [`OpenOptions::idle_ms`].
+pub const IDLE_MS: u32 = 1000;
+
+/// How long a source stays attentive after a wake: waits last at most
+/// [`OpenOptions::timeout_ms`]. Longer than a sample query waits for the lookback to settle.
+pub const ATTENTIVE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        Self { snaplen: MAX_SNAPLEN, buffer_size: 32 << 20, promisc: true, timeout_ms: 100 }
+        Self { snaplen: MAX_SNAPLEN, buffer_size: 32 << 20, promisc: true, timeout_ms: 100, idle_ms: IDLE_MS }
     }
+}
+
+/// Keeps a source attentive for at least `for_` from now.
+pub(crate) fn extend_attention(attentive_until: &mut Option<std::time::Instant>, for_: std::time::Duration) {
+    let until = std::time::Instant::now() + for_;
+    *attentive_until = Some(attentive_until.map_or(until, |t| t.max(until)));
+}
+
+/// How long the next wait of a source may last: `timeout` while attentive (or when it is at
+/// least `idle`), else `idle`.
+pub(crate) fn wait_limit(
+    timeout: std::time::Duration,
+    idle: std::time::Duration,
+    attentive_until: Option<std::time::Instant>,
+) -> std::time::Duration {
+    if attentive_until.is_some_and(|until| std::time::Instant::now() < until) { timeout } else { idle.max(timeout) }
 }
 
 /// One packet, borrowed from the source until the next call.
@@ -88,7 +118,8 @@ impl Waker {
         Self(Arc::new(wake))
     }
 
-    /// Makes the source's current or next read answer [`Next::Woken`].
+    /// Makes the source's current or next read answer [`Next::Woken`]; the read after that
+    /// looks again without waiting, and the source stays attentive for [`ATTENTIVE`].
     pub fn wake(&self) {
         (self.0)()
     }
@@ -113,6 +144,9 @@ pub trait CaptureSource: Send {
     fn stats(&mut self) -> Option<SourceStats>;
     /// A handle that interrupts [`CaptureSource::next`].
     fn waker(&self) -> Waker;
+    /// Waits last at most [`OpenOptions::timeout_ms`] for `for_` from now (see
+    /// [`OpenOptions::idle_ms`]).
+    fn attend(&mut self, for_: std::time::Duration);
     /// How long before a read that answered [`Next::Timeout`] a packet may have arrived and
     /// still not be readable (libpcap: a partly filled ring block is handed over after the
     /// read timeout). Everything older has been read.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::{Block, PcapNgReader};
 
-use super::{CaptureSource, Next, OpenOptions, PacketRef, SourceFactory, SourceStats, Waker};
+use super::{ATTENTIVE, CaptureSource, Next, OpenOptions, PacketRef, SourceFactory, SourceStats, Waker, wait_limit};
 use crate::CaptureError;
 
 /// What to play, and how fast.
@@ -158,6 +158,11 @@ pub struct ReplaySource {
     gap_ns: Option<u64>,
     snaplen: usize,
     timeout: Duration,
+    /// How long a wait lasts when not attentive (see [`OpenOptions::idle_ms`]).
+    idle: Duration,
+    attentive_until: Option<Instant>,
+    /// Woken: the next read answers at once, a packet if one is due, else a timeout.
+    recheck: bool,
     started: Instant,
     played: u64,
     received: u64,
@@ -176,6 +181,9 @@ impl ReplaySource {
             gap_ns: (rate_pps > 0).then(|| 1_000_000_000 / rate_pps.min(1_000_000_000)),
             snaplen: options.snaplen as usize,
             timeout: Duration::from_millis(options.timeout_ms.max(1) as u64),
+            idle: Duration::from_millis(u64::from(options.idle_ms)),
+            attentive_until: None,
+            recheck: false,
             started: Instant::now(),
             played: 0,
             received: 0,
@@ -217,15 +225,25 @@ impl CaptureSource for ReplaySource {
     }
 
     fn next(&mut self) -> Result<Next<'_>, CaptureError> {
-        let deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        let deadline = if std::mem::take(&mut self.recheck) {
+            now
+        } else {
+            now + wait_limit(self.timeout, self.idle, self.attentive_until)
+        };
+        let woken = |source: &mut Self| {
+            source.recheck = true;
+            source.attend(ATTENTIVE);
+            Ok(Next::Woken)
+        };
         loop {
             let Some(gap_ns) = self.gap_ns else {
-                return Ok(if self.wait(deadline) { Next::Woken } else { Next::Timeout });
+                return if self.wait(deadline) { woken(self) } else { Ok(Next::Timeout) };
             };
             let due = self.started + Duration::from_nanos(gap_ns.saturating_mul(self.played));
             if due > Instant::now() {
                 if self.wait(due.min(deadline)) {
-                    return Ok(Next::Woken);
+                    return woken(self);
                 }
                 if Instant::now() < due {
                     return Ok(Next::Timeout);
@@ -262,6 +280,10 @@ impl CaptureSource for ReplaySource {
             *wake.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
             wake.cond.notify_all();
         })
+    }
+
+    fn attend(&mut self, for_: Duration) {
+        super::extend_attention(&mut self.attentive_until, for_);
     }
 
     /// Packets are made when they are due: nothing waits unread.
@@ -315,8 +337,35 @@ mod tests {
         assert!(matches!(source.next().unwrap(), Next::Woken));
         assert!(started.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
-        let mut quick = replay.open("idle", &OpenOptions { timeout_ms: 10, ..Default::default() }).unwrap();
+        let mut quick =
+            replay.open("idle", &OpenOptions { timeout_ms: 10, idle_ms: 10, ..Default::default() }).unwrap();
         assert!(matches!(quick.next().unwrap(), Next::Timeout));
+    }
+
+    #[test]
+    fn a_quiet_source_waits_its_idle_time_unless_woken() {
+        let replay = Replay::new(ReplayConfig::default());
+        let options = OpenOptions { timeout_ms: 10, idle_ms: 60_000, ..Default::default() };
+        let mut source = replay.open("idle", &options).unwrap();
+        let waker = source.waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            waker.wake();
+        });
+        // Not a timeout after 10 ms: a quiet source waits its idle time.
+        assert!(matches!(source.next().unwrap(), Next::Woken));
+        t.join().unwrap();
+        // Woken, it looks again at once, and its waits are short for a while.
+        let started = Instant::now();
+        assert!(matches!(source.next().unwrap(), Next::Timeout));
+        assert!(matches!(source.next().unwrap(), Next::Timeout));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        // Attending on its own (a capture handing the lookback back) does the same.
+        let mut other = replay.open("idle", &options).unwrap();
+        other.attend(Duration::from_secs(30));
+        let started = Instant::now();
+        assert!(matches!(other.next().unwrap(), Next::Timeout));
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]
