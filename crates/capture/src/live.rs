@@ -33,15 +33,24 @@ pub struct LookbackCaptureConfig {
     pub interfaces: Vec<String>,
     /// Kernel buffer per interface, bytes.
     pub buffer_size: i32,
-    /// Read timeout, ms: how often a quiet thread checks for stop.
+    /// Read timeout, ms: the ring's block timeout, and how long waits last while a source is
+    /// attentive ([`OpenOptions::timeout_ms`]).
     pub timeout_ms: i32,
+    /// How long a quiet source's waits last otherwise, ms ([`OpenOptions::idle_ms`]).
+    pub idle_ms: u32,
     /// Open the interfaces in promiscuous mode.
     pub promisc: bool,
 }
 
 impl Default for LookbackCaptureConfig {
     fn default() -> Self {
-        Self { interfaces: vec!["lo".into()], buffer_size: 4 << 20, timeout_ms: FEED_TIMEOUT_MS, promisc: true }
+        Self {
+            interfaces: vec!["lo".into()],
+            buffer_size: 4 << 20,
+            timeout_ms: FEED_TIMEOUT_MS,
+            idle_ms: crate::source::IDLE_MS,
+            promisc: true,
+        }
     }
 }
 
@@ -418,6 +427,8 @@ impl Feeder {
         }
         drop(state);
         self.feed.changed.notify_all();
+        // The lookback's thread may be waiting on its reopened, quiet source: it learns now.
+        self.feed.wake();
     }
 }
 
@@ -440,7 +451,7 @@ impl LookbackCapture {
             buffer_size: config.buffer_size.max(0) as u32,
             promisc: config.promisc,
             timeout_ms: config.timeout_ms,
-            idle_ms: crate::source::IDLE_MS,
+            idle_ms: config.idle_ms,
         };
         let mut opened = Vec::new();
         for iface in &config.interfaces {
@@ -646,6 +657,9 @@ impl Own {
                     holding = Some(Vec::new());
                     continue;
                 }
+                // Asked, but this ring may still hold packets from before the capture's was
+                // open: short waits until it lets go (after one second on a quiet interface).
+                FeedState::Asked { .. } => source.attend(crate::source::ATTENTIVE),
                 FeedState::Given { after_ns: after } => {
                     if let Some(seen) = holding.take() {
                         after_ns = after;
@@ -771,5 +785,32 @@ mod tests {
         wait_for("the feed to be free again", || feed.available());
         capture.stop();
         assert!(feed.claim().is_none(), "the lookback's thread is gone");
+    }
+
+    /// On a quiet interface whose source would wait a minute between looks, a claim, the
+    /// hand-over and the hand-back still take seconds: each side wakes the other's source.
+    #[test]
+    fn a_quiet_feed_changes_hands_without_waiting_out_the_idle_wait() {
+        let lookback = Arc::new(Mutex::new(Lookback::new(LookbackConfig::default())));
+        let sources = crate::source::factory(&SourceConfig::Replay(ReplayConfig::default()));
+        let config = LookbackCaptureConfig { interfaces: vec!["quiet".into()], idle_ms: 60_000, ..Default::default() };
+        let capture = LookbackCapture::start(&config, sources.clone(), lookback.clone()).unwrap();
+        let feed = capture.feed("quiet").unwrap();
+        let options = OpenOptions { timeout_ms: FEED_TIMEOUT_MS, idle_ms: 60_000, ..OpenOptions::default() };
+        let mut source = sources.open("quiet", &options).unwrap();
+        let mut feeder = feed.claim().expect("free");
+        feeder.listen(source.waker());
+        source.attend(Duration::from_secs(30));
+        wait_for("the lookback to let go (one second after the claim)", || {
+            let _ = source.next();
+            feeder.tick();
+            feeder.after_ns.is_some()
+        });
+        // While the capture feeds the lookback, a query's wake reaches the capture's source.
+        lock(&lookback).wake_sources();
+        assert!(matches!(source.next().unwrap(), Next::Woken));
+        feeder.hand_back(source.as_mut());
+        wait_for("the lookback's thread to take its feed back", || feed.available());
+        capture.stop();
     }
 }

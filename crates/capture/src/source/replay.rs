@@ -163,6 +163,10 @@ pub struct ReplaySource {
     attentive_until: Option<Instant>,
     /// Woken: the next read answers at once, a packet if one is due, else a timeout.
     recheck: bool,
+    /// A packet was handed out since the last timeout: when the next is not due within the
+    /// read timeout, the next read says so at once (as a drained libpcap ring does) before it
+    /// waits, so that readers learn the source is dry.
+    played_since_timeout: bool,
     started: Instant,
     played: u64,
     received: u64,
@@ -184,6 +188,7 @@ impl ReplaySource {
             idle: Duration::from_millis(u64::from(options.idle_ms)),
             attentive_until: None,
             recheck: false,
+            played_since_timeout: false,
             started: Instant::now(),
             played: 0,
             received: 0,
@@ -242,6 +247,9 @@ impl CaptureSource for ReplaySource {
             };
             let due = self.started + Duration::from_nanos(gap_ns.saturating_mul(self.played));
             if due > Instant::now() {
+                if std::mem::take(&mut self.played_since_timeout) && due > Instant::now() + self.timeout {
+                    return Ok(Next::Timeout);
+                }
                 if self.wait(due.min(deadline)) {
                     return woken(self);
                 }
@@ -251,6 +259,7 @@ impl CaptureSource for ReplaySource {
             }
             let index = (self.played % self.frames.frames.len() as u64) as usize;
             self.played += 1;
+            self.played_since_timeout = true;
             let (orig_len, frame) = &self.frames.frames[index];
             let keep = frame.len().min(self.snaplen);
             self.scratch.clear();
@@ -340,6 +349,21 @@ mod tests {
         let mut quick =
             replay.open("idle", &OpenOptions { timeout_ms: 10, idle_ms: 10, ..Default::default() }).unwrap();
         assert!(matches!(quick.next().unwrap(), Next::Timeout));
+    }
+
+    #[test]
+    fn a_slow_source_says_it_is_dry_after_each_packet() {
+        // 5 pps: the next packet is 200 ms away, longer than the 10 ms read timeout.
+        let replay = Replay::new(ReplayConfig { rate_pps: 5, ..ReplayConfig::default() });
+        let options = OpenOptions { timeout_ms: 10, idle_ms: 60_000, ..Default::default() };
+        let mut source = replay.open("slow", &options).unwrap();
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        while seen.iter().filter(|&&p| p).count() < 3 {
+            seen.push(matches!(source.next().unwrap(), Next::Packet(_)));
+        }
+        assert!(seen.windows(2).all(|w| !(w[0] && w[1])), "a timeout between packets: {seen:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]
