@@ -154,6 +154,20 @@ mod tests {
         assert_eq!(written.len(), 100);
         assert!(written.iter().enumerate().all(|(i, kv)| kv.value == [i as u8]));
         assert!(repo.store().revision().await.unwrap() > before);
+        // A key put twice within one batch (a commit retried): written once, with the last
+        // value, and both callers are answered (the stores refuse a transaction naming a key
+        // twice).
+        let twice: Vec<_> = [b"first".to_vec(), b"second".to_vec()]
+            .into_iter()
+            .map(|value| {
+                let (batch, repo) = (batch.clone(), repo.clone());
+                tokio::spawn(async move { batch.put(&repo, "/b/twice".into(), value).await })
+            })
+            .collect();
+        for put in twice {
+            put.await.unwrap().unwrap();
+        }
+        assert_eq!(repo.store().get("/b/twice").await.unwrap().unwrap().value, b"second");
         cancel.cancel();
         runner.await.unwrap();
         // The runner is gone: on its own again.

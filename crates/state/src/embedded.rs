@@ -380,6 +380,7 @@ impl Inner {
     /// Writes every `(key, value)` (durable): all or nothing, a value too large is refused
     /// before anything is written.
     fn put_all(&mut self, puts: Vec<(String, Vec<u8>)>, events: &broadcast::Sender<WatchEvent>) -> Result<()> {
+        crate::distinct(puts.iter().map(|(k, _)| k.as_str()))?;
         if let Some((key, value)) = puts.iter().find(|(_, v)| v.len() > self.max_value) {
             return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: self.max_value });
         }

@@ -105,6 +105,9 @@ impl EtcdStore {
     /// Writes every `(key, value)` of `puts` (durable) in one transaction if all `compares`
     /// hold; `Ok(false)` when one did not, and nothing was written.
     async fn put_all_when(&self, compares: Vec<Compare>, puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
+        // etcd would refuse it too ("duplicate key given in txn request"), as an error that
+        // reads like any other; this one says which key.
+        crate::distinct(puts.iter().map(|(k, _)| k.as_str()))?;
         let bytes = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
         let first = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
         let ops: Vec<TxnOp> = puts.into_iter().map(|(k, v)| TxnOp::put(self.full(&k), v, None)).collect();

@@ -166,6 +166,10 @@ pub enum StateError {
         /// The store's limit (0 when the store did not say).
         max: usize,
     },
+    /// A write of several keys names this key twice: etcd refuses such a transaction, and
+    /// the embedded store does the same so the two agree. Retrying the same write cannot help.
+    #[error("state store refuses a write that names {0} twice")]
+    DuplicateKey(String),
     /// Another process holds the embedded store's directory.
     #[error("state directory {0} is in use by another process (is another coordinator running on it?)")]
     Locked(String),
@@ -176,6 +180,17 @@ impl StateError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StateError::Unavailable(_) | StateError::Io(_))
     }
+}
+
+/// Refuses keys of one multi-key write that repeat ([`StateError::DuplicateKey`]).
+pub(crate) fn distinct<'a>(keys: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for key in keys {
+        if !seen.insert(key) {
+            return Err(StateError::DuplicateKey(key.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// This crate's result; the error is [`StateError`] unless said otherwise.
@@ -207,7 +222,8 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<bool>;
     /// Writes every `(key, value)` of `puts` (durable) in one transaction, if no key of
     /// `absent` exists; `Ok(false)`: one did, and nothing was written. etcd takes at most 128
-    /// keys in `puts` (and in `absent`), and the whole under its request limit (`TooLarge`).
+    /// keys in `puts` (and in `absent`), and the whole under its request limit (`TooLarge`);
+    /// a key named twice in `puts` is refused ([`StateError::DuplicateKey`]).
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool>;
     /// Writes every `(key, expected, value)` in one transaction if each key's `mod_revision`
     /// is still its `expected` (compare-and-put of many keys, all or nothing); `Ok(false)`: one

@@ -82,6 +82,20 @@ async fn cas(store: &dyn StateStore) {
     store.delete(&b).await.unwrap();
     assert!(!store.compare_and_put_all(vec![(b.clone(), rb, b"b5".to_vec())]).await.unwrap(), "b is gone");
     assert!(store.get(&b).await.unwrap().is_none());
+
+    // A key named twice in one write is refused by both backends, and nothing is written.
+    let twice = vec![(b.clone(), b"x".to_vec()), (a.clone(), b"y".to_vec()), (b.clone(), b"z".to_vec())];
+    match store.put_all_if_absent(&[], twice).await {
+        Err(e @ StateError::DuplicateKey(_)) => {
+            assert!(e.to_string().contains(&b) && !e.is_retryable(), "{e}");
+        }
+        other => panic!("a key twice: {other:?}"),
+    }
+    let ra = store.get(&a).await.unwrap().unwrap().mod_revision;
+    let twice = vec![(a.clone(), ra, b"a6".to_vec()), (a.clone(), ra, b"a7".to_vec())];
+    assert!(matches!(store.compare_and_put_all(twice).await, Err(StateError::DuplicateKey(_))));
+    assert_eq!(store.get(&a).await.unwrap().unwrap().value, b"a2", "nothing written");
+    assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
 }
 
 async fn prefix_list(store: &dyn StateStore) {
