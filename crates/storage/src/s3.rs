@@ -31,7 +31,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -114,18 +114,14 @@ pub struct S3Store {
 /// that the bucket checks.
 pub fn payload_signing(endpoint: Option<&str>) -> bool {
     let Some(endpoint) = endpoint else { return false };
-    let lower = endpoint.to_ascii_lowercase();
-    if lower.starts_with("https://") {
+    // (An endpoint that is not a URL keeps the signature; the SDK will refuse it anyway.)
+    let Ok(uri) = endpoint.parse::<http::Uri>() else { return true };
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
         return false;
     }
-    let rest = lower.strip_prefix("http://").unwrap_or(&lower);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     !loopback
 }
 
@@ -393,16 +389,16 @@ impl S3Store {
         }
     }
 
-    /// Uploads part `number` of a multipart upload created with CRC32C, with the part's
-    /// `crc32c`; returns its ETag.
-    async fn upload_part(
-        &self,
-        object: &str,
-        upload_id: &str,
-        number: i32,
-        body: ByteStream,
-        crc32c: String,
-    ) -> Result<String> {
+    /// Uploads part `number` of a multipart upload created with CRC32C, with the CRC32C of
+    /// `body` (computed off the async workers), which the bucket checks. Returns the part's
+    /// ETag and CRC32C.
+    async fn upload_part(&self, object: &str, upload_id: &str, number: i32, body: Bytes) -> Result<(String, String)> {
+        let (body, crc) = tokio::task::spawn_blocking(move || {
+            let crc = crc32c(&body);
+            (body, crc)
+        })
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
         let request = self
             .client
             .upload_part()
@@ -410,31 +406,12 @@ impl S3Store {
             .key(object)
             .upload_id(upload_id)
             .part_number(number)
-            .checksum_crc32_c(crc32c)
-            .body(body)
+            .checksum_crc32_c(crc.clone())
+            .body(ByteStream::from(body))
             .customize();
         let request = if self.sign_payload { request } else { request.disable_payload_signing() };
         let out = request.send().await.map_err(|e| classify(&self.what("upload part", object), e))?;
-        Ok(out.e_tag.unwrap_or_default())
-    }
-
-    /// Uploads part `number` from memory: its CRC32C is computed off the async workers.
-    /// Returns its ETag and CRC32C.
-    async fn upload_part_bytes(
-        &self,
-        object: &str,
-        upload_id: &str,
-        number: i32,
-        body: Bytes,
-    ) -> Result<(String, String)> {
-        let (body, crc) = tokio::task::spawn_blocking(move || {
-            let crc = crc32c(&body);
-            (body, crc)
-        })
-        .await
-        .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-        let etag = self.upload_part(object, upload_id, number, ByteStream::from(body), crc.clone()).await?;
-        Ok((etag, crc))
+        Ok((out.e_tag.unwrap_or_default(), crc))
     }
 
     /// Uploads a file in parts through the same calls the presigned path uses (create,
@@ -449,16 +426,11 @@ impl S3Store {
             let mut number = 1i32;
             while offset < size {
                 let length = PART_SIZE.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(Length::Exact(length))
-                    .build()
-                    .await
-                    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
-                let crc = file_range_crc32c(path.to_path_buf(), offset, length).await?;
-                crcs.push(crc.clone());
-                parts.push((number, self.upload_part(&object, &upload_id, number, body, crc).await?));
+                // Read once, into memory: the bytes checksummed are the bytes sent.
+                let body = read_range(path, offset, length).await?;
+                let (etag, crc) = self.upload_part(&object, &upload_id, number, body).await?;
+                parts.push((number, etag));
+                crcs.push(crc);
                 offset += length;
                 number += 1;
             }
@@ -477,33 +449,14 @@ impl S3Store {
     }
 }
 
-/// The CRC32C of `length` bytes of the file at `path` from `offset` (read off the async
-/// workers).
-async fn file_range_crc32c(path: std::path::PathBuf, offset: u64, length: u64) -> Result<String> {
-    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::{Read, Seek};
-        let mut file = std::fs::File::open(&path)?;
-        file.seek(std::io::SeekFrom::Start(offset))?;
-        let mut digest = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = length;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank during its upload",
-                ));
-            }
-            digest.update(&buf[..n]);
-            left -= n as u64;
-        }
-        Ok(edgecap_common::crc32c_text(digest.finalize() as u32))
-    })
-    .await
-    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?
-    .map_err(StorageError::Io)
+/// `length` bytes of the file at `path` from `offset`; a file that ends sooner is an error.
+async fn read_range(path: &Path, offset: u64, length: u64) -> Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = vec![0u8; usize::try_from(length).map_err(std::io::Error::other)?];
+    file.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
 }
 
 fn presigned(request: &aws_sdk_s3::presigning::PresignedRequest) -> Presigned {
@@ -544,7 +497,7 @@ impl ObjectStore for S3Store {
                                 size += body.len() as u64;
                                 number += 1;
                                 let n = number;
-                                let part = self.upload_part_bytes(&object, &upload_id, n, body);
+                                let part = self.upload_part(&object, &upload_id, n, body);
                                 sending.push(async move { part.await.map(|(etag, crc)| (n, etag, crc)) });
                             }
                             None => ended = true,
