@@ -129,8 +129,10 @@ pub struct Feed {
     lookback: Shared,
     state: Mutex<FeedState>,
     changed: Condvar,
-    /// Wakes the lookback thread's current source out of a blocking read.
-    waker: Mutex<Option<Waker>>,
+    /// The lookback thread's current source, registered with the lookback: its waker wakes
+    /// it out of a blocking read, here and for the lookback's queries. `None` while a capture
+    /// feeds the lookback (the capture registers its own source) and once the thread ended.
+    own: Mutex<Option<Listening>>,
     /// Set while a capture asks to take over, so the lookback's thread checks at every packet.
     asked: AtomicBool,
 }
@@ -152,9 +154,17 @@ impl Feed {
     }
 
     fn wake(&self) {
-        if let Some(w) = edgecap_common::lock(&self.waker).as_ref() {
-            w.wake();
+        if let Some(own) = edgecap_common::lock(&self.own).as_ref() {
+            own.waker.wake();
         }
+    }
+
+    /// Registers the lookback thread's current source (`None`: it has none now).
+    fn set_own(&self, source: Option<&dyn CaptureSource>) {
+        let new = source.map(|s| Listening::new(&self.lookback, s.waker()));
+        let old = std::mem::replace(&mut *edgecap_common::lock(&self.own), new);
+        // (Unregistered outside this lock: Listening's drop takes the lookback's.)
+        drop(old);
     }
 
     /// Moves from a state `from` accepts to `to`; false (and nothing changed) otherwise.
@@ -228,12 +238,13 @@ impl Feed {
 struct Listening {
     lookback: Shared,
     id: u64,
+    waker: Waker,
 }
 
 impl Listening {
     fn new(lookback: &Shared, waker: Waker) -> Self {
-        let id = lock(lookback).add_waker(waker);
-        Self { lookback: lookback.clone(), id }
+        let id = lock(lookback).add_waker(waker.clone());
+        Self { lookback: lookback.clone(), id, waker }
     }
 }
 
@@ -468,7 +479,7 @@ impl LookbackCapture {
                 lookback: lookback.clone(),
                 state: Mutex::new(FeedState::Own),
                 changed: Condvar::new(),
-                waker: Mutex::new(Some(source.waker())),
+                own: Mutex::new(Some(Listening::new(&lookback, source.waker()))),
                 asked: AtomicBool::new(false),
             });
             feeds.push(feed.clone());
@@ -567,6 +578,7 @@ impl Own {
 
     fn run(self, source: Box<dyn CaptureSource>) {
         self.read(source);
+        self.feed.set_own(None);
         self.feed.set(FeedState::Closed);
     }
 
@@ -588,8 +600,6 @@ impl Own {
         let mut after_ns = 0u64;
         let mut holding: Option<Vec<u64>> = None;
         let mut reads = 0u32;
-        // This thread's source, for queries to wake; not while a capture feeds the lookback.
-        let mut listening = Some(Listening::new(lookback, source.waker()));
         while !self.stopped() {
             let mut quiet = false;
             // The source had nothing more: everything before this is read.
@@ -645,15 +655,13 @@ impl Own {
                     }
                     lock(lookback).count_kernel_dropped(index, drops.saturating_sub(last_kernel_drops));
                     last_kernel_drops = 0;
-                    *edgecap_common::lock(&self.feed.waker) = None;
-                    drop(listening.take());
+                    self.feed.set_own(None);
                     drop(source);
                     tracing::debug!(%iface, "lookback fed by a live capture");
                     match self.lent() {
                         Some(reopened) => source = reopened,
                         None => return,
                     }
-                    listening.get_or_insert_with(|| Listening::new(lookback, source.waker()));
                     holding = Some(Vec::new());
                     continue;
                 }
@@ -704,7 +712,7 @@ impl Own {
             }
             match self.sources.open(iface, &self.options) {
                 Ok(source) => {
-                    *edgecap_common::lock(&self.feed.waker) = Some(source.waker());
+                    self.feed.set_own(Some(source.as_ref()));
                     self.feed.transition(|s| s == FeedState::Returning, FeedState::Reopened { at_ns: crate::now_ns() });
                     tracing::debug!(%iface, "lookback fed by its own handle again");
                     return Some(source);
