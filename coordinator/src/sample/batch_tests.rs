@@ -24,23 +24,29 @@ async fn asking() -> Asking {
     Asking { repo, asking, cancel, runner, batches }
 }
 
+type Answers = tokio::task::JoinHandle<Vec<Result<SampleAnswer, String>>>;
+
+impl Asking {
+    /// Asks `agents` for up to 5000 packets each (in a task, answered within `timeout`);
+    /// returns that task and the batch it wrote, as another replica reads it.
+    async fn ask(&mut self, agents: &'static [&'static str], timeout: Duration) -> (Answers, Batch) {
+        let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
+        let asking = self.asking.clone();
+        let answers = tokio::spawn(async move { asking.sample_many(agents, query, timeout).await });
+        let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = self.batches.next().await else { panic!("no batch") };
+        (answers, Batch::decode(kv.value.as_slice()).unwrap())
+    }
+}
+
 /// One batch asks three agents; the other replica packs two answers (one of 3 MB, over
 /// several keys under the limit, one small) and a stray agent's into its keys; the third
 /// agent never answers and times out alone.
 #[tokio::test]
 async fn a_batch_is_answered_in_packed_keys_and_a_silent_agent_times_out_alone() {
-    let Asking { repo, asking, cancel, runner, mut batches } = asking().await;
+    let mut setup = asking().await;
+    let (answers, batch) = setup.ask(&["ams01-a", "fra01-a", "ord01-a"], Duration::from_millis(1500)).await;
+    let Asking { repo, asking, cancel, runner, .. } = setup;
     let other = Relay::new(repo.clone(), Duration::from_secs(5));
-
-    let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
-    let answers = {
-        let asking = asking.clone();
-        tokio::spawn(async move {
-            asking.sample_many(&["ams01-a", "fra01-a", "ord01-a"], query, Duration::from_millis(1500)).await
-        })
-    };
-    let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
-    let batch = Batch::decode(kv.value.as_slice()).unwrap();
     assert_eq!(batch.agents, ["ams01-a", "fra01-a", "ord01-a"]);
     let request = batch.query.unwrap().request_id;
     assert!(request.starts_with(&format!("{}/", asking.instance)));
@@ -84,15 +90,11 @@ async fn a_batch_is_answered_in_packed_keys_and_a_silent_agent_times_out_alone()
 /// (logged), and the answer written after them arrives whole.
 #[tokio::test]
 async fn damaged_relayed_answers_are_passed_over_and_the_good_one_arrives() {
-    let Asking { repo, asking, cancel, runner, mut batches } = asking().await;
+    let mut setup = asking().await;
+    let (answers, batch) = setup.ask(&["ams01-a"], Duration::from_secs(5)).await;
+    let Asking { repo, cancel, runner, .. } = setup;
     let other = Relay::new(repo.clone(), Duration::from_secs(5));
-    let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
-    let answers = {
-        let asking = asking.clone();
-        tokio::spawn(async move { asking.sample_many(&["ams01-a"], query, Duration::from_secs(5)).await })
-    };
-    let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
-    let request = Batch::decode(kv.value.as_slice()).unwrap().query.unwrap().request_id;
+    let request = batch.query.unwrap().request_id;
     let lease = repo.store().grant_lease(Duration::from_secs(30)).await.unwrap();
     repo.put_sample_batch_answer(&request, "broken", 0, b"\xff\xff\xff not protobuf".to_vec(), lease).await.unwrap();
     let odd = Packed {
@@ -125,16 +127,12 @@ async fn damaged_relayed_answers_are_passed_over_and_the_good_one_arrives() {
 /// reconnect): one "not connected", the other its packets. The packets win, unmixed.
 #[tokio::test]
 async fn of_two_replicas_answering_for_one_agent_the_answer_wins() {
-    let Asking { repo, asking, cancel, runner, mut batches } = asking().await;
+    let mut setup = asking().await;
+    let (answers, batch) = setup.ask(&["ams01-a"], Duration::from_secs(3)).await;
+    let Asking { repo, cancel, runner, .. } = setup;
     let (gone, here) =
         (Relay::new(repo.clone(), Duration::from_secs(5)), Relay::new(repo.clone(), Duration::from_secs(5)));
-    let query = pb::SampleQuery { packet_limit: 5000, ..Default::default() };
-    let answers = {
-        let asking = asking.clone();
-        tokio::spawn(async move { asking.sample_many(&["ams01-a"], query, Duration::from_secs(3)).await })
-    };
-    let Some(Ok(edgecap_state::WatchEvent::Put(kv))) = batches.next().await else { panic!("no batch") };
-    let request = Batch::decode(kv.value.as_slice()).unwrap().query.unwrap().request_id;
+    let request = batch.query.unwrap().request_id;
     let big = pb::SampleChunk::split(&request, packets(3000, 1000), 3000, pb::LookbackStats::default());
     let mut first = Writer::new(&here, &request);
     // The real answer's first chunks, then the other replica's failure, then the rest.
