@@ -662,6 +662,8 @@ mod tests {
             "http://[2001:db8::1]:9000",
             "http://localhost.example.net",
             "http://127.0.0.1.example.net:80",
+            // Not a URL: signed (the SDK refuses it anyway).
+            "http://[::1",
         ] {
             assert!(payload_signing(Some(signed)), "{signed}");
         }
