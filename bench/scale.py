@@ -697,8 +697,14 @@ def scenario_full(env, a):
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
     windows = {}
+    # CPU each process spent from POST to every PoP running (ticks of /proc/PID/stat).
+    stats = [(p.name, ProcStat(p.pid)) for p in env.procs.procs if p.poll() is None]
+    start_cpu = {name: 0 for name, _ in stats}
+    start_etcd = {}
     t_start = time.monotonic()
     for i in range(a.warmup + a.samples):
+        c0 = {name: s.ticks() for name, s in stats}
+        m0 = env.etcd.metrics()
         t0 = time.perf_counter()
         t_post = time.time()
         st, raw = api.call("POST", api.pcaps(), full_body(a, dest, a.time_limit))
@@ -713,6 +719,10 @@ def scenario_full(env, a):
             _, t1 = wait_final(api, cid, a.poll_ms / 1000, timeout=60, done=all_capturing(a.agents))
             if i >= a.warmup:
                 ms.append((t1 - t0) * 1000)
+                for name, s in stats:
+                    start_cpu[name] += s.ticks() - c0[name]
+                for k, v in env.etcd.metrics().items():
+                    start_etcd[k] = start_etcd.get(k, 0) + v - m0.get(k, 0)
         except RuntimeError as e:
             errors.append(str(e)[:400])
         if i >= a.warmup:
@@ -731,6 +741,11 @@ def scenario_full(env, a):
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
     print(f"  POST answered (record, jobs and PoP keys written): {summary(create_ms)}")
     print(f"  create -> every PoP running: {summary(ms)}")
+    if ms:
+        cpu = ", ".join(f"{name} {1000 * t / CLK_TCK / len(ms):.0f}" for name, t in start_cpu.items())
+        print(f"  CPU from POST to every PoP running, ms per capture (mean of {len(ms)}): {cpu}")
+        rates = {k: v / len(ms) for k, v in start_etcd.items() if not k.startswith("db_") and v}
+        print(f"  etcd requests in that time, per capture: {fmt_rates(rates)}")
     if a.timeline:
         timeline(env, windows)
     print(f"  stop/end -> success (merge of every PoP's shards): {summary(final_ms)}")

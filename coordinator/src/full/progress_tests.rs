@@ -189,6 +189,9 @@ impl edgecap_state::StateStore for Interloper {
     async fn delete(&self, key: &str) -> edgecap_state::Result<bool> {
         self.inner.delete(key).await
     }
+    async fn delete_all(&self, keys: &[String]) -> edgecap_state::Result<u64> {
+        self.inner.delete_all(keys).await
+    }
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> edgecap_state::Result<bool> {
         self.inner.put_all_if_absent(absent, puts).await
     }

@@ -94,15 +94,12 @@ impl Repo {
 
     /// Deletes a capture's record and every key kept with it (shards, working keys).
     pub(crate) async fn delete_capture(&self, account: &str, id: &str) -> Result<()> {
-        for kv in self.store().list(&keys::shards_of(id)).await? {
-            self.store().delete(&kv.key).await?;
-        }
-        for kv in self.store().list(&keys::pops_of(id)).await? {
-            self.store().delete(&kv.key).await?;
-        }
-        self.store().delete(&keys::active(id)).await?;
-        self.store().delete(&keys::budget(id)).await?;
-        self.store().delete(&keys::capture(account, id)).await?;
+        let mut doomed: Vec<String> =
+            self.store().list(&keys::shards_of(id)).await?.into_iter().map(|kv| kv.key).collect();
+        doomed.extend(self.store().list(&keys::pops_of(id)).await?.into_iter().map(|kv| kv.key));
+        // The record last: a sweep cut short finds it and deletes the rest again.
+        doomed.extend([keys::active(id), keys::budget(id), keys::capture(account, id)]);
+        self.delete_keys(&doomed).await?;
         Ok(())
     }
 }

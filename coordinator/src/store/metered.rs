@@ -57,6 +57,9 @@ impl StateStore for Metered {
     async fn delete(&self, key: &str) -> Result<bool> {
         self.count("delete", self.inner.delete(key).await)
     }
+    async fn delete_all(&self, keys: &[String]) -> Result<u64> {
+        self.count("delete_all", self.inner.delete_all(keys).await)
+    }
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
         self.count("put_all_if_absent", self.inner.put_all_if_absent(absent, puts).await)
     }

@@ -313,12 +313,14 @@ impl Repo {
     /// per-PoP results live on in the capture record, its shard list under `shards/` (until
     /// retention deletes the capture).
     pub(crate) async fn delete_capture_work(&self, capture: &str, agents: &[String]) -> Result<()> {
-        for agent in agents {
-            self.store().delete(&keys::job(agent, capture)).await?;
-            self.store().delete(&keys::pop(capture, agent)).await?;
-        }
-        self.store().delete(&keys::active(capture)).await?;
-        self.store().delete(&keys::budget(capture)).await?;
+        let mut work: Vec<String> =
+            agents.iter().flat_map(|agent| [keys::job(agent, capture), keys::pop(capture, agent)]).collect();
+        // An agent named twice (it should not be) must not make a transaction refused.
+        let mut seen = std::collections::HashSet::new();
+        work.retain(|k| seen.insert(k.clone()));
+        // Out of the active index last: until then the leader still follows it.
+        work.extend([keys::budget(capture), keys::active(capture)]);
+        self.delete_keys(&work).await?;
         Ok(())
     }
 }

@@ -463,6 +463,19 @@ impl StateStore for EmbeddedStore {
         self.mutate(move |inner, events| inner.delete(&key, events)).await
     }
 
+    async fn delete_all(&self, keys: &[String]) -> Result<u64> {
+        crate::distinct(keys.iter().map(String::as_str))?;
+        let keys = keys.to_vec();
+        self.mutate(move |inner, events| {
+            let mut deleted = 0;
+            for key in &keys {
+                deleted += u64::from(inner.delete(key, events)?);
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
         let absent = absent.to_vec();
         self.mutate(move |inner, events| {

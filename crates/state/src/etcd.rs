@@ -188,6 +188,23 @@ impl StateStore for EtcdStore {
         Ok(response.deleted() > 0)
     }
 
+    async fn delete_all(&self, keys: &[String]) -> Result<u64> {
+        crate::distinct(keys.iter().map(String::as_str))?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::delete(self.full(k), None)).collect();
+        let response = self.client.clone().txn(Txn::new().and_then(ops)).await.map_err(unavailable)?;
+        Ok(response
+            .op_responses()
+            .iter()
+            .map(|r| match r {
+                etcd_client::TxnOpResponse::Delete(d) => d.deleted().max(0) as u64,
+                _ => 0,
+            })
+            .sum())
+    }
+
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
         let compares = absent.iter().map(|k| Compare::create_revision(self.full(k), CompareOp::Equal, 0)).collect();
         self.put_all_when(compares, puts).await

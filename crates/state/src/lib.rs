@@ -220,6 +220,10 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     ) -> Result<Option<Revision>>;
     /// Deletes a key; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool>;
+    /// Deletes every key of `keys` in one transaction (those absent are passed over); returns
+    /// how many existed. etcd takes at most 128 keys; a key named twice is refused
+    /// ([`StateError::DuplicateKey`]) and nothing is deleted.
+    async fn delete_all(&self, keys: &[String]) -> Result<u64>;
     /// Writes every `(key, value)` of `puts` (durable) in one transaction, if no key of
     /// `absent` exists; `Ok(false)`: one did, and nothing was written. etcd takes at most 128
     /// keys in `puts` (and in `absent`), and the whole under its request limit (`TooLarge`);

@@ -96,6 +96,20 @@ async fn cas(store: &dyn StateStore) {
     assert!(matches!(store.compare_and_put_all(twice).await, Err(StateError::DuplicateKey(_))));
     assert_eq!(store.get(&a).await.unwrap().unwrap().value, b"a2", "nothing written");
     assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
+
+    // Several keys deleted in one transaction; absent ones are passed over, a key named
+    // twice is refused and nothing is deleted.
+    store.put(&b, b"b".to_vec(), None).await.unwrap();
+    let absent = "/conformance/all/absent".to_string();
+    let twice = [a.clone(), b.clone(), a.clone()];
+    assert!(matches!(store.delete_all(&twice).await, Err(StateError::DuplicateKey(k)) if k == a));
+    assert!(store.get(&a).await.unwrap().is_some() && store.get(&b).await.unwrap().is_some(), "nothing deleted");
+    let before = store.revision().await.unwrap();
+    assert_eq!(store.delete_all(&[a.clone(), absent, b.clone()]).await.unwrap(), 2);
+    assert!(store.get(&a).await.unwrap().is_none() && store.get(&b).await.unwrap().is_none());
+    assert!(store.revision().await.unwrap() > before);
+    assert_eq!(store.delete_all(std::slice::from_ref(&a)).await.unwrap(), 0, "already gone");
+    assert_eq!(store.delete_all(&[]).await.unwrap(), 0);
 }
 
 async fn prefix_list(store: &dyn StateStore) {
