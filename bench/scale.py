@@ -694,6 +694,17 @@ def scenario_full(env, a):
         os.environ["EDGECAP_SIM_LOG"] = os.environ.get("EDGECAP_SIM_LOG", "warn") + "," + TIMELINE
     api, dest = start_full_setup(env, a)
     perf = Perf(env, env.coordinators[0].pid, a.perf, "full") if a.perf else None
+    starts_perf, start_windows = None, []
+    if a.perf_starts:
+        starts_perf = os.path.join(env.dir, "perf-starts.data")
+        # Sample times on CLOCK_MONOTONIC, so that they compare with time.monotonic() here.
+        which = ["-a", "-F", "999"]
+        if a.perf_starts_of:
+            pid = next(p.pid for p in env.procs.procs if p.name == a.perf_starts_of)
+            which = ["-p", str(pid), "-F", "299", "--call-graph", "dwarf,32768"]
+        starts_proc = env.procs.start("perf", ["perf", "record", *which, "-k", "CLOCK_MONOTONIC",
+                                               "-o", starts_perf], os.path.join(env.dir, "perf-starts.log"))
+        time.sleep(1)
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
     windows = {}
@@ -705,6 +716,7 @@ def scenario_full(env, a):
     for i in range(a.warmup + a.samples):
         c0 = {name: s.ticks() for name, s in stats}
         m0 = env.etcd.metrics()
+        w0 = time.monotonic()
         t0 = time.perf_counter()
         t_post = time.time()
         st, raw = api.call("POST", api.pcaps(), full_body(a, dest, a.time_limit))
@@ -723,6 +735,7 @@ def scenario_full(env, a):
                     start_cpu[name] += s.ticks() - c0[name]
                 for k, v in env.etcd.metrics().items():
                     start_etcd[k] = start_etcd.get(k, 0) + v - m0.get(k, 0)
+                start_windows.append((w0, w0 + (t1 - t0)))
         except RuntimeError as e:
             errors.append(str(e)[:400])
         if i >= a.warmup:
@@ -737,6 +750,22 @@ def scenario_full(env, a):
     la1 = loadavg()
     if perf:
         perf.finish()
+    if starts_perf:
+        env.procs.stop(starts_proc, signal.SIGINT)
+        report = os.path.join(a.perf_out or env.dir, "perf-starts.txt")
+        times = " ".join(f"{s:.6f},{e:.6f}" for s, e in start_windows)
+        with open(report, "w") as f:
+            subprocess.run(["perf", "report", "-i", starts_perf, "--stdio", "--time", times, "--sort", "comm,dso,sym",
+                            "--percent-limit", "0.3"], stdout=f, stderr=subprocess.DEVNULL)
+        with open(report + ".comm", "w") as f:
+            subprocess.run(["perf", "report", "-i", starts_perf, "--stdio", "--time", times, "--sort", "comm"],
+                           stdout=f, stderr=subprocess.DEVNULL)
+        if a.perf_starts_of:
+            with open(report + ".callers", "w") as f:
+                subprocess.run(["perf", "report", "-i", starts_perf, "--stdio", "--time", times, "--children",
+                                "--percent-limit", "2", "-g", "caller,0.5,callee,function,percent", "--max-stack", "40"],
+                               stdout=f, stderr=subprocess.DEVNULL)
+        log(f"perf over the starts: {report} (+ .comm)")
     print(f"\nRESULT full: {a.agents} PoPs in colo {a.colo}, {a.replicas} replica(s), rate {a.rate} pps/agent, "
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
     print(f"  POST answered (record, jobs and PoP keys written): {summary(create_ms)}")
@@ -1066,6 +1095,11 @@ def main():
     s.add_argument("--timeline", action="store_true",
                    help="log the steps of each start (edgecap_timeline=debug) and show where the time went")
     s.add_argument("--poll-ms", type=float, default=20)
+    s.add_argument("--perf-starts", action="store_true",
+                   help="perf record the whole machine (flat, 999 Hz) and report it over the starts only "
+                        "(POST -> every PoP running), by process and symbol")
+    s.add_argument("--perf-starts-of", metavar="NAME", default=None,
+                   help="with --perf-starts: record only process NAME (c1, sim0, etcd...) with DWARF call graphs")
 
     s = sub.add_parser("idle", help="coordinator RSS and CPU with N connected idle agents")
     common(s, 1000, 0, 2, 20)

@@ -140,6 +140,21 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
     for tmp in ["tmp-c1", "tmp-c2"] {
         assert!(walk(&dir.path().join(tmp)).is_empty(), "{tmp} holds scratch files");
     }
+    // The shards are deleted from the bucket (many to a request) once merged; the merged
+    // file stays.
+    let shard_keys: Vec<String> = detail["result"]["pops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["shards"].as_array().cloned().unwrap_or_default())
+        .map(|s| format!("edge/{}", s["key"].as_str().unwrap()))
+        .collect();
+    assert!(shard_keys.len() >= AGENTS / 2, "{detail:#}");
+    wait_for("the shards to leave the bucket", Duration::from_secs(30), || {
+        let keys = s3.keys(BUCKET, "edge/");
+        shard_keys.iter().all(|k| !keys.contains(k)).then_some(())
+    });
+    assert!(s3.object_path(BUCKET, &format!("edge/{}", full["object_key"].as_str().unwrap())).exists());
 
     let _ = Command::new("kill").args(["-TERM", &sim.child.id().to_string()]).status();
     let status = wait_for("the simulator to stop", Duration::from_secs(30), || sim.child.try_wait().unwrap());

@@ -129,6 +129,11 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Deletes several objects in as few requests as the backend allows (S3: `DeleteObjects`,
+    /// 1000 keys to a request); missing objects are not an error. Every key is checked before
+    /// anything is deleted. On an error some objects may be deleted already; it names a key
+    /// that was not.
+    async fn delete_many(&self, keys: &[String]) -> Result<()>;
 }
 
 /// Which backend to use.

@@ -198,6 +198,18 @@ impl ObjectStore for LocalDirStore {
             Err(e) => Err(e.into()),
         }
     }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let paths = keys.iter().map(|k| self.path(k)).collect::<Result<Vec<_>>>()?;
+        for path in paths {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -636,7 +636,61 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(&self.what("delete", &object), e))?;
         Ok(())
     }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let objects = keys.iter().map(|k| self.object_key(k)).collect::<Result<Vec<_>>>()?;
+        for chunk in objects.chunks(DELETES_PER_REQUEST) {
+            let ids = chunk
+                .iter()
+                .map(|o| ObjectIdentifier::builder().key(o).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::Rejected(format!("delete objects: {e}")))?;
+            // Quiet: the answer lists only the keys that could not be deleted.
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::Rejected(format!("delete objects: {e}")))?;
+            let what =
+                format!("delete {} objects from s3://{} (first {})", chunk.len(), self.location.bucket, chunk[0]);
+            let answer = match self.client.delete_objects().bucket(&self.location.bucket).delete(delete).send().await {
+                Ok(answer) => answer,
+                // A store without DeleteObjects: one request per object.
+                Err(e) if e.code() == Some("NotImplemented") => {
+                    for object in chunk {
+                        self.client
+                            .delete_object()
+                            .bucket(&self.location.bucket)
+                            .key(object)
+                            .send()
+                            .await
+                            .map_err(|e| classify(&self.what("delete", object), e))?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(classify(&what, e)),
+            };
+            if let Some(error) = answer.errors().first() {
+                let key = error.key().unwrap_or_default();
+                let detail = format!(
+                    "{}: {} {}",
+                    self.what("delete", key),
+                    error.code().unwrap_or_default(),
+                    error.message().unwrap_or_default()
+                );
+                return Err(match error.code() {
+                    Some("InternalError" | "SlowDown" | "ServiceUnavailable") => StorageError::Unavailable(detail),
+                    _ => StorageError::Rejected(detail),
+                });
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Keys in one `DeleteObjects` request: S3's limit.
+const DELETES_PER_REQUEST: usize = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -85,4 +85,20 @@ pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
     for key in ["conformance/d/streamed", "conformance/d/empty"] {
         store.delete(key).await.unwrap();
     }
+
+    // Many at once: missing ones are not an error; a bad key refuses the whole call first.
+    let many: Vec<String> = (0..5).map(|i| format!("conformance/e/{i}")).collect();
+    for key in &many {
+        store.put(key, Bytes::from_static(b"x")).await.unwrap();
+    }
+    let bad = vec![many[0].clone(), "a/../b".to_string()];
+    assert!(matches!(store.delete_many(&bad).await, Err(StorageError::InvalidKey(..))));
+    assert!(store.head(&many[0]).await.unwrap().is_some(), "nothing deleted");
+    let doomed = vec![many[0].clone(), "conformance/e/missing".to_string(), many[2].clone(), many[4].clone()];
+    store.delete_many(&doomed).await.unwrap();
+    let left: Vec<String> = store.list("conformance/e/").await.unwrap().into_iter().map(|m| m.key).collect();
+    assert_eq!(left, [many[1].clone(), many[3].clone()]);
+    store.delete_many(&[]).await.unwrap();
+    store.delete_many(&left).await.unwrap();
+    assert!(store.list("conformance/e/").await.unwrap().is_empty());
 }
