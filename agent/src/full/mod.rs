@@ -82,7 +82,7 @@ pub(crate) struct Jobs {
     /// When the oldest shard waiting for upload was written (ns since the epoch; 0: none).
     oldest_waiting_ns: AtomicU64,
     /// Bytes in the spool, as last measured.
-    spool_bytes: AtomicU64,
+    spool: spool::SpoolMeter,
     /// Woken when a capture has started, so its first report goes out at once (its PoP shows
     /// `running` without waiting for the next one-second tick).
     pub(crate) started: tokio::sync::Notify,
@@ -160,7 +160,7 @@ impl Jobs {
             damaged: AtomicU64::new(damaged),
             upload_retries: AtomicU64::new(0),
             oldest_waiting_ns: AtomicU64::new(0),
-            spool_bytes: AtomicU64::new(0),
+            spool: spool::SpoolMeter::default(),
             started: tokio::sync::Notify::new(),
         })
     }
@@ -170,7 +170,7 @@ impl Jobs {
         let oldest = self.oldest_waiting_ns.load(Ordering::Relaxed);
         let now = edgecap_common::now_ns();
         FullGauges {
-            spool_bytes: self.spool_bytes.load(Ordering::Relaxed),
+            spool_bytes: self.spool.last(),
             upload_lag_seconds: if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1e9 },
             upload_retries: self.upload_retries.load(Ordering::Relaxed),
             active: lock(&self.jobs).values().filter(|j| j.end.is_none()).count() as u64,

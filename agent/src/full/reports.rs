@@ -8,7 +8,7 @@ use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 
 use super::Jobs;
-use super::spool::{EndFile, dir_bytes, manifests};
+use super::spool::{EndFile, SPOOL_FRESH, manifests};
 use crate::convert::{self, CaptureState, StopReason};
 
 /// How often a final state is repeated (in case the coordinator missed it).
@@ -18,8 +18,7 @@ impl Jobs {
     /// Progress of every capture worth reporting now. `all_final` re-reports finished ones
     /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`].
     pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
-        let spool = dir_bytes(&self.config.spool_dir);
-        self.spool_bytes.store(spool, std::sync::atomic::Ordering::Relaxed);
+        let spool = self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH);
         let spool_full = spool > self.config.spool_max_bytes;
         // Spooled shards per capture, read once (without holding the lock) for both the
         // clean-up and the reports.

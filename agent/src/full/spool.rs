@@ -83,6 +83,39 @@ pub(super) fn manifests(dir: &Path) -> (Vec<(PathBuf, ShardManifest)>, Vec<PathB
 }
 
 /// Bytes under `dir`, recursively.
+/// The spool's size, measured again only when the last measure is older than `max_age`: a
+/// burst of starts (each checks for room) and the reports they trigger had each walked the
+/// whole spool.
+/// How old a measure of the spool may be for a start's check and a report (reports come
+/// every second, so they measure again each time; a start and the report it triggers reuse it).
+pub(super) const SPOOL_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[derive(Default)]
+pub(super) struct SpoolMeter {
+    /// Bytes as last measured, and when.
+    last: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+impl SpoolMeter {
+    /// The size of `dir`, at most `max_age` old. Blocking when it measures.
+    pub(super) fn bytes(&self, dir: &Path, max_age: std::time::Duration) -> u64 {
+        let mut last = edgecap_common::lock(&self.last);
+        match *last {
+            Some((bytes, at)) if at.elapsed() <= max_age => bytes,
+            _ => {
+                let bytes = dir_bytes(dir);
+                *last = Some((bytes, std::time::Instant::now()));
+                bytes
+            }
+        }
+    }
+
+    /// The last measure, without measuring (0 before the first).
+    pub(super) fn last(&self) -> u64 {
+        edgecap_common::lock(&self.last).map_or(0, |(bytes, _)| bytes)
+    }
+}
+
 pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };

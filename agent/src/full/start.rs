@@ -11,7 +11,7 @@ use edgecap_capture::source::MAX_SNAPLEN;
 use edgecap_common::{lock, now_ns};
 use edgecap_proto::agent::v1 as pb;
 
-use super::spool::{EndFile, JobFile, dir_bytes, is_capture_id, write_json};
+use super::spool::{EndFile, JobFile, SPOOL_FRESH, is_capture_id, write_json};
 use super::{Job, Jobs};
 use crate::convert::StopReason;
 
@@ -131,7 +131,7 @@ impl Jobs {
         // The account's scope: applied by this agent in any case; no scope, no capture.
         let scope = crate::convert::scope_from_pb(job.scope.as_ref()).map_err(|e| e.to_string())?.to_bpf();
         let iface = self.interface.clone().ok_or("this agent has no capture interface")?;
-        if dir_bytes(&self.config.spool_dir) >= self.config.spool_max_bytes {
+        if self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH) >= self.config.spool_max_bytes {
             return Err(format!("spool {} is full", self.config.spool_dir.display()));
         }
         let filter = match job.filter.as_ref().map(crate::convert::filter_from_pb).transpose() {

@@ -152,3 +152,18 @@ async fn a_spooled_shard_whose_bytes_changed_since_its_manifest_is_found_out() {
     std::fs::write(&path, &bytes).unwrap();
     assert!(!jobs.spooled_shard_intact(&path, &m).await);
 }
+
+#[test]
+fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("c1")).unwrap();
+    std::fs::write(dir.path().join("c1/shard-000001.pcap"), [0u8; 100]).unwrap();
+    let meter = super::spool::SpoolMeter::default();
+    assert_eq!(meter.last(), 0, "nothing measured yet");
+    let long = std::time::Duration::from_secs(3600);
+    assert_eq!(meter.bytes(dir.path(), long), 100);
+    std::fs::write(dir.path().join("c1/shard-000002.pcap"), [0u8; 50]).unwrap();
+    assert_eq!(meter.bytes(dir.path(), long), 100, "fresh enough: not walked again");
+    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150, "too old: walked again");
+    assert_eq!(meter.last(), 150);
+}
