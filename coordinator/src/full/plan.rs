@@ -3,7 +3,6 @@
 //! per agent of the colo (offline ones named `skipped`), and the jobs (see [`super::jobs`]).
 
 use edgecap_storage::StorageError;
-use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::FullCaptures;
 use crate::model::{CaptureRecord, CaptureRequest, CaptureType, OwnershipStatus, PopResult, PopStatus};
@@ -139,18 +138,12 @@ impl FullCaptures {
         if agents.is_empty() {
             return Err(PlanError::OutOfScope { colo, allowed: scope.pops.join(", ") });
         }
-        // Each PoP's running captures, many PoPs at once.
+        // Each PoP's running captures.
         let max = self.settings.max_captures_per_pop;
-        let reads: Vec<_> = agents
-            .iter()
-            .map(|agent| {
-                let (repo, pop, id) = (self.repo.clone(), agent.pop.clone(), agent.agent_id.clone());
-                async move { Ok::<_, crate::store::RepoError>((pop, repo.jobs_for_agent(&id).await?.len())) }
-            })
-            .collect();
-        let counts: Vec<(String, usize)> = futures::stream::iter(reads).buffered(32).try_collect().await?;
-        if let Some((pop, running)) = counts.into_iter().find(|(_, running)| *running >= max) {
-            return Err(PlanError::PopBusy { pop, running, max });
+        let jobs = self.repo.jobs_per_agent().await?;
+        let busy = agents.iter().map(|a| (a, jobs.get(&a.agent_id).copied().unwrap_or(0))).find(|(_, n)| *n >= max);
+        if let Some((agent, running)) = busy {
+            return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
         }
         Ok((agents, offline))
     }
@@ -212,9 +205,10 @@ mod tests {
         };
         repo.put_presence(&presence, lease).await.unwrap();
         repo.remember_agent(&presence).await.unwrap();
-        for i in 0..2 {
+        // Two jobs at a1; another agent's (whose id a1's is a prefix of) are not a1's.
+        for (i, agent) in [(0, "a1"), (1, "a1"), (2, "a10"), (3, "a10"), (4, "a10")] {
             let job: JobRecord = serde_json::from_value(serde_json::json!({
-                "capture_id": format!("c{i}"), "agent_id": "a1", "pop": "ord01", "account_id": "acct",
+                "capture_id": format!("c{i}"), "agent_id": agent, "pop": "ord01", "account_id": "acct",
                 "time_limit": 10, "not_after_ns": 0, "stop": false, "destination_conf": "s3://b/p"
             }))
             .unwrap_or_else(|e| panic!("job record: {e}"));

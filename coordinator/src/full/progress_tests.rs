@@ -169,6 +169,9 @@ impl edgecap_state::StateStore for Interloper {
     async fn list(&self, prefix: &str) -> edgecap_state::Result<Vec<edgecap_state::KeyValue>> {
         self.inner.list(prefix).await
     }
+    async fn list_keys(&self, prefix: &str) -> edgecap_state::Result<Vec<String>> {
+        self.inner.list_keys(prefix).await
+    }
     async fn put(
         &self,
         key: &str,

@@ -42,6 +42,9 @@ impl StateStore for Metered {
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         self.count("list", self.inner.list(prefix).await)
     }
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.count("list_keys", self.inner.list_keys(prefix).await)
+    }
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         self.count("put", self.inner.put(key, value, lease).await)
     }

@@ -435,6 +435,16 @@ impl StateStore for EmbeddedStore {
             .collect())
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let inner = self.lock();
+        Ok(inner
+            .map
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         let key = key.to_string();
         self.mutate(move |inner, events| inner.put(&key, value, lease, events)).await

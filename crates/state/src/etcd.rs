@@ -149,6 +149,24 @@ impl StateStore for EtcdStore {
         response.kvs().iter().map(|kv| self.convert(kv)).collect()
     }
 
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let full = self.full(prefix).into_bytes();
+        let end = prefix_end(&full);
+        let (mut from, mut out) = (full, Vec::new());
+        loop {
+            let options = GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(KEYS_PER_READ);
+            let response = self.client.clone().get(from.clone(), Some(options)).await.map_err(unavailable)?;
+            for kv in response.kvs() {
+                out.push(self.convert(kv)?.key);
+            }
+            match response.kvs().last() {
+                // The next read starts just after the last key read.
+                Some(last) if response.more() => from = [last.key(), &[0]].concat(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         let options = lease.map(|l| PutOptions::new().with_lease(l.0));
         let bytes = value.len();
@@ -332,4 +350,20 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(body(tx));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed())
+}
+
+/// Keys per keys-only read of [`StateStore::list_keys`].
+const KEYS_PER_READ: i64 = 10_000;
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.iter().rposition(|b| *b < 0xff) {
+        Some(i) => {
+            let mut end = prefix[..=i].to_vec();
+            end[i] += 1;
+            end
+        }
+        // Every key: etcd's "\0" end.
+        None => vec![0],
+    }
 }

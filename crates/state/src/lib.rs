@@ -207,6 +207,9 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// All keys starting with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
+    /// The names of the keys starting with `prefix`, in key order, without their values
+    /// (etcd: keys-only reads of at most 10 000 keys each).
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>>;
     /// Unconditional write. Returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision>;
     /// Writes only if the key's `mod_revision` equals `expected` (`None`: the key must not

@@ -118,6 +118,21 @@ async fn prefix_list(store: &dyn StateStore) {
     }
     let keys: Vec<String> = store.list("/conformance/list/").await.unwrap().into_iter().map(|kv| kv.key).collect();
     assert_eq!(keys, ["/conformance/list/a", "/conformance/list/b"]);
+    assert_eq!(store.list_keys("/conformance/list/").await.unwrap(), keys, "names only, the same keys");
+    assert!(store.list_keys("/conformance/none/").await.unwrap().is_empty());
+
+    // More keys than one etcd read of names returns (10 000): read on, in order, none twice.
+    let many: Vec<String> = (0..10_050).map(|i| format!("/conformance/many/{i:05}")).collect();
+    for chunk in many.chunks(128) {
+        let puts = chunk.iter().map(|k| (k.clone(), Vec::new())).collect();
+        assert!(store.put_all_if_absent(&[], puts).await.unwrap());
+    }
+    store.put("/conformance/manyx", Vec::new(), None).await.unwrap();
+    assert_eq!(store.list_keys("/conformance/many/").await.unwrap(), many);
+    for chunk in many.chunks(128) {
+        store.delete_all(chunk).await.unwrap();
+    }
+    store.delete("/conformance/manyx").await.unwrap();
 }
 
 async fn watch_from_revision(store: &dyn StateStore) {
