@@ -82,14 +82,13 @@ pub(super) fn manifests(dir: &Path) -> (Vec<(PathBuf, ShardManifest)>, Vec<PathB
     (good, damaged)
 }
 
-/// Bytes under `dir`, recursively.
-/// The spool's size, measured again only when the last measure is older than `max_age`: a
-/// burst of starts (each checks for room) and the reports they trigger had each walked the
-/// whole spool.
 /// How old a measure of the spool may be for a start's check and a report (reports come
 /// every second, so they measure again each time; a start and the report it triggers reuse it).
 pub(super) const SPOOL_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The spool's size, measured again only when the last measure is older than `max_age`: a
+/// burst of starts (each checks for room) and the reports they trigger had each walked the
+/// whole spool.
 #[derive(Default)]
 pub(super) struct SpoolMeter {
     /// Bytes as last measured, and when.
@@ -116,6 +115,7 @@ impl SpoolMeter {
     }
 }
 
+/// Bytes under `dir`, recursively.
 pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };

@@ -141,10 +141,15 @@ impl Jobs {
         let mut out = Vec::new();
         let mut oldest = u64::MAX;
         for (capture_id, dir) in dirs {
-            let traceparent = super::spool::read_json::<super::spool::JobFile>(&dir.join("job.json"))
-                .map(|j| j.traceparent)
-                .unwrap_or_default();
             let (good, damaged) = manifests(&dir);
+            // Read only for a capture with something to deliver: the scan runs every 300 ms.
+            let traceparent = if good.is_empty() {
+                String::new()
+            } else {
+                super::spool::read_json::<super::spool::JobFile>(&dir.join("job.json"))
+                    .map(|j| j.traceparent)
+                    .unwrap_or_default()
+            };
             for path in damaged {
                 quarantine(&path, "the shard manifest does not parse");
                 self.damaged.fetch_add(1, Ordering::Relaxed);
