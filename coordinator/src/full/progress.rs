@@ -46,6 +46,8 @@ const FINAL_TRIES: Duration = Duration::from_secs(3);
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 type Pop = (String, String); // (capture, agent)
+/// A PoP to write: the revision read, the new state, the status before, the reports folded in.
+type Changed = (Revision, PopResult, PopStatus, Vec<pb::CaptureReport>);
 
 /// Queued reports and what was last written, per PoP. See the module docs.
 #[derive(Default)]
@@ -234,7 +236,7 @@ impl Progress {
                 return self.requeue(capture, pops);
             }
         };
-        let mut changed: Vec<(Revision, PopResult, PopStatus, Vec<pb::CaptureReport>)> = Vec::new();
+        let mut changed: Vec<Changed> = Vec::new();
         for (agent, reports) in pops {
             // Not a PoP of this capture (or not readable as one): nothing to fold into.
             let Some((before, revision)) = current.get(&agent) else {
@@ -253,39 +255,45 @@ impl Progress {
                 self.mark_written(capture, &pop);
             }
         }
-        for chunk in changed.chunks(POPS_PER_WRITE) {
-            let batch: Vec<(Revision, PopResult)> = chunk.iter().map(|(r, p, _, _)| (*r, p.clone())).collect();
-            match repo.cas_pops(capture, &batch).await {
-                Ok(true) => {
-                    for (_, pop, before, _) in chunk {
-                        self.written(capture, pop, *before);
-                    }
+        // The transactions at once: their keys are disjoint, and one after another they had
+        // taken a round of 300 PoPs' first reports ~5 etcd writes long.
+        let writes = changed.chunks(POPS_PER_WRITE).map(|chunk| self.write_chunk(repo, capture, chunk));
+        futures::future::join_all(writes).await;
+    }
+
+    /// Writes one transaction's worth of a capture's changed PoPs (key by key if it loses).
+    async fn write_chunk(&self, repo: &Repo, capture: &str, chunk: &[Changed]) {
+        let batch: Vec<(Revision, PopResult)> = chunk.iter().map(|(r, p, _, _)| (*r, p.clone())).collect();
+        match repo.cas_pops(capture, &batch).await {
+            Ok(true) => {
+                for (_, pop, before, _) in chunk {
+                    self.written(capture, pop, *before);
                 }
-                // A key was written meanwhile, or the batch is over the store's request size:
-                // each PoP on its own, read again.
-                Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
-                    for (_, pop, before, reports) in chunk {
-                        let written = repo
-                            .update_pop(capture, &pop.agent_id, |p| reports.iter().for_each(|r| apply_report(p, r)))
-                            .await;
-                        match written {
-                            Ok(Some(now)) => self.written(capture, &now, *before),
-                            Ok(None) => self.mark_written(capture, pop),
-                            Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
-                                tracing::error!(%capture, agent = %pop.agent_id, "PoP progress larger than the state store takes; dropped");
-                                self.mark_written(capture, pop);
-                            }
-                            Err(error) => {
-                                tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");
-                                self.requeue(capture, vec![(pop.agent_id.clone(), reports.clone())]);
-                            }
+            }
+            // A key was written meanwhile, or the batch is over the store's request size:
+            // each PoP on its own, read again.
+            Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
+                for (_, pop, before, reports) in chunk {
+                    let written = repo
+                        .update_pop(capture, &pop.agent_id, |p| reports.iter().for_each(|r| apply_report(p, r)))
+                        .await;
+                    match written {
+                        Ok(Some(now)) => self.written(capture, &now, *before),
+                        Ok(None) => self.mark_written(capture, pop),
+                        Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
+                            tracing::error!(%capture, agent = %pop.agent_id, "PoP progress larger than the state store takes; dropped");
+                            self.mark_written(capture, pop);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");
+                            self.requeue(capture, vec![(pop.agent_id.clone(), reports.clone())]);
                         }
                     }
                 }
-                Err(error) => {
-                    tracing::warn!(%capture, %error, pops = chunk.len(), "PoP progress not written; will retry");
-                    self.requeue(capture, chunk.iter().map(|(_, p, _, r)| (p.agent_id.clone(), r.clone())).collect());
-                }
+            }
+            Err(error) => {
+                tracing::warn!(%capture, %error, pops = chunk.len(), "PoP progress not written; will retry");
+                self.requeue(capture, chunk.iter().map(|(_, p, _, r)| (p.agent_id.clone(), r.clone())).collect());
             }
         }
     }

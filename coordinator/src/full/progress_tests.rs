@@ -270,3 +270,21 @@ async fn a_batch_that_loses_a_race_or_fails_is_written_after_all() {
     progress.flush(&repo, false).await;
     assert_eq!((pop(&repo, "b").await.status, pop(&repo, "b").await.packets), (PopStatus::Done, 9));
 }
+
+#[tokio::test]
+async fn many_pops_are_written_in_one_round_over_several_transactions() {
+    let agents: Vec<String> = (0..200).map(|i| format!("a{i:03}")).collect();
+    let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let repo = repo_with_pops(&names).await;
+    let progress = Progress::default();
+    for (i, agent) in names.iter().enumerate() {
+        progress.push(agent, report("c1", pb::CaptureState::Running, i as u64));
+    }
+    // 200 PoPs: four transactions of at most POPS_PER_WRITE, written together.
+    progress.flush(&repo, false).await;
+    for (i, agent) in names.iter().enumerate() {
+        let p = pop(&repo, agent).await;
+        assert_eq!((p.status, p.packets), (PopStatus::Running, i as u64), "{agent}");
+    }
+    assert!(lock(&progress.state).queued.is_empty());
+}
