@@ -7,9 +7,11 @@ on failure or Ctrl-C).
 Scenarios (`python3 bench/scale.py SCENARIO --help` for each one's options):
 
   sample    sample captures create -> success, timed through the HTTP API (median, p99)
-  full      full capture create -> every PoP `running`, timed through the HTTP API;
+  full      full capture create -> every PoP `running`, timed through the HTTP API, with
+            each process's CPU and etcd's requests in that time;
             --timeline: where that time went (job sent, start received, capture started,
-            state written), from the binaries' `edgecap_timeline` debug events
+            state written), from the binaries' `edgecap_timeline` debug events;
+            --perf-starts [--perf-starts-of NAME]: perf over those windows only
   idle      coordinator RSS and CPU with N connected idle agents (/proc/PID/stat, status)
   spread    N agents over R replicas: per-replica counts; kill -9 the busiest; time until
             a sample capture gets an answer from every PoP again
