@@ -232,9 +232,6 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Keys deleted in one transaction: etcd's limit of operations in one.
-const DELETES_PER_WRITE: usize = 128;
-
 impl Repo {
     pub(crate) fn new(store: Arc<dyn StateStore>) -> Self {
         Self { store }
@@ -250,17 +247,6 @@ impl Repo {
             Some(kv) => Ok(Some(decode(key, &kv.value)?)),
             None => Ok(None),
         }
-    }
-
-    /// Deletes `keys` in transactions of [`DELETES_PER_WRITE`], in order (so a key listed last
-    /// is deleted only once those before it are). A capture over 300 PoPs had been cleaned up
-    /// with 600 requests, each a write of its own in etcd.
-    pub(super) async fn delete_keys(&self, keys: &[String]) -> Result<u64> {
-        let mut deleted = 0;
-        for chunk in keys.chunks(DELETES_PER_WRITE) {
-            deleted += self.store.delete_all(chunk).await?;
-        }
-        Ok(deleted)
     }
 
     /// Reads and decodes every key under `prefix`, in key order.
