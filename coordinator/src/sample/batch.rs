@@ -145,17 +145,23 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
     let repo = relay.repo.clone();
     let prefix = repo.sample_batches_prefix();
     let cancel = tasks.token();
-    let on_put = |kv: edgecap_state::KeyValue| {
+    let taken = super::taken::TakenUp::new(super::relay::remember_for(timeout));
+    let take_up = |kv: edgecap_state::KeyValue| {
         if let Ok(Batch { query: Some(query), agents }) = Batch::decode(kv.value.as_slice()) {
             let here: Vec<String> = agents.into_iter().filter(|a| registry.is_connected(a)).collect();
-            if !here.is_empty() {
+            if !here.is_empty() && taken.first(&kv) {
                 let (relay, registry) = (relay.clone(), registry.clone());
                 tasks.spawn(async move { answer(&relay, &registry, here, query, timeout).await });
             }
         }
+    };
+    // When the watch (re)starts, the batches stored meanwhile are taken up too (each once).
+    let catch_up = || super::relay::catch_up_with(&repo, &prefix, "relayed sample batches", &take_up);
+    let on_put = |kv| {
+        take_up(kv);
         async {}
     };
-    repo.follow_puts(&prefix, "sample batches", &cancel, || async {}, on_put).await;
+    repo.follow_puts(&prefix, "sample batches", &cancel, catch_up, on_put).await;
 }
 
 /// Asks `agents` (connected here) and writes their answers, packed, as they come in.

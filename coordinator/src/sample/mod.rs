@@ -23,6 +23,7 @@ mod file;
 mod lease;
 mod probe;
 pub(crate) mod relay;
+mod taken;
 
 /// Cloudflare's wording when nothing matched.
 pub(crate) const NO_PACKETS: &str =

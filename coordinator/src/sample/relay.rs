@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub(crate) use super::lease::SharedLease;
+use super::taken::TakenUp;
 use crate::agents::{Registry, SampleAnswer};
 use crate::store::Repo;
 
@@ -190,21 +191,42 @@ pub(super) fn assemble(
 }
 
 /// Runs the relayed queries of the agents connected to this replica, driven by a watch,
-/// until `tasks` is cancelled; each query runs as one of `tasks`.
+/// until `tasks` is cancelled; each query runs as one of `tasks`. When the watch (re)starts,
+/// the queries stored meanwhile are read and run too (each once: [`TakenUp`]).
 pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: Duration, tasks: Tasks) {
     let repo = relay.repo.clone();
     let prefix = repo.sample_jobs_prefix();
     let cancel = tasks.token();
-    let on_put = |kv: edgecap_state::KeyValue| {
+    let taken = TakenUp::new(remember_for(timeout));
+    let take_up = |kv: KeyValue| {
         if let Some(agent_id) = repo.sample_job_agent(&kv.key).filter(|a| registry.is_connected(a))
+            && taken.first(&kv)
             && let Ok(query) = pb::SampleQuery::decode(kv.value.as_slice())
         {
             let (relay, registry) = (relay.clone(), registry.clone());
             tasks.spawn(async move { answer(&relay, &registry, &agent_id, query, timeout).await });
         }
+    };
+    let catch_up = || catch_up_with(&repo, &prefix, "relayed sample queries", &take_up);
+    let on_put = |kv| {
+        take_up(kv);
         async {}
     };
-    repo.follow_puts(&prefix, "sample relay", &cancel, || async {}, on_put).await;
+    repo.follow_puts(&prefix, "sample relay", &cancel, catch_up, on_put).await;
+}
+
+/// How long a replica remembers a relayed request it took up: longer than the request's
+/// lease (at least the asker's timeout, shared for a few seconds).
+pub(super) fn remember_for(timeout: Duration) -> Duration {
+    timeout * 2 + Duration::from_secs(60)
+}
+
+/// Takes up every request stored under `prefix` (after a watch (re)started).
+pub(super) async fn catch_up_with(repo: &Repo, prefix: &str, what: &str, take_up: &impl Fn(KeyValue)) {
+    match repo.store().list(prefix).await {
+        Ok(kvs) => kvs.into_iter().for_each(take_up),
+        Err(error) => tracing::warn!(%error, "{what} not read again after the watch restarted"),
+    }
 }
 
 async fn answer(relay: &Relay, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {
