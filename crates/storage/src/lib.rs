@@ -130,9 +130,9 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Deletes several objects in as few requests as the backend allows (S3: `DeleteObjects`,
-    /// 1000 keys to a request); missing objects are not an error. Every key is checked before
-    /// anything is deleted. On an error some objects may be deleted already; it names a key
-    /// that was not.
+    /// 1000 keys to a request, one request per object where the store refuses those);
+    /// missing objects are not an error. Every key is checked before anything is deleted;
+    /// then every object is tried, and the error (the first) names one that was not deleted.
     async fn delete_many(&self, keys: &[String]) -> Result<()>;
 }
 

@@ -201,14 +201,18 @@ impl ObjectStore for LocalDirStore {
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
         let paths = keys.iter().map(|k| self.path(k)).collect::<Result<Vec<_>>>()?;
+        // Every one is tried; the first failure is returned at the end.
+        let mut first_error = None;
         for path in paths {
             match tokio::fs::remove_file(&path).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()),
+                Err(e) => {
+                    first_error.get_or_insert(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into());
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -220,5 +224,22 @@ mod tests {
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         crate::testsuite::run_conformance(std::sync::Arc::new(LocalDirStore::open(dir.path()).unwrap())).await;
+    }
+
+    /// An object that cannot be deleted does not keep the ones after it: each is tried, and
+    /// the error names the first that failed.
+    #[tokio::test]
+    async fn delete_many_tries_every_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        store.put("a/one", Bytes::from_static(b"1")).await.unwrap();
+        store.put("c/three", Bytes::from_static(b"3")).await.unwrap();
+        // A directory where an object is named: remove_file refuses it.
+        std::fs::create_dir_all(dir.path().join("b/stuck")).unwrap();
+        let keys = ["a/one", "b/stuck", "c/three"].map(String::from);
+        let error = store.delete_many(&keys).await.unwrap_err().to_string();
+        assert!(error.contains("b/stuck"), "{error}");
+        assert!(store.head("a/one").await.unwrap().is_none());
+        assert!(store.head("c/three").await.unwrap().is_none(), "tried after the failure");
     }
 }

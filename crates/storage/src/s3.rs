@@ -638,54 +638,74 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
         let objects = keys.iter().map(|k| self.object_key(k)).collect::<Result<Vec<_>>>()?;
+        // Every chunk is tried; the first failure is returned at the end.
+        let mut first_error = None;
         for chunk in objects.chunks(DELETES_PER_REQUEST) {
-            let ids = chunk
-                .iter()
-                .map(|o| ObjectIdentifier::builder().key(o).build())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| StorageError::Rejected(format!("delete objects: {e}")))?;
-            // Quiet: the answer lists only the keys that could not be deleted.
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| StorageError::Rejected(format!("delete objects: {e}")))?;
-            let what =
-                format!("delete {} objects from s3://{} (first {})", chunk.len(), self.location.bucket, chunk[0]);
-            let answer = match self.client.delete_objects().bucket(&self.location.bucket).delete(delete).send().await {
-                Ok(answer) => answer,
-                // A store without DeleteObjects: one request per object.
-                Err(e) if e.code() == Some("NotImplemented") => {
-                    for object in chunk {
-                        self.client
-                            .delete_object()
-                            .bucket(&self.location.bucket)
-                            .key(object)
-                            .send()
-                            .await
-                            .map_err(|e| classify(&self.what("delete", object), e))?;
-                    }
-                    continue;
+            let outcome = match self.delete_objects(chunk).await {
+                // Refused: a store without DeleteObjects (NotImplemented), one that wants
+                // Content-MD5 where the SDK sends a CRC (MissingContentMD5, InvalidRequest),
+                // or a key of the batch refused. One request per object, as before batches
+                // (deleting an object already gone is not an error).
+                Err(StorageError::Rejected(why)) => {
+                    tracing::debug!(bucket = %self.location.bucket, %why, "DeleteObjects refused; deleting one by one");
+                    self.delete_each(chunk).await
                 }
-                Err(e) => return Err(classify(&what, e)),
+                other => other,
             };
-            if let Some(error) = answer.errors().first() {
-                let key = error.key().unwrap_or_default();
-                let detail = format!(
-                    "{}: {} {}",
-                    self.what("delete", key),
-                    error.code().unwrap_or_default(),
-                    error.message().unwrap_or_default()
-                );
-                return Err(match error.code() {
-                    Some("InternalError" | "SlowDown" | "ServiceUnavailable") => StorageError::Unavailable(detail),
-                    _ => StorageError::Rejected(detail),
-                });
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl S3Store {
+    /// One `DeleteObjects` request (quiet: the answer lists only the keys not deleted).
+    async fn delete_objects(&self, objects: &[String]) -> Result<()> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let rejected = |e: aws_sdk_s3::error::BuildError| StorageError::Rejected(format!("delete objects: {e}"));
+        let ids = objects
+            .iter()
+            .map(|o| ObjectIdentifier::builder().key(o).build())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(rejected)?;
+        let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(rejected)?;
+        let first = objects.first().map_or("", String::as_str);
+        let what = format!("delete {} objects from s3://{} (first {first})", objects.len(), self.location.bucket);
+        let answer = self
+            .client
+            .delete_objects()
+            .bucket(&self.location.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify(&what, e))?;
+        match answer.errors().first() {
+            None => Ok(()),
+            Some(error) => {
+                let key = error.key().unwrap_or_default();
+                let (code, message) = (error.code().unwrap_or_default(), error.message().unwrap_or_default());
+                let detail = format!("{}: {code} {message}", self.what("delete", key));
+                Err(match code {
+                    "InternalError" | "SlowDown" | "ServiceUnavailable" => StorageError::Unavailable(detail),
+                    _ => StorageError::Rejected(detail),
+                })
+            }
+        }
+    }
+
+    /// One `DeleteObject` per object; every one is tried, the first failure returned.
+    async fn delete_each(&self, objects: &[String]) -> Result<()> {
+        let mut first_error = None;
+        for object in objects {
+            let deleted = self.client.delete_object().bucket(&self.location.bucket).key(object).send().await;
+            if let Err(e) = deleted {
+                first_error.get_or_insert(classify(&self.what("delete", object), e));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
