@@ -91,27 +91,29 @@ pub(super) const SPOOL_FRESH: std::time::Duration = std::time::Duration::from_mi
 /// whole spool.
 #[derive(Default)]
 pub(super) struct SpoolMeter {
-    /// Bytes as last measured, and when.
-    last: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// Bytes as last measured.
+    bytes: std::sync::atomic::AtomicU64,
+    /// When (`None`: never). Not held while the spool is walked, so that readers of the last
+    /// measure (metrics) never wait for a walk.
+    measured: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl SpoolMeter {
     /// The size of `dir`, at most `max_age` old. Blocking when it measures.
     pub(super) fn bytes(&self, dir: &Path, max_age: std::time::Duration) -> u64 {
-        let mut last = edgecap_common::lock(&self.last);
-        match *last {
-            Some((bytes, at)) if at.elapsed() <= max_age => bytes,
-            _ => {
-                let bytes = dir_bytes(dir);
-                *last = Some((bytes, std::time::Instant::now()));
-                bytes
-            }
+        use std::sync::atomic::Ordering;
+        if edgecap_common::lock(&self.measured).is_some_and(|at| at.elapsed() <= max_age) {
+            return self.bytes.load(Ordering::Relaxed);
         }
+        let bytes = dir_bytes(dir);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        *edgecap_common::lock(&self.measured) = Some(std::time::Instant::now());
+        bytes
     }
 
     /// The last measure, without measuring (0 before the first).
     pub(super) fn last(&self) -> u64 {
-        edgecap_common::lock(&self.last).map_or(0, |(bytes, _)| bytes)
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

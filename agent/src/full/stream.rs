@@ -94,10 +94,8 @@ impl StreamTap {
             queue.bytes -= packet.data.len() as u64;
             out.push(packet);
         }
-        if queue.packets.is_empty() && queue.packets.capacity() > 1024 {
-            // A viewer that went away does not leave the queue's high-water mark behind.
-            queue.packets = VecDeque::new();
-        }
+        // Its memory is kept while the capture runs (at most QUEUE_PACKETS slots): a busy
+        // stream would otherwise grow it again at every drain.
         out
     }
 }

@@ -153,9 +153,18 @@ impl StateStore for EtcdStore {
         let full = self.full(prefix).into_bytes();
         let end = prefix_end(&full);
         let (mut from, mut out) = (full, Vec::new());
+        // Every page at the first one's revision: one consistent listing.
+        let mut revision = 0;
         loop {
-            let options = GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(KEYS_PER_READ);
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(KEYS_PER_READ)
+                .with_revision(revision);
             let response = self.client.clone().get(from.clone(), Some(options)).await.map_err(unavailable)?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
             for kv in response.kvs() {
                 out.push(self.convert(kv)?.key);
             }
