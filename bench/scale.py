@@ -776,7 +776,7 @@ def scenario_full(env, a):
         cpu = ", ".join(f"{name} {1000 * t / CLK_TCK / len(ms):.0f}" for name, t in start_cpu.items())
         print(f"  CPU from POST to every PoP running, ms per capture (mean of {len(ms)}): {cpu}")
         rates = {k: v / len(ms) for k, v in start_etcd.items() if not k.startswith("db_") and v}
-        print(f"  etcd requests in that time, per capture: {fmt_rates(rates)}")
+        print(f"  etcd requests in that time, per capture: {fmt_rates(rates, '')}")
     if a.timeline:
         timeline(env, windows)
     print(f"  stop/end -> success (merge of every PoP's shards): {summary(final_ms)}")
@@ -908,9 +908,9 @@ def etcd_window(env, seconds, pids):
             "seconds": dt}
 
 
-def fmt_rates(rates):
+def fmt_rates(rates, unit="/s"):
     keep = {k: v for k, v in rates.items() if v >= 0.05}
-    return ", ".join(f"{k} {v:.1f}/s" for k, v in sorted(keep.items()))
+    return ", ".join(f"{k} {v:.1f}{unit}" for k, v in sorted(keep.items()))
 
 
 def run_anchor(a):
