@@ -275,6 +275,11 @@ async fn expire_leases(inner: std::sync::Weak<Mutex<Inner>>, events: broadcast::
 }
 
 impl Inner {
+    /// The keys starting with `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        self.map.range(prefix.to_string()..).take_while(move |(k, _)| k.starts_with(prefix)).map(|(_, kv)| kv)
+    }
+
     fn append(&mut self, record: &Record) -> Result<()> {
         let Some(log) = self.log.as_mut() else { return Ok(()) };
         let mut line = serde_json::to_vec(record).map_err(|e| StateError::Corrupt(e.to_string()))?;
@@ -426,23 +431,11 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let inner = self.lock();
-        Ok(inner
-            .map
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect())
+        Ok(self.lock().under(prefix).cloned().collect())
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let inner = self.lock();
-        Ok(inner
-            .map
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect())
+        Ok(self.lock().under(prefix).map(|kv| kv.key.clone()).collect())
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {

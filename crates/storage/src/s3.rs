@@ -626,15 +626,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let object = self.object_key(key)?;
-        self.client
-            .delete_object()
-            .bucket(&self.location.bucket)
-            .key(&object)
-            .send()
-            .await
-            .map_err(|e| classify(&self.what("delete", &object), e))?;
-        Ok(())
+        self.delete_object(&self.object_key(key)?).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
@@ -700,12 +692,23 @@ impl S3Store {
     async fn delete_each(&self, objects: &[String]) -> Result<()> {
         let mut first_error = None;
         for object in objects {
-            let deleted = self.client.delete_object().bucket(&self.location.bucket).key(object).send().await;
-            if let Err(e) = deleted {
-                first_error.get_or_insert(classify(&self.what("delete", object), e));
+            if let Err(e) = self.delete_object(object).await {
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// One `DeleteObject` of `object` (already under the store's prefix).
+    async fn delete_object(&self, object: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| classify(&self.what("delete", object), e))?;
+        Ok(())
     }
 }
 
