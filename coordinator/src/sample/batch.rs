@@ -145,7 +145,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
     let repo = relay.repo.clone();
     let prefix = repo.sample_batches_prefix();
     let cancel = tasks.token();
-    let taken = super::taken::TakenUp::new(super::relay::remember_for(timeout));
+    let taken = super::taken::TakenUp::for_timeout(timeout);
     let take_up = |kv: edgecap_state::KeyValue| {
         if let Ok(Batch { query: Some(query), agents }) = Batch::decode(kv.value.as_slice()) {
             let here: Vec<String> = agents.into_iter().filter(|a| registry.is_connected(a)).collect();
@@ -156,12 +156,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
         }
     };
     // When the watch (re)starts, the batches stored meanwhile are taken up too (each once).
-    let catch_up = || super::relay::catch_up_with(&repo, &prefix, "relayed sample batches", &take_up);
-    let on_put = |kv| {
-        take_up(kv);
-        async {}
-    };
-    repo.follow_puts(&prefix, "sample batches", &cancel, catch_up, on_put).await;
+    super::taken::follow_requests(&repo, &prefix, "sample batches", &cancel, take_up).await;
 }
 
 /// Asks `agents` (connected here) and writes their answers, packed, as they come in.

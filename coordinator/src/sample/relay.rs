@@ -197,7 +197,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
     let repo = relay.repo.clone();
     let prefix = repo.sample_jobs_prefix();
     let cancel = tasks.token();
-    let taken = TakenUp::new(remember_for(timeout));
+    let taken = TakenUp::for_timeout(timeout);
     let take_up = |kv: KeyValue| {
         if let Some(agent_id) = repo.sample_job_agent(&kv.key).filter(|a| registry.is_connected(a))
             && taken.first(&kv)
@@ -207,26 +207,7 @@ pub(crate) async fn serve(relay: Arc<Relay>, registry: Arc<Registry>, timeout: D
             tasks.spawn(async move { answer(&relay, &registry, &agent_id, query, timeout).await });
         }
     };
-    let catch_up = || catch_up_with(&repo, &prefix, "relayed sample queries", &take_up);
-    let on_put = |kv| {
-        take_up(kv);
-        async {}
-    };
-    repo.follow_puts(&prefix, "sample relay", &cancel, catch_up, on_put).await;
-}
-
-/// How long a replica remembers a relayed request it took up: longer than the request's
-/// lease (at least the asker's timeout, shared for a few seconds).
-pub(super) fn remember_for(timeout: Duration) -> Duration {
-    timeout * 2 + Duration::from_secs(60)
-}
-
-/// Takes up every request stored under `prefix` (after a watch (re)started).
-pub(super) async fn catch_up_with(repo: &Repo, prefix: &str, what: &str, take_up: &impl Fn(KeyValue)) {
-    match repo.store().list(prefix).await {
-        Ok(kvs) => kvs.into_iter().for_each(take_up),
-        Err(error) => tracing::warn!(%error, "{what} not read again after the watch restarted"),
-    }
+    super::taken::follow_requests(&repo, &prefix, "sample relay", &cancel, take_up).await;
 }
 
 async fn answer(relay: &Relay, registry: &Registry, agent_id: &str, query: pb::SampleQuery, timeout: Duration) {

@@ -10,6 +10,31 @@ use std::time::{Duration, Instant};
 use edgecap_common::lock;
 use edgecap_state::{KeyValue, Revision};
 
+use crate::store::Repo;
+
+/// Hands `take_up` every request put under `prefix` until `cancel`, and, each time the
+/// watch (re)starts, every request still stored there (which `take_up` passes over if it
+/// took it up already: [`TakenUp::first`]).
+pub(super) async fn follow_requests(
+    repo: &Repo,
+    prefix: &str,
+    what: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+    take_up: impl Fn(KeyValue),
+) {
+    let catch_up = || async {
+        match repo.store().list(prefix).await {
+            Ok(kvs) => kvs.into_iter().for_each(&take_up),
+            Err(error) => tracing::warn!(%error, "{what}: requests not read again after the watch restarted"),
+        }
+    };
+    let on_put = |kv| {
+        take_up(kv);
+        async {}
+    };
+    repo.follow_puts(prefix, what, cancel, catch_up, on_put).await;
+}
+
 /// See the module docs.
 pub(super) struct TakenUp {
     /// Longer than a request lives in the store (its lease).
@@ -28,6 +53,12 @@ impl TakenUp {
     /// Remembers each request for `remember` (at least as long as its key lives).
     pub(super) fn new(remember: Duration) -> Self {
         Self { remember, state: Mutex::default() }
+    }
+
+    /// For requests answered within `timeout`: remembered longer than their lease (at least
+    /// the asker's timeout, shared for a few seconds).
+    pub(super) fn for_timeout(timeout: Duration) -> Self {
+        Self::new(timeout * 2 + Duration::from_secs(60))
     }
 
     /// Whether `kv` is taken up now for the first time (the same key written again, with a
