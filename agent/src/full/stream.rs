@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgecap_capture::records::{Framing, Records};
 use edgecap_capture::session::{Counters, PacketSink};
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
@@ -122,6 +123,18 @@ impl PacketSink for TeeSink {
 
     fn finish(&mut self, counters: &Counters) -> io::Result<()> {
         self.inner.finish(counters)
+    }
+
+    fn framing(&self) -> Framing {
+        self.inner.framing()
+    }
+
+    fn write_records(&mut self, records: Records<'_>) -> io::Result<()> {
+        self.inner.write_records(records.clone())?;
+        for (ts_ns, orig_len, data) in records.iter() {
+            self.tap.offer(ts_ns, orig_len, data);
+        }
+        Ok(())
     }
 }
 

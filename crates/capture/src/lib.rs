@@ -10,6 +10,8 @@
 //!   [`source::factory`]. Nothing outside this crate opens libpcap.
 //! * [`live`]: one source and thread per interface feeding the lookback.
 //! * [`session`]: live captures with limits, a bounded queue and loss accounting.
+//! * [`records`]: the batches between a live capture's threads, packets already framed as
+//!   their sink's file records.
 //! * [`shard`]: rotating shard files (pcap or pcapng) with manifests.
 //! * [`bpf`]: user pcap-filter text, compiled, bounded and hashed.
 //!
@@ -20,6 +22,7 @@ pub mod filter;
 pub mod live;
 pub mod lookback;
 pub mod offline;
+pub mod records;
 pub mod scope;
 pub mod session;
 pub mod shard;

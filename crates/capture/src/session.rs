@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CaptureError;
 use crate::live::{FEED_TIMEOUT_MS, Feed, Feeder};
+use crate::records::{Batch, Framing, Records};
 use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
 
 /// A share of a budget several captures draw from (a full capture's limits across PoPs):
@@ -308,18 +309,18 @@ pub trait PacketSink: Send {
     fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()>;
     /// Called once at the end with the final counters; flushes and syncs.
     fn finish(&mut self, counters: &Counters) -> io::Result<()>;
-}
-
-/// Packets copied out of libpcap, in one buffer.
-struct Batch {
-    data: Vec<u8>,
-    /// (ts_ns, orig_len, start, len)
-    packets: Vec<(u64, u32, usize, usize)>,
-}
-
-impl Batch {
-    fn with_capacity(packets: usize) -> Self {
-        Self { data: Vec::with_capacity(packets * 256), packets: Vec::with_capacity(packets) }
+    /// How the capture thread is to frame packets for [`PacketSink::write_records`]; asked
+    /// once, before the capture starts.
+    fn framing(&self) -> Framing {
+        Framing::Bare
+    }
+    /// Writes a run of packets framed as [`PacketSink::framing`] said (errors as
+    /// [`PacketSink::write`]). By default, one [`PacketSink::write`] per packet.
+    fn write_records(&mut self, records: Records<'_>) -> io::Result<()> {
+        for (ts_ns, orig_len, data) in records.iter() {
+            self.write(ts_ns, orig_len, data)?;
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +386,7 @@ impl LiveCapture {
             }
         };
         let shared = Arc::new(Shared::default());
+        let framing = sink.framing();
         let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
         // freed and faulted in (and zeroed by the kernel) again.
@@ -419,7 +421,7 @@ impl LiveCapture {
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(source, feeding, tx, recycle_rx, shared, config))
+                .spawn(move || capture_loop(source, feeding, framing, tx, recycle_rx, shared, config))
                 .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
@@ -510,6 +512,7 @@ struct Feeding {
 fn capture_loop(
     mut source: Box<dyn CaptureSource>,
     mut feeding: Feeding,
+    framing: Framing,
     tx: SyncSender<Batch>,
     recycled: Receiver<Batch>,
     shared: Arc<Shared>,
@@ -522,11 +525,10 @@ fn capture_loop(
     let mut untagged = Vec::new();
     let fresh = || match recycled.try_recv() {
         Ok(mut b) => {
-            b.data.clear();
-            b.packets.clear();
+            b.clear();
             b
         }
-        Err(_) => Batch::with_capacity(config.batch_packets),
+        Err(_) => Batch::with_capacity(framing, config.batch_packets),
     };
     let mut batch = fresh();
     // The account's scope, compiled for this source's link type.
@@ -544,14 +546,14 @@ fn capture_loop(
     let mut last_stats = Instant::now();
     let mut since_clock = 0u32;
     let send = |batch: &mut Batch, shared: &Shared| {
-        if batch.packets.is_empty() {
+        if batch.is_empty() {
             return true;
         }
         let full = std::mem::replace(batch, fresh());
         match tx.try_send(full) {
             Ok(()) => true,
             Err(TrySendError::Full(dropped)) => {
-                shared.agent_dropped.fetch_add(dropped.packets.len() as u64, Ordering::Relaxed);
+                shared.agent_dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
@@ -588,10 +590,8 @@ fn capture_loop(
                     if scope.as_ref().is_some_and(|s| !crate::offline::matches(s, packet.data, packet.orig_len)) {
                         shared.excluded.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        let start = batch.data.len();
-                        batch.data.extend_from_slice(packet.data);
-                        batch.packets.push((packet.ts_ns, packet.orig_len, start, packet.data.len()));
-                        if batch.packets.len() >= config.batch_packets && !send(&mut batch, &shared) {
+                        batch.push(packet.ts_ns, packet.orig_len, packet.data);
+                        if batch.len() >= config.batch_packets && !send(&mut batch, &shared) {
                             break;
                         }
                     }
@@ -682,43 +682,15 @@ fn write_loop(
     limits: Limits,
     delay: Option<Duration>,
 ) -> io::Result<()> {
-    let mut written = 0u64;
-    let mut bytes = 0u64;
+    let mut writer = Writer { sink: sink.as_mut(), shared: &shared, limits: &limits, delay, written: 0, bytes: 0 };
     let mut result = Ok(());
-    'batches: for batch in rx {
-        for &(ts_ns, orig_len, start, len) in &batch.packets {
-            if limits.packets.is_some_and(|max| written >= max) {
-                shared.finish(StopReason::PacketLimit);
-                break 'batches;
-            }
-            if limits.bytes.is_some_and(|max| bytes + len as u64 > max) {
-                shared.finish(StopReason::ByteLimit);
-                break 'batches;
-            }
-            if let Some(allowance) = &limits.allowance
-                && !within(allowance, &shared, written, bytes + len as u64)
-            {
-                break 'batches;
-            }
-            if let Some(d) = delay {
-                std::thread::sleep(d);
-            }
-            if let Err(e) = sink.write(ts_ns, orig_len, &batch.data[start..start + len]) {
-                shared.finish(StopReason::Failed(format!("write: {e}")));
+    for batch in rx {
+        match writer.batch(&batch) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
                 result = Err(e);
-                break 'batches;
-            }
-            written += 1;
-            bytes += len as u64;
-            shared.written.store(written, Ordering::Relaxed);
-            shared.bytes_written.store(bytes, Ordering::Relaxed);
-            if limits.packets.is_some_and(|max| written >= max) {
-                shared.finish(StopReason::PacketLimit);
-                break 'batches;
-            }
-            if limits.bytes.is_some_and(|max| bytes >= max) {
-                shared.finish(StopReason::ByteLimit);
-                break 'batches;
+                break;
             }
         }
         // Hand the memory back; if the capture thread has enough spares, let it go.
@@ -729,6 +701,87 @@ fn write_loop(
     counters.stop_reason.get_or_insert(StopReason::Stopped);
     let finished = sink.finish(&counters);
     result.and(finished)
+}
+
+/// The writer thread's side of the limits: what it has written so far.
+struct Writer<'a> {
+    sink: &'a mut dyn PacketSink,
+    shared: &'a Shared,
+    limits: &'a Limits,
+    delay: Option<Duration>,
+    written: u64,
+    bytes: u64,
+}
+
+impl Writer<'_> {
+    /// Writes the packets of `batch` that the limits let through, in runs (one call to the
+    /// sink per run); `Ok(false)` when a limit ended the capture. The packet that reaches a
+    /// limit is written, the one that would go past it is not, as one packet at a time would.
+    fn batch(&mut self, batch: &Batch) -> io::Result<bool> {
+        let (mut from, mut written, mut bytes) = (0, self.written, self.bytes);
+        let mut end = None;
+        for i in 0..batch.len() {
+            let len = batch.caplen(i) as u64;
+            if self.limits.packets.is_some_and(|max| written >= max) {
+                end = Some((i, Some(StopReason::PacketLimit)));
+                break;
+            }
+            if self.limits.bytes.is_some_and(|max| bytes + len > max) {
+                end = Some((i, Some(StopReason::ByteLimit)));
+                break;
+            }
+            if let Some(allowance) = &self.limits.allowance {
+                let (packets_allowed, bytes_allowed) = allowance.current();
+                if !(written < packets_allowed && bytes + len <= bytes_allowed) {
+                    // Waiting for more: what is already let through is written first (its
+                    // counts are what the grants follow).
+                    self.write(batch, from..i, written, bytes)?;
+                    from = i;
+                    if !within(allowance, self.shared, written, bytes + len) {
+                        return Ok(false);
+                    }
+                }
+            }
+            if let Some(d) = self.delay {
+                std::thread::sleep(d);
+            }
+            written += 1;
+            bytes += len;
+            if self.limits.packets.is_some_and(|max| written >= max) {
+                end = Some((i + 1, Some(StopReason::PacketLimit)));
+                break;
+            }
+            if self.limits.bytes.is_some_and(|max| bytes >= max) {
+                end = Some((i + 1, Some(StopReason::ByteLimit)));
+                break;
+            }
+        }
+        let (to, reason) = end.unwrap_or((batch.len(), None));
+        self.write(batch, from..to, written, bytes)?;
+        match reason {
+            Some(reason) => {
+                self.shared.finish(reason);
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Writes packets `range` of `batch`, after which `written` packets and `bytes` bytes
+    /// are written in all.
+    fn write(&mut self, batch: &Batch, range: std::ops::Range<usize>, written: u64, bytes: u64) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.sink.write_records(batch.records(range)) {
+            self.shared.finish(StopReason::Failed(format!("write: {e}")));
+            return Err(e);
+        }
+        (self.written, self.bytes) = (written, bytes);
+        self.shared.written.store(written, Ordering::Relaxed);
+        self.shared.bytes_written.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use edgecap_common::crc32c_text;
 use pcap_file::DataLink;
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcap::{PcapHeader, PcapWriter};
 use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::blocks::interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption};
 use serde::{Deserialize, Serialize};
 
+use crate::records::{Batch, Framing, Records};
 use crate::session::{Counters, PacketSink};
 
 /// File format of the shards (`pcap` or `pcapng` in JSON).
@@ -230,9 +230,20 @@ type Out = BufWriter<Hashing<File>>;
 /// (docs/benchmarks.md); for captures 64 KiB measured the same as 1 MiB, with less memory.
 const SHARD_BUFFER: usize = 64 << 10;
 
+/// An open shard's file, after its header. Packets go in as records framed by the capture
+/// thread ([`crate::records`]); pcap-file writes the headers and the closing statistics.
 enum Open {
-    Pcap(PcapWriter<Out>),
+    Pcap(Out),
     Pcapng(PcapNgWriter<Out>),
+}
+
+impl Open {
+    fn out(&mut self) -> &mut Out {
+        match self {
+            Open::Pcap(out) => out,
+            Open::Pcapng(w) => w.get_mut(),
+        }
+    }
 }
 
 struct Current {
@@ -260,6 +271,8 @@ pub struct ShardWriter {
     sequence: u64,
     current: Option<Current>,
     written: Vec<ShardManifest>,
+    /// One packet framed, for [`PacketSink::write`].
+    scratch: Batch,
 }
 
 fn pcap_err(e: pcap_file::PcapError) -> io::Error {
@@ -273,7 +286,8 @@ impl ShardWriter {
     /// A writer for `config`, stamping `identity` into every manifest. No file is created
     /// until the first packet (or [`PacketSink::finish`]).
     pub fn new(config: ShardConfig, identity: ShardIdentity) -> Self {
-        Self { config, identity, sequence: 0, current: None, written: Vec::new() }
+        let scratch = Batch::with_capacity(framing(config.format), 1);
+        Self { config, identity, sequence: 0, current: None, written: Vec::new(), scratch }
     }
 
     /// Manifests of the shards completed so far.
@@ -316,6 +330,7 @@ impl ShardWriter {
             },
         );
         let id = &self.identity;
+        let mut out = out;
         let writer = match self.config.format {
             ShardFormat::Pcap => {
                 let header = PcapHeader {
@@ -328,7 +343,8 @@ impl ShardWriter {
                     ts_resolution: pcap_file::TsResolution::NanoSecond,
                     endianness: pcap_file::Endianness::native(),
                 };
-                Open::Pcap(PcapWriter::with_header(out, header).map_err(pcap_err)?)
+                PcapWriter::with_header(&mut out, header).map_err(pcap_err)?;
+                Open::Pcap(out)
             }
             ShardFormat::Pcapng => {
                 let mut w = PcapNgWriter::new(out).map_err(pcap_err)?;
@@ -359,7 +375,7 @@ impl ShardWriter {
     fn close(&mut self, counters: &Counters, last: bool) -> io::Result<()> {
         let Some(mut current) = self.current.take() else { return Ok(()) };
         let out = match current.writer {
-            Open::Pcap(w) => w.into_writer(),
+            Open::Pcap(out) => out,
             Open::Pcapng(mut w) => {
                 let ts = current.last.unwrap_or(0);
                 w.write_pcapng_block(InterfaceStatisticsBlock {
@@ -421,37 +437,70 @@ fn write_manifest(shard: &Path, manifest: &ShardManifest) -> io::Result<()> {
     Ok(())
 }
 
+/// The records a shard of `format` holds.
+fn framing(format: ShardFormat) -> Framing {
+    match format {
+        ShardFormat::Pcap => Framing::Pcap,
+        ShardFormat::Pcapng => Framing::Pcapng,
+    }
+}
+
 impl PacketSink for ShardWriter {
     fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
-        let rotate = self.current.as_ref().is_some_and(|c| {
-            self.config.rotate_bytes.is_some_and(|max| c.bytes > 0 && c.bytes + data.len() as u64 > max)
-                || self.config.rotate_every.is_some_and(|every| c.opened.elapsed() >= every)
-        });
-        if rotate {
-            self.close(&Counters::default(), false)?;
+        let mut one = std::mem::replace(&mut self.scratch, Batch::with_capacity(Framing::Bare, 0));
+        one.clear();
+        one.push(ts_ns, orig_len, data);
+        let written = self.write_records(one.records(0..1));
+        self.scratch = one;
+        written
+    }
+
+    fn framing(&self) -> Framing {
+        framing(self.config.format)
+    }
+
+    /// Rotation is decided per packet, as [`ShardWriter`] says; each stretch of the run that
+    /// goes into one shard is written with one call.
+    fn write_records(&mut self, records: Records<'_>) -> io::Result<()> {
+        if records.framing() != framing(self.config.format) {
+            return records.iter().try_for_each(|(ts_ns, orig_len, data)| {
+                let mut one = Batch::with_capacity(framing(self.config.format), 1);
+                one.push(ts_ns, orig_len, data);
+                self.write_records(one.records(0..1))
+            });
         }
-        if self.current.is_none() {
-            self.open()?;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let stale = self.current.as_ref().is_some_and(|c| {
+                let (_, _, data) = rest.get(0);
+                self.config.rotate_bytes.is_some_and(|max| c.bytes > 0 && c.bytes + data.len() as u64 > max)
+                    || self.config.rotate_every.is_some_and(|every| c.opened.elapsed() >= every)
+            });
+            if stale {
+                self.close(&Counters::default(), false)?;
+            }
+            if self.current.is_none() {
+                self.open()?;
+            }
+            let current = self.current.as_mut().expect("opened above");
+            // The packets that fit this shard (at least the first, which the check above let in).
+            let (mut take, mut bytes) = (0, current.bytes);
+            while take < rest.len() {
+                let len = rest.get(take).2.len() as u64;
+                if take > 0 && self.config.rotate_bytes.is_some_and(|max| bytes + len > max) {
+                    break;
+                }
+                bytes += len;
+                take += 1;
+            }
+            let run = rest.slice(0..take);
+            current.writer.out().write_all(run.bytes())?;
+            current.packets += take as u64;
+            current.bytes = bytes;
+            current.first.get_or_insert(run.get(0).0);
+            current.last = Some(run.get(take - 1).0);
+            rest = rest.slice(take..rest.len());
         }
-        let current = self.current.as_mut().expect("opened above");
-        let ts = Duration::from_nanos(ts_ns);
-        let orig_len = orig_len.max(data.len() as u32);
-        match &mut current.writer {
-            Open::Pcap(w) => w.write_packet(&PcapPacket::new(ts, orig_len, data)).map_err(pcap_err)?,
-            Open::Pcapng(w) => w
-                .write_pcapng_block(EnhancedPacketBlock {
-                    interface_id: 0,
-                    timestamp: ts,
-                    original_len: orig_len,
-                    data: Cow::Borrowed(data),
-                    options: vec![],
-                })
-                .map_err(pcap_err)?,
-        };
-        current.packets += 1;
-        current.bytes += data.len() as u64;
-        current.first.get_or_insert(ts_ns);
-        current.last = Some(ts_ns);
         Ok(())
     }
 
@@ -490,6 +539,46 @@ mod tests {
         let manifest = w.completed()[0].clone();
         let file = std::fs::read(dir.join("s.pcap")).unwrap();
         (manifest, file)
+    }
+
+    #[test]
+    fn a_run_of_records_rotates_and_writes_as_packets_one_by_one_do() {
+        for format in [ShardFormat::Pcap, ShardFormat::Pcapng] {
+            let (one_by_one, in_runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let config = |dir: &Path| ShardConfig {
+                path: dir.join("s.pcap"),
+                format,
+                rotate_bytes: Some(1000),
+                rotate_every: None,
+                checksum: ShardChecksum::Crc32c,
+            };
+            let identity = ShardIdentity { linktype: 1, snaplen: 65535, ..Default::default() };
+            // 0..700-byte packets: some fill a shard alone, some share one.
+            let packets: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; (i * 97) % 700]).collect();
+            let mut a = ShardWriter::new(config(one_by_one.path()), identity.clone());
+            for (i, p) in packets.iter().enumerate() {
+                a.write(1_000 + i as u64, 1500, p).unwrap();
+            }
+            a.finish(&Counters::default()).unwrap();
+            let mut b = ShardWriter::new(config(in_runs.path()), identity);
+            let mut batch = Batch::with_capacity(b.framing(), 8);
+            for (i, p) in packets.iter().enumerate() {
+                batch.push(1_000 + i as u64, 1500, p);
+            }
+            b.write_records(batch.records(0..17)).unwrap();
+            b.write_records(batch.records(17..packets.len())).unwrap();
+            b.finish(&Counters::default()).unwrap();
+            assert!(a.completed().len() > 10, "{format:?}: rotated");
+            assert_eq!(a.completed().len(), b.completed().len(), "{format:?}");
+            for (x, y) in a.completed().iter().zip(b.completed()) {
+                assert_eq!(
+                    (x.packets, x.bytes, &x.crc32c, x.first_ts_ns),
+                    (y.packets, y.bytes, &y.crc32c, y.first_ts_ns)
+                );
+                let read = |dir: &Path| std::fs::read(dir.join(&x.file)).unwrap();
+                assert_eq!(read(one_by_one.path()), read(in_runs.path()), "{format:?} {}", x.file);
+            }
+        }
     }
 
     #[test]
