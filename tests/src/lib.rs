@@ -11,7 +11,10 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
+mod fake_agent;
 pub mod otlp;
+
+pub use fake_agent::FakeAgent;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,16 +5,15 @@
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use edgecap_capture::source::SourceConfig;
 use edgecap_capture::source::replay::ReplayConfig;
 use edgecap_coordinator::{Coordinator, CoordinatorConfig, Limits, RateLimits};
+use edgecap_e2e::FakeAgent;
 use edgecap_proto::agent::v1 as pb;
 use edgecap_tls::{TlsFiles, pki};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 const TOKEN: &str = "hostile-agent-test-token-0123";
 
@@ -43,52 +42,6 @@ async fn coordinator(dir: &std::path::Path) -> Coordinator {
     })
     .await
     .unwrap()
-}
-
-/// A hand-driven agent: its control stream, to send anything on.
-struct FakeAgent {
-    tx: mpsc::Sender<pb::AgentMessage>,
-    inbound: tonic::Streaming<pb::CoordinatorMessage>,
-}
-
-impl FakeAgent {
-    async fn connect(coord: &Coordinator, files: &TlsFiles, agent_id: &str, pop: &str) -> Self {
-        let endpoint = format!("https://127.0.0.1:{}", coord.grpc_addr.port());
-        let channel =
-            edgecap_agent::connect(&endpoint, Arc::new(edgecap_tls::client_config(files).unwrap())).await.unwrap();
-        let mut client = pb::agent_control_client::AgentControlClient::new(channel);
-        let (tx, rx) = mpsc::channel(16);
-        let hello = pb::Hello {
-            agent_id: agent_id.into(),
-            pop: pop.into(),
-            interfaces: vec!["sim0".into()],
-            version: "fake".into(),
-            sample_rate: 1,
-            lookback_snaplen: 160,
-        };
-        tx.send(pb::AgentMessage { msg: Some(pb::agent_message::Msg::Hello(hello)) }).await.unwrap();
-        let mut inbound = client.control(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-        let welcome = inbound.message().await.unwrap().unwrap();
-        assert!(matches!(welcome.msg, Some(pb::coordinator_message::Msg::Welcome(_))));
-        Self { tx, inbound }
-    }
-
-    async fn send(&self, msg: pb::agent_message::Msg) -> bool {
-        self.tx.send(pb::AgentMessage { msg: Some(msg) }).await.is_ok()
-    }
-
-    /// Reads until the coordinator ends the stream; returns its final status's message.
-    async fn ended_with(&mut self) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.inbound.message()).await {
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) => return "stream ended without a status".into(),
-                Ok(Err(status)) => return format!("{:?}: {}", status.code(), status.message()),
-                Err(_) => panic!("the coordinator did not cut the agent off"),
-            }
-        }
-    }
 }
 
 async fn api(coord: &Coordinator, method: &str, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {

@@ -135,6 +135,9 @@ impl FullCaptures {
                 tracing::warn!(capture = %id, shards = keys.len(), error = %e, "shards not deleted after the merge");
             }
         }
+        // A leader that dies before this leaves them to the bucket's lifecycle rule; retention
+        // forgets their records with the capture.
+        self.abort_open_uploads(&id).await;
         let agents: Vec<String> = record.pops.iter().map(|p| p.agent_id.clone()).collect();
         if let Err(error) = self.repo.delete_capture_work(&id, &agents).await {
             tracing::warn!(capture = %id, %error, "working keys of a finished capture not removed");

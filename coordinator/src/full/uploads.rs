@@ -2,6 +2,10 @@
 //! (the coordinator holds the bucket's credentials, the agent none), uploads it, and reports
 //! it; the coordinator completes the multipart upload, checks the object's size in the bucket
 //! and records the shard. Only then may the agent delete its spooled copy.
+//!
+//! Every multipart upload granted is recorded (`store/uploads.rs`) until its shard is
+//! committed; when the capture ends, the leader aborts those left ([`FullCaptures::abort_open_uploads`]),
+//! so an agent cut off half-way does not leave parts holding storage in the user's bucket.
 
 use edgecap_proto::agent::v1 as pb;
 use edgecap_storage::StorageError;
@@ -10,6 +14,7 @@ use edgecap_storage::s3::{MULTIPART_THRESHOLD, PART_SIZE};
 use super::{FullCaptures, shard_key};
 use crate::convert;
 use crate::model::JobRecord;
+use crate::store::OpenUpload;
 
 /// Bytes of a classic pcap file header, and of each record's header.
 const PCAP_HEADER: u64 = 24;
@@ -103,6 +108,16 @@ impl FullCaptures {
                     && request.checksum_part_size == PART_SIZE
                     && request.part_crc32c.len() as u64 == count;
                 let upload_id = store.create_multipart(&key, part_checksums).await?;
+                let open = OpenUpload {
+                    destination_conf: job.destination_conf.clone(),
+                    key: key.clone(),
+                    upload_id: upload_id.clone(),
+                };
+                if let Err(e) = self.repo.put_open_upload(&request.capture_id, &open).await {
+                    // Not handed out unless it can be aborted later.
+                    let _ = store.abort_multipart(&key, &upload_id).await;
+                    return Err(StorageError::Unavailable(format!("could not record the upload: {e}")));
+                }
                 let mut parts = Vec::with_capacity(count as usize);
                 for n in 1..=count {
                     let crc = part_checksums.then(|| request.part_crc32c[n as usize - 1].as_str());
@@ -153,6 +168,10 @@ impl FullCaptures {
                     return answer(e.to_string(), true);
                 }
             }
+            // Left recorded, it would only be aborted for nothing when the capture ends.
+            if let Err(error) = self.repo.delete_open_upload(&uploaded.capture_id, &uploaded.upload_id).await {
+                tracing::debug!(capture = %uploaded.capture_id, %error, "completed upload not forgotten");
+            }
         }
         use edgecap_storage::ObjectStore as _;
         match store.head(&uploaded.key).await {
@@ -171,6 +190,42 @@ impl FullCaptures {
         {
             Ok(()) => answer(String::new(), false),
             Err(e) => answer(format!("could not record the shard: {e}"), true),
+        }
+    }
+}
+
+impl FullCaptures {
+    /// Aborts the multipart uploads of `capture` granted to agents and never completed (an
+    /// agent cut off half-way and granted a fresh upload on retry, a shard set aside as
+    /// damaged), and forgets them. An upload the bucket no longer knows (completed, aborted)
+    /// or refuses to abort is forgotten too; one it cannot be asked about now (unreachable)
+    /// stays recorded and is logged: the bucket's lifecycle rule is then what removes it.
+    pub(crate) async fn abort_open_uploads(&self, capture: &str) {
+        let open = match self.repo.open_uploads(capture).await {
+            Ok(open) => open,
+            Err(error) => {
+                tracing::warn!(%capture, %error, "open uploads of a finished capture not read");
+                return;
+            }
+        };
+        for upload in open {
+            let aborted = match self.buckets.store_for_uri(&upload.destination_conf).await {
+                Ok(store) => store.abort_multipart(&upload.key, &upload.upload_id).await,
+                Err(e) => Err(e),
+            };
+            match aborted {
+                Ok(()) => tracing::info!(%capture, key = %upload.key, "abandoned multipart upload aborted"),
+                Err(StorageError::Rejected(reason)) => {
+                    tracing::info!(%capture, key = %upload.key, %reason, "multipart upload already gone or not abortable")
+                }
+                Err(error) => {
+                    tracing::warn!(%capture, key = %upload.key, %error, "abandoned multipart upload not aborted");
+                    continue;
+                }
+            }
+            if let Err(error) = self.repo.delete_open_upload(capture, &upload.upload_id).await {
+                tracing::warn!(%capture, %error, "aborted upload not forgotten");
+            }
         }
     }
 }

@@ -97,6 +97,9 @@ impl Repo {
         let mut doomed: Vec<String> =
             self.store().list(&keys::shards_of(id)).await?.into_iter().map(|kv| kv.key).collect();
         doomed.extend(self.store().list(&keys::pops_of(id)).await?.into_iter().map(|kv| kv.key));
+        // Uploads the leader could not abort when the capture ended (the bucket's lifecycle
+        // rule removes them): their records go with the capture.
+        doomed.extend(self.store().list(&keys::uploads_of(id)).await?.into_iter().map(|kv| kv.key));
         // The record last: a sweep cut short finds it and deletes the rest again.
         doomed.extend([keys::active(id), keys::budget(id), keys::capture(account, id)]);
         self.delete_keys(&doomed).await?;

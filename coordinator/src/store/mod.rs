@@ -4,7 +4,7 @@
 //! presence (`AgentPresence`); `batch.rs` unconditional puts of many callers gathered into
 //! transactions (`PutBatch`, for shard records); `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay; `enroll.rs` agent
-//! enrollment's records; `index.rs` the active-capture and creation-day indexes; `metered.rs` counts the store's failures in the metrics.
+//! enrollment's records; `index.rs` the active-capture and creation-day indexes; `uploads.rs` agents' multipart uploads not completed yet; `metered.rs` counts the store's failures in the metrics.
 
 mod batch;
 mod enroll;
@@ -13,6 +13,7 @@ mod index;
 mod metered;
 mod relay;
 mod repo;
+mod uploads;
 mod work;
 
 pub(crate) use batch::PutBatch;
@@ -20,4 +21,5 @@ pub(crate) use enroll::{AgentRevocation, BootstrapToken, IssuedCert, Revocation}
 pub(crate) use index::day_of;
 pub(crate) use metered::Metered;
 pub(crate) use repo::{Repo, RepoError, Result, TokenRecord, decode, token_hash};
+pub(crate) use uploads::OpenUpload;
 pub(crate) use work::AgentPresence;

@@ -13,6 +13,7 @@
 //! /edgecap/v1/jobs/{agent_id}/{capture_id}                JobRecord               what one agent must do; watched by every replica
 //! /edgecap/v1/pops/{capture_id}/{agent_id}                PopResult               one PoP's progress, written by its agent's replica
 //! /edgecap/v1/shards/{capture_id}/{agent_id}/{shard}      ShardRef                one delivered shard (idempotent by key)
+//! /edgecap/v1/uploads/{capture_id}/{sha256(upload id)}    OpenUpload              a multipart upload granted to an agent, not completed yet
 //! /edgecap/v1/leader                                      {"name", "since"} (leased)  the replica that runs captures to their end
 //! /edgecap/v1/bootstrap-tokens/{sha256(token)}           BootstrapToken          which PoPs an agent may enroll for, until when
 //! /edgecap/v1/certs/{agent_id}/{serial}                   IssuedCert              certificates signed for enrolled agents
@@ -108,6 +109,12 @@ pub(super) mod keys {
     }
     pub fn shards_of(capture: &str) -> String {
         format!("{PREFIX}/shards/{capture}/")
+    }
+    pub fn upload(capture: &str, upload_hash: &str) -> String {
+        format!("{PREFIX}/uploads/{capture}/{upload_hash}")
+    }
+    pub fn uploads_of(capture: &str) -> String {
+        format!("{PREFIX}/uploads/{capture}/")
     }
     pub fn active_full(account: &str) -> String {
         format!("{PREFIX}/active-full/{account}")
