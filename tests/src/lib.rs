@@ -725,13 +725,24 @@ pub fn bucket_config(
 /// Polls `GET url/id` until the capture is `success` or `failed` (at most `timeout`);
 /// returns its `result`.
 pub async fn wait_final(url: &str, token: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    wait_final_or(url, token, id, timeout, String::new).await
+}
+
+/// [`wait_final`], adding `context()` (the logs of the processes involved) to the failure.
+pub async fn wait_final_or(
+    url: &str,
+    token: &str,
+    id: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let (_, v) = api_call("GET", &format!("{url}/{id}"), token, None).await;
         if matches!(v["result"]["status"].as_str(), Some("success" | "failed")) {
             return v["result"].clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "capture {id} not final: {v}");
+        assert!(tokio::time::Instant::now() < deadline, "capture {id} not final: {v}\n{}", context());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

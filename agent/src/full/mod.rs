@@ -45,9 +45,28 @@ struct Job {
     ended_at: Option<Instant>,
     /// When a final state was last reported (final states are repeated only now and then).
     final_reported: Option<Instant>,
+    /// Ended, and its directory was found without a shard after that: none can appear there
+    /// again, so the spool scans (uploads every 300 ms, reports every second) pass it over.
+    /// A job kept for `keep_finished` (an hour) had been read at every scan.
+    drained: bool,
 }
 
 impl Job {
+    /// A job whose capture is being started (its id taken, nothing running yet).
+    fn reserved(dir: PathBuf) -> Self {
+        Job {
+            dir,
+            stop: None,
+            allowance: None,
+            tap: None,
+            end: None,
+            shards_uploaded: 0,
+            ended_at: None,
+            final_reported: None,
+            drained: false,
+        }
+    }
+
     fn ended(dir: PathBuf, end: spool::EndFile) -> Self {
         Job {
             dir,
@@ -58,7 +77,13 @@ impl Job {
             shards_uploaded: 0,
             ended_at: Some(Instant::now()),
             final_reported: None,
+            drained: false,
         }
+    }
+
+    /// Whether its capture has ended for good (no shard will be written any more).
+    fn over(&self) -> bool {
+        self.stop.is_none() && self.end.is_some()
     }
 }
 
@@ -102,6 +127,24 @@ pub(crate) struct FullGauges {
 }
 
 impl Jobs {
+    /// The directories the spool scans read: every job's but the drained ones, with whether
+    /// the job was already over when listed (only then may an empty directory drain it: a
+    /// capture ending after the listing may still have closed shards the scan did not see).
+    fn undrained(&self) -> Vec<(String, PathBuf, bool)> {
+        let jobs = lock(&self.jobs);
+        jobs.iter().filter(|(_, j)| !j.drained).map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
+    }
+
+    /// Marks drained the jobs that were over when listed and whose directory held no shard.
+    fn drain(&self, empty: impl IntoIterator<Item = String>) {
+        let mut jobs = lock(&self.jobs);
+        for id in empty {
+            if let Some(job) = jobs.get_mut(&id) {
+                job.drained = true;
+            }
+        }
+    }
+
     /// The PoP this agent captures for.
     pub(crate) fn pop(&self) -> &str {
         &self.pop

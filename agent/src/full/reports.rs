@@ -21,11 +21,17 @@ impl Jobs {
         let spool = self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH);
         let spool_full = spool > self.config.spool_max_bytes;
         // Spooled shards per capture, read once (without holding the lock) for both the
-        // clean-up and the reports.
-        let dirs: Vec<(String, std::path::PathBuf)> =
-            lock(&self.jobs).iter().map(|(id, job)| (id.clone(), job.dir.clone())).collect();
-        let pending: HashMap<String, u32> =
-            dirs.into_iter().map(|(id, dir)| (id, manifests(&dir).0.len() as u32)).collect();
+        // clean-up and the reports; a drained job has none.
+        let mut pending: HashMap<String, u32> = HashMap::new();
+        let mut empty = Vec::new();
+        for (id, dir, over) in self.undrained() {
+            let shards = manifests(&dir).0.len() as u32;
+            if over && shards == 0 {
+                empty.push(id.clone());
+            }
+            pending.insert(id, shards);
+        }
+        self.drain(empty);
         let keep = self.config.keep_finished;
         let mut forgotten = Vec::new();
         let mut out = Vec::new();

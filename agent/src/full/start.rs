@@ -50,17 +50,7 @@ impl Jobs {
             if jobs.contains_key(&id) {
                 return;
             }
-            let reserved = Job {
-                dir: dir.clone(),
-                stop: None,
-                allowance: None,
-                tap: None,
-                end: None,
-                shards_uploaded: 0,
-                ended_at: None,
-                final_reported: None,
-            };
-            jobs.insert(id.clone(), reserved);
+            jobs.insert(id.clone(), Job::reserved(dir.clone()));
         }
         let prepared = match self.prepare(&job, &dir) {
             Ok(prepared) => prepared,

@@ -167,3 +167,39 @@ fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
     assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150, "too old: walked again");
     assert_eq!(meter.last(), 150);
 }
+
+#[test]
+fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
+    let spool = tempfile::tempdir().unwrap();
+    let done = capture_dir(spool.path(), "done");
+    let busy = capture_dir(spool.path(), "busy");
+    shard(&busy, 1);
+    let jobs = jobs(spool.path());
+    // One still being started: its directory is empty, but shards may still come.
+    let starting = spool.path().join("starting");
+    std::fs::create_dir_all(&starting).unwrap();
+    lock(&jobs.jobs).insert("starting".into(), Job::reserved(starting.clone()));
+    let files = |jobs: &Jobs| {
+        let mut f: Vec<String> = jobs.scan_spool().iter().map(|r| r.capture_id.clone()).collect();
+        f.sort();
+        f
+    };
+    assert_eq!(files(&jobs), ["busy"]);
+    let drained = |id: &str| lock(&jobs.jobs)[id].drained;
+    assert!(drained("done") && !drained("busy") && !drained("starting"));
+
+    // A drained directory is not read again (no real capture writes there any more; the
+    // shards put there here show it is passed over); the others still are.
+    shard(&done, 1);
+    shard(&starting, 1);
+    assert_eq!(files(&jobs), ["busy", "starting"]);
+    let reports = jobs.reports(true);
+    let closed = |id: &str| reports.iter().find(|r| r.capture_id == id).map(|r| r.shards_closed);
+    assert_eq!((closed("done"), closed("busy")), (Some(0), Some(1)));
+
+    // Delivered, the last ended capture drains too.
+    std::fs::remove_file(busy.join("shard-000001.pcap.json")).unwrap();
+    std::fs::remove_file(busy.join("shard-000001.pcap")).unwrap();
+    let _ = jobs.reports(true);
+    assert!(drained("busy"));
+}

@@ -135,13 +135,17 @@ impl Jobs {
     /// manifest that does not parse, a manifest whose shard is missing) are set aside and
     /// counted, so they block nothing. Blocking.
     pub(super) fn scan_spool(&self) -> Vec<Ready> {
-        let mut dirs: Vec<(String, PathBuf)> =
-            lock(&self.jobs).iter().map(|(id, j)| (id.clone(), j.dir.clone())).collect();
+        let mut dirs = self.undrained();
         dirs.sort();
         let mut out = Vec::new();
         let mut oldest = u64::MAX;
-        for (capture_id, dir) in dirs {
+        let mut empty = Vec::new();
+        for (capture_id, dir, over) in dirs {
             let (good, damaged) = manifests(&dir);
+            if over && good.is_empty() && damaged.is_empty() {
+                empty.push(capture_id);
+                continue;
+            }
             // Read only for a capture with something to deliver: the scan runs every 300 ms.
             let traceparent = if good.is_empty() {
                 String::new()
@@ -177,6 +181,7 @@ impl Jobs {
             }
         }
         self.oldest_waiting_ns.store(if oldest == u64::MAX { 0 } else { oldest }, Ordering::Relaxed);
+        self.drain(empty);
         out
     }
 
