@@ -135,13 +135,21 @@ impl Jobs {
         jobs.iter().filter(|(_, j)| !j.drained).map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
     }
 
-    /// Marks drained the jobs that were over when listed and whose directory held no shard.
+    /// Marks drained the jobs that were over when listed and whose directory held no shard;
+    /// the spool's measure then counts their directories without walking them. Blocking.
     fn drain(&self, empty: impl IntoIterator<Item = String>) {
-        let mut jobs = lock(&self.jobs);
-        for id in empty {
-            if let Some(job) = jobs.get_mut(&id) {
-                job.drained = true;
+        let mut settled = Vec::new();
+        {
+            let mut jobs = lock(&self.jobs);
+            for id in empty {
+                if let Some(job) = jobs.get_mut(&id).filter(|j| !j.drained) {
+                    job.drained = true;
+                    settled.push(job.dir.clone());
+                }
             }
+        }
+        for dir in settled {
+            self.spool.settle(&dir);
         }
     }
 

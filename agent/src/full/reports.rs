@@ -100,6 +100,7 @@ impl Jobs {
         }
         drop(jobs);
         for (id, dir) in forgotten {
+            self.spool.forget(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             tracing::debug!(capture = %id, "finished capture forgotten");
         }

@@ -96,6 +96,9 @@ pub(super) struct SpoolMeter {
     /// When (`None`: never). Not held while the spool is walked, so that readers of the last
     /// measure (metrics) never wait for a walk.
     measured: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Sizes of the directories that no longer change (drained captures), counted without
+    /// walking them; one that is removed is simply no longer found in the spool.
+    constant: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
 }
 
 impl SpoolMeter {
@@ -105,10 +108,34 @@ impl SpoolMeter {
         if edgecap_common::lock(&self.measured).is_some_and(|at| at.elapsed() <= max_age) {
             return self.bytes.load(Ordering::Relaxed);
         }
-        let bytes = dir_bytes(dir);
+        let bytes = {
+            let constant = edgecap_common::lock(&self.constant);
+            let mut total = 0;
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    total += match constant.get(&entry.path()) {
+                        Some(&known) => known,
+                        None => entry_bytes(&entry),
+                    };
+                }
+            }
+            total
+        };
         self.bytes.store(bytes, Ordering::Relaxed);
         *edgecap_common::lock(&self.measured) = Some(std::time::Instant::now());
         bytes
+    }
+
+    /// Counts `dir` (a capture directory that will not change any more) at its size now in
+    /// every later measure, without walking it again.
+    pub(super) fn settle(&self, dir: &Path) {
+        let bytes = dir_bytes(dir);
+        edgecap_common::lock(&self.constant).insert(dir.to_path_buf(), bytes);
+    }
+
+    /// Forgets `dir` (removed).
+    pub(super) fn forget(&self, dir: &Path) {
+        edgecap_common::lock(&self.constant).remove(dir);
     }
 
     /// The last measure, without measuring (0 before the first).
@@ -122,13 +149,18 @@ pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     for entry in entries.flatten() {
-        match entry.metadata() {
-            Ok(m) if m.is_dir() => total += dir_bytes(&entry.path()),
-            Ok(m) => total += m.len(),
-            Err(_) => {}
-        }
+        total += entry_bytes(&entry);
     }
     total
+}
+
+/// Bytes of one directory entry: a file's size, a directory's contents.
+fn entry_bytes(entry: &std::fs::DirEntry) -> u64 {
+    match entry.metadata() {
+        Ok(m) if m.is_dir() => dir_bytes(&entry.path()),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 /// What a capture directory left by a previous run says: its end (written now if the capture

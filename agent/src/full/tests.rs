@@ -166,6 +166,18 @@ fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
     assert_eq!(meter.bytes(dir.path(), long), 100, "fresh enough: not walked again");
     assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150, "too old: walked again");
     assert_eq!(meter.last(), 150);
+
+    // A settled directory (a drained capture's) is counted at its size then, not walked: the
+    // file put there afterwards (which no capture would do) is not seen until it is forgotten.
+    std::fs::create_dir(dir.path().join("c2")).unwrap();
+    std::fs::write(dir.path().join("c2/end.json"), [0u8; 7]).unwrap();
+    meter.settle(&dir.path().join("c2"));
+    std::fs::write(dir.path().join("c2/late"), [0u8; 1000]).unwrap();
+    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 157);
+    meter.forget(&dir.path().join("c2"));
+    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 1157);
+    std::fs::remove_dir_all(dir.path().join("c2")).unwrap();
+    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150);
 }
 
 #[test]
@@ -190,7 +202,9 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
 
     // A drained directory is not read again (no real capture writes there any more; the
     // shards put there here show it is passed over); the others still are.
+    let measured = jobs.spool.bytes(spool.path(), std::time::Duration::ZERO);
     shard(&done, 1);
+    assert_eq!(jobs.spool.bytes(spool.path(), std::time::Duration::ZERO), measured, "nor measured");
     shard(&starting, 1);
     assert_eq!(files(&jobs), ["busy", "starting"]);
     let reports = jobs.reports(true);
