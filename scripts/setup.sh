@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what edgecap needs to build, run and test on a fresh Debian/Ubuntu machine:
-# system packages (libpcap, protoc, capture and traffic tools) and a Python venv with the
+# system packages (libpcap, protoc, capture and traffic tools, etcd and its etcdctl) and a Python venv with the
 # official Cloudflare SDK for the compatibility test and kubernetes-validate for the manifest
 # checks, and cargo-deb for the package test (tests only; scripts/test.sh also installs the
 # S3-compatible server the tests start).
@@ -11,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(libpcap-dev protobuf-compiler pkg-config curl iproute2 iputils-ping tcpdump tshark tcpreplay python3-venv etcd-server prometheus)
+packages=(libpcap-dev protobuf-compiler pkg-config curl iproute2 iputils-ping tcpdump tshark tcpreplay python3-venv etcd-server etcd-client prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
