@@ -136,20 +136,16 @@ impl Jobs {
     }
 
     /// Marks drained the jobs that were over when listed and whose directory held no shard;
-    /// the spool's measure then counts their directories without walking them. Blocking.
+    /// the spool's measure then counts their directories without walking them. Blocking
+    /// (a drained directory holds two small files); under the jobs' lock, so that a job
+    /// forgotten meanwhile (its directory then removed) is never settled after its removal.
     fn drain(&self, empty: impl IntoIterator<Item = String>) {
-        let mut settled = Vec::new();
-        {
-            let mut jobs = lock(&self.jobs);
-            for id in empty {
-                if let Some(job) = jobs.get_mut(&id).filter(|j| !j.drained) {
-                    job.drained = true;
-                    settled.push(job.dir.clone());
-                }
+        let mut jobs = lock(&self.jobs);
+        for id in empty {
+            if let Some(job) = jobs.get_mut(&id).filter(|j| !j.drained) {
+                job.drained = true;
+                self.spool.settle(&job.dir);
             }
-        }
-        for dir in settled {
-            self.spool.settle(&dir);
         }
     }
 

@@ -8,7 +8,7 @@ use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 
 use super::Jobs;
-use super::spool::{EndFile, SPOOL_FRESH, manifests};
+use super::spool::{EndFile, SPOOL_FRESH, holds_no_shard, manifests};
 use crate::convert::{self, CaptureState, StopReason};
 
 /// How often a final state is repeated (in case the coordinator missed it).
@@ -25,8 +25,9 @@ impl Jobs {
         let mut pending: HashMap<String, u32> = HashMap::new();
         let mut empty = Vec::new();
         for (id, dir, over) in self.undrained() {
-            let shards = manifests(&dir).0.len() as u32;
-            if over && shards == 0 {
+            let (good, damaged) = manifests(&dir);
+            let shards = good.len() as u32;
+            if over && shards == 0 && damaged.is_empty() && holds_no_shard(&dir) {
                 empty.push(id.clone());
             }
             pending.insert(id, shards);

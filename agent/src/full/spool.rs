@@ -46,6 +46,20 @@ fn is_manifest(name: &str) -> bool {
     name.ends_with(".pcap.json") || name.ends_with(".pcapng.json")
 }
 
+/// Whether a finished capture's directory could be read and holds no shard at all: no
+/// manifest and no shard file (one being forgotten loses its manifest before its file, and a
+/// directory that cannot be read now is not taken as empty). Only then may it be drained.
+pub(super) fn holds_no_shard(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let mut shard = false;
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        shard |= is_manifest(&name) || name.ends_with(".pcap") || name.ends_with(".pcapng");
+    }
+    !shard
+}
+
 /// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");

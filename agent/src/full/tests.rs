@@ -211,8 +211,13 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
     let closed = |id: &str| reports.iter().find(|r| r.capture_id == id).map(|r| r.shards_closed);
     assert_eq!((closed("done"), closed("busy")), (Some(0), Some(1)));
 
-    // Delivered, the last ended capture drains too.
+    // Half forgotten (its manifest removed, its file not yet), a shard still holds the
+    // directory open to both scans; delivered, the last ended capture drains too.
     std::fs::remove_file(busy.join("shard-000001.pcap.json")).unwrap();
+    let _ = jobs.reports(true);
+    assert!(!drained("busy"));
+    let _ = jobs.scan_spool();
+    assert!(!drained("busy"));
     std::fs::remove_file(busy.join("shard-000001.pcap")).unwrap();
     let _ = jobs.reports(true);
     assert!(drained("busy"));

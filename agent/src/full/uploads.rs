@@ -142,7 +142,7 @@ impl Jobs {
         let mut empty = Vec::new();
         for (capture_id, dir, over) in dirs {
             let (good, damaged) = manifests(&dir);
-            if over && good.is_empty() && damaged.is_empty() {
+            if over && good.is_empty() && damaged.is_empty() && super::spool::holds_no_shard(&dir) {
                 empty.push(capture_id);
                 continue;
             }

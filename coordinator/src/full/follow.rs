@@ -222,8 +222,9 @@ impl FullCaptures {
             // Ended while running (its record outgrew the store): nothing to merge.
             let agents: Vec<String> =
                 self.repo.list_pops(&id).await.unwrap_or_default().into_iter().map(|p| p.agent_id).collect();
-            self.abort_open_uploads(&id).await;
+            // The jobs first: no grant can follow the abort.
             let _ = self.repo.delete_capture_work(&id, &agents).await;
+            self.abort_open_uploads(&id).await;
             return;
         }
         self.convert(record, cancel).await;

@@ -74,6 +74,7 @@ impl FullCaptures {
         merging.attach_shards(&shards);
         record.status = CaptureStatus::ConversionRunning;
         if self.persist(&mut record).await && record.status.is_final() {
+            self.abort_open_uploads(&id).await;
             return;
         }
         let store: Result<Arc<dyn ObjectStore>, _> = match record.destination_conf.as_deref() {

@@ -197,9 +197,11 @@ impl FullCaptures {
 impl FullCaptures {
     /// Aborts the multipart uploads of `capture` granted to agents and never completed (an
     /// agent cut off half-way and granted a fresh upload on retry, a shard set aside as
-    /// damaged), and forgets them. An upload the bucket no longer knows (completed, aborted)
-    /// or refuses to abort is forgotten too; one it cannot be asked about now (unreachable)
-    /// stays recorded and is logged: the bucket's lifecycle rule is then what removes it.
+    /// damaged), and forgets them. An upload the bucket no longer knows (completed, aborted:
+    /// `NoSuchUpload`) counts as aborted. One it refuses to abort (say a policy without
+    /// `s3:AbortMultipartUpload`) is forgotten with a warning, and one it cannot be asked about
+    /// now (unreachable) stays recorded with a warning: the bucket's lifecycle rule is then
+    /// what removes them.
     pub(crate) async fn abort_open_uploads(&self, capture: &str) {
         let open = match self.repo.open_uploads(capture).await {
             Ok(open) => open,
@@ -216,7 +218,7 @@ impl FullCaptures {
             match aborted {
                 Ok(()) => tracing::info!(%capture, key = %upload.key, "abandoned multipart upload aborted"),
                 Err(StorageError::Rejected(reason)) => {
-                    tracing::info!(%capture, key = %upload.key, %reason, "multipart upload already gone or not abortable")
+                    tracing::warn!(%capture, key = %upload.key, %reason, "the bucket refused to abort an abandoned multipart upload; its lifecycle rule must remove it")
                 }
                 Err(error) => {
                     tracing::warn!(%capture, key = %upload.key, %error, "abandoned multipart upload not aborted");

@@ -365,19 +365,25 @@ impl S3Store {
     }
 
     /// Aborts a multipart upload: its parts are discarded and no object is created. An
-    /// unknown, completed or already aborted upload is [`StorageError::Rejected`] (S3's
-    /// `NoSuchUpload`), not `NotFound`.
+    /// upload the bucket no longer knows (completed or already aborted: S3's `NoSuchUpload`)
+    /// is `Ok`, as what the abort was for is done; a refusal (access denied) is
+    /// [`StorageError::Rejected`].
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let object = self.object_key(key)?;
-        self.client
+        let aborted = self
+            .client
             .abort_multipart_upload()
             .bucket(&self.location.bucket)
             .key(&object)
             .upload_id(upload_id)
             .send()
-            .await
-            .map_err(|e| classify(&self.what("abort multipart upload", &object), e))?;
-        Ok(())
+            .await;
+        match aborted {
+            // Already completed or aborted: what an abort is for is done.
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(classify(&self.what("abort multipart upload", &object), e)),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Creates the bucket (for tests and `edgecap up` against a local S3-compatible server).
