@@ -672,14 +672,14 @@ impl S3Store {
         let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(rejected)?;
         let first = objects.first().map_or("", String::as_str);
         let what = format!("delete {} objects from s3://{} (first {first})", objects.len(), self.location.bucket);
-        let answer = self
-            .client
-            .delete_objects()
-            .bucket(&self.location.bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(|e| classify(&what, e))?;
+        let answer = self.client.delete_objects().bucket(&self.location.bucket).delete(delete).send().await.map_err(
+            |e| match e.code() {
+                // A store without the call answers 501, which is no outage: the caller
+                // deletes one by one.
+                Some("NotImplemented") => StorageError::Rejected(format!("{what}: NotImplemented")),
+                _ => classify(&what, e),
+            },
+        )?;
         match answer.errors().first() {
             None => Ok(()),
             Some(error) => {
@@ -750,6 +750,88 @@ mod tests {
         ] {
             assert!(payload_signing(Some(signed)), "{signed}");
         }
+    }
+
+    /// A store without `DeleteObjects` (it answers 501 `NotImplemented`, as S3 documents for
+    /// calls a store lacks) gets one `DeleteObject` per key instead, and every key is deleted.
+    /// The batch itself is checked against s3s-fs in tests/tests/s3_storage.rs; no server at
+    /// hand lacks it, so this one is a few lines of HTTP/1.1.
+    #[tokio::test]
+    async fn a_store_without_batch_deletes_gets_one_delete_per_key() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut socket = tokio::io::BufReader::new(socket);
+                    loop {
+                        let mut request = String::new();
+                        if socket.read_line(&mut request).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            socket.read_line(&mut header).await.unwrap();
+                            if header.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        socket.read_exact(&mut body).await.unwrap();
+                        let line: Vec<&str> = request.split(' ').take(2).collect();
+                        let line = line.join(" ");
+                        let answer = if line.starts_with("POST ") && line.contains("delete") {
+                            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code>\
+                                       <Message>not here</Message></Error>";
+                            format!(
+                                "HTTP/1.1 501 Not Implemented\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{xml}",
+                                xml.len()
+                            )
+                        } else if line.starts_with("DELETE ") {
+                            "HTTP/1.1 204 No Content\r\n\r\n".to_string()
+                        } else {
+                            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n".to_string()
+                        };
+                        seen_tx.send(line).unwrap();
+                        socket.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                    }
+                });
+            }
+        });
+        let location = S3Location {
+            bucket: "b-1".into(),
+            prefix: "p".into(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(endpoint),
+        };
+        let credentials =
+            StaticCredentials { access_key_id: "k".into(), secret_access_key: "s".into(), session_token: None };
+        let store = S3Store::connect(location, Some(credentials), false).await.unwrap();
+        let keys: Vec<String> = ["a/1.pcap", "a/2.pcap", "b/3.pcap"].map(String::from).into();
+        store.delete_many(&keys).await.unwrap();
+        let mut requests = Vec::new();
+        while let Ok(line) = seen.try_recv() {
+            requests.push(line);
+        }
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(requests[0].starts_with("POST /b-1/?delete"), "{requests:?}");
+        assert_eq!(
+            requests[1..],
+            [
+                "DELETE /b-1/p/a/1.pcap?x-id=DeleteObject",
+                "DELETE /b-1/p/a/2.pcap?x-id=DeleteObject",
+                "DELETE /b-1/p/b/3.pcap?x-id=DeleteObject"
+            ]
+        );
     }
 
     #[test]
