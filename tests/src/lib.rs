@@ -13,8 +13,10 @@
 
 mod fake_agent;
 pub mod otlp;
+mod proxy;
 
 pub use fake_agent::FakeAgent;
+pub use proxy::TcpProxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,75 @@
+//! A TCP proxy on loopback that a test can cut and heal: a network path between one process
+//! and a server (say one coordinator replica and etcd) that fails while the server itself,
+//! and everyone else's path to it, stays up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// Forwards every connection made to [`TcpProxy::addr`] to its target; see the module docs.
+/// Dropped, it closes every connection it carries.
+pub struct TcpProxy {
+    /// Where to connect instead of the target.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: AbortHandle,
+}
+
+#[derive(Default)]
+struct Shared {
+    cut: AtomicBool,
+    carried: Mutex<Vec<AbortHandle>>,
+}
+
+impl TcpProxy {
+    /// Listens on an ephemeral loopback port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared::default());
+        let accept = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if shared.cut.load(Ordering::SeqCst) {
+                        // Cut: accepted and closed at once, as a path that resets.
+                        continue;
+                    }
+                    let carried = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut all = shared.carried.lock().expect("proxy lock");
+                    all.retain(|c| !c.is_finished());
+                    all.push(carried.abort_handle());
+                }
+            })
+            .abort_handle()
+        };
+        Self { addr, shared, accept }
+    }
+
+    /// Closes every connection carried now and refuses new ones until [`TcpProxy::heal`].
+    pub fn cut(&self) {
+        self.shared.cut.store(true, Ordering::SeqCst);
+        for carried in self.shared.carried.lock().expect("proxy lock").drain(..) {
+            carried.abort();
+        }
+    }
+
+    /// Carries new connections again.
+    pub fn heal(&self) {
+        self.shared.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
