@@ -89,6 +89,13 @@ fn settle_ns() -> u64 {
     1_000_000_000
 }
 
+/// After a read of `source` found it dry: every packet stamped before this has been read, for
+/// a hand-over. Twice the source's lag: the kernel's block timer and the read's own timeout
+/// are not in step, and a packet lost or doubled at a hand-over costs more than the 20 ms.
+fn surely_read_ns(source: &dyn CaptureSource) -> u64 {
+    crate::now_ns().saturating_sub(2 * source.lag().as_nanos() as u64)
+}
+
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
     edgecap_common::lock(lookback)
 }
@@ -384,13 +391,16 @@ impl Feeder {
         source.attend(HAND_BACK_WAIT);
         let end = Instant::now() + HAND_BACK_WAIT;
         let settle = settle_ns();
+        // Every packet before this has been read: a read found the ring dry.
+        let mut settled_ns = 0u64;
         let mut n = 0u32;
         while Instant::now() < end {
             if n.is_multiple_of(64) {
                 self.tick();
                 match self.feed.state() {
                     FeedState::Reopened { at_ns }
-                        if self.last_seen_ns >= at_ns || crate::now_ns() > at_ns.saturating_add(settle) =>
+                        if self.last_seen_ns.max(settled_ns) >= at_ns
+                            || crate::now_ns() > at_ns.saturating_add(settle) =>
                     {
                         break;
                     }
@@ -401,7 +411,11 @@ impl Feeder {
             n = n.wrapping_add(1);
             match source.next() {
                 Ok(Next::Packet(p)) => self.packet(p.ts_ns, p.orig_len, p.data),
-                Ok(Next::Timeout | Next::Woken) => n = 0,
+                Ok(Next::Timeout) => {
+                    settled_ns = settled_ns.max(surely_read_ns(source));
+                    n = 0;
+                }
+                Ok(Next::Woken) => n = 0,
                 Err(_) => break,
             }
         }
@@ -595,6 +609,9 @@ impl Own {
         let mut last_stats = Instant::now();
         let mut last_kernel_drops: u64 = 0;
         let mut last_read_ns = 0u64;
+        // The latest moment before which every packet has been read, for a hand-over (a read
+        // found the source dry: [`surely_read_ns`]); 0 before the first.
+        let mut settled_ns = 0u64;
         // After a capture handed back: packets up to its last are skipped; until it says
         // which that is (`holding`), the timestamps of those seen are kept to count them.
         let mut after_ns = 0u64;
@@ -625,6 +642,7 @@ impl Own {
                 }
                 Ok(Next::Timeout) => {
                     quiet = true;
+                    settled_ns = settled_ns.max(surely_read_ns(source.as_ref()));
                     settled = Some(crate::now_ns().saturating_sub(source.lag().as_nanos() as u64));
                 }
                 // A wake: from stop(), or from a capture asking to take over.
@@ -640,10 +658,13 @@ impl Own {
             }
             match self.feed.state() {
                 // Let go once this ring has given every packet from before the capture's ring
-                // was open (its blocks retire within the read timeout).
+                // was open (its blocks retire within the read timeout): a later packet read
+                // shows it, and so does a read that found the ring dry that long after (a
+                // quiet interface need not wait for its next packet, nor for `settle_ns`).
                 FeedState::Asked { at_ns }
                     if holding.is_none()
-                        && (last_read_ns >= at_ns || crate::now_ns() > at_ns.saturating_add(settle_ns())) =>
+                        && (last_read_ns.max(settled_ns) >= at_ns
+                            || crate::now_ns() > at_ns.saturating_add(settle_ns())) =>
                 {
                     batch.flush(lookback, index, None);
                     let drops = source.stats().map(|s| s.dropped).unwrap_or(last_kernel_drops);
@@ -797,6 +818,9 @@ mod tests {
 
     /// On a quiet interface whose source would wait a minute between looks, a claim, the
     /// hand-over and the hand-back still take seconds: each side wakes the other's source.
+    /// And neither side waits for the one-second bound (`settle_ns`) when no packet comes: a
+    /// read that finds its ring dry shows that nothing from before is left. (Not a speed
+    /// test: the bound checked is that second, which only the fallback would take.)
     #[test]
     fn a_quiet_feed_changes_hands_without_waiting_out_the_idle_wait() {
         let lookback = Arc::new(Mutex::new(Lookback::new(LookbackConfig::default())));
@@ -806,18 +830,25 @@ mod tests {
         let feed = capture.feed("quiet").unwrap();
         let options = OpenOptions { timeout_ms: FEED_TIMEOUT_MS, idle_ms: 60_000, ..OpenOptions::default() };
         let mut source = sources.open("quiet", &options).unwrap();
+        let claimed = now_ns();
         let mut feeder = feed.claim().expect("free");
         feeder.listen(source.waker());
         source.attend(Duration::from_secs(30));
-        wait_for("the lookback to let go (one second after the claim)", || {
+        wait_for("the lookback to let go", || {
             let _ = source.next();
             feeder.tick();
             feeder.after_ns.is_some()
         });
+        assert!(now_ns() < claimed + settle_ns(), "the lookback let go only at the one-second bound");
         // While the capture feeds the lookback, a query's wake reaches the capture's source.
         lock(&lookback).wake_sources();
         assert!(matches!(source.next().unwrap(), Next::Woken));
+        let handing_back = Instant::now();
         feeder.hand_back(source.as_mut());
+        assert!(
+            handing_back.elapsed() < Duration::from_nanos(settle_ns()),
+            "the capture handed back only at the one-second bound"
+        );
         wait_for("the lookback's thread to take its feed back", || feed.available());
         capture.stop();
     }
