@@ -34,6 +34,9 @@ impl TcpProxy {
             let shared = shared.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
+                    // Checked and recorded under the lock `cut` takes: no connection slips
+                    // through a cut made meanwhile.
+                    let mut all = shared.carried.lock().expect("proxy lock");
                     if shared.cut.load(Ordering::SeqCst) {
                         // Cut: accepted and closed at once, as a path that resets.
                         continue;
@@ -43,7 +46,6 @@ impl TcpProxy {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
-                    let mut all = shared.carried.lock().expect("proxy lock");
                     all.retain(|c| !c.is_finished());
                     all.push(carried.abort_handle());
                 }
@@ -53,12 +55,16 @@ impl TcpProxy {
         Self { addr, shared, accept }
     }
 
-    /// Closes every connection carried now and refuses new ones until [`TcpProxy::heal`].
-    pub fn cut(&self) {
+    /// Closes every connection carried now and refuses new ones until [`TcpProxy::heal`];
+    /// returns how many it closed.
+    pub fn cut(&self) -> usize {
+        let mut all = self.shared.carried.lock().expect("proxy lock");
         self.shared.cut.store(true, Ordering::SeqCst);
-        for carried in self.shared.carried.lock().expect("proxy lock").drain(..) {
+        let open = all.iter().filter(|c| !c.is_finished()).count();
+        for carried in all.drain(..) {
             carried.abort();
         }
+        open
     }
 
     /// Carries new connections again.
@@ -70,6 +76,6 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
-        self.cut();
+        let _ = self.cut();
     }
 }

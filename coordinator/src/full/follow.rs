@@ -222,9 +222,12 @@ impl FullCaptures {
             // Ended while running (its record outgrew the store): nothing to merge.
             let agents: Vec<String> =
                 self.repo.list_pops(&id).await.unwrap_or_default().into_iter().map(|p| p.agent_id).collect();
-            // The jobs first: no grant can follow the abort.
-            let _ = self.repo.delete_capture_work(&id, &agents).await;
+            // The jobs first, so that no new grant follows the abort (one already past its
+            // check finds its job gone and aborts its own upload); the active index last, so
+            // that a leader dying before the abort leaves the capture to the next one.
+            let _ = self.repo.delete_capture_jobs(&id, &agents).await;
             self.abort_open_uploads(&id).await;
+            let _ = self.repo.delete_capture_work(&id, &agents).await;
             return;
         }
         self.convert(record, cancel).await;

@@ -259,14 +259,22 @@ impl FullCaptures {
             }
             inputs.push(super::stage::AgentInput { name: agent.name, files, provenance: agent.provenance });
         }
-        // The first failure ends the others (dropped half-way, they leave partial files in
-        // the scratch directory, which is removed).
+        // The first failure stops the others, which are waited for: none then writes into
+        // the scratch directory while it is removed (partial files go with it).
+        let stop = cancel.child_token();
         let mut downloading = futures::stream::iter(downloads)
-            .map(|(shard, path)| async move { download_to(store, &shard, &path, patience, cancel).await })
+            .map(|(shard, path)| download_to(store, shard, path, patience, &stop))
             .buffer_unordered(DOWNLOADS_AT_ONCE);
+        let mut failed = None;
         while let Some(downloaded) = downloading.next().await {
-            downloaded?;
+            if failed.is_none()
+                && let Err(e) = downloaded
+            {
+                stop.cancel();
+                failed = Some(e);
+            }
         }
+        failed.map_or(Ok(()), Err)?;
         let out_path = dir.join("merged");
         let report = self.merge_files(record, inputs, &out_path, cancel).await?;
         let key = record.merged_key();
@@ -317,8 +325,8 @@ impl FullCaptures {
 /// Downloads one shard to `path`, no more than the size recorded at commit.
 async fn download_to(
     store: &Arc<dyn ObjectStore>,
-    shard: &ShardRef,
-    path: &Path,
+    shard: ShardRef,
+    path: std::path::PathBuf,
     patience: Duration,
     cancel: &CancellationToken,
 ) -> Result<(), MergeError> {
@@ -329,7 +337,7 @@ async fn download_to(
             _ = cancel.cancelled() => Err(StorageError::Cancelled),
             downloaded = async {
                 let (_, reader) = store.get(&shard.key).await?;
-                let mut file = tokio::fs::File::create(path).await?;
+                let mut file = tokio::fs::File::create(&path).await?;
                 // No more than the size recorded at commit: a bucket endpoint cannot
                 // fill the coordinator's disk with an endless answer.
                 let mut bounded = tokio::io::AsyncReadExt::take(reader, shard.file_bytes + 1);
@@ -337,7 +345,7 @@ async fn download_to(
                     .await
                     .map_err(|e| StorageError::Unavailable(format!("download {}: {e}", shard.key)))?;
                 if copied != shard.file_bytes {
-                    return Err(from_bucket::size_differs(shard, copied));
+                    return Err(from_bucket::size_differs(&shard, copied));
                 }
                 file.flush().await?;
                 Ok(())

@@ -118,6 +118,17 @@ impl FullCaptures {
                     let _ = store.abort_multipart(&key, &upload_id).await;
                     return Err(StorageError::Unavailable(format!("could not record the upload: {e}")));
                 }
+                // The capture may have ended meanwhile, its open uploads aborted before this
+                // one was recorded: then it is aborted here and not handed out.
+                if let Err((reason, retryable)) = self.open_job(agent_id, pop, &request.capture_id).await {
+                    let _ = store.abort_multipart(&key, &upload_id).await;
+                    let _ = self.repo.delete_open_upload(&request.capture_id, &upload_id).await;
+                    return Err(if retryable {
+                        StorageError::Unavailable(reason)
+                    } else {
+                        StorageError::Rejected(reason)
+                    });
+                }
                 let mut parts = Vec::with_capacity(count as usize);
                 for n in 1..=count {
                     let crc = part_checksums.then(|| request.part_crc32c[n as usize - 1].as_str());

@@ -341,16 +341,28 @@ impl Repo {
     /// per-PoP results live on in the capture record, its shard list under `shards/` (until
     /// retention deletes the capture).
     pub(crate) async fn delete_capture_work(&self, capture: &str, agents: &[String]) -> Result<()> {
-        let mut work: Vec<String> =
-            agents.iter().flat_map(|agent| [keys::job(agent, capture), keys::pop(capture, agent)]).collect();
-        // An agent named twice (it should not be) must not make a transaction refused.
-        let mut seen = std::collections::HashSet::new();
-        work.retain(|k| seen.insert(k.clone()));
+        let mut work = job_keys(capture, agents);
         // Out of the active index last: until then the leader still follows it.
         work.extend([keys::budget(capture), keys::active(capture)]);
         self.delete_keys(&work).await?;
         Ok(())
     }
+
+    /// Removes a capture's jobs and PoP keys only (no grant is given for a capture without
+    /// them); it stays in the active index, so a leader still follows it.
+    pub(crate) async fn delete_capture_jobs(&self, capture: &str, agents: &[String]) -> Result<()> {
+        self.delete_keys(&job_keys(capture, agents)).await.map(|_| ())
+    }
+}
+
+/// Each agent's job and PoP keys of a capture, once each (an agent named twice, as it should
+/// not be, must not make a transaction refused).
+fn job_keys(capture: &str, agents: &[String]) -> Vec<String> {
+    let mut work: Vec<String> =
+        agents.iter().flat_map(|agent| [keys::job(agent, capture), keys::pop(capture, agent)]).collect();
+    let mut seen = std::collections::HashSet::new();
+    work.retain(|k| seen.insert(k.clone()));
+    work
 }
 
 #[cfg(test)]

@@ -89,11 +89,15 @@ fn settle_ns() -> u64 {
     1_000_000_000
 }
 
-/// After a read of `source` found it dry: every packet stamped before this has been read, for
-/// a hand-over. Twice the source's lag: the kernel's block timer and the read's own timeout
-/// are not in step, and a packet lost or doubled at a hand-over costs more than the 20 ms.
-fn surely_read_ns(source: &dyn CaptureSource) -> u64 {
-    crate::now_ns().saturating_sub(2 * source.lag().as_nanos() as u64)
+/// After a read of `source` that began at `began_ns` found it dry: every packet stamped
+/// before the moment returned has been read, for a hand-over. The clock is read before the
+/// read (a thread preempted after it would otherwise claim too much), and the margin is twice
+/// the source's lag and at least 40 ms: the kernel's block timer runs in whole jiffies and not
+/// in step with the read's timeout, and a packet lost or doubled at a hand-over costs more
+/// than those milliseconds.
+fn surely_read_ns(began_ns: u64, source: &dyn CaptureSource) -> u64 {
+    let margin = (2 * source.lag()).max(Duration::from_millis(40));
+    began_ns.saturating_sub(margin.as_nanos() as u64)
 }
 
 fn lock(lookback: &Shared) -> std::sync::MutexGuard<'_, Lookback> {
@@ -409,10 +413,11 @@ impl Feeder {
                 }
             }
             n = n.wrapping_add(1);
+            let began_ns = crate::now_ns();
             match source.next() {
                 Ok(Next::Packet(p)) => self.packet(p.ts_ns, p.orig_len, p.data),
                 Ok(Next::Timeout) => {
-                    settled_ns = settled_ns.max(surely_read_ns(source));
+                    settled_ns = settled_ns.max(surely_read_ns(began_ns, source));
                     n = 0;
                 }
                 Ok(Next::Woken) => n = 0,
@@ -621,6 +626,9 @@ impl Own {
             let mut quiet = false;
             // The source had nothing more: everything before this is read.
             let mut settled = None;
+            // Only while a capture asks for the feed: a clock read per packet costs more
+            // than the rest of this loop.
+            let began_ns = if self.feed.asked.load(Ordering::Relaxed) { crate::now_ns() } else { 0 };
             match source.next() {
                 Ok(Next::Packet(packet)) => {
                     last_read_ns = packet.ts_ns;
@@ -642,7 +650,9 @@ impl Own {
                 }
                 Ok(Next::Timeout) => {
                     quiet = true;
-                    settled_ns = settled_ns.max(surely_read_ns(source.as_ref()));
+                    if began_ns > 0 {
+                        settled_ns = settled_ns.max(surely_read_ns(began_ns, source.as_ref()));
+                    }
                     settled = Some(crate::now_ns().saturating_sub(source.lag().as_nanos() as u64));
                 }
                 // A wake: from stop(), or from a capture asking to take over.
