@@ -140,7 +140,7 @@ async fn serve(
             }
             () = async {
                 match &parts.jobs {
-                    Some(jobs) => jobs.started.notified().await,
+                    Some(jobs) => jobs.report_now.notified().await,
                     None => std::future::pending().await,
                 }
             } => progress.reset_immediately(),

@@ -109,8 +109,12 @@ pub(crate) struct Jobs {
     /// Bytes in the spool, as last measured.
     spool: spool::SpoolMeter,
     /// Woken when a capture has started, so its first report goes out at once (its PoP shows
-    /// `running` without waiting for the next one-second tick).
-    pub(crate) started: tokio::sync::Notify,
+    /// `running` without waiting for the next one-second tick), and when an ended capture's
+    /// shards are delivered, so its PoP shows final at once (the merge waits for every PoP).
+    pub(crate) report_now: tokio::sync::Notify,
+    /// Woken when a capture ends, so its last shard is delivered without waiting for the
+    /// next spool scan.
+    pub(crate) ended: tokio::sync::Notify,
 }
 
 /// What the full-capture side reports to metrics.
@@ -208,7 +212,8 @@ impl Jobs {
             upload_retries: AtomicU64::new(0),
             oldest_waiting_ns: AtomicU64::new(0),
             spool: spool::SpoolMeter::default(),
-            started: tokio::sync::Notify::new(),
+            report_now: tokio::sync::Notify::new(),
+            ended: tokio::sync::Notify::new(),
         })
     }
 

@@ -82,7 +82,7 @@ impl Jobs {
             job.allowance = prepared.allowance.clone();
             job.tap = Some(prepared.tap.clone());
         }
-        self.started.notify_one();
+        self.report_now.notify_one();
         let counters = prepared.live.wait();
         let error = match &counters.stop_reason {
             Some(edgecap_capture::session::StopReason::Failed(e)) => e.clone(),
@@ -110,6 +110,9 @@ impl Jobs {
             job.stop = None;
             job.ended_at = Some(Instant::now());
         }
+        // Its last shard goes up now, and its end is reported now (it may have none).
+        self.ended.notify_one();
+        self.report_now.notify_one();
     }
 
     /// Checks the job and starts its capture; the error says why it could not start.

@@ -94,11 +94,16 @@ impl Jobs {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
+                () = self.ended.notified() => {}
                 Some(Ok((capture_id, result))) = running.join_next(), if !running.is_empty() => {
                     busy.remove(&capture_id);
                     match result {
                         Ok(()) => {
                             backoff.remove(&capture_id);
+                            // An ended capture's shards delivered: its PoP may be final now.
+                            if lock(&self.jobs).get(capture_id.as_str()).is_some_and(|j| j.end.is_some()) {
+                                self.report_now.notify_one();
+                            }
                         }
                         Err(error) => {
                             self.upload_retries.fetch_add(1, Ordering::Relaxed);
