@@ -3,7 +3,6 @@
 //! and everyone else's path to it, stays up.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -14,14 +13,16 @@ use tokio::task::AbortHandle;
 pub struct TcpProxy {
     /// Where to connect instead of the target.
     pub addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Mutex<Shared>>,
     accept: AbortHandle,
 }
 
+/// Whether the path is cut, and the connections carried: one lock, so that no connection
+/// slips through a cut made while it is being accepted.
 #[derive(Default)]
 struct Shared {
-    cut: AtomicBool,
-    carried: Mutex<Vec<AbortHandle>>,
+    cut: bool,
+    carried: Vec<AbortHandle>,
 }
 
 impl TcpProxy {
@@ -29,15 +30,13 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Mutex::new(Shared::default()));
         let accept = {
             let shared = shared.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
-                    // Checked and recorded under the lock `cut` takes: no connection slips
-                    // through a cut made meanwhile.
-                    let mut all = shared.carried.lock().expect("proxy lock");
-                    if shared.cut.load(Ordering::SeqCst) {
+                    let mut shared = shared.lock().expect("proxy lock");
+                    if shared.cut {
                         // Cut: accepted and closed at once, as a path that resets.
                         continue;
                     }
@@ -46,8 +45,8 @@ impl TcpProxy {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
-                    all.retain(|c| !c.is_finished());
-                    all.push(carried.abort_handle());
+                    shared.carried.retain(|c| !c.is_finished());
+                    shared.carried.push(carried.abort_handle());
                 }
             })
             .abort_handle()
@@ -58,10 +57,10 @@ impl TcpProxy {
     /// Closes every connection carried now and refuses new ones until [`TcpProxy::heal`];
     /// returns how many it closed.
     pub fn cut(&self) -> usize {
-        let mut all = self.shared.carried.lock().expect("proxy lock");
-        self.shared.cut.store(true, Ordering::SeqCst);
-        let open = all.iter().filter(|c| !c.is_finished()).count();
-        for carried in all.drain(..) {
+        let mut shared = self.shared.lock().expect("proxy lock");
+        shared.cut = true;
+        let open = shared.carried.iter().filter(|c| !c.is_finished()).count();
+        for carried in shared.carried.drain(..) {
             carried.abort();
         }
         open
@@ -69,7 +68,7 @@ impl TcpProxy {
 
     /// Carries new connections again.
     pub fn heal(&self) {
-        self.shared.cut.store(false, Ordering::SeqCst);
+        self.shared.lock().expect("proxy lock").cut = false;
     }
 }
 

@@ -8,7 +8,7 @@ use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 
 use super::Jobs;
-use super::spool::{EndFile, SPOOL_FRESH, holds_no_shard, manifests};
+use super::spool::{EndFile, SPOOL_FRESH, drainable, manifests};
 use crate::convert::{self, CaptureState, StopReason};
 
 /// How often a final state is repeated (in case the coordinator missed it).
@@ -26,11 +26,10 @@ impl Jobs {
         let mut empty = Vec::new();
         for (id, dir, over) in self.undrained() {
             let (good, damaged) = manifests(&dir);
-            let shards = good.len() as u32;
-            if over && shards == 0 && damaged.is_empty() && holds_no_shard(&dir) {
+            if drainable(over, &good, &damaged, &dir) {
                 empty.push(id.clone());
             }
-            pending.insert(id, shards);
+            pending.insert(id, good.len() as u32);
         }
         self.drain(empty);
         let keep = self.config.keep_finished;

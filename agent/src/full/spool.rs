@@ -46,10 +46,17 @@ fn is_manifest(name: &str) -> bool {
     name.ends_with(".pcap.json") || name.ends_with(".pcapng.json")
 }
 
+/// Whether a capture's directory may be drained (never read by the scans again): the job was
+/// over when listed, the caller's read of its manifests found none, good or damaged, and it
+/// holds no shard file either ([`holds_no_shard`]). The one condition both scans apply.
+pub(super) fn drainable(over: bool, good: &[(PathBuf, ShardManifest)], damaged: &[PathBuf], dir: &Path) -> bool {
+    over && good.is_empty() && damaged.is_empty() && holds_no_shard(dir)
+}
+
 /// Whether a finished capture's directory could be read and holds no shard at all: no
 /// manifest and no shard file (one being forgotten loses its manifest before its file, and a
-/// directory that cannot be read now is not taken as empty). Only then may it be drained.
-pub(super) fn holds_no_shard(dir: &Path) -> bool {
+/// directory that cannot be read now is not taken as empty).
+fn holds_no_shard(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     let mut shard = false;
     for entry in entries {

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::Jobs;
-use super::spool::manifests;
+use super::spool::{drainable, manifests};
+use super::{Job, Jobs};
 
 /// Captures whose shards upload at the same time (shards of one capture go in order).
 const PARALLEL_CAPTURES: usize = 4;
@@ -101,7 +101,7 @@ impl Jobs {
                         Ok(()) => {
                             backoff.remove(&capture_id);
                             // An ended capture's shards delivered: its PoP may be final now.
-                            if lock(&self.jobs).get(capture_id.as_str()).is_some_and(|j| j.end.is_some()) {
+                            if lock(&self.jobs).get(capture_id.as_str()).is_some_and(Job::over) {
                                 self.report_now.notify_one();
                             }
                         }
@@ -147,7 +147,7 @@ impl Jobs {
         let mut empty = Vec::new();
         for (capture_id, dir, over) in dirs {
             let (good, damaged) = manifests(&dir);
-            if over && good.is_empty() && damaged.is_empty() && super::spool::holds_no_shard(&dir) {
+            if drainable(over, &good, &damaged, &dir) {
                 empty.push(capture_id);
                 continue;
             }

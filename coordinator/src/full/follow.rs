@@ -227,7 +227,8 @@ impl FullCaptures {
             // that a leader dying before the abort leaves the capture to the next one.
             let _ = self.repo.delete_capture_jobs(&id, &agents).await;
             self.abort_open_uploads(&id).await;
-            let _ = self.repo.delete_capture_work(&id, &agents).await;
+            // The rest of its working keys (no agent's: those are gone).
+            let _ = self.repo.delete_capture_work(&id, &[]).await;
             return;
         }
         self.convert(record, cancel).await;
