@@ -204,7 +204,7 @@ async fn dispatch(
                 // The steps of a capture's start, for `bench/scale.py full --timeline`.
                 tracing::debug!(target: "edgecap_timeline", capture = %start.capture_id, pop = %jobs.pop(), "start received");
                 let jobs = jobs.clone();
-                parts.tasks.spawn_blocking(move || jobs.start(start));
+                parts.tasks.spawn(jobs.start(start));
             }
             None => {
                 let mut report = pb::CaptureReport {

@@ -47,20 +47,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if matches!(command, Command::Simulate(_)) {
-        // An agent's running full capture holds a blocking thread for its life (a real
-        // agent runs a few: the coordinator's per-PoP limit is 4 by default). Hundreds of
-        // simulated agents in one process, each with several captures, need more than
-        // tokio's default of 512, or the rest wait, `pending`, for a thread.
-        runtime.max_blocking_threads(SIMULATOR_BLOCKING_THREADS);
-    }
-    runtime.build()?.block_on(run(command))
+    // (A running full capture holds no blocking thread, so thousands of simulated agents'
+    // captures in one process need no more than tokio's default pool.)
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(command))
 }
-
-/// Blocking threads of a simulator process: room for 4 000 running captures and the rest.
-const SIMULATOR_BLOCKING_THREADS: usize = 4096;
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {

@@ -1,11 +1,12 @@
-//! Starting a capture from a job and running it to its end, on the calling (blocking)
-//! thread: the job is checked (deadline, spool room, filter), the source opened, shards
-//! written by the capture engine, and the end recorded in `end.json`.
+//! Starting a capture from a job and running it to its end: the job is checked (deadline,
+//! spool room, filter), the source opened, shards written by the capture engine, and the end
+//! recorded in `end.json`. The opening and the end's files are blocking work, on blocking
+//! threads; none is held while the capture runs (the capture's own threads tell its end).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgecap_capture::session::{Allowance, Limits, LiveCapture, LiveConfig};
+use edgecap_capture::session::{Allowance, Limits, LiveCapture, LiveConfig, OnEnd};
 use edgecap_capture::shard::{ShardChecksum, ShardConfig, ShardFormat, ShardIdentity, ShardWriter};
 use edgecap_capture::source::MAX_SNAPLEN;
 use edgecap_common::{lock, now_ns};
@@ -25,22 +26,43 @@ pub(super) struct Prepared {
     tap: Arc<super::stream::StreamTap>,
 }
 
+/// A capture started by [`Jobs::open_job`], for [`Jobs::end_job`] once it has ended.
+pub(super) struct Started {
+    id: String,
+    dir: std::path::PathBuf,
+    live: LiveCapture,
+}
+
 impl Jobs {
     /// Runs the capture a job asks for, from start to end (idempotent: a capture already
-    /// known is left alone). Blocking: call it on a blocking thread, which it holds for the
-    /// capture's duration.
-    pub(crate) fn start(self: &Arc<Self>, job: pb::StartCapture) {
+    /// known is left alone).
+    pub(crate) async fn start(self: Arc<Self>, job: pb::StartCapture) {
         // The capture's work here joins its trace (the job's `traceparent`).
         let span = tracing::info_span!("agent_capture", capture = %job.capture_id, pop = %self.pop);
         edgecap_telemetry::continue_trace(&span, &job.traceparent);
-        span.in_scope(|| self.run_job(job));
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let ended_tx = std::sync::Mutex::new(Some(ended_tx));
+        let on_end = OnEnd::new(move || {
+            if let Some(tx) = lock(&ended_tx).take() {
+                let _ = tx.send(());
+            }
+        });
+        let (this, in_span) = (self.clone(), span.clone());
+        let started = tokio::task::spawn_blocking(move || in_span.in_scope(|| this.open_job(job, on_end))).await;
+        let Ok(Some(started)) = started else { return };
+        // Sent by the capture's last thread as it exits (or dropped with the capture).
+        let _ = ended.await;
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || span.in_scope(|| this.end_job(started))).await;
     }
 
-    fn run_job(self: &Arc<Self>, job: pb::StartCapture) {
+    /// Checks and opens the job's capture; `None` when it is not started (already known,
+    /// or refused: then its end is recorded here).
+    fn open_job(self: &Arc<Self>, job: pb::StartCapture, on_end: OnEnd) -> Option<Started> {
         let id = job.capture_id.clone();
         if !is_capture_id(&id) {
             tracing::warn!(capture = %id, "start refused: bad capture id");
-            return;
+            return None;
         }
         let dir = self.config.spool_dir.join(&id);
         {
@@ -48,11 +70,11 @@ impl Jobs {
             // still opening its source finds it taken.
             let mut jobs = lock(&self.jobs);
             if jobs.contains_key(&id) {
-                return;
+                return None;
             }
             jobs.insert(id.clone(), Job::reserved(dir.clone()));
         }
-        let prepared = match self.prepare(&job, &dir) {
+        let prepared = match self.prepare(&job, &dir, Some(on_end)) {
             Ok(prepared) => prepared,
             Err(error) => {
                 tracing::warn!(capture = %id, %error, "full capture not started");
@@ -72,7 +94,7 @@ impl Jobs {
                 let _ = write_json(&dir.join("job.json"), &job_file);
                 let _ = write_json(&dir.join("end.json"), &end);
                 lock(&self.jobs).insert(id, Job::ended(dir, end));
-                return;
+                return None;
             }
         };
         tracing::info!(capture = %id, iface = %prepared.iface, filter = %prepared.expr, "full capture started");
@@ -83,7 +105,13 @@ impl Jobs {
             job.tap = Some(prepared.tap.clone());
         }
         self.report_now.notify_one();
-        let counters = prepared.live.wait();
+        Some(Started { id, dir, live: prepared.live })
+    }
+
+    /// Records the end of a capture that has ended (its threads are done or exiting).
+    fn end_job(&self, started: Started) {
+        let Started { id, dir, live } = started;
+        let counters = live.wait();
         let error = match &counters.stop_reason {
             Some(edgecap_capture::session::StopReason::Failed(e)) => e.clone(),
             _ => String::new(),
@@ -116,7 +144,12 @@ impl Jobs {
     }
 
     /// Checks the job and starts its capture; the error says why it could not start.
-    pub(super) fn prepare(&self, job: &pb::StartCapture, dir: &std::path::Path) -> Result<Prepared, String> {
+    pub(super) fn prepare(
+        &self,
+        job: &pb::StartCapture,
+        dir: &std::path::Path,
+        on_end: Option<OnEnd>,
+    ) -> Result<Prepared, String> {
         let id = &job.capture_id;
         if job.not_after_ns != 0 && now_ns() > job.not_after_ns {
             return Err("the start request reached the agent after its start deadline".into());
@@ -136,6 +169,7 @@ impl Jobs {
         config.snaplen = snaplen;
         config.buffer_size = self.config.buffer_bytes;
         config.feed = self.lookback_feed.clone();
+        config.on_end = on_end;
         let source = self.sources.open(&iface, &config.open_options()).map_err(|e| e.to_string())?;
         let linktype = source.linktype();
         if !job.filter_bpf.is_empty() {

@@ -117,12 +117,12 @@ fn a_job_without_an_account_scope_is_refused_before_anything_opens() {
         time_limit_ms: 1000,
         ..Default::default()
     };
-    let refused = jobs.prepare(&job, &dir.path().join(&job.capture_id)).err().unwrap();
+    let refused = jobs.prepare(&job, &dir.path().join(&job.capture_id), None).err().unwrap();
     assert!(refused.contains("no account scope"), "{refused}");
     assert!(!dir.path().join(&job.capture_id).exists(), "nothing was spooled");
     // With one it starts (an unrestricted scope is said explicitly).
     let scoped = pb::StartCapture { scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }), ..job };
-    assert!(jobs.prepare(&scoped, &dir.path().join(&scoped.capture_id)).is_ok());
+    assert!(jobs.prepare(&scoped, &dir.path().join(&scoped.capture_id), None).is_ok());
     let bad = pb::StartCapture {
         scope: Some(pb::AccountScope {
             unrestricted: false,
@@ -131,7 +131,7 @@ fn a_job_without_an_account_scope_is_refused_before_anything_opens() {
         capture_id: "0123456789abcdef0123456789abcde0".into(),
         ..scoped
     };
-    assert!(jobs.prepare(&bad, &dir.path().join(&bad.capture_id)).err().unwrap().contains("prefixes"));
+    assert!(jobs.prepare(&bad, &dir.path().join(&bad.capture_id), None).err().unwrap().contains("prefixes"));
 }
 
 #[tokio::test]
@@ -221,4 +221,53 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
     std::fs::remove_file(busy.join("shard-000001.pcap")).unwrap();
     let _ = jobs.reports(true);
     assert!(drained("busy"));
+}
+
+#[test]
+fn a_running_capture_holds_no_blocking_thread() {
+    // One blocking thread in all: a capture that held one while it ran would keep the second
+    // from opening until the first ended (a minute here).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
+    let jobs = Arc::new(
+        Jobs::open(FullCaptureConfig::new(dir.path().to_path_buf()), "a1", "pop1", Some("sim0".into()), sources)
+            .unwrap(),
+    );
+    let ids = ["0123456789abcdef0123456789abcde1", "0123456789abcdef0123456789abcde2"];
+    let running = |id: &str| lock(&jobs.jobs).get(id).is_some_and(|j| j.stop.is_some());
+    runtime.block_on(async {
+        // One after the other: the second is asked for once the first runs.
+        let mut started = Vec::new();
+        for id in ids {
+            let job = pb::StartCapture {
+                capture_id: id.into(),
+                time_limit_ms: 60_000,
+                scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
+                ..Default::default()
+            };
+            started.push(tokio::spawn(jobs.clone().start(job)));
+            let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !running(id) {
+                assert!(std::time::Instant::now() < give_up, "{id} running while the other runs");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        for id in ids {
+            jobs.stop(id);
+        }
+        for task in started {
+            tokio::time::timeout(std::time::Duration::from_secs(20), task).await.unwrap().unwrap();
+        }
+    });
+    for id in ids {
+        let end: super::spool::EndFile = super::spool::read_json(&dir.path().join(id).join("end.json")).unwrap();
+        assert_eq!(end.stop_reason, crate::convert::StopReason::Stopped, "{id}: its end recorded");
+        assert!(lock(&jobs.jobs)[id].end.is_some() && !running(id));
+    }
 }

@@ -18,6 +18,7 @@
 //! No async runtime in here: capture runs on its own OS threads.
 
 pub mod bpf;
+mod deadlines;
 pub mod filter;
 pub mod live;
 pub mod lookback;
@@ -66,7 +67,7 @@ pub enum CaptureError {
     /// holds no packet. The message starts with the file's path.
     #[error("replay source: {0}")]
     Replay(String),
-    /// The OS refused to spawn a capture, writer or waker thread.
+    /// The OS refused to spawn a capture, writer or (the first time) deadline thread.
     #[error("could not start a capture thread: {0}")]
     Thread(std::io::Error),
     /// A `filter_v1` was refused.

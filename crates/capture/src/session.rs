@@ -15,9 +15,9 @@
 //! * The source's counters (libpcap's `pcap_stats`) are read once a second and at the end.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::CaptureError;
 use crate::live::{FEED_TIMEOUT_MS, Feed, Feeder};
 use crate::records::{Batch, Framing, Records};
-use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions};
+use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions, Waker};
 
 /// A share of a budget several captures draw from (a full capture's limits across PoPs):
 /// the packets and bytes this capture may write so far, raised as more is granted, and
@@ -77,8 +77,9 @@ impl Eq for Allowance {}
 /// Limits of one capture; `None` is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest the capture runs, from [`LiveCapture::start`]. Checked every 10 ms by a waker
-    /// thread, so it holds on a silent interface too.
+    /// Longest the capture runs, from [`LiveCapture::start`]. Kept by the process's deadline
+    /// thread (`deadlines.rs`), which ends the capture and wakes its source at that moment, so
+    /// it holds on a silent interface too.
     pub time: Option<Duration>,
     /// Packets written: the packet that reaches the limit is written and ends the capture.
     /// `Some(0)` ends it at the first packet, writing nothing.
@@ -120,6 +121,28 @@ pub struct LiveConfig {
     /// kernel copy per packet instead of two; see [`crate::live`]). The source then reads
     /// every packet and `filter` runs in user space. Taken only if no other capture has it.
     pub feed: Option<Arc<Feed>>,
+    /// Called once when the capture has ended, so that its owner need not hold a thread in
+    /// [`LiveCapture::wait`] meanwhile.
+    pub on_end: Option<OnEnd>,
+}
+
+/// What a capture calls when it has ended: from its last thread as that thread exits, after
+/// the sink has finished (flushed and synced). [`LiveCapture::wait`] then returns at once.
+/// Not called if [`LiveCapture::start`] fails.
+#[derive(Clone)]
+pub struct OnEnd(Arc<dyn Fn() + Send + Sync>);
+
+impl OnEnd {
+    /// Calls `f` at the end. It must not block.
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for OnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEnd")
+    }
 }
 
 impl LiveConfig {
@@ -152,6 +175,7 @@ impl LiveConfig {
             batch_packets: 256,
             writer_delay: None,
             feed: None,
+            on_end: None,
         }
     }
 }
@@ -241,49 +265,43 @@ struct Shared {
     excluded: AtomicU64,
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
-    /// Notified (under `reason`'s lock) when `stop` is set: the waker thread sleeps on it.
-    ended: Condvar,
+    /// Interrupts the source's wait for packets, so that a stop or a time limit does not
+    /// wait for the next packet or read timeout.
+    waker: Option<Waker>,
+    /// The capture's threads still running, and what to call when none is.
+    threads: AtomicUsize,
+    on_end: Option<OnEnd>,
 }
 
 impl Shared {
     /// Records the first reason only, and asks both threads to stop.
     fn finish(&self, reason: StopReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            *r = Some(reason);
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(reason);
+            }
+            self.stop.store(true, Ordering::Release);
         }
-        self.stop.store(true, Ordering::Release);
-        self.ended.notify_all();
+        self.wake();
     }
 
     /// Records a failure even after another reason ended the capture: a write that fails
     /// while the capture winds down (the last fsync, the last manifest) means what was
     /// captured is not all safely on disk, and the reason must say so.
     fn fail(&self, reason: String) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        *r = Some(StopReason::Failed(reason));
-        self.stop.store(true, Ordering::Release);
-        self.ended.notify_all();
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            *r = Some(StopReason::Failed(reason));
+            self.stop.store(true, Ordering::Release);
+        }
+        self.wake();
     }
 
-    /// Blocks until the capture is asked to stop, ending it at `deadline` (its time limit).
-    /// (`stop` is set and notified under `reason`'s lock, so no wake is missed between the
-    /// check and the wait.)
-    fn wait_for_stop(&self, deadline: Option<Instant>) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        while !self.stop.load(Ordering::Acquire) {
-            match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        drop(r);
-                        self.finish(StopReason::TimeLimit);
-                        return;
-                    }
-                    r = self.ended.wait_timeout(r, d - now).unwrap_or_else(|p| p.into_inner()).0;
-                }
-                None => r = self.ended.wait(r).unwrap_or_else(|p| p.into_inner()),
-            }
+    /// Interrupts the source's wait (the capture thread reads `stop` as it returns).
+    fn wake(&self) {
+        if let Some(waker) = &self.waker {
+            waker.wake();
         }
     }
 
@@ -297,6 +315,26 @@ impl Shared {
             agent_dropped: self.agent_dropped.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             stop_reason: self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+impl crate::deadlines::Expire for Shared {
+    fn expire(&self) {
+        self.finish(StopReason::TimeLimit);
+    }
+}
+
+/// Held by each of a capture's threads: the last to exit (or unwind) calls the capture's
+/// [`OnEnd`].
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.threads.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(on_end) = &self.0.on_end
+        {
+            (on_end.0)();
         }
     }
 }
@@ -345,7 +383,8 @@ pub struct LiveCapture {
     shared: Arc<Shared>,
     capture: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<()>>>,
-    waker: Option<JoinHandle<()>>,
+    /// The time limit, kept by the process's deadline thread until the capture ends.
+    deadline: Option<crate::deadlines::Entry>,
 }
 
 impl LiveCapture {
@@ -385,7 +424,14 @@ impl LiveCapture {
                 Feeding { feeder: None, filter: None }
             }
         };
-        let shared = Arc::new(Shared::default());
+        // A source waits for packets up to its timeout, so limits and stop cannot wait for the
+        // next packet: they wake it (an eventfd beside the ring for libpcap).
+        let shared = Arc::new(Shared {
+            waker: Some(source.waker()),
+            threads: AtomicUsize::new(2),
+            on_end: config.on_end.clone(),
+            ..Shared::default()
+        });
         let framing = sink.framing();
         let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
@@ -397,34 +443,32 @@ impl LiveCapture {
             let delay = config.writer_delay;
             std::thread::Builder::new()
                 .name(format!("writer-{}", config.iface))
-                .spawn(move || write_loop(rx, recycle_tx, sink, shared, limits, delay))
-                .map_err(CaptureError::Thread)?
-        };
-        // A source waits for packets up to its timeout, so limits and stop cannot wait for the
-        // next packet: a waker interrupts the wait (an eventfd beside the ring for libpcap).
-        // Its thread sleeps until the time limit or a stop (it had polled every 10 ms: a
-        // hundred wakes a second per capture).
-        let waker = source.waker();
-        let waker = {
-            let shared = shared.clone();
-            let deadline = config.limits.time.map(|t| Instant::now() + t);
-            std::thread::Builder::new()
-                .name(format!("waker-{}", config.iface))
                 .spawn(move || {
-                    shared.wait_for_stop(deadline);
-                    waker.wake();
+                    let _running = Running(shared.clone());
+                    write_loop(rx, recycle_tx, sink, shared, limits, delay)
                 })
                 .map_err(CaptureError::Thread)?
+        };
+        // (From here on an error drops `tx`, which ends the writer thread.)
+        let deadline = match config.limits.time {
+            Some(limit) => {
+                let target: Weak<dyn crate::deadlines::Expire> = Arc::downgrade(&shared) as _;
+                Some(crate::deadlines::at(Instant::now() + limit, target).map_err(CaptureError::Thread)?)
+            }
+            None => None,
         };
         let capture = {
             let shared = shared.clone();
             let config = config.clone();
             std::thread::Builder::new()
                 .name(format!("capture-{}", config.iface))
-                .spawn(move || capture_loop(source, feeding, framing, tx, recycle_rx, shared, config))
+                .spawn(move || {
+                    let _running = Running(shared.clone());
+                    capture_loop(source, feeding, framing, tx, recycle_rx, shared, config)
+                })
                 .map_err(CaptureError::Thread)?
         };
-        Ok(Self { shared, capture: Some(capture), writer: Some(writer), waker: Some(waker) })
+        Ok(Self { shared, capture: Some(capture), writer: Some(writer), deadline })
     }
 
     /// Asks the capture to end (reason `stopped`, unless a limit came first).
@@ -446,9 +490,6 @@ impl LiveCapture {
     /// Waits for the end; returns the final counters. Everything written has been flushed
     /// and synced by the sink by then.
     pub fn wait(mut self) -> Counters {
-        if let Some(t) = self.waker.take() {
-            let _ = t.join();
-        }
         if let Some(t) = self.capture.take() {
             let _ = t.join();
         }
@@ -459,6 +500,7 @@ impl LiveCapture {
                 Err(_) => self.shared.fail("writer thread panicked".into()),
             }
         }
+        self.deadline = None;
         self.shared.snapshot()
     }
 }
@@ -466,9 +508,6 @@ impl LiveCapture {
 impl Drop for LiveCapture {
     fn drop(&mut self) {
         self.shared.finish(StopReason::Stopped);
-        if let Some(t) = self.waker.take() {
-            let _ = t.join();
-        }
         if let Some(t) = self.capture.take() {
             let _ = t.join();
         }

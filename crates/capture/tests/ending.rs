@@ -1,6 +1,6 @@
 //! A capture ends at its time limit and when stopped, even while its source has nothing to
-//! read and waits far longer than that: the waker thread interrupts the wait. The source is an
-//! idle replay source whose read timeout is a minute.
+//! read and waits far longer than that: the stop, or the process's deadline thread, interrupts
+//! the wait. The source is an idle replay source whose read timeout is a minute.
 
 #![allow(clippy::unwrap_used, reason = "a test: a failed unwrap is a failed test")]
 
