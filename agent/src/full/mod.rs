@@ -1,7 +1,8 @@
 //! Full captures on the agent: record new traffic into shards spooled on local disk
 //! ([`spool`]), report progress ([`reports`]), and deliver every shard to the user's bucket
-//! through presigned requests from the coordinator ([`uploads`]). A capture runs on a blocking
-//! thread from its start to its end ([`start`]).
+//! through presigned requests from the coordinator ([`uploads`]). A capture is an async task
+//! that opens it and records its end on blocking threads, holding none while it runs
+//! ([`start`]).
 //!
 //! A shard's files are deleted only after the coordinator has recorded it (ShardCommitted).
 //! An S3 outage therefore only makes the spool grow; the spool is bounded
@@ -49,6 +50,9 @@ struct Job {
     /// again, so the spool scans (uploads every 300 ms, reports every second) pass it over.
     /// A job kept for `keep_finished` (an hour) had been read at every scan.
     drained: bool,
+    /// A stop that came while the capture was still being opened (no `stop` handle yet): it
+    /// is stopped as soon as it runs, instead of running to its time limit.
+    stop_requested: bool,
 }
 
 impl Job {
@@ -64,6 +68,7 @@ impl Job {
             ended_at: None,
             final_reported: None,
             drained: false,
+            stop_requested: false,
         }
     }
 
@@ -78,6 +83,7 @@ impl Job {
             ended_at: Some(Instant::now()),
             final_reported: None,
             drained: false,
+            stop_requested: false,
         }
     }
 
@@ -236,15 +242,24 @@ impl Jobs {
 
     /// Ends a running capture early (what was captured is kept and delivered).
     pub(crate) fn stop(&self, capture_id: &str) {
-        if let Some(stop) = lock(&self.jobs).get(capture_id).and_then(|j| j.stop.clone()) {
-            tracing::info!(capture = %capture_id, "stop requested");
+        let stop = match lock(&self.jobs).get_mut(capture_id) {
+            Some(job) => {
+                job.stop_requested |= job.end.is_none();
+                job.stop.clone()
+            }
+            None => None,
+        };
+        tracing::info!(capture = %capture_id, "stop requested");
+        if let Some(stop) = stop {
             stop.stop();
         }
     }
 
-    /// Stops every running capture (agent shutdown): their ends are recorded normally.
+    /// Stops every running capture (agent shutdown): their ends are recorded normally. One
+    /// still being opened stops as soon as it runs.
     pub(crate) fn stop_all(&self) {
-        for job in lock(&self.jobs).values() {
+        for job in lock(&self.jobs).values_mut() {
+            job.stop_requested |= job.end.is_none();
             if let Some(stop) = &job.stop {
                 stop.stop();
             }

@@ -47,13 +47,37 @@ impl Jobs {
                 let _ = tx.send(());
             }
         });
+        let (id, traceparent) = (job.capture_id.clone(), job.traceparent.clone());
         let (this, in_span) = (self.clone(), span.clone());
-        let started = tokio::task::spawn_blocking(move || in_span.in_scope(|| this.open_job(job, on_end))).await;
-        let Ok(Some(started)) = started else { return };
-        // Sent by the capture's last thread as it exits (or dropped with the capture).
+        let started = match tokio::task::spawn_blocking(move || in_span.in_scope(|| this.open_job(job, on_end))).await {
+            Ok(Some(started)) => started,
+            Ok(None) => return,
+            Err(error) => {
+                // A bug: the job must not stay reserved (counted active, a repeated start
+                // refused) for ever.
+                tracing::error!(capture = %id, %error, "opening a full capture failed unexpectedly");
+                let (this, dir) = (self.clone(), self.config.spool_dir.join(&id));
+                let refuse = move || this.refuse(id, dir, traceparent, format!("agent error while opening: {error}"));
+                let _ = tokio::task::spawn_blocking(refuse).await;
+                return;
+            }
+        };
+        // Sent by the capture's last thread as it exits.
         let _ = ended.await;
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || span.in_scope(|| this.end_job(started))).await;
+    }
+
+    /// Records that a capture did not start, and why (`job.json` and `end.json`, so that its
+    /// failure is reported and survives a restart).
+    fn refuse(&self, id: String, dir: std::path::PathBuf, traceparent: String, error: String) {
+        tracing::warn!(capture = %id, %error, "full capture not started");
+        let end = EndFile { counters: Default::default(), stop_reason: StopReason::Failed, error, interrupted: false };
+        let _ = std::fs::create_dir_all(&dir);
+        let job_file = JobFile { capture_id: id.clone(), interface: String::new(), started_ns: now_ns(), traceparent };
+        let _ = write_json(&dir.join("job.json"), &job_file);
+        let _ = write_json(&dir.join("end.json"), &end);
+        lock(&self.jobs).insert(id, Job::ended(dir, end));
     }
 
     /// Checks and opens the job's capture; `None` when it is not started (already known,
@@ -64,36 +88,32 @@ impl Jobs {
             tracing::warn!(capture = %id, "start refused: bad capture id");
             return None;
         }
-        let dir = self.config.spool_dir.join(&id);
-        {
-            // Reserve the id first: a start repeated (after a reconnect) while this one is
-            // still opening its source finds it taken.
-            let mut jobs = lock(&self.jobs);
-            if jobs.contains_key(&id) {
-                return None;
-            }
-            jobs.insert(id.clone(), Job::reserved(dir.clone()));
+        // Reserve the id first: a start repeated (after a reconnect) while this one is still
+        // opening its source finds it taken.
+        if !self.reserve(&id) {
+            return None;
         }
+        self.open_reserved(job, on_end)
+    }
+
+    /// Takes `id` for a capture being opened; `false` if it is known already.
+    pub(super) fn reserve(&self, id: &str) -> bool {
+        let mut jobs = lock(&self.jobs);
+        if jobs.contains_key(id) {
+            return false;
+        }
+        jobs.insert(id.to_string(), Job::reserved(self.config.spool_dir.join(id)));
+        true
+    }
+
+    /// [`Jobs::open_job`] once the id is reserved.
+    pub(super) fn open_reserved(self: &Arc<Self>, job: pb::StartCapture, on_end: OnEnd) -> Option<Started> {
+        let id = job.capture_id.clone();
+        let dir = self.config.spool_dir.join(&id);
         let prepared = match self.prepare(&job, &dir, Some(on_end)) {
             Ok(prepared) => prepared,
             Err(error) => {
-                tracing::warn!(capture = %id, %error, "full capture not started");
-                let end = EndFile {
-                    counters: Default::default(),
-                    stop_reason: StopReason::Failed,
-                    error,
-                    interrupted: false,
-                };
-                let _ = std::fs::create_dir_all(&dir);
-                let job_file = JobFile {
-                    capture_id: id.clone(),
-                    interface: String::new(),
-                    started_ns: now_ns(),
-                    traceparent: job.traceparent.clone(),
-                };
-                let _ = write_json(&dir.join("job.json"), &job_file);
-                let _ = write_json(&dir.join("end.json"), &end);
-                lock(&self.jobs).insert(id, Job::ended(dir, end));
+                self.refuse(id, dir, job.traceparent, error);
                 return None;
             }
         };
@@ -103,13 +123,17 @@ impl Jobs {
             job.stop = Some(prepared.live.stop_handle());
             job.allowance = prepared.allowance.clone();
             job.tap = Some(prepared.tap.clone());
+            // Stopped while it was being opened: it ends now, having run for a moment.
+            if job.stop_requested {
+                prepared.live.stop();
+            }
         }
         self.report_now.notify_one();
         Some(Started { id, dir, live: prepared.live })
     }
 
     /// Records the end of a capture that has ended (its threads are done or exiting).
-    fn end_job(&self, started: Started) {
+    pub(super) fn end_job(&self, started: Started) {
         let Started { id, dir, live } = started;
         let counters = live.wait();
         let error = match &counters.stop_reason {

@@ -271,3 +271,33 @@ fn a_running_capture_holds_no_blocking_thread() {
         assert!(lock(&jobs.jobs)[id].end.is_some() && !running(id));
     }
 }
+
+#[test]
+fn a_capture_stopped_while_it_opens_stops_once_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
+    let jobs = Arc::new(
+        Jobs::open(FullCaptureConfig::new(dir.path().to_path_buf()), "a1", "pop1", Some("sim0".into()), sources)
+            .unwrap(),
+    );
+    let id = "0123456789abcdef0123456789abcde3";
+    let job = pb::StartCapture {
+        capture_id: id.into(),
+        time_limit_ms: 60_000,
+        scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
+        ..Default::default()
+    };
+    // The stop comes between the reservation and the running capture (no handle yet).
+    assert!(jobs.reserve(id));
+    jobs.stop(id);
+    let (tx, ended) = std::sync::mpsc::sync_channel(1);
+    let on_end = edgecap_capture::session::OnEnd::new(move || {
+        let _ = tx.try_send(());
+    });
+    let started = jobs.open_reserved(job, on_end).expect("opened");
+    // Not a minute: stopped as soon as it ran.
+    ended.recv_timeout(std::time::Duration::from_secs(20)).expect("the capture ended at once");
+    jobs.end_job(started);
+    let end: super::spool::EndFile = super::spool::read_json(&dir.path().join(id).join("end.json")).unwrap();
+    assert_eq!(end.stop_reason, crate::convert::StopReason::Stopped);
+}

@@ -9,7 +9,8 @@
 //! * The writer applies the packet and byte limits exactly: the packet that would exceed a
 //!   limit is not written; the packet that reaches it is written and ends the capture.
 //!   Bytes are the captured packet bytes (caplen), without file headers.
-//! * Time limit: from the start of the capture, on the capture thread's clock.
+//! * Time limit: from [`LiveCapture::start`], kept by the process's deadline thread
+//!   (`deadlines.rs`), which ends the capture and wakes its source at that moment.
 //! * Whichever comes first (a limit, [`LiveCapture::stop`], or an error) ends the capture and
 //!   is recorded as the [`StopReason`].
 //! * The source's counters (libpcap's `pcap_stats`) are read once a second and at the end.
@@ -453,7 +454,11 @@ impl LiveCapture {
         let deadline = match config.limits.time {
             Some(limit) => {
                 let target: Weak<dyn crate::deadlines::Expire> = Arc::downgrade(&shared) as _;
-                Some(crate::deadlines::at(Instant::now() + limit, target).map_err(CaptureError::Thread)?)
+                // (A limit too far to add to the clock is no limit.)
+                match Instant::now().checked_add(limit) {
+                    Some(at) => Some(crate::deadlines::at(at, target).map_err(CaptureError::Thread)?),
+                    None => None,
+                }
             }
             None => None,
         };
@@ -598,8 +603,9 @@ fn capture_loop(
             Err(TrySendError::Disconnected(_)) => false,
         }
     };
-    // The time limit is enforced by the waker (it breaks the loop); here the clock is only
-    // read every 1024 packets or when the read times out, not once per packet.
+    // The time limit is enforced by the deadline thread (it ends the capture and wakes the
+    // source); here the clock is only read, for the stats, every 1024 packets or when the
+    // read times out, not once per packet.
     loop {
         if shared.stop.load(Ordering::Acquire) {
             break;
@@ -646,7 +652,7 @@ fn capture_loop(
                 }
                 check_clock = true;
             }
-            // A wake from the waker: a stop (the reason is recorded already), or lookback
+            // A wake: a stop or the time limit (the reason is recorded already), or lookback
             // packets waiting to be inserted.
             Ok(Next::Woken) => {
                 if shared.stop.load(Ordering::Acquire) {

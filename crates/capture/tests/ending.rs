@@ -7,7 +7,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use edgecap_capture::session::{Counters, Limits, LiveCapture, LiveConfig, PacketSink, StopReason};
+use edgecap_capture::session::{Counters, Limits, LiveCapture, LiveConfig, OnEnd, PacketSink, StopReason};
 use edgecap_capture::source::SourceFactory;
 use edgecap_capture::source::replay::{Replay, ReplayConfig};
 
@@ -23,24 +23,38 @@ impl PacketSink for Discard {
     }
 }
 
-/// An idle source (no packets) that waits up to a minute per read.
-fn idle_capture(limits: Limits) -> LiveCapture {
+/// An idle source (no packets) that waits up to a minute per read; and what its [`OnEnd`]
+/// sends to.
+fn idle_capture(limits: Limits) -> (LiveCapture, std::sync::mpsc::Receiver<()>) {
     let replay = Replay::new(ReplayConfig { rate_pps: 0, ..Default::default() });
     let mut config = LiveConfig::new("idle0", "");
     config.timeout_ms = 60_000;
     config.limits = limits;
+    let (tx, ended) = std::sync::mpsc::sync_channel(4);
+    config.on_end = Some(OnEnd::new(move || {
+        let _ = tx.try_send(());
+    }));
     let source = replay.open("idle0", &config.open_options()).unwrap();
-    LiveCapture::start(config, source, Box::new(Discard)).unwrap()
+    (LiveCapture::start(config, source, Box::new(Discard)).unwrap(), ended)
 }
 
-/// Far below the source's minute: the end came through the waker, not a read timeout.
+/// Waits for the capture's [`OnEnd`] (a bounded wait: a capture that does not end fails the
+/// test instead of hanging it), then for the capture; and checks `OnEnd` came once.
+fn ends(live: LiveCapture, ended: &std::sync::mpsc::Receiver<()>) -> Counters {
+    ended.recv_timeout(ENDS_WITHIN).expect("the capture ended, and said so");
+    let counters = live.wait();
+    assert!(ended.try_recv().is_err(), "its end is told once");
+    counters
+}
+
+/// Far below the source's minute: the end came through a wake, not a read timeout.
 const ENDS_WITHIN: Duration = Duration::from_secs(30);
 
 #[test]
 fn an_idle_capture_ends_at_its_time_limit() {
     let started = Instant::now();
-    let live = idle_capture(Limits { time: Some(Duration::from_millis(300)), ..Default::default() });
-    let counters = live.wait();
+    let (live, ended) = idle_capture(Limits { time: Some(Duration::from_millis(300)), ..Default::default() });
+    let counters = ends(live, &ended);
     assert_eq!(counters.stop_reason, Some(StopReason::TimeLimit));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(300), "not before its time limit: {took:?}");
@@ -49,14 +63,14 @@ fn an_idle_capture_ends_at_its_time_limit() {
 
 #[test]
 fn an_idle_capture_without_a_time_limit_ends_when_stopped() {
-    let live = idle_capture(Limits::default());
+    let (live, ended) = idle_capture(Limits::default());
     let stop = live.stop_handle();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         stop.stop();
     });
     let started = Instant::now();
-    let counters = live.wait();
+    let counters = ends(live, &ended);
     stopper.join().unwrap();
     assert_eq!(counters.stop_reason, Some(StopReason::Stopped));
     assert!(started.elapsed() < ENDS_WITHIN, "{:?}", started.elapsed());
