@@ -47,24 +47,37 @@ fn is_manifest(name: &str) -> bool {
 }
 
 /// Whether a capture's directory may be drained (never read by the scans again): the job was
-/// over when listed, the caller's read of its manifests found none, good or damaged, and it
-/// holds no shard file either ([`holds_no_shard`]). The one condition both scans apply.
+/// over when listed, the caller's read of its manifests found none, good or damaged, and no
+/// shard file is left that could still change ([`settled`]). The one condition both scans
+/// apply.
 pub(super) fn drainable(over: bool, good: &[(PathBuf, ShardManifest)], damaged: &[PathBuf], dir: &Path) -> bool {
-    over && good.is_empty() && damaged.is_empty() && holds_no_shard(dir)
+    over && good.is_empty() && damaged.is_empty() && settled(dir)
 }
 
-/// Whether a finished capture's directory could be read and holds no shard at all: no
-/// manifest and no shard file (one being forgotten loses its manifest before its file, and a
-/// directory that cannot be read now is not taken as empty).
-fn holds_no_shard(dir: &Path) -> bool {
+/// Whether an ended capture's directory, with no manifest left, could be read and holds no
+/// shard file that may still go: a shard file without a manifest there can never be delivered
+/// (cut short by a failed write, or delivered and half forgotten, which loses its manifest
+/// before its file), so it is removed, as after a restart ([`recover`]); one whose manifest
+/// was set aside as damaged stays for an operator, as it is. (A directory that cannot be read
+/// now, or a file that cannot be removed, keeps it open: draining counts its size as it is.)
+fn settled(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    let mut shard = false;
     for entry in entries {
         let Ok(entry) = entry else { return false };
         let name = entry.file_name().to_string_lossy().into_owned();
-        shard |= is_manifest(&name) || name.ends_with(".pcap") || name.ends_with(".pcapng");
+        if is_manifest(&name) {
+            return false;
+        }
+        let shard = name.ends_with(".pcap") || name.ends_with(".pcapng");
+        if shard && !dir.join(format!("{name}.json.damaged")).exists() {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %entry.path().display(), "undeliverable shard (no manifest) removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
     }
-    !shard
+    true
 }
 
 /// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
