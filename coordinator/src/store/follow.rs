@@ -1,8 +1,13 @@
-//! A restartable prefix watch.
+//! Watches: a restartable prefix watch, and one on a capture's PoPs.
 
-use super::repo::Repo;
+use super::repo::{Repo, keys};
 
 impl Repo {
+    /// Changes to a capture's PoP keys from now on (the leader's runner follows them).
+    pub(crate) async fn watch_pops(&self, capture: &str) -> edgecap_state::Result<edgecap_state::WatchStream> {
+        self.store().watch(&keys::pops_of(capture), 0).await
+    }
+
     /// Calls `on_put` for every key put under `prefix` from now on, until `cancel`. Each time
     /// the watch (re)starts, `catch_up` runs first, so nothing written while it was down is
     /// missed; a broken watch (store restart, compaction) is restarted after a second.
