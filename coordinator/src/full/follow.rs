@@ -21,44 +21,12 @@ use crate::store::RepoError;
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 /// How often a runner reads its capture's PoPs and the agents present, at the least.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// How often the leader reads the index of unfinished captures, at the least.
+const INDEX_EVERY: Duration = Duration::from_millis(500);
 /// After a PoP's final state is written, how long a runner waits for others ending at the
-/// same moment before it reads them all in one pass.
-const FINAL_GATHER: Duration = Duration::from_millis(20);
-
-/// A runner's watch on its capture's PoP keys: it ends the wait for the next pass when one is
-/// written in a final state, so that a capture goes on to its merge as soon as its last PoP
-/// is done (from whichever replica wrote it), not at the next [`FOLLOW_EVERY`].
-struct FinalStates(Option<edgecap_state::WatchStream>);
-
-impl FinalStates {
-    async fn watch(repo: &crate::store::Repo, capture: &str) -> Self {
-        match repo.watch_pops(capture).await {
-            Ok(stream) => Self(Some(stream)),
-            Err(error) => {
-                tracing::debug!(%capture, %error, "no watch on the PoPs; following by reads alone");
-                Self(None)
-            }
-        }
-    }
-
-    /// Returns when a PoP is written in a final state; never, once the watch has ended (the
-    /// runner's reads go on without it).
-    async fn next(&mut self) {
-        use futures::StreamExt as _;
-        while let Some(stream) = self.0.as_mut() {
-            match stream.next().await {
-                Some(Ok(edgecap_state::WatchEvent::Put(kv))) => {
-                    if serde_json::from_slice::<PopResult>(&kv.value).is_ok_and(|pop| pop.is_final()) {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => self.0 = None,
-            }
-        }
-        std::future::pending().await
-    }
-}
+/// same moment before it reads them all in one pass (and the leader after a capture is added
+/// to the index, for others added with it).
+const GATHER: Duration = Duration::from_millis(20);
 
 impl FullCaptures {
     /// The leader's loop: a runner per unfinished full capture (from the active index: the
@@ -70,6 +38,8 @@ impl FullCaptures {
         // by a replica that failed in between; dropped after a grace period.
         let mut orphans: HashMap<String, Instant> = HashMap::new();
         self.build_active_index().await;
+        // A capture added to the index is followed at once, not at the next read.
+        let mut added = super::wakes::Wakes::new_captures(&self.repo).await;
         while !cancel.is_cancelled() {
             match self.repo.list_active().await {
                 Ok(active) => {
@@ -105,7 +75,13 @@ impl FullCaptures {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(INDEX_EVERY) => {}
+                () = added.next() => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(GATHER) => {}
+                    }
+                }
             }
         }
         // The runners see the same token; the owner of `work` waits for them.
@@ -201,7 +177,7 @@ impl FullCaptures {
         let deadline = started + Duration::from_secs(record.time_limit) + START_DEADLINE + self.settings.upload_grace;
         let mut gone_since: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
-        let mut finals = FinalStates::watch(&self.repo, &id).await;
+        let mut finals = super::wakes::Wakes::final_pops(&self.repo, &id).await;
         tracing::info!(capture = %id, pops = record.pops.len(), "following full capture");
         while matches!(record.status, CaptureStatus::Pending | CaptureStatus::Running) {
             tokio::select! {
@@ -210,7 +186,7 @@ impl FullCaptures {
                 () = finals.next() => {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(FINAL_GATHER) => {}
+                        _ = tokio::time::sleep(GATHER) => {}
                     }
                     tick.reset();
                 }
@@ -376,24 +352,5 @@ mod tests {
         let stored = repo.get_capture("acct", &small.id).await.unwrap().unwrap();
         assert_eq!((stored.status, stored.packets_captured), (CaptureStatus::Success, Some(7)));
         assert!(stored.error_message.unwrap().contains("details are not kept"));
-    }
-
-    #[tokio::test]
-    async fn a_pop_written_final_wakes_its_runner_and_other_writes_do_not() {
-        let store: Arc<dyn edgecap_state::StateStore> = Arc::new(edgecap_state::embedded::EmbeddedStore::in_memory());
-        let repo = Repo::new(store);
-        let pops =
-            [PopResult::new("ord001", "a1", PopStatus::Running), PopResult::new("ord002", "a2", PopStatus::Running)];
-        let mut finals = FinalStates::watch(&repo, "c1").await;
-        assert!(repo.cas_pop("c1", "a1", None, &pops[0]).await.unwrap());
-        assert!(repo.cas_pop("c1", "a2", None, &pops[1]).await.unwrap());
-        // Another capture's PoP, final: not this runner's.
-        let other = PopResult { status: PopStatus::Done, ..PopResult::new("ord001", "a1", PopStatus::Running) };
-        assert!(repo.cas_pop("c2", "a1", None, &other).await.unwrap());
-        // Running PoPs, and their counters, do not end the wait.
-        repo.update_pop("c1", "a1", |p| p.packets = 5).await.unwrap().unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(200), finals.next()).await.is_err());
-        repo.update_pop("c1", "a2", |p| p.status = PopStatus::Done).await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), finals.next()).await.expect("woken by the final state");
     }
 }

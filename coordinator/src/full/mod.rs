@@ -51,6 +51,7 @@ mod plan;
 mod progress;
 mod stage;
 mod uploads;
+mod wakes;
 
 pub(crate) use jobs::current_view;
 pub(crate) use plan::PlanError;

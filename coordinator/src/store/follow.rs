@@ -1,4 +1,5 @@
-//! Watches: a restartable prefix watch, and one on a capture's PoPs.
+//! Watches: a restartable prefix watch, and those the leader wakes on (a capture's PoPs, the
+//! index of unfinished captures).
 
 use super::repo::{Repo, keys};
 
@@ -6,6 +7,11 @@ impl Repo {
     /// Changes to a capture's PoP keys from now on (the leader's runner follows them).
     pub(crate) async fn watch_pops(&self, capture: &str) -> edgecap_state::Result<edgecap_state::WatchStream> {
         self.store().watch(&keys::pops_of(capture), 0).await
+    }
+
+    /// Changes to the index of unfinished captures from now on.
+    pub(crate) async fn watch_actives(&self) -> edgecap_state::Result<edgecap_state::WatchStream> {
+        self.store().watch(&keys::actives(), 0).await
     }
 
     /// Calls `on_put` for every key put under `prefix` from now on, until `cancel`. Each time
