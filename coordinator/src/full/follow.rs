@@ -21,6 +21,9 @@ use crate::store::RepoError;
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 /// How often a runner reads its capture's PoPs and the agents present, at the least.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// When a runner first reads them (and opens its watch on the PoPs): not at once, when the
+/// PoPs are starting, but soon enough for a capture stopped right after its start.
+const FIRST_READ: Duration = Duration::from_millis(250);
 /// How often the leader reads the index of unfinished captures, at the least.
 const INDEX_EVERY: Duration = Duration::from_millis(500);
 /// After a PoP's final state is written, how long a runner waits for others ending at the
@@ -176,8 +179,12 @@ impl FullCaptures {
         // PoPs the full allowance again rather than failing them for its predecessor's time.
         let deadline = started + Duration::from_secs(record.time_limit) + START_DEADLINE + self.settings.upload_grace;
         let mut gone_since: HashMap<String, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(FOLLOW_EVERY);
-        let mut finals = super::wakes::Wakes::final_pops(&self.repo, &id).await;
+        // The first read after a moment, not at once, and the watch on the PoPs opened then:
+        // a runner starts as its capture does, and reading 300 PoPs and agents, or 300 watch
+        // events of PoPs starting, would share the CPU with the PoPs' starts.
+        let mut tick = tokio::time::interval_at(Instant::now() + FIRST_READ, FOLLOW_EVERY);
+        let mut finals = super::wakes::Wakes::none();
+        let mut watching = false;
         tracing::info!(capture = %id, pops = record.pops.len(), "following full capture");
         while matches!(record.status, CaptureStatus::Pending | CaptureStatus::Running) {
             tokio::select! {
@@ -190,6 +197,11 @@ impl FullCaptures {
                     }
                     tick.reset();
                 }
+            }
+            if !watching {
+                // Before the read: a PoP written final in between is seen by one or the other.
+                finals = super::wakes::Wakes::final_pops(&self.repo, &id).await;
+                watching = true;
             }
             let (pops, present) = match (self.repo.list_pops(&id).await, self.repo.list_agents().await) {
                 (Ok(p), Ok(a)) => (p, a.into_iter().map(|a| a.agent_id).collect::<HashSet<_>>()),

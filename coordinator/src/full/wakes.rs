@@ -21,6 +21,11 @@ impl Wakes {
         Self::new(stream, |kv| serde_json::from_slice::<PopResult>(&kv.value).is_ok_and(|pop| pop.is_final()), capture)
     }
 
+    /// Nothing yet (never wakes).
+    pub(super) fn none() -> Self {
+        Self { stream: None, wanted: |_| false }
+    }
+
     /// The index of unfinished captures, added to: a new capture to follow.
     pub(super) async fn new_captures(repo: &Repo) -> Self {
         Self::new(repo.watch_actives().await, |_| true, "the active index")
