@@ -69,7 +69,7 @@ fn settled(dir: &Path) -> bool {
             return false;
         }
         let shard = name.ends_with(".pcap") || name.ends_with(".pcapng");
-        if shard && !dir.join(format!("{name}.json.damaged")).exists() {
+        if shard && !dir.join(format!("{name}.json.damaged")).try_exists().unwrap_or(true) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(file = %entry.path().display(), "undeliverable shard (no manifest) removed"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -231,7 +231,9 @@ pub(super) fn recover(name: &str, dir: &Path) -> std::io::Result<EndFile> {
     for file in std::fs::read_dir(dir)?.flatten() {
         let n = file.file_name().to_string_lossy().into_owned();
         let shard = n.ends_with(".pcap") || n.ends_with(".pcapng");
-        if shard && !dir.join(format!("{n}.json")).exists() {
+        // (One whose manifest was set aside as damaged stays for an operator.)
+        let set_aside = dir.join(format!("{n}.json.damaged")).try_exists().unwrap_or(true);
+        if shard && !dir.join(format!("{n}.json")).exists() && !set_aside {
             let _ = std::fs::remove_file(file.path());
         }
     }

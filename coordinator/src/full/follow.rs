@@ -84,6 +84,7 @@ impl FullCaptures {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(GATHER) => {}
                     }
+                    added.skip_ready();
                 }
             }
         }
@@ -195,6 +196,7 @@ impl FullCaptures {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(GATHER) => {}
                     }
+                    finals.skip_ready();
                     tick.reset();
                 }
             }
