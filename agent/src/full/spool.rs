@@ -54,12 +54,19 @@ pub(super) fn drainable(over: bool, good: &[(PathBuf, ShardManifest)], damaged: 
     over && good.is_empty() && damaged.is_empty() && settled(dir)
 }
 
+/// Whether `name` in an ended capture's directory is a shard file that can never be delivered:
+/// it has no manifest (cut short by a failed write or a restart, or delivered and half
+/// forgotten, which loses its manifest before its file). One whose manifest was set aside as
+/// damaged stays for an operator, and a check that fails keeps the file.
+fn undeliverable(dir: &Path, name: &str) -> bool {
+    let kept = |suffix: &str| dir.join(format!("{name}{suffix}")).try_exists().unwrap_or(true);
+    (name.ends_with(".pcap") || name.ends_with(".pcapng")) && !kept(".json") && !kept(".json.damaged")
+}
+
 /// Whether an ended capture's directory, with no manifest left, could be read and holds no
-/// shard file that may still go: a shard file without a manifest there can never be delivered
-/// (cut short by a failed write, or delivered and half forgotten, which loses its manifest
-/// before its file), so it is removed, as after a restart ([`recover`]); one whose manifest
-/// was set aside as damaged stays for an operator, as it is. (A directory that cannot be read
-/// now, or a file that cannot be removed, keeps it open: draining counts its size as it is.)
+/// shard file that may still go: [`undeliverable`] ones are removed, as after a restart
+/// ([`recover`]). (A directory that cannot be read now, or a file that cannot be removed,
+/// keeps it open: draining counts its size as it is.)
 fn settled(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else { return false };
     for entry in entries {
@@ -68,8 +75,7 @@ fn settled(dir: &Path) -> bool {
         if is_manifest(&name) {
             return false;
         }
-        let shard = name.ends_with(".pcap") || name.ends_with(".pcapng");
-        if shard && !dir.join(format!("{name}.json.damaged")).try_exists().unwrap_or(true) {
+        if undeliverable(dir, &name) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(file = %entry.path().display(), "undeliverable shard (no manifest) removed"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -229,11 +235,7 @@ pub(super) fn recover(name: &str, dir: &Path) -> std::io::Result<EndFile> {
         }
     };
     for file in std::fs::read_dir(dir)?.flatten() {
-        let n = file.file_name().to_string_lossy().into_owned();
-        let shard = n.ends_with(".pcap") || n.ends_with(".pcapng");
-        // (One whose manifest was set aside as damaged stays for an operator.)
-        let set_aside = dir.join(format!("{n}.json.damaged")).try_exists().unwrap_or(true);
-        if shard && !dir.join(format!("{n}.json")).exists() && !set_aside {
+        if undeliverable(dir, &file.file_name().to_string_lossy()) {
             let _ = std::fs::remove_file(file.path());
         }
     }

@@ -80,11 +80,9 @@ impl FullCaptures {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(INDEX_EVERY) => {}
                 () = added.next() => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(GATHER) => {}
+                    if !added.gather(GATHER, &cancel).await {
+                        break;
                     }
-                    added.skip_ready();
                 }
             }
         }
@@ -192,11 +190,9 @@ impl FullCaptures {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
                 () = finals.next() => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(GATHER) => {}
+                    if !finals.gather(GATHER, &cancel).await {
+                        return;
                     }
-                    finals.skip_ready();
                     tick.reset();
                 }
             }

@@ -4,6 +4,7 @@
 //! a watch cannot be opened or ends.
 
 use edgecap_state::{KeyValue, WatchEvent, WatchStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::PopResult;
 use crate::store::Repo;
@@ -38,9 +39,19 @@ impl Wakes {
         Self { stream, wanted }
     }
 
-    /// Takes the events already waiting (the read that follows covers them), so that PoPs
-    /// ending together cost one read, not one each.
-    pub(super) fn skip_ready(&mut self) {
+    /// After [`Wakes::next`]: waits `gather` for more of the same (`false`: cancelled
+    /// meanwhile), then takes the events already waiting (the read that follows covers them),
+    /// so that PoPs ending together cost one read, not one each.
+    pub(super) async fn gather(&mut self, gather: std::time::Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = tokio::time::sleep(gather) => {}
+        }
+        self.skip_ready();
+        true
+    }
+
+    fn skip_ready(&mut self) {
         use futures::FutureExt as _;
         use futures::StreamExt as _;
         while let Some(stream) = self.stream.as_mut() {
@@ -94,8 +105,7 @@ mod tests {
         repo.update_pop("c1", "a1", |p| p.status = PopStatus::Done).await.unwrap().unwrap();
         tokio::time::timeout(Duration::from_secs(10), finals.next()).await.expect("woken by the final state");
         // The second final, already waiting, is taken with the first: one read for both.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        finals.skip_ready();
+        assert!(finals.gather(Duration::from_millis(50), &CancellationToken::new()).await);
         assert!(tokio::time::timeout(Duration::from_millis(200), finals.next()).await.is_err());
         // None of that was a new capture; one is.
         assert!(tokio::time::timeout(Duration::from_millis(200), added.next()).await.is_err());

@@ -9,7 +9,7 @@
 //! A capture's entry goes when the capture ends ([`Entry`] dropped) or its deadline passes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Instant;
 
 /// What is done at a deadline (a capture ended with its time limit, its source woken). It
@@ -43,25 +43,18 @@ impl Drop for Entry {
     }
 }
 
-static DEADLINES: OnceLock<Arc<Deadlines>> = OnceLock::new();
-/// Serializes the first start of the thread (an error starting it is returned, not kept).
-static STARTING: Mutex<()> = Mutex::new(());
+/// The process's table, once its thread has started (an error starting it is returned to
+/// that caller, not kept: the next one tries again).
+static DEADLINES: Mutex<Option<Arc<Deadlines>>> = Mutex::new(None);
 
 /// Calls `target.expire()` at `at`, unless `target` is gone or the returned entry dropped by
 /// then. The first call starts the process's deadline thread; an error is its spawn's.
 pub(crate) fn at(at: Instant, target: Weak<dyn Expire>) -> std::io::Result<Entry> {
-    let deadlines = match DEADLINES.get() {
-        Some(d) => d.clone(),
-        None => {
-            let _once = edgecap_common::lock(&STARTING);
-            match DEADLINES.get() {
-                Some(d) => d.clone(),
-                None => {
-                    let d = Deadlines::start()?;
-                    let _ = DEADLINES.set(d.clone());
-                    d
-                }
-            }
+    let deadlines = {
+        let mut process = edgecap_common::lock(&DEADLINES);
+        match process.as_ref() {
+            Some(d) => d.clone(),
+            None => process.insert(Deadlines::start()?).clone(),
         }
     };
     Ok(deadlines.add(at, target))
