@@ -75,3 +75,12 @@ fn an_idle_capture_without_a_time_limit_ends_when_stopped() {
     assert_eq!(counters.stop_reason, Some(StopReason::Stopped));
     assert!(started.elapsed() < ENDS_WITHIN, "{:?}", started.elapsed());
 }
+
+#[test]
+fn a_time_limit_too_far_to_reach_is_no_limit_not_a_panic() {
+    // A `time_limit_ms` near u64::MAX in a start request reaches here as such a duration.
+    let (live, ended) = idle_capture(Limits { time: Some(Duration::MAX), ..Default::default() });
+    live.stop();
+    let counters = ends(live, &ended);
+    assert_eq!(counters.stop_reason, Some(StopReason::Stopped));
+}
