@@ -17,7 +17,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -272,6 +272,8 @@ struct Shared {
     /// The capture's threads still running, and what to call when none is.
     threads: AtomicUsize,
     on_end: Option<OnEnd>,
+    /// Batches sent to the writer and not yet taken by it (see [`ToWriter`]).
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -434,10 +436,11 @@ impl LiveCapture {
             ..Shared::default()
         });
         let framing = sink.framing();
-        let (tx, rx) = sync_channel::<Batch>(config.queue_batches.max(1));
+        let (tx, rx) = channel::<Batch>();
+        let tx = ToWriter { tx, shared: shared.clone(), capacity: config.queue_batches.max(1) };
         // Emptied batches go back to the capture thread, so their memory is reused instead of
-        // freed and faulted in (and zeroed by the kernel) again.
-        let (recycle_tx, recycle_rx) = sync_channel::<Batch>(config.queue_batches.max(1) + 2);
+        // freed and faulted in (and zeroed by the kernel) again. (No more than were sent.)
+        let (recycle_tx, recycle_rx) = channel::<Batch>();
         let writer = {
             let shared = shared.clone();
             let limits = config.limits.clone();
@@ -557,7 +560,7 @@ fn capture_loop(
     mut source: Box<dyn CaptureSource>,
     mut feeding: Feeding,
     framing: Framing,
-    tx: SyncSender<Batch>,
+    tx: ToWriter,
     recycled: Receiver<Batch>,
     shared: Arc<Shared>,
     config: LiveConfig,
@@ -595,12 +598,12 @@ fn capture_loop(
         }
         let full = std::mem::replace(batch, fresh());
         match tx.try_send(full) {
-            Ok(()) => true,
-            Err(TrySendError::Full(dropped)) => {
+            Sent::Queued => true,
+            Sent::Full(dropped) => {
                 shared.agent_dropped.fetch_add(dropped.len() as u64, Ordering::Relaxed);
                 true
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Sent::WriterGone => false,
         }
     };
     // The time limit is enforced by the deadline thread (it ends the capture and wakes the
@@ -719,9 +722,41 @@ fn within(allowance: &Allowance, shared: &Shared, written: u64, bytes: u64) -> b
     }
 }
 
+/// The capture thread's end of the queue to the writer: at most `capacity` batches waiting
+/// (beyond that a batch is dropped and counted, and the capture goes on). Not a
+/// `sync_channel`, which allocates and initializes room for all of them when the capture
+/// starts (1 024 slots, ~150 KiB with the queue of emptied batches, at every start); this one
+/// allocates as batches wait.
+struct ToWriter {
+    tx: Sender<Batch>,
+    shared: Arc<Shared>,
+    capacity: usize,
+}
+
+enum Sent {
+    Queued,
+    /// The queue is full: the batch is handed back, to be counted as dropped.
+    Full(Batch),
+    /// The writer has ended (a limit, or a write that failed).
+    WriterGone,
+}
+
+impl ToWriter {
+    fn try_send(&self, batch: Batch) -> Sent {
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Sent::Full(batch);
+        }
+        match self.tx.send(batch) {
+            Ok(()) => Sent::Queued,
+            Err(_) => Sent::WriterGone,
+        }
+    }
+}
+
 fn write_loop(
     rx: Receiver<Batch>,
-    recycle: SyncSender<Batch>,
+    recycle: Sender<Batch>,
     mut sink: Box<dyn PacketSink>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -730,6 +765,7 @@ fn write_loop(
     let mut writer = Writer { sink: sink.as_mut(), shared: &shared, limits: &limits, delay, written: 0, bytes: 0 };
     let mut result = Ok(());
     for batch in rx {
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
         match writer.batch(&batch) {
             Ok(true) => {}
             Ok(false) => break,
@@ -738,8 +774,8 @@ fn write_loop(
                 break;
             }
         }
-        // Hand the memory back; if the capture thread has enough spares, let it go.
-        let _ = recycle.try_send(batch);
+        // Hand the memory back.
+        let _ = recycle.send(batch);
     }
     // The capture thread may still be sending: the receiver is dropped here, which ends it.
     let mut counters = shared.snapshot();
