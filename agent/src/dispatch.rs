@@ -111,6 +111,9 @@ async fn serve(
     let mut heartbeat = tokio::time::interval(parts.config.heartbeat);
     let mut progress = tokio::time::interval(Duration::from_secs(1));
     let mut first_progress = true;
+    if let Some(jobs) = &parts.jobs {
+        jobs.forget_started();
+    }
     // Clock probes: eight in the first seconds, then one every five.
     let mut estimator = crate::clock::Estimator::default();
     *lock(&parts.offset) = None;
@@ -144,6 +147,20 @@ async fn serve(
                     None => std::future::pending().await,
                 }
             } => progress.reset_immediately(),
+            () = async {
+                match &parts.jobs {
+                    Some(jobs) => jobs.started_now.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(jobs) = &parts.jobs {
+                    let clock = *lock(&parts.offset);
+                    for mut report in jobs.started_reports() {
+                        report.clock = clock;
+                        out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
+                    }
+                }
+            }
             _ = progress.tick() => {
                 if let Some(jobs) = &parts.jobs {
                     let all = std::mem::take(&mut first_progress);

@@ -114,10 +114,14 @@ pub(crate) struct Jobs {
     oldest_waiting_ns: AtomicU64,
     /// Bytes in the spool, as last measured.
     spool: spool::SpoolMeter,
-    /// Woken when a capture has started, so its first report goes out at once (its PoP shows
-    /// `running` without waiting for the next one-second tick), and when an ended capture's
-    /// shards are delivered, so its PoP shows final at once (the merge waits for every PoP).
+    /// Woken when an ended capture's shards are delivered, so its PoP shows final at once
+    /// (the merge waits for every PoP), and when a capture ends.
     pub(crate) report_now: tokio::sync::Notify,
+    /// The captures started since their first report was last sent ([`Jobs::started_reports`]).
+    started: Mutex<Vec<String>>,
+    /// Woken when a capture has started, so its first report goes out at once (its PoP shows
+    /// `running` without waiting for the next one-second tick).
+    pub(crate) started_now: tokio::sync::Notify,
     /// Woken when a capture ends, so its last shard is delivered without waiting for the
     /// next spool scan.
     pub(crate) ended: tokio::sync::Notify,
@@ -219,6 +223,8 @@ impl Jobs {
             oldest_waiting_ns: AtomicU64::new(0),
             spool: spool::SpoolMeter::default(),
             report_now: tokio::sync::Notify::new(),
+            started: Mutex::new(Vec::new()),
+            started_now: tokio::sync::Notify::new(),
             ended: tokio::sync::Notify::new(),
         })
     }

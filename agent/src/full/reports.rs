@@ -1,5 +1,6 @@
 //! Progress reports: what each capture is doing, sent to the coordinator about once a
-//! second; and the clean-up of captures finished long ago. Blocking (reads the spool).
+//! second (a capture's first as soon as it has started); and the clean-up of captures
+//! finished long ago. Blocking (reads the spool), but for the first reports.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,8 +16,44 @@ use crate::convert::{self, CaptureState, StopReason};
 const REPEAT_FINAL: Duration = Duration::from_secs(30);
 
 impl Jobs {
+    /// The first reports of the captures started since the last call and still running,
+    /// from memory: a capture that has just started has closed no shard, so no spool scan
+    /// (and no blocking thread) stands between its start and its PoP showing `running`.
+    /// Later reports, and every report after a reconnection, come from [`Jobs::reports`].
+    pub(crate) fn started_reports(&self) -> Vec<pb::CaptureReport> {
+        let started = std::mem::take(&mut *lock(&self.started));
+        if started.is_empty() {
+            return Vec::new();
+        }
+        let spool_bytes = self.spool.last();
+        let jobs = lock(&self.jobs);
+        let mut out = Vec::new();
+        for id in started {
+            let Some(job) = jobs.get(&id).filter(|job| job.end.is_none()) else { continue };
+            let Some(stop) = &job.stop else { continue };
+            let mut report = pb::CaptureReport {
+                capture_id: id,
+                shards_closed: job.shards_uploaded,
+                shards_uploaded: job.shards_uploaded,
+                spool_bytes,
+                stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
+                counters: Some(convert::counters(&stop.counters())),
+                ..Default::default()
+            };
+            convert::set_state(&mut report, CaptureState::Running);
+            out.push(report);
+        }
+        out
+    }
+
+    /// Forgets the captures waiting for a first report: a new connection's first reports
+    /// are [`Jobs::reports`] of everything.
+    pub(crate) fn forget_started(&self) {
+        lock(&self.started).clear();
+    }
+
     /// Progress of every capture worth reporting now. `all_final` re-reports finished ones
-    /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`].
+    /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`]. Blocking.
     pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
         let spool = self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH);
         let spool_full = spool > self.config.spool_max_bytes;

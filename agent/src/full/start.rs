@@ -128,7 +128,8 @@ impl Jobs {
                 prepared.live.stop();
             }
         }
-        self.report_now.notify_one();
+        lock(&self.started).push(id.clone());
+        self.started_now.notify_one();
         Some(Started { id, dir, live: prepared.live })
     }
 

@@ -14,6 +14,24 @@ fn jobs(spool: &Path) -> Jobs {
     Jobs::open(FullCaptureConfig::new(spool.to_path_buf()), "a1", "pop1", None, sources).unwrap()
 }
 
+/// An agent's jobs on a replayed interface `sim0`, spooled in `spool`.
+fn replay_jobs(spool: &Path) -> Arc<Jobs> {
+    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
+    Arc::new(
+        Jobs::open(FullCaptureConfig::new(spool.to_path_buf()), "a1", "pop1", Some("sim0".into()), sources).unwrap(),
+    )
+}
+
+/// A job capturing everything for a minute.
+fn a_minute_of(id: &str) -> pb::StartCapture {
+    pb::StartCapture {
+        capture_id: id.into(),
+        time_limit_ms: 60_000,
+        scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
+        ..Default::default()
+    }
+}
+
 fn manifest(file: &str, sequence: u64) -> ShardManifest {
     ShardManifest {
         identity: ShardIdentity::default(),
@@ -254,23 +272,14 @@ fn a_running_capture_holds_no_blocking_thread() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
-    let jobs = Arc::new(
-        Jobs::open(FullCaptureConfig::new(dir.path().to_path_buf()), "a1", "pop1", Some("sim0".into()), sources)
-            .unwrap(),
-    );
+    let jobs = replay_jobs(dir.path());
     let ids = ["0123456789abcdef0123456789abcde1", "0123456789abcdef0123456789abcde2"];
     let running = |id: &str| lock(&jobs.jobs).get(id).is_some_and(|j| j.stop.is_some());
     runtime.block_on(async {
         // One after the other: the second is asked for once the first runs.
         let mut started = Vec::new();
         for id in ids {
-            let job = pb::StartCapture {
-                capture_id: id.into(),
-                time_limit_ms: 60_000,
-                scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
-                ..Default::default()
-            };
+            let job = a_minute_of(id);
             started.push(tokio::spawn(jobs.clone().start(job)));
             let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
             while !running(id) {
@@ -295,18 +304,9 @@ fn a_running_capture_holds_no_blocking_thread() {
 #[test]
 fn a_capture_stopped_while_it_opens_stops_once_it_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let sources = edgecap_capture::source::factory(&edgecap_capture::source::SourceConfig::Replay(Default::default()));
-    let jobs = Arc::new(
-        Jobs::open(FullCaptureConfig::new(dir.path().to_path_buf()), "a1", "pop1", Some("sim0".into()), sources)
-            .unwrap(),
-    );
+    let jobs = replay_jobs(dir.path());
     let id = "0123456789abcdef0123456789abcde3";
-    let job = pb::StartCapture {
-        capture_id: id.into(),
-        time_limit_ms: 60_000,
-        scope: Some(pb::AccountScope { unrestricted: true, prefixes: vec![] }),
-        ..Default::default()
-    };
+    let job = a_minute_of(id);
     // The stop comes between the reservation and the running capture (no handle yet).
     assert!(jobs.reserve(id));
     jobs.stop(id);
@@ -320,4 +320,44 @@ fn a_capture_stopped_while_it_opens_stops_once_it_runs() {
     jobs.end_job(started);
     let end: super::spool::EndFile = super::spool::read_json(&dir.path().join(id).join("end.json")).unwrap();
     assert_eq!(end.stop_reason, crate::convert::StopReason::Stopped);
+}
+
+#[test]
+fn a_started_capture_is_reported_running_once_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = replay_jobs(dir.path());
+    let open = |id: &str| {
+        let job = a_minute_of(id);
+        let (tx, ended) = std::sync::mpsc::sync_channel(1);
+        let on_end = edgecap_capture::session::OnEnd::new(move || {
+            let _ = tx.try_send(());
+        });
+        assert!(jobs.reserve(id));
+        (jobs.open_reserved(job, on_end).expect("opened"), ended)
+    };
+    let (running, ended_running) = ("0123456789abcdef0123456789abcde4", "0123456789abcdef0123456789abcde5");
+    let (first, first_ended) = open(running);
+    let reports = jobs.started_reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].capture_id, running);
+    assert_eq!(reports[0].capture_state, pb::CaptureState::Running as i32);
+    assert!(reports[0].counters.is_some());
+    assert!(jobs.started_reports().is_empty(), "a first report is sent once");
+    // One that ended before its first report went out is not reported running: its end is
+    // for the full reports (with its spooled shards counted).
+    let (second, second_ended) = open(ended_running);
+    jobs.stop(ended_running);
+    second_ended.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    jobs.end_job(second);
+    assert!(jobs.started_reports().is_empty());
+    // A new connection starts from the full reports.
+    jobs.stop(running);
+    first_ended.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    jobs.end_job(first);
+    let (third, third_ended) = open("0123456789abcdef0123456789abcde6");
+    jobs.forget_started();
+    assert!(jobs.started_reports().is_empty());
+    jobs.stop("0123456789abcdef0123456789abcde6");
+    third_ended.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    jobs.end_job(third);
 }
