@@ -94,9 +94,11 @@ fn settle_ns() -> u64 {
 /// read (a thread preempted after it would otherwise claim too much), and the margin is twice
 /// the source's lag and at least 40 ms: the kernel's block timer runs in whole jiffies and not
 /// in step with the read's timeout, and a packet lost or doubled at a hand-over costs more
-/// than those milliseconds.
+/// than those milliseconds. A source without lag (no ring: a generated one makes each packet
+/// when it reads it) has given everything stamped before the read began.
 fn surely_read_ns(began_ns: u64, source: &dyn CaptureSource) -> u64 {
-    let margin = (2 * source.lag()).max(Duration::from_millis(40));
+    let lag = source.lag();
+    let margin = if lag.is_zero() { Duration::ZERO } else { (2 * lag).max(Duration::from_millis(40)) };
     began_ns.saturating_sub(margin.as_nanos() as u64)
 }
 
@@ -824,6 +826,43 @@ mod tests {
         wait_for("the feed to be free again", || feed.available());
         capture.stop();
         assert!(feed.claim().is_none(), "the lookback's thread is gone");
+    }
+
+    /// A ring's reads are trusted only up to a margin before they began (its blocks retire on
+    /// a timer); a source without a ring, none.
+    #[test]
+    fn a_dry_read_vouches_for_what_came_before_it_less_the_sources_lag() {
+        struct Lagging(Duration);
+        impl CaptureSource for Lagging {
+            fn linktype(&self) -> i32 {
+                1
+            }
+            fn set_filter(&mut self, _: &str) -> Result<(), crate::CaptureError> {
+                Ok(())
+            }
+            fn next(&mut self) -> Result<Next<'_>, crate::CaptureError> {
+                Ok(Next::Timeout)
+            }
+            fn stats(&mut self) -> Option<crate::source::SourceStats> {
+                None
+            }
+            fn waker(&self) -> crate::source::Waker {
+                crate::source::Waker::new(|| {})
+            }
+            fn attend(&mut self, _: Duration) {}
+            fn lag(&self) -> Duration {
+                self.0
+            }
+        }
+        let began = 10_000_000_000;
+        let ms = |n: u64| n * 1_000_000;
+        assert_eq!(surely_read_ns(began, &Lagging(Duration::ZERO)), began, "no ring, no margin");
+        assert_eq!(surely_read_ns(began, &Lagging(Duration::from_millis(5))), began - ms(40), "at least 40 ms");
+        assert_eq!(surely_read_ns(began, &Lagging(Duration::from_millis(100))), began - ms(200), "twice the lag");
+        // The generated source has none.
+        let sources = crate::source::factory(&SourceConfig::Replay(ReplayConfig::default()));
+        let replay = sources.open("sim0", &OpenOptions::default()).unwrap();
+        assert_eq!(surely_read_ns(began, replay.as_ref()), began);
     }
 
     /// On a quiet interface whose source would wait a minute between looks, a claim, the
