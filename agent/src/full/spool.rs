@@ -88,9 +88,12 @@ fn settled(dir: &Path) -> bool {
 
 /// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    use std::io::Write as _;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    drop(file);
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
