@@ -192,13 +192,21 @@ impl Feed {
         true
     }
 
-    /// Waits until `done(state)` or `give_up` (checked every 50 ms).
+    /// Waits until `done(state)` or `give_up`, looking again at each change of state and at
+    /// [`Feed::notify_stop`] (a lent lookback waits out a whole capture here: no polling).
     fn wait_until(&self, done: impl Fn(FeedState) -> bool, give_up: &dyn Fn() -> bool) -> FeedState {
         let mut state = edgecap_common::lock(&self.state);
         while !done(*state) && !give_up() {
-            state = self.changed.wait_timeout(state, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         *state
+    }
+
+    /// Wakes the waits of [`Feed::wait_until`] after their `give_up` has become true: under
+    /// the state's lock, so that a wait between its check and its sleep cannot miss it.
+    fn notify_stop(&self) {
+        let _state = edgecap_common::lock(&self.state);
+        self.changed.notify_all();
     }
 
     /// The interface this feed is for.
@@ -528,7 +536,7 @@ impl LookbackCapture {
         self.stop.store(true, Ordering::Relaxed);
         for feed in &self.feeds {
             feed.wake();
-            feed.changed.notify_all();
+            feed.notify_stop();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -828,6 +836,42 @@ mod tests {
         assert!(feed.claim().is_none(), "the lookback's thread is gone");
     }
 
+    /// Claims `feed` for `source` (quiet) and reads until the lookback has let go.
+    fn take_over_quietly(feed: &Arc<Feed>, source: &mut dyn CaptureSource) -> Feeder {
+        let mut feeder = feed.claim().expect("free");
+        feeder.listen(source.waker());
+        source.attend(Duration::from_secs(30));
+        wait_for("the lookback to let go", || {
+            let _ = source.next();
+            feeder.tick();
+            feeder.after_ns.is_some()
+        });
+        feeder
+    }
+
+    /// A lookback whose feed a capture holds waits for it without polling, and still stops
+    /// when asked (a stop missed there would hang the agent's shutdown for ever).
+    #[test]
+    fn a_lent_lookback_stops_when_asked() {
+        let lookback = Arc::new(Mutex::new(Lookback::new(LookbackConfig::default())));
+        let sources = crate::source::factory(&SourceConfig::Replay(ReplayConfig::default()));
+        let config = LookbackCaptureConfig { interfaces: vec!["sim0".into()], ..Default::default() };
+        let options = OpenOptions { timeout_ms: FEED_TIMEOUT_MS, ..OpenOptions::default() };
+        for _ in 0..10 {
+            let capture = LookbackCapture::start(&config, sources.clone(), lookback.clone()).unwrap();
+            let feed = capture.feed("sim0").unwrap();
+            let mut source = sources.open("sim0", &options).unwrap();
+            let feeder = take_over_quietly(&feed, source.as_mut());
+            let (done, stopped) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                capture.stop();
+                let _ = done.send(());
+            });
+            stopped.recv_timeout(Duration::from_secs(10)).expect("the lent lookback's thread stopped");
+            drop(feeder);
+        }
+    }
+
     /// A ring's reads are trusted only up to a margin before they began (its blocks retire on
     /// a timer); a source without a ring, none.
     #[test]
@@ -880,14 +924,7 @@ mod tests {
         let options = OpenOptions { timeout_ms: FEED_TIMEOUT_MS, idle_ms: 60_000, ..OpenOptions::default() };
         let mut source = sources.open("quiet", &options).unwrap();
         let claimed = now_ns();
-        let mut feeder = feed.claim().expect("free");
-        feeder.listen(source.waker());
-        source.attend(Duration::from_secs(30));
-        wait_for("the lookback to let go", || {
-            let _ = source.next();
-            feeder.tick();
-            feeder.after_ns.is_some()
-        });
+        let feeder = take_over_quietly(&feed, source.as_mut());
         assert!(now_ns() < claimed + settle_ns(), "the lookback let go only at the one-second bound");
         // While the capture feeds the lookback, a query's wake reaches the capture's source.
         lock(&lookback).wake_sources();
