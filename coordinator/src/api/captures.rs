@@ -143,7 +143,7 @@ pub(super) async fn get(
     if record.capture_type == CaptureType::Full {
         crate::full::current_view(&state.repo, &mut record).await.map_err(repo_err)?;
     }
-    Ok(envelope(record.to_api()))
+    Ok(super::envelope_of(&record.api_view()))
 }
 
 #[utoipa::path(get, path = "/client/v4/accounts/{account_id}/pcaps/{pcap_id}/download", tag = "pcaps", operation_id = "download_pcap",

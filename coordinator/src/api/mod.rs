@@ -74,7 +74,21 @@ fn repo_err(e: RepoError) -> ApiError {
 }
 
 fn envelope(result: Value) -> Response {
-    axum::Json(json!({"success": true, "errors": [], "messages": [], "result": result})).into_response()
+    envelope_of(&result)
+}
+
+/// Cloudflare's envelope around `result`, serialized straight from it (no `Value` tree: a
+/// capture over hundreds of PoPs answers many fields per PoP, and dashboards poll it).
+/// Keys in the order `json!` gives them (sorted).
+fn envelope_of<T: serde::Serialize>(result: &T) -> Response {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a, T> {
+        errors: [(); 0],
+        messages: [(); 0],
+        result: &'a T,
+        success: bool,
+    }
+    axum::Json(Envelope { errors: [], messages: [], result, success: true }).into_response()
 }
 
 fn collection(items: Vec<Value>) -> Response {

@@ -2,7 +2,7 @@
 
 use edgecap_capture::FilterV1;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::pop::PopResult;
 
@@ -166,49 +166,188 @@ impl CaptureRecord {
     /// The API representation: Cloudflare's fields for the type, plus extensions
     /// (`packet_limit`, `packets_captured`, `pops`) that the SDKs keep as extras.
     pub(crate) fn to_api(&self) -> Value {
+        // (Cannot fail: every key is a string.)
+        serde_json::to_value(self.api_view()).unwrap_or_default()
+    }
+
+    /// [`CaptureRecord::to_api`] as it serializes, without building a `Value`.
+    pub(crate) fn api_view(&self) -> ApiView<'_> {
+        let full = self.capture_type == CaptureType::Full;
+        ApiView {
+            byte_limit: full.then_some(&self.byte_limit),
+            clock_correction: self.clock_correction.then_some(true),
+            colo_name: full.then_some(&self.colo_name),
+            colo_names: (full && !self.colo_names.is_empty()).then_some(&self.colo_names),
+            destination_conf: full.then_some(&self.destination_conf),
+            // Extension: what the agents applied, the account's scope included.
+            effective_filter: self.effective_filter(),
+            error_message: self.error_message.as_ref(),
+            filter_bpf: self.filter_bpf.as_ref(),
+            filter_v1: &self.filter_v1,
+            id: &self.id,
+            // Extension: where the merged file is, relative to destination_conf.
+            object_key: (full && self.status == super::CaptureStatus::Success).then(|| self.merged_key()),
+            offset_time: (!full).then_some(&self.offset_time),
+            output_format: full.then_some(self.output_format),
+            packet_limit: self.packet_limit,
+            packets_captured: self.packets_captured.unwrap_or(0),
+            pops: &self.pops,
+            status: self.status,
+            stop_requested: full.then_some(&self.stop_requested),
+            submitted: &self.submitted,
+            system: &self.system,
+            time_limit: self.time_limit,
+            capture_type: self.capture_type,
+        }
+    }
+}
+
+/// The API representation of a capture: Cloudflare's fields for its type, plus extensions
+/// (`packet_limit`, `packets_captured`, `pops`, ...) that the SDKs keep as extras. Fields in
+/// key order, as `Value`'s objects have them; a field of the other type is left out, one of its
+/// own type without a value is `null`.
+#[derive(Serialize)]
+pub(crate) struct ApiView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    byte_limit: Option<&'a Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clock_correction: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colo_name: Option<&'a Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colo_names: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination_conf: Option<&'a Option<String>>,
+    effective_filter: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'a String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter_bpf: Option<&'a String>,
+    filter_v1: &'a FilterV1,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset_time: Option<&'a Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_format: Option<OutputFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packet_limit: Option<u64>,
+    packets_captured: u64,
+    pops: &'a [PopResult],
+    status: CaptureStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_requested: Option<&'a Option<String>>,
+    submitted: &'a str,
+    system: &'a str,
+    time_limit: u64,
+    #[serde(rename = "type")]
+    capture_type: CaptureType,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::model::pop::PopStatus;
+
+    /// The view as it was built field by field into a `Value` before [`ApiView`]: the
+    /// reference the view must keep answering.
+    fn field_by_field(r: &CaptureRecord) -> Value {
         let mut out = Map::new();
-        out.insert("id".into(), json!(self.id));
-        out.insert("type".into(), json!(self.capture_type));
-        out.insert("system".into(), json!(self.system));
-        out.insert("status".into(), json!(self.status));
-        out.insert("submitted".into(), json!(self.submitted));
-        out.insert("time_limit".into(), json!(self.time_limit));
-        out.insert("filter_v1".into(), json!(self.filter_v1));
-        if let Some(f) = &self.filter_bpf {
+        out.insert("id".into(), json!(r.id));
+        out.insert("type".into(), json!(r.capture_type));
+        out.insert("system".into(), json!(r.system));
+        out.insert("status".into(), json!(r.status));
+        out.insert("submitted".into(), json!(r.submitted));
+        out.insert("time_limit".into(), json!(r.time_limit));
+        out.insert("filter_v1".into(), json!(r.filter_v1));
+        if let Some(f) = &r.filter_bpf {
             out.insert("filter_bpf".into(), json!(f));
         }
-        if let Some(v) = self.packet_limit {
+        if let Some(v) = r.packet_limit {
             out.insert("packet_limit".into(), json!(v));
         }
-        match self.capture_type {
+        match r.capture_type {
             CaptureType::Simple => {
-                out.insert("offset_time".into(), json!(self.offset_time));
+                out.insert("offset_time".into(), json!(r.offset_time));
             }
             CaptureType::Full => {
-                out.insert("colo_name".into(), json!(self.colo_name));
-                if !self.colo_names.is_empty() {
-                    out.insert("colo_names".into(), json!(self.colo_names));
+                out.insert("colo_name".into(), json!(r.colo_name));
+                if !r.colo_names.is_empty() {
+                    out.insert("colo_names".into(), json!(r.colo_names));
                 }
-                out.insert("destination_conf".into(), json!(self.destination_conf));
-                out.insert("byte_limit".into(), json!(self.byte_limit));
-                out.insert("stop_requested".into(), json!(self.stop_requested));
-                out.insert("output_format".into(), json!(self.output_format));
-                if self.status == super::CaptureStatus::Success {
-                    // Extension: where the merged file is, relative to destination_conf.
-                    out.insert("object_key".into(), json!(self.merged_key()));
+                out.insert("destination_conf".into(), json!(r.destination_conf));
+                out.insert("byte_limit".into(), json!(r.byte_limit));
+                out.insert("stop_requested".into(), json!(r.stop_requested));
+                out.insert("output_format".into(), json!(r.output_format));
+                if r.status == CaptureStatus::Success {
+                    out.insert("object_key".into(), json!(r.merged_key()));
                 }
             }
         }
-        out.insert("packets_captured".into(), json!(self.packets_captured.unwrap_or(0)));
-        if let Some(e) = &self.error_message {
+        out.insert("packets_captured".into(), json!(r.packets_captured.unwrap_or(0)));
+        if let Some(e) = &r.error_message {
             out.insert("error_message".into(), json!(e));
         }
-        out.insert("pops".into(), json!(self.pops));
-        if self.clock_correction {
+        out.insert("pops".into(), json!(r.pops));
+        if r.clock_correction {
             out.insert("clock_correction".into(), json!(true));
         }
-        // Extension: what the agents applied, the account's scope included.
-        out.insert("effective_filter".into(), json!(self.effective_filter()));
+        out.insert("effective_filter".into(), json!(r.effective_filter()));
         Value::Object(out)
+    }
+
+    fn record(capture_type: &str) -> CaptureRecord {
+        serde_json::from_value(json!({
+            "id": "0123456789abcdef0123456789abcdef", "account_id": "acct", "type": capture_type,
+            "system": "magic-transit", "status": "pending", "submitted": "2026-12-01T11:00:00Z",
+            "time_limit": 60,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_api_view_answers_what_the_record_holds_field_for_field() {
+        let mut records = vec![record("simple"), record("full")];
+        let mut simple = record("simple");
+        simple.offset_time = Some("2026-12-01T10:59:00Z".into());
+        simple.packet_limit = Some(100);
+        simple.filter_bpf = Some("udp".into());
+        simple.status = CaptureStatus::Success;
+        simple.packets_captured = Some(42);
+        records.push(simple);
+        let mut full = record("full");
+        full.colo_name = Some("ams".into());
+        full.colo_names = vec!["ams".into(), "fra".into()];
+        full.destination_conf = Some("s3://bucket/prefix".into());
+        full.byte_limit = Some(1 << 20);
+        full.stop_requested = Some("2026-12-01T11:00:05Z".into());
+        full.output_format = OutputFormat::Pcapng;
+        full.status = CaptureStatus::Success;
+        full.clock_correction = true;
+        full.error_message = Some("one PoP failed".into());
+        full.pops = (0..3)
+            .map(|i| PopResult {
+                pop: format!("pop{i}"),
+                agent_id: format!("a{i}"),
+                status: PopStatus::Done,
+                packets: i,
+                error: (i == 2).then(|| "gone".into()),
+                ..Default::default()
+            })
+            .collect();
+        records.push(full.clone());
+        full.status = CaptureStatus::Failed;
+        full.colo_names.clear();
+        records.push(full);
+        for r in &records {
+            let reference = field_by_field(r);
+            assert_eq!(r.to_api(), reference);
+            // Serialized straight, the same JSON (a PoP's keys in its struct's order).
+            let text = serde_json::to_string(&r.api_view()).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), reference);
+        }
     }
 }
