@@ -89,9 +89,10 @@ fn settled(dir: &Path) -> bool {
 /// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     use std::io::Write as _;
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;

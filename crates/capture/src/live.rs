@@ -95,7 +95,8 @@ fn settle_ns() -> u64 {
 /// the source's lag and at least 40 ms: the kernel's block timer runs in whole jiffies and not
 /// in step with the read's timeout, and a packet lost or doubled at a hand-over costs more
 /// than those milliseconds. A source without lag (no ring: a generated one makes each packet
-/// when it reads it) has given everything stamped before the read began.
+/// when it reads it; a libpcap source always has some) has given everything stamped before
+/// the read began.
 fn surely_read_ns(began_ns: u64, source: &dyn CaptureSource) -> u64 {
     let lag = source.lag();
     let margin = if lag.is_zero() { Duration::ZERO } else { (2 * lag).max(Duration::from_millis(40)) };

@@ -274,6 +274,9 @@ struct Shared {
     on_end: Option<OnEnd>,
     /// Batches sent to the writer and not yet taken by it (see [`ToWriter`]).
     queued: AtomicUsize,
+    /// The writer has ended (a limit, a failed write, the end): what it left queued is never
+    /// taken, and nothing sent now is a drop.
+    writer_gone: AtomicBool,
 }
 
 impl Shared {
@@ -743,6 +746,9 @@ enum Sent {
 
 impl ToWriter {
     fn try_send(&self, batch: Batch) -> Sent {
+        if self.shared.writer_gone.load(Ordering::Acquire) {
+            return Sent::WriterGone;
+        }
         if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Sent::Full(batch);
@@ -777,7 +783,9 @@ fn write_loop(
         // Hand the memory back.
         let _ = recycle.send(batch);
     }
-    // The capture thread may still be sending: the receiver is dropped here, which ends it.
+    // The capture thread may still be sending: the receiver is dropped by now, and this
+    // ends it even while the queue it left is full.
+    shared.writer_gone.store(true, Ordering::Release);
     let mut counters = shared.snapshot();
     counters.stop_reason.get_or_insert(StopReason::Stopped);
     let finished = sink.finish(&counters);
@@ -868,6 +876,29 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The queue to the writer holds `capacity` batches, a batch sent beyond that is handed
+    /// back to be counted as dropped, a batch taken makes room; once the writer has gone,
+    /// a send is not a drop, even with the queue it left full.
+    #[test]
+    fn the_queue_to_the_writer_is_bounded_and_ends_with_its_writer() {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = channel::<Batch>();
+        let queue = ToWriter { tx, shared: shared.clone(), capacity: 2 };
+        let batch = || Batch::with_capacity(crate::records::Framing::Pcap, 1);
+        assert!(matches!(queue.try_send(batch()), Sent::Queued));
+        assert!(matches!(queue.try_send(batch()), Sent::Queued));
+        assert!(matches!(queue.try_send(batch()), Sent::Full(_)), "a third waits beyond the bound");
+        // The writer's side of a batch taken.
+        let _taken = rx.recv().unwrap();
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        assert!(matches!(queue.try_send(batch()), Sent::Queued), "room again");
+        assert!(matches!(queue.try_send(batch()), Sent::Full(_)));
+        // The writer ends (a limit), leaving the queue full.
+        drop(rx);
+        shared.writer_gone.store(true, Ordering::Release);
+        assert!(matches!(queue.try_send(batch()), Sent::WriterGone));
+    }
 
     #[test]
     fn a_filter_runs_in_user_space_on_what_the_kernel_would_have_seen() {

@@ -176,6 +176,12 @@ impl CaptureSource for LibpcapSource {
     }
 
     fn lag(&self) -> Duration {
-        self.block_timeout
+        // Without a read timeout the kernel retires the ring's blocks on its own timer (8 ms
+        // by default): a ring always has some lag.
+        if self.block_timeout.is_zero() { KERNEL_BLOCK_TIMEOUT } else { self.block_timeout }
     }
 }
+
+/// The ring's block timeout the kernel picks when libpcap asks for none
+/// (`DEFAULT_PRB_RETIRE_TOV`).
+const KERNEL_BLOCK_TIMEOUT: Duration = Duration::from_millis(8);
