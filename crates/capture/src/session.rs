@@ -272,7 +272,7 @@ struct Shared {
     /// The capture's threads still running, and what to call when none is.
     threads: AtomicUsize,
     on_end: Option<OnEnd>,
-    /// Batches sent to the writer and not yet taken by it (see [`ToWriter`]).
+    /// Batches sent to the writer and not yet taken by it (see [`to_writer`]).
     queued: AtomicUsize,
     /// The writer has ended (a limit, a failed write, the end): what it left queued is never
     /// taken, and nothing sent now is a drop.
@@ -439,8 +439,7 @@ impl LiveCapture {
             ..Shared::default()
         });
         let framing = sink.framing();
-        let (tx, rx) = channel::<Batch>();
-        let tx = ToWriter { tx, shared: shared.clone(), capacity: config.queue_batches.max(1) };
+        let (tx, rx) = to_writer(&shared, config.queue_batches.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
         // freed and faulted in (and zeroed by the kernel) again. (No more than were sent.)
         let (recycle_tx, recycle_rx) = channel::<Batch>();
@@ -725,15 +724,42 @@ fn within(allowance: &Allowance, shared: &Shared, written: u64, bytes: u64) -> b
     }
 }
 
-/// The capture thread's end of the queue to the writer: at most `capacity` batches waiting
+/// The queue from the capture thread to the writer: at most `capacity` batches waiting
 /// (beyond that a batch is dropped and counted, and the capture goes on). Not a
 /// `sync_channel`, which allocates and initializes room for all of them when the capture
 /// starts (1 024 slots, ~150 KiB with the queue of emptied batches, at every start); this one
-/// allocates as batches wait.
+/// allocates as batches wait. Its count and its end are kept in `shared`.
+fn to_writer(shared: &Arc<Shared>, capacity: usize) -> (ToWriter, FromCapture) {
+    let (tx, rx) = channel::<Batch>();
+    (ToWriter { tx, shared: shared.clone(), capacity }, FromCapture { rx, shared: shared.clone() })
+}
+
+/// The capture thread's end of [`to_writer`].
 struct ToWriter {
     tx: Sender<Batch>,
     shared: Arc<Shared>,
     capacity: usize,
+}
+
+/// The writer's end of [`to_writer`]: a batch taken makes room for another; dropped, the
+/// writer is gone.
+struct FromCapture {
+    rx: Receiver<Batch>,
+    shared: Arc<Shared>,
+}
+
+impl FromCapture {
+    fn recv(&self) -> Option<Batch> {
+        let batch = self.rx.recv().ok()?;
+        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(batch)
+    }
+}
+
+impl Drop for FromCapture {
+    fn drop(&mut self) {
+        self.shared.writer_gone.store(true, Ordering::Release);
+    }
 }
 
 enum Sent {
@@ -761,7 +787,7 @@ impl ToWriter {
 }
 
 fn write_loop(
-    rx: Receiver<Batch>,
+    rx: FromCapture,
     recycle: Sender<Batch>,
     mut sink: Box<dyn PacketSink>,
     shared: Arc<Shared>,
@@ -770,8 +796,7 @@ fn write_loop(
 ) -> io::Result<()> {
     let mut writer = Writer { sink: sink.as_mut(), shared: &shared, limits: &limits, delay, written: 0, bytes: 0 };
     let mut result = Ok(());
-    for batch in rx {
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
+    while let Some(batch) = rx.recv() {
         match writer.batch(&batch) {
             Ok(true) => {}
             Ok(false) => break,
@@ -783,9 +808,9 @@ fn write_loop(
         // Hand the memory back.
         let _ = recycle.send(batch);
     }
-    // The capture thread may still be sending: the receiver is dropped by now, and this
-    // ends it even while the queue it left is full.
-    shared.writer_gone.store(true, Ordering::Release);
+    // The capture thread may still be sending: this ends it, even while the queue it left is
+    // full.
+    drop(rx);
     let mut counters = shared.snapshot();
     counters.stop_reason.get_or_insert(StopReason::Stopped);
     let finished = sink.finish(&counters);
@@ -883,20 +908,16 @@ mod tests {
     #[test]
     fn the_queue_to_the_writer_is_bounded_and_ends_with_its_writer() {
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = channel::<Batch>();
-        let queue = ToWriter { tx, shared: shared.clone(), capacity: 2 };
+        let (queue, rx) = to_writer(&shared, 2);
         let batch = || Batch::with_capacity(crate::records::Framing::Pcap, 1);
         assert!(matches!(queue.try_send(batch()), Sent::Queued));
         assert!(matches!(queue.try_send(batch()), Sent::Queued));
         assert!(matches!(queue.try_send(batch()), Sent::Full(_)), "a third waits beyond the bound");
-        // The writer's side of a batch taken.
         let _taken = rx.recv().unwrap();
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
         assert!(matches!(queue.try_send(batch()), Sent::Queued), "room again");
         assert!(matches!(queue.try_send(batch()), Sent::Full(_)));
         // The writer ends (a limit), leaving the queue full.
         drop(rx);
-        shared.writer_gone.store(true, Ordering::Release);
         assert!(matches!(queue.try_send(batch()), Sent::WriterGone));
     }
 
