@@ -154,11 +154,7 @@ async fn serve(
                 }
             } => {
                 if let Some(jobs) = &parts.jobs {
-                    let clock = *lock(&parts.offset);
-                    for mut report in jobs.started_reports() {
-                        report.clock = clock;
-                        out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
-                    }
+                    send_reports(parts, out_tx, jobs.started_reports()).await?;
                 }
             }
             _ = progress.tick() => {
@@ -166,11 +162,7 @@ async fn serve(
                     let all = std::mem::take(&mut first_progress);
                     let jobs = jobs.clone();
                     let reports = tokio::task::spawn_blocking(move || jobs.reports(all)).await.unwrap_or_default();
-                    let clock = *lock(&parts.offset);
-                    for mut report in reports {
-                        report.clock = clock;
-                        out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
-                    }
+                    send_reports(parts, out_tx, reports).await?;
                 }
             }
             _ = heartbeat.tick() => {
@@ -186,6 +178,20 @@ async fn serve(
             }
         }
     }
+}
+
+/// Sends captures' reports, stamped with the clock's offset as now estimated.
+async fn send_reports(
+    parts: &Parts,
+    out_tx: &mpsc::Sender<pb::AgentMessage>,
+    reports: Vec<pb::CaptureReport>,
+) -> anyhow::Result<()> {
+    let clock = *lock(&parts.offset);
+    for mut report in reports {
+        report.clock = clock;
+        out_tx.send(message(pb::agent_message::Msg::CaptureReport(report))).await?;
+    }
+    Ok(())
 }
 
 /// Hands one message from the coordinator to its owner.

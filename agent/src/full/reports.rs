@@ -31,16 +31,8 @@ impl Jobs {
         for id in started {
             let Some(job) = jobs.get(&id).filter(|job| job.end.is_none()) else { continue };
             let Some(stop) = &job.stop else { continue };
-            let mut report = pb::CaptureReport {
-                capture_id: id,
-                shards_closed: job.shards_uploaded,
-                shards_uploaded: job.shards_uploaded,
-                spool_bytes,
-                stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
-                counters: Some(convert::counters(&stop.counters())),
-                ..Default::default()
-            };
-            convert::set_state(&mut report, CaptureState::Running);
+            let mut report = report_of(&id, job, 0, spool_bytes);
+            running(&mut report, stop);
             out.push(report);
         }
         out
@@ -83,14 +75,7 @@ impl Jobs {
         });
         for (id, job) in jobs.iter_mut() {
             let pending_shards = pending.get(id).copied().unwrap_or(0);
-            let mut report = pb::CaptureReport {
-                capture_id: id.clone(),
-                shards_closed: job.shards_uploaded + pending_shards,
-                shards_uploaded: job.shards_uploaded,
-                spool_bytes: spool,
-                stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
-                ..Default::default()
-            };
+            let mut report = report_of(id, job, pending_shards, spool);
             match (&job.stop, &job.end) {
                 (Some(stop), _) => {
                     if spool_full {
@@ -106,8 +91,7 @@ impl Jobs {
                         });
                         stop.stop();
                     }
-                    report.counters = Some(convert::counters(&stop.counters()));
-                    convert::set_state(&mut report, CaptureState::Running);
+                    running(&mut report, stop);
                 }
                 (None, Some(end)) => {
                     let state = if pending_shards > 0 {
@@ -143,4 +127,23 @@ impl Jobs {
         }
         out
     }
+}
+
+/// What every report of `job` says, with `pending` of its shards still in the spool; the
+/// caller adds its state and counters.
+fn report_of(id: &str, job: &super::Job, pending: u32, spool_bytes: u64) -> pb::CaptureReport {
+    pb::CaptureReport {
+        capture_id: id.to_string(),
+        shards_closed: job.shards_uploaded + pending,
+        shards_uploaded: job.shards_uploaded,
+        spool_bytes,
+        stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
+        ..Default::default()
+    }
+}
+
+/// A running capture's report: its counters now.
+fn running(report: &mut pb::CaptureReport, stop: &edgecap_capture::session::StopHandle) {
+    report.counters = Some(convert::counters(&stop.counters()));
+    convert::set_state(report, CaptureState::Running);
 }
