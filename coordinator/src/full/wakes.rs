@@ -64,14 +64,12 @@ impl Wakes {
 
     async fn new(repo: &Repo, watched: Watched, wanted: fn(&KeyValue) -> bool) -> Self {
         let reopen = Reopen { repo: repo.clone(), watched, at: tokio::time::Instant::now() };
-        let mut wakes = Self { stream: None, wanted, reopen: None };
-        match reopen.open().await {
-            Ok(stream) => wakes.stream = Some(stream),
-            Err(error) => {
-                tracing::debug!(%error, "no watch; following by periodic reads until it opens");
-            }
-        }
-        wakes.reopen = Some(reopen);
+        let stream = reopen
+            .open()
+            .await
+            .inspect_err(|error| tracing::debug!(%error, "no watch; following by periodic reads until it opens"))
+            .ok();
+        let mut wakes = Self { stream, wanted, reopen: Some(reopen) };
         if wakes.stream.is_none() {
             wakes.ended();
         }
