@@ -58,13 +58,25 @@ impl ReportPath {
     }
 }
 
-/// Merges `objects` of `store` (key and size; one PoP each, as a full capture's shards are)
-/// as the leader does at the end of a full capture: straight from the bucket, or through a
-/// scratch directory under `scratch` when `via_scratch`. Returns the packets merged and the
-/// merged object's key.
+/// One object for [`merge_objects`], with what an agent's shard record says of it.
+#[derive(Clone, Debug)]
+pub struct BenchShard {
+    pub key: String,
+    /// Size of the object.
+    pub file_bytes: u64,
+    /// Packets in it, and their captured bytes (0 and 0 when unknown: the merged size is
+    /// then not known beforehand).
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Merges `objects` of `store` (one PoP each, as a full capture's shards are) as the leader
+/// does at the end of a full capture: straight from the bucket, or through a scratch
+/// directory under `scratch` when `via_scratch`. Returns the packets merged and the merged
+/// object's key.
 pub async fn merge_objects(
     store: Arc<dyn edgecap_storage::ObjectStore>,
-    objects: Vec<(String, u64)>,
+    objects: Vec<BenchShard>,
     via_scratch: bool,
     scratch: std::path::PathBuf,
 ) -> anyhow::Result<(u64, String)> {
@@ -85,13 +97,13 @@ pub async fn merge_objects(
         CaptureRequest::for_test(CaptureType::Full),
         time::OffsetDateTime::now_utc(),
     );
-    for (i, (key, size)) in objects.into_iter().enumerate() {
+    for (i, object) in objects.into_iter().enumerate() {
         let mut pop = PopResult::new(&format!("pop{i:03}"), &format!("agent{i:03}"), PopStatus::Done);
         pop.shards.push(ShardRef {
-            key,
-            packets: 0,
-            bytes: 0,
-            file_bytes: size,
+            key: object.key,
+            packets: object.packets,
+            bytes: object.bytes,
+            file_bytes: object.file_bytes,
             first_ts_ns: 0,
             last_ts_ns: 0,
             sha256: String::new(),

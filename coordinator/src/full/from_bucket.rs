@@ -1,6 +1,7 @@
 //! The merge straight from the bucket: each agent's shards are read with streaming GETs, one
-//! after another, a few chunks ahead of the merge; the merged file goes up as a multipart
-//! upload while it is produced. No copy of the inputs or of the output on the coordinator's
+//! after another, a few chunks ahead of the merge; the merged file goes up while it is
+//! produced: as one streamed PUT when its size is known beforehand ([`merged_size`]), else as
+//! a multipart upload. No copy of the inputs or of the output on the coordinator's
 //! disk, and the download, the merge and the upload overlap instead of following each other.
 //! Memory is bounded: [`PREFETCH`] chunks of [`CHUNK`] bytes per agent, and [`PARTS_AHEAD`]
 //! parts of [`PART_SIZE`] waiting for the upload.
@@ -255,14 +256,61 @@ impl std::io::Write for Parts {
     }
 }
 
-/// Merges `agents` from `source` into `key` of `target`. Downloads, merge and upload run side
-/// by side; a cancel stops them all and aborts the upload before this returns.
+/// The merged file's size, when it is known before the merge: classic pcap out of shards that
+/// are all classic pcap, whose recorded sizes are one file header, then a 16-byte record
+/// header and the captured bytes of each packet. The merge writes every record once, with
+/// the same lengths, after one file header. `None` otherwise (pcapng, whose blocks depend on
+/// the interfaces met).
+pub(super) fn merged_size(agents: &[AgentShards], options: &MergeOptions) -> Option<u64> {
+    if !matches!(options.format, None | Some(edgecap_merge::OutputFormat::Pcap)) {
+        return None;
+    }
+    let mut size = PCAP_HEADER as u64;
+    for shard in agents.iter().flat_map(|a| &a.shards) {
+        let records = shard.packets.checked_mul(16)?.checked_add(shard.bytes)?;
+        if shard.file_bytes.checked_sub(PCAP_HEADER as u64)? != records {
+            return None;
+        }
+        size = size.checked_add(records)?;
+    }
+    Some(size)
+}
+
+/// Merges `agents` from `source` into `key` of `target`, in one streamed PUT when
+/// [`merged_size`] knows the size. Should the merge come to another size (a shard's record
+/// did not describe it), nothing is committed, and the merge runs again as a multipart
+/// upload.
 pub(super) async fn merge(
     source: Arc<dyn ObjectStore>,
     target: Arc<dyn ObjectStore>,
     agents: Vec<AgentShards>,
     key: &str,
     options: MergeOptions,
+    cancel: &CancellationToken,
+) -> Result<MergeReport, FromBucketError> {
+    let Some(size) = merged_size(&agents, &options) else {
+        return merge_once(source, target, agents, key, options, None, cancel).await;
+    };
+    let sized = merge_once(source.clone(), target.clone(), agents.clone(), key, options.clone(), Some(size), cancel);
+    match sized.await {
+        Err(FromBucketError::Storage(StorageError::SizeDiffers { got, .. })) => {
+            tracing::warn!(key, size, got, "the merged file is not the size its shards gave; merging again in parts");
+            merge_once(source, target, agents, key, options, None, cancel).await
+        }
+        other => other,
+    }
+}
+
+/// One merge into `key`: of `size` bytes exactly, or of a size known at the end. Downloads,
+/// merge and upload run side by side; a cancel stops them all and aborts the upload before
+/// this returns.
+async fn merge_once(
+    source: Arc<dyn ObjectStore>,
+    target: Arc<dyn ObjectStore>,
+    agents: Vec<AgentShards>,
+    key: &str,
+    options: MergeOptions,
+    size: Option<u64>,
     cancel: &CancellationToken,
 ) -> Result<MergeReport, FromBucketError> {
     let failure: Failure = Arc::default();
@@ -287,7 +335,10 @@ pub(super) async fn merge(
     });
     // The upload runs here; the merge thread and the downloads beside it.
     let upload_cancel = cancel.child_token();
-    let upload = target.put_stream(key, parts_rx, &upload_cancel);
+    let upload = match size {
+        Some(size) => target.put_stream_sized(key, size, parts_rx, &upload_cancel),
+        None => target.put_stream(key, parts_rx, &upload_cancel),
+    };
     tokio::pin!(upload);
     let mut uploaded = None;
     let merged = loop {

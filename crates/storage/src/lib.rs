@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod local;
 pub mod s3;
+mod sized;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
@@ -64,6 +65,18 @@ pub enum StorageError {
     /// committed (the writer's own error says why).
     #[error("{0}: its writer stopped before the end; nothing was written")]
     Unfinished(String),
+    /// [`ObjectStore::put_stream_sized`]: the pieces did not come to the size announced;
+    /// nothing was committed. `got` is what came before the end, or the first count past
+    /// `announced`.
+    #[error("{key}: {got} bytes were written where {announced} were announced; nothing was committed")]
+    SizeDiffers {
+        /// The object's key.
+        key: String,
+        /// The size given to `put_stream_sized`.
+        announced: u64,
+        /// What the pieces came to.
+        got: u64,
+    },
 }
 
 impl StorageError {
@@ -121,6 +134,23 @@ pub trait ObjectStore: fmt::Debug + Send + Sync + 'static {
         pieces: tokio::sync::mpsc::Receiver<Piece>,
         cancel: &CancellationToken,
     ) -> Result<u64>;
+    /// [`ObjectStore::put_stream`] for an object whose size is known before its first byte
+    /// (a merge of files whose sizes were recorded). The pieces must come to exactly `size`
+    /// bytes before [`Piece::End`]; otherwise nothing is committed and the call fails with
+    /// [`StorageError::SizeDiffers`]. A backend may use the size to write the object in one
+    /// request: S3 sends up to [`s3::SINGLE_PUT_MAX`] as one streamed `PutObject` when its
+    /// payload is not signed, so no multipart completion follows the last byte (some stores,
+    /// s3s-fs among them, complete one by copying the whole object). By default, `put_stream`
+    /// with the size checked on the way.
+    async fn put_stream_sized(
+        &self,
+        key: &str,
+        size: u64,
+        pieces: tokio::sync::mpsc::Receiver<Piece>,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        sized::through_put_stream(self, key, size, pieces, cancel).await
+    }
     /// Streams an object. `NotFound` if it does not exist.
     async fn get(&self, key: &str) -> Result<(ObjectMeta, ObjectReader)>;
     /// The object's key and size without its body; `None` if it does not exist.

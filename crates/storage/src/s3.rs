@@ -10,6 +10,10 @@
 //! are never formatted: `Debug` of [`StaticCredentials`] is redacted and SDK errors carry no
 //! secrets.
 //!
+//! An object whose size is known before its first byte
+//! ([`ObjectStore::put_stream_sized`], a merged classic pcap file) goes up as one streamed
+//! `PutObject` of up to [`SINGLE_PUT_MAX`], its CRC32C sent as a trailer.
+//!
 //! The coordinator's own multipart uploads (merged files, large files) carry each part's
 //! CRC32C, which the bucket verifies, and leave the payload out of the request signature when
 //! the endpoint is HTTPS or on loopback ([`payload_signing`]): the transport already protects
@@ -45,6 +49,9 @@ pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 pub const PART_SIZE: u64 = 8 << 20;
 /// Parts of one [`ObjectStore::put_stream`] uploaded at the same time.
 pub const PARTS_AT_ONCE: usize = 4;
+/// The largest object [`ObjectStore::put_stream_sized`] sends as one `PutObject` (S3's own
+/// limit for one request); larger ones go up in parts.
+pub const SINGLE_PUT_MAX: u64 = 5 << 30;
 
 /// Where: a bucket, a key prefix inside it, and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -541,6 +548,51 @@ impl ObjectStore for S3Store {
                 Err(e)
             }
         }
+    }
+
+    /// One streamed `PutObject` of exactly `size` bytes, with a CRC32C the SDK computes as the
+    /// bytes go and sends as a trailer, which the bucket checks. Multipart (`put_stream`,
+    /// checked) when the payload is signed (a signature needs the whole body first) or the
+    /// object is larger than one request may be.
+    async fn put_stream_sized(
+        &self,
+        key: &str,
+        size: u64,
+        pieces: tokio::sync::mpsc::Receiver<crate::Piece>,
+        cancel: &CancellationToken,
+    ) -> Result<u64> {
+        if self.sign_payload || size > SINGLE_PUT_MAX {
+            return crate::sized::through_put_stream(self, key, size, pieces, cancel).await;
+        }
+        let object = self.object_key(key)?;
+        let (body, failure) = crate::sized::SizedBody::new(key, size, pieces);
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&object)
+            .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .body(ByteStream::from_body_1_x(body))
+            .customize()
+            // The client computes checksums only when asked for one: this request asks.
+            .config_override(
+                aws_sdk_s3::Config::builder().request_checksum_calculation(RequestChecksumCalculation::WhenSupported),
+            )
+            .disable_payload_signing()
+            .send();
+        // Dropping the request on a cancel cuts it short of its length: nothing is committed.
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+            sent = sent => sent,
+        };
+        // The body's own failure (the pieces) is the cause of whatever the request reports.
+        if let Some(error) = edgecap_common::lock(&failure).take() {
+            return Err(error);
+        }
+        result.map_err(|e| classify(&self.what("put", &object), e))?;
+        Ok(size)
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<()> {

@@ -16,6 +16,57 @@ async fn read_all(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
     out
 }
 
+/// Sends `pieces` (then the end, if `end`) into a channel, as a merge does; sends that find
+/// the reader gone are dropped.
+fn feed(pieces: Vec<Bytes>, end: bool) -> tokio::sync::mpsc::Receiver<crate::Piece> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        for piece in pieces {
+            if tx.send(crate::Piece::Bytes(piece)).await.is_err() {
+                return;
+            }
+        }
+        if end {
+            let _ = tx.send(crate::Piece::End).await;
+        }
+    });
+    rx
+}
+
+/// `put_stream_sized`: committed when the pieces come to the size announced; otherwise, or
+/// when the writer goes away after its last byte but before the end, nothing is.
+async fn sized_streams(store: &dyn ObjectStore, whole: &[u8]) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let size = whole.len() as u64;
+    let pieces = || {
+        let cut = crate::s3::PART_SIZE as usize;
+        vec![Bytes::copy_from_slice(&whole[..cut]), Bytes::copy_from_slice(&whole[cut..])]
+    };
+    let key = "conformance/f/sized";
+    assert_eq!(store.put_stream_sized(key, size, feed(pieces(), true), &cancel).await.unwrap(), size);
+    assert_eq!(read_all(store, key).await, whole);
+    store.delete(key).await.unwrap();
+    for announced in [size - 1, size + 1] {
+        let outcome = store.put_stream_sized(key, announced, feed(pieces(), true), &cancel).await;
+        let Err(StorageError::SizeDiffers { announced: a, got, .. }) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(a, announced);
+        assert!(got > announced || got == size, "{got}");
+        assert!(store.head(key).await.unwrap().is_none(), "nothing committed for {announced}");
+    }
+    // Every byte, then the writer gone: not whole until the end says so.
+    let outcome = store.put_stream_sized(key, size, feed(pieces(), false), &cancel).await;
+    assert!(matches!(outcome, Err(StorageError::Unfinished(_))), "{outcome:?}");
+    assert!(store.head(key).await.unwrap().is_none());
+    assert_eq!(store.put_stream_sized(key, 0, feed(Vec::new(), true), &cancel).await.unwrap(), 0);
+    assert_eq!(read_all(store, key).await, b"");
+    store.delete(key).await.unwrap();
+    let cancelled = tokio_util::sync::CancellationToken::new();
+    cancelled.cancel();
+    let outcome = store.put_stream_sized(key, size, feed(pieces(), true), &cancelled).await;
+    assert!(matches!(outcome, Err(StorageError::Cancelled)), "{outcome:?}");
+    assert!(store.head(key).await.unwrap().is_none());
+}
+
 /// Runs every check against `store`, which must be empty under `conformance/`.
 pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
     let store = &*store;
@@ -85,6 +136,7 @@ pub async fn run_conformance(store: Arc<dyn ObjectStore>) {
     for key in ["conformance/d/streamed", "conformance/d/empty"] {
         store.delete(key).await.unwrap();
     }
+    sized_streams(store, &whole).await;
 
     // Many at once: missing ones are not an error; a bad key refuses the whole call first.
     let many: Vec<String> = (0..5).map(|i| format!("conformance/e/{i}")).collect();
