@@ -125,6 +125,8 @@ pub(crate) struct Jobs {
     /// Woken when a capture ends, so its last shard is delivered without waiting for the
     /// next spool scan.
     pub(crate) ended: tokio::sync::Notify,
+    /// The copies turned on for live viewers ([`stream::Streaming`]).
+    streaming: stream::Streaming,
 }
 
 /// What the full-capture side reports to metrics.
@@ -226,6 +228,7 @@ impl Jobs {
             started: Mutex::new(Vec::new()),
             started_now: tokio::sync::Notify::new(),
             ended: tokio::sync::Notify::new(),
+            streaming: stream::Streaming::default(),
         })
     }
 

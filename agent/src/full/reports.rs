@@ -75,8 +75,9 @@ impl Jobs {
         });
         for (id, job) in jobs.iter_mut() {
             let pending_shards = pending.get(id).copied().unwrap_or(0);
-            let mut report = report_of(id, job, pending_shards, spool);
-            match (&job.stop, &job.end) {
+            // Built only for what is reported: captures kept after their end (an hour) are
+            // passed over without it, but for the rare repeat of their final state.
+            let report = match (&job.stop, &job.end) {
                 (Some(stop), _) => {
                     if spool_full {
                         tracing::warn!(capture = %id, spool, "spool full: stopping the capture");
@@ -91,7 +92,9 @@ impl Jobs {
                         });
                         stop.stop();
                     }
+                    let mut report = report_of(id, job, pending_shards, spool);
                     running(&mut report, stop);
+                    report
                 }
                 (None, Some(end)) => {
                     let state = if pending_shards > 0 {
@@ -108,15 +111,17 @@ impl Jobs {
                         }
                         job.final_reported = Some(Instant::now());
                     }
+                    let mut report = report_of(id, job, pending_shards, spool);
                     report.counters = Some(convert::counters(&end.counters));
                     report.error = end.error.clone();
                     report.interrupted = end.interrupted;
                     convert::set_state(&mut report, state);
                     convert::set_stop_reason(&mut report, end.stop_reason);
+                    report
                 }
                 // Being started.
                 (None, None) => continue,
-            }
+            };
             out.push(report);
         }
         drop(jobs);

@@ -3,7 +3,8 @@
 //! hands each packet it writes to a [`StreamTap`] as well, without ever waiting: the tap's
 //! queue is bounded (packets and bytes) and a packet that does not fit is dropped and
 //! counted. [`Jobs::stream_loop`] drains the queues into StreamPackets messages when the
-//! control stream has room (else those packets are dropped and counted too). The shards, and
+//! control stream has room (else those packets are dropped and counted too). It looks only
+//! at the taps turned on ([`Streaming`]), and sleeps while there are none. The shards, and
 //! so the delivered file, are written before the copy and never depend on it.
 
 use std::collections::VecDeque;
@@ -63,6 +64,12 @@ impl StreamTap {
         self.on_until_ns.store(until, Ordering::Release);
     }
 
+    /// Whether the copy is on or packets are still queued.
+    fn live(&self) -> bool {
+        let until = self.on_until_ns.load(Ordering::Acquire);
+        (until != 0 && edgecap_common::now_ns() <= until) || !lock(&self.queue).packets.is_empty()
+    }
+
     /// Packets not copied so far.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -99,6 +106,16 @@ impl StreamTap {
         // stream would otherwise grow it again at every drain.
         out
     }
+}
+
+/// The taps turned on and not yet drained after they went off: all the drain loop looks at.
+/// It had gone through every capture kept (finished ones for an hour) 20 times a second,
+/// in every agent, whether anyone watched or not.
+#[derive(Default)]
+pub(super) struct Streaming {
+    taps: Mutex<Vec<(String, Arc<StreamTap>)>>,
+    /// Woken when a tap is turned on.
+    wake: tokio::sync::Notify,
 }
 
 /// Packets copied and not yet sent, and their bytes.
@@ -144,6 +161,14 @@ impl Jobs {
         if let Some(tap) = lock(&self.jobs).get(capture_id).and_then(|j| j.tap.clone()) {
             tracing::info!(capture = %capture_id, on, "live stream");
             tap.set(on);
+            if on {
+                let mut taps = lock(&self.streaming.taps);
+                if !taps.iter().any(|(id, _)| id == capture_id) {
+                    taps.push((capture_id.to_string(), tap));
+                }
+                drop(taps);
+                self.streaming.wake.notify_one();
+            }
         }
     }
 
@@ -152,8 +177,19 @@ impl Jobs {
     /// so reports, grants and answers always find room.
     pub(crate) async fn stream_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
         while !cancel.is_cancelled() && !out.is_closed() {
-            let taps: Vec<(String, Arc<StreamTap>)> =
-                lock(&self.jobs).iter().filter_map(|(id, j)| Some((id.clone(), j.tap.clone()?))).collect();
+            // A tap that went off (or whose "on" ran out) is dropped once drained.
+            let taps = {
+                let mut taps = lock(&self.streaming.taps);
+                taps.retain(|(_, tap)| tap.live());
+                taps.clone()
+            };
+            if taps.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = out.closed() => return,
+                    _ = self.streaming.wake.notified() => continue,
+                }
+            }
             for (capture_id, tap) in taps {
                 loop {
                     let packets = tap.take();
@@ -210,5 +246,20 @@ mod tests {
         }
         assert_eq!(tap.dropped(), 12);
         assert_eq!(tap.take().len(), 1, "1 MiB per message");
+    }
+
+    #[test]
+    fn a_tap_is_looked_at_while_on_or_holding_packets() {
+        let tap = StreamTap::new("eth0", 1, 65535);
+        assert!(!tap.live(), "never turned on");
+        tap.set(true);
+        assert!(tap.live());
+        tap.offer(1, 10, &[0; 10]);
+        tap.set(false);
+        assert!(tap.live(), "off, one packet still queued");
+        assert_eq!(tap.take().len(), 1);
+        assert!(!tap.live(), "off and drained");
+        tap.on_until_ns.store(1, Ordering::Release);
+        assert!(!tap.live(), "an on that ran out");
     }
 }
