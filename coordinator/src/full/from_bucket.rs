@@ -278,8 +278,9 @@ pub(super) fn merged_size(agents: &[AgentShards], options: &MergeOptions) -> Opt
 
 /// Merges `agents` from `source` into `key` of `target`, in one streamed PUT when
 /// [`merged_size`] knows the size. Should the merge come to another size (a shard's record
-/// did not describe it), nothing is committed, and the merge runs again as a multipart
-/// upload.
+/// did not describe it), or the PUT fail in a way worth retrying (a stall in the inputs
+/// outlasting the store's patience with an idle upload, which a multipart upload's whole
+/// parts never meet), nothing is committed, and the merge runs again as a multipart upload.
 pub(super) async fn merge(
     source: Arc<dyn ObjectStore>,
     target: Arc<dyn ObjectStore>,
@@ -293,8 +294,8 @@ pub(super) async fn merge(
     };
     let sized = merge_once(source.clone(), target.clone(), agents.clone(), key, options.clone(), Some(size), cancel);
     match sized.await {
-        Err(FromBucketError::Storage(StorageError::SizeDiffers { got, .. })) => {
-            tracing::warn!(key, size, got, "the merged file is not the size its shards gave; merging again in parts");
+        Err(FromBucketError::Storage(e)) if e.is_retryable() || matches!(e, StorageError::SizeDiffers { .. }) => {
+            tracing::warn!(key, size, error = %e, "the merged file did not go up as one PUT; merging again in parts");
             merge_once(source, target, agents, key, options, None, cancel).await
         }
         other => other,

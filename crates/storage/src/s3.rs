@@ -550,10 +550,14 @@ impl ObjectStore for S3Store {
         }
     }
 
-    /// One streamed `PutObject` of exactly `size` bytes, with a CRC32C the SDK computes as the
-    /// bytes go and sends as a trailer, which the bucket checks. Multipart (`put_stream`,
-    /// checked) when the payload is signed (a signature needs the whole body first) or the
-    /// object is larger than one request may be.
+    /// One streamed `PutObject` of exactly `size` bytes. Over HTTPS it carries a CRC32C that
+    /// the SDK computes as the bytes go and sends as a trailer, which the bucket checks; to a
+    /// plain `http://` endpoint (unsigned only on loopback: the bytes never cross a network)
+    /// none, as the SDK would sign every chunk of a trailer-carrying body there. No read
+    /// timeout: the answer comes after the last byte, however long the merge takes; the SDK's
+    /// stalled-upload protection (under 1 byte/s for 20 s) still ends a request nobody reads.
+    /// Multipart (`put_stream`, checked) when the payload is signed (a signature needs the
+    /// whole body first) or the object is larger than one request may be.
     async fn put_stream_sized(
         &self,
         key: &str,
@@ -566,18 +570,22 @@ impl ObjectStore for S3Store {
         }
         let object = self.object_key(key)?;
         let (body, failure) = crate::sized::SizedBody::new(key, size, pieces);
+        let https = self.location.endpoint.as_deref().is_none_or(|e| e.to_ascii_lowercase().starts_with("https://"));
+        // The client computes checksums only when asked for one: this request asks over HTTPS.
+        let checksums =
+            if https { RequestChecksumCalculation::WhenSupported } else { RequestChecksumCalculation::WhenRequired };
+        let timeouts = TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).disable_read_timeout().build();
         let sent = self
             .client
             .put_object()
             .bucket(&self.location.bucket)
             .key(&object)
             .content_length(i64::try_from(size).unwrap_or(i64::MAX))
-            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C)
+            .set_checksum_algorithm(https.then_some(aws_sdk_s3::types::ChecksumAlgorithm::Crc32C))
             .body(ByteStream::from_body_1_x(body))
             .customize()
-            // The client computes checksums only when asked for one: this request asks.
             .config_override(
-                aws_sdk_s3::Config::builder().request_checksum_calculation(RequestChecksumCalculation::WhenSupported),
+                aws_sdk_s3::Config::builder().request_checksum_calculation(checksums).timeout_config(timeouts),
             )
             .disable_payload_signing()
             .send();

@@ -245,3 +245,72 @@ async fn a_merge_that_comes_to_another_size_than_announced_is_merged_again_in_pa
     leader(&repo, dir.path(), 0).merge_into_bucket(&store, &record, &CancellationToken::new()).await.unwrap();
     assert!(streamed == stored(&store, record.merged_key()).await);
 }
+
+/// A bucket whose one-request uploads fail as a store does with an idle upload it gave up
+/// on; everything else goes to `inner`.
+#[derive(Debug)]
+struct NoSinglePut {
+    inner: Arc<dyn ObjectStore>,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for NoSinglePut {
+    async fn put(&self, key: &str, body: Bytes) -> edgecap_storage::Result<()> {
+        self.inner.put(key, body).await
+    }
+    async fn put_file(&self, key: &str, path: &std::path::Path, c: &CancellationToken) -> edgecap_storage::Result<u64> {
+        self.inner.put_file(key, path, c).await
+    }
+    async fn put_stream(
+        &self,
+        key: &str,
+        pieces: tokio::sync::mpsc::Receiver<edgecap_storage::Piece>,
+        c: &CancellationToken,
+    ) -> edgecap_storage::Result<u64> {
+        self.inner.put_stream(key, pieces, c).await
+    }
+    async fn put_stream_sized(
+        &self,
+        key: &str,
+        _: u64,
+        _: tokio::sync::mpsc::Receiver<edgecap_storage::Piece>,
+        _: &CancellationToken,
+    ) -> edgecap_storage::Result<u64> {
+        Err(StorageError::Unavailable(format!("put {key}: HTTP 400 RequestTimeout")))
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> edgecap_storage::Result<(edgecap_storage::ObjectMeta, edgecap_storage::ObjectReader)> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> edgecap_storage::Result<Option<edgecap_storage::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> edgecap_storage::Result<Vec<edgecap_storage::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> edgecap_storage::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> edgecap_storage::Result<()> {
+        self.inner.delete_many(keys).await
+    }
+}
+
+#[tokio::test]
+async fn a_single_put_that_fails_is_followed_by_a_merge_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = bucket(dir.path()).await;
+    let record = full_record(put_pops(&inner, 2, 1, |a, _| (1, a, 500)).await);
+    let store: Arc<dyn ObjectStore> = Arc::new(NoSinglePut { inner: inner.clone() });
+    let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+    // At once: not after the retries of an unavailable bucket (up to `merge_retry`).
+    let full = leader(&repo, dir.path(), 256);
+    let cancel = CancellationToken::new();
+    let merging = full.merge_into_bucket(&store, &record, &cancel);
+    let merged = tokio::time::timeout(std::time::Duration::from_secs(10), merging).await.expect("merged at once");
+    assert_eq!(merged.unwrap(), Some(1000));
+    let size = from_bucket::merged_size(&from_bucket::by_agent(&record), &merge_options(&record)).unwrap();
+    assert_eq!(inner.head(&record.merged_key()).await.unwrap().unwrap().size, size);
+}
