@@ -140,9 +140,11 @@ pub(super) struct SpoolMeter {
     /// When (`None`: never). Not held while the spool is walked, so that readers of the last
     /// measure (metrics) never wait for a walk.
     measured: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Sizes of the directories that no longer change (drained captures), counted without
-    /// walking them; one that is removed is simply no longer found in the spool.
-    constant: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
+    /// Sizes of the directories that no longer change (drained captures), by name in the
+    /// spool, counted without walking them; one that is removed is simply no longer found.
+    /// (By name, not path: each measure looks up every entry of the spool, finished captures
+    /// kept for an hour included, and a path is built and hashed component by component.)
+    constant: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
 }
 
 impl SpoolMeter {
@@ -157,7 +159,7 @@ impl SpoolMeter {
             let mut total = 0;
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for entry in entries.flatten() {
-                    total += match constant.get(&entry.path()) {
+                    total += match constant.get(entry.file_name().as_os_str()) {
                         Some(&known) => known,
                         None => entry_bytes(&entry),
                     };
@@ -174,12 +176,16 @@ impl SpoolMeter {
     /// every later measure, without walking it again.
     pub(super) fn settle(&self, dir: &Path) {
         let bytes = dir_bytes(dir);
-        edgecap_common::lock(&self.constant).insert(dir.to_path_buf(), bytes);
+        if let Some(name) = dir.file_name() {
+            edgecap_common::lock(&self.constant).insert(name.to_os_string(), bytes);
+        }
     }
 
     /// Forgets `dir` (removed).
     pub(super) fn forget(&self, dir: &Path) {
-        edgecap_common::lock(&self.constant).remove(dir);
+        if let Some(name) = dir.file_name() {
+            edgecap_common::lock(&self.constant).remove(name);
+        }
     }
 
     /// The last measure, without measuring (0 before the first).
