@@ -40,9 +40,13 @@ impl Jobs {
         let mut asking: JoinSet<()> = JoinSet::new();
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         while !cancel.is_cancelled() && !out.is_closed() {
+            // Running captures with an allowance first: the captures kept after their end (an
+            // hour) are passed over without hashing their ids, 20 times a second.
+            let in_flight_now = lock(&in_flight).clone();
             let wanting: Vec<_> = lock(&self.jobs)
                 .iter()
-                .filter(|(id, _)| !lock(&in_flight).contains(*id))
+                .filter(|(_, job)| job.stop.is_some() && job.allowance.is_some())
+                .filter(|(id, _)| !in_flight_now.contains(*id))
                 .filter_map(|(id, job)| {
                     let (allowance, portion) = job.allowance.clone()?;
                     let counters = job.stop.as_ref()?.counters();
