@@ -46,23 +46,25 @@ pub struct S3MergeArgs {
     unknown_size: bool,
 }
 
-/// Packets and captured bytes of a classic pcap file; `(0, 0)` for anything else.
+/// Packets and captured bytes of a classic pcap file, read with the merge's own reader;
+/// `(0, 0)` (unknown) for anything else, or a file it cannot read to its end.
 fn count_records(file: &[u8]) -> (u64, u64) {
-    let Some(magic) = file.get(..4) else { return (0, 0) };
-    let little = match magic {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => return (0, 0),
-    };
-    let (mut at, mut packets, mut bytes) = (24usize, 0u64, 0u64);
-    while let Some(field) = file.get(at + 8..at + 12) {
-        let field: [u8; 4] = field.try_into().unwrap_or_default();
-        let caplen = if little { u32::from_le_bytes(field) } else { u32::from_be_bytes(field) };
-        packets += 1;
-        bytes += u64::from(caplen);
-        at += 16 + caplen as usize;
+    use edgecap_merge::read::{CaptureReader, Format, Record};
+    let Ok(mut reader) = CaptureReader::open(file) else { return (0, 0) };
+    if !matches!(reader.format(), Format::Pcap { modified: false, .. }) {
+        return (0, 0);
     }
-    (packets, bytes)
+    let (mut record, mut packets, mut bytes) = (Record::default(), 0u64, 0u64);
+    loop {
+        match reader.next_record(&mut record) {
+            Ok(true) => {
+                packets += 1;
+                bytes += record.bytes().len() as u64;
+            }
+            Ok(false) => return (packets, bytes),
+            Err(_) => return (0, 0),
+        }
+    }
 }
 
 pub async fn run(args: S3MergeArgs) -> anyhow::Result<()> {
@@ -117,4 +119,19 @@ pub async fn run(args: S3MergeArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn records_are_counted_in_whole_classic_pcap_files_only() {
+        let mut w = edgecap_merge::write::PcapWriter::new(Vec::new(), 1, 65535, true).unwrap();
+        for len in [60usize, 1500, 9] {
+            w.packet(1_000, len as u32, &vec![0u8; len]).unwrap();
+        }
+        let file = w.finish().unwrap();
+        assert_eq!(super::count_records(&file), (3, 1569));
+        assert_eq!(super::count_records(&file[..file.len() - 1]), (0, 0), "a record cut short");
+        assert_eq!(super::count_records(b"not a capture"), (0, 0));
+    }
 }

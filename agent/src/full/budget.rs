@@ -40,23 +40,23 @@ impl Jobs {
         let mut asking: JoinSet<()> = JoinSet::new();
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         while !cancel.is_cancelled() && !out.is_closed() {
-            // Running captures with an allowance first: the captures kept after their end (an
-            // hour) are passed over without hashing their ids, 20 times a second.
-            let in_flight_now = lock(&in_flight).clone();
             let wanting: Vec<_> = lock(&self.jobs)
                 .iter()
-                .filter(|(_, job)| job.stop.is_some() && job.allowance.is_some())
-                .filter(|(id, _)| !in_flight_now.contains(*id))
                 .filter_map(|(id, job)| {
-                    let (allowance, portion) = job.allowance.clone()?;
-                    let counters = job.stop.as_ref()?.counters();
+                    // Running captures with an allowance first: the captures kept after their
+                    // end (an hour) are passed over without hashing their ids, 20 times a second.
+                    let (stop, (allowance, portion)) = (job.stop.as_ref()?, job.allowance.as_ref()?);
+                    if lock(&in_flight).contains(id) {
+                        return None;
+                    }
+                    let counters = stop.counters();
                     if allowance.is_exhausted() || counters.stop_reason.is_some() {
                         return None;
                     }
                     let (packets, bytes) = allowance.current();
                     let need =
                         low(packets, counters.written, portion.0) || low(bytes, counters.bytes_written, portion.1);
-                    need.then(|| (id.clone(), allowance, counters.written, counters.bytes_written))
+                    need.then(|| (id.clone(), allowance.clone(), counters.written, counters.bytes_written))
                 })
                 .collect();
             for (capture_id, allowance, packets_written, bytes_written) in wanting {

@@ -289,17 +289,17 @@ pub(super) async fn merge(
     options: MergeOptions,
     cancel: &CancellationToken,
 ) -> Result<MergeReport, FromBucketError> {
-    let Some(size) = merged_size(&agents, &options) else {
-        return merge_once(source, target, agents, key, options, None, cancel).await;
-    };
-    let sized = merge_once(source.clone(), target.clone(), agents.clone(), key, options.clone(), Some(size), cancel);
-    match sized.await {
-        Err(FromBucketError::Storage(e)) if e.is_retryable() || matches!(e, StorageError::SizeDiffers { .. }) => {
-            tracing::warn!(key, size, error = %e, "the merged file did not go up as one PUT; merging again in parts");
-            merge_once(source, target, agents, key, options, None, cancel).await
+    if let Some(size) = merged_size(&agents, &options) {
+        let sized =
+            merge_once(source.clone(), target.clone(), agents.clone(), key, options.clone(), Some(size), cancel);
+        match sized.await {
+            Err(FromBucketError::Storage(e)) if e.is_retryable() || matches!(e, StorageError::SizeDiffers { .. }) => {
+                tracing::warn!(key, size, error = %e, "the merged file did not go up as one PUT; merging again in parts");
+            }
+            other => return other,
         }
-        other => other,
     }
+    merge_once(source, target, agents, key, options, None, cancel).await
 }
 
 /// One merge into `key`: of `size` bytes exactly, or of a size known at the end. Downloads,

@@ -120,16 +120,20 @@ pub struct S3Store {
 /// a body from being changed on the way, and it stays. Either way each part carries a CRC32C
 /// that the bucket checks.
 pub fn payload_signing(endpoint: Option<&str>) -> bool {
-    let Some(endpoint) = endpoint else { return false };
-    // (An endpoint that is not a URL keeps the signature; the SDK will refuse it anyway.)
-    let Ok(uri) = endpoint.parse::<http::Uri>() else { return true };
-    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+    if over_https(endpoint) {
         return false;
     }
+    // (An endpoint that is not a URL keeps the signature; the SDK will refuse it anyway.)
+    let Some(Ok(uri)) = endpoint.map(str::parse::<http::Uri>) else { return true };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
     let loopback =
         host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     !loopback
+}
+
+/// Whether requests to `endpoint` go over HTTPS (AWS itself when none is given).
+fn over_https(endpoint: Option<&str>) -> bool {
+    endpoint.is_none_or(|e| e.parse::<http::Uri>().is_ok_and(|uri| uri.scheme() == Some(&http::uri::Scheme::HTTPS)))
 }
 
 /// The CRC32C of `data`, in S3's form.
@@ -570,7 +574,7 @@ impl ObjectStore for S3Store {
         }
         let object = self.object_key(key)?;
         let (body, failure) = crate::sized::SizedBody::new(key, size, pieces);
-        let https = self.location.endpoint.as_deref().is_none_or(|e| e.to_ascii_lowercase().starts_with("https://"));
+        let https = over_https(self.location.endpoint.as_deref());
         // The client computes checksums only when asked for one: this request asks over HTTPS.
         let checksums =
             if https { RequestChecksumCalculation::WhenSupported } else { RequestChecksumCalculation::WhenRequired };
