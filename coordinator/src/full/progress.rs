@@ -44,6 +44,9 @@ const MAX_QUEUED: usize = 32;
 const FINAL_TRIES: Duration = Duration::from_secs(3);
 /// What the replica remembers of a PoP it wrote, after its last report.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How often what is older than [`FORGET_AFTER`] is looked for (at every flush, the
+/// remembered PoPs of the last ten minutes' captures had all been visited).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 type Pop = (String, String); // (capture, agent)
 /// A PoP to write: the revision read, the new state, the status before, the reports folded in.
@@ -62,6 +65,8 @@ struct State {
     queued: HashMap<Pop, Vec<pb::CaptureReport>>,
     /// What this replica last saw in each PoP's key when it wrote (or read) it.
     written: HashMap<Pop, Written>,
+    /// When `written` was last pruned.
+    pruned: Option<Instant>,
 }
 
 /// A PoP as last written (or found) by this replica.
@@ -155,6 +160,11 @@ impl Progress {
         }
         let key = (report.capture_id.clone(), agent.to_string());
         let mut state = lock(&self.state);
+        // A PoP seen final here stays final (a report never moves it): an agent's repeat of
+        // its final state is dropped, not queued for a read of its capture's PoPs.
+        if state.written.get(&key).is_some_and(|w| w.pop.as_ref().is_some_and(|(status, ..)| status.is_final())) {
+            return;
+        }
         let queue = state.queued.entry(key.clone()).or_default();
         // A report with only newer counters for the same status replaces the one before.
         match queue.last_mut() {
@@ -215,7 +225,10 @@ impl Progress {
             let mut state = lock(&self.state);
             let due: Vec<Pop> = state.queued.keys().filter(|k| state.due(k, all)).cloned().collect();
             let now = Instant::now();
-            state.written.retain(|_, w| now.duration_since(w.at) < FORGET_AFTER);
+            if state.pruned.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY) {
+                state.written.retain(|_, w| now.duration_since(w.at) < FORGET_AFTER);
+                state.pruned = Some(now);
+            }
             due.into_iter().filter_map(|k| state.queued.remove(&k).map(|q| (k, q))).collect()
         };
         let mut by_capture: HashMap<String, Vec<(String, Vec<pb::CaptureReport>)>> = HashMap::new();

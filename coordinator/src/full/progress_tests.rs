@@ -121,6 +121,7 @@ async fn repeats_are_not_urgent_and_a_long_error_is_cut() {
     assert_eq!(pop(&repo, "a").await.status, PopStatus::Done);
     progress.push("a", done);
     assert!(!lock(&progress.state).urgent(&key("a")), "a final state repeated");
+    assert!(!lock(&progress.state).queued.contains_key(&key("a")), "and dropped: nothing to read it for");
 
     let mut failed = report("c1", pb::CaptureState::Failed, 1);
     failed.error = "é".repeat(10_000);
