@@ -151,6 +151,13 @@ impl Jobs {
         jobs.iter().filter(|(_, j)| !j.drained).map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
     }
 
+    /// The spool's size, at most `max_age` old: what the drained captures left, counted
+    /// once, and the other captures' directories walked. Blocking when it measures.
+    fn spool_bytes(&self, max_age: std::time::Duration) -> u64 {
+        let live: Vec<PathBuf> = lock(&self.jobs).values().filter(|j| !j.drained).map(|j| j.dir.clone()).collect();
+        self.spool.bytes(&self.config.spool_dir, max_age, &live)
+    }
+
     /// Marks drained the jobs that were over when listed and whose directory held no shard;
     /// the spool's measure then counts their directories without walking them. Blocking
     /// (a drained directory holds two small files); under the jobs' lock, so that a job

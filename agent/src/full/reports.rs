@@ -12,8 +12,19 @@ use super::Jobs;
 use super::spool::{EndFile, SPOOL_FRESH, drainable, manifests};
 use crate::convert::{self, CaptureState, StopReason};
 
-/// How often a final state is repeated (in case the coordinator missed it).
+/// How often a final state is repeated at most (in case the coordinator missed it).
 const REPEAT_FINAL: Duration = Duration::from_secs(30);
+
+/// Whether a final state reported last at `reported` (`None`: never) is due again: every
+/// [`REPEAT_FINAL`] at first, then every half of the time since the capture ended. A
+/// reconnection re-reports every final state anyway; repeated every 30 s for the hour a
+/// finished capture is kept, the repeats of an agent's kept captures had outnumbered its
+/// other reports (100 kept: 3 a second, each a read of its capture's PoPs at the coordinator).
+pub(super) fn final_due(ended_at: Option<Instant>, reported: Option<Instant>) -> bool {
+    let Some(reported) = reported else { return true };
+    let age = ended_at.map_or(Duration::ZERO, |t| t.elapsed());
+    reported.elapsed() > REPEAT_FINAL.max(age / 2)
+}
 
 impl Jobs {
     /// The first reports of the captures started since the last call and still running,
@@ -45,9 +56,9 @@ impl Jobs {
     }
 
     /// Progress of every capture worth reporting now. `all_final` re-reports finished ones
-    /// (after a reconnect); otherwise they are repeated every [`REPEAT_FINAL`]. Blocking.
+    /// (after a reconnect); otherwise they are repeated when [`final_due`]. Blocking.
     pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
-        let spool = self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH);
+        let spool = self.spool_bytes(SPOOL_FRESH);
         let spool_full = spool > self.config.spool_max_bytes;
         // Spooled shards per capture, read once (without holding the lock) for both the
         // clean-up and the reports; a drained job has none.
@@ -105,7 +116,7 @@ impl Jobs {
                         CaptureState::Failed
                     };
                     if pending_shards == 0 {
-                        let due = all_final || job.final_reported.is_none_or(|t| t.elapsed() > REPEAT_FINAL);
+                        let due = all_final || final_due(job.ended_at, job.final_reported);
                         if !due {
                             continue;
                         }

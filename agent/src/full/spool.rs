@@ -130,42 +130,81 @@ pub(super) fn manifests(dir: &Path) -> (Vec<(PathBuf, ShardManifest)>, Vec<PathB
 /// every second, so they measure again each time; a start and the report it triggers reuse it).
 pub(super) const SPOOL_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How often the whole spool directory is listed, for what is in it besides the captures'
+/// own directories (entries set aside as damaged, an operator's files).
+pub(super) const SURVEY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The spool's size, measured again only when the last measure is older than `max_age`: a
 /// burst of starts (each checks for room) and the reports they trigger had each walked the
 /// whole spool.
-#[derive(Default)]
+///
+/// A measure is the sum of three parts, so that its cost follows the captures that are
+/// still writing or uploading, not the finished ones kept for an hour (it had listed the
+/// spool, one entry per kept capture, twice a second in every agent):
+/// - the directories that no longer change (drained captures), counted once when settled;
+/// - the live capture directories the caller names, walked;
+/// - everything else in the spool, from a listing of it at most every `survey_every`.
 pub(super) struct SpoolMeter {
     /// Bytes as last measured.
     bytes: std::sync::atomic::AtomicU64,
     /// When (`None`: never). Not held while the spool is walked, so that readers of the last
     /// measure (metrics) never wait for a walk.
     measured: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Sizes of the directories that no longer change (drained captures), by name in the
-    /// spool, counted without walking them; one that is removed is simply no longer found.
-    /// (By name, not path: each measure looks up every entry of the spool, finished captures
-    /// kept for an hour included, and a path is built and hashed component by component.)
-    constant: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
+    /// The settled directories and everything else.
+    parts: std::sync::Mutex<Parts>,
+    survey_every: std::time::Duration,
+}
+
+#[derive(Default)]
+struct Parts {
+    /// Sizes of the settled directories, by name in the spool.
+    settled: std::collections::HashMap<std::ffi::OsString, u64>,
+    /// Their sum.
+    settled_bytes: u64,
+    /// Bytes of the entries that are neither settled nor live, as last surveyed, and when.
+    others: u64,
+    surveyed: Option<std::time::Instant>,
+}
+
+impl Default for SpoolMeter {
+    fn default() -> Self {
+        Self::surveying_every(SURVEY_EVERY)
+    }
 }
 
 impl SpoolMeter {
-    /// The size of `dir`, at most `max_age` old. Blocking when it measures.
-    pub(super) fn bytes(&self, dir: &Path, max_age: std::time::Duration) -> u64 {
+    /// A meter that lists the whole spool at most every `survey_every`.
+    pub(super) fn surveying_every(survey_every: std::time::Duration) -> Self {
+        SpoolMeter { bytes: Default::default(), measured: Default::default(), parts: Default::default(), survey_every }
+    }
+
+    /// The size of the spool `dir`, at most `max_age` old; `live` are the directories in it
+    /// of the captures not settled yet (a name that has been settled meanwhile is counted
+    /// once). Blocking when it measures.
+    pub(super) fn bytes(&self, dir: &Path, max_age: std::time::Duration, live: &[PathBuf]) -> u64 {
         use std::sync::atomic::Ordering;
         if edgecap_common::lock(&self.measured).is_some_and(|at| at.elapsed() <= max_age) {
             return self.bytes.load(Ordering::Relaxed);
         }
         let bytes = {
-            let constant = edgecap_common::lock(&self.constant);
-            let mut total = 0;
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    total += match constant.get(entry.file_name().as_os_str()) {
-                        Some(&known) => known,
-                        None => entry_bytes(&entry),
-                    };
+            let mut parts = edgecap_common::lock(&self.parts);
+            let live_names: Vec<&std::ffi::OsStr> =
+                live.iter().filter_map(|d| d.file_name()).filter(|name| !parts.settled.contains_key(*name)).collect();
+            if parts.surveyed.is_none_or(|at| at.elapsed() >= self.survey_every) {
+                let mut others = 0;
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name();
+                        if !parts.settled.contains_key(&name) && !live_names.contains(&name.as_os_str()) {
+                            others += entry_bytes(&entry);
+                        }
+                    }
                 }
+                parts.others = others;
+                parts.surveyed = Some(std::time::Instant::now());
             }
-            total
+            let walked: u64 = live_names.iter().map(|name| dir_bytes(&dir.join(name))).sum();
+            parts.settled_bytes + parts.others + walked
         };
         self.bytes.store(bytes, Ordering::Relaxed);
         *edgecap_common::lock(&self.measured) = Some(std::time::Instant::now());
@@ -177,14 +216,19 @@ impl SpoolMeter {
     pub(super) fn settle(&self, dir: &Path) {
         let bytes = dir_bytes(dir);
         if let Some(name) = dir.file_name() {
-            edgecap_common::lock(&self.constant).insert(name.to_os_string(), bytes);
+            let mut parts = edgecap_common::lock(&self.parts);
+            let before = parts.settled.insert(name.to_os_string(), bytes).unwrap_or(0);
+            parts.settled_bytes = parts.settled_bytes - before + bytes;
         }
     }
 
     /// Forgets `dir` (removed).
     pub(super) fn forget(&self, dir: &Path) {
         if let Some(name) = dir.file_name() {
-            edgecap_common::lock(&self.constant).remove(name);
+            let mut parts = edgecap_common::lock(&self.parts);
+            if let Some(bytes) = parts.settled.remove(name) {
+                parts.settled_bytes -= bytes;
+            }
         }
     }
 

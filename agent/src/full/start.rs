@@ -182,7 +182,7 @@ impl Jobs {
         // The account's scope: applied by this agent in any case; no scope, no capture.
         let scope = crate::convert::scope_from_pb(job.scope.as_ref()).map_err(|e| e.to_string())?.to_bpf();
         let iface = self.interface.clone().ok_or("this agent has no capture interface")?;
-        if self.spool.bytes(&self.config.spool_dir, SPOOL_FRESH) >= self.config.spool_max_bytes {
+        if self.spool_bytes(SPOOL_FRESH) >= self.config.spool_max_bytes {
             return Err(format!("spool {} is full", self.config.spool_dir.display()));
         }
         let filter = match job.filter.as_ref().map(crate::convert::filter_from_pb).transpose() {

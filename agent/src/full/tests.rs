@@ -176,13 +176,15 @@ fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("c1")).unwrap();
     std::fs::write(dir.path().join("c1/shard-000001.pcap"), [0u8; 100]).unwrap();
-    let meter = super::spool::SpoolMeter::default();
+    // Listing the whole spool at every measure, as if nothing were known of it.
+    let meter = super::spool::SpoolMeter::surveying_every(std::time::Duration::ZERO);
     assert_eq!(meter.last(), 0, "nothing measured yet");
     let long = std::time::Duration::from_secs(3600);
-    assert_eq!(meter.bytes(dir.path(), long), 100);
+    let zero = std::time::Duration::ZERO;
+    assert_eq!(meter.bytes(dir.path(), long, &[]), 100);
     std::fs::write(dir.path().join("c1/shard-000002.pcap"), [0u8; 50]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), long), 100, "fresh enough: not walked again");
-    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150, "too old: walked again");
+    assert_eq!(meter.bytes(dir.path(), long, &[]), 100, "fresh enough: not walked again");
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 150, "too old: walked again");
     assert_eq!(meter.last(), 150);
 
     // A settled directory (a drained capture's) is counted at its size then, not walked: the
@@ -191,11 +193,46 @@ fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
     std::fs::write(dir.path().join("c2/end.json"), [0u8; 7]).unwrap();
     meter.settle(&dir.path().join("c2"));
     std::fs::write(dir.path().join("c2/late"), [0u8; 1000]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 157);
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 157);
+    let c2 = [dir.path().join("c2")];
+    assert_eq!(meter.bytes(dir.path(), zero, &c2), 157, "named live after it settled: counted once");
     meter.forget(&dir.path().join("c2"));
-    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 1157);
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1157);
     std::fs::remove_dir_all(dir.path().join("c2")).unwrap();
-    assert_eq!(meter.bytes(dir.path(), std::time::Duration::ZERO), 150);
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 150);
+}
+
+#[test]
+fn the_spool_measure_walks_live_captures_and_lists_the_spool_only_now_and_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = std::time::Duration::ZERO;
+    let (c1, c2) = (dir.path().join("c1"), dir.path().join("c2"));
+    for d in [&c1, &c2] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("job.json"), [0u8; 10]).unwrap();
+    }
+    std::fs::write(dir.path().join("c9.damaged"), [0u8; 3]).unwrap();
+    let meter = super::spool::SpoolMeter::surveying_every(std::time::Duration::from_secs(3600));
+    meter.settle(&c2);
+    let live = [c1.clone()];
+    // The first measure lists the spool: the entry set aside is found there.
+    assert_eq!(meter.bytes(dir.path(), zero, &live), 23);
+    // A live capture's new shard is seen at the next measure; the settled one is not walked;
+    // what appears beside them waits for the next listing.
+    std::fs::write(c1.join("shard-000001.pcap"), [0u8; 100]).unwrap();
+    std::fs::write(c2.join("late"), [0u8; 1000]).unwrap();
+    std::fs::write(dir.path().join("operator-file"), [0u8; 5000]).unwrap();
+    assert_eq!(meter.bytes(dir.path(), zero, &live), 123);
+    // A capture that has drained is settled at its size then and no longer named live.
+    meter.settle(&c1);
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 123);
+    meter.forget(&c1);
+    std::fs::remove_dir_all(&c1).unwrap();
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 13);
+    // The next listing counts what is not a capture's.
+    let meter = super::spool::SpoolMeter::surveying_every(zero);
+    meter.settle(&c2);
+    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1010 + 3 + 5000);
 }
 
 #[test]
@@ -220,10 +257,11 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
 
     // A drained directory is not read again (no real capture writes there any more; the
     // shards put there here show it is passed over); the others still are.
-    let measured = jobs.spool.bytes(spool.path(), std::time::Duration::ZERO);
+    let measured = jobs.spool_bytes(std::time::Duration::ZERO);
     shard(&done, 1);
-    assert_eq!(jobs.spool.bytes(spool.path(), std::time::Duration::ZERO), measured, "nor measured");
+    assert_eq!(jobs.spool_bytes(std::time::Duration::ZERO), measured, "nor measured");
     shard(&starting, 1);
+    assert!(jobs.spool_bytes(std::time::Duration::ZERO) > measured, "a live capture's shard is measured");
     assert_eq!(files(&jobs), ["busy", "starting"]);
     let reports = jobs.reports(true);
     let closed = |id: &str| reports.iter().find(|r| r.capture_id == id).map(|r| r.shards_closed);
@@ -360,4 +398,16 @@ fn a_started_capture_is_reported_running_once_from_memory() {
     jobs.stop("0123456789abcdef0123456789abcde6");
     third_ended.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
     jobs.end_job(third);
+}
+
+#[test]
+fn final_states_are_repeated_less_often_as_they_age() {
+    use super::reports::final_due;
+    let ago = |secs: u64| Instant::now().checked_sub(std::time::Duration::from_secs(secs));
+    assert!(final_due(ago(5), None), "never reported");
+    assert!(!final_due(ago(40), ago(10)), "within 30 s");
+    assert!(final_due(ago(40), ago(31)), "every 30 s at first");
+    assert!(!final_due(ago(600), ago(240)), "ended 10 min ago: every 5 min");
+    assert!(final_due(ago(600), ago(360)));
+    assert!(!final_due(ago(3000), ago(1200)), "ended 50 min ago: every 25 min");
 }
