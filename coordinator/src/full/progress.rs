@@ -292,10 +292,12 @@ impl Progress {
                         .await;
                     match written {
                         Ok(Some(now)) => self.written(capture, &now, *before),
-                        Ok(None) => self.mark_written(capture, pop),
+                        // Unchanged, absent, or lost the race five times: what the key holds
+                        // is not known here.
+                        Ok(None) => self.mark_unsure(capture, pop),
                         Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
                             tracing::error!(%capture, agent = %pop.agent_id, "PoP progress larger than the state store takes; dropped");
-                            self.mark_written(capture, pop);
+                            self.mark_unsure(capture, pop);
                         }
                         Err(error) => {
                             tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");
@@ -322,6 +324,17 @@ impl Progress {
     fn mark_written(&self, capture: &str, pop: &PopResult) {
         let seen = Written { at: Instant::now(), pop: Some((pop.status, pop.stop_reason, pop.error.clone())) };
         lock(&self.state).written.insert((capture.to_string(), pop.agent_id.clone()), seen);
+    }
+
+    /// Records a PoP as computed here when the store may hold something else: a final state
+    /// is not remembered (the agent's repeats of a final state seen here are dropped unread,
+    /// so it must be one the store holds); its next report is read and written again.
+    fn mark_unsure(&self, capture: &str, pop: &PopResult) {
+        if pop.is_final() {
+            lock(&self.state).written.remove(&(capture.to_string(), pop.agent_id.clone()));
+        } else {
+            self.mark_written(capture, pop);
+        }
     }
 
     /// Puts reports that could not be written back in front of any that came since.

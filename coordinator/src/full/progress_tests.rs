@@ -154,12 +154,36 @@ async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
 }
 
 /// A store that, at its next `compare_and_put_all`, first writes a key of its own (another
-/// writer between the batch's read and its transaction), or fails it as unreachable.
+/// writer between the batch's read and its transaction), or fails it as unreachable; and
+/// that refuses the next `lose_single` single compare-and-swaps (each one a lost race).
 #[derive(Debug)]
 struct Interloper {
     inner: std::sync::Arc<dyn edgecap_state::StateStore>,
     write_first: Mutex<Option<(String, Vec<u8>)>>,
     fail_next: std::sync::atomic::AtomicBool,
+    lose_single: std::sync::atomic::AtomicU32,
+}
+
+impl Interloper {
+    fn over(repo: &Repo) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Interloper {
+            inner: repo.store().clone(),
+            write_first: Mutex::new(None),
+            fail_next: std::sync::atomic::AtomicBool::new(false),
+            lose_single: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
+    /// Makes the next batch find `agent`'s PoP of c1 written by the leader (an error noted)
+    /// since the batch read it.
+    async fn leader_notes_before_next_batch(&self, repo: &Repo, agent: &str) {
+        let mut noted = pop(repo, agent).await;
+        noted.error = Some("noted by the leader".into());
+        // The PoP's key, as the store names it.
+        let all = repo.store().list("").await.unwrap();
+        let key = all.iter().find(|kv| kv.key.ends_with(&format!("/c1/{agent}"))).expect("the PoP's key").key.clone();
+        *lock(&self.write_first) = Some((key, serde_json::to_vec(&noted).unwrap()));
+    }
 }
 
 #[async_trait::async_trait]
@@ -188,6 +212,10 @@ impl edgecap_state::StateStore for Interloper {
         value: Vec<u8>,
         lease: Option<edgecap_state::LeaseId>,
     ) -> edgecap_state::Result<Option<Revision>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.lose_single.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Ok(None);
+        }
         self.inner.compare_and_put(key, expected, value, lease).await
     }
     async fn delete(&self, key: &str) -> edgecap_state::Result<bool> {
@@ -235,23 +263,14 @@ impl edgecap_state::StateStore for Interloper {
 #[tokio::test]
 async fn a_batch_that_loses_a_race_or_fails_is_written_after_all() {
     let plain = repo_with_pops(&["a", "b"]).await;
-    let interloper = std::sync::Arc::new(Interloper {
-        inner: plain.store().clone(),
-        write_first: Mutex::new(None),
-        fail_next: std::sync::atomic::AtomicBool::new(false),
-    });
+    let interloper = Interloper::over(&plain);
     let repo = Repo::new(interloper.clone());
     let progress = Progress::default();
     progress.push("a", report("c1", pb::CaptureState::Running, 1));
     progress.push("b", report("c1", pb::CaptureState::Running, 1));
     progress.flush(&repo, true).await;
 
-    let mut noted = pop(&repo, "a").await;
-    noted.error = Some("noted by the leader".into());
-    // a's key, as the store names it.
-    let all = repo.store().list("").await.unwrap();
-    let key = all.iter().find(|kv| kv.key.ends_with("/c1/a")).expect("a's key").key.clone();
-    *lock(&interloper.write_first) = Some((key, serde_json::to_vec(&noted).unwrap()));
+    interloper.leader_notes_before_next_batch(&repo, "a").await;
     progress.push("a", report("c1", pb::CaptureState::Uploading, 7));
     progress.push("b", report("c1", pb::CaptureState::Uploading, 8));
     progress.flush(&repo, false).await;
@@ -270,6 +289,30 @@ async fn a_batch_that_loses_a_race_or_fails_is_written_after_all() {
     assert!(lock(&progress.state).urgent(&("c1".to_string(), "b".to_string())), "still queued, still urgent");
     progress.flush(&repo, false).await;
     assert_eq!((pop(&repo, "b").await.status, pop(&repo, "b").await.packets), (PopStatus::Done, 9));
+}
+
+/// A final state that could not be written (its batch lost a race, then every try of its
+/// own too) is not remembered as written: the agent's repeat of it is queued, not dropped
+/// as the repeat of a final state the store holds.
+#[tokio::test]
+async fn a_final_state_not_written_is_not_taken_for_one() {
+    let plain = repo_with_pops(&["a"]).await;
+    let interloper = Interloper::over(&plain);
+    let repo = Repo::new(interloper.clone());
+    let progress = Progress::default();
+    progress.push("a", report("c1", pb::CaptureState::Running, 1));
+    progress.flush(&repo, true).await;
+
+    interloper.leader_notes_before_next_batch(&repo, "a").await;
+    interloper.lose_single.store(5, std::sync::atomic::Ordering::SeqCst);
+    let done = report("c1", pb::CaptureState::Done, 9);
+    progress.push("a", done.clone());
+    progress.flush(&repo, false).await;
+    assert_eq!(pop(&repo, "a").await.status, PopStatus::Running, "every try lost");
+    progress.push("a", done);
+    assert!(lock(&progress.state).queued.contains_key(&("c1".to_string(), "a".to_string())), "the repeat is kept");
+    progress.flush(&repo, true).await;
+    assert_eq!(pop(&repo, "a").await.status, PopStatus::Done);
 }
 
 #[tokio::test]
