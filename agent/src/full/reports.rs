@@ -15,15 +15,13 @@ use crate::convert::{self, CaptureState, StopReason};
 /// How often a final state is repeated at most (in case the coordinator missed it).
 const REPEAT_FINAL: Duration = Duration::from_secs(30);
 
-/// Whether a final state reported last at `reported` (`None`: never) is due again: every
-/// [`REPEAT_FINAL`] at first, then every half of the time since the capture ended. A
+/// Whether a final state is due again, `reported` ago (`None`: never), `age` after its
+/// capture ended: every [`REPEAT_FINAL`] at first, then every half of its age. A
 /// reconnection re-reports every final state anyway; repeated every 30 s for the hour a
 /// finished capture is kept, the repeats of an agent's kept captures had outnumbered its
 /// other reports (100 kept: 3 a second, each a read of its capture's PoPs at the coordinator).
-pub(super) fn final_due(ended_at: Option<Instant>, reported: Option<Instant>) -> bool {
-    let Some(reported) = reported else { return true };
-    let age = ended_at.map_or(Duration::ZERO, |t| t.elapsed());
-    reported.elapsed() > REPEAT_FINAL.max(age / 2)
+pub(super) fn final_due(age: Duration, reported: Option<Duration>) -> bool {
+    reported.is_none_or(|ago| ago > REPEAT_FINAL.max(age / 2))
 }
 
 impl Jobs {
@@ -116,7 +114,8 @@ impl Jobs {
                         CaptureState::Failed
                     };
                     if pending_shards == 0 {
-                        let due = all_final || final_due(job.ended_at, job.final_reported);
+                        let age = job.ended_at.map_or(Duration::ZERO, |t| t.elapsed());
+                        let due = all_final || final_due(age, job.final_reported.map(|t| t.elapsed()));
                         if !due {
                             continue;
                         }

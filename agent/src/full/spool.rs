@@ -193,11 +193,22 @@ impl SpoolMeter {
             if parts.surveyed.is_none_or(|at| at.elapsed() >= self.survey_every) {
                 let mut others = 0;
                 if let Ok(entries) = std::fs::read_dir(dir) {
+                    let mut found = std::collections::HashSet::new();
                     for entry in entries.flatten() {
                         let name = entry.file_name();
-                        if !parts.settled.contains_key(&name) && !live_names.contains(&name.as_os_str()) {
+                        if parts.settled.contains_key(&name) {
+                            found.insert(name);
+                        } else if !live_names.contains(&name.as_os_str()) {
                             others += entry_bytes(&entry);
                         }
+                    }
+                    // A settled directory removed by someone else (an operator freeing
+                    // space) no longer counts. (A directory removed or made while the spool
+                    // is listed may be counted among the others until the next listing.)
+                    let gone: Vec<_> = parts.settled.keys().filter(|n| !found.contains(*n)).cloned().collect();
+                    for name in gone {
+                        let bytes = parts.settled.remove(&name).unwrap_or(0);
+                        parts.settled_bytes -= bytes;
                     }
                 }
                 parts.others = others;
@@ -295,3 +306,7 @@ pub(super) fn recover(name: &str, dir: &Path) -> std::io::Result<EndFile> {
     }
     Ok(end)
 }
+
+#[cfg(test)]
+#[path = "spool_tests.rs"]
+mod tests;

@@ -172,70 +172,6 @@ async fn a_spooled_shard_whose_bytes_changed_since_its_manifest_is_found_out() {
 }
 
 #[test]
-fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("c1")).unwrap();
-    std::fs::write(dir.path().join("c1/shard-000001.pcap"), [0u8; 100]).unwrap();
-    // Listing the whole spool at every measure, as if nothing were known of it.
-    let meter = super::spool::SpoolMeter::surveying_every(std::time::Duration::ZERO);
-    assert_eq!(meter.last(), 0, "nothing measured yet");
-    let long = std::time::Duration::from_secs(3600);
-    let zero = std::time::Duration::ZERO;
-    assert_eq!(meter.bytes(dir.path(), long, &[]), 100);
-    std::fs::write(dir.path().join("c1/shard-000002.pcap"), [0u8; 50]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), long, &[]), 100, "fresh enough: not walked again");
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 150, "too old: walked again");
-    assert_eq!(meter.last(), 150);
-
-    // A settled directory (a drained capture's) is counted at its size then, not walked: the
-    // file put there afterwards (which no capture would do) is not seen until it is forgotten.
-    std::fs::create_dir(dir.path().join("c2")).unwrap();
-    std::fs::write(dir.path().join("c2/end.json"), [0u8; 7]).unwrap();
-    meter.settle(&dir.path().join("c2"));
-    std::fs::write(dir.path().join("c2/late"), [0u8; 1000]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 157);
-    let c2 = [dir.path().join("c2")];
-    assert_eq!(meter.bytes(dir.path(), zero, &c2), 157, "named live after it settled: counted once");
-    meter.forget(&dir.path().join("c2"));
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1157);
-    std::fs::remove_dir_all(dir.path().join("c2")).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 150);
-}
-
-#[test]
-fn the_spool_measure_walks_live_captures_and_lists_the_spool_only_now_and_then() {
-    let dir = tempfile::tempdir().unwrap();
-    let zero = std::time::Duration::ZERO;
-    let (c1, c2) = (dir.path().join("c1"), dir.path().join("c2"));
-    for d in [&c1, &c2] {
-        std::fs::create_dir(d).unwrap();
-        std::fs::write(d.join("job.json"), [0u8; 10]).unwrap();
-    }
-    std::fs::write(dir.path().join("c9.damaged"), [0u8; 3]).unwrap();
-    let meter = super::spool::SpoolMeter::surveying_every(std::time::Duration::from_secs(3600));
-    meter.settle(&c2);
-    let live = [c1.clone()];
-    // The first measure lists the spool: the entry set aside is found there.
-    assert_eq!(meter.bytes(dir.path(), zero, &live), 23);
-    // A live capture's new shard is seen at the next measure; the settled one is not walked;
-    // what appears beside them waits for the next listing.
-    std::fs::write(c1.join("shard-000001.pcap"), [0u8; 100]).unwrap();
-    std::fs::write(c2.join("late"), [0u8; 1000]).unwrap();
-    std::fs::write(dir.path().join("operator-file"), [0u8; 5000]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &live), 123);
-    // A capture that has drained is settled at its size then and no longer named live.
-    meter.settle(&c1);
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 123);
-    meter.forget(&c1);
-    std::fs::remove_dir_all(&c1).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 13);
-    // The next listing counts what is not a capture's.
-    let meter = super::spool::SpoolMeter::surveying_every(zero);
-    meter.settle(&c2);
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1010 + 3 + 5000);
-}
-
-#[test]
 fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
     let spool = tempfile::tempdir().unwrap();
     let done = capture_dir(spool.path(), "done");
@@ -403,11 +339,11 @@ fn a_started_capture_is_reported_running_once_from_memory() {
 #[test]
 fn final_states_are_repeated_less_often_as_they_age() {
     use super::reports::final_due;
-    let ago = |secs: u64| Instant::now().checked_sub(std::time::Duration::from_secs(secs));
-    assert!(final_due(ago(5), None), "never reported");
-    assert!(!final_due(ago(40), ago(10)), "within 30 s");
-    assert!(final_due(ago(40), ago(31)), "every 30 s at first");
-    assert!(!final_due(ago(600), ago(240)), "ended 10 min ago: every 5 min");
-    assert!(final_due(ago(600), ago(360)));
-    assert!(!final_due(ago(3000), ago(1200)), "ended 50 min ago: every 25 min");
+    let s = std::time::Duration::from_secs;
+    assert!(final_due(s(5), None), "never reported");
+    assert!(!final_due(s(40), Some(s(10))), "within 30 s");
+    assert!(final_due(s(40), Some(s(31))), "every 30 s at first");
+    assert!(!final_due(s(600), Some(s(240))), "ended 10 min ago: every 5 min");
+    assert!(final_due(s(600), Some(s(360))));
+    assert!(!final_due(s(3000), Some(s(1200))), "ended 50 min ago: every 25 min");
 }
