@@ -136,9 +136,13 @@ async fn serve(
             }
             _ = probe.tick() => {
                 probes += 1;
-                if probes <= 8 || probes.is_multiple_of(20) {
-                    let p = estimator.probe(parts.clock);
-                    out_tx.send(message(pb::agent_message::Msg::ClockProbe(p))).await.context("send clock probe")?;
+                let p = estimator.probe(parts.clock);
+                out_tx.send(message(pb::agent_message::Msg::ClockProbe(p))).await.context("send clock probe")?;
+                if probes == 8 {
+                    // The timer itself slows down (it had woken every 250 ms to send one
+                    // probe in twenty).
+                    let every = Duration::from_secs(5);
+                    probe = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 }
             }
             () = async {

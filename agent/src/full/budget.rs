@@ -40,12 +40,14 @@ impl Jobs {
         let mut asking: JoinSet<()> = JoinSet::new();
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         while !cancel.is_cancelled() && !out.is_closed() {
+            let mut budgeted = false;
             let wanting: Vec<_> = lock(&self.jobs)
                 .iter()
                 .filter_map(|(id, job)| {
                     // Running captures with an allowance first: the captures kept after their
                     // end (an hour) are passed over without hashing their ids, 20 times a second.
                     let (stop, (allowance, portion)) = (job.stop.as_ref()?, job.allowance.as_ref()?);
+                    budgeted = true;
                     if lock(&in_flight).contains(id) {
                         return None;
                     }
@@ -91,10 +93,14 @@ impl Jobs {
                     lock(&in_flight).remove(&capture_id);
                 });
             }
+            // No capture with a share running: asleep until one starts (a start while the
+            // captures were being looked at left its wake-up waiting).
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = out.closed() => break,
                 Some(_) = asking.join_next(), if !asking.is_empty() => {}
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = tokio::time::sleep(CHECK_EVERY), if budgeted => {}
+                () = self.budgeted.notified(), if !budgeted => {}
             }
         }
         asking.shutdown().await;

@@ -127,6 +127,9 @@ pub(crate) struct Jobs {
     pub(crate) ended: tokio::sync::Notify,
     /// The copies turned on for live viewers ([`stream::Streaming`]).
     streaming: stream::Streaming,
+    /// Woken when a capture with a share of a shared budget starts (the budget loop sleeps
+    /// while none runs).
+    budgeted: tokio::sync::Notify,
 }
 
 /// What the full-capture side reports to metrics.
@@ -149,6 +152,11 @@ impl Jobs {
     fn undrained(&self) -> Vec<(String, PathBuf, bool)> {
         let jobs = lock(&self.jobs);
         jobs.iter().filter(|(_, j)| !j.drained).map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
+    }
+
+    /// Whether some job's directory may still receive or hold shards.
+    fn any_undrained(&self) -> bool {
+        lock(&self.jobs).values().any(|j| !j.drained)
     }
 
     /// The spool's size, at most `max_age` old: what the drained captures left, counted
@@ -236,6 +244,7 @@ impl Jobs {
             started_now: tokio::sync::Notify::new(),
             ended: tokio::sync::Notify::new(),
             streaming: stream::Streaming::default(),
+            budgeted: tokio::sync::Notify::new(),
         })
     }
 

@@ -122,6 +122,9 @@ impl Jobs {
         if let Some(job) = lock(&self.jobs).get_mut(&id) {
             job.stop = Some(prepared.live.stop_handle());
             job.allowance = prepared.allowance.clone();
+            if job.allowance.is_some() {
+                self.budgeted.notify_one();
+            }
             job.tap = Some(prepared.tap.clone());
             // Stopped while it was being opened: it ends now, having run for a moment.
             if job.stop_requested {

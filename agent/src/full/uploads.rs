@@ -69,8 +69,15 @@ impl Jobs {
         let mut busy: HashSet<String> = HashSet::new();
         let mut backoff: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
         while !cancel.is_cancelled() && !out.is_closed() {
-            let this = self.clone();
-            let ready = tokio::task::spawn_blocking(move || this.scan_spool()).await.unwrap_or_default();
+            let ready = if self.any_undrained() {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.scan_spool()).await.unwrap_or_default()
+            } else {
+                // Every capture drained: nothing can wait for delivery, and no blocking thread
+                // is woken every 300 ms to find that out.
+                self.oldest_waiting_ns.store(0, Ordering::Relaxed);
+                Vec::new()
+            };
             let now = tokio::time::Instant::now();
             let mut by_capture: Vec<(String, Vec<Ready>)> = Vec::new();
             for shard in ready {
