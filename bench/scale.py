@@ -703,13 +703,14 @@ def scenario_full(env, a):
         which = ["-a", "-F", "999"]
         if a.perf_starts_of:
             pid = next(p.pid for p in env.procs.procs if p.name == a.perf_starts_of)
-            which = ["-p", str(pid), "-F", "299", "--call-graph", "dwarf,32768"]
+            which = ["-p", str(pid), "-F", str(a.perf_hz), "--call-graph", "dwarf,32768"]
         starts_proc = env.procs.start("perf", ["perf", "record", *which, "-k", "CLOCK_MONOTONIC",
                                                "-o", starts_perf], os.path.join(env.dir, "perf-starts.log"))
         time.sleep(1)
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
     windows = {}
+    cpu_series = []  # per start: {process: ticks}
     # CPU each process spent from POST to every PoP running (ticks of /proc/PID/stat).
     stats = [(p.name, ProcStat(p.pid)) for p in env.procs.procs if p.poll() is None]
     start_cpu = {name: 0 for name, _ in stats}
@@ -733,8 +734,10 @@ def scenario_full(env, a):
             _, t1 = wait_final(api, cid, a.poll_ms / 1000, timeout=60, done=all_capturing(a.agents))
             if i >= a.warmup:
                 ms.append((t1 - t0) * 1000)
-                for name, s in stats:
-                    start_cpu[name] += s.ticks() - c0[name]
+                per = {name: s.ticks() - c0[name] for name, s in stats}
+                for name, t in per.items():
+                    start_cpu[name] += t
+                cpu_series.append(per)
                 for k, v in env.etcd.metrics().items():
                     start_etcd[k] = start_etcd.get(k, 0) + v - m0.get(k, 0)
                 start_windows.append((w0, w0 + (t1 - t0)))
@@ -777,11 +780,30 @@ def scenario_full(env, a):
         print(f"  CPU from POST to every PoP running, ms per capture (mean of {len(ms)}): {cpu}")
         rates = {k: v / len(ms) for k, v in start_etcd.items() if not k.startswith("db_") and v}
         print(f"  etcd requests in that time, per capture: {fmt_rates(rates, '')}")
+    if a.series and ms:
+        series(ms, cpu_series)
+    # The start windows on CLOCK_MONOTONIC, for `perf report --time` over any of them.
+    with open(os.path.join(env.dir, "windows.txt"), "w") as f:
+        f.write(" ".join(f"{s:.6f},{e:.6f}" for s, e in start_windows))
     if a.timeline:
         timeline(env, windows)
     print(f"  stop/end -> success (merge of every PoP's shards): {summary(final_ms)}")
     print(f"  errors: {len(errors)} {errors[:3]}")
     print(f"  {time.monotonic() - t_start:.0f} s; loadavg before {la0} / after {la1}")
+
+
+def series(ms, cpu_series):
+    """Each start's latency in order, and each process's CPU per start: what grows over a run
+    (the first and the last tenth compared)."""
+    tenth = max(1, len(ms) // 10)
+    mean = lambda xs: sum(xs) / len(xs)
+    print("  series, create -> every PoP running, ms:", " ".join(f"{x:.0f}" for x in ms))
+    print(f"    first {tenth} / last {tenth}: {mean(ms[:tenth]):.1f} / {mean(ms[-tenth:]):.1f} ms")
+    for name in cpu_series[0]:
+        per = [1000 * p[name] / CLK_TCK for p in cpu_series]
+        if any(per):
+            print(f"    {name} CPU per start, first {tenth} / last {tenth}: {mean(per[:tenth]):.1f} / "
+                  f"{mean(per[-tenth:]):.1f} ms")
 
 
 def scenario_idle(env, a):
@@ -794,8 +816,11 @@ def scenario_idle(env, a):
     perf = Perf(env, c.pid, min(a.perf, a.seconds), "idle") if a.perf else None
     la0 = loadavg()
     m0, t0 = env.etcd.metrics(), time.monotonic()
+    sims = [(p.name, ProcStat(p.pid)) for p in env.procs.procs if p.name.startswith("sim")]
+    s0 = {name: s.ticks() for name, s in sims}
     w = c.stat.watch(a.seconds)
     m1, t1 = env.etcd.metrics(), time.monotonic()
+    sim_pct = {name: 100 * (s.ticks() - s0[name]) / CLK_TCK / (t1 - t0) for name, s in sims}
     la1 = loadavg()
     if perf:
         perf.finish()
@@ -807,6 +832,8 @@ def scenario_idle(env, a):
           f"incl. connection burst), CPU {w['cpu_pct']:.2f} % of one core ({w['cpu_s']:.2f} s CPU), "
           f"threads {w['threads']}, fds {c.stat.fds()}")
     print(f"  etcd ops while idle: {fmt_rates(rates)}")
+    print("  simulated agents' CPU: " + ", ".join(f"{name} {pct:.1f} %" for name, pct in sim_pct.items())
+          + f" of one core ({a.agents} agents)")
     print(f"  loadavg before {la0} / after {la1}")
 
 
@@ -1102,6 +1129,9 @@ def main():
                         "(POST -> every PoP running), by process and symbol")
     s.add_argument("--perf-starts-of", metavar="NAME", default=None,
                    help="with --perf-starts: record only process NAME (c1, sim0, etcd...) with DWARF call graphs")
+    s.add_argument("--perf-hz", type=int, default=299, help="sampling rate with --perf-starts-of")
+    s.add_argument("--series", action="store_true",
+                   help="print each start's latency and each process's CPU per start, first and last tenth")
 
     s = sub.add_parser("idle", help="coordinator RSS and CPU with N connected idle agents")
     common(s, 1000, 0, 2, 20)
