@@ -162,7 +162,7 @@ impl Jobs {
     /// The spool's size, at most `max_age` old: what the drained captures left, counted
     /// once, and the other captures' directories walked. Blocking when it measures.
     fn spool_bytes(&self, max_age: std::time::Duration) -> u64 {
-        let live: Vec<PathBuf> = lock(&self.jobs).values().filter(|j| !j.drained).map(|j| j.dir.clone()).collect();
+        let live: Vec<PathBuf> = self.undrained().into_iter().map(|(_, dir, _)| dir).collect();
         self.spool.bytes(&self.config.spool_dir, max_age, &live)
     }
 
