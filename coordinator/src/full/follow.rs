@@ -178,6 +178,9 @@ impl FullCaptures {
         // PoPs the full allowance again rather than failing them for its predecessor's time.
         let deadline = started + Duration::from_secs(record.time_limit) + START_DEADLINE + self.settings.upload_grace;
         let mut gone_since: HashMap<String, Instant> = HashMap::new();
+        // The capture's agents as accepted (the record's PoPs may be cleared below).
+        let roster: Vec<String> = record.pops.iter().map(|p| p.agent_id.clone()).collect();
+        let mut jobs_checked = false;
         // The first read after a moment, not at once, and the watch on the PoPs opened then:
         // a runner starts as its capture does, and reading 300 PoPs and agents, or 300 watch
         // events of PoPs starting, would share the CPU with the PoPs' starts.
@@ -208,8 +211,12 @@ impl FullCaptures {
                     continue;
                 }
             };
+            // A PoP without a key has not reported yet: the record's copy (pending) stands
+            // for it, and it is failed like any other.
+            let keyed: HashSet<String> = pops.iter().map(|p| p.agent_id.clone()).collect();
+            let current = record.merged_pops(pops.clone());
             let now = Instant::now();
-            for pop in pops.iter().filter(|p| !p.is_final()) {
+            for pop in current.iter().filter(|p| !p.is_final()) {
                 let reason = if !present.contains(&pop.agent_id) {
                     let since = *gone_since.entry(pop.agent_id.clone()).or_insert(now);
                     (now - since > self.settings.reconnect_grace).then(|| {
@@ -228,17 +235,13 @@ impl FullCaptures {
                     })
                 };
                 if let Some(reason) = reason {
-                    self.fail_pop(&id, &pop.agent_id, reason).await;
+                    self.fail_pop(&id, pop, keyed.contains(&pop.agent_id), reason).await;
                 }
             }
-            if pops.is_empty() && now - started > START_DEADLINE {
-                // The accepting replica died between the record and its jobs.
-                for pop in &mut record.pops {
-                    pop.status = PopStatus::Failed;
-                    pop.error = Some(
-                        "the capture's jobs were never written (its coordinator failed while accepting it)".into(),
-                    );
-                }
+            if !jobs_checked && now - started > START_DEADLINE {
+                // Once no start can reach an agent any more: a PoP that never reported and has
+                // no job was left behind by a replica that died while writing the jobs.
+                jobs_checked = self.fail_pops_without_jobs(&id, &current, &keyed).await;
             }
             let before = (record.status, record.pops.clone());
             record.view_pops(pops);
@@ -254,8 +257,12 @@ impl FullCaptures {
         }
         if record.status.is_final() {
             // Ended while running (its record outgrew the store): nothing to merge.
-            let agents: Vec<String> =
-                self.repo.list_pops(&id).await.unwrap_or_default().into_iter().map(|p| p.agent_id).collect();
+            let mut agents = roster.clone();
+            for pop in self.repo.list_pops(&id).await.unwrap_or_default() {
+                if !agents.contains(&pop.agent_id) {
+                    agents.push(pop.agent_id);
+                }
+            }
             // The jobs first, so that no new grant follows the abort (one already past its
             // check finds its job gone and aborts its own upload); the active index last, so
             // that a leader dying before the abort leaves the capture to the next one.
@@ -268,12 +275,36 @@ impl FullCaptures {
         self.convert(record, cancel).await;
     }
 
+    /// Fails the PoPs of `current` that never reported (no key in `keyed`) and have no job;
+    /// `false` when the jobs could not be read (to be tried again).
+    async fn fail_pops_without_jobs(&self, capture: &str, current: &[PopResult], keyed: &HashSet<String>) -> bool {
+        let silent: Vec<&PopResult> =
+            current.iter().filter(|p| !p.is_final() && !keyed.contains(&p.agent_id)).collect();
+        if silent.is_empty() {
+            return true;
+        }
+        let with_jobs = match self.repo.agents_with_jobs(capture).await {
+            Ok(agents) => agents,
+            Err(error) => {
+                tracing::warn!(%capture, %error, "jobs unreadable; checked again at the next round");
+                return false;
+            }
+        };
+        for pop in silent.into_iter().filter(|p| !with_jobs.contains(&p.agent_id)) {
+            let reason = "the capture's job for this PoP was never written (its coordinator failed while accepting it)";
+            self.fail_pop(capture, pop, false, reason.into()).await;
+        }
+        true
+    }
+
     /// Fails a PoP that is still open (compare-and-swap: an agent's final report that won
-    /// the race is kept).
-    async fn fail_pop(&self, capture: &str, agent: &str, reason: String) {
+    /// the race is kept). `keyed`: whether its key was there when `pop` was read (if not,
+    /// `pop` is the record's copy and the key is created, unless a report did first).
+    async fn fail_pop(&self, capture: &str, pop: &PopResult, keyed: bool, reason: String) {
+        let agent = &pop.agent_id;
         let failed = self
             .repo
-            .update_pop(capture, agent, |pop| {
+            .update_pop(capture, agent, (!keyed).then_some(pop), |pop| {
                 if !pop.is_final() {
                     pop.status = PopStatus::Failed;
                     pop.error = Some(reason.clone());
@@ -309,58 +340,5 @@ pub(super) fn failure_summary(pops: &[PopResult]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::agents::Registry;
-    use crate::model::{CaptureRequest, CaptureType};
-    use crate::store::Repo;
-
-    fn record(pops: usize) -> CaptureRecord {
-        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
-        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
-        record.pops = (0..pops)
-            .map(|i| PopResult {
-                error: Some("x".repeat(100)),
-                ..PopResult::new(&format!("ord{i:03}"), &format!("agent-{i:03}"), PopStatus::Running)
-            })
-            .collect();
-        record
-    }
-
-    #[tokio::test]
-    async fn a_status_the_store_will_never_take_ends_the_capture_as_failed() {
-        // A store that takes 8 KiB per value, like etcd's 1.5 MiB for a big fleet.
-        let store: Arc<dyn edgecap_state::StateStore> =
-            Arc::new(edgecap_state::embedded::EmbeddedStore::in_memory_with_limit(8 << 10));
-        let repo = Repo::new(store);
-        let small = record(2);
-        repo.create_capture(&small).await.unwrap();
-        let full = FullCaptures::new(
-            repo.clone(),
-            Arc::new(Registry::default()),
-            "t".into(),
-            Default::default(),
-            Default::default(),
-            std::env::temp_dir(),
-            Default::default(),
-        );
-        let mut big = CaptureRecord { status: CaptureStatus::Running, ..record(200) };
-        big.id = small.id.clone();
-        assert!(full.persist(&mut big).await, "a final answer, not a retry forever");
-        assert_eq!(big.status, CaptureStatus::Failed);
-        let stored = repo.get_capture("acct", &small.id).await.unwrap().unwrap();
-        assert_eq!(stored.status, CaptureStatus::Failed);
-        assert!(stored.pops.is_empty());
-        let message = stored.error_message.unwrap();
-        assert!(message.contains("larger than the state store takes") && message.contains("ends here"), "{message}");
-        // A success stays a success (the merged file is in the bucket), without its details.
-        let mut done = CaptureRecord { status: CaptureStatus::Success, packets_captured: Some(7), ..record(200) };
-        done.id = small.id.clone();
-        assert!(full.persist(&mut done).await);
-        let stored = repo.get_capture("acct", &small.id).await.unwrap().unwrap();
-        assert_eq!((stored.status, stored.packets_captured), (CaptureStatus::Success, Some(7)));
-        assert!(stored.error_message.unwrap().contains("details are not kept"));
-    }
-}
+#[path = "follow_tests.rs"]
+mod tests;

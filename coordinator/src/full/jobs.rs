@@ -31,7 +31,10 @@ pub(crate) async fn current_view(repo: &crate::store::Repo, record: &mut Capture
 }
 
 impl FullCaptures {
-    /// Writes the jobs and initial PoP states of a capture just created (its record exists).
+    /// Writes the jobs of a capture just created (its record exists). The PoPs' own keys are
+    /// written by their first reports: until then the record's copy (pending) stands for
+    /// each, and a start writes half the keys it did (the states had been written with the
+    /// jobs, 600 keys for 300 PoPs, and the last agent's job waited for all of them).
     pub(super) async fn submit(&self, record: &CaptureRecord) -> crate::store::Result<()> {
         let not_after_ns = edgecap_common::now_ns() + START_DEADLINE.as_nanos() as u64;
         // The limits are shared by the PoPs that capture: each starts with a portion.
@@ -40,10 +43,10 @@ impl FullCaptures {
         if let Some(budget) = &budget {
             self.repo.put_budget(&record.id, budget).await?;
         }
-        // The states and jobs of POPS_PER_WRITE PoPs in one transaction, a few transactions
-        // at once: etcd's rate of requests, not their size, is what takes time (a capture over
-        // 300 PoPs had cost 600 writes). A group whose PoPs were already written (a retried
-        // submit) or too large for one request goes PoP by PoP, its state then its job.
+        // The jobs of POPS_PER_WRITE PoPs in one transaction, a few transactions at once:
+        // etcd's rate of requests, not their size, is what takes time (one request per job
+        // had cost 300 writes). A group with a job already written (a retried submit) or too
+        // large for one request goes job by job, keeping the jobs already there.
         // (The futures are made first: a closure in the stream trips the Send check of the
         // handler that awaits this.)
         let groups: Vec<_> = record
@@ -62,31 +65,20 @@ impl FullCaptures {
         budget: Option<&crate::model::Budget>,
         not_after_ns: u64,
     ) -> crate::store::Result<()> {
+        // A skipped PoP (its agent offline) has no job: the record holds its final state.
         let jobs: Vec<JobRecord> =
             pops.iter().filter(|p| !p.is_final()).map(|p| job_for(record, p, budget, not_after_ns)).collect();
-        match self.repo.create_pops_with_jobs(&record.id, pops, &jobs).await {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        match self.repo.create_jobs(&jobs).await {
             Ok(true) => return Ok(()),
             Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {}
             Err(e) => return Err(e),
         }
-        let writes: Vec<_> = pops.iter().map(|pop| self.submit_pop(record, pop, budget, not_after_ns)).collect();
-        futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<()>>().await?;
+        let writes: Vec<_> = jobs.iter().map(|job| self.repo.create_job(job)).collect();
+        futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<bool>>().await?;
         Ok(())
-    }
-
-    /// Writes one PoP's initial state and, unless it was skipped, its job.
-    async fn submit_pop(
-        &self,
-        record: &CaptureRecord,
-        pop: &PopResult,
-        budget: Option<&crate::model::Budget>,
-        not_after_ns: u64,
-    ) -> crate::store::Result<()> {
-        self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
-        if pop.is_final() {
-            return Ok(()); // skipped: offline
-        }
-        self.repo.put_job(&job_for(record, pop, budget, not_after_ns)).await
     }
 }
 
@@ -138,17 +130,19 @@ impl FullCaptures {
 
     /// Sends a job (and its stop, if asked) to its agent, if that agent is connected here.
     ///
-    /// `new`: the job was just created (its key's first version), so its PoP was written
-    /// pending beside it and cannot be final yet: it is sent without reading the PoP. Jobs
-    /// are forwarded one after another from the watch, and that read, one per PoP, had been
-    /// most of the time from a capture's creation to its PoPs running (300 PoPs: ~1 s).
+    /// `new`: the job was just created (its key's first version), so its PoP cannot be final
+    /// yet: it is sent without reading the PoP. Jobs are forwarded one after another from the
+    /// watch, and that read, one per PoP, had been most of the time from a capture's creation
+    /// to its PoPs running (300 PoPs: ~1 s).
     async fn forward(&self, job: &JobRecord, new: bool) {
         if !self.registry.is_connected(&job.agent_id) {
             return;
         }
-        // Only jobs whose PoP is still open are sent (a finished PoP is never restarted).
+        // Only jobs whose PoP is still open are sent (a finished PoP is never restarted). A
+        // PoP without a key has not reported yet: pending.
         if !new {
             match self.repo.get_pop(&job.capture_id, &job.agent_id).await {
+                Ok(None) => {}
                 Ok(Some((pop, _))) if !pop.is_final() => {}
                 _ => return,
             }
@@ -225,33 +219,41 @@ mod tests {
         let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
         let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
-        record.pops =
-            vec![PopResult::new("ord02", "b", PopStatus::Pending), PopResult::new("ord01", "a", PopStatus::Pending)];
+        record.pops = vec![
+            PopResult::new("ord02", "b", PopStatus::Pending),
+            PopResult::new("ord01", "a", PopStatus::Pending),
+            PopResult::new("ord03", "c", PopStatus::Skipped),
+        ];
         repo.create_capture(&record).await.unwrap();
         let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
         current_view(&repo, &mut view).await.unwrap();
         assert_eq!(view.status, CaptureStatus::Pending, "no PoP keys yet: the record as written");
-        assert_eq!(view.pops.len(), 2);
+        assert_eq!(view.pops.len(), 3);
 
-        // The PoPs' keys as the jobs and one agent's first report wrote them.
-        repo.cas_pop(&record.id, "b", None, &PopResult::new("ord02", "b", PopStatus::Pending)).await.unwrap();
+        // One agent's first report wrote its PoP's key; the others have none yet, and the
+        // record's copy stands for them.
         repo.cas_pop(&record.id, "a", None, &PopResult::new("ord01", "a", PopStatus::Running)).await.unwrap();
         let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
         current_view(&repo, &mut view).await.unwrap();
         assert_eq!(view.status, CaptureStatus::Running);
         let pops: Vec<_> = view.pops.iter().map(|p| (p.pop.as_str(), p.status)).collect();
-        assert_eq!(pops, [("ord01", PopStatus::Running), ("ord02", PopStatus::Pending)], "sorted by PoP");
+        assert_eq!(
+            pops,
+            [("ord01", PopStatus::Running), ("ord02", PopStatus::Pending), ("ord03", PopStatus::Skipped)],
+            "sorted by PoP"
+        );
 
         // A finished capture is shown as the leader wrote it.
         repo.update_capture("acct", &record.id, |r| r.status = CaptureStatus::Failed).await.unwrap();
         let mut view = repo.get_capture("acct", &record.id).await.unwrap().unwrap();
         current_view(&repo, &mut view).await.unwrap();
         assert_eq!(view.status, CaptureStatus::Failed);
-        assert!(view.pops.iter().all(|p| p.status == PopStatus::Pending), "{:?}", view.pops);
+        assert!(view.pops.iter().all(|p| p.status != PopStatus::Running), "the record's copies: {:?}", view.pops);
     }
 
     /// A submit retried after part of it was written (its replica failed, or the transaction's
-    /// answer was lost): the group goes PoP by PoP, keeps what is there, and adds the rest.
+    /// answer was lost): the group goes job by job, keeps what is there, and adds the rest. No
+    /// PoP key is written: a PoP's first report writes it.
     #[tokio::test]
     async fn a_retried_submit_keeps_what_was_written_and_adds_the_rest() {
         let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
@@ -271,17 +273,20 @@ mod tests {
             PopResult::new("ord02", "b", PopStatus::Pending),
             PopResult::new("ord03", "c", PopStatus::Skipped),
         ];
-        // The first attempt got as far as a's state, and a's agent already reported.
-        repo.cas_pop(&record.id, "a", None, &PopResult::new("ord01", "a", PopStatus::Running)).await.unwrap();
+        // The first attempt got as far as a's job, and a stop was asked for since.
+        let mut a = job_for(&record, &record.pops[0], None, 1);
+        a.stop = true;
+        repo.put_job(&a).await.unwrap();
         full.submit(&record).await.unwrap();
-        assert_eq!(repo.get_pop(&record.id, "a").await.unwrap().unwrap().0.status, PopStatus::Running, "kept");
-        assert_eq!(repo.get_pop(&record.id, "b").await.unwrap().unwrap().0.status, PopStatus::Pending);
-        assert_eq!(repo.get_pop(&record.id, "c").await.unwrap().unwrap().0.status, PopStatus::Skipped);
-        assert!(repo.get_job("a", &record.id).await.unwrap().is_some());
-        assert!(repo.get_job("b", &record.id).await.unwrap().is_some());
+        assert!(repo.get_job("a", &record.id).await.unwrap().unwrap().stop, "a's job kept as it was");
+        assert!(!repo.get_job("b", &record.id).await.unwrap().unwrap().stop);
         assert!(repo.get_job("c", &record.id).await.unwrap().is_none(), "no job for an offline agent");
+        for agent in ["a", "b", "c"] {
+            assert!(repo.get_pop(&record.id, agent).await.unwrap().is_none(), "{agent}: no PoP key");
+        }
+        assert_eq!(repo.agents_with_jobs(&record.id).await.unwrap(), ["a", "b"].map(String::from).into());
         // Submitted again, nothing changes.
         full.submit(&record).await.unwrap();
-        assert_eq!(repo.get_pop(&record.id, "a").await.unwrap().unwrap().0.status, PopStatus::Running);
+        assert!(repo.get_job("a", &record.id).await.unwrap().unwrap().stop);
     }
 }

@@ -8,8 +8,9 @@
 //! * [`jobs`]: it then writes one **job** per agent (`jobs/{agent}/{capture}`); every replica
 //!   **watches** the jobs and forwards them (start, and stop when the job says so) to the
 //!   agents connected to it, and again when an agent (re)connects; agents' progress reports
-//!   are folded into their PoP's state (`pops/{capture}/{agent}`, compare-and-swap, never
-//!   over a final state) by the replica they are connected to;
+//!   are folded into their PoP's state (`pops/{capture}/{agent}`, created by the first report
+//!   from the record's pending copy, then compare-and-swap, never over a final state) by the
+//!   replica they are connected to ([`progress`]);
 //! * [`uploads`]: that replica grants presigned uploads for each closed shard and records the
 //!   delivered shards (`shards/{capture}/{agent}/{shard}`);
 //! * [`leader`]: one replica is elected (a leased `leader` key); [`follow`]: the leader follows

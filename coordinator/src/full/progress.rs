@@ -11,8 +11,10 @@
 //!   whatever else came in meanwhile;
 //! * counters alone are written at most every [`COUNTERS_EVERY`] per PoP.
 //!
-//! A transaction that loses a race (the leader failed a PoP, an upload was committed) is
-//! redone key by key; reports that could not be written (store unreachable) stay queued and
+//! A PoP's key is created by the first report written for it (until then the capture
+//! record's copy, pending, stands for it; the record is read for that, through the active
+//! index). A transaction that loses a race (the leader failed a PoP, an upload was committed)
+//! is redone key by key; reports that could not be written (store unreachable) stay queued and
 //! are tried again at the next round, so nothing an agent reported is lost to an outage.
 
 use std::collections::HashMap;
@@ -49,8 +51,15 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 type Pop = (String, String); // (capture, agent)
-/// A PoP to write: the revision read, the new state, the status before, the reports folded in.
-type Changed = (Revision, PopResult, PopStatus, Vec<pb::CaptureReport>);
+/// A PoP to write.
+struct Changed {
+    /// The revision read; `None`: the key was absent (created by this write).
+    revision: Option<Revision>,
+    /// The state read (or the record's copy, for an absent key).
+    before: PopResult,
+    pop: PopResult,
+    reports: Vec<pb::CaptureReport>,
+}
 
 /// Queued reports and what was last written, per PoP. See the module docs.
 #[derive(Default)]
@@ -249,21 +258,42 @@ impl Progress {
                 return self.requeue(capture, pops);
             }
         };
+        // PoPs without a key have not reported before: they start from the record's copy.
+        let mut roster: HashMap<String, PopResult> = HashMap::new();
+        if pops.iter().any(|(agent, _)| !current.contains_key(agent)) {
+            match repo.active_capture(capture).await {
+                Ok(record) => {
+                    roster = record.into_iter().flat_map(|r| r.pops).map(|p| (p.agent_id.clone(), p)).collect();
+                }
+                Err(error) => {
+                    tracing::warn!(%capture, %error, "PoP progress not written; will retry");
+                    return self.requeue(capture, pops);
+                }
+            }
+        }
         let mut changed: Vec<Changed> = Vec::new();
         for (agent, reports) in pops {
-            // Not a PoP of this capture (or not readable as one): nothing to fold into.
-            let Some((before, revision)) = current.get(&agent) else {
-                lock(&self.state)
-                    .written
-                    .insert((capture.to_string(), agent), Written { at: Instant::now(), pop: None });
-                continue;
+            let (before, revision) = match current.get(&agent) {
+                Some((before, revision)) => (before.clone(), Some(*revision)),
+                // A PoP of this capture not written yet (a skipped one never is).
+                None => match roster.remove(&agent).filter(|p| !p.is_final()) {
+                    Some(before) => (before, None),
+                    // Not a PoP of this capture (or not readable as one, or the capture is
+                    // over): nothing to fold into.
+                    None => {
+                        lock(&self.state)
+                            .written
+                            .insert((capture.to_string(), agent), Written { at: Instant::now(), pop: None });
+                        continue;
+                    }
+                },
             };
             let mut pop = before.clone();
             for report in &reports {
                 apply_report(&mut pop, report);
             }
-            if pop != *before {
-                changed.push((*revision, pop, before.status, reports));
+            if pop != before {
+                changed.push(Changed { revision, before, pop, reports });
             } else {
                 self.mark_written(capture, &pop);
             }
@@ -276,22 +306,27 @@ impl Progress {
 
     /// Writes one transaction's worth of a capture's changed PoPs (key by key if it loses).
     async fn write_chunk(&self, repo: &Repo, capture: &str, chunk: &[Changed]) {
-        let batch: Vec<(Revision, PopResult)> = chunk.iter().map(|(r, p, _, _)| (*r, p.clone())).collect();
+        let batch: Vec<(Option<Revision>, PopResult)> = chunk.iter().map(|c| (c.revision, c.pop.clone())).collect();
         match repo.cas_pops(capture, &batch).await {
             Ok(true) => {
-                for (_, pop, before, _) in chunk {
-                    self.written(capture, pop, *before);
+                for c in chunk {
+                    self.written(capture, &c.pop, c.before.status);
                 }
             }
             // A key was written meanwhile, or the batch is over the store's request size:
             // each PoP on its own, read again.
             Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
-                for (_, pop, before, reports) in chunk {
+                for Changed { revision, before, pop, reports } in chunk {
+                    // A key absent at the read is created from the record's copy, unless a
+                    // report on another replica (or the leader) created it since.
+                    let initial = revision.is_none().then_some(before);
                     let written = repo
-                        .update_pop(capture, &pop.agent_id, |p| reports.iter().for_each(|r| apply_report(p, r)))
+                        .update_pop(capture, &pop.agent_id, initial, |p| {
+                            reports.iter().for_each(|r| apply_report(p, r))
+                        })
                         .await;
                     match written {
-                        Ok(Some(now)) => self.written(capture, &now, *before),
+                        Ok(Some(now)) => self.written(capture, &now, before.status),
                         // Unchanged, absent, or lost the race five times: what the key holds
                         // is not known here.
                         Ok(None) => self.mark_unsure(capture, pop),
@@ -308,7 +343,7 @@ impl Progress {
             }
             Err(error) => {
                 tracing::warn!(%capture, %error, pops = chunk.len(), "PoP progress not written; will retry");
-                self.requeue(capture, chunk.iter().map(|(_, p, _, r)| (p.agent_id.clone(), r.clone())).collect());
+                self.requeue(capture, chunk.iter().map(|c| (c.pop.agent_id.clone(), c.reports.clone())).collect());
             }
         }
     }

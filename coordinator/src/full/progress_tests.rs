@@ -75,9 +75,9 @@ async fn a_stale_batch_writes_nothing_and_reports_fold_onto_what_others_wrote() 
     progress.push("a", report("c1", pb::CaptureState::Uploading, 7));
     progress.push("b", report("c1", pb::CaptureState::Uploading, 8));
     let current = repo.pops_with_revisions("c1").await.unwrap();
-    repo.update_pop("c1", "a", |p| p.error = Some("noted by the leader".into())).await.unwrap();
-    let stale: Vec<(Revision, PopResult)> =
-        ["a", "b"].iter().map(|a| (current[*a].1, PopResult { packets: 99, ..current[*a].0.clone() })).collect();
+    repo.update_pop("c1", "a", None, |p| p.error = Some("noted by the leader".into())).await.unwrap();
+    let stale: Vec<(Option<Revision>, PopResult)> =
+        ["a", "b"].iter().map(|a| (Some(current[*a].1), PopResult { packets: 99, ..current[*a].0.clone() })).collect();
     assert!(!repo.cas_pops("c1", &stale).await.unwrap(), "a changed since it was read: nothing written");
     assert_eq!(pop(&repo, "b").await.packets, 1);
     progress.flush(&repo, false).await;
@@ -227,7 +227,7 @@ impl edgecap_state::StateStore for Interloper {
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> edgecap_state::Result<bool> {
         self.inner.put_all_if_absent(absent, puts).await
     }
-    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> edgecap_state::Result<bool> {
+    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> edgecap_state::Result<bool> {
         if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Err(edgecap_state::StateError::Unavailable("injected".into()));
         }
@@ -331,4 +331,52 @@ async fn many_pops_are_written_in_one_round_over_several_transactions() {
         assert_eq!((p.status, p.packets), (PopStatus::Running, i as u64), "{agent}");
     }
     assert!(lock(&progress.state).queued.is_empty());
+}
+
+/// A PoP has no key until its first report: that report creates it from the capture record's
+/// copy. Reports for agents that are not PoPs of the capture, for a skipped PoP, or for a
+/// capture that is over make no key; a first report that loses to the leader (which failed
+/// the PoP meanwhile, creating its key) leaves the failure standing.
+#[tokio::test]
+async fn a_pops_first_report_creates_its_key_from_the_record() {
+    use crate::model::{CaptureRecord, CaptureRequest, CaptureType};
+    let plain = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+    let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
+    let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+    record.id = "c1".into();
+    record.pops = vec![
+        PopResult::new("ord01", "a", PopStatus::Pending),
+        PopResult::new("ord02", "b", PopStatus::Pending),
+        PopResult::new("ord03", "c", PopStatus::Pending),
+        PopResult::new("ord04", "s", PopStatus::Skipped),
+    ];
+    plain.create_capture(&record).await.unwrap();
+    let interloper = Interloper::over(&plain);
+    let repo = Repo::new(interloper.clone());
+    let progress = Progress::default();
+    for agent in ["a", "s", "x"] {
+        progress.push(agent, report("c1", pb::CaptureState::Running, 1));
+    }
+    progress.flush(&repo, false).await;
+    let a = pop(&repo, "a").await;
+    assert_eq!((a.pop.as_str(), a.status, a.packets), ("ord01", PopStatus::Running, 1));
+    for agent in ["s", "x", "b", "c"] {
+        assert!(repo.get_pop("c1", agent).await.unwrap().is_none(), "{agent}: no key");
+    }
+
+    let all = repo.store().list_keys("").await.unwrap();
+    let key_b = all.iter().find(|k| k.ends_with("/c1/a")).expect("a's key").replace("/c1/a", "/c1/b");
+    let failed =
+        PopResult { error: Some("failed by the leader".into()), ..PopResult::new("ord02", "b", PopStatus::Failed) };
+    *lock(&interloper.write_first) = Some((key_b, serde_json::to_vec(&failed).unwrap()));
+    progress.push("b", report("c1", pb::CaptureState::Running, 2));
+    progress.flush(&repo, false).await;
+    assert!(lock(&interloper.write_first).is_none(), "the leader came first");
+    let b = pop(&repo, "b").await;
+    assert_eq!((b.status, b.error.as_deref()), (PopStatus::Failed, Some("failed by the leader")));
+
+    repo.delete_active("c1").await.unwrap();
+    progress.push("c", report("c1", pb::CaptureState::Running, 3));
+    progress.flush(&repo, true).await;
+    assert!(repo.get_pop("c1", "c").await.unwrap().is_none(), "the capture is over: no key made");
 }

@@ -54,7 +54,9 @@ impl FullCaptures {
             Ok(_) => return Err((format!("capture {capture_id} has no job for agent {agent_id}"), false)),
             Err(e) => return Err((e.to_string(), true)),
         };
+        // A PoP without a key has not reported yet (its job shows it is part of the capture).
         match self.repo.get_pop(capture_id, agent_id).await {
+            Ok(None) => Ok(job),
             Ok(Some((p, _))) if !p.is_final() => Ok(job),
             Ok(_) => Err(("this PoP's part of the capture is already closed".into(), false)),
             Err(e) => Err((e.to_string(), true)),
@@ -370,8 +372,16 @@ mod tests {
         };
         let committed = full.commit("a1", "ord01", uploaded).await;
         assert!(committed.error.contains("was not granted") && !committed.retryable, "{}", committed.error);
+        // A PoP whose first report is not written yet has no key: its job makes it open.
+        let keys = full.repo.store().list_keys("").await.unwrap();
+        let pop_key = keys.iter().find(|k| k.ends_with("/pops/c1/a1")).expect("a1's PoP key");
+        full.repo.store().delete(pop_key).await.unwrap();
+        let grant = full.grant("a1", "ord01", request("c1", "shard-000001.pcap")).await;
+        assert!(grant.error.is_empty() && grant.put.is_some(), "{grant:?}");
+        let pop = PopResult::new("ord01", "a1", PopStatus::Running);
+        full.repo.cas_pop("c1", "a1", None, &pop).await.unwrap();
         // Once the PoP is final, its capture takes no more shards.
-        full.repo.update_pop("c1", "a1", |p| p.status = PopStatus::Done).await.unwrap();
+        full.repo.update_pop("c1", "a1", None, |p| p.status = PopStatus::Done).await.unwrap();
         let grant = full.grant("a1", "ord01", request("c1", "shard-000002.pcap")).await;
         assert!(grant.error.contains("already closed") && !grant.retryable, "{}", grant.error);
     }

@@ -159,10 +159,10 @@ mod tests {
         let other = PopResult { status: PopStatus::Done, ..PopResult::new("ord001", "a1", PopStatus::Running) };
         assert!(repo.cas_pop("c2", "a1", None, &other).await.unwrap());
         // Running PoPs, and their counters, do not end the wait.
-        repo.update_pop("c1", "a1", |p| p.packets = 5).await.unwrap().unwrap();
+        repo.update_pop("c1", "a1", None, |p| p.packets = 5).await.unwrap().unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(200), finals.next()).await.is_err());
-        repo.update_pop("c1", "a2", |p| p.status = PopStatus::Done).await.unwrap().unwrap();
-        repo.update_pop("c1", "a1", |p| p.status = PopStatus::Done).await.unwrap().unwrap();
+        repo.update_pop("c1", "a2", None, |p| p.status = PopStatus::Done).await.unwrap().unwrap();
+        repo.update_pop("c1", "a1", None, |p| p.status = PopStatus::Done).await.unwrap().unwrap();
         tokio::time::timeout(Duration::from_secs(10), finals.next()).await.expect("woken by the final state");
         // The second final, already waiting, is taken with the first: one read for both.
         assert!(finals.gather(Duration::from_millis(50), &CancellationToken::new()).await);

@@ -120,18 +120,29 @@ pub(crate) struct CaptureRecord {
 
 impl CaptureRecord {
     /// Takes the PoPs' own states (their keys, as agents' reports wrote them) as this record's
-    /// view, sorted by PoP and agent: a pending capture with a PoP past `pending` is running.
-    /// Nothing changes when there are none (the jobs are not written yet).
-    pub(crate) fn view_pops(&mut self, mut pops: Vec<PopResult>) {
-        if pops.is_empty() {
-            return;
-        }
-        pops.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
-        self.pops = pops;
-        if self.status == CaptureStatus::Pending && self.pops.iter().any(|p| p.status != super::pop::PopStatus::Pending)
+    /// view (see [`CaptureRecord::merged_pops`]): a pending capture with a PoP past `pending`
+    /// (not merely skipped, its agent offline) is running.
+    pub(crate) fn view_pops(&mut self, keyed: Vec<PopResult>) {
+        use super::pop::PopStatus;
+        self.pops = self.merged_pops(keyed);
+        if self.status == CaptureStatus::Pending
+            && self.pops.iter().any(|p| !matches!(p.status, PopStatus::Pending | PopStatus::Skipped))
         {
             self.status = CaptureStatus::Running;
         }
+    }
+
+    /// This record's PoPs with the states of their own keys (`keyed`) put in: a PoP has a key
+    /// once its agent first reported (or the leader failed it); until then the record's copy
+    /// stands for it (pending, or skipped when its agent was offline). Sorted by PoP and agent.
+    pub(crate) fn merged_pops(&self, keyed: Vec<PopResult>) -> Vec<PopResult> {
+        let mut keyed: std::collections::HashMap<String, PopResult> =
+            keyed.into_iter().map(|p| (p.agent_id.clone(), p)).collect();
+        let mut pops: Vec<PopResult> =
+            self.pops.iter().map(|p| keyed.remove(&p.agent_id).unwrap_or_else(|| p.clone())).collect();
+        pops.extend(keyed.into_values());
+        pops.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+        pops
     }
 
     /// Lists each PoP's delivered shards (as `(agent_id, shard)` pairs from the store) on its

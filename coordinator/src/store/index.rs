@@ -41,6 +41,15 @@ impl Repo {
         Ok(out)
     }
 
+    /// An unfinished full capture's record, found by its id alone (through the active index);
+    /// `None` once it is final or if it never existed.
+    pub(crate) async fn active_capture(&self, capture: &str) -> Result<Option<crate::model::CaptureRecord>> {
+        let key = keys::active(capture);
+        let Some(kv) = self.store().get(&key).await? else { return Ok(None) };
+        let active: Active = decode(&key, &kv.value)?;
+        self.get_capture(&active.account, capture).await
+    }
+
     /// Whether the active index was built from the records (stores written before it
     /// existed have unfinished captures that are not in it).
     pub(crate) async fn active_index_built(&self) -> Result<bool> {

@@ -66,7 +66,7 @@ impl StateStore for Metered {
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool> {
         self.count("put_all_if_absent", self.inner.put_all_if_absent(absent, puts).await)
     }
-    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
+    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> Result<bool> {
         self.count("compare_and_put_all", self.inner.compare_and_put_all(puts).await)
     }
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool> {

@@ -1,7 +1,7 @@
 //! The coordinator's records in the state store. `repo.rs` holds the key layout (the only
 //! place a key is built) and the typed reads and writes of accounts, captures and ownerships;
-//! `work.rs` the working keys of running captures (jobs, per-PoP progress, shards) and agent
-//! presence (`AgentPresence`); `batch.rs` unconditional puts of many callers gathered into
+//! `work.rs` the working keys of running captures (jobs, shards) and agent presence
+//! (`AgentPresence`); `pops.rs` per-PoP progress (a PoP's key is made by its first report); `batch.rs` unconditional puts of many callers gathered into
 //! transactions (`PutBatch`, for shard records); `relay.rs` the keys of sample queries relayed between replicas; `follow.rs` the
 //! restartable prefix watch that drives job forwarding and the relay; `enroll.rs` agent
 //! enrollment's records; `index.rs` the active-capture and creation-day indexes; `uploads.rs` agents' multipart uploads not completed yet; `metered.rs` counts the store's failures in the metrics.
@@ -11,6 +11,7 @@ mod enroll;
 mod follow;
 mod index;
 mod metered;
+mod pops;
 mod relay;
 mod repo;
 mod uploads;

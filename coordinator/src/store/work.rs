@@ -1,12 +1,12 @@
-//! Working keys of running full captures (jobs, per-PoP progress, shards), the leader key,
-//! and agent presence. Keys come from [`super::repo::keys`].
+//! Working keys of running full captures (jobs, shards; per-PoP progress is in `pops.rs`),
+//! the leader key, and agent presence. Keys come from [`super::repo::keys`].
 
 use edgecap_state::{LeaseId, Revision};
 
 use serde::{Deserialize, Serialize};
 
 use super::repo::{Repo, Result, decode, encode, keys};
-use crate::model::{CaptureRecord, JobRecord, PopResult, ShardRef};
+use crate::model::{CaptureRecord, JobRecord, ShardRef};
 
 /// A place among an account's active full captures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,19 +166,35 @@ impl Repo {
         keys::jobs()
     }
 
-    /// Writes the initial states of a new capture's `pops` and its `jobs` in one transaction,
-    /// if none of those PoPs was written before (`Ok(false)`: one was, nothing is written).
-    pub(crate) async fn create_pops_with_jobs(
-        &self,
-        capture: &str,
-        pops: &[PopResult],
-        jobs: &[JobRecord],
-    ) -> Result<bool> {
-        let absent: Vec<String> = pops.iter().map(|p| keys::pop(capture, &p.agent_id)).collect();
-        // Each PoP's state before its job: a replica that sees the job finds the PoP written.
-        let mut puts: Vec<(String, Vec<u8>)> = absent.iter().cloned().zip(pops.iter().map(encode)).collect();
-        puts.extend(jobs.iter().map(|j| (keys::job(&j.agent_id, &j.capture_id), encode(j))));
+    /// Writes a new capture's `jobs` in one transaction, if none of them was written before
+    /// (`Ok(false)`: one was, nothing is written). A PoP's own key is written by its first
+    /// report; until then the capture record's copy (pending) stands for it.
+    pub(crate) async fn create_jobs(&self, jobs: &[JobRecord]) -> Result<bool> {
+        let puts: Vec<(String, Vec<u8>)> =
+            jobs.iter().map(|j| (keys::job(&j.agent_id, &j.capture_id), encode(j))).collect();
+        let absent: Vec<String> = puts.iter().map(|(k, _)| k.clone()).collect();
         Ok(self.store().put_all_if_absent(&absent, puts).await?)
+    }
+
+    /// Writes a job unless its key exists (`false`): a job once written is changed only by a
+    /// stop.
+    pub(crate) async fn create_job(&self, job: &JobRecord) -> Result<bool> {
+        let key = keys::job(&job.agent_id, &job.capture_id);
+        Ok(self.store().compare_and_put(&key, None, encode(job), None).await?.is_some())
+    }
+
+    /// The agents that have a job for `capture`, from one read of the jobs' names.
+    pub(crate) async fn agents_with_jobs(&self, capture: &str) -> Result<std::collections::HashSet<String>> {
+        let prefix = keys::jobs();
+        let mut agents = std::collections::HashSet::new();
+        for key in self.store().list_keys(&prefix).await? {
+            if let Some((agent, id)) = key[prefix.len()..].split_once('/')
+                && id == capture
+            {
+                agents.insert(agent.to_string());
+            }
+        }
+        Ok(agents)
     }
 
     pub(crate) async fn put_job(&self, job: &JobRecord) -> Result<()> {
@@ -206,76 +222,6 @@ impl Repo {
 
     pub(crate) async fn jobs_for_agent(&self, agent: &str) -> Result<Vec<JobRecord>> {
         self.list_json(&keys::jobs_of(agent)).await
-    }
-
-    /// One PoP's progress, with the revision to compare-and-swap against.
-    pub(crate) async fn get_pop(&self, capture: &str, agent: &str) -> Result<Option<(PopResult, Revision)>> {
-        let key = keys::pop(capture, agent);
-        match self.store().get(&key).await? {
-            Some(kv) => Ok(Some((decode(&key, &kv.value)?, kv.mod_revision))),
-            None => Ok(None),
-        }
-    }
-
-    /// Writes a PoP's progress if the key is still at `expected` (`None`: absent).
-    pub(crate) async fn cas_pop(
-        &self,
-        capture: &str,
-        agent: &str,
-        expected: Option<Revision>,
-        pop: &PopResult,
-    ) -> Result<bool> {
-        Ok(self.store().compare_and_put(&keys::pop(capture, agent), expected, encode(pop), None).await?.is_some())
-    }
-
-    /// Read-modify-write of one PoP's progress with compare-and-swap (like
-    /// [`Repo::update_capture`]); nothing is written when `change` leaves it as it was.
-    /// Returns the new state if it was written; `None` if the key is absent, unchanged, or
-    /// lost the race five times in a row.
-    pub(crate) async fn update_pop(
-        &self,
-        capture: &str,
-        agent: &str,
-        mut change: impl FnMut(&mut PopResult),
-    ) -> Result<Option<PopResult>> {
-        for _ in 0..5 {
-            let Some((before, revision)) = self.get_pop(capture, agent).await? else { return Ok(None) };
-            let mut pop = before.clone();
-            change(&mut pop);
-            if pop == before {
-                return Ok(None);
-            }
-            if self.cas_pop(capture, agent, Some(revision), &pop).await? {
-                return Ok(Some(pop));
-            }
-        }
-        Ok(None)
-    }
-
-    /// A capture's PoPs with their keys' revisions, by agent id, in one read; keys that do
-    /// not decode are left out (their writers go key by key).
-    pub(crate) async fn pops_with_revisions(
-        &self,
-        capture: &str,
-    ) -> Result<std::collections::HashMap<String, (PopResult, Revision)>> {
-        let kvs = self.store().list(&keys::pops_of(capture)).await?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| {
-                decode::<PopResult>(&kv.key, &kv.value).ok().map(|p| (p.agent_id.clone(), (p, kv.mod_revision)))
-            })
-            .collect())
-    }
-
-    /// Writes several PoPs' progress in one transaction, if none of their keys was written
-    /// since its revision; `false`: one was, and nothing was written.
-    pub(crate) async fn cas_pops(&self, capture: &str, pops: &[(Revision, PopResult)]) -> Result<bool> {
-        let puts = pops.iter().map(|(rev, pop)| (keys::pop(capture, &pop.agent_id), *rev, encode(pop))).collect();
-        Ok(self.store().compare_and_put_all(puts).await?)
-    }
-
-    pub(crate) async fn list_pops(&self, capture: &str) -> Result<Vec<PopResult>> {
-        self.list_json(&keys::pops_of(capture)).await
     }
 
     /// Records a delivered shard through `batch` (with other replicas' callers' shards in one

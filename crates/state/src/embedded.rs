@@ -490,9 +490,9 @@ impl StateStore for EmbeddedStore {
         .await
     }
 
-    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
+    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> Result<bool> {
         self.mutate(move |inner, events| {
-            if puts.iter().any(|(k, expected, _)| inner.map.get(k).map(|kv| kv.mod_revision) != Some(*expected)) {
+            if puts.iter().any(|(k, expected, _)| inner.map.get(k).map(|kv| kv.mod_revision) != *expected) {
                 return Ok(false);
             }
             inner.put_all(puts.into_iter().map(|(k, _, v)| (k, v)).collect(), events).map(|()| true)

@@ -237,10 +237,13 @@ impl StateStore for EtcdStore {
         self.put_all_when(compares, puts).await
     }
 
-    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool> {
+    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> Result<bool> {
         let compares = puts
             .iter()
-            .map(|(k, expected, _)| Compare::mod_revision(self.full(k), CompareOp::Equal, *expected as i64))
+            .map(|(k, expected, _)| match expected {
+                None => Compare::create_revision(self.full(k), CompareOp::Equal, 0),
+                Some(rev) => Compare::mod_revision(self.full(k), CompareOp::Equal, *rev as i64),
+            })
             .collect();
         self.put_all_when(compares, puts.into_iter().map(|(k, _, v)| (k, v)).collect()).await
     }

@@ -233,10 +233,10 @@ pub trait StateStore: fmt::Debug + Send + Sync + 'static {
     /// a key named twice in `puts` is refused ([`StateError::DuplicateKey`]).
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> Result<bool>;
     /// Writes every `(key, expected, value)` in one transaction if each key's `mod_revision`
-    /// is still its `expected` (compare-and-put of many keys, all or nothing); `Ok(false)`: one
-    /// was written since (or is gone), and nothing was written. Same limits as
-    /// [`StateStore::put_all_if_absent`].
-    async fn compare_and_put_all(&self, puts: Vec<(String, Revision, Vec<u8>)>) -> Result<bool>;
+    /// is still its `expected`, `None` meaning the key must be absent (compare-and-put of many
+    /// keys, all or nothing); `Ok(false)`: one was written since (or is gone, or exists), and
+    /// nothing was written. Same limits as [`StateStore::put_all_if_absent`].
+    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> Result<bool>;
     /// Deletes a key only if its `mod_revision` is `expected` (it was not written since);
     /// returns whether it was deleted.
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool>;

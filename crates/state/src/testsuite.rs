@@ -68,7 +68,7 @@ async fn cas(store: &dyn StateStore) {
     let rb = store.put(&b, b"b1".to_vec(), None).await.unwrap();
     assert!(
         store
-            .compare_and_put_all(vec![(a.clone(), ra, b"a2".to_vec()), (b.clone(), rb, b"b2".to_vec())])
+            .compare_and_put_all(vec![(a.clone(), Some(ra), b"a2".to_vec()), (b.clone(), Some(rb), b"b2".to_vec())])
             .await
             .unwrap()
     );
@@ -76,12 +76,25 @@ async fn cas(store: &dyn StateStore) {
     assert_eq!((ka.value.as_slice(), kb.value.as_slice()), (&b"a2"[..], &b"b2"[..]));
     // b written meanwhile: nothing of the batch is written, a included.
     let rb = store.put(&b, b"b3".to_vec(), None).await.unwrap();
-    let stale = vec![(a.clone(), ka.mod_revision, b"a4".to_vec()), (b.clone(), kb.mod_revision, b"b4".to_vec())];
+    let stale =
+        vec![(a.clone(), Some(ka.mod_revision), b"a4".to_vec()), (b.clone(), Some(kb.mod_revision), b"b4".to_vec())];
     assert!(!store.compare_and_put_all(stale).await.unwrap(), "b was written since");
     assert_eq!(store.get(&a).await.unwrap().unwrap().value, b"a2", "nothing written");
     store.delete(&b).await.unwrap();
-    assert!(!store.compare_and_put_all(vec![(b.clone(), rb, b"b5".to_vec())]).await.unwrap(), "b is gone");
+    assert!(!store.compare_and_put_all(vec![(b.clone(), Some(rb), b"b5".to_vec())]).await.unwrap(), "b is gone");
     assert!(store.get(&b).await.unwrap().is_none());
+    // `None`: the key must be absent. With a present key beside it, nothing is written.
+    let ra = store.get(&a).await.unwrap().unwrap().mod_revision;
+    let created = vec![(b.clone(), None, b"b6".to_vec()), (a.clone(), None, b"a6".to_vec())];
+    assert!(!store.compare_and_put_all(created).await.unwrap(), "a exists");
+    assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
+    let created = vec![(b.clone(), None, b"b6".to_vec()), (a.clone(), Some(ra), b"a6".to_vec())];
+    assert!(store.compare_and_put_all(created).await.unwrap(), "b created, a updated");
+    assert_eq!(store.get(&b).await.unwrap().unwrap().value, b"b6");
+    assert!(!store.compare_and_put_all(vec![(b.clone(), None, b"b7".to_vec())]).await.unwrap(), "b exists now");
+    // Back to what the checks below expect: a = "a2", b absent.
+    store.put(&a, b"a2".to_vec(), None).await.unwrap();
+    store.delete(&b).await.unwrap();
 
     // A key named twice in one write is refused by both backends, and nothing is written.
     let twice = vec![(b.clone(), b"x".to_vec()), (a.clone(), b"y".to_vec()), (b.clone(), b"z".to_vec())];
@@ -92,7 +105,7 @@ async fn cas(store: &dyn StateStore) {
         other => panic!("a key twice: {other:?}"),
     }
     let ra = store.get(&a).await.unwrap().unwrap().mod_revision;
-    let twice = vec![(a.clone(), ra, b"a6".to_vec()), (a.clone(), ra, b"a7".to_vec())];
+    let twice = vec![(a.clone(), Some(ra), b"a6".to_vec()), (a.clone(), Some(ra), b"a7".to_vec())];
     assert!(matches!(store.compare_and_put_all(twice).await, Err(StateError::DuplicateKey(_))));
     assert_eq!(store.get(&a).await.unwrap().unwrap().value, b"a2", "nothing written");
     assert!(store.get(&b).await.unwrap().is_none(), "nothing written");
