@@ -9,8 +9,12 @@ Scenarios (`python3 bench/scale.py SCENARIO --help` for each one's options):
   sample    sample captures create -> success, timed through the HTTP API (median, p99)
   full      full capture create -> every PoP `running`, timed through the HTTP API, with
             each process's CPU and etcd's requests in that time;
-            --timeline: where that time went (job sent, start received, capture started,
-            state written), from the binaries' `edgecap_timeline` debug events;
+            --timeline: where that time went (checked, record written, jobs written, job
+            sent, start received, capture started, state written), from the binaries'
+            `edgecap_timeline` debug events;
+            --series: each start's latency and CPU, also in series.tsv in the work dir;
+            --gap S: a pause before each POST (to tell a start's cost from what the previous
+            capture's end leaves running);
             --perf-starts [--perf-starts-of NAME]: perf over those windows only
   idle      coordinator RSS and CPU with N connected idle agents (/proc/PID/stat, status)
   spread    N agents over R replicas: per-replica counts; kill -9 the busiest; time until
@@ -659,7 +663,10 @@ def timeline(env, windows):
     coordinators' and simulators' logs: for each step, the time from the POST to the last PoP
     that reached it (each PoP's first event, before the capture was stopped).
     `windows`: {capture id: (POST wall time, stop wall time or None)}."""
-    steps = [("job sent", "coordinator: StartCapture handed to the agent's stream"),
+    steps = [("checked", "coordinator: the request checked (bucket, agents, limits)"),
+             ("record written", "coordinator: the capture's record and index entries written"),
+             ("jobs written", "coordinator: every job's transaction committed"),
+             ("job sent", "coordinator: StartCapture handed to the agent's stream"),
              ("start received", "agent: StartCapture read from the stream"),
              ("capture started", "agent: its capture running"),
              ("PoP state written", "coordinator: `running` written to the PoP's key")]
@@ -717,6 +724,8 @@ def scenario_full(env, a):
     start_etcd = {}
     t_start = time.monotonic()
     for i in range(a.warmup + a.samples):
+        if a.gap:
+            time.sleep(a.gap)
         c0 = {name: s.ticks() for name, s in stats}
         m0 = env.etcd.metrics()
         w0 = time.monotonic()
@@ -782,6 +791,12 @@ def scenario_full(env, a):
         print(f"  etcd requests in that time, per capture: {fmt_rates(rates, '')}")
     if a.series and ms:
         series(ms, cpu_series)
+        # Each start on a line, for lining up slow starts with what else ran.
+        with open(os.path.join(env.dir, "series.tsv"), "w") as f:
+            names = list(cpu_series[0])
+            f.write("\t".join(["start", "ms", "window_start", *[f"{n}_cpu_ms" for n in names]]) + "\n")
+            for i, (x, (w, _), per) in enumerate(zip(ms, start_windows, cpu_series)):
+                f.write("\t".join([str(i), f"{x:.1f}", f"{w:.3f}", *[f"{1000 * per[n] / CLK_TCK:.0f}" for n in names]]) + "\n")
     # The start windows on CLOCK_MONOTONIC, for `perf report --time` over any of them.
     with open(os.path.join(env.dir, "windows.txt"), "w") as f:
         f.write(" ".join(f"{s:.6f},{e:.6f}" for s, e in start_windows))
@@ -1130,6 +1145,8 @@ def main():
     s.add_argument("--perf-starts-of", metavar="NAME", default=None,
                    help="with --perf-starts: record only process NAME (c1, sim0, etcd...) with DWARF call graphs")
     s.add_argument("--perf-hz", type=int, default=299, help="sampling rate with --perf-starts-of")
+    s.add_argument("--gap", type=float, default=0,
+                   help="seconds to wait between a capture's end and the next POST")
     s.add_argument("--series", action="store_true",
                    help="print each start's latency and each process's CPU per start, first and last tenth")
 

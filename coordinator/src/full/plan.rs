@@ -62,6 +62,9 @@ impl FullCaptures {
         // so a destination that cannot even be configured is refused at once.
         self.store_for(&destination).await.map_err(PlanError::Bucket)?;
         let mut record = CaptureRecord::from_request(account, request, now);
+        // The steps of a capture's start, for `bench/scale.py full --timeline` (`pop=*`: the
+        // capture's, not one PoP's).
+        tracing::debug!(target: "edgecap_timeline", capture = %record.id, pop = "*", "checked");
         record.scope = Some(scope);
         if let Some(max) = max_active
             && let Err(active) = self.repo.reserve_active_full(account, &record.id, max).await?
@@ -84,7 +87,9 @@ impl FullCaptures {
             return Err(error.into());
         }
         tracing::info!(%account, capture = %record.id, pops = record.pops.len(), "full capture accepted");
+        tracing::debug!(target: "edgecap_timeline", capture = %record.id, pop = "*", "record written");
         self.submit(&record).await?;
+        tracing::debug!(target: "edgecap_timeline", capture = %record.id, pop = "*", "jobs written");
         Ok(record)
     }
 
