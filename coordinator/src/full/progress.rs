@@ -4,7 +4,8 @@
 //! compare-and-swap each) that was a write per PoP-capture per second: 3 000 a second for 300
 //! PoPs x 10 captures, about twice what this machine's etcd takes. Here the replica that
 //! receives a report queues it, and a flusher writes the queued PoPs of a capture with one
-//! read of its PoP keys and one compare-and-swap transaction per [`POPS_PER_WRITE`] PoPs:
+//! read of its PoP keys and compare-and-swap transactions of at most
+//! [`crate::store::MAX_TXN_KEYS`] PoPs:
 //!
 //! * a report that changes something a user waits for (its status, an error, a stop reason,
 //!   or the first from that agent for that capture here) is written within [`LINGER`], with
@@ -37,8 +38,6 @@ const LINGER: Duration = Duration::from_millis(10);
 const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 /// The flusher's round when nothing urgent comes.
 const ROUND: Duration = Duration::from_secs(1);
-/// PoPs per transaction (a compare and a put each: under etcd's 128 operations).
-const POPS_PER_WRITE: usize = 64;
 /// Reports kept per PoP while its writes fail (the oldest go first; later reports carry the
 /// same counters, and statuses only move forward).
 const MAX_QUEUED: usize = 32;
@@ -300,7 +299,7 @@ impl Progress {
         }
         // The transactions at once: their keys are disjoint, and one after another they had
         // taken a round of 300 PoPs' first reports ~5 etcd writes long.
-        let writes = changed.chunks(POPS_PER_WRITE).map(|chunk| self.write_chunk(repo, capture, chunk));
+        let writes = crate::store::txn_chunks(&changed).map(|chunk| self.write_chunk(repo, capture, chunk));
         futures::future::join_all(writes).await;
     }
 
