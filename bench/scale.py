@@ -782,7 +782,7 @@ def scenario_full(env, a):
         log(f"perf over the starts: {report} (+ .comm)")
     print(f"\nRESULT full: {a.agents} PoPs in colo {a.colo}, {a.replicas} replica(s), rate {a.rate} pps/agent, "
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
-    print(f"  POST answered (record, jobs and PoP keys written): {summary(create_ms)}")
+    print(f"  POST answered (record and jobs written): {summary(create_ms)}")
     print(f"  create -> every PoP running: {summary(ms)}")
     if ms:
         cpu = ", ".join(f"{name} {1000 * t / CLK_TCK / len(ms):.0f}" for name, t in start_cpu.items())

@@ -41,14 +41,16 @@ impl FullCaptures {
         if let Some(budget) = &budget {
             self.repo.put_budget(&record.id, budget).await?;
         }
+        // While a replica of an older version may read the capture (a rolling upgrade), each
+        // PoP's key is written with its job, as that version expects.
+        let with_keys = !self.repo.replicas_all_have(crate::store::POP_KEYS_BY_REPORT).await?;
         // The jobs in the fewest transactions etcd takes, a few at once: etcd's rate of
         // requests, not their size, is what takes time (one request per job had cost 300
-        // writes; transactions of 32, ten for 300 PoPs, ~17 ms). A group with a job already written (a retried submit) or too
-        // large for one request goes job by job, keeping the jobs already there.
+        // writes; transactions of 32, ten for 300 PoPs, ~17 ms).
         // (The futures are made first: a closure in the stream trips the Send check of the
         // handler that awaits this.)
-        let groups: Vec<_> = crate::store::txn_chunks(&record.pops)
-            .map(|pops| self.submit_group(record, pops, budget.as_ref(), not_after_ns))
+        let groups: Vec<_> = crate::store::txn_chunks(&record.pops, if with_keys { 2 } else { 1 })
+            .map(|pops| self.submit_group(record, pops, budget.as_ref(), not_after_ns, with_keys))
             .collect();
         futures::stream::iter(groups).buffer_unordered(4).try_collect::<Vec<()>>().await?;
         Ok(())
@@ -60,20 +62,56 @@ impl FullCaptures {
         pops: &[PopResult],
         budget: Option<&crate::model::Budget>,
         not_after_ns: u64,
+        with_keys: bool,
     ) -> crate::store::Result<()> {
-        // A skipped PoP (its agent offline) has no job: the record holds its final state.
-        let jobs: Vec<JobRecord> =
-            pops.iter().filter(|p| !p.is_final()).map(|p| job_for(record, p, budget, not_after_ns)).collect();
-        if jobs.is_empty() {
-            return Ok(());
+        // A group over the store's request size is halved until it fits (jobs carry the
+        // account's scope, which can be large); one with a job already written (a retried
+        // submit) goes PoP by PoP, keeping what is there.
+        let mut parts = vec![pops];
+        let mut one_by_one: Vec<&PopResult> = Vec::new();
+        while let Some(part) = parts.pop() {
+            // A skipped PoP (its agent offline) has no job: the record holds its final state.
+            let jobs: Vec<JobRecord> =
+                part.iter().filter(|p| !p.is_final()).map(|p| job_for(record, p, budget, not_after_ns)).collect();
+            let written = match (with_keys, jobs.is_empty()) {
+                (true, _) => self.repo.create_pops_with_jobs(&record.id, part, &jobs).await,
+                (false, true) => Ok(true),
+                (false, false) => self.repo.create_jobs(&jobs).await,
+            };
+            match written {
+                Ok(true) => {}
+                Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) if part.len() > 1 => {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    parts.extend([a, b]);
+                }
+                Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
+                    one_by_one.extend(part);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        match self.repo.create_jobs(&jobs).await {
-            Ok(true) => return Ok(()),
-            Ok(false) | Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {}
-            Err(e) => return Err(e),
+        let writes: Vec<_> =
+            one_by_one.into_iter().map(|pop| self.submit_pop(record, pop, budget, not_after_ns, with_keys)).collect();
+        futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<()>>().await?;
+        Ok(())
+    }
+
+    /// Writes one PoP's job unless it exists, and (`with_keys`) its initial state unless it
+    /// exists.
+    async fn submit_pop(
+        &self,
+        record: &CaptureRecord,
+        pop: &PopResult,
+        budget: Option<&crate::model::Budget>,
+        not_after_ns: u64,
+        with_keys: bool,
+    ) -> crate::store::Result<()> {
+        if with_keys {
+            self.repo.cas_pop(&record.id, &pop.agent_id, None, pop).await?;
         }
-        let writes: Vec<_> = jobs.iter().map(|job| self.repo.create_job(job)).collect();
-        futures::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE).try_collect::<Vec<bool>>().await?;
+        if !pop.is_final() {
+            self.repo.create_job(&job_for(record, pop, budget, not_after_ns)).await?;
+        }
         Ok(())
     }
 }
@@ -253,15 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_submit_keeps_what_was_written_and_adds_the_rest() {
         let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let full = FullCaptures::new(
-            repo.clone(),
-            std::sync::Arc::new(crate::agents::Registry::default()),
-            "t".into(),
-            Default::default(),
-            Default::default(),
-            std::env::temp_dir(),
-            Default::default(),
-        );
+        let full = captures_over(&repo);
         let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
         record.pops = vec![
@@ -284,5 +314,78 @@ mod tests {
         // Submitted again, nothing changes.
         full.submit(&record).await.unwrap();
         assert!(repo.get_job("a", &record.id).await.unwrap().unwrap().stop);
+    }
+
+    fn captures_over(repo: &Repo) -> FullCaptures {
+        FullCaptures::new(
+            repo.clone(),
+            std::sync::Arc::new(crate::agents::Registry::default()),
+            "t".into(),
+            Default::default(),
+            Default::default(),
+            std::env::temp_dir(),
+            Default::default(),
+        )
+    }
+
+    fn pending_record(pops: usize) -> CaptureRecord {
+        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
+        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+        record.pops =
+            (0..pops).map(|i| PopResult::new(&format!("ord{i:02}"), &format!("a{i:02}"), PopStatus::Pending)).collect();
+        record
+    }
+
+    /// During a rolling upgrade, a replica of an older version (its `replicas/` key announces
+    /// no features) takes a PoP without a key for no PoP: the keys are written with the jobs
+    /// until every live replica reads a missing key as pending.
+    #[tokio::test]
+    async fn pop_keys_are_written_with_the_jobs_while_an_older_replica_is_up() {
+        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let full = captures_over(&repo);
+        let lease = repo.store().grant_lease(std::time::Duration::from_secs(60)).await.unwrap();
+        repo.put_replica("new", lease).await.unwrap();
+        repo.put_replica("old", lease).await.unwrap();
+        let keys = repo.store().list_keys("").await.unwrap();
+        let old = keys.iter().find(|k| k.ends_with("/replicas/old")).expect("the replica's key");
+        repo.store().put(old, br#"{"since":"2026-11-01T00:00:00Z"}"#.to_vec(), Some(lease)).await.unwrap();
+        let mut record = pending_record(3);
+        record.pops[2].status = PopStatus::Skipped;
+        full.submit(&record).await.unwrap();
+        let status = |id: String, agent: &'static str| {
+            let repo = repo.clone();
+            async move { repo.get_pop(&id, agent).await.unwrap().map(|(p, _)| p.status) }
+        };
+        assert_eq!(status(record.id.clone(), "a00").await, Some(PopStatus::Pending));
+        assert_eq!(status(record.id.clone(), "a02").await, Some(PopStatus::Skipped));
+        assert!(repo.get_job("a01", &record.id).await.unwrap().is_some());
+
+        // The older replica is gone: jobs alone.
+        repo.store().delete(old).await.unwrap();
+        let record = pending_record(2);
+        full.submit(&record).await.unwrap();
+        assert_eq!(status(record.id.clone(), "a00").await, None, "no PoP key");
+        assert!(repo.get_job("a00", &record.id).await.unwrap().is_some());
+    }
+
+    /// Jobs carry the account's scope, which can be large: a transaction over the store's
+    /// request size is halved until it fits, and every job is written once.
+    #[tokio::test]
+    async fn a_group_of_jobs_over_the_request_size_is_halved_until_it_fits() {
+        let store = std::sync::Arc::new(edgecap_state::embedded::EmbeddedStore::in_memory_with_limit(8 << 10));
+        let repo = Repo::new(store);
+        let full = captures_over(&repo);
+        let mut record = pending_record(8);
+        let prefixes = (0..150).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+        record.scope = Some(crate::model::CaptureScope { unrestricted: false, prefixes, pops: vec!["ord".into()] });
+        let one = serde_json::to_vec(&job_for(&record, &record.pops[0], None, 1)).unwrap().len();
+        assert!((2 << 10..4 << 10).contains(&one), "a job of {one} bytes: two fit in a transaction, eight do not");
+        let before = repo.store().revision().await.unwrap();
+        full.submit(&record).await.unwrap();
+        for pop in &record.pops {
+            assert!(repo.get_job(&pop.agent_id, &record.id).await.unwrap().is_some(), "{}", pop.agent_id);
+        }
+        // (The embedded store gives each key of a transaction its own revision.)
+        assert_eq!(repo.store().revision().await.unwrap() - before, 8, "each job written once");
     }
 }

@@ -299,7 +299,7 @@ impl Progress {
         }
         // The transactions at once: their keys are disjoint, and one after another they had
         // taken a round of 300 PoPs' first reports ~5 etcd writes long.
-        let writes = crate::store::txn_chunks(&changed).map(|chunk| self.write_chunk(repo, capture, chunk));
+        let writes = crate::store::txn_chunks(&changed, 1).map(|chunk| self.write_chunk(repo, capture, chunk));
         futures::future::join_all(writes).await;
     }
 
@@ -332,6 +332,14 @@ impl Progress {
                         Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) => {
                             tracing::error!(%capture, agent = %pop.agent_id, "PoP progress larger than the state store takes; dropped");
                             self.mark_unsure(capture, pop);
+                        }
+                        // A key that does not decode (left out of the batch's read, so taken
+                        // for absent): nothing to fold into, as for a PoP not of the capture;
+                        // tried again at every round, it would have been retried forever.
+                        Err(error @ crate::store::RepoError::Decode { .. }) => {
+                            tracing::error!(%capture, agent = %pop.agent_id, %error, "PoP progress dropped");
+                            let key = (capture.to_string(), pop.agent_id.clone());
+                            lock(&self.state).written.insert(key, Written { at: Instant::now(), pop: None });
                         }
                         Err(error) => {
                             tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");

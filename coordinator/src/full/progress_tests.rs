@@ -324,7 +324,7 @@ async fn many_pops_are_written_in_one_round_over_several_transactions() {
     for (i, agent) in names.iter().enumerate() {
         progress.push(agent, report("c1", pb::CaptureState::Running, i as u64));
     }
-    // 200 PoPs: four transactions of at most POPS_PER_WRITE, written together.
+    // 200 PoPs: two transactions of 100 (`store::txn_chunks`), written together.
     progress.flush(&repo, false).await;
     for (i, agent) in names.iter().enumerate() {
         let p = pop(&repo, agent).await;
@@ -374,6 +374,14 @@ async fn a_pops_first_report_creates_its_key_from_the_record() {
     assert!(lock(&interloper.write_first).is_none(), "the leader came first");
     let b = pop(&repo, "b").await;
     assert_eq!((b.status, b.error.as_deref()), (PopStatus::Failed, Some("failed by the leader")));
+
+    // A key that does not decode: the report is dropped, not queued again round after round.
+    let key_c = all.iter().find(|k| k.ends_with("/c1/a")).unwrap().replace("/c1/a", "/c1/c");
+    repo.store().put(&key_c, b"not json".to_vec(), None).await.unwrap();
+    progress.push("c", report("c1", pb::CaptureState::Running, 2));
+    progress.flush(&repo, true).await;
+    assert!(lock(&progress.state).queued.is_empty(), "dropped");
+    repo.store().delete(&key_c).await.unwrap();
 
     repo.delete_active("c1").await.unwrap();
     progress.push("c", report("c1", pb::CaptureState::Running, 3));

@@ -23,18 +23,19 @@ pub(crate) use index::day_of;
 pub(crate) use metered::Metered;
 pub(crate) use repo::{Repo, RepoError, Result, TokenRecord, decode, token_hash};
 pub(crate) use uploads::OpenUpload;
-pub(crate) use work::AgentPresence;
+pub(crate) use work::{AgentPresence, POP_KEYS_BY_REPORT};
 
 /// Most keys one transaction writes (and compares): etcd's `--max-txn-ops` default, which
 /// counts a transaction's compares and its puts apart.
 pub(crate) const MAX_TXN_KEYS: usize = 128;
 
-/// `items` cut into the fewest transactions of at most [`MAX_TXN_KEYS`], of even sizes
-/// (300 PoPs: three of 100, not 128 + 128 + 44). etcd applies transactions one after
-/// another, and what one costs is mostly per transaction, not per key: 300 jobs written in
-/// ten transactions took ~17 ms where three took ~7.
-pub(crate) fn txn_chunks<T>(items: &[T]) -> std::slice::Chunks<'_, T> {
-    let transactions = items.len().div_ceil(MAX_TXN_KEYS).max(1);
+/// `items` cut into the fewest transactions of at most [`MAX_TXN_KEYS`] keys, `keys_each`
+/// keys an item, of even sizes (300 PoPs: three of 100, not 128 + 128 + 44). etcd applies
+/// transactions one after another, and what one costs is mostly per transaction, not per
+/// key: 300 jobs written in ten transactions took ~17 ms where three took ~7.
+pub(crate) fn txn_chunks<T>(items: &[T], keys_each: usize) -> std::slice::Chunks<'_, T> {
+    let per = (MAX_TXN_KEYS / keys_each.max(1)).max(1);
+    let transactions = items.len().div_ceil(per).max(1);
     items.chunks(items.len().div_ceil(transactions).max(1))
 }
 
@@ -42,11 +43,12 @@ pub(crate) fn txn_chunks<T>(items: &[T]) -> std::slice::Chunks<'_, T> {
 mod tests {
     #[test]
     fn transactions_are_few_and_even() {
-        let sizes = |n: usize| super::txn_chunks(&vec![0u8; n]).map(<[u8]>::len).collect::<Vec<_>>();
-        assert_eq!(sizes(300), [100, 100, 100]);
-        assert_eq!(sizes(128), [128]);
-        assert_eq!(sizes(129), [65, 64]);
-        assert_eq!(sizes(1000), [125; 8]);
-        assert!(sizes(0).is_empty());
+        let sizes = |n: usize, each| super::txn_chunks(&vec![0u8; n], each).map(<[u8]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(300, 1), [100, 100, 100]);
+        assert_eq!(sizes(128, 1), [128]);
+        assert_eq!(sizes(129, 1), [65, 64]);
+        assert_eq!(sizes(1000, 1), [125; 8]);
+        assert_eq!(sizes(300, 2), [60; 5], "two keys an item: at most 64 items");
+        assert!(sizes(0, 1).is_empty());
     }
 }

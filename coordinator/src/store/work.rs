@@ -6,7 +6,14 @@ use edgecap_state::{LeaseId, Revision};
 use serde::{Deserialize, Serialize};
 
 use super::repo::{Repo, Result, decode, encode, keys};
-use crate::model::{CaptureRecord, JobRecord, ShardRef};
+use crate::model::{CaptureRecord, JobRecord, PopResult, ShardRef};
+
+/// A replica that announces this reads a PoP without a key as pending (its capture record's
+/// copy) and creates the key with the PoP's first report; until every live replica does, a
+/// start also writes each PoP's key with its job (a rolling upgrade from a version before it).
+pub(crate) const POP_KEYS_BY_REPORT: &str = "pop-keys-by-report";
+/// What this replica announces (in its `replicas/{name}` key).
+const FEATURES: &[&str] = &[POP_KEYS_BY_REPORT];
 
 /// A place among an account's active full captures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,11 +151,29 @@ impl Repo {
         Ok(agents)
     }
 
-    /// Announces a live replica on `lease` (short: its death is noticed within it).
+    /// Announces a live replica on `lease` (short: its death is noticed within it), with what
+    /// it can do ([`FEATURES`]).
     pub(crate) async fn put_replica(&self, name: &str, lease: LeaseId) -> Result<()> {
-        let since = serde_json::json!({ "since": crate::model::rfc3339(time::OffsetDateTime::now_utc()) });
+        let since = serde_json::json!({
+            "since": crate::model::rfc3339(time::OffsetDateTime::now_utc()),
+            "features": FEATURES,
+        });
         self.store().put(&keys::replica(name), encode(&since), Some(lease)).await?;
         Ok(())
+    }
+
+    /// Whether every live replica announces `feature` (one of an older version announces
+    /// none); true when none is announced.
+    pub(crate) async fn replicas_all_have(&self, feature: &str) -> Result<bool> {
+        #[derive(Deserialize)]
+        struct Announced {
+            #[serde(default)]
+            features: Vec<String>,
+        }
+        let replicas = self.store().list(&keys::replicas()).await?;
+        Ok(replicas.iter().all(|kv| {
+            serde_json::from_slice::<Announced>(&kv.value).is_ok_and(|a| a.features.iter().any(|f| f == feature))
+        }))
     }
 
     /// Every agent ever connected (its last presence), online or not.
@@ -164,6 +189,22 @@ impl Repo {
     /// The prefix every job lives under (watched by every replica).
     pub(crate) fn jobs_prefix(&self) -> String {
         keys::jobs()
+    }
+
+    /// Writes the initial states of a new capture's `pops` and its `jobs` in one transaction,
+    /// if none of those PoPs was written before (`Ok(false)`: one was, nothing is written):
+    /// what a start writes while a replica of an older version, which takes a PoP without a
+    /// key for no PoP, may read the capture (see [`POP_KEYS_BY_REPORT`]).
+    pub(crate) async fn create_pops_with_jobs(
+        &self,
+        capture: &str,
+        pops: &[PopResult],
+        jobs: &[JobRecord],
+    ) -> Result<bool> {
+        let absent: Vec<String> = pops.iter().map(|p| keys::pop(capture, &p.agent_id)).collect();
+        let mut puts: Vec<(String, Vec<u8>)> = absent.iter().cloned().zip(pops.iter().map(encode)).collect();
+        puts.extend(jobs.iter().map(|j| (keys::job(&j.agent_id, &j.capture_id), encode(j))));
+        Ok(self.store().put_all_if_absent(&absent, puts).await?)
     }
 
     /// Writes a new capture's `jobs` in one transaction, if none of them was written before

@@ -12,7 +12,8 @@
 //!   skipped.
 //! * The directory is locked (`LOCK`, an advisory lock held while the store is open): a second
 //!   store on the same directory is refused with [`StateError::Locked`].
-//! * A value may be at most [`MAX_VALUE_BYTES`], as in etcd ([`StateError::TooLarge`]).
+//! * A value, and a transaction's keys and values together, may be at most
+//!   [`MAX_VALUE_BYTES`], as etcd's request limit ([`StateError::TooLarge`]).
 //! * Writes (log append and fsync) run on a blocking thread, never on an async worker.
 //! * Watch history is kept in memory for the last [`HISTORY_LEN`] changes; older revisions
 //!   answer [`StateError::Compacted`], as etcd does after compaction.
@@ -382,12 +383,15 @@ impl Inner {
         Ok(rev)
     }
 
-    /// Writes every `(key, value)` (durable): all or nothing, a value too large is refused
-    /// before anything is written.
+    /// Writes every `(key, value)` (durable): all or nothing; a transaction whose keys and
+    /// values together are over the limit is refused before anything is written, as etcd
+    /// refuses a request over its size.
     fn put_all(&mut self, puts: Vec<(String, Vec<u8>)>, events: &broadcast::Sender<WatchEvent>) -> Result<()> {
         crate::distinct(puts.iter().map(|(k, _)| k.as_str()))?;
-        if let Some((key, value)) = puts.iter().find(|(_, v)| v.len() > self.max_value) {
-            return Err(StateError::TooLarge { key: key.clone(), bytes: value.len(), max: self.max_value });
+        let bytes: usize = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > self.max_value {
+            let key = puts.first().map(|(k, _)| k.clone()).unwrap_or_default();
+            return Err(StateError::TooLarge { key, bytes, max: self.max_value });
         }
         for (key, value) in puts {
             self.put(&key, value, None, events)?;

@@ -19,7 +19,8 @@ pub async fn run_conformance(store: Arc<dyn StateStore>) {
 }
 
 /// A value over etcd's request limit is refused as `TooLarge` (not retryable), by the
-/// embedded store too, and nothing is written.
+/// embedded store too, and nothing is written; so is a transaction of values each under it
+/// but over it together.
 async fn too_large(store: &dyn StateStore) {
     let key = "/conformance/large";
     let value = vec![b'x'; 2 << 20];
@@ -28,6 +29,13 @@ async fn too_large(store: &dyn StateStore) {
     let e = store.compare_and_put(key, None, value, None).await.unwrap_err();
     assert!(matches!(e, StateError::TooLarge { .. }), "{e}");
     assert!(store.get(key).await.unwrap().is_none());
+    let (a, b) = ("/conformance/large/a".to_string(), "/conformance/large/b".to_string());
+    let halves = || vec![(a.clone(), vec![b'x'; 1 << 20]), (b.clone(), vec![b'y'; 1 << 20])];
+    let e = store.put_all_if_absent(&[], halves()).await.unwrap_err();
+    assert!(matches!(e, StateError::TooLarge { .. }) && !e.is_retryable(), "{e}");
+    let created = halves().into_iter().map(|(k, v)| (k, None, v)).collect();
+    assert!(matches!(store.compare_and_put_all(created).await, Err(StateError::TooLarge { .. })));
+    assert!(store.get(&a).await.unwrap().is_none() && store.get(&b).await.unwrap().is_none());
 }
 
 async fn cas(store: &dyn StateStore) {
