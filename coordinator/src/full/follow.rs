@@ -30,6 +30,10 @@ const INDEX_EVERY: Duration = Duration::from_millis(500);
 /// same moment before it reads them all in one pass (and the leader after a capture is added
 /// to the index, for others added with it).
 const GATHER: Duration = Duration::from_millis(20);
+/// When PoPs that never reported are checked for a job: past the agents' start deadline
+/// (counted from the jobs' writing, a moment after this runner may start), with a margin for
+/// a job written late and for agents' clocks, so that no start can still be taken.
+const JOBS_CHECKED_AFTER: Duration = Duration::from_secs(START_DEADLINE.as_secs() + 10);
 
 impl FullCaptures {
     /// The leader's loop: a runner per unfinished full capture (from the active index: the
@@ -238,7 +242,7 @@ impl FullCaptures {
                     self.fail_pop(&id, pop, keyed.contains(&pop.agent_id), reason).await;
                 }
             }
-            if !jobs_checked && now - started > START_DEADLINE {
+            if !jobs_checked && now - started > JOBS_CHECKED_AFTER {
                 // Once no start can reach an agent any more: a PoP that never reported and has
                 // no job was left behind by a replica that died while writing the jobs.
                 jobs_checked = self.fail_pops_without_jobs(&id, &current, &keyed).await;

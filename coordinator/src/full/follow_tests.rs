@@ -82,8 +82,8 @@ async fn a_pop_whose_job_was_never_written_is_failed_after_the_start_deadline() 
     full.submit(&CaptureRecord { pops: capture.pops[..1].to_vec(), ..capture.clone() }).await.unwrap();
     let cancel = CancellationToken::new();
     let runner = tokio::spawn(full.clone().follow(capture.clone(), cancel.clone()));
-    tokio::time::sleep(START_DEADLINE - Duration::from_secs(1)).await;
-    assert!(repo.get_pop(&capture.id, "b").await.unwrap().is_none(), "not before the start deadline");
+    tokio::time::sleep(JOBS_CHECKED_AFTER - Duration::from_secs(1)).await;
+    assert!(repo.get_pop(&capture.id, "b").await.unwrap().is_none(), "not before the start deadline and its margin");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let b = repo.get_pop(&capture.id, "b").await.unwrap().expect("b failed").0;
     assert_eq!(b.status, PopStatus::Failed);
