@@ -14,7 +14,7 @@
 //!
 //! A PoP's key is created by the first report written for it (until then the capture
 //! record's copy, pending, stands for it; the record is read for that, through the active
-//! index). A transaction that loses a race (the leader failed a PoP, an upload was committed)
+//! index, and kept [`ROSTER_FOR`] for the start's next rounds). A transaction that loses a race (the leader failed a PoP, an upload was committed)
 //! is redone key by key; reports that could not be written (store unreachable) stay queued and
 //! are tried again at the next round, so nothing an agent reported is lost to an outage.
 
@@ -45,6 +45,9 @@ const MAX_QUEUED: usize = 32;
 const FINAL_TRIES: Duration = Duration::from_secs(3);
 /// What the replica remembers of a PoP it wrote, after its last report.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How long a capture's PoPs as its record lists them are kept for the PoPs' first reports
+/// (a start's reports come in several rounds; each had read the whole record).
+const ROSTER_FOR: Duration = Duration::from_secs(10);
 /// How often what is older than [`FORGET_AFTER`] is looked for (at every flush, the
 /// remembered PoPs of the last ten minutes' captures had all been visited).
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -75,6 +78,10 @@ struct State {
     written: HashMap<Pop, Written>,
     /// When `written` was last pruned.
     pruned: Option<Instant>,
+    /// Captures' PoPs as their records list them, by agent, when read (see [`ROSTER_FOR`]).
+    /// Which agents a capture has never changes, and the record's copy of a PoP without a key
+    /// is the pending state it was created with.
+    rosters: HashMap<String, (Instant, std::sync::Arc<HashMap<String, PopResult>>)>,
 }
 
 /// A PoP as last written (or found) by this replica.
@@ -87,11 +94,6 @@ struct Written {
 /// The longest error text kept from a report (an agent's error is one line; this bounds
 /// what a faulty one can put into the state store).
 const MAX_ERROR_BYTES: usize = 2048;
-
-/// A report that carries only counters (and clock) for a status already known.
-fn plain(report: &pb::CaptureReport) -> bool {
-    report.error.is_empty() && convert::report_stop_reason(report).is_none()
-}
 
 impl State {
     /// Whether the PoP's queue holds something a user waits for: a status, stop reason or
@@ -110,48 +112,6 @@ impl State {
 
     fn due(&self, key: &Pop, all: bool) -> bool {
         all || self.urgent(key) || self.written.get(key).is_none_or(|w| w.at.elapsed() >= COUNTERS_EVERY)
-    }
-}
-
-/// Where a status stands in a PoP's life: a status is never lowered (a report queued on a
-/// replica the agent has since left must not undo what it reported since).
-fn rank(status: PopStatus) -> u8 {
-    match status {
-        PopStatus::Pending => 0,
-        PopStatus::Running => 1,
-        PopStatus::Uploading => 2,
-        PopStatus::Done | PopStatus::Failed | PopStatus::Skipped => 3,
-    }
-}
-
-/// Folds an agent's report into its PoP's state: never out of a final state, never to a
-/// lower status, counters (cumulative at the agent) never lower.
-fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
-    if pop.is_final() {
-        return;
-    }
-    if let Some(c) = &report.counters {
-        pop.packets = pop.packets.max(c.written);
-        pop.matched = pop.matched.max(c.matched);
-        pop.received = pop.received.max(c.received);
-        pop.kernel_dropped = pop.kernel_dropped.max(c.kernel_dropped);
-        pop.agent_dropped = pop.agent_dropped.max(c.agent_dropped);
-        pop.bytes = pop.bytes.max(c.bytes_written);
-        pop.excluded = pop.excluded.max(c.excluded);
-    }
-    pop.stream_dropped = pop.stream_dropped.max(report.stream_dropped);
-    if let Some(clock) = &report.clock {
-        pop.clock_offset_us = Some(clock.offset_ns / 1000);
-        pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));
-    }
-    if let Some(reason) = convert::report_stop_reason(report) {
-        pop.stop_reason = Some(reason);
-    }
-    if !report.error.is_empty() {
-        pop.error = Some(report.error.clone());
-    }
-    if let Some(status) = convert::report_status(report).filter(|s| rank(*s) >= rank(pop.status)) {
-        pop.status = status;
     }
 }
 
@@ -235,6 +195,7 @@ impl Progress {
             let now = Instant::now();
             if state.pruned.is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY) {
                 state.written.retain(|_, w| now.duration_since(w.at) < FORGET_AFTER);
+                state.rosters.retain(|_, (at, _)| now.duration_since(*at) < ROSTER_FOR);
                 state.pruned = Some(now);
             }
             due.into_iter().filter_map(|k| state.queued.remove(&k).map(|q| (k, q))).collect()
@@ -258,12 +219,10 @@ impl Progress {
             }
         };
         // PoPs without a key have not reported before: they start from the record's copy.
-        let mut roster: HashMap<String, PopResult> = HashMap::new();
+        let mut roster = std::sync::Arc::new(HashMap::new());
         if pops.iter().any(|(agent, _)| !current.contains_key(agent)) {
-            match repo.active_capture(capture).await {
-                Ok(record) => {
-                    roster = record.into_iter().flat_map(|r| r.pops).map(|p| (p.agent_id.clone(), p)).collect();
-                }
+            match self.roster(repo, capture).await {
+                Ok(found) => roster = found,
                 Err(error) => {
                     tracing::warn!(%capture, %error, "PoP progress not written; will retry");
                     return self.requeue(capture, pops);
@@ -275,8 +234,8 @@ impl Progress {
             let (before, revision) = match current.get(&agent) {
                 Some((before, revision)) => (before.clone(), Some(*revision)),
                 // A PoP of this capture not written yet (a skipped one never is).
-                None => match roster.remove(&agent).filter(|p| !p.is_final()) {
-                    Some(before) => (before, None),
+                None => match roster.get(&agent).filter(|p| !p.is_final()) {
+                    Some(before) => (before.clone(), None),
                     // Not a PoP of this capture (or not readable as one, or the capture is
                     // over): nothing to fold into.
                     None => {
@@ -301,6 +260,25 @@ impl Progress {
         // taken a round of 300 PoPs' first reports ~5 etcd writes long.
         let writes = crate::store::txn_chunks(&changed, 1).map(|chunk| self.write_chunk(repo, capture, chunk));
         futures::future::join_all(writes).await;
+    }
+
+    /// A capture's PoPs as its record lists them (empty once it is over), read at most every
+    /// [`ROSTER_FOR`] while its PoPs' first reports come in.
+    async fn roster(
+        &self,
+        repo: &Repo,
+        capture: &str,
+    ) -> crate::store::Result<std::sync::Arc<HashMap<String, PopResult>>> {
+        if let Some((at, roster)) = lock(&self.state).rosters.get(capture)
+            && at.elapsed() < ROSTER_FOR
+        {
+            return Ok(roster.clone());
+        }
+        let Some(record) = repo.active_capture(capture).await? else { return Ok(Default::default()) };
+        let roster: std::sync::Arc<HashMap<String, PopResult>> =
+            std::sync::Arc::new(record.pops.into_iter().map(|p| (p.agent_id.clone(), p)).collect());
+        lock(&self.state).rosters.insert(capture.to_string(), (Instant::now(), roster.clone()));
+        Ok(roster)
     }
 
     /// Writes one transaction's worth of a capture's changed PoPs (key by key if it loses).
@@ -391,6 +369,10 @@ impl Progress {
         }
     }
 }
+
+#[path = "progress_fold.rs"]
+mod fold;
+use fold::{apply_report, plain};
 
 #[cfg(test)]
 #[path = "progress_tests.rs"]

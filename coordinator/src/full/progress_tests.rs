@@ -348,6 +348,7 @@ async fn a_pops_first_report_creates_its_key_from_the_record() {
         PopResult::new("ord01", "a", PopStatus::Pending),
         PopResult::new("ord02", "b", PopStatus::Pending),
         PopResult::new("ord03", "c", PopStatus::Pending),
+        PopResult::new("ord05", "d", PopStatus::Pending),
         PopResult::new("ord04", "s", PopStatus::Skipped),
     ];
     plain.create_capture(&record).await.unwrap();
@@ -383,8 +384,15 @@ async fn a_pops_first_report_creates_its_key_from_the_record() {
     assert!(lock(&progress.state).queued.is_empty(), "dropped");
     repo.store().delete(&key_c).await.unwrap();
 
+    // The record is read once for a start's rounds of first reports, not at each: with the
+    // active index gone, d's first report still finds its PoP in the roster read above.
     repo.delete_active("c1").await.unwrap();
-    progress.push("c", report("c1", pb::CaptureState::Running, 3));
+    progress.push("d", report("c1", pb::CaptureState::Running, 4));
     progress.flush(&repo, true).await;
+    assert_eq!(pop(&repo, "d").await.pop, "ord05", "from the roster kept");
+    // A replica that reads the record now finds the capture over: no key made.
+    let fresh = Progress::default();
+    fresh.push("c", report("c1", pb::CaptureState::Running, 3));
+    fresh.flush(&repo, true).await;
     assert!(repo.get_pop("c1", "c").await.unwrap().is_none(), "the capture is over: no key made");
 }
