@@ -218,7 +218,7 @@ impl FullCaptures {
             // A PoP without a key has not reported yet: the record's copy (pending) stands
             // for it, and it is failed like any other.
             let keyed: HashSet<String> = pops.iter().map(|p| p.agent_id.clone()).collect();
-            let current = record.merged_pops(pops.clone());
+            let current = record.merged_pops(pops);
             let now = Instant::now();
             for pop in current.iter().filter(|p| !p.is_final()) {
                 let reason = if !present.contains(&pop.agent_id) {
@@ -248,7 +248,7 @@ impl FullCaptures {
                 jobs_checked = self.fail_pops_without_jobs(&id, &current, &keyed).await;
             }
             let before = (record.status, record.pops.clone());
-            record.view_pops(pops);
+            record.view_merged(current);
             if !record.pops.is_empty() && record.pops.iter().all(PopResult::is_final) {
                 record.status = CaptureStatus::ConversionPending;
             }

@@ -239,9 +239,7 @@ impl Progress {
                     // Not a PoP of this capture (or not readable as one, or the capture is
                     // over): nothing to fold into.
                     None => {
-                        lock(&self.state)
-                            .written
-                            .insert((capture.to_string(), agent), Written { at: Instant::now(), pop: None });
+                        self.mark_not_a_pop(capture, &agent);
                         continue;
                     }
                 },
@@ -316,8 +314,7 @@ impl Progress {
                         // tried again at every round, it would have been retried forever.
                         Err(error @ crate::store::RepoError::Decode { .. }) => {
                             tracing::error!(%capture, agent = %pop.agent_id, %error, "PoP progress dropped");
-                            let key = (capture.to_string(), pop.agent_id.clone());
-                            lock(&self.state).written.insert(key, Written { at: Instant::now(), pop: None });
+                            self.mark_not_a_pop(capture, &pop.agent_id);
                         }
                         Err(error) => {
                             tracing::warn!(%capture, agent = %pop.agent_id, %error, "PoP progress not written; will retry");
@@ -344,6 +341,13 @@ impl Progress {
     fn mark_written(&self, capture: &str, pop: &PopResult) {
         let seen = Written { at: Instant::now(), pop: Some((pop.status, pop.stop_reason, pop.error.clone())) };
         lock(&self.state).written.insert((capture.to_string(), pop.agent_id.clone()), seen);
+    }
+
+    /// Records that `agent` has no PoP of `capture` to fold reports into (its reports are
+    /// dropped at their round).
+    fn mark_not_a_pop(&self, capture: &str, agent: &str) {
+        let key = (capture.to_string(), agent.to_string());
+        lock(&self.state).written.insert(key, Written { at: Instant::now(), pop: None });
     }
 
     /// Records a PoP as computed here when the store may hold something else: a final state

@@ -123,8 +123,15 @@ impl CaptureRecord {
     /// view (see [`CaptureRecord::merged_pops`]): a pending capture with a PoP past `pending`
     /// (not merely skipped, its agent offline) is running.
     pub(crate) fn view_pops(&mut self, keyed: Vec<PopResult>) {
+        let merged = self.merged_pops(keyed);
+        self.view_merged(merged);
+    }
+
+    /// Takes `merged` (from [`CaptureRecord::merged_pops`]) as this record's PoPs, as
+    /// [`CaptureRecord::view_pops`] does.
+    pub(crate) fn view_merged(&mut self, merged: Vec<PopResult>) {
         use super::pop::PopStatus;
-        self.pops = self.merged_pops(keyed);
+        self.pops = merged;
         if self.status == CaptureStatus::Pending
             && self.pops.iter().any(|p| !matches!(p.status, PopStatus::Pending | PopStatus::Skipped))
         {

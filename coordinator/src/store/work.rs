@@ -226,16 +226,7 @@ impl Repo {
 
     /// The agents that have a job for `capture`, from one read of the jobs' names.
     pub(crate) async fn agents_with_jobs(&self, capture: &str) -> Result<std::collections::HashSet<String>> {
-        let prefix = keys::jobs();
-        let mut agents = std::collections::HashSet::new();
-        for key in self.store().list_keys(&prefix).await? {
-            if let Some((agent, id)) = key[prefix.len()..].split_once('/')
-                && id == capture
-            {
-                agents.insert(agent.to_string());
-            }
-        }
-        Ok(agents)
+        Ok(self.job_names().await?.into_iter().filter(|(_, id)| id == capture).map(|(agent, _)| agent).collect())
     }
 
     pub(crate) async fn put_job(&self, job: &JobRecord) -> Result<()> {
@@ -251,14 +242,22 @@ impl Repo {
     /// from one read of the jobs' names: a capture over 300 PoPs had read each agent's jobs,
     /// 300 reads before it could answer.
     pub(crate) async fn jobs_per_agent(&self) -> Result<std::collections::HashMap<String, usize>> {
-        let prefix = keys::jobs();
         let mut counts = std::collections::HashMap::new();
-        for key in self.store().list_keys(&prefix).await? {
-            if let Some((agent, _)) = key[prefix.len()..].split_once('/') {
-                *counts.entry(agent.to_string()).or_default() += 1;
-            }
+        for (agent, _) in self.job_names().await? {
+            *counts.entry(agent).or_default() += 1;
         }
         Ok(counts)
+    }
+
+    /// Every job as (agent, capture), from one keys-only read.
+    async fn job_names(&self) -> Result<Vec<(String, String)>> {
+        let prefix = keys::jobs();
+        let keys = self.store().list_keys(&prefix).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| key[prefix.len()..].split_once('/'))
+            .map(|(agent, capture)| (agent.to_string(), capture.to_string()))
+            .collect())
     }
 
     pub(crate) async fn jobs_for_agent(&self, agent: &str) -> Result<Vec<JobRecord>> {
