@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::agents::Registry;
 use crate::model::{CaptureRequest, CaptureType};
 use crate::store::Repo;
 
@@ -27,15 +26,7 @@ async fn a_status_the_store_will_never_take_ends_the_capture_as_failed() {
     let repo = Repo::new(store);
     let small = record(2);
     repo.create_capture(&small).await.unwrap();
-    let full = FullCaptures::new(
-        repo.clone(),
-        Arc::new(Registry::default()),
-        "t".into(),
-        Default::default(),
-        Default::default(),
-        std::env::temp_dir(),
-        Default::default(),
-    );
+    let full = FullCaptures::for_test(repo.clone(), Default::default());
     let mut big = CaptureRecord { status: CaptureStatus::Running, ..record(200) };
     big.id = small.id.clone();
     assert!(full.persist(&mut big).await, "a final answer, not a retry forever");
@@ -65,15 +56,7 @@ async fn a_pop_whose_job_was_never_written_is_failed_after_the_start_deadline() 
         upload_grace: Duration::from_secs(3600),
         ..Default::default()
     };
-    let full = Arc::new(FullCaptures::new(
-        repo.clone(),
-        Arc::new(Registry::default()),
-        "t".into(),
-        settings,
-        Default::default(),
-        std::env::temp_dir(),
-        Default::default(),
-    ));
+    let full = Arc::new(FullCaptures::for_test(repo.clone(), settings));
     let mut capture = record(0);
     capture.pops =
         vec![PopResult::new("ord01", "a", PopStatus::Pending), PopResult::new("ord02", "b", PopStatus::Pending)];

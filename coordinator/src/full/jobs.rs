@@ -291,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_retried_submit_keeps_what_was_written_and_adds_the_rest() {
         let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let full = captures_over(&repo);
+        let full = FullCaptures::for_test(repo.clone(), Default::default());
         let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
         record.pops = vec![
@@ -316,18 +316,6 @@ mod tests {
         assert!(repo.get_job("a", &record.id).await.unwrap().unwrap().stop);
     }
 
-    fn captures_over(repo: &Repo) -> FullCaptures {
-        FullCaptures::new(
-            repo.clone(),
-            std::sync::Arc::new(crate::agents::Registry::default()),
-            "t".into(),
-            Default::default(),
-            Default::default(),
-            std::env::temp_dir(),
-            Default::default(),
-        )
-    }
-
     fn pending_record(pops: usize) -> CaptureRecord {
         let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
@@ -342,7 +330,7 @@ mod tests {
     #[tokio::test]
     async fn pop_keys_are_written_with_the_jobs_while_an_older_replica_is_up() {
         let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
-        let full = captures_over(&repo);
+        let full = FullCaptures::for_test(repo.clone(), Default::default());
         let lease = repo.store().grant_lease(std::time::Duration::from_secs(60)).await.unwrap();
         repo.put_replica("new", lease).await.unwrap();
         repo.put_replica("old", lease).await.unwrap();
@@ -374,7 +362,7 @@ mod tests {
     async fn a_group_of_jobs_over_the_request_size_is_halved_until_it_fits() {
         let store = std::sync::Arc::new(edgecap_state::embedded::EmbeddedStore::in_memory_with_limit(8 << 10));
         let repo = Repo::new(store);
-        let full = captures_over(&repo);
+        let full = FullCaptures::for_test(repo.clone(), Default::default());
         let mut record = pending_record(8);
         let prefixes = (0..150).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
         record.scope = Some(crate::model::CaptureScope { unrestricted: false, prefixes, pops: vec!["ord".into()] });

@@ -113,6 +113,20 @@ impl FullCaptures {
         }
     }
 
+    /// One replica over `repo` for unit tests: no agents connected, no bucket credentials.
+    #[cfg(test)]
+    pub(crate) fn for_test(repo: Repo, settings: FullSettings) -> Self {
+        Self::new(
+            repo,
+            Default::default(),
+            "t".into(),
+            settings,
+            Default::default(),
+            std::env::temp_dir(),
+            Default::default(),
+        )
+    }
+
     /// Follows this replica's leadership (true while it is the leader).
     pub(crate) fn leadership(&self) -> watch::Receiver<bool> {
         self.leader.subscribe()

@@ -174,7 +174,6 @@ impl FullCaptures {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::model::{CaptureRequest, DestinationConf, JobRecord, OwnershipRecord};
@@ -224,15 +223,7 @@ mod tests {
             endpoints: crate::model::EndpointPolicy { allow_private: true, allowed: vec![] },
             ..Default::default()
         };
-        let full = FullCaptures::new(
-            repo,
-            Arc::new(crate::agents::Registry::default()),
-            "t".into(),
-            settings,
-            Default::default(),
-            std::env::temp_dir(),
-            Default::default(),
-        );
+        let full = FullCaptures::for_test(repo, settings);
         let request = CaptureRequest {
             colo_name: Some("ord01".into()),
             destination: Some(destination),
