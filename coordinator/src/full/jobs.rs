@@ -348,6 +348,12 @@ mod tests {
         assert_eq!(status(record.id.clone(), "a02").await, Some(PopStatus::Skipped));
         assert!(repo.get_job("a01", &record.id).await.unwrap().is_some());
 
+        // A replica key that does not decode counts as an older replica's.
+        repo.store().put(old, b"not json".to_vec(), Some(lease)).await.unwrap();
+        let garbled = pending_record(1);
+        full.submit(&garbled).await.unwrap();
+        assert_eq!(status(garbled.id.clone(), "a00").await, Some(PopStatus::Pending));
+
         // The older replica is gone: jobs alone.
         repo.store().delete(old).await.unwrap();
         let record = pending_record(2);
