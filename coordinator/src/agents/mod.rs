@@ -35,6 +35,23 @@ pub struct AgentInfo {
     pub clock: Option<pb::ClockOffset>,
 }
 
+impl AgentInfo {
+    /// An agent as its Hello would make it, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(agent_id: &str, pop: &str) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            pop: pop.into(),
+            interfaces: vec![],
+            version: String::new(),
+            sample_rate: 1,
+            lookback: Default::default(),
+            spool_damaged: 0,
+            clock: None,
+        }
+    }
+}
+
 struct Connection {
     info: AgentInfo,
     conn: u64,

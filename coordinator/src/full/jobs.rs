@@ -73,11 +73,14 @@ impl FullCaptures {
             // A skipped PoP (its agent offline) has no job: the record holds its final state.
             let jobs: Vec<JobRecord> =
                 part.iter().filter(|p| !p.is_final()).map(|p| job_for(record, p, budget, not_after_ns)).collect();
+            // Those of this replica's agents are handed over as soon as the write commits.
+            let here = self.mark_for_handover(&jobs);
             let written = match (with_keys, jobs.is_empty()) {
                 (true, _) => self.repo.create_pops_with_jobs(&record.id, part, &jobs).await,
                 (false, true) => Ok(true),
                 (false, false) => self.repo.create_jobs(&jobs).await,
             };
+            self.hand_over(&here, matches!(written, Ok(true))).await;
             match written {
                 Ok(true) => {}
                 Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) if part.len() > 1 => {
@@ -117,7 +120,7 @@ impl FullCaptures {
 }
 
 /// The job of one PoP of a new capture.
-fn job_for(
+pub(super) fn job_for(
     record: &CaptureRecord,
     pop: &PopResult,
     budget: Option<&crate::model::Budget>,
@@ -182,8 +185,7 @@ impl FullCaptures {
             }
         }
         self.registry.send(&job.agent_id, convert::start_message(job)).await;
-        // The steps of a capture's start, for `bench/scale.py full --timeline`.
-        tracing::debug!(target: "edgecap_timeline", capture = %job.capture_id, agent = %job.agent_id, "job sent");
+        super::handover::timeline_sent(job);
         if job.stop {
             self.registry.send(&job.agent_id, convert::stop_message(&job.capture_id)).await;
         }
@@ -214,6 +216,8 @@ impl FullCaptures {
         };
         let on_put = move |kv: edgecap_state::KeyValue| async move {
             match crate::store::decode::<JobRecord>(&kv.key, &kv.value) {
+                // A job's first version handed over here already is not sent again.
+                Ok(job) if kv.create_revision == kv.mod_revision && this.handed_over.take(&job) => {}
                 Ok(job) => this.forward(&job, kv.create_revision == kv.mod_revision).await,
                 Err(error) => tracing::warn!(%error, "undecodable job skipped"),
             }

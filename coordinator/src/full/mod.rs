@@ -7,7 +7,8 @@
 //!   agents of the colo, and writes the capture record;
 //! * [`jobs`]: it then writes one **job** per agent (`jobs/{agent}/{capture}`); every replica
 //!   **watches** the jobs and forwards them (start, and stop when the job says so) to the
-//!   agents connected to it, and again when an agent (re)connects; agents' progress reports
+//!   agents connected to it, and again when an agent (re)connects ([`handover`]: the writing
+//!   replica hands its own agents their jobs as soon as the write commits); agents' progress reports
 //!   are folded into their PoP's state (`pops/{capture}/{agent}`, created by the first report
 //!   from the record's pending copy, then compare-and-swap, never over a final state) by the
 //!   replica they are connected to ([`progress`]);
@@ -45,6 +46,7 @@ mod stream;
 
 mod follow;
 mod from_bucket;
+mod handover;
 mod jobs;
 mod leader;
 mod merge;
@@ -76,6 +78,8 @@ pub(crate) struct FullCaptures {
     progress: progress::Progress,
     /// Delivered shards' records, written in batches.
     shard_records: crate::store::PutBatch,
+    /// New jobs handed to this replica's agents without waiting for the watch.
+    handed_over: handover::HandedOver,
 }
 
 /// The shard prefix of a capture (relative to the destination prefix).
@@ -110,6 +114,7 @@ impl FullCaptures {
             streams: stream::Streams::default(),
             progress: progress::Progress::default(),
             shard_records: crate::store::PutBatch::default(),
+            handed_over: handover::HandedOver::default(),
         }
     }
 

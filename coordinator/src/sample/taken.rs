@@ -123,17 +123,7 @@ mod tests {
         // The agent, connected to the other replica, answers each query with 3 packets.
         let registry = Arc::new(Registry::default());
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        let info = AgentInfo {
-            agent_id: "ams01-a".into(),
-            pop: "ams01".into(),
-            interfaces: vec![],
-            version: String::new(),
-            sample_rate: 1,
-            lookback: Default::default(),
-            spool_damaged: 0,
-            clock: None,
-        };
-        registry.register(info, tx);
+        registry.register(AgentInfo::for_test("ams01-a", "ams01"), tx);
         let asked = Arc::new(AtomicUsize::new(0));
         {
             let (registry, asked) = (registry.clone(), asked.clone());
