@@ -2,14 +2,18 @@
 //! the write comes back through the watch on the jobs (for 300 PoPs, 11-23 ms later: the
 //! watch delivers the jobs one after another). A job is marked before its write; the watch
 //! skips the first version of a marked job, so each agent gets its start once, whichever of
-//! the two gets there first. Jobs of agents connected to other replicas go through the watch
-//! as before.
+//! the two gets there first. A job the watch passed by that was not handed over after all
+//! (its write answered an error though it committed, or its agent's queue was full) is sent
+//! by the forwarder, from the store: the POST never waits on an agent. Jobs of agents
+//! connected to other replicas go through the watch as before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edgecap_common::lock;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::FullCaptures;
 use crate::convert;
@@ -19,14 +23,27 @@ use crate::model::JobRecord;
 /// job's first version; its catch-up sent the job again).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
+/// An (agent, capture) pair: a job's name.
+type JobName = (String, String);
+
 /// Jobs handed over (or about to be) by this replica whose first version the watch has not
-/// delivered yet.
+/// delivered yet, and jobs the watch passed by that are still to be sent.
 #[derive(Default)]
 pub(super) struct HandedOver {
-    marks: Mutex<HashMap<(String, String), Instant>>,
+    marks: Mutex<Marks>,
+    to_send: Mutex<Vec<JobName>>,
+    to_send_added: Notify,
 }
 
-fn key(job: &JobRecord) -> (String, String) {
+#[derive(Default)]
+struct Marks {
+    by_job: HashMap<JobName, Instant>,
+    /// When marks older than [`FORGET_AFTER`] were last dropped (at most once a second: the
+    /// map can hold many while the watch is interrupted).
+    pruned: Option<Instant>,
+}
+
+fn name(job: &JobRecord) -> JobName {
     (job.agent_id.clone(), job.capture_id.clone())
 }
 
@@ -34,20 +51,23 @@ impl HandedOver {
     fn mark(&self, jobs: &[&JobRecord]) {
         let now = Instant::now();
         let mut marks = lock(&self.marks);
-        marks.retain(|_, at| now.duration_since(*at) < FORGET_AFTER);
-        marks.extend(jobs.iter().map(|job| (key(job), now)));
+        if marks.pruned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            marks.pruned = Some(now);
+            marks.by_job.retain(|_, at| now.duration_since(*at) < FORGET_AFTER);
+        }
+        marks.by_job.extend(jobs.iter().map(|job| (name(job), now)));
     }
 
     /// Whether the job is marked; the mark is removed (true once).
     pub(super) fn take(&self, job: &JobRecord) -> bool {
-        lock(&self.marks).remove(&key(job)).is_some()
+        lock(&self.marks).by_job.remove(&name(job)).is_some()
     }
 
-    /// Removes the marks of jobs that were not written.
-    fn unmark(&self, jobs: &[&JobRecord]) {
-        let mut marks = lock(&self.marks);
-        for job in jobs {
-            marks.remove(&key(job));
+    /// Queues jobs for the forwarder to send from the store.
+    fn send_later(&self, jobs: Vec<JobName>) {
+        if !jobs.is_empty() {
+            lock(&self.to_send).extend(jobs);
+            self.to_send_added.notify_one();
         }
     }
 }
@@ -67,22 +87,48 @@ impl FullCaptures {
 
     /// After the write: hands the marked jobs to their agents (`written`), or removes the
     /// marks (the write failed or was refused: the watch forwards whatever is written later).
-    pub(super) async fn hand_over(&self, here: &[&JobRecord], written: bool) {
-        if !written {
-            self.handed_over.unmark(here);
-            return;
-        }
+    /// Never waits: a job the watch already passed by that is not sent here (its agent's
+    /// queue is full, or the write answered an error although it committed: the watch saw
+    /// it) is left to the forwarder ([`FullCaptures::send_passed_jobs`]).
+    pub(super) fn hand_over(&self, here: &[&JobRecord], written: bool) {
+        let mut passed = Vec::new();
         for job in here {
-            if self.registry.try_send(&job.agent_id, convert::start_message(job)) {
+            if written && self.registry.try_send(&job.agent_id, convert::start_message(job)) {
                 timeline_sent(job);
             } else if !self.handed_over.take(job) {
-                // Its stream's queue is full (or it just left), and the watch already passed
-                // the job by: it is sent here, when there is room.
-                if self.registry.send(&job.agent_id, convert::start_message(job)).await {
-                    timeline_sent(job);
+                passed.push(name(job));
+            }
+            // Otherwise the mark is gone now and the watch forwards the job if it meets it.
+        }
+        self.handed_over.send_later(passed);
+    }
+
+    /// Sends the jobs the watch passed by without sending them (see [`Self::hand_over`]), read
+    /// again from the store (a stop may have been written since), until `cancel`. Runs beside
+    /// the watch, in the forwarder.
+    pub(super) async fn send_passed_jobs(&self, cancel: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.handed_over.to_send_added.notified() => {}
+            }
+            let jobs = std::mem::take(&mut *lock(&self.handed_over.to_send));
+            for (at, (agent, capture)) in jobs.iter().enumerate() {
+                match self.repo.get_job(agent, capture).await {
+                    Ok(Some(job)) => self.forward(&job, false).await,
+                    Ok(None) => {}
+                    Err(error) => {
+                        // Tried again in a second, with whatever was not sent yet.
+                        tracing::warn!(%agent, %capture, %error, "could not read a job to send; trying again");
+                        self.handed_over.send_later(jobs[at..].to_vec());
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        break;
+                    }
                 }
             }
-            // Otherwise the mark is gone and the watch forwards the job when it meets it.
         }
     }
 }
@@ -101,6 +147,16 @@ mod tests {
 
     fn agent(id: &str) -> AgentInfo {
         AgentInfo::for_test(id, "ord01")
+    }
+
+    async fn memory_repo() -> Repo {
+        Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap())
+    }
+
+    /// The replica's job forwarder, running until the token is cancelled.
+    fn run_forwarder(full: &Arc<FullCaptures>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        (cancel.clone(), tokio::spawn(full.clone().forward_jobs(cancel)))
     }
 
     /// A replica whose agents are those of `registry`.
@@ -129,7 +185,7 @@ mod tests {
     /// A later version (a stop) is still forwarded from the watch.
     #[tokio::test]
     async fn a_job_handed_over_after_its_write_is_not_sent_again_by_the_watch() {
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let repo = memory_repo().await;
         let registry = Arc::new(Registry::default());
         let full = Arc::new(replica(&repo, &registry));
         // A job written before the agent connects and the forwarder starts: its arrival shows
@@ -141,8 +197,7 @@ mod tests {
         full.submit(&earlier).await.unwrap();
         let (tx, mut rx) = mpsc::channel(64);
         registry.register(agent("a"), tx);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let forwarder = tokio::spawn(full.clone().forward_jobs(cancel.clone()));
+        let (cancel, forwarder) = run_forwarder(&full);
         assert!(
             matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == earlier.id)
         );
@@ -171,7 +226,7 @@ mod tests {
             }
         }
         assert_eq!(starts, 2, "handed over once, then once with its stop; not again for its first version");
-        assert!(full.handed_over.marks.lock().unwrap().is_empty(), "the mark was taken by the watch");
+        assert!(full.handed_over.marks.lock().unwrap().by_job.is_empty(), "the mark was taken by the watch");
         cancel.cancel();
         forwarder.await.unwrap();
     }
@@ -181,7 +236,7 @@ mod tests {
     /// writes.
     #[tokio::test]
     async fn a_refused_write_leaves_no_mark() {
-        let repo = Repo::new(edgecap_state::open(&edgecap_state::StateConfig::Memory).await.unwrap());
+        let repo = memory_repo().await;
         let registry = Arc::new(Registry::default());
         let (tx, mut rx) = mpsc::channel(64);
         registry.register(agent("a"), tx);
@@ -193,7 +248,70 @@ mod tests {
         repo.put_job(&super::super::jobs::job_for(&record, &record.pops[0], None, 1)).await.unwrap();
         full.submit(&record).await.unwrap();
         assert!(repo.get_job("b", &record.id).await.unwrap().is_some(), "the retry wrote b's job");
-        assert!(full.handed_over.marks.lock().unwrap().is_empty(), "no mark left for a");
+        assert!(full.handed_over.marks.lock().unwrap().by_job.is_empty(), "no mark left for a");
         assert!(rx.try_recv().is_err(), "nothing handed over");
+    }
+
+    fn one_pop_record() -> CaptureRecord {
+        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
+        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
+        record.pops = vec![PopResult::new("ord01", "a", PopStatus::Pending)];
+        record
+    }
+
+    /// The jobs' transaction commits but its answer is lost (an etcd timeout, a lost
+    /// connection): the watch meets the job first and skips it (marked), the submit fails,
+    /// and the agent still gets its start, once, from the forwarder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_write_answered_an_error_after_committing_still_reaches_its_agent() {
+        let plain = memory_repo().await;
+        let faulty = crate::store::interloper::Interloper::over(&plain);
+        let repo = Repo::new(faulty.clone());
+        let registry = Arc::new(Registry::default());
+        let full = Arc::new(replica(&repo, &registry));
+        let (tx, mut rx) = mpsc::channel(64);
+        registry.register(agent("a"), tx);
+        let (cancel, forwarder) = run_forwarder(&full);
+        // The forwarder's watch is running once a job written now reaches the agent.
+        let earlier = one_pop_record();
+        repo.put_job(&super::super::jobs::job_for(&earlier, &earlier.pops[0], None, u64::MAX)).await.unwrap();
+        assert!(
+            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == earlier.id)
+        );
+
+        let record = one_pop_record();
+        faulty.answer_lost_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(full.submit(&record).await.is_err(), "the lost answer is an error");
+        assert!(repo.get_job("a", &record.id).await.unwrap().is_some(), "the job was written");
+        assert!(
+            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "sent once");
+        cancel.cancel();
+        forwarder.await.unwrap();
+    }
+
+    /// An agent whose stream's queue is full when its job is written: the POST does not wait
+    /// for it, and the job reaches it once the queue has room.
+    #[tokio::test]
+    async fn a_job_for_an_agent_with_a_full_queue_reaches_it_later() {
+        let repo = memory_repo().await;
+        let registry = Arc::new(Registry::default());
+        let full = Arc::new(replica(&repo, &registry));
+        let (tx, mut rx) = mpsc::channel(1);
+        registry.register(agent("a"), tx);
+        let (cancel, forwarder) = run_forwarder(&full);
+        assert!(registry.try_send("a", convert::stop_message("filler")), "the queue is now full");
+        let record = one_pop_record();
+        tokio::time::timeout(Duration::from_secs(5), full.submit(&record)).await.expect("no wait").unwrap();
+        assert!(
+            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StopCapture(s) if s.capture_id == "filler")
+        );
+        assert!(
+            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
+        );
+        cancel.cancel();
+        forwarder.await.unwrap();
     }
 }

@@ -80,7 +80,7 @@ impl FullCaptures {
                 (false, true) => Ok(true),
                 (false, false) => self.repo.create_jobs(&jobs).await,
             };
-            self.hand_over(&here, matches!(written, Ok(true))).await;
+            self.hand_over(&here, matches!(written, Ok(true)));
             match written {
                 Ok(true) => {}
                 Err(crate::store::RepoError::State(edgecap_state::StateError::TooLarge { .. })) if part.len() > 1 => {
@@ -171,7 +171,7 @@ impl FullCaptures {
     /// yet: it is sent without reading the PoP. Jobs are forwarded one after another from the
     /// watch, and that read, one per PoP, had been most of the time from a capture's creation
     /// to its PoPs running (300 PoPs: ~1 s).
-    async fn forward(&self, job: &JobRecord, new: bool) {
+    pub(super) async fn forward(&self, job: &JobRecord, new: bool) {
         if !self.registry.is_connected(&job.agent_id) {
             return;
         }
@@ -222,7 +222,9 @@ impl FullCaptures {
                 Err(error) => tracing::warn!(%error, "undecodable job skipped"),
             }
         };
-        self.repo.follow_puts(&self.repo.jobs_prefix(), "job", &cancel, catch_up, on_put).await;
+        // Beside the watch: the jobs it passed by that were not handed over after all.
+        let prefix = self.repo.jobs_prefix();
+        tokio::join!(self.repo.follow_puts(&prefix, "job", &cancel, catch_up, on_put), self.send_passed_jobs(&cancel));
     }
 
     /// A progress report from an agent, queued to be folded into its PoP's state

@@ -1,6 +1,7 @@
 //! Tests of `progress.rs` over an in-memory store.
 
 use super::*;
+use crate::store::interloper::Interloper;
 
 fn report(capture: &str, state: pb::CaptureState, written: u64) -> pb::CaptureReport {
     pb::CaptureReport {
@@ -153,27 +154,7 @@ async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
     assert_eq!(pop(&repo, "a").await.packets, 42);
 }
 
-/// A store that, at its next `compare_and_put_all`, first writes a key of its own (another
-/// writer between the batch's read and its transaction), or fails it as unreachable; and
-/// that refuses the next `lose_single` single compare-and-swaps (each one a lost race).
-#[derive(Debug)]
-struct Interloper {
-    inner: std::sync::Arc<dyn edgecap_state::StateStore>,
-    write_first: Mutex<Option<(String, Vec<u8>)>>,
-    fail_next: std::sync::atomic::AtomicBool,
-    lose_single: std::sync::atomic::AtomicU32,
-}
-
 impl Interloper {
-    fn over(repo: &Repo) -> std::sync::Arc<Self> {
-        std::sync::Arc::new(Interloper {
-            inner: repo.store().clone(),
-            write_first: Mutex::new(None),
-            fail_next: std::sync::atomic::AtomicBool::new(false),
-            lose_single: std::sync::atomic::AtomicU32::new(0),
-        })
-    }
-
     /// Makes the next batch find `agent`'s PoP of c1 written by the leader (an error noted)
     /// since the batch read it.
     async fn leader_notes_before_next_batch(&self, repo: &Repo, agent: &str) {
@@ -183,77 +164,6 @@ impl Interloper {
         let all = repo.store().list("").await.unwrap();
         let key = all.iter().find(|kv| kv.key.ends_with(&format!("/c1/{agent}"))).expect("the PoP's key").key.clone();
         *lock(&self.write_first) = Some((key, serde_json::to_vec(&noted).unwrap()));
-    }
-}
-
-#[async_trait::async_trait]
-impl edgecap_state::StateStore for Interloper {
-    async fn get(&self, key: &str) -> edgecap_state::Result<Option<edgecap_state::KeyValue>> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> edgecap_state::Result<Vec<edgecap_state::KeyValue>> {
-        self.inner.list(prefix).await
-    }
-    async fn list_keys(&self, prefix: &str) -> edgecap_state::Result<Vec<String>> {
-        self.inner.list_keys(prefix).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<edgecap_state::LeaseId>,
-    ) -> edgecap_state::Result<Revision> {
-        self.inner.put(key, value, lease).await
-    }
-    async fn compare_and_put(
-        &self,
-        key: &str,
-        expected: Option<Revision>,
-        value: Vec<u8>,
-        lease: Option<edgecap_state::LeaseId>,
-    ) -> edgecap_state::Result<Option<Revision>> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.lose_single.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
-            return Ok(None);
-        }
-        self.inner.compare_and_put(key, expected, value, lease).await
-    }
-    async fn delete(&self, key: &str) -> edgecap_state::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn delete_all(&self, keys: &[String]) -> edgecap_state::Result<u64> {
-        self.inner.delete_all(keys).await
-    }
-    async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> edgecap_state::Result<bool> {
-        self.inner.put_all_if_absent(absent, puts).await
-    }
-    async fn compare_and_put_all(&self, puts: Vec<(String, Option<Revision>, Vec<u8>)>) -> edgecap_state::Result<bool> {
-        if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return Err(edgecap_state::StateError::Unavailable("injected".into()));
-        }
-        let first = lock(&self.write_first).take();
-        if let Some((key, value)) = first {
-            self.inner.put(&key, value, None).await?;
-        }
-        self.inner.compare_and_put_all(puts).await
-    }
-    async fn compare_and_delete(&self, key: &str, expected: Revision) -> edgecap_state::Result<bool> {
-        self.inner.compare_and_delete(key, expected).await
-    }
-    async fn watch(&self, prefix: &str, from: Revision) -> edgecap_state::Result<edgecap_state::WatchStream> {
-        self.inner.watch(prefix, from).await
-    }
-    async fn grant_lease(&self, ttl: Duration) -> edgecap_state::Result<edgecap_state::LeaseId> {
-        self.inner.grant_lease(ttl).await
-    }
-    async fn keep_alive(&self, lease: edgecap_state::LeaseId) -> edgecap_state::Result<()> {
-        self.inner.keep_alive(lease).await
-    }
-    async fn revoke_lease(&self, lease: edgecap_state::LeaseId) -> edgecap_state::Result<()> {
-        self.inner.revoke_lease(lease).await
-    }
-    async fn revision(&self) -> edgecap_state::Result<Revision> {
-        self.inner.revision().await
     }
 }
 

@@ -10,6 +10,8 @@ mod batch;
 mod enroll;
 mod follow;
 mod index;
+#[cfg(test)]
+pub(crate) mod interloper;
 mod metered;
 mod pops;
 mod relay;
