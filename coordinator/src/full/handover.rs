@@ -252,6 +252,25 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing handed over");
     }
 
+    /// Returns once the forwarder's watch is running and nothing is left to arrive: a job
+    /// written after the first one arrived came through the watch. (The first may arrive
+    /// twice: from the catch-up, then from the watch, which starts at the revision read
+    /// before the catch-up.)
+    async fn watching(repo: &Repo, rx: &mut Received) {
+        let [first, second] = [one_pop_record(), one_pop_record()];
+        repo.put_job(&super::super::jobs::job_for(&first, &first.pops[0], None, u64::MAX)).await.unwrap();
+        let start = next(rx).await;
+        assert!(matches!(start, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == first.id));
+        repo.put_job(&super::super::jobs::job_for(&second, &second.pops[0], None, u64::MAX)).await.unwrap();
+        loop {
+            match next(rx).await {
+                pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == second.id => return,
+                pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == first.id => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
     fn one_pop_record() -> CaptureRecord {
         let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
         let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
@@ -272,12 +291,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         registry.register(agent("a"), tx);
         let (cancel, forwarder) = run_forwarder(&full);
-        // The forwarder's watch is running once a job written now reaches the agent.
-        let earlier = one_pop_record();
-        repo.put_job(&super::super::jobs::job_for(&earlier, &earlier.pops[0], None, u64::MAX)).await.unwrap();
-        assert!(
-            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == earlier.id)
-        );
+        watching(&repo, &mut rx).await;
 
         let record = one_pop_record();
         faulty.answer_lost_next.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -292,18 +306,23 @@ mod tests {
         forwarder.await.unwrap();
     }
 
-    /// An agent whose stream's queue is full when its job is written: the POST does not wait
-    /// for it, and the job reaches it once the queue has room.
-    #[tokio::test]
+    /// An agent whose stream's queue is full when its job is written, and the watch met the
+    /// job before the write's answer came: the submit does not wait for room (the POST would),
+    /// and the job reaches the agent once the queue has room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_for_an_agent_with_a_full_queue_reaches_it_later() {
-        let repo = memory_repo().await;
+        let plain = memory_repo().await;
+        let faulty = crate::store::interloper::Interloper::over(&plain);
+        let repo = Repo::new(faulty.clone());
         let registry = Arc::new(Registry::default());
         let full = Arc::new(replica(&repo, &registry));
         let (tx, mut rx) = mpsc::channel(1);
         registry.register(agent("a"), tx);
         let (cancel, forwarder) = run_forwarder(&full);
+        watching(&repo, &mut rx).await;
         assert!(registry.try_send("a", convert::stop_message("filler")), "the queue is now full");
         let record = one_pop_record();
+        faulty.answer_late_next.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::time::timeout(Duration::from_secs(5), full.submit(&record)).await.expect("no wait").unwrap();
         assert!(
             matches!(next(&mut rx).await, pb::coordinator_message::Msg::StopCapture(s) if s.capture_id == "filler")

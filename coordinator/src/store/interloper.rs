@@ -13,8 +13,9 @@ use super::Repo;
 /// A store over another that, at its next `compare_and_put_all`, first writes a key of its
 /// own (another writer between a batch's read and its transaction), or fails it as
 /// unreachable; that refuses the next `lose_single` single compare-and-swaps (each one a
-/// lost race); and whose next `put_all_if_absent` commits but answers as if it timed out
-/// (`answer_lost_next`), once its watchers have had time to see the write.
+/// lost race); and whose next `put_all_if_absent` commits but answers late
+/// (`answer_late_next`) or as if it timed out (`answer_lost_next`), once its watchers have
+/// had time to see the write.
 #[derive(Debug)]
 pub(crate) struct Interloper {
     inner: std::sync::Arc<dyn edgecap_state::StateStore>,
@@ -22,6 +23,7 @@ pub(crate) struct Interloper {
     pub(crate) fail_next: std::sync::atomic::AtomicBool,
     pub(crate) lose_single: std::sync::atomic::AtomicU32,
     pub(crate) answer_lost_next: std::sync::atomic::AtomicBool,
+    pub(crate) answer_late_next: std::sync::atomic::AtomicBool,
 }
 
 impl Interloper {
@@ -32,6 +34,7 @@ impl Interloper {
             fail_next: std::sync::atomic::AtomicBool::new(false),
             lose_single: std::sync::atomic::AtomicU32::new(0),
             answer_lost_next: std::sync::atomic::AtomicBool::new(false),
+            answer_late_next: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -75,9 +78,13 @@ impl edgecap_state::StateStore for Interloper {
         self.inner.delete_all(keys).await
     }
     async fn put_all_if_absent(&self, absent: &[String], puts: Vec<(String, Vec<u8>)>) -> edgecap_state::Result<bool> {
+        use std::sync::atomic::Ordering::SeqCst;
         let written = self.inner.put_all_if_absent(absent, puts).await?;
-        if self.answer_lost_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let (lost, late) = (self.answer_lost_next.swap(false, SeqCst), self.answer_late_next.swap(false, SeqCst));
+        if lost || late {
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if lost {
             return Err(edgecap_state::StateError::Unavailable("injected: the answer was lost".into()));
         }
         Ok(written)
