@@ -161,16 +161,7 @@ mod tests {
 
     /// A replica whose agents are those of `registry`.
     fn replica(repo: &Repo, registry: &Arc<Registry>) -> FullCaptures {
-        let (name, tmp) = ("t".to_string(), std::env::temp_dir());
-        FullCaptures::new(
-            repo.clone(),
-            registry.clone(),
-            name,
-            Default::default(),
-            Default::default(),
-            tmp,
-            Default::default(),
-        )
+        FullCaptures::for_test_with_agents(repo.clone(), Default::default(), registry.clone())
     }
 
     type Received = mpsc::Receiver<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -191,9 +182,7 @@ mod tests {
         // A job written before the agent connects and the forwarder starts: its arrival shows
         // the forwarder's catch-up is over (every job from here on comes through the watch
         // or a hand-over).
-        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
-        let mut earlier = CaptureRecord::from_request("acct", request.clone(), time::OffsetDateTime::now_utc());
-        earlier.pops = vec![PopResult::new("ord01", "a", PopStatus::Pending)];
+        let earlier = one_pop_record();
         full.submit(&earlier).await.unwrap();
         let (tx, mut rx) = mpsc::channel(64);
         registry.register(agent("a"), tx);
@@ -202,9 +191,7 @@ mod tests {
             matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == earlier.id)
         );
 
-        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
-        record.pops =
-            vec![PopResult::new("ord01", "a", PopStatus::Pending), PopResult::new("ord02", "b", PopStatus::Pending)];
+        let record = two_pop_record();
         full.submit(&record).await.unwrap();
         // Handed over before `submit` returned: no wait for the watch.
         let first = rx.try_recv().expect("the start, handed over").unwrap().msg.unwrap();
@@ -241,10 +228,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(64);
         registry.register(agent("a"), tx);
         let full = replica(&repo, &registry);
-        let request = CaptureRequest { colo_name: Some("ord".into()), ..CaptureRequest::for_test(CaptureType::Full) };
-        let mut record = CaptureRecord::from_request("acct", request, time::OffsetDateTime::now_utc());
-        record.pops =
-            vec![PopResult::new("ord01", "a", PopStatus::Pending), PopResult::new("ord02", "b", PopStatus::Pending)];
+        let record = two_pop_record();
         repo.put_job(&super::super::jobs::job_for(&record, &record.pops[0], None, 1)).await.unwrap();
         full.submit(&record).await.unwrap();
         assert!(repo.get_job("b", &record.id).await.unwrap().is_some(), "the retry wrote b's job");
@@ -278,32 +262,60 @@ mod tests {
         record
     }
 
+    /// Agent `a`'s PoP and one of an agent not connected here.
+    fn two_pop_record() -> CaptureRecord {
+        let mut record = one_pop_record();
+        record.pops.push(PopResult::new("ord02", "b", PopStatus::Pending));
+        record
+    }
+
+    /// A replica over a store that injects faults, agent `a` connected to it on a queue of
+    /// `queue` messages, and its forwarder running with its watch.
+    struct Forwarding {
+        faulty: Arc<crate::store::interloper::Interloper>,
+        repo: Repo,
+        registry: Arc<Registry>,
+        full: Arc<FullCaptures>,
+        rx: Received,
+        cancel: CancellationToken,
+        forwarder: tokio::task::JoinHandle<()>,
+    }
+
+    impl Forwarding {
+        async fn start(queue: usize) -> Self {
+            let faulty = crate::store::interloper::Interloper::over(&memory_repo().await);
+            let repo = Repo::new(faulty.clone());
+            let registry = Arc::new(Registry::default());
+            let full = Arc::new(replica(&repo, &registry));
+            let (tx, mut rx) = mpsc::channel(queue);
+            registry.register(agent("a"), tx);
+            let (cancel, forwarder) = run_forwarder(&full);
+            watching(&repo, &mut rx).await;
+            Self { faulty, repo, registry, full, rx, cancel, forwarder }
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.forwarder.await.unwrap();
+        }
+    }
+
     /// The jobs' transaction commits but its answer is lost (an etcd timeout, a lost
     /// connection): the watch meets the job first and skips it (marked), the submit fails,
     /// and the agent still gets its start, once, from the forwarder.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_whose_write_answered_an_error_after_committing_still_reaches_its_agent() {
-        let plain = memory_repo().await;
-        let faulty = crate::store::interloper::Interloper::over(&plain);
-        let repo = Repo::new(faulty.clone());
-        let registry = Arc::new(Registry::default());
-        let full = Arc::new(replica(&repo, &registry));
-        let (tx, mut rx) = mpsc::channel(64);
-        registry.register(agent("a"), tx);
-        let (cancel, forwarder) = run_forwarder(&full);
-        watching(&repo, &mut rx).await;
-
+        let mut f = Forwarding::start(64).await;
         let record = one_pop_record();
-        faulty.answer_lost_next.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(full.submit(&record).await.is_err(), "the lost answer is an error");
-        assert!(repo.get_job("a", &record.id).await.unwrap().is_some(), "the job was written");
+        f.faulty.answer_lost_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(f.full.submit(&record).await.is_err(), "the lost answer is an error");
+        assert!(f.repo.get_job("a", &record.id).await.unwrap().is_some(), "the job was written");
         assert!(
-            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
+            matches!(next(&mut f.rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(rx.try_recv().is_err(), "sent once");
-        cancel.cancel();
-        forwarder.await.unwrap();
+        assert!(f.rx.try_recv().is_err(), "sent once");
+        f.stop().await;
     }
 
     /// An agent whose stream's queue is full when its job is written, and the watch met the
@@ -311,26 +323,17 @@ mod tests {
     /// and the job reaches the agent once the queue has room.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_for_an_agent_with_a_full_queue_reaches_it_later() {
-        let plain = memory_repo().await;
-        let faulty = crate::store::interloper::Interloper::over(&plain);
-        let repo = Repo::new(faulty.clone());
-        let registry = Arc::new(Registry::default());
-        let full = Arc::new(replica(&repo, &registry));
-        let (tx, mut rx) = mpsc::channel(1);
-        registry.register(agent("a"), tx);
-        let (cancel, forwarder) = run_forwarder(&full);
-        watching(&repo, &mut rx).await;
-        assert!(registry.try_send("a", convert::stop_message("filler")), "the queue is now full");
+        let mut f = Forwarding::start(1).await;
+        assert!(f.registry.try_send("a", convert::stop_message("filler")), "the queue is now full");
         let record = one_pop_record();
-        faulty.answer_late_next.store(true, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::timeout(Duration::from_secs(5), full.submit(&record)).await.expect("no wait").unwrap();
+        f.faulty.answer_late_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(5), f.full.submit(&record)).await.expect("no wait").unwrap();
         assert!(
-            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StopCapture(s) if s.capture_id == "filler")
+            matches!(next(&mut f.rx).await, pb::coordinator_message::Msg::StopCapture(s) if s.capture_id == "filler")
         );
         assert!(
-            matches!(next(&mut rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
+            matches!(next(&mut f.rx).await, pb::coordinator_message::Msg::StartCapture(s) if s.capture_id == record.id)
         );
-        cancel.cancel();
-        forwarder.await.unwrap();
+        f.stop().await;
     }
 }

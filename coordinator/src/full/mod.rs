@@ -121,15 +121,13 @@ impl FullCaptures {
     /// One replica over `repo` for unit tests: no agents connected, no bucket credentials.
     #[cfg(test)]
     pub(crate) fn for_test(repo: Repo, settings: FullSettings) -> Self {
-        Self::new(
-            repo,
-            Default::default(),
-            "t".into(),
-            settings,
-            Default::default(),
-            std::env::temp_dir(),
-            Default::default(),
-        )
+        Self::for_test_with_agents(repo, settings, Default::default())
+    }
+
+    /// [`FullCaptures::for_test`] whose agents are those of `registry`.
+    #[cfg(test)]
+    pub(crate) fn for_test_with_agents(repo: Repo, settings: FullSettings, registry: Arc<Registry>) -> Self {
+        Self::new(repo, registry, "t".into(), settings, Default::default(), std::env::temp_dir(), Default::default())
     }
 
     /// Follows this replica's leadership (true while it is the leader).
