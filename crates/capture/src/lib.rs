@@ -12,7 +12,8 @@
 //! * [`session`]: live captures with limits, a bounded queue and loss accounting.
 //! * [`records`]: the batches between a live capture's threads, packets already framed as
 //!   their sink's file records.
-//! * [`shard`]: rotating shard files (pcap or pcapng) with manifests.
+//! * [`shard`]: rotating shard files (pcap or pcapng) with manifests; their disk blocks
+//!   reserved ahead of the writes (`reserving`).
 //! * [`bpf`]: user pcap-filter text, compiled, bounded and hashed.
 //!
 //! No async runtime in here: capture runs on its own OS threads.
@@ -24,6 +25,7 @@ pub mod live;
 pub mod lookback;
 pub mod offline;
 pub mod records;
+mod reserving;
 pub mod scope;
 pub mod session;
 pub mod shard;

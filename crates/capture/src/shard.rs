@@ -24,6 +24,7 @@ use pcap_file::pcapng::blocks::interface_statistics::{InterfaceStatisticsBlock, 
 use serde::{Deserialize, Serialize};
 
 use crate::records::{Batch, Framing, Records};
+use crate::reserving::Reserving;
 use crate::session::{Counters, PacketSink};
 
 /// File format of the shards (`pcap` or `pcapng` in JSON).
@@ -224,7 +225,7 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-type Out = BufWriter<Hashing<File>>;
+type Out = BufWriter<Hashing<Reserving>>;
 
 /// Output buffer. Kept small: for the merge, cache-resident buffers halved the copy cost
 /// (docs/benchmarks.md); for captures 64 KiB measured the same as 1 MiB, with less memory.
@@ -318,7 +319,7 @@ impl ShardWriter {
         let out = BufWriter::with_capacity(
             SHARD_BUFFER,
             Hashing {
-                inner: file,
+                inner: Reserving::new(file),
                 digest: match self.config.checksum {
                     ShardChecksum::None => Digesting::None,
                     ShardChecksum::Crc32c => Digesting::Crc32c(Box::new(Crc32cParts::new())),
@@ -391,7 +392,7 @@ impl ShardWriter {
             }
         };
         let hashing = out.into_inner().map_err(|e| e.into_error())?;
-        hashing.inner.sync_all()?;
+        hashing.inner.close()?;
         let (sha256, crc32c, part_crc32c) = match hashing.digest {
             Digesting::None => (None, None, Vec::new()),
             Digesting::Crc32c(c) => {
