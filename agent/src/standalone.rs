@@ -84,8 +84,8 @@ pub struct CaptureArgs {
     /// captures), sha256 or none.
     #[arg(long, value_enum, default_value = "crc32c")]
     pub checksum: Checksum,
-    /// Batches the queue between the capture and writer threads holds (x256 packets).
-    #[arg(long, default_value_t = 1024, hide = true)]
+    /// Batches the queue between the capture and writer threads holds (x1024 packets).
+    #[arg(long, default_value_t = 256, hide = true)]
     pub queue_batches: usize,
     /// Test hook: slow the writer by this many microseconds per packet.
     #[arg(long, hide = true)]

@@ -102,7 +102,11 @@ pub struct Batch {
 impl Batch {
     /// An empty batch with room for about `packets` packets.
     pub fn with_capacity(framing: Framing, packets: usize) -> Self {
-        Self { framing, data: Vec::with_capacity(packets * 256), packets: Vec::with_capacity(packets) }
+        // Room for small packets up front, at most 64 KiB (an allocation under glibc's mmap
+        // threshold, so a quiet capture's batches cost no mmap); a busy capture's batches
+        // grow once and are recycled with their capacity.
+        let data = Vec::with_capacity((packets * 256).min(64 << 10));
+        Self { framing, data, packets: Vec::with_capacity(packets) }
     }
 
     /// Copies in one packet.
