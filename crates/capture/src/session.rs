@@ -112,7 +112,8 @@ pub struct LiveConfig {
     pub timeout_ms: i32,
     /// When the capture ends by itself.
     pub limits: Limits,
-    /// Batches the queue holds between the capture and writer threads.
+    /// How much the queue between the capture and writer threads holds: this many full
+    /// batches' packets (`queue_batches x batch_packets`), however full its batches are.
     pub queue_batches: usize,
     /// Packets per batch. The writer thread wakes once per batch (or per quiet read timeout):
     /// 1024 to a batch woke it a quarter as often as 256 and cut the capture's CPU by about
@@ -274,7 +275,7 @@ struct Shared {
     /// The capture's threads still running, and what to call when none is.
     threads: AtomicUsize,
     on_end: Option<OnEnd>,
-    /// Batches sent to the writer and not yet taken by it (see [`to_writer`]).
+    /// Packets sent to the writer and not yet taken by it (see [`to_writer`]).
     queued: AtomicUsize,
     /// The writer has ended (a limit, a failed write, the end): what it left queued is never
     /// taken, and nothing sent now is a drop.
@@ -441,7 +442,7 @@ impl LiveCapture {
             ..Shared::default()
         });
         let framing = sink.framing();
-        let (tx, rx) = to_writer(&shared, config.queue_batches.max(1));
+        let (tx, rx) = to_writer(&shared, config.queue_batches.max(1) * config.batch_packets.max(1));
         // Emptied batches go back to the capture thread, so their memory is reused instead of
         // freed and faulted in (and zeroed by the kernel) again. (No more than were sent.)
         let (recycle_tx, recycle_rx) = channel::<Batch>();
@@ -726,10 +727,12 @@ fn within(allowance: &Allowance, shared: &Shared, written: u64, bytes: u64) -> b
     }
 }
 
-/// The queue from the capture thread to the writer: at most `capacity` batches waiting
-/// (beyond that a batch is dropped and counted, and the capture goes on). Not a
+/// The queue from the capture thread to the writer: batches of at most `capacity` packets in
+/// all waiting (beyond that a batch is dropped and counted, and the capture goes on), counted
+/// in packets so that partly filled batches (a quiet link's, sent at each read timeout) leave
+/// the same slack as full ones. Not a
 /// `sync_channel`, which allocates and initializes room for all of them when the capture
-/// starts (1 024 slots, ~150 KiB with the queue of emptied batches, at every start); this one
+/// starts (a slot for each batch it could hold: ~150 KiB at 1 024, at every start); this one
 /// allocates as batches wait. Its count and its end are kept in `shared`.
 fn to_writer(shared: &Arc<Shared>, capacity: usize) -> (ToWriter, FromCapture) {
     let (tx, rx) = channel::<Batch>();
@@ -753,7 +756,7 @@ struct FromCapture {
 impl FromCapture {
     fn recv(&self) -> Option<Batch> {
         let batch = self.rx.recv().ok()?;
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         Some(batch)
     }
 }
@@ -777,8 +780,9 @@ impl ToWriter {
         if self.shared.writer_gone.load(Ordering::Acquire) {
             return Sent::WriterGone;
         }
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        let n = batch.len();
+        if self.shared.queued.fetch_add(n, Ordering::AcqRel) + n > self.capacity {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
             return Sent::Full(batch);
         }
         match self.tx.send(batch) {
@@ -910,17 +914,23 @@ mod tests {
     #[test]
     fn the_queue_to_the_writer_is_bounded_and_ends_with_its_writer() {
         let shared = Arc::new(Shared::default());
-        let (queue, rx) = to_writer(&shared, 2);
-        let batch = || Batch::with_capacity(crate::records::Framing::Pcap, 1);
-        assert!(matches!(queue.try_send(batch()), Sent::Queued));
-        assert!(matches!(queue.try_send(batch()), Sent::Queued));
-        assert!(matches!(queue.try_send(batch()), Sent::Full(_)), "a third waits beyond the bound");
+        // Room for 4 packets, in batches of any fill.
+        let (queue, rx) = to_writer(&shared, 4);
+        let batch = |packets: usize| {
+            let mut b = Batch::with_capacity(crate::records::Framing::Pcap, packets);
+            (0..packets).for_each(|i| b.push(i as u64, 60, &[0; 60]));
+            b
+        };
+        assert!(matches!(queue.try_send(batch(2)), Sent::Queued));
+        assert!(matches!(queue.try_send(batch(2)), Sent::Queued));
+        assert!(matches!(queue.try_send(batch(1)), Sent::Full(_)), "a fifth packet waits beyond the bound");
         let _taken = rx.recv().unwrap();
-        assert!(matches!(queue.try_send(batch()), Sent::Queued), "room again");
-        assert!(matches!(queue.try_send(batch()), Sent::Full(_)));
+        assert!(matches!(queue.try_send(batch(1)), Sent::Queued), "room again, and partly filled batches");
+        assert!(matches!(queue.try_send(batch(1)), Sent::Queued), "count what they hold");
+        assert!(matches!(queue.try_send(batch(1)), Sent::Full(_)));
         // The writer ends (a limit), leaving the queue full.
         drop(rx);
-        assert!(matches!(queue.try_send(batch()), Sent::WriterGone));
+        assert!(matches!(queue.try_send(batch(1)), Sent::WriterGone));
     }
 
     #[test]
