@@ -15,6 +15,8 @@ pub(crate) struct Reserving {
     written: u64,
     reserved: u64,
     enabled: bool,
+    /// A reservation was asked for (one that failed may still have left blocks behind).
+    asked: bool,
 }
 
 /// Quiet shards are written as they are: no reservation below this size.
@@ -29,7 +31,7 @@ impl Reserving {
     pub(crate) fn new(file: File) -> Self {
         let memory =
             rustix::fs::fstatfs(&file).map(|s| matches!(s.f_type as u64, TMPFS_MAGIC | RAMFS_MAGIC)).unwrap_or(true);
-        Self { file, written: 0, reserved: 0, enabled: !memory }
+        Self { file, written: 0, reserved: 0, enabled: !memory, asked: false }
     }
 
     fn reserve_for(&mut self, len: u64) {
@@ -40,6 +42,7 @@ impl Reserving {
         // Ahead by what is written so far (it doubles), at most RESERVE_MAX.
         let from = self.reserved.max(self.written);
         let to = end.max(self.written + self.written.min(RESERVE_MAX));
+        self.asked = true;
         match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::KEEP_SIZE, from, to - from) {
             Ok(()) => self.reserved = to,
             // Not supported here, or no room for the reserve: the write itself says whether
@@ -48,10 +51,14 @@ impl Reserving {
         }
     }
 
-    /// Releases the blocks reserved past the end, then flushes to the disk.
+    /// Releases the blocks reserved past the end, then flushes to the disk. The shard is whole
+    /// either way: a release that fails only leaves the reserve on the disk until the shard is
+    /// deleted, so it is logged, not returned.
     pub(crate) fn close(self) -> io::Result<()> {
-        if self.reserved > self.written {
-            self.file.set_len(self.written)?;
+        if self.asked
+            && let Err(e) = self.file.set_len(self.written)
+        {
+            tracing::warn!(error = %e, "could not release the disk blocks reserved past a shard's end");
         }
         self.file.sync_all()
     }
