@@ -3,13 +3,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 
-/// A file that reserves its disk blocks ahead of the writes, [`RESERVE_MAX`] at a time
-/// once it holds [`RESERVE_FROM`] bytes (`fallocate` with `FALLOC_FL_KEEP_SIZE`: the file's
-/// size stays what was written, so a crash leaves no padding). On ext4 a write into reserved
-/// blocks skips the per-page delayed allocation: about a quarter of a busy shard's write
-/// cost (docs/benchmarks.md). Not on tmpfs, where reserving would zero the pages that the
-/// write then fills. Whatever is left reserved past the end is released when the shard
-/// closes; a filesystem that refuses just gets plain writes.
+/// A file that reserves its disk blocks ahead of the writes once it holds [`RESERVE_FROM`]
+/// bytes: ahead by what it holds, at most [`RESERVE_MAX`] (`fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`: the file's size stays what was written, so a crash leaves no
+/// padding). On ext4 a write into reserved blocks skips the per-page delayed allocation:
+/// about a quarter of a busy shard's write cost (docs/benchmarks.md). Not on tmpfs, where
+/// reserving would zero the pages that the write then fills. Whatever is left reserved past
+/// the end is released when the shard closes; a filesystem that refuses gets plain writes.
 pub(crate) struct Reserving {
     file: File,
     written: u64,

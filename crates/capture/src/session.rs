@@ -730,10 +730,9 @@ fn within(allowance: &Allowance, shared: &Shared, written: u64, bytes: u64) -> b
 /// The queue from the capture thread to the writer: batches of at most `capacity` packets in
 /// all waiting (beyond that a batch is dropped and counted, and the capture goes on), counted
 /// in packets so that partly filled batches (a quiet link's, sent at each read timeout) leave
-/// the same slack as full ones. Not a
-/// `sync_channel`, which allocates and initializes room for all of them when the capture
-/// starts (a slot for each batch it could hold: ~150 KiB at 1 024, at every start); this one
-/// allocates as batches wait. Its count and its end are kept in `shared`.
+/// the same slack as full ones. Not a `sync_channel`, which allocates and initializes a slot
+/// for each batch it could hold when the capture starts (~150 KiB at 1 024, at every start);
+/// this one allocates as batches wait. Its count and its end are kept in `shared`.
 fn to_writer(shared: &Arc<Shared>, capacity: usize) -> (ToWriter, FromCapture) {
     let (tx, rx) = channel::<Batch>();
     (ToWriter { tx, shared: shared.clone(), capacity }, FromCapture { rx, shared: shared.clone() })
