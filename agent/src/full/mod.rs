@@ -47,7 +47,7 @@ struct Job {
     /// When a final state was last reported (final states are repeated only now and then).
     final_reported: Option<Instant>,
     /// Ended, and its directory was found without a shard after that: none can appear there
-    /// again, so the spool scans (uploads every 300 ms, reports every second) pass it over.
+    /// again, so the spool scans (uploads at each closed shard, reports every second) pass it over.
     /// A job kept for `keep_finished` (an hour) had been read at every scan.
     drained: bool,
     /// A stop that came while the capture was still being opened (no `stop` handle yet): it
@@ -125,6 +125,9 @@ pub(crate) struct Jobs {
     /// Woken when a capture ends, so its last shard is delivered without waiting for the
     /// next spool scan.
     pub(crate) ended: tokio::sync::Notify,
+    /// Woken by a running capture's writer thread when it has closed a shard (rotation), so
+    /// the spool is scanned when there is something new in it, not on a short timer.
+    pub(crate) shard_closed: Arc<tokio::sync::Notify>,
     /// The copies turned on for live viewers ([`stream::Streaming`]).
     streaming: stream::Streaming,
     /// Woken when a capture with a share of a shared budget starts (the budget loop sleeps
@@ -243,6 +246,7 @@ impl Jobs {
             started: Mutex::new(Vec::new()),
             started_now: tokio::sync::Notify::new(),
             ended: tokio::sync::Notify::new(),
+            shard_closed: Arc::new(tokio::sync::Notify::new()),
             streaming: stream::Streaming::default(),
             budgeted: tokio::sync::Notify::new(),
         })

@@ -257,7 +257,7 @@ impl Jobs {
             },
         );
         let tap = super::stream::StreamTap::new(&iface, linktype as u32, snaplen);
-        let sink = super::stream::TeeSink { inner: Box::new(shards), tap: tap.clone() };
+        let sink = super::stream::TeeSink::new(shards, tap.clone(), self.shard_closed.clone());
         let live = LiveCapture::start(config, source, Box::new(sink)).map_err(|e| e.to_string())?;
         Ok(Prepared { live, iface, expr, allowance, tap })
     }

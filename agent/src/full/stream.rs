@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use edgecap_capture::records::{Framing, Records};
 use edgecap_capture::session::{Counters, PacketSink};
+use edgecap_capture::shard::ShardWriter;
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::mpsc;
@@ -127,13 +128,35 @@ struct Queue {
 
 /// The capture's sink: the shards first, then the copy.
 pub(super) struct TeeSink {
-    pub inner: Box<dyn PacketSink>,
-    pub tap: Arc<StreamTap>,
+    inner: ShardWriter,
+    tap: Arc<StreamTap>,
+    /// Notified when `inner` has closed a shard (its manifest written): the upload loop.
+    shard_closed: Arc<tokio::sync::Notify>,
+    /// Shards closed so far, as last seen.
+    closed: usize,
+}
+
+impl TeeSink {
+    pub(super) fn new(inner: ShardWriter, tap: Arc<StreamTap>, shard_closed: Arc<tokio::sync::Notify>) -> Self {
+        Self { inner, tap, shard_closed, closed: 0 }
+    }
+
+    /// After a write: a shard closed by it (a rotation) wakes the upload loop. (At the end,
+    /// [`Jobs::end_job`] wakes it.)
+    fn tell_if_closed(&mut self) {
+        let closed = self.inner.completed().len();
+        if closed != self.closed {
+            self.closed = closed;
+            self.shard_closed.notify_one();
+        }
+    }
 }
 
 impl PacketSink for TeeSink {
     fn write(&mut self, ts_ns: u64, orig_len: u32, data: &[u8]) -> io::Result<()> {
-        self.inner.write(ts_ns, orig_len, data)?;
+        let written = self.inner.write(ts_ns, orig_len, data);
+        self.tell_if_closed();
+        written?;
         self.tap.offer(ts_ns, orig_len, data);
         Ok(())
     }
@@ -147,7 +170,9 @@ impl PacketSink for TeeSink {
     }
 
     fn write_records(&mut self, records: Records<'_>) -> io::Result<()> {
-        self.inner.write_records(records.clone())?;
+        let written = self.inner.write_records(records.clone());
+        self.tell_if_closed();
+        written?;
         for (ts_ns, orig_len, data) in records.iter() {
             self.tap.offer(ts_ns, orig_len, data);
         }
@@ -261,5 +286,38 @@ mod tests {
         assert!(!tap.live(), "off and drained");
         tap.on_until_ns.store(1, Ordering::Release);
         assert!(!tap.live(), "an on that ran out");
+    }
+
+    #[test]
+    fn a_shard_closed_by_a_rotation_wakes_the_upload_loop() {
+        use edgecap_capture::shard::{ShardChecksum, ShardConfig, ShardFormat, ShardIdentity};
+        use std::future::Future as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = ShardConfig {
+            path: dir.path().join("shard.pcap"),
+            format: ShardFormat::Pcap,
+            rotate_bytes: Some(1000),
+            rotate_every: None,
+            checksum: ShardChecksum::Crc32c,
+        };
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let mut sink = TeeSink::new(
+            ShardWriter::new(config, ShardIdentity::default()),
+            StreamTap::new("eth0", 1, 65535),
+            closed.clone(),
+        );
+        sink.write(1, 400, &[0; 400]).unwrap();
+        sink.write(2, 400, &[0; 400]).unwrap();
+        // Whether a wake is waiting: a notified() that is ready at its first poll.
+        let woken = || {
+            let waiting = std::pin::pin!(closed.notified());
+            waiting.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready()
+        };
+        assert!(!woken(), "nothing closed yet: no wake");
+        // The third would take the shard past 1000 bytes: the first is closed before it.
+        sink.write(3, 400, &[0; 400]).unwrap();
+        assert!(woken(), "a closed shard wakes the loop");
+        assert!(!woken(), "once");
+        assert!(dir.path().join("shard-000001.pcap.json").is_file(), "its manifest is there to find");
     }
 }
