@@ -306,8 +306,14 @@ mod tests {
             StreamTap::new("eth0", 1, 65535),
             closed.clone(),
         );
-        sink.write(1, 400, &[0; 400]).unwrap();
-        sink.write(2, 400, &[0; 400]).unwrap();
+        // As the writer thread writes: runs of packets framed as the shard's records.
+        let write = |sink: &mut TeeSink, ts_ns: u64| {
+            let mut batch = edgecap_capture::records::Batch::with_capacity(sink.framing(), 1);
+            batch.push(ts_ns, 400, &[0; 400]);
+            sink.write_records(batch.records(0..1)).unwrap();
+        };
+        write(&mut sink, 1);
+        write(&mut sink, 2);
         // Whether a wake is waiting: a notified() that is ready at its first poll.
         let woken = || {
             let waiting = std::pin::pin!(closed.notified());
@@ -315,7 +321,7 @@ mod tests {
         };
         assert!(!woken(), "nothing closed yet: no wake");
         // The third would take the shard past 1000 bytes: the first is closed before it.
-        sink.write(3, 400, &[0; 400]).unwrap();
+        write(&mut sink, 3);
         assert!(woken(), "a closed shard wakes the loop");
         assert!(!woken(), "once");
         assert!(dir.path().join("shard-000001.pcap.json").is_file(), "its manifest is there to find");

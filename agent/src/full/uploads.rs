@@ -108,6 +108,8 @@ impl Jobs {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                // (The stream gone: this loop ends now, not at its next scan.)
+                () = out.closed() => break,
                 _ = tokio::time::sleep_until(rescan) => {}
                 () = self.ended.notified() => {}
                 () = self.shard_closed.notified() => {}
