@@ -171,6 +171,22 @@ async fn a_spooled_shard_whose_bytes_changed_since_its_manifest_is_found_out() {
     assert!(!jobs.spooled_shard_intact(&path, &m).await);
 }
 
+#[tokio::test]
+async fn an_upload_task_that_panics_fails_its_capture_and_frees_it() {
+    let mut running = super::uploads::InFlight::default();
+    running.spawn("c1".into(), async { panic!("a bug in an upload") });
+    running.spawn("c2".into(), async { Ok(()) });
+    let mut ended = Vec::new();
+    while let Some((capture_id, result)) = running.next().await {
+        ended.push((capture_id, result.map_err(|e| e.to_string())));
+    }
+    ended.sort();
+    assert_eq!(ended[0].0, "c1", "the panicked task is still c1's: {ended:?}");
+    assert!(ended[0].1.as_ref().is_err_and(|e| e.contains("panicked")), "{ended:?}");
+    assert_eq!(ended[1], ("c2".to_string(), Ok(())));
+    assert!(running.is_empty());
+}
+
 #[test]
 fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
     let spool = tempfile::tempdir().unwrap();

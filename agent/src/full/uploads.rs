@@ -28,6 +28,44 @@ const PARALLEL_CAPTURES: usize = 4;
 /// each running a capture, that was 1 000 scans a second, each waking a blocking thread.)
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
+/// The uploads in flight, a task per capture. A task that panicked (or was aborted) still
+/// says whose it was, so its capture is freed and retried like any failed upload, instead of
+/// staying busy until the control stream reconnects.
+#[derive(Default)]
+pub(super) struct InFlight {
+    tasks: JoinSet<anyhow::Result<()>>,
+    whose: HashMap<tokio::task::Id, String>,
+}
+
+impl InFlight {
+    pub(super) fn spawn(
+        &mut self,
+        capture_id: String,
+        upload: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let task = self.tasks.spawn(upload);
+        self.whose.insert(task.id(), capture_id);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next upload to end: its capture and how it went. `None` when none is in flight.
+    /// Cancel safe (a `select!` branch).
+    pub(super) async fn next(&mut self) -> Option<(String, anyhow::Result<()>)> {
+        loop {
+            let (task, result) = match self.tasks.join_next_with_id().await? {
+                Ok((task, result)) => (task, result),
+                Err(e) => (e.id(), Err(anyhow::anyhow!("the upload task ended abnormally: {e}"))),
+            };
+            if let Some(capture_id) = self.whose.remove(&task) {
+                return Some((capture_id, result));
+            }
+        }
+    }
+}
+
 /// A shard ready for delivery: its manifest read and its file present.
 #[derive(Debug)]
 pub(super) struct Ready {
@@ -68,7 +106,7 @@ impl Jobs {
     /// retries; nothing is deleted before the coordinator has recorded it. Ends when `cancel`
     /// fires (an upload in flight is dropped: the shard stays spooled).
     pub(crate) async fn upload_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
-        let mut running: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+        let mut running = InFlight::default();
         let mut busy: HashSet<String> = HashSet::new();
         let mut backoff: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
         while !cancel.is_cancelled() && !out.is_closed() {
@@ -101,10 +139,7 @@ impl Jobs {
                 }
                 busy.insert(capture_id.clone());
                 let (this, out, cancel) = (self.clone(), out.clone(), cancel.clone());
-                running.spawn(async move {
-                    let result = this.upload_capture(&out, &shards, &cancel).await;
-                    (capture_id, result)
-                });
+                running.spawn(capture_id, async move { this.upload_capture(&out, &shards, &cancel).await });
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -113,7 +148,7 @@ impl Jobs {
                 _ = tokio::time::sleep_until(rescan) => {}
                 () = self.ended.notified() => {}
                 () = self.shard_closed.notified() => {}
-                Some(Ok((capture_id, result))) = running.join_next(), if !running.is_empty() => {
+                Some((capture_id, result)) = running.next(), if !running.is_empty() => {
                     busy.remove(&capture_id);
                     match result {
                         Ok(()) => {
@@ -135,7 +170,7 @@ impl Jobs {
             }
         }
         // Uploads in flight see the token (or the closed stream) and end.
-        running.shutdown().await;
+        running.tasks.shutdown().await;
     }
 
     /// Delivers one capture's shards in order; stops at the first failure.
