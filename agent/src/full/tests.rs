@@ -176,6 +176,7 @@ async fn an_upload_task_that_panics_fails_its_capture_and_frees_it() {
     let mut running = super::uploads::InFlight::default();
     running.spawn("c1".into(), async { panic!("a bug in an upload") });
     running.spawn("c2".into(), async { Ok(()) });
+    assert!(running.busy_for("c1") && running.busy_for("c2") && !running.busy_for("c3"));
     let mut ended = Vec::new();
     while let Some((capture_id, result)) = running.next().await {
         ended.push((capture_id, result.map_err(|e| e.to_string())));
@@ -185,6 +186,7 @@ async fn an_upload_task_that_panics_fails_its_capture_and_frees_it() {
     assert!(ended[0].1.as_ref().is_err_and(|e| e.contains("panicked")), "{ended:?}");
     assert_eq!(ended[1], ("c2".to_string(), Ok(())));
     assert!(running.is_empty());
+    assert!(!running.busy_for("c1"), "freed, so its shards are offered again");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! one object), upload, report the upload, and delete the spooled copy only once the
 //! coordinator has recorded it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,9 +28,8 @@ const PARALLEL_CAPTURES: usize = 4;
 /// each running a capture, that was 1 000 scans a second, each waking a blocking thread.)
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
-/// The uploads in flight, a task per capture. A task that panicked (or was aborted) still
-/// says whose it was, so its capture is freed and retried like any failed upload, instead of
-/// staying busy until the control stream reconnects.
+/// The uploads in flight, a task per capture. A task that panicked (or was aborted) still says
+/// whose it was: its capture is freed and retried like any failed upload, not left busy.
 #[derive(Default)]
 pub(super) struct InFlight {
     tasks: JoinSet<anyhow::Result<()>>,
@@ -49,6 +48,11 @@ impl InFlight {
 
     pub(super) fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// Whether `capture_id`'s upload is in flight, or [`PARALLEL_CAPTURES`] are.
+    pub(super) fn busy_for(&self, capture_id: &str) -> bool {
+        self.whose.len() >= PARALLEL_CAPTURES || self.whose.values().any(|c| c == capture_id)
     }
 
     /// The next upload to end: its capture and how it went. `None` when none is in flight.
@@ -107,7 +111,6 @@ impl Jobs {
     /// fires (an upload in flight is dropped: the shard stays spooled).
     pub(crate) async fn upload_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
         let mut running = InFlight::default();
-        let mut busy: HashSet<String> = HashSet::new();
         let mut backoff: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
         while !cancel.is_cancelled() && !out.is_closed() {
             let ready = if self.any_undrained() {
@@ -134,10 +137,9 @@ impl Jobs {
                 if let Some(until) = retry_at {
                     rescan = rescan.min(until);
                 }
-                if busy.len() >= PARALLEL_CAPTURES || busy.contains(&capture_id) || retry_at.is_some() {
+                if running.busy_for(&capture_id) || retry_at.is_some() {
                     continue;
                 }
-                busy.insert(capture_id.clone());
                 let (this, out, cancel) = (self.clone(), out.clone(), cancel.clone());
                 running.spawn(capture_id, async move { this.upload_capture(&out, &shards, &cancel).await });
             }
@@ -149,7 +151,6 @@ impl Jobs {
                 () = self.ended.notified() => {}
                 () = self.shard_closed.notified() => {}
                 Some((capture_id, result)) = running.next(), if !running.is_empty() => {
-                    busy.remove(&capture_id);
                     match result {
                         Ok(()) => {
                             backoff.remove(&capture_id);
