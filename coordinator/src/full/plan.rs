@@ -107,8 +107,16 @@ impl FullCaptures {
         self.check_endpoint(&destination).await.map_err(PlanError::Endpoint)?;
         let colo = request.colo_name.clone().unwrap_or_default();
         let colos = if request.colo_names.is_empty() { vec![colo.clone()] } else { request.colo_names.clone() };
+        // What is checked is read at once, not one read after another: each read waits for a
+        // store that a start of hundreds of PoPs keeps busy, and the start waits for them all.
+        // (The offline agents only name skipped PoPs: without them the capture still starts.)
+        let (ownerships, present, known, jobs) = tokio::try_join!(
+            self.repo.list_ownerships(account),
+            self.repo.list_agents(),
+            async { Ok::<_, RepoError>(self.repo.list_known_agents().await.unwrap_or_default()) },
+            self.repo.jobs_per_agent(),
+        )?;
         // The bucket must have been proven to be this account's.
-        let ownerships = self.repo.list_ownerships(account).await?;
         let owned =
             ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
         if !owned {
@@ -116,7 +124,7 @@ impl FullCaptures {
         }
         let (mut agents, mut offline) = (Vec::new(), Vec::new());
         for (i, name) in colos.iter().enumerate() {
-            let (online, gone) = self.colo_agents(name).await?;
+            let (online, gone) = colo_agents(&present, &known, name);
             if colos.len() > 1 && online.is_empty() && gone.is_empty() {
                 let field =
                     if i == 0 && request.colo_name.is_some() { "colo_name".into() } else { format!("colo_names[{i}]") };
@@ -145,31 +153,31 @@ impl FullCaptures {
         }
         // Each PoP's running captures.
         let max = self.settings.max_captures_per_pop;
-        let jobs = self.repo.jobs_per_agent().await?;
         let busy = agents.iter().map(|a| (a, jobs.get(&a.agent_id).copied().unwrap_or(0))).find(|(_, n)| *n >= max);
         if let Some((agent, running)) = busy {
             return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
         }
         Ok((agents, offline))
     }
+}
 
-    /// The agents of a colo connected now (to any replica: shared presence keys), and those
-    /// seen before but offline now. A colo is an exact PoP name, or a prefix of PoP names
-    /// (`ord` covers `ord01` and `ord02`), case-insensitive.
-    async fn colo_agents(&self, colo: &str) -> Result<(Vec<AgentPresence>, Vec<AgentPresence>), RepoError> {
-        let mut agents = self.repo.list_agents().await?;
-        agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
-        let exact = agents.iter().any(|a| in_colo(&a.pop, colo, true));
-        agents.retain(|a| in_colo(&a.pop, colo, exact));
-        let offline = match self.repo.list_known_agents().await {
-            Ok(known) => known
-                .into_iter()
-                .filter(|k| in_colo(&k.pop, colo, exact) && agents.iter().all(|a| a.agent_id != k.agent_id))
-                .collect(),
-            Err(_) => vec![],
-        };
-        Ok((agents, offline))
-    }
+/// The agents of a colo connected now (`present`: to any replica, from the shared presence
+/// keys), and those seen before (`known`) but offline now. A colo is an exact PoP name, or a
+/// prefix of PoP names (`ord` covers `ord01` and `ord02`), case-insensitive.
+fn colo_agents(
+    present: &[AgentPresence],
+    known: &[AgentPresence],
+    colo: &str,
+) -> (Vec<AgentPresence>, Vec<AgentPresence>) {
+    let exact = present.iter().any(|a| in_colo(&a.pop, colo, true));
+    let mut agents: Vec<AgentPresence> = present.iter().filter(|a| in_colo(&a.pop, colo, exact)).cloned().collect();
+    agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+    let offline = known
+        .iter()
+        .filter(|k| in_colo(&k.pop, colo, exact) && agents.iter().all(|a| a.agent_id != k.agent_id))
+        .cloned()
+        .collect();
+    (agents, offline)
 }
 
 #[cfg(test)]
