@@ -443,7 +443,13 @@ class Env:
                 "--coordinator", ",".join(endpoints), "--pki", self.pki, "--pops", str(pops),
                 "--colos", ",".join(colos), "--rate", str(rate), "--lookback-kib", str(lookback_kib),
                 "--spool-dir", os.path.join(self.dir, "spool")], logf,
-                env={"RUST_LOG": os.environ.get("EDGECAP_SIM_LOG", "warn")})
+                env={"RUST_LOG": os.environ.get("EDGECAP_SIM_LOG", "warn"),
+                     # A capture runs two threads. An agent alone on its machine finds their
+                     # stacks in glibc's cache (40 MiB) when it starts the next; a hundred
+                     # agents in one process would not (200 stacks of 2 MiB), and would map and
+                     # protect new stacks under one address-space lock for every start
+                     # (docs/benchmarks.md). So each simulator caches what its agents use.
+                     "GLIBC_TUNABLES": f"glibc.pthread.stack_cache_size={self.args.sim_stack_cache_mib << 20}"})
             p.logfile = logf
             self.sims.append(p)
             first += n
@@ -1105,6 +1111,8 @@ def main():
                    help="directory of edgecap, edgecap-coordinator, edgecap-bench (default: %(default)s)")
     p.add_argument("--tmp", default=None, help="parent of the temporary work dir (default: $TMPDIR or /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, perf data)")
+    p.add_argument("--sim-stack-cache-mib", type=int, default=1024,
+                   help="glibc's cache of thread stacks in each simulator process (40: glibc's default)")
     p.add_argument("--perf", type=int, default=0, metavar="S",
                    help="perf record -g the (first) coordinator for S seconds during the measure")
     p.add_argument("--perf-out", default=None, help="directory for the perf reports (default: the work dir)")
