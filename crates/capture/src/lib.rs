@@ -9,8 +9,7 @@
 //!   interface, or a replayed file for demos and simulated agents; chosen in
 //!   [`source::factory`]. Nothing outside this crate opens libpcap.
 //! * [`live`]: one source and thread per interface feeding the lookback.
-//! * [`session`]: live captures with limits, a bounded queue and loss accounting; their
-//!   threads kept for the next capture (`threads`).
+//! * [`session`]: live captures with limits, a bounded queue and loss accounting.
 //! * [`records`]: the batches between a live capture's threads, packets already framed as
 //!   their sink's file records.
 //! * [`shard`]: rotating shard files (pcap or pcapng) with manifests; their disk blocks
@@ -32,7 +31,6 @@ pub mod session;
 pub mod shard;
 pub mod source;
 pub mod summary;
-mod threads;
 
 pub use filter::{FilterError, FilterV1, IpPrefix};
 pub use live::{LookbackCapture, LookbackCaptureConfig};

@@ -19,6 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,6 @@ use crate::CaptureError;
 use crate::live::{FEED_TIMEOUT_MS, Feed, Feeder};
 use crate::records::{Batch, Framing, Records};
 use crate::source::{CaptureSource, MAX_SNAPLEN, Next, OpenOptions, Waker};
-use crate::threads::{self, Joiner};
 
 /// A share of a budget several captures draw from (a full capture's limits across PoPs):
 /// the packets and bytes this capture may write so far, raised as more is granted, and
@@ -130,8 +130,8 @@ pub struct LiveConfig {
     pub on_end: Option<OnEnd>,
 }
 
-/// What a capture calls when it has ended: from its last thread as that thread finishes its
-/// work, after the sink has finished (flushed and synced). [`LiveCapture::wait`] then returns at once.
+/// What a capture calls when it has ended: from its last thread as that thread exits, after
+/// the sink has finished (flushed and synced). [`LiveCapture::wait`] then returns at once.
 /// Not called if [`LiveCapture::start`] fails.
 #[derive(Clone)]
 pub struct OnEnd(Arc<dyn Fn() + Send + Sync>);
@@ -334,9 +334,8 @@ impl crate::deadlines::Expire for Shared {
     }
 }
 
-/// Held by each of a capture's threads while it works for the capture: the last to finish (or
-/// unwind) calls the capture's [`OnEnd`]. (The threads themselves are kept for the next
-/// capture, `threads.rs`.)
+/// Held by each of a capture's threads: the last to exit (or unwind) calls the capture's
+/// [`OnEnd`].
 struct Running(Arc<Shared>);
 
 impl Drop for Running {
@@ -391,8 +390,8 @@ impl StopHandle {
 /// A running capture.
 pub struct LiveCapture {
     shared: Arc<Shared>,
-    capture: Option<Joiner<()>>,
-    writer: Option<Joiner<io::Result<()>>>,
+    capture: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
     /// The time limit, kept by the process's deadline thread until the capture ends.
     deadline: Option<crate::deadlines::Entry>,
 }
@@ -451,11 +450,13 @@ impl LiveCapture {
             let shared = shared.clone();
             let limits = config.limits.clone();
             let delay = config.writer_delay;
-            threads::spawn(format!("writer-{}", config.iface), move || {
-                let _running = Running(shared.clone());
-                write_loop(rx, recycle_tx, sink, shared, limits, delay)
-            })
-            .map_err(CaptureError::Thread)?
+            std::thread::Builder::new()
+                .name(format!("writer-{}", config.iface))
+                .spawn(move || {
+                    let _running = Running(shared.clone());
+                    write_loop(rx, recycle_tx, sink, shared, limits, delay)
+                })
+                .map_err(CaptureError::Thread)?
         };
         // (From here on an error drops `tx`, which ends the writer thread.)
         let deadline = match config.limits.time {
@@ -472,11 +473,13 @@ impl LiveCapture {
         let capture = {
             let shared = shared.clone();
             let config = config.clone();
-            threads::spawn(format!("capture-{}", config.iface), move || {
-                let _running = Running(shared.clone());
-                capture_loop(source, feeding, framing, tx, recycle_rx, shared, config)
-            })
-            .map_err(CaptureError::Thread)?
+            std::thread::Builder::new()
+                .name(format!("capture-{}", config.iface))
+                .spawn(move || {
+                    let _running = Running(shared.clone());
+                    capture_loop(source, feeding, framing, tx, recycle_rx, shared, config)
+                })
+                .map_err(CaptureError::Thread)?
         };
         Ok(Self { shared, capture: Some(capture), writer: Some(writer), deadline })
     }
