@@ -109,19 +109,22 @@ impl FullCaptures {
         let colos = if request.colo_names.is_empty() { vec![colo.clone()] } else { request.colo_names.clone() };
         // What is checked is read at once, not one read after another: each read waits for a
         // store that a start of hundreds of PoPs keeps busy, and the start waits for them all.
+        // Their results are taken in the order the checks were made one by one, so that a
+        // request refused for its bucket is refused so even if another read failed.
         // (The offline agents only name skipped PoPs: without them the capture still starts.)
-        let (ownerships, present, known, jobs) = tokio::try_join!(
+        let (ownerships, present, known, jobs) = tokio::join!(
             self.repo.list_ownerships(account),
             self.repo.list_agents(),
-            async { Ok::<_, RepoError>(self.repo.list_known_agents().await.unwrap_or_default()) },
+            self.repo.list_known_agents(),
             self.repo.jobs_per_agent(),
-        )?;
+        );
         // The bucket must have been proven to be this account's.
         let owned =
-            ownerships.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
+            ownerships?.iter().any(|o| o.destination_conf == destination.uri && o.status == OwnershipStatus::Success);
         if !owned {
             return Err(PlanError::NotValidated(destination.uri));
         }
+        let (present, known) = (present?, known.unwrap_or_default());
         let (mut agents, mut offline) = (Vec::new(), Vec::new());
         for (i, name) in colos.iter().enumerate() {
             let (online, gone) = colo_agents(&present, &known, name);
@@ -153,6 +156,7 @@ impl FullCaptures {
         }
         // Each PoP's running captures.
         let max = self.settings.max_captures_per_pop;
+        let jobs = jobs?;
         let busy = agents.iter().map(|a| (a, jobs.get(&a.agent_id).copied().unwrap_or(0))).find(|(_, n)| *n >= max);
         if let Some((agent, running)) = busy {
             return Err(PlanError::PopBusy { pop: agent.pop.clone(), running, max });
