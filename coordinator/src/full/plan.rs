@@ -174,8 +174,8 @@ fn colo_agents(
     colo: &str,
 ) -> (Vec<AgentPresence>, Vec<AgentPresence>) {
     let exact = present.iter().any(|a| in_colo(&a.pop, colo, true));
-    let mut agents: Vec<AgentPresence> = present.iter().filter(|a| in_colo(&a.pop, colo, exact)).cloned().collect();
-    agents.sort_by(|a, b| (&a.pop, &a.agent_id).cmp(&(&b.pop, &b.agent_id)));
+    // (In the order read: `check` sorts the agents of all its colos once.)
+    let agents: Vec<AgentPresence> = present.iter().filter(|a| in_colo(&a.pop, colo, exact)).cloned().collect();
     let offline = known
         .iter()
         .filter(|k| in_colo(&k.pop, colo, exact) && agents.iter().all(|a| a.agent_id != k.agent_id))
