@@ -267,6 +267,10 @@ fn full_capture_ownership_then_packet_and_byte_limits_across_three_pops() {
     for pop in &by_pop {
         assert_eq!(pop["status"], "done", "{pop:#}");
         assert_eq!(pop["stop_reason"], "budget", "{pop:#}");
+        // When it began running there, after the request (one clock here; RFC 3339 with
+        // microseconds and `Z` on both sides, so their text orders as their times).
+        let (started, submitted) = (pop["started_at"].as_str().unwrap(), capture["submitted"].as_str().unwrap());
+        assert!(started.len() == submitted.len() && started > submitted, "{pop:#}\n{capture:#}");
         let packets = pop["packets"].as_u64().unwrap();
         assert!(packets > 0, "{pop:#}");
         assert_eq!(delivered(pop), packets, "every written packet delivered: {pop:#}");

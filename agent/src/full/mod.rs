@@ -44,6 +44,9 @@ struct Job {
     shards_uploaded: u32,
     /// When the capture ended (for forgetting it later).
     ended_at: Option<Instant>,
+    /// When its capture began running, ns since the epoch (reported as the PoP's
+    /// `started_at`); 0: it never ran.
+    started_ns: u64,
     /// When a final state was last reported (final states are repeated only now and then).
     final_reported: Option<Instant>,
     /// Ended, and its directory was found without a shard after that: none can appear there
@@ -66,6 +69,7 @@ impl Job {
             end: None,
             shards_uploaded: 0,
             ended_at: None,
+            started_ns: 0,
             final_reported: None,
             drained: false,
             stop_requested: false,
@@ -81,6 +85,7 @@ impl Job {
             end: Some(end),
             shards_uploaded: 0,
             ended_at: Some(Instant::now()),
+            started_ns: 0,
             final_reported: None,
             drained: false,
             stop_requested: false,
@@ -212,14 +217,16 @@ impl Jobs {
             if !spool::is_capture_id(&name) || !dir.is_dir() || !dir.join("job.json").exists() {
                 continue;
             }
-            if spool::read_json::<spool::JobFile>(&dir.join("job.json")).is_none() {
+            let Some(job_file) = spool::read_json::<spool::JobFile>(&dir.join("job.json")) else {
                 uploads::quarantine(&dir, "its job.json does not parse");
                 damaged += 1;
                 continue;
-            }
+            };
             match spool::recover(&name, &dir) {
                 Ok(end) => {
-                    jobs.insert(name, Job::ended(dir, end));
+                    // (A refused capture's job.json names no interface: it never ran.)
+                    let started_ns = if job_file.interface.is_empty() { 0 } else { job_file.started_ns };
+                    jobs.insert(name, Job { started_ns, ..Job::ended(dir, end) });
                 }
                 Err(error) => {
                     // One damaged capture directory must not keep the agent from starting.

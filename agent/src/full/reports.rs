@@ -153,6 +153,7 @@ fn report_of(id: &str, job: &super::Job, pending: u32, spool_bytes: u64) -> pb::
         shards_uploaded: job.shards_uploaded,
         spool_bytes,
         stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
+        started_unix_ns: job.started_ns,
         ..Default::default()
     }
 }

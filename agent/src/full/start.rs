@@ -120,6 +120,7 @@ impl Jobs {
         tracing::info!(capture = %id, iface = %prepared.iface, filter = %prepared.expr, "full capture started");
         tracing::debug!(target: "edgecap_timeline", capture = %id, pop = %self.pop, "capture started");
         if let Some(job) = lock(&self.jobs).get_mut(&id) {
+            job.started_ns = now_ns();
             job.stop = Some(prepared.live.stop_handle());
             job.allowance = prepared.allowance.clone();
             if job.allowance.is_some() {

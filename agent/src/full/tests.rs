@@ -103,6 +103,9 @@ fn a_capture_whose_job_file_does_not_parse_is_set_aside_and_the_rest_opens() {
     let ready = jobs.scan_spool();
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].capture_id, "good");
+    // A capture found after a restart still says when it began (its job.json).
+    let reports = jobs.reports(true);
+    assert_eq!(reports.iter().map(|r| (r.capture_id.as_str(), r.started_unix_ns)).collect::<Vec<_>>(), [("good", 1)]);
 }
 
 #[test]
@@ -328,10 +331,13 @@ fn a_started_capture_is_reported_running_once_from_memory() {
         (jobs.open_reserved(job, on_end).expect("opened"), ended)
     };
     let (running, ended_running) = ("0123456789abcdef0123456789abcde4", "0123456789abcdef0123456789abcde5");
+    let before = edgecap_common::now_ns();
     let (first, first_ended) = open(running);
     let reports = jobs.started_reports();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].capture_id, running);
+    // When it began running, for the PoP's `started_at`.
+    assert!((before..=edgecap_common::now_ns()).contains(&reports[0].started_unix_ns), "{reports:?}");
     assert_eq!(reports[0].capture_state, pb::CaptureState::Running as i32);
     assert!(reports[0].counters.is_some());
     assert!(jobs.started_reports().is_empty(), "a first report is sent once");

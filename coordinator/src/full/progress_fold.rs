@@ -37,6 +37,9 @@ pub(super) fn apply_report(pop: &mut PopResult, report: &pb::CaptureReport) {
         pop.excluded = pop.excluded.max(c.excluded);
     }
     pop.stream_dropped = pop.stream_dropped.max(report.stream_dropped);
+    if pop.started_at.is_none() && report.started_unix_ns != 0 {
+        pop.started_at = Some(crate::model::rfc3339_ns(report.started_unix_ns));
+    }
     if let Some(clock) = &report.clock {
         pop.clock_offset_us = Some(clock.offset_ns / 1000);
         pop.clock_uncertainty_us = Some(clock.uncertainty_ns.div_ceil(1000));

@@ -132,6 +132,32 @@ async fn repeats_are_not_urgent_and_a_long_error_is_cut() {
     assert!(error.len() <= MAX_ERROR_BYTES + 8 && error.ends_with(" [cut]"), "{} bytes", error.len());
 }
 
+/// A PoP's `started_at` is its agent's first word on when the capture began running; later
+/// reports (another value, or none from an older agent) leave it.
+#[tokio::test]
+async fn a_pops_start_time_is_taken_from_its_first_report_that_has_one() {
+    let repo = repo_with_pops(&["a", "b"]).await;
+    let progress = Progress::default();
+    let mut started = report("c1", pb::CaptureState::Running, 1);
+    started.started_unix_ns = 1_764_650_000_123_456_789;
+    progress.push("a", started.clone());
+    progress.push("b", report("c1", pb::CaptureState::Running, 1));
+    progress.flush(&repo, true).await;
+    assert_eq!(pop(&repo, "a").await.started_at.as_deref(), Some("2025-12-02T04:33:20.123456Z"));
+    assert_eq!(pop(&repo, "b").await.started_at, None, "an agent that does not say: none");
+    started.started_unix_ns += 5_000_000_000;
+    started.counters = Some(pb::CaptureCounters { written: 2, ..Default::default() });
+    progress.push("a", started);
+    let mut older = report("c1", pb::CaptureState::Uploading, 3);
+    older.started_unix_ns = 0;
+    progress.flush(&repo, true).await;
+    progress.push("a", older);
+    progress.flush(&repo, true).await;
+    let a = pop(&repo, "a").await;
+    assert_eq!((a.status, a.packets), (PopStatus::Uploading, 3));
+    assert_eq!(a.started_at.as_deref(), Some("2025-12-02T04:33:20.123456Z"));
+}
+
 #[tokio::test]
 async fn the_flusher_writes_a_first_report_without_waiting_for_its_round() {
     let repo = repo_with_pops(&["a"]).await;

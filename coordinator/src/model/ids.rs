@@ -15,6 +15,14 @@ pub(crate) fn rfc3339_secs(unix: i64) -> String {
     rfc3339(time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))
 }
 
+/// Nanoseconds since the Unix epoch as [`rfc3339`].
+pub(crate) fn rfc3339_ns(unix_ns: u64) -> String {
+    rfc3339(
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
 /// RFC 3339 with microseconds and `Z`, as in Cloudflare's examples.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

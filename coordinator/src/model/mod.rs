@@ -19,8 +19,8 @@ pub(crate) use capture::{CaptureRecord, CaptureStatus, CaptureType, OutputFormat
 pub(crate) use destination::{DestinationConf, DestinationError};
 pub use endpoints::EndpointPolicy;
 pub use ids::rfc3339;
-pub(crate) use ids::rfc3339_secs;
 pub(crate) use ids::{is_id, new_id};
+pub(crate) use ids::{rfc3339_ns, rfc3339_secs};
 pub(crate) use job::JobRecord;
 pub(crate) use ownership::{OwnershipRecord, OwnershipStatus};
 pub(crate) use pop::{PopResult, PopStatus, ShardRef, StopReason};

@@ -70,6 +70,10 @@ pub(crate) struct PopResult {
     pub clock_uncertainty_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When this PoP's capture began running (a full capture's; RFC 3339, on the PoP's clock:
+    /// `clock_offset_us` says how far that is from the coordinator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     // Full captures (all default for sample captures).
     /// Packets the PoP's capture saw (before the filter's verdict is known to us: libpcap's count).
     #[serde(default)]

@@ -118,6 +118,9 @@ pub(crate) struct PopResult {
     /// That measurement's uncertainty, µs.
     clock_uncertainty_us: Option<u64>,
     error: Option<String>,
+    /// When this PoP's capture began running (full captures), RFC 3339 on the PoP's clock
+    /// (`clock_offset_us` says how far that is from the coordinator's).
+    started_at: Option<String>,
     received: Option<u64>,
     agent_dropped: Option<u64>,
     bytes: Option<u64>,
