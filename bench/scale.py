@@ -8,7 +8,8 @@ Scenarios (`python3 bench/scale.py SCENARIO --help` for each one's options):
 
   sample    sample captures create -> success, timed through the HTTP API (median, p99)
   full      full capture create -> every PoP `running`, timed through the HTTP API, with
-            each process's CPU and etcd's requests in that time;
+            each process's CPU and etcd's requests in that time; and create -> every agent
+            capturing, from the PoPs' `started_at` (no debug log needed);
             --timeline: where that time went (checked, record written, jobs written, job
             sent, start received, capture started, state written), from the binaries'
             `edgecap_timeline` debug events;
@@ -641,6 +642,16 @@ def all_capturing(expect):
     return check
 
 
+def last_started(capture):
+    """The wall-clock time (s) the last of a capture's PoPs began capturing (its `started_at`,
+    on the agents' clocks: this machine's); None if a PoP does not say."""
+    stamps = [p.get("started_at") for p in capture.get("pops", [])]
+    if not stamps or None in stamps:
+        return None
+    return max(datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+               for s in stamps)
+
+
 def start_full_setup(env, a):
     """etcd, s3s-fs, the coordinators and the agents (colo a.colo) for full captures, and a
     validated bucket; waits a.settle. Returns the first coordinator's API and the bucket's
@@ -722,6 +733,7 @@ def scenario_full(env, a):
         time.sleep(1)
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
+    capturing_ms = []  # POST -> the last PoP's `started_at`
     windows = {}
     cpu_series = []  # per start: {process: ticks}
     # CPU each process spent from POST to every PoP running (ticks of /proc/PID/stat).
@@ -746,9 +758,12 @@ def scenario_full(env, a):
         if i >= a.warmup:
             create_ms.append((time.perf_counter() - t0) * 1000)
         try:
-            _, t1 = wait_final(api, cid, a.poll_ms / 1000, timeout=60, done=all_capturing(a.agents))
+            running, t1 = wait_final(api, cid, a.poll_ms / 1000, timeout=60, done=all_capturing(a.agents))
             if i >= a.warmup:
                 ms.append((t1 - t0) * 1000)
+                last = last_started(running)
+                if last is not None:
+                    capturing_ms.append((last - t_post) * 1000)
                 per = {name: s.ticks() - c0[name] for name, s in stats}
                 for name, t in per.items():
                     start_cpu[name] += t
@@ -790,6 +805,8 @@ def scenario_full(env, a):
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
     print(f"  POST answered (record and jobs written): {summary(create_ms)}")
     print(f"  create -> every PoP running: {summary(ms)}")
+    print(f"  create -> every agent capturing (the last PoP's started_at): "
+          f"{summary(capturing_ms) if capturing_ms else 'not reported (agents older than started_at)'}")
     if ms:
         cpu = ", ".join(f"{name} {1000 * t / CLK_TCK / len(ms):.0f}" for name, t in start_cpu.items())
         print(f"  CPU from POST to every PoP running, ms per capture (mean of {len(ms)}): {cpu}")
