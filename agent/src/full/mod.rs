@@ -27,6 +27,7 @@ use crate::config::FullCaptureConfig;
 use crate::http::HttpClient;
 
 mod budget;
+mod inflight;
 mod reports;
 mod spool;
 mod start;

@@ -176,7 +176,7 @@ async fn a_spooled_shard_whose_bytes_changed_since_its_manifest_is_found_out() {
 
 #[tokio::test]
 async fn an_upload_task_that_panics_fails_its_capture_and_frees_it() {
-    let mut running = super::uploads::InFlight::default();
+    let mut running = super::inflight::InFlight::default();
     running.spawn("c1".into(), async { panic!("a bug in an upload") });
     running.spawn("c2".into(), async { Ok(()) });
     assert!(running.busy_for("c1") && running.busy_for("c2") && !running.busy_for("c3"));

@@ -14,61 +14,17 @@ use edgecap_capture::shard::{CHECKSUM_PART_SIZE, ShardManifest};
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::inflight::InFlight;
 use super::spool::{drainable, manifests};
 use super::{Job, Jobs};
 
-/// Captures whose shards upload at the same time (shards of one capture go in order).
-const PARALLEL_CAPTURES: usize = 4;
 /// How often the spool is scanned when nothing says it changed. A closed shard
 /// ([`Jobs::shard_closed`]), an ended capture, a finished upload and a retry's time each
 /// bring a scan at once; this one is a safety net. (It was 300 ms: at 300 simulated agents,
 /// each running a capture, that was 1 000 scans a second, each waking a blocking thread.)
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
-
-/// The uploads in flight, a task per capture. A task that panicked (or was aborted) still says
-/// whose it was: its capture is freed and retried like any failed upload, not left busy.
-#[derive(Default)]
-pub(super) struct InFlight {
-    tasks: JoinSet<anyhow::Result<()>>,
-    whose: HashMap<tokio::task::Id, String>,
-}
-
-impl InFlight {
-    pub(super) fn spawn(
-        &mut self,
-        capture_id: String,
-        upload: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) {
-        let task = self.tasks.spawn(upload);
-        self.whose.insert(task.id(), capture_id);
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// Whether `capture_id`'s upload is in flight, or [`PARALLEL_CAPTURES`] are.
-    pub(super) fn busy_for(&self, capture_id: &str) -> bool {
-        self.whose.len() >= PARALLEL_CAPTURES || self.whose.values().any(|c| c == capture_id)
-    }
-
-    /// The next upload to end: its capture and how it went. `None` when none is in flight.
-    /// Cancel safe (a `select!` branch).
-    pub(super) async fn next(&mut self) -> Option<(String, anyhow::Result<()>)> {
-        loop {
-            let (task, result) = match self.tasks.join_next_with_id().await? {
-                Ok((task, result)) => (task, result),
-                Err(e) => (e.id(), Err(anyhow::anyhow!("the upload task ended abnormally: {e}"))),
-            };
-            if let Some(capture_id) = self.whose.remove(&task) {
-                return Some((capture_id, result));
-            }
-        }
-    }
-}
 
 /// A shard ready for delivery: its manifest read and its file present.
 #[derive(Debug)]
@@ -105,7 +61,7 @@ pub(super) fn remove_delivered(manifest_path: &Path, shard_path: &Path) -> std::
 
 impl Jobs {
     /// Delivers spooled shards for as long as the control stream is up: the shards of one
-    /// capture in order, up to [`PARALLEL_CAPTURES`] captures at once, so one slow or
+    /// capture in order, up to [`super::inflight::PARALLEL_CAPTURES`] captures at once, so one slow or
     /// unreachable bucket holds up only its own capture. A failure backs that capture off and
     /// retries; nothing is deleted before the coordinator has recorded it. Ends when `cancel`
     /// fires (an upload in flight is dropped: the shard stays spooled).
@@ -171,7 +127,7 @@ impl Jobs {
             }
         }
         // Uploads in flight see the token (or the closed stream) and end.
-        running.tasks.shutdown().await;
+        running.shutdown().await;
     }
 
     /// Delivers one capture's shards in order; stops at the first failure.
