@@ -97,6 +97,12 @@ pub(crate) fn render(sources: &Sources) -> String {
         "Failed shard upload attempts (each is retried)",
         full.upload_retries,
     );
+    counter(
+        &mut registry,
+        "edgecap_agent_spool_scans",
+        "Scans of the full-capture spool for shards to upload (at most 10 a second)",
+        full.spool_scans,
+    );
     gauge_f64(
         &mut registry,
         "edgecap_agent_captures_active",

@@ -155,6 +155,7 @@ async fn coordinator_and_agent_metrics_pass_promtool_after_a_capture() {
     assert!(value(&text, "edgecap_agent_lookback_bytes", "").is_some_and(|v| v > 0.0), "{text}");
     assert_eq!(value(&text, "edgecap_agent_connected", ""), Some(1.0), "{text}");
     assert_eq!(value(&text, "edgecap_agent_captures_active", ""), Some(0.0), "{text}");
+    assert!(value(&text, "edgecap_agent_spool_scans_total", "").is_some(), "{text}");
 
     // Without its coordinator the agent is alive but not ready.
     drop(coordinator);

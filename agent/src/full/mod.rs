@@ -116,6 +116,8 @@ pub(crate) struct Jobs {
     damaged: AtomicU64,
     /// Failed upload attempts (each is retried).
     upload_retries: AtomicU64,
+    /// Scans of the spool by the upload loop.
+    spool_scans: AtomicU64,
     /// When the oldest shard waiting for upload was written (ns since the epoch; 0: none).
     oldest_waiting_ns: AtomicU64,
     /// Bytes in the spool, as last measured.
@@ -150,6 +152,8 @@ pub(crate) struct FullGauges {
     pub upload_lag_seconds: f64,
     /// Failed upload attempts so far.
     pub upload_retries: u64,
+    /// Scans of the spool for shards to upload so far.
+    pub spool_scans: u64,
     /// Captures running now.
     pub active: u64,
 }
@@ -248,6 +252,7 @@ impl Jobs {
             http: HttpClient::new()?,
             damaged: AtomicU64::new(damaged),
             upload_retries: AtomicU64::new(0),
+            spool_scans: AtomicU64::new(0),
             oldest_waiting_ns: AtomicU64::new(0),
             spool: spool::SpoolMeter::default(),
             report_now: tokio::sync::Notify::new(),
@@ -268,6 +273,7 @@ impl Jobs {
             spool_bytes: self.spool.last(),
             upload_lag_seconds: if oldest == 0 { 0.0 } else { now.saturating_sub(oldest) as f64 / 1e9 },
             upload_retries: self.upload_retries.load(Ordering::Relaxed),
+            spool_scans: self.spool_scans.load(Ordering::Relaxed),
             active: lock(&self.jobs).values().filter(|j| j.end.is_none()).count() as u64,
         }
     }

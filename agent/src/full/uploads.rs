@@ -25,6 +25,11 @@ use super::{Job, Jobs};
 /// bring a scan at once; this one is a safety net. (It was 300 ms: at 300 simulated agents,
 /// each running a capture, that was 1 000 scans a second, each waking a blocking thread.)
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
+/// The least time between two scans. Shards can close faster than a scan takes (1 MiB shards
+/// at a few Gbit/s: over a thousand a second), and each closed shard asks for a scan: without
+/// this, one blocking thread scanned without a pause. At most ten a second, each finding
+/// every shard closed since the last; a shard waits at most this much longer to go up.
+pub(super) const SCAN_GAP: Duration = Duration::from_millis(100);
 
 /// A shard ready for delivery: its manifest read and its file present.
 #[derive(Debug)]
@@ -68,8 +73,18 @@ impl Jobs {
     pub(crate) async fn upload_loop(self: Arc<Self>, out: mpsc::Sender<pb::AgentMessage>, cancel: CancellationToken) {
         let mut running = InFlight::default();
         let mut backoff: HashMap<String, (tokio::time::Instant, Duration)> = HashMap::new();
+        let mut last_scan: Option<tokio::time::Instant> = None;
         while !cancel.is_cancelled() && !out.is_closed() {
             let ready = if self.any_undrained() {
+                if let Some(next) = last_scan.map(|at| at + SCAN_GAP).filter(|n| *n > tokio::time::Instant::now()) {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        () = out.closed() => break,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                }
+                last_scan = Some(tokio::time::Instant::now());
+                self.spool_scans.fetch_add(1, Ordering::Relaxed);
                 let this = self.clone();
                 tokio::task::spawn_blocking(move || this.scan_spool()).await.unwrap_or_default()
             } else {
@@ -354,3 +369,7 @@ async fn read_range(path: &Path, offset: u64, len: u64) -> anyhow::Result<Bytes>
     file.read_exact(&mut buf).await?;
     Ok(Bytes::from(buf))
 }
+
+#[cfg(test)]
+#[path = "uploads_tests.rs"]
+mod tests;
