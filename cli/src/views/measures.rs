@@ -26,6 +26,19 @@ pub fn clock(v: &Value) -> String {
     format!("{sign}{}{uncertainty}", millis(offset.unsigned_abs()))
 }
 
+/// When a PoP's capture began running, after the capture was submitted (`started_at` minus
+/// `submitted`): `+64 ms`; `-` when the PoP has not said. (On the PoP's clock: its offset is
+/// in the clock column.)
+pub fn started(pop: &Value, submitted: &Value) -> String {
+    let at = |v: &Value| time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok();
+    let (Some(started), Some(submitted)) = (at(&pop["started_at"]), at(submitted)) else {
+        return "-".into();
+    };
+    let us = (started - submitted).whole_microseconds();
+    let sign = if us < 0 { "-" } else { "+" };
+    format!("{sign}{}", millis(u64::try_from(us.unsigned_abs()).unwrap_or(u64::MAX)))
+}
+
 /// A rate with one decimal and thousands separators: `1,234.5`, `0`.
 fn decimal(x: f64) -> String {
     let tenths = (x.max(0.0) * 10.0).round() as u64;

@@ -92,18 +92,22 @@ pub fn capture(c: &Value) -> String {
     let pops = c["pops"].as_array().cloned().unwrap_or_default();
     if !pops.is_empty() {
         out.push_str("\n\n");
-        out.push_str(&pop_table(&pops, full));
+        out.push_str(&pop_table(&pops, full, &c["submitted"]));
     }
     out
 }
 
-/// POP, AGENT, STATUS, PACKETS, BYTES, DROPS, EXCLUDED, CLOCK OFFSET (when a PoP has one), STOP
-/// REASON, ERROR.
-pub fn pop_table(pops: &[Value], full: bool) -> String {
+/// POP, AGENT, STATUS, PACKETS, BYTES, DROPS, EXCLUDED, CLOCK OFFSET (when a PoP has one),
+/// STARTED (after `submitted`, when a PoP says when it began), STOP REASON, ERROR.
+pub fn pop_table(pops: &[Value], full: bool, submitted: &Value) -> String {
     let clocks = pops.iter().any(|p| p["clock_offset_us"].is_i64());
+    let starts = pops.iter().any(|p| p["started_at"].is_string());
     let mut headers = vec!["POP", "AGENT", "STATUS", "PACKETS>", "BYTES>", "DROPS>", "EXCLUDED>"];
     if clocks {
         headers.push("CLOCK OFFSET>");
+    }
+    if starts {
+        headers.push("STARTED>");
     }
     headers.extend(["STOP REASON", "ERROR"]);
     let mut t = Table::new(&headers);
@@ -120,6 +124,9 @@ pub fn pop_table(pops: &[Value], full: bool) -> String {
         ];
         if clocks {
             row.push(clock(p));
+        }
+        if starts {
+            row.push(measures::started(p, submitted));
         }
         row.extend([s(&p["stop_reason"]).replace('_', " "), s(&p["error"])]);
         t.row(row);
@@ -258,7 +265,7 @@ mod tests {
             "clock_correction": true, "filter_v1": {"protocol": 17}, "packets_captured": 0, "pops": [
                 {"pop": "ord01", "agent_id": "ord01-a", "status": "done", "packets": 1200, "bytes": 2048,
                  "kernel_dropped": 1, "agent_dropped": 2, "excluded": 3, "stop_reason": "packet_limit",
-                 "clock_offset_us": 12_040, "clock_uncertainty_us": 300},
+                 "clock_offset_us": 12_040, "clock_uncertainty_us": 300, "started_at": "2025-01-02T03:04:05.064501Z"},
                 {"pop": "ams02", "agent_id": "ams02-a", "status": "failed", "packets": 0, "bytes": 0,
                  "kernel_dropped": 0, "agent_dropped": 0, "excluded": 0, "error": "agent gone"}]});
         let text = super::capture(&c);
@@ -271,14 +278,29 @@ mod tests {
         let header = lines.iter().position(|l| l.starts_with("POP")).unwrap();
         assert_eq!(
             lines[header].split("  ").filter(|c| !c.is_empty()).map(str::trim).collect::<Vec<_>>(),
-            ["POP", "AGENT", "STATUS", "PACKETS", "BYTES", "DROPS", "EXCLUDED", "CLOCK OFFSET", "STOP REASON", "ERROR"]
+            [
+                "POP",
+                "AGENT",
+                "STATUS",
+                "PACKETS",
+                "BYTES",
+                "DROPS",
+                "EXCLUDED",
+                "CLOCK OFFSET",
+                "STARTED",
+                "STOP REASON",
+                "ERROR"
+            ]
         );
         assert!(lines[header + 1].contains("1,200") && lines[header + 1].contains("2.0 KiB"), "{text}");
-        assert!(lines[header + 1].contains("+12 ms ± 0.3 ms  packet limit"), "{text}");
-        assert!(lines[header + 2].contains("  -  ") && lines[header + 2].ends_with("agent gone"), "{text}");
+        assert!(lines[header + 1].contains("+12 ms ± 0.3 ms   +65 ms  packet limit"), "{text}");
+        // A PoP that never ran (or an older agent) does not say when it started.
+        let failed = lines[header + 2].strip_suffix("agent gone").unwrap().trim_end();
+        assert!(failed.ends_with("  -        -"), "{text}");
         // No PoP measured a clock (an older record): no column for it.
         let old = json!({"type": "simple", "pops": [{"pop": "a", "agent_id": "a-1", "status": "done", "packets": 1}]});
         assert!(!super::capture(&old).contains("CLOCK"), "{}", super::capture(&old));
+        assert!(!super::capture(&old).contains("STARTED"), "{}", super::capture(&old));
     }
 
     #[test]
