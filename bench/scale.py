@@ -36,6 +36,7 @@ import base64
 import datetime
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -71,12 +72,24 @@ def loadavg():
 
 
 def pct(values, p):
-    """Nearest-rank percentile."""
+    """Nearest-rank percentile: the smallest value with at least p % of the values at or below
+    it. (Until 2026-12-02 the rank was `round(p * n / 100 + 0.5)`, which Python rounds to even:
+    where p * n / 100 was an odd whole number, as for p99 of 100 values, that was the next rank,
+    and such a "p99" was the slowest of the 100.)
+
+    >>> [pct(range(1, 101), p) for p in (50, 90, 99, 100)]
+    [50, 90, 99, 100]
+    >>> [pct(range(1, 301), p) for p in (50, 90, 99)]
+    [150, 270, 297]
+    >>> pct(range(1, 41), 99), pct([7], 99), pct([3, 1, 2], 50), pct([0.2, 0.1], 50)
+    (40, 7, 2, 0.1)
+    """
     v = sorted(values)
     if not v:
         return float("nan")
-    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
-    return v[k]
+    # (Rounded first, so that 99 * 300 / 100 is 297 and not a hair above it.)
+    rank = math.ceil(round(p * len(v) / 100.0, 9))
+    return v[max(1, min(len(v), rank)) - 1]
 
 
 def summary(ms):
@@ -734,6 +747,7 @@ def scenario_full(env, a):
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
     capturing_ms = []  # POST -> the last PoP's `started_at`
+    capturing_each = []  # the same per start, in order (None: not reported), for series.tsv
     windows = {}
     cpu_series = []  # per start: {process: ticks}
     # CPU each process spent from POST to every PoP running (ticks of /proc/PID/stat).
@@ -764,6 +778,7 @@ def scenario_full(env, a):
                 last = last_started(running)
                 if last is not None:
                     capturing_ms.append((last - t_post) * 1000)
+                capturing_each.append(None if last is None else (last - t_post) * 1000)
                 per = {name: s.ticks() - c0[name] for name, s in stats}
                 for name, t in per.items():
                     start_cpu[name] += t
@@ -817,9 +832,10 @@ def scenario_full(env, a):
         # Each start on a line, for lining up slow starts with what else ran.
         with open(os.path.join(env.dir, "series.tsv"), "w") as f:
             names = list(cpu_series[0])
-            f.write("\t".join(["start", "ms", "window_start", *[f"{n}_cpu_ms" for n in names]]) + "\n")
-            for i, (x, (w, _), per) in enumerate(zip(ms, start_windows, cpu_series)):
-                f.write("\t".join([str(i), f"{x:.1f}", f"{w:.3f}", *[f"{1000 * per[n] / CLK_TCK:.0f}" for n in names]]) + "\n")
+            f.write("\t".join(["start", "ms", "capturing_ms", "window_start", *[f"{n}_cpu_ms" for n in names]]) + "\n")
+            for i, (x, c, (w, _), per) in enumerate(zip(ms, capturing_each, start_windows, cpu_series)):
+                f.write("\t".join([str(i), f"{x:.1f}", "" if c is None else f"{c:.1f}", f"{w:.3f}",
+                                    *[f"{1000 * per[n] / CLK_TCK:.0f}" for n in names]]) + "\n")
     # The start windows on CLOCK_MONOTONIC, for `perf report --time` over any of them.
     with open(os.path.join(env.dir, "windows.txt"), "w") as f:
         f.write(" ".join(f"{s:.6f},{e:.6f}" for s, e in start_windows))

@@ -175,3 +175,13 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// The benchmark driver's own arithmetic: its percentiles are nearest-rank (the doctests of
+/// `bench/scale.py`; p99 of 100 starts had been reported as the slowest of them).
+#[test]
+fn the_scale_benchmarks_percentiles_are_nearest_rank() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/scale.py");
+    let out = Command::new("python3").args(["-m", "doctest"]).arg(&script).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "doctests of {} failed:\n{text}", script.display());
+}
