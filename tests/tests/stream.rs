@@ -71,7 +71,11 @@ async fn a_running_capture_streams_live_to_several_viewers() {
     let c = Coordinator::start(edgecap_e2e::bucket_config(dir.path(), "c", TOKEN, &s3, BUCKET)).await.unwrap();
     let endpoint = format!("https://127.0.0.1:{}", c.grpc_addr.port());
     let spool = dir.path().join("spool");
-    let args = ["--agents", "2", "--pops", "2", "--colos", "ams,ord", "--rate", "4000", "--shard-seconds", "1"];
+    // 8000 packets/s each: the stalled viewer below must be sent more than its queue (64
+    // batches) and the kernel's send buffer (up to 4 MiB) hold together. At 4000 the whole
+    // stream (~6 MiB, 320 batches of 50 ms) could fit when a loaded machine drained the taps
+    // less often, and nothing was dropped.
+    let args = ["--agents", "2", "--pops", "2", "--colos", "ams,ord", "--rate", "8000", "--shard-seconds", "1"];
     let mut sim = edgecap_e2e::simulate("pops", dir.path(), &pki, &endpoint, &spool, &args);
     wait_for("both agents to connect", Duration::from_secs(60), || {
         sim.assert_running("the simulator");
