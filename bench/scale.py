@@ -117,6 +117,22 @@ def free_port():
             s.close()
 
 
+def etcd_compaction(spec):
+    """`--etcd-compaction MODE:RETENTION` as etcd's flags.
+
+    >>> etcd_compaction("periodic:1m")
+    ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', '1m']
+    >>> etcd_compaction("none")
+    []
+    """
+    if spec == "none":
+        return []
+    mode, sep, retention = spec.partition(":")
+    if mode not in ("periodic", "revision") or not sep or not retention:
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected periodic:DURATION or revision:COUNT")
+    return ["--auto-compaction-mode", mode, "--auto-compaction-retention", retention]
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1 << 20
@@ -263,7 +279,7 @@ class Etcd:
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
             "--initial-cluster", f"s=http://127.0.0.1:{self.peer}", "--log-level", "error",
-            "--quota-backend-bytes", str(8 << 30)], os.path.join(env.dir, "etcd.log"))
+            "--quota-backend-bytes", str(8 << 30), *env.args.etcd_compaction], os.path.join(env.dir, "etcd.log"))
         deadline = time.time() + 30
         while True:
             try:
@@ -1144,6 +1160,9 @@ def main():
                    help="directory of edgecap, edgecap-coordinator, edgecap-bench (default: %(default)s)")
     p.add_argument("--tmp", default=None, help="parent of the temporary work dir (default: $TMPDIR or /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, perf data)")
+    p.add_argument("--etcd-compaction", metavar="MODE:RETENTION", default=etcd_compaction("periodic:5m"),
+                   type=etcd_compaction, help="etcd's auto-compaction, e.g. periodic:1m, revision:20000 or none "
+                   "(default: periodic:5m, as deploy/kubernetes runs etcd; before 2026-12-02: none)")
     p.add_argument("--sim-stack-cache-mib", type=int, default=1024,
                    help="glibc's cache of thread stacks in each simulator process (40: glibc's default)")
     p.add_argument("--perf", type=int, default=0, metavar="S",
