@@ -1160,9 +1160,9 @@ def main():
                    help="directory of edgecap, edgecap-coordinator, edgecap-bench (default: %(default)s)")
     p.add_argument("--tmp", default=None, help="parent of the temporary work dir (default: $TMPDIR or /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, perf data)")
-    p.add_argument("--etcd-compaction", metavar="MODE:RETENTION", default=etcd_compaction("periodic:5m"),
+    p.add_argument("--etcd-compaction", metavar="MODE:RETENTION", default=etcd_compaction("periodic:1m"),
                    type=etcd_compaction, help="etcd's auto-compaction, e.g. periodic:1m, revision:20000 or none "
-                   "(default: periodic:5m, as deploy/kubernetes runs etcd; before 2026-12-02: none)")
+                   "(default: periodic:1m, as deploy/kubernetes runs etcd; before 2026-12-02: none)")
     p.add_argument("--sim-stack-cache-mib", type=int, default=1024,
                    help="glibc's cache of thread stacks in each simulator process (40: glibc's default)")
     p.add_argument("--perf", type=int, default=0, metavar="S",
