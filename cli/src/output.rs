@@ -228,11 +228,15 @@ pub fn duration(secs: u64) -> String {
     }
 }
 
+/// An RFC 3339 time in the API's JSON; `None` when it is missing or not one.
+pub fn instant(v: &Value) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
+}
+
 /// An RFC 3339 time as `2025-01-02 03:04:05Z` (no fractions), or as it is if it is not one.
 pub fn time(v: &Value) -> String {
-    let s = v.as_str().unwrap_or_default();
-    match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => {
+    match instant(v) {
+        Some(t) => {
             let t = t.to_offset(time::UtcOffset::UTC);
             format!(
                 "{:04}-{:02}-{:02} {:02}:{:02}:{:02}Z",
@@ -244,16 +248,13 @@ pub fn time(v: &Value) -> String {
                 t.second()
             )
         }
-        Err(_) => s.to_string(),
+        None => v.as_str().unwrap_or_default().to_string(),
     }
 }
 
 /// Seconds from an RFC 3339 time to now (0 if it is not one, or in the future).
 pub fn seconds_since(v: &Value) -> u64 {
-    let s = v.as_str().unwrap_or_default();
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0).unsigned_abs())
-        .unwrap_or(0)
+    instant(v).map_or(0, |t| (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0).unsigned_abs())
 }
 
 #[cfg(test)]

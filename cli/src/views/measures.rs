@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::s;
-use crate::output::{Table, bytes, cell, count, fields, time};
+use crate::output::{Table, bytes, cell, count, fields, instant, time};
 
 /// Microseconds as milliseconds for people: `12 ms`, `1.5 ms`, `0.3 ms`, `0.045 ms`.
 fn millis(us: u64) -> String {
@@ -30,8 +30,7 @@ pub fn clock(v: &Value) -> String {
 /// `submitted`): `+64 ms`; `-` when the PoP has not said. (On the PoP's clock: its offset is
 /// in the clock column.)
 pub fn started(pop: &Value, submitted: &Value) -> String {
-    let at = |v: &Value| time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok();
-    let (Some(started), Some(submitted)) = (at(&pop["started_at"]), at(submitted)) else {
+    let (Some(started), Some(submitted)) = (instant(&pop["started_at"]), instant(submitted)) else {
         return "-".into();
     };
     let us = (started - submitted).whole_microseconds();
