@@ -762,8 +762,7 @@ def scenario_full(env, a):
         time.sleep(1)
     la0 = loadavg()
     ms, final_ms, create_ms, errors = [], [], [], []
-    capturing_ms = []  # POST -> the last PoP's `started_at`
-    capturing_each = []  # the same per start, in order (None: not reported), for series.tsv
+    capturing_each = []  # POST -> the last PoP's `started_at`, per start (None: not reported)
     windows = {}
     cpu_series = []  # per start: {process: ticks}
     # CPU each process spent from POST to every PoP running (ticks of /proc/PID/stat).
@@ -792,8 +791,6 @@ def scenario_full(env, a):
             if i >= a.warmup:
                 ms.append((t1 - t0) * 1000)
                 last = last_started(running)
-                if last is not None:
-                    capturing_ms.append((last - t_post) * 1000)
                 capturing_each.append(None if last is None else (last - t_post) * 1000)
                 per = {name: s.ticks() - c0[name] for name, s in stats}
                 for name, t in per.items():
@@ -834,6 +831,7 @@ def scenario_full(env, a):
         log(f"perf over the starts: {report} (+ .comm)")
     print(f"\nRESULT full: {a.agents} PoPs in colo {a.colo}, {a.replicas} replica(s), rate {a.rate} pps/agent, "
           f"poll {a.poll_ms} ms, time_limit {a.time_limit} s{', stopped once capturing' if a.stop else ''}")
+    capturing_ms = [c for c in capturing_each if c is not None]
     print(f"  POST answered (record and jobs written): {summary(create_ms)}")
     print(f"  create -> every PoP running: {summary(ms)}")
     print(f"  create -> every agent capturing (the last PoP's started_at): "
