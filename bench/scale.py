@@ -124,6 +124,9 @@ def etcd_compaction(spec):
     ['--auto-compaction-mode', 'periodic', '--auto-compaction-retention', '1m']
     >>> etcd_compaction("none")
     []
+    >>> etcd_compaction("hourly")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: 'hourly': expected periodic:DURATION or revision:COUNT
     """
     if spec == "none":
         return []
