@@ -115,9 +115,14 @@ async fn a_hundred_simulated_agents_over_two_coordinators() {
         edgecap_e2e::tshark_packets(&s3.object_path(BUCKET, &format!("edge/{}", full["object_key"].as_str().unwrap())));
     assert_eq!(merged.len() as u64, total, "the merged file holds every PoP's packets");
 
-    // Nothing left behind: spools empty of shards, no working keys, no scratch files.
+    // Nothing left behind: spools empty of shards and of the capture's directories (a
+    // finished capture is a line of the agent's finished.jsonl), no working keys, no scratch
+    // files.
     let leftovers = |dir: &std::path::Path| -> Vec<String> {
-        walk(dir).into_iter().filter(|p| p.ends_with(".pcap") || p.ends_with(".json.tmp")).collect()
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.ends_with(".pcap") || p.ends_with(".json.tmp") || p.ends_with("job.json"))
+            .collect()
     };
     wait_for("the spools to empty", Duration::from_secs(30), || leftovers(&spool).is_empty().then_some(()));
     let store = edgecap_state::open(

@@ -27,6 +27,7 @@ use crate::config::FullCaptureConfig;
 use crate::http::HttpClient;
 
 mod budget;
+mod finished;
 mod inflight;
 mod reports;
 mod spool;
@@ -50,10 +51,6 @@ struct Job {
     started_ns: u64,
     /// When a final state was last reported (final states are repeated only now and then).
     final_reported: Option<Instant>,
-    /// Ended, and its directory was found without a shard after that: none can appear there
-    /// again, so the spool scans (uploads at each closed shard, reports every second) pass it over.
-    /// A job kept for `keep_finished` (an hour) had been read at every scan.
-    drained: bool,
     /// A stop that came while the capture was still being opened (no `stop` handle yet): it
     /// is stopped as soon as it runs, instead of running to its time limit.
     stop_requested: bool,
@@ -72,7 +69,6 @@ impl Job {
             ended_at: None,
             started_ns: 0,
             final_reported: None,
-            drained: false,
             stop_requested: false,
         }
     }
@@ -88,7 +84,6 @@ impl Job {
             ended_at: Some(Instant::now()),
             started_ns: 0,
             final_reported: None,
-            drained: false,
             stop_requested: false,
         }
     }
@@ -108,7 +103,11 @@ pub(crate) struct Jobs {
     sources: Arc<dyn SourceFactory>,
     /// The lookback's feed of `interface`, which captures take over while they run.
     lookback_feed: Option<Arc<edgecap_capture::live::Feed>>,
+    /// The captures still running, being started, or with shards to deliver.
     jobs: Mutex<HashMap<String, Job>>,
+    /// The captures over and delivered, kept for `keep_finished` ([`finished`]); a capture
+    /// moves there from `jobs` under the jobs' lock, so that it is always in one of the two.
+    finished: finished::Finished,
     waiters: Mutex<HashMap<String, oneshot::Sender<pb::coordinator_message::Msg>>>,
     http: HttpClient,
     /// Damaged spool entries set aside so far (unreadable manifests or job directories,
@@ -159,38 +158,56 @@ pub(crate) struct FullGauges {
 }
 
 impl Jobs {
-    /// The directories the spool scans read: every job's but the drained ones, with whether
-    /// the job was already over when listed (only then may an empty directory drain it: a
-    /// capture ending after the listing may still have closed shards the scan did not see).
+    /// The directories the spool scans read: every job's (the finished ones are elsewhere),
+    /// with whether the job was already over when listed (only then may an empty directory
+    /// drain it: a capture ending after the listing may still have closed shards the scan did
+    /// not see).
     fn undrained(&self) -> Vec<(String, PathBuf, bool)> {
         let jobs = lock(&self.jobs);
-        jobs.iter().filter(|(_, j)| !j.drained).map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
+        jobs.iter().map(|(id, j)| (id.clone(), j.dir.clone(), j.over())).collect()
     }
 
     /// Whether some job's directory may still receive or hold shards.
     fn any_undrained(&self) -> bool {
-        lock(&self.jobs).values().any(|j| !j.drained)
+        !lock(&self.jobs).is_empty()
     }
 
-    /// The spool's size, at most `max_age` old: what the drained captures left, counted
-    /// once, and the other captures' directories walked. Blocking when it measures.
+    /// The spool's size, at most `max_age` old: the live captures' directories walked, the
+    /// rest of the spool as last listed. Blocking when it measures.
     fn spool_bytes(&self, max_age: std::time::Duration) -> u64 {
         let live: Vec<PathBuf> = self.undrained().into_iter().map(|(_, dir, _)| dir).collect();
         self.spool.bytes(&self.config.spool_dir, max_age, &live)
     }
 
-    /// Marks drained the jobs that were over when listed and whose directory held no shard;
-    /// the spool's measure then counts their directories without walking them. Blocking
-    /// (a drained directory holds two small files); under the jobs' lock, so that a job
-    /// forgotten meanwhile (its directory then removed) is never settled after its removal.
+    /// Moves the jobs that were over when listed and whose directory held no shard (drained:
+    /// none can appear there again) to the finished captures ([`finished`]), which record
+    /// them and remove their directories. Blocking.
     fn drain(&self, empty: impl IntoIterator<Item = String>) {
-        let mut jobs = lock(&self.jobs);
-        for id in empty {
-            if let Some(job) = jobs.get_mut(&id).filter(|j| !j.drained) {
-                job.drained = true;
-                self.spool.settle(&job.dir);
+        let moved = {
+            let mut jobs = lock(&self.jobs);
+            let mut moved = Vec::new();
+            for id in empty {
+                let Some(job) = jobs.remove(&id) else { continue };
+                let Some(end) = job.end.clone().filter(|_| job.over()) else {
+                    jobs.insert(id, job);
+                    continue;
+                };
+                let ended_at = job.ended_at.unwrap_or_else(Instant::now);
+                let ended_ns = edgecap_common::now_ns().saturating_sub(ended_at.elapsed().as_nanos() as u64);
+                let record = finished::Record {
+                    capture_id: id,
+                    started_ns: job.started_ns,
+                    ended_ns,
+                    shards_uploaded: job.shards_uploaded,
+                    stream_dropped: job.tap.as_ref().map_or(0, |t| t.dropped()),
+                    end,
+                };
+                moved.push(finished::Moved { record, ended_at, reported: job.final_reported, dir: job.dir });
             }
-        }
+            self.finished.take(&moved);
+            moved
+        };
+        self.finished.persist(moved);
     }
 
     /// The PoP this agent captures for.
@@ -214,7 +231,7 @@ impl Jobs {
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.spool_dir)
             .with_context(|| format!("create spool directory {}", config.spool_dir.display()))?;
-        let mut jobs = HashMap::new();
+        let mut jobs: HashMap<String, Job> = HashMap::new();
         let mut damaged = 0;
         for entry in std::fs::read_dir(&config.spool_dir)?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -240,6 +257,10 @@ impl Jobs {
                 }
             }
         }
+        let skip = jobs.keys().cloned().collect();
+        let (finished, damaged_lines) = finished::Finished::open(&config.spool_dir, config.keep_finished, &skip)
+            .with_context(|| format!("read the finished captures in {}", config.spool_dir.display()))?;
+        damaged += damaged_lines;
         Ok(Self {
             config,
             agent_id: agent_id.to_string(),
@@ -248,6 +269,7 @@ impl Jobs {
             sources,
             lookback_feed: None,
             jobs: Mutex::new(jobs),
+            finished,
             waiters: Mutex::new(HashMap::new()),
             http: HttpClient::new()?,
             damaged: AtomicU64::new(damaged),

@@ -1,28 +1,18 @@
 //! Progress reports: what each capture is doing, sent to the coordinator about once a
-//! second (a capture's first as soon as it has started); and the clean-up of captures
-//! finished long ago. Blocking (reads the spool), but for the first reports.
+//! second (a capture's first as soon as it has started); the final states of the captures
+//! over and delivered when a repeat is due ([`super::finished`]); and the clean-up of
+//! captures finished long ago. Blocking (reads the spool), but for the first reports.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edgecap_common::lock;
 use edgecap_proto::agent::v1 as pb;
 
 use super::Jobs;
+use super::finished::{Record, next_final};
 use super::spool::{EndFile, SPOOL_FRESH, drainable, manifests};
 use crate::convert::{self, CaptureState, StopReason};
-
-/// How often a final state is repeated at most (in case the coordinator missed it).
-const REPEAT_FINAL: Duration = Duration::from_secs(30);
-
-/// Whether a final state is due again, `reported` ago (`None`: never), `age` after its
-/// capture ended: every [`REPEAT_FINAL`] at first, then every half of its age. A
-/// reconnection re-reports every final state anyway; repeated every 30 s for the hour a
-/// finished capture is kept, the repeats of an agent's kept captures had outnumbered its
-/// other reports (100 kept: 3 a second, each a read of its capture's PoPs at the coordinator).
-pub(super) fn final_due(age: Duration, reported: Option<Duration>) -> bool {
-    reported.is_none_or(|ago| ago > REPEAT_FINAL.max(age / 2))
-}
 
 impl Jobs {
     /// The first reports of the captures started since the last call and still running,
@@ -54,12 +44,12 @@ impl Jobs {
     }
 
     /// Progress of every capture worth reporting now. `all_final` re-reports finished ones
-    /// (after a reconnect); otherwise they are repeated when [`final_due`]. Blocking.
+    /// (after a reconnect); otherwise they are repeated when [`next_final`] says. Blocking.
     pub(crate) fn reports(&self, all_final: bool) -> Vec<pb::CaptureReport> {
         let spool = self.spool_bytes(SPOOL_FRESH);
         let spool_full = spool > self.config.spool_max_bytes;
         // Spooled shards per capture, read once (without holding the lock) for both the
-        // clean-up and the reports; a drained job has none.
+        // clean-up and the reports; a drained job is moved to the finished ones.
         let mut pending: HashMap<String, u32> = HashMap::new();
         let mut empty = Vec::new();
         for (id, dir, over) in self.undrained() {
@@ -74,6 +64,7 @@ impl Jobs {
         let mut forgotten = Vec::new();
         let mut out = Vec::new();
         let mut jobs = lock(&self.jobs);
+        // A capture over whose directory never drains (it cannot be read) is forgotten too.
         jobs.retain(|id, job| {
             let pending_shards = pending.get(id).copied().unwrap_or(0);
             let forget = pending_shards == 0 && job.ended_at.is_some_and(|t| t.elapsed() > keep);
@@ -106,27 +97,17 @@ impl Jobs {
                     report
                 }
                 (None, Some(end)) => {
-                    let state = if pending_shards > 0 {
-                        CaptureState::Uploading
-                    } else if end.error.is_empty() {
-                        CaptureState::Done
-                    } else {
-                        CaptureState::Failed
-                    };
                     if pending_shards == 0 {
-                        let age = job.ended_at.map_or(Duration::ZERO, |t| t.elapsed());
-                        let due = all_final || final_due(age, job.final_reported.map(|t| t.elapsed()));
+                        let now = Instant::now();
+                        let ended = job.ended_at.unwrap_or(now);
+                        let due = all_final || job.final_reported.is_none_or(|at| now >= next_final(ended, at));
                         if !due {
                             continue;
                         }
-                        job.final_reported = Some(Instant::now());
+                        job.final_reported = Some(now);
                     }
                     let mut report = report_of(id, job, pending_shards, spool);
-                    report.counters = Some(convert::counters(&end.counters));
-                    report.error = end.error.clone();
-                    report.interrupted = end.interrupted;
-                    convert::set_state(&mut report, state);
-                    convert::set_stop_reason(&mut report, end.stop_reason);
+                    ended(&mut report, end, pending_shards > 0);
                     report
                 }
                 // Being started.
@@ -136,12 +117,45 @@ impl Jobs {
         }
         drop(jobs);
         for (id, dir) in forgotten {
-            self.spool.forget(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             tracing::debug!(capture = %id, "finished capture forgotten");
         }
+        for record in self.finished.due(all_final) {
+            out.push(finished_report(&record, spool));
+        }
         out
     }
+}
+
+/// The final report of a capture over and delivered.
+fn finished_report(record: &Record, spool_bytes: u64) -> pb::CaptureReport {
+    let mut report = pb::CaptureReport {
+        capture_id: record.capture_id.clone(),
+        shards_closed: record.shards_uploaded,
+        shards_uploaded: record.shards_uploaded,
+        spool_bytes,
+        stream_dropped: record.stream_dropped,
+        started_unix_ns: record.started_ns,
+        ..Default::default()
+    };
+    ended(&mut report, &record.end, false);
+    report
+}
+
+/// An ended capture's report: its end, and its state (`uploading` while shards wait).
+fn ended(report: &mut pb::CaptureReport, end: &EndFile, uploading: bool) {
+    let state = if uploading {
+        CaptureState::Uploading
+    } else if end.error.is_empty() {
+        CaptureState::Done
+    } else {
+        CaptureState::Failed
+    };
+    report.counters = Some(convert::counters(&end.counters));
+    report.error = end.error.clone();
+    report.interrupted = end.interrupted;
+    convert::set_state(report, state);
+    convert::set_stop_reason(report, end.stop_reason);
 }
 
 /// What every report of `job` says, with `pending` of its shards still in the spool; the

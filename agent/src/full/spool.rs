@@ -7,6 +7,9 @@
 //! end.json                 how the capture ended (counters, stop reason, error)
 //! ```
 //!
+//! Once it is over and its shards are delivered, a capture's directory is replaced by a
+//! line of `<spool>/finished.jsonl` (`finished.rs`).
+//!
 //! Everything here is blocking file I/O: callers run it on a blocking thread.
 
 use std::path::{Path, PathBuf};
@@ -138,30 +141,25 @@ pub(super) const SURVEY_EVERY: std::time::Duration = std::time::Duration::from_s
 /// burst of starts (each checks for room) and the reports they trigger had each walked the
 /// whole spool.
 ///
-/// A measure is the sum of three parts, so that its cost follows the captures that are
-/// still writing or uploading, not the finished ones kept for an hour (it had listed the
-/// spool, one entry per kept capture, twice a second in every agent):
-/// - the directories that no longer change (drained captures), counted once when settled;
+/// A measure is the sum of two parts, so that its cost follows the captures that are
+/// still writing or uploading, not the spool's other entries:
 /// - the live capture directories the caller names, walked;
-/// - everything else in the spool, from a listing of it at most every `survey_every`.
+/// - everything else in the spool (the finished captures' file, entries set aside as
+///   damaged, an operator's files), from a listing of it at most every `survey_every`.
 pub(super) struct SpoolMeter {
     /// Bytes as last measured.
     bytes: std::sync::atomic::AtomicU64,
     /// When (`None`: never). Not held while the spool is walked, so that readers of the last
     /// measure (metrics) never wait for a walk.
     measured: std::sync::Mutex<Option<std::time::Instant>>,
-    /// The settled directories and everything else.
+    /// Everything else.
     parts: std::sync::Mutex<Parts>,
     survey_every: std::time::Duration,
 }
 
 #[derive(Default)]
 struct Parts {
-    /// Sizes of the settled directories, by name in the spool.
-    settled: std::collections::HashMap<std::ffi::OsString, u64>,
-    /// Their sum.
-    settled_bytes: u64,
-    /// Bytes of the entries that are neither settled nor live, as last surveyed, and when.
+    /// Bytes of the entries that are not live, as last surveyed, and when.
     others: u64,
     surveyed: Option<std::time::Instant>,
 }
@@ -179,8 +177,7 @@ impl SpoolMeter {
     }
 
     /// The size of the spool `dir`, at most `max_age` old; `live` are the directories in it
-    /// of the captures not settled yet (a name that has been settled meanwhile is counted
-    /// once). Blocking when it measures.
+    /// of the captures still writing or uploading. Blocking when it measures.
     pub(super) fn bytes(&self, dir: &Path, max_age: std::time::Duration, live: &[PathBuf]) -> u64 {
         use std::sync::atomic::Ordering;
         if edgecap_common::lock(&self.measured).is_some_and(|at| at.elapsed() <= max_age) {
@@ -188,59 +185,28 @@ impl SpoolMeter {
         }
         let bytes = {
             let mut parts = edgecap_common::lock(&self.parts);
-            let live_names: Vec<&std::ffi::OsStr> =
-                live.iter().filter_map(|d| d.file_name()).filter(|name| !parts.settled.contains_key(*name)).collect();
+            let live_names: std::collections::HashSet<&std::ffi::OsStr> =
+                live.iter().filter_map(|d| d.file_name()).collect();
             if parts.surveyed.is_none_or(|at| at.elapsed() >= self.survey_every) {
+                // (A directory removed or made while the spool is listed may be counted among
+                // the others until the next listing.)
                 let mut others = 0;
                 if let Ok(entries) = std::fs::read_dir(dir) {
-                    let mut found = std::collections::HashSet::new();
                     for entry in entries.flatten() {
-                        let name = entry.file_name();
-                        if parts.settled.contains_key(&name) {
-                            found.insert(name);
-                        } else if !live_names.contains(&name.as_os_str()) {
+                        if !live_names.contains(entry.file_name().as_os_str()) {
                             others += entry_bytes(&entry);
                         }
-                    }
-                    // A settled directory removed by someone else (an operator freeing
-                    // space) no longer counts. (A directory removed or made while the spool
-                    // is listed may be counted among the others until the next listing.)
-                    let gone: Vec<_> = parts.settled.keys().filter(|n| !found.contains(*n)).cloned().collect();
-                    for name in gone {
-                        let bytes = parts.settled.remove(&name).unwrap_or(0);
-                        parts.settled_bytes -= bytes;
                     }
                 }
                 parts.others = others;
                 parts.surveyed = Some(std::time::Instant::now());
             }
             let walked: u64 = live_names.iter().map(|name| dir_bytes(&dir.join(name))).sum();
-            parts.settled_bytes + parts.others + walked
+            parts.others + walked
         };
         self.bytes.store(bytes, Ordering::Relaxed);
         *edgecap_common::lock(&self.measured) = Some(std::time::Instant::now());
         bytes
-    }
-
-    /// Counts `dir` (a capture directory that will not change any more) at its size now in
-    /// every later measure, without walking it again.
-    pub(super) fn settle(&self, dir: &Path) {
-        let bytes = dir_bytes(dir);
-        if let Some(name) = dir.file_name() {
-            let mut parts = edgecap_common::lock(&self.parts);
-            let before = parts.settled.insert(name.to_os_string(), bytes).unwrap_or(0);
-            parts.settled_bytes = parts.settled_bytes - before + bytes;
-        }
-    }
-
-    /// Forgets `dir` (removed).
-    pub(super) fn forget(&self, dir: &Path) {
-        if let Some(name) = dir.file_name() {
-            let mut parts = edgecap_common::lock(&self.parts);
-            if let Some(bytes) = parts.settled.remove(name) {
-                parts.settled_bytes -= bytes;
-            }
-        }
     }
 
     /// The last measure, without measuring (0 before the first).

@@ -15,20 +15,8 @@ fn the_spool_is_measured_again_only_when_the_last_measure_is_too_old() {
     assert_eq!(meter.bytes(dir.path(), long, &[]), 100, "fresh enough: not walked again");
     assert_eq!(meter.bytes(dir.path(), zero, &[]), 150, "too old: walked again");
     assert_eq!(meter.last(), 150);
-
-    // A settled directory (a drained capture's) is counted at its size then, not walked: the
-    // file put there afterwards (which no capture would do) is not seen until it is forgotten.
-    std::fs::create_dir(dir.path().join("c2")).unwrap();
-    std::fs::write(dir.path().join("c2/end.json"), [0u8; 7]).unwrap();
-    meter.settle(&dir.path().join("c2"));
-    std::fs::write(dir.path().join("c2/late"), [0u8; 1000]).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 157);
-    let c2 = [dir.path().join("c2")];
-    assert_eq!(meter.bytes(dir.path(), zero, &c2), 157, "named live after it settled: counted once");
-    meter.forget(&dir.path().join("c2"));
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1157);
-    std::fs::remove_dir_all(dir.path().join("c2")).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 150);
+    // A live directory is counted once, not also among the others.
+    assert_eq!(meter.bytes(dir.path(), zero, &[dir.path().join("c1")]), 150);
 }
 
 #[test]
@@ -40,29 +28,20 @@ fn the_spool_measure_walks_live_captures_and_lists_the_spool_only_now_and_then()
         std::fs::create_dir(d).unwrap();
         std::fs::write(d.join("job.json"), [0u8; 10]).unwrap();
     }
-    std::fs::write(dir.path().join("c9.damaged"), [0u8; 3]).unwrap();
+    std::fs::write(dir.path().join("finished.jsonl"), [0u8; 3]).unwrap();
     let meter = super::SpoolMeter::surveying_every(std::time::Duration::from_secs(3600));
-    meter.settle(&c2);
     let live = [c1.clone()];
-    // The first measure lists the spool: the entry set aside is found there.
+    // The first measure lists the spool: what is not live is found there.
     assert_eq!(meter.bytes(dir.path(), zero, &live), 23);
-    // A live capture's new shard is seen at the next measure; the settled one is not walked;
-    // what appears beside them waits for the next listing.
+    // A live capture's new shard is seen at the next measure; what appears elsewhere waits
+    // for the next listing.
     std::fs::write(c1.join("shard-000001.pcap"), [0u8; 100]).unwrap();
     std::fs::write(c2.join("late"), [0u8; 1000]).unwrap();
     std::fs::write(dir.path().join("operator-file"), [0u8; 5000]).unwrap();
     assert_eq!(meter.bytes(dir.path(), zero, &live), 123);
-    // A capture that has drained is settled at its size then and no longer named live.
-    meter.settle(&c1);
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 123);
-    meter.forget(&c1);
-    std::fs::remove_dir_all(&c1).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 13);
-    // The next listing counts what is not a capture's.
+    // The next listing counts it.
     let meter = super::SpoolMeter::surveying_every(zero);
-    meter.settle(&c2);
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 1010 + 3 + 5000);
-    // A settled directory removed by someone else is no longer counted after a listing.
+    assert_eq!(meter.bytes(dir.path(), zero, &live), 110 + 1010 + 3 + 5000);
     std::fs::remove_dir_all(&c2).unwrap();
-    assert_eq!(meter.bytes(dir.path(), zero, &[]), 3 + 5000);
+    assert_eq!(meter.bytes(dir.path(), zero, &live), 110 + 3 + 5000);
 }

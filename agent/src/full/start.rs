@@ -99,7 +99,7 @@ impl Jobs {
     /// Takes `id` for a capture being opened; `false` if it is known already.
     pub(super) fn reserve(&self, id: &str) -> bool {
         let mut jobs = lock(&self.jobs);
-        if jobs.contains_key(id) {
+        if jobs.contains_key(id) || self.finished.contains(id) {
             return false;
         }
         jobs.insert(id.to_string(), Job::reserved(self.config.spool_dir.join(id)));

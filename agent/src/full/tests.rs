@@ -193,7 +193,7 @@ async fn an_upload_task_that_panics_fails_its_capture_and_frees_it() {
 }
 
 #[test]
-fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
+fn an_ended_capture_without_shards_leaves_the_scans_and_its_directory_for_a_line() {
     let spool = tempfile::tempdir().unwrap();
     let done = capture_dir(spool.path(), "done");
     let busy = capture_dir(spool.path(), "busy");
@@ -209,30 +209,36 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
         f
     };
     assert_eq!(files(&jobs), ["busy"]);
-    let drained = |id: &str| lock(&jobs.jobs)[id].drained;
-    assert!(drained("done") && !drained("busy") && !drained("starting"));
+    let live = |id: &str| lock(&jobs.jobs).contains_key(id);
+    let finished = |id: &str| jobs.finished.contains(id);
+    assert!(finished("done") && !live("done") && live("busy") && live("starting"));
+    assert!(!done.exists(), "a finished capture's directory is removed once its line is written");
+    assert!(!jobs.reserve("done"), "a repeated start of a finished capture is refused");
 
-    // A drained directory is not read again (no real capture writes there any more; the
-    // shards put there here show it is passed over); the others still are.
+    // The measure walks the live captures' directories.
     let measured = jobs.spool_bytes(std::time::Duration::ZERO);
-    shard(&done, 1);
-    assert_eq!(jobs.spool_bytes(std::time::Duration::ZERO), measured, "nor measured");
     shard(&starting, 1);
     assert!(jobs.spool_bytes(std::time::Duration::ZERO) > measured, "a live capture's shard is measured");
     assert_eq!(files(&jobs), ["busy", "starting"]);
     let reports = jobs.reports(true);
     let closed = |id: &str| reports.iter().find(|r| r.capture_id == id).map(|r| r.shards_closed);
     assert_eq!((closed("done"), closed("busy")), (Some(0), Some(1)));
+    // Reported in full just now: not again before its repeat is due.
+    assert!(jobs.reports(false).iter().all(|r| r.capture_id != "done"));
 
     // Half forgotten (its manifest removed, its file not yet): the file can never be
-    // delivered, so the scan removes it and the directory drains, at its size without it.
+    // delivered, so the scan removes it and the capture drains.
     std::fs::remove_file(busy.join("shard-000001.pcap.json")).unwrap();
-    let _ = jobs.reports(true);
-    assert!(drained("busy") && !busy.join("shard-000001.pcap").exists());
+    let reports = jobs.reports(false);
+    assert!(finished("busy") && !live("busy") && !busy.exists());
+    // Its first final state goes out at once.
+    let busy_report = reports.iter().find(|r| r.capture_id == "busy").expect("busy's final state");
+    assert_eq!(busy_report.capture_state, pb::CaptureState::Failed as i32, "{busy_report:?}");
+    assert!(busy_report.interrupted, "cut short by the restart: {busy_report:?}");
 
     // Ended with a shard cut short (no manifest: a failed write), and with one whose manifest
-    // was set aside as damaged: the first is removed, the second stays for an operator, and
-    // neither keeps the directory open.
+    // was set aside as damaged: the first is removed, the second stays for an operator (and
+    // its directory with it), and neither keeps the capture among the live ones.
     // (Ended in this run: a restart would take the directory over through `recover`.)
     let failed = capture_dir(spool.path(), "failed");
     std::fs::write(failed.join("shard-000001.pcap"), [0u8; 100]).unwrap();
@@ -246,14 +252,28 @@ fn an_ended_capture_without_shards_is_no_longer_read_by_the_scans() {
     };
     lock(&jobs.jobs).insert("failed".into(), Job::ended(failed.clone(), end.clone()));
     assert!(jobs.scan_spool().iter().all(|r| r.capture_id != "failed"));
-    assert!(lock(&jobs.jobs)["failed"].drained);
+    assert!(finished("failed") && !live("failed"));
     assert!(!failed.join("shard-000001.pcap").exists() && failed.join("shard-000002.pcap").exists());
-    // A shard that cannot be removed (a non-empty directory in its place) keeps it open.
+    assert!(failed.join("shard-000002.pcap.json.damaged").exists() && !failed.join("job.json").exists());
+    // A shard that cannot be removed (a non-empty directory in its place) keeps it live.
     let stuck = capture_dir(spool.path(), "stuck");
     std::fs::create_dir_all(stuck.join("shard-000001.pcap/x")).unwrap();
     lock(&jobs.jobs).insert("stuck".into(), Job::ended(stuck.clone(), end));
     let _ = jobs.scan_spool();
-    assert!(!lock(&jobs.jobs)["stuck"].drained);
+    assert!(live("stuck") && !finished("stuck"));
+
+    // After a restart the finished captures are kept from their lines, with their final
+    // states as reported before; the live ones from their directories (those with a job file).
+    drop(jobs);
+    let again = self::jobs(spool.path());
+    assert!(again.finished.contains("done") && again.finished.contains("busy") && again.finished.contains("failed"));
+    assert!(lock(&again.jobs).contains_key("stuck") && !again.finished.contains("stuck"));
+    assert!(!again.reserve("failed"));
+    let reports = again.reports(true);
+    let failed_report = reports.iter().find(|r| r.capture_id == "failed").expect("failed's final state");
+    assert_eq!(failed_report.error, "write: no space left on device");
+    assert_eq!(failed_report.capture_state, pb::CaptureState::Failed as i32);
+    assert_eq!(reports.iter().filter(|r| r.capture_id == "done").count(), 1);
 }
 
 #[test]
@@ -362,12 +382,11 @@ fn a_started_capture_is_reported_running_once_from_memory() {
 
 #[test]
 fn final_states_are_repeated_less_often_as_they_age() {
-    use super::reports::final_due;
+    use super::finished::next_final;
     let s = std::time::Duration::from_secs;
-    assert!(final_due(s(5), None), "never reported");
-    assert!(!final_due(s(40), Some(s(10))), "within 30 s");
-    assert!(final_due(s(40), Some(s(31))), "every 30 s at first");
-    assert!(!final_due(s(600), Some(s(240))), "ended 10 min ago: every 5 min");
-    assert!(final_due(s(600), Some(s(360))));
-    assert!(!final_due(s(3000), Some(s(1200))), "ended 50 min ago: every 25 min");
+    let ended = std::time::Instant::now();
+    assert_eq!(next_final(ended, ended + s(10)), ended + s(40), "every 30 s at first");
+    assert_eq!(next_final(ended, ended + s(40)), ended + s(80), "then after half its age by then");
+    assert_eq!(next_final(ended, ended + s(600)), ended + s(1200), "reported at 10 min: next at 20");
+    assert_eq!(next_final(ended, ended + s(3000)), ended + s(6000));
 }
