@@ -13,9 +13,12 @@
 //! lines once they outnumber the kept ones.
 //!
 //! A line is appended (and synced) before the capture's directory is removed, so a crash in
-//! between leaves both, and the directory, recovered at the next start, wins. Lines that do
-//! not parse are set aside in `finished.jsonl.damaged` and counted. Blocking file I/O: the
-//! callers run on blocking threads.
+//! between leaves both, and the directory, recovered at the next start, wins. Each append
+//! begins with a newline, so a line torn by a crash or a failed write never joins the next
+//! one. Lines that do not parse are set aside in `finished.jsonl.damaged` and counted. At
+//! start the file is written only on a best-effort basis (a full or read-only spool must not
+//! keep the agent from starting and delivering). Blocking file I/O: the callers run on
+//! blocking threads.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write as _;
@@ -72,8 +75,16 @@ pub(super) struct Finished {
     path: PathBuf,
     keep: Duration,
     index: Mutex<Index>,
-    /// Lines in the file (kept and forgotten ones). Held while the file is written.
-    file: Mutex<usize>,
+    /// The file's state. Held while the file is written.
+    file: Mutex<FileState>,
+}
+
+#[derive(Default)]
+struct FileState {
+    /// Lines in the file (kept and forgotten ones).
+    lines: usize,
+    /// When a rewrite last failed (tried again a minute later, not at every report).
+    failed: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -93,7 +104,8 @@ impl Index {
     /// Keeps `record`, due at the repeat after `reported` (now if never), or when it is to
     /// be forgotten if that comes first.
     fn keep(&mut self, record: Record, ended_at: Instant, reported: Option<Instant>, keep: Duration) {
-        let due_at = reported.map_or_else(Instant::now, |at| next_final(ended_at, at)).min(ended_at + keep);
+        let repeat = reported.map_or_else(Instant::now, |at| next_final(ended_at, at));
+        let due_at = ended_at.checked_add(keep).map_or(repeat, |forget| repeat.min(forget));
         if let Some(before) = self.kept.remove(&record.capture_id) {
             self.due.remove(&(before.due_at, record.capture_id.clone()));
         }
@@ -113,7 +125,11 @@ impl Finished {
         let text = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
+            // Not a reason to stay down: the captures still in the spool are delivered.
+            Err(error) => {
+                tracing::error!(file = %path.display(), %error, "finished captures not read; their final states are not repeated");
+                Vec::new()
+            }
         };
         let (now, now_ns) = (Instant::now(), edgecap_common::now_ns());
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -132,18 +148,32 @@ impl Finished {
             }
         }
         index.due = index.kept.iter().map(|(id, k)| (k.due_at, id.clone())).collect();
+        let lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         if !damaged.is_empty() {
-            let mut aside =
-                std::fs::OpenOptions::new().create(true).append(true).open(spool.join(format!("{FILE}.damaged")))?;
-            for line in &damaged {
-                aside.write_all(line)?;
-                aside.write_all(b"\n")?;
+            let aside = spool.join(format!("{FILE}.damaged"));
+            let set_aside = std::fs::OpenOptions::new().create(true).append(true).open(&aside).and_then(|mut f| {
+                damaged.iter().try_for_each(|line| f.write_all(&[b"\n", *line].concat()))?;
+                f.sync_all()
+            });
+            match set_aside {
+                Ok(()) => {
+                    tracing::warn!(lines = damaged.len(), file = %aside.display(), "damaged lines of the finished captures set aside")
+                }
+                Err(error) => {
+                    tracing::warn!(lines = damaged.len(), %error, "damaged lines of the finished captures dropped (not set aside)")
+                }
             }
-            aside.sync_all()?;
-            tracing::warn!(lines = damaged.len(), file = %path.display(), "damaged lines of the finished captures set aside");
         }
-        let finished = Finished { path, keep, index: Mutex::new(index), file: Mutex::new(0) };
-        finished.rewrite()?;
+        let kept = index.kept.len();
+        let finished =
+            Finished { path, keep, index: Mutex::new(index), file: Mutex::new(FileState { lines, failed: None }) };
+        // Rewritten only when something was dropped, and only if it can be: the lines left
+        // are read again (and dropped again) at the next start.
+        if lines != kept
+            && let Err(error) = finished.rewrite()
+        {
+            tracing::warn!(file = %finished.path.display(), %error, "finished captures' file not rewritten");
+        }
         Ok((finished, damaged.len() as u64))
     }
 
@@ -169,20 +199,21 @@ impl Finished {
         if moved.is_empty() {
             return;
         }
-        let mut lines = Vec::new();
+        // A newline first: a line torn before (a crash, a failed write) ends there.
+        let mut lines = vec![b'\n'];
         for m in &moved {
             lines.extend(serde_json::to_vec(&m.record).unwrap_or_default());
             lines.push(b'\n');
         }
         let written = {
-            let mut count = lock(&self.file);
+            let mut file = lock(&self.file);
             let result = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)
                 .and_then(|mut f| f.write_all(&lines).and_then(|()| f.sync_data()));
             if result.is_ok() {
-                *count += moved.len();
+                file.lines += moved.len();
             }
             result
         };
@@ -191,7 +222,9 @@ impl Finished {
             return;
         }
         for m in moved {
-            for file in ["end.json", "job.json"] {
+            // job.json first: a directory without it is not taken over at the next start
+            // (one with only job.json would be, as a capture cut short).
+            for file in ["job.json", "end.json"] {
                 let _ = std::fs::remove_file(m.dir.join(file));
             }
             if std::fs::remove_dir(&m.dir).is_err() && m.dir.exists() {
@@ -225,9 +258,13 @@ impl Finished {
             }
             index.kept.len()
         };
-        let lines = *lock(&self.file);
+        let (lines, failed) = {
+            let file = lock(&self.file);
+            (file.lines, file.failed)
+        };
         if lines > 64
             && lines > 2 * kept
+            && failed.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
             && let Err(error) = self.rewrite()
         {
             tracing::warn!(file = %self.path.display(), %error, "finished captures' file not rewritten");
@@ -237,7 +274,17 @@ impl Finished {
 
     /// Replaces the file by the kept captures' lines.
     fn rewrite(&self) -> std::io::Result<()> {
-        let mut count = lock(&self.file);
+        let mut file = lock(&self.file);
+        let written = self.write_kept();
+        match &written {
+            Ok(lines) => *file = FileState { lines: *lines, failed: None },
+            Err(_) => file.failed = Some(Instant::now()),
+        }
+        written.map(|_| ())
+    }
+
+    /// Writes the kept captures' lines to a new file put in the old one's place; how many.
+    fn write_kept(&self) -> std::io::Result<usize> {
         let records: Vec<Record> = lock(&self.index).kept.values().map(|k| k.record.clone()).collect();
         let mut bytes = Vec::new();
         for record in &records {
@@ -253,8 +300,7 @@ impl Finished {
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
-        *count = records.len();
-        Ok(())
+        Ok(records.len())
     }
 
     /// How many are kept.

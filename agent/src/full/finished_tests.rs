@@ -33,7 +33,7 @@ fn moved(spool: &std::path::Path, id: &str, ago: Duration, reported: Option<Inst
 }
 
 fn lines(spool: &std::path::Path) -> usize {
-    std::fs::read_to_string(spool.join(FILE)).map_or(0, |t| t.lines().count())
+    std::fs::read_to_string(spool.join(FILE)).map_or(0, |t| t.lines().filter(|l| !l.is_empty()).count())
 }
 
 #[test]
@@ -65,7 +65,8 @@ fn finished_captures_are_lines_that_survive_a_restart_until_they_expire() {
     let keep = Duration::from_secs(3600 - 2400);
     let (finished, damaged) = Finished::open(spool.path(), keep, &HashSet::new()).unwrap();
     assert_eq!(damaged, 2, "the two bad lines set aside");
-    assert_eq!(std::fs::read_to_string(spool.path().join(format!("{FILE}.damaged"))).unwrap().lines().count(), 2);
+    let aside = std::fs::read_to_string(spool.path().join(format!("{FILE}.damaged"))).unwrap();
+    assert_eq!(aside.lines().filter(|l| !l.is_empty()).count(), 2);
     assert!(finished.contains("c1") && !finished.contains("c2"), "c2 is older than kept");
     assert_eq!(lines(spool.path()), 1, "rewritten with the kept ones only");
     // Due at once after a restart.
@@ -113,6 +114,27 @@ fn final_states_are_due_by_their_age_and_forgotten_after_the_keep() {
     assert!(!finished.contains("expired") && finished.contains("waiting"));
     let all: HashSet<String> = finished.due(true).into_iter().map(|r| r.capture_id).collect();
     assert_eq!(all, ["due", "fresh", "waiting"].map(String::from).into(), "a new connection gets every one");
+}
+
+#[test]
+fn a_torn_line_never_takes_the_next_one_with_it_and_a_spool_that_cannot_be_written_still_opens() {
+    let spool = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    // A crash in the middle of an append left half a line, without its newline.
+    std::fs::write(spool.path().join(FILE), b"{\"capture_id\":\"torn\",\"started").unwrap();
+    // Neither the damaged lines' file nor the rewrite's temporary file can be written.
+    std::fs::create_dir_all(spool.path().join(format!("{FILE}.damaged/x"))).unwrap();
+    std::fs::create_dir_all(spool.path().join(format!("{FILE}.tmp/x"))).unwrap();
+    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new()).unwrap();
+    assert_eq!((finished.len(), damaged), (0, 1), "the agent opens its spool all the same");
+    let next = vec![moved(spool.path(), "next", Duration::from_secs(1), None)];
+    finished.take(&next);
+    finished.persist(next);
+    assert!(!spool.path().join("next").exists());
+    drop(finished);
+    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new()).unwrap();
+    assert!(finished.contains("next"), "the line after the torn one is whole");
+    assert_eq!(damaged, 1);
 }
 
 #[test]

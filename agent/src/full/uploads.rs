@@ -336,13 +336,21 @@ impl Jobs {
             }
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
+        // Counted before its manifest goes: once the directory holds no manifest the capture
+        // may be drained into the finished ones, with the count it has then.
+        let count = |delta: i64| {
+            if let Some(job) = lock(&self.jobs).get_mut(capture_id.as_str()) {
+                job.shards_uploaded = job.shards_uploaded.saturating_add_signed(delta as i32);
+            }
+        };
+        count(1);
         let (m, sh) = (manifest_path.clone(), shard_path.clone());
-        tokio::task::spawn_blocking(move || remove_delivered(&m, &sh))
-            .await?
-            .with_context(|| format!("remove the delivered shard {}", shard_path.display()))?;
-        if let Some(job) = lock(&self.jobs).get_mut(capture_id.as_str()) {
-            job.shards_uploaded += 1;
+        // (A manifest still there after a failure: the shard is offered again, and counted then.)
+        let removed = tokio::task::spawn_blocking(move || (remove_delivered(&m, &sh), m.exists())).await;
+        if !matches!(removed, Ok((Ok(()), _)) | Ok((Err(_), false))) {
+            count(-1);
         }
+        removed?.0.with_context(|| format!("remove the delivered shard {}", shard_path.display()))?;
         tracing::info!(capture = %capture_id, shard = %manifest.file, key = %grant.key, packets = manifest.packets, "shard delivered");
         Ok(())
     }
