@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use edgecap_common::lock;
 use serde::{Deserialize, Serialize};
 
-use super::spool::{EndFile, is_capture_id};
+use super::spool::{EndFile, is_capture_id, write_atomic};
 
 /// The file's name in the spool.
 pub(super) const FILE: &str = "finished.jsonl";
@@ -117,8 +117,9 @@ impl Index {
 impl Finished {
     /// Reads what a previous run kept, but the captures in `skip` (whose directories are
     /// still there: they win) and those ended longer than `keep` ago, and rewrites the file
-    /// with only those. Returns how many lines were set aside as damaged.
-    pub(super) fn open(spool: &Path, keep: Duration, skip: &HashSet<String>) -> std::io::Result<(Self, u64)> {
+    /// with only those. Returns how many lines were set aside as damaged. Never fails: what
+    /// cannot be read or written is logged (see the module docs).
+    pub(super) fn open(spool: &Path, keep: Duration, skip: &HashSet<String>) -> (Self, u64) {
         let path = spool.join(FILE);
         let mut index = Index::default();
         let mut damaged = Vec::new();
@@ -132,7 +133,9 @@ impl Finished {
             }
         };
         let (now, now_ns) = (Instant::now(), edgecap_common::now_ns());
+        let mut lines = 0;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            lines += 1;
             match serde_json::from_slice::<Record>(line) {
                 Ok(record) if is_capture_id(&record.capture_id) => {
                     let age = Duration::from_nanos(now_ns.saturating_sub(record.ended_ns));
@@ -148,7 +151,6 @@ impl Finished {
             }
         }
         index.due = index.kept.iter().map(|(id, k)| (k.due_at, id.clone())).collect();
-        let lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         if !damaged.is_empty() {
             let aside = spool.join(format!("{FILE}.damaged"));
             let set_aside = std::fs::OpenOptions::new().create(true).append(true).open(&aside).and_then(|mut f| {
@@ -174,7 +176,7 @@ impl Finished {
         {
             tracing::warn!(file = %finished.path.display(), %error, "finished captures' file not rewritten");
         }
-        Ok((finished, damaged.len() as u64))
+        (finished, damaged.len() as u64)
     }
 
     /// Whether `id` is kept here.
@@ -291,15 +293,7 @@ impl Finished {
             bytes.extend(serde_json::to_vec(record).map_err(std::io::Error::other)?);
             bytes.push(b'\n');
         }
-        let tmp = self.path.with_extension("jsonl.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        write_atomic(&self.path, &bytes)?;
         Ok(records.len())
     }
 

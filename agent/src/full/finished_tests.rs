@@ -40,7 +40,7 @@ fn lines(spool: &std::path::Path) -> usize {
 fn finished_captures_are_lines_that_survive_a_restart_until_they_expire() {
     let spool = tempfile::tempdir().unwrap();
     let hour = Duration::from_secs(3600);
-    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new()).unwrap();
+    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new());
     assert_eq!((finished.len(), damaged), (0, 0));
     let batch = vec![
         moved(spool.path(), "c1", Duration::from_secs(5), None),
@@ -63,7 +63,7 @@ fn finished_captures_are_lines_that_survive_a_restart_until_they_expire() {
     // Restarted 40 minutes later (c2 ended 50 + 40 minutes ago: expired), with c1's
     // directory back (a crash before its removal: the directory wins).
     let keep = Duration::from_secs(3600 - 2400);
-    let (finished, damaged) = Finished::open(spool.path(), keep, &HashSet::new()).unwrap();
+    let (finished, damaged) = Finished::open(spool.path(), keep, &HashSet::new());
     assert_eq!(damaged, 2, "the two bad lines set aside");
     let aside = std::fs::read_to_string(spool.path().join(format!("{FILE}.damaged"))).unwrap();
     assert_eq!(aside.lines().filter(|l| !l.is_empty()).count(), 2);
@@ -75,7 +75,7 @@ fn finished_captures_are_lines_that_survive_a_restart_until_they_expire() {
     assert!(finished.due(false).is_empty(), "then not before its repeat");
     drop(finished);
     let skip: HashSet<String> = ["c1".to_string()].into();
-    let (finished, _) = Finished::open(spool.path(), keep, &skip).unwrap();
+    let (finished, _) = Finished::open(spool.path(), keep, &skip);
     assert!(!finished.contains("c1"), "its directory is there: taken over from it instead");
 }
 
@@ -93,7 +93,7 @@ fn finished_ended_ns(spool: &tempfile::TempDir, id: &str) -> u64 {
 fn final_states_are_due_by_their_age_and_forgotten_after_the_keep() {
     let spool = tempfile::tempdir().unwrap();
     let keep = Duration::from_secs(600);
-    let (finished, _) = Finished::open(spool.path(), keep, &HashSet::new()).unwrap();
+    let (finished, _) = Finished::open(spool.path(), keep, &HashSet::new());
     let now = Instant::now();
     let s = Duration::from_secs;
     let batch = vec![
@@ -125,14 +125,14 @@ fn a_torn_line_never_takes_the_next_one_with_it_and_a_spool_that_cannot_be_writt
     // Neither the damaged lines' file nor the rewrite's temporary file can be written.
     std::fs::create_dir_all(spool.path().join(format!("{FILE}.damaged/x"))).unwrap();
     std::fs::create_dir_all(spool.path().join(format!("{FILE}.tmp/x"))).unwrap();
-    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new()).unwrap();
+    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new());
     assert_eq!((finished.len(), damaged), (0, 1), "the agent opens its spool all the same");
     let next = vec![moved(spool.path(), "next", Duration::from_secs(1), None)];
     finished.take(&next);
     finished.persist(next);
     assert!(!spool.path().join("next").exists());
     drop(finished);
-    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new()).unwrap();
+    let (finished, damaged) = Finished::open(spool.path(), hour, &HashSet::new());
     assert!(finished.contains("next"), "the line after the torn one is whole");
     assert_eq!(damaged, 1);
 }
@@ -141,7 +141,7 @@ fn a_torn_line_never_takes_the_next_one_with_it_and_a_spool_that_cannot_be_writt
 fn the_file_is_rewritten_once_forgotten_lines_outnumber_the_kept() {
     let spool = tempfile::tempdir().unwrap();
     let keep = Duration::from_secs(60);
-    let (finished, _) = Finished::open(spool.path(), keep, &HashSet::new()).unwrap();
+    let (finished, _) = Finished::open(spool.path(), keep, &HashSet::new());
     let old: Vec<Moved> =
         (0..100).map(|i| moved(spool.path(), &format!("old{i}"), Duration::from_secs(61), None)).collect();
     finished.take(&old);

@@ -187,11 +187,12 @@ impl Jobs {
             let mut jobs = lock(&self.jobs);
             let mut moved = Vec::new();
             for id in empty {
-                let Some(job) = jobs.remove(&id) else { continue };
-                let Some(end) = job.end.clone().filter(|_| job.over()) else {
-                    jobs.insert(id, job);
+                if !jobs.get(&id).is_some_and(Job::over) {
                     continue;
-                };
+                }
+                let Some(job) = jobs.remove(&id) else { continue };
+                // (Over, so its end is known.)
+                let Some(end) = job.end else { continue };
                 let ended_at = job.ended_at.unwrap_or_else(Instant::now);
                 let ended_ns = edgecap_common::now_ns().saturating_sub(ended_at.elapsed().as_nanos() as u64);
                 let record = finished::Record {
@@ -258,8 +259,7 @@ impl Jobs {
             }
         }
         let skip = jobs.keys().cloned().collect();
-        let (finished, damaged_lines) = finished::Finished::open(&config.spool_dir, config.keep_finished, &skip)
-            .with_context(|| format!("read the finished captures in {}", config.spool_dir.display()))?;
+        let (finished, damaged_lines) = finished::Finished::open(&config.spool_dir, config.keep_finished, &skip);
         damaged += damaged_lines;
         Ok(Self {
             config,

@@ -89,13 +89,20 @@ fn settled(dir: &Path) -> bool {
     true
 }
 
-/// Writes `value` as JSON atomically: temporary file, fsync, rename, fsync of the directory.
+/// Writes `value` as JSON atomically ([`write_atomic`]).
 pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_atomic(path, &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)
+}
+
+/// Puts `bytes` in `path` atomically: a temporary file beside it (`<path>.tmp`), fsync,
+/// rename, fsync of the directory.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, path)?;

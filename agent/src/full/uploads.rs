@@ -338,9 +338,9 @@ impl Jobs {
         }
         // Counted before its manifest goes: once the directory holds no manifest the capture
         // may be drained into the finished ones, with the count it has then.
-        let count = |delta: i64| {
+        let count = |delta: i32| {
             if let Some(job) = lock(&self.jobs).get_mut(capture_id.as_str()) {
-                job.shards_uploaded = job.shards_uploaded.saturating_add_signed(delta as i32);
+                job.shards_uploaded = job.shards_uploaded.saturating_add_signed(delta);
             }
         };
         count(1);
